@@ -1,0 +1,37 @@
+# Every target creates or reuses the local virtual environment itself (.venv), so a fresh clone
+# needs nothing but python3 >= 3.10 with venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.sdopt-installed
+
+.PHONY: demo test test-all bench lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	# torch first and exactly: any other spec may pull a multi-GB CUDA build on CPU machines.
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824 \
+		$(VENV)/bin/sdopt demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824 \
+		$(PY) benchmarks/unet_speedup.py
+
+# Re-pin what CI installs (run after changing dependencies in pyproject.toml).
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v "^sdopt" | sed "s/^torch==2.13.0+cpu$$/torch==2.13.0/" > constraints.txt
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,110 @@
+"""UNet speedup of the candidate optimize_model picks, against fp32 eager, side by side.
+
+Builds the ``sd15`` preset (SD 1.5 architecture, random weights), runs ``optimize_model`` with
+Speedster's threshold (``metric_drop_ths=0.05``), then times the original fp32 UNet and the
+optimized one in alternation (A B A B ...) on the same captured inputs, so that machine drift hits
+both. Prints and writes the medians, the ratio of medians and the median of paired ratios.
+
+    make bench            # or: python benchmarks/unet_speedup.py --size 256 --rounds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = ["a photo of an astronaut riding a horse on mars",
+           "a watercolor painting of a city at night",
+           "portrait of a cat wearing a hat, studio light"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="sd15")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=6, help="steps of the sample runs")
+    parser.add_argument("--rounds", type=int, default=10, help="A/B rounds after warm-up")
+    parser.add_argument("--ths", type=float, default=0.05)
+    parser.add_argument("--ignore", action="append", default=[], help="backends to skip")
+    parser.add_argument("--out", default=str(HERE / "results" / "unet_speedup.json"))
+    args = parser.parse_args(argv)
+
+    import sdopt
+    from sdopt.device import detect, library_versions
+    from sdopt.store import write_json
+
+    t0 = time.perf_counter()
+    pipe = sdopt.build_preset(args.preset)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    optimized = sdopt.optimize_model(pipe, PROMPTS, metric_drop_ths=args.ths, height=args.size,
+                                     width=args.size, num_inference_steps=args.steps,
+                                     ignore_compilers=args.ignore or None)
+    optimize_s = time.perf_counter() - t0
+    result = optimized.sdopt_result
+    fast = optimized.unet.module
+
+    # Inputs: what the pipeline really feeds the UNet at this size (CFG batch 2).
+    from sdopt.sampling import collect_samples
+
+    captured = collect_samples(pipe, PROMPTS[:1], height=args.size, width=args.size, steps=3,
+                               guidance_scale=7.5, seed=0).samples
+    base = pipe.unet
+
+    def call_base(inp):
+        base(inp.sample, inp.timestep, encoder_hidden_states=inp.encoder_hidden_states,
+             return_dict=False)
+
+    def call_fast(inp):
+        fast(inp.sample, inp.timestep, inp.encoder_hidden_states)
+
+    def timed(fn, inp):
+        t = time.perf_counter()
+        fn(inp)
+        return time.perf_counter() - t
+
+    a, b = [], []
+    with torch.inference_mode():
+        for fn in (call_base, call_fast, call_base, call_fast):  # warm-up
+            fn(captured[0].inputs)
+        for i in range(args.rounds):
+            inp = captured[i % len(captured)].inputs
+            first, second = (call_base, call_fast) if i % 2 == 0 else (call_fast, call_base)
+            t1, t2 = timed(first, inp), timed(second, inp)
+            (a.append(t1), b.append(t2)) if first is call_base else (b.append(t1), a.append(t2))
+    ratio = statistics.median(a) / statistics.median(b)
+    paired = statistics.median(x / y for x, y in zip(a, b))
+    report = {
+        "benchmark": "unet_speedup", "preset": args.preset, "size": args.size,
+        "batch": int(captured[0].inputs.sample.shape[0]), "metric_drop_ths": args.ths,
+        "selected": result.selected.id, "selected_metric_drop": result.selected.metric_drop,
+        "fp32_eager_median_s": statistics.median(a), "optimized_median_s": statistics.median(b),
+        "speedup_ratio_of_medians": ratio, "speedup_median_paired": paired,
+        "fp32_eager_samples_s": a, "optimized_samples_s": b,
+        "goal": ">= 2.0x per UNet call (issue #2)", "goal_met": ratio >= 2.0,
+        "prepare_s": {"build_preset": build_s, "optimize_model": optimize_s},
+        "environment": {
+            "device": detect().fingerprint(), "libraries": library_versions(),
+            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+            "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
+        },
+        "search": result.to_dict(),
+        "unix_time": int(time.time()),
+    }
+    write_json(args.out, report)
+    print(f"\nUNet {args.preset} {args.size}px batch {report['batch']}: fp32 eager "
+          f"{report['fp32_eager_median_s']:.3f} s, {result.selected.id} "
+          f"{report['optimized_median_s']:.3f} s -> {ratio:.2f}x (paired median {paired:.2f}x), "
+          f"numeric_precision drop {result.selected.metric_drop:.4f}; written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""``optimize_model``, ``save_model`` and ``load_model``: Speedster's API for diffusers pipelines.
+
+The signatures and meanings follow Speedster's Stable Diffusion guide, so that its examples run
+unchanged: ``input_data`` is a list of prompts, the returned object is used like the pipeline
+(``optimized(prompt).images[0]``), ``load_model(path, pipe=pipe)`` puts the saved optimization
+back into a pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
+
+import torch
+
+from . import __version__
+from .backends.base import BACKENDS, Variant, get_backend
+from .device import DeviceInfo, detect, library_versions
+from .errors import SdoptError
+from .metrics import resolve_metric, validate_threshold
+from .optimized import OptimizedUNet, optimized_unet_of, with_unet
+from .sampling import collect_samples
+from .search import OptimizationResult, plan_candidates, run_search
+from .store import (MANIFEST_NAME, MANIFEST_SCHEMA_VERSION, atomic_directory, directory_size,
+                    read_manifest, write_json)
+
+log = logging.getLogger(__name__)
+
+OPTIMIZATION_TIMES = ("constrained", "unconstrained")
+
+
+def config_hash(unet) -> str:
+    """Architecture identity of a UNet: its config without diffusers' private bookkeeping."""
+    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """Identity of the weights, so a saved model can tell which pipeline it was made from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_pipe(model, what: str = "model"):
+    if optimized_unet_of(model) is not None:
+        raise SdoptError(f"{what} already holds an sdopt-optimized UNet: pass the original pipeline")
+    unet = getattr(model, "unet", None)
+    if not isinstance(unet, torch.nn.Module) or not callable(model):
+        raise SdoptError(f"{what} is a {type(model).__name__}: expected a diffusers Stable "
+                         "Diffusion pipeline (an object with a .unet, called with a prompt)")
+    return unet
+
+
+def _check_prompts(input_data) -> list[str]:
+    if isinstance(input_data, str):
+        input_data = [input_data]
+    if not isinstance(input_data, (list, tuple)):
+        raise SdoptError(f"input_data is a {type(input_data).__name__}: expected a list of prompts")
+    if not input_data:
+        raise SdoptError("input_data is empty: expected a list of at least one prompt")
+    for i, prompt in enumerate(input_data):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise SdoptError(f"input_data[{i}] is {prompt!r}: expected a non-empty prompt string")
+    return list(input_data)
+
+
+def optimize_model(
+    model,
+    input_data: Sequence[str],
+    metric_drop_ths: float | None = None,
+    metric: Union[str, Callable, None] = None,
+    optimization_time: str = "constrained",
+    dynamic_info: dict | None = None,
+    config_file: str | None = None,
+    ignore_compilers: Sequence[str] | None = None,
+    ignore_compressors: Sequence[str] | None = None,
+    store_latencies: bool = False,
+    device: str | None = None,
+    *,
+    backends: Sequence[str] | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_inference_steps: int = 10,
+    guidance_scale: float = 7.5,
+    seed: int = 0,
+    n_verify: int = 8,
+    repeats: int = 5,
+    time_budget_s: float | None = None,
+    show: bool = True,
+    console=None,
+):
+    """Try every backend and precision that fits the device; return the pipeline with the
+    fastest UNet whose metric drop stays within ``metric_drop_ths``.
+
+    ``metric_drop_ths=None`` allows only lossless candidates (fp32 arithmetic); the default metric
+    is ``numeric_precision`` (see :mod:`sdopt.metrics`). ``num_inference_steps`` only sets how
+    many timesteps are sampled for verification; latency is per UNet call at the given
+    ``height``/``width`` (default: the pipeline's native size). The search table is available as
+    ``optimized.sdopt_result``.
+    """
+    started = time.perf_counter()
+    unet = _check_pipe(model)
+    prompts = _check_prompts(input_data)
+    ths = validate_threshold(metric_drop_ths)
+    chosen_metric = resolve_metric(metric)
+    if optimization_time not in OPTIMIZATION_TIMES:
+        raise SdoptError(f"optimization_time '{optimization_time}' is not known: expected "
+                         f"{' or '.join(OPTIMIZATION_TIMES)}")
+    if config_file is not None:
+        raise SdoptError("config_file is not supported by sdopt: pass the options as arguments "
+                         "(or use sdopt.toml with the CLI)")
+    if dynamic_info is not None:
+        warnings.warn("sdopt: dynamic_info is ignored; shapes come from running the pipeline at "
+                      "height x width", stacklevel=2)
+    dev: DeviceInfo = detect(device)
+    for name, value in (("num_inference_steps", num_inference_steps), ("n_verify", n_verify),
+                        ("repeats", repeats)):
+        if not isinstance(value, int) or value < 1:
+            raise SdoptError(f"{name} is {value!r}: expected a positive integer")
+    default_side = int(unet.config.sample_size * model.vae_scale_factor)
+    height, width = height or default_side, width or default_side
+    multiple = 8  # what diffusers' check_inputs demands
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value <= 0 or value % multiple:
+            raise SdoptError(f"{name} is {value!r}: expected a positive multiple of {multiple} "
+                             "(diffusers requires it)")
+    variants = plan_candidates(dev, backends=backends, ignore_compilers=ignore_compilers,
+                               ignore_compressors=ignore_compressors)
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = console or Console(stderr=True, quiet=not show)
+    model.to(dev.torch_device)
+    source_hash = weights_hash(unet)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                        console=console, transient=False, disable=not show)
+    with progress:
+        task = progress.add_task("capturing UNet inputs (original pipeline)", total=len(prompts))
+        samples = collect_samples(
+            model, prompts, height=height, width=width, steps=num_inference_steps,
+            guidance_scale=guidance_scale, seed=seed, n_verify=n_verify,
+            progress=lambda: progress.advance(task))
+        ctask = progress.add_task("candidates", total=len(variants))
+
+        def on_candidate(variant: Variant, phase: str) -> None:
+            if phase == "start":
+                progress.update(ctask, description=f"candidate {variant.id}")
+            else:
+                progress.advance(ctask)
+
+        result, module = run_search(
+            unet, samples, dev, variants, metric=chosen_metric, metric_drop_ths=ths,
+            optimization_time=optimization_time, repeats=repeats, time_budget_s=time_budget_s,
+            on_candidate=on_candidate)
+        progress.update(ctask, description="candidates done")
+    result.wall_s = time.perf_counter() - started
+    if module is None:  # the reference always completes, or run_search raised
+        raise SdoptError("no candidate completed")
+    info = {"source_hash": source_hash, "config_hash": config_hash(unet),
+            "samples": result.samples, "metric": result.metric,
+            "metric_drop": result.selected.metric_drop, "latency_s": result.selected.latency_s,
+            "speedup": result.speedup}
+    wrapped = OptimizedUNet(module, unet.config, dtype=unet.dtype, device=torch.device(
+        dev.torch_device), info=info)
+    optimized = with_unet(model, wrapped)
+    optimized.sdopt_result = result
+    if show:
+        from .summary import print_summary
+
+        print_summary(result)
+    if store_latencies:
+        write_json(Path.cwd() / "sdopt_latencies.json", result.to_dict())
+    return optimized
+
+
+def apply_variant(model, variant_id: str, device: str | None = None):
+    """Build one named candidate (e.g. ``"torch_eager/bf16"``) without searching or verifying:
+    for when the choice is already known. Returns a new pipeline like ``optimize_model``."""
+    from .backends.base import BuildContext
+
+    unet = _check_pipe(model)
+    dev = detect(device)
+    backend_name, _, variant_name = str(variant_id).partition("/")
+    backend = get_backend(backend_name)
+    variant = next((v for v in backend.variants(dev) if v.name == variant_name), None)
+    if variant is None:
+        raise SdoptError(f"unknown candidate '{variant_id}': expected one of " + ", ".join(
+            f"{backend.name}/{v.name}" for v in backend.variants(dev)))
+    reason = backend.unavailable_reason(dev, variant)
+    if reason:
+        raise SdoptError(f"candidate '{variant_id}' cannot run here: {reason}")
+    model.to(dev.torch_device)
+    with torch.inference_mode():
+        module = backend.build(unet, variant, BuildContext(device=dev, example=None)).eval()
+    info = {"source_hash": weights_hash(unet), "config_hash": config_hash(unet)}
+    return with_unet(model, OptimizedUNet(module, unet.config, dtype=unet.dtype,
+                                          device=torch.device(dev.torch_device), info=info))
+
+
+def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write the optimization (manifest + artifacts in safe formats) atomically to ``path``."""
+    wrapped = optimized_unet_of(model)
+    if wrapped is None:
+        raise SdoptError(f"save_model got a {type(model).__name__} without an sdopt-optimized "
+                         "UNet: pass the object optimize_model or load_model returned")
+    variant = wrapped.variant
+    backend = BACKENDS[variant.backend]
+    target = Path(path)
+    with atomic_directory(target, overwrite=overwrite) as tmp:
+        (tmp / "unet").mkdir()
+        artifact = backend.save(wrapped.module, tmp / "unet")
+        result: OptimizationResult | None = getattr(model, "sdopt_result", None)
+        manifest = {
+            "schema_version": MANIFEST_SCHEMA_VERSION,
+            "sdopt_version": __version__,
+            "created_unix": int(time.time()),
+            "pipeline_class": type(model).__name__,
+            "components": {"unet": {
+                "backend": variant.backend, "backend_version": backend.version,
+                "variant": variant.name, "precision": variant.precision,
+                "options": dict(variant.options), "techniques": list(variant.techniques),
+                "path": "unet", "artifact": artifact,
+                "source_hash": wrapped.info.get("source_hash", ""),
+                "config_hash": wrapped.info.get("config_hash", ""),
+                "dtype": str(wrapped.dtype).replace("torch.", ""),
+            }},
+            "shapes": wrapped.info.get("samples", {}),
+            "metrics": {k: wrapped.info.get(k) for k in ("metric", "metric_drop", "latency_s",
+                                                         "speedup")},
+            "device": detect(wrapped.device.type).fingerprint(),
+            "libraries": library_versions(),
+            "search": result.to_dict() if result else None,
+        }
+        write_json(tmp / MANIFEST_NAME, manifest)
+        manifest["size_bytes"] = directory_size(tmp)
+        write_json(tmp / MANIFEST_NAME, manifest)
+    return target
+
+
+def _variant_from(manifest_comp: dict[str, Any], path: Path, device: DeviceInfo) -> Variant:
+    from .backends.base import canonical_backend_name
+
+    try:
+        backend = get_backend(manifest_comp["backend"])
+    except SdoptError:
+        raise SdoptError(f"'{path}': backend '{manifest_comp['backend']}' is not known to this "
+                         f"sdopt ({__version__}): re-run optimize_model") from None
+    name = canonical_backend_name(manifest_comp["backend"])
+    if manifest_comp["backend_version"] != backend.version:
+        raise SdoptError(
+            f"'{path}' was saved by backend {name} format v{manifest_comp['backend_version']}, this "
+            f"sdopt ({__version__}) reads v{backend.version}: re-run optimize_model and save again")
+    for variant in backend.variants(device):
+        if variant.name == manifest_comp["variant"]:
+            return variant
+    raise SdoptError(f"'{path}': variant '{manifest_comp['variant']}' of backend {name} is not "
+                     f"available on {device.kind}: re-run optimize_model on this machine")
+
+
+def load_model(path: str | os.PathLike, pipe=None, *, device: str | None = None):
+    """Put the optimization saved at ``path`` into ``pipe`` (in place) and return the pipeline."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if pipe is None:
+        raise SdoptError("load_model needs pipe=: the diffusers pipeline (original weights) to put "
+                         f"the optimized UNet from '{path}' into")
+    unet = _check_pipe(pipe, "pipe")
+    saved_kind = manifest["device"].get("kind", "cpu")
+    dev = detect(device or ("cpu" if saved_kind == "cpu" else None))
+    if saved_kind == "cuda" and dev.kind != "cuda":
+        raise SdoptError(f"'{path}' was optimized for a CUDA GPU "
+                         f"({manifest['device'].get('name')}); this machine has none")
+    comp = manifest["components"]["unet"]
+    variant = _variant_from(comp, path / MANIFEST_NAME, dev)
+    backend = BACKENDS[variant.backend]
+    reason = backend.unavailable_reason(dev, variant)
+    if reason:
+        raise SdoptError(f"'{path}' uses {variant.id}, which cannot run here: {reason}")
+    if comp.get("config_hash") and comp["config_hash"] != config_hash(unet):
+        raise SdoptError(f"'{path}' was optimized for a different UNet architecture than the "
+                         "given pipe's: pass the pipeline it was made from")
+    if comp["source_hash"] and comp["source_hash"] != weights_hash(unet):
+        log.warning("sdopt: the given pipe's UNet weights differ from those %s was optimized "
+                    "from; the saved weights are used", path)
+    pipe.to(dev.torch_device)
+    module = backend.load(path / comp.get("path", "unet"), unet, variant,
+                          comp.get("artifact", {}), dev)
+    module.eval()
+    info = {"source_hash": comp["source_hash"], "config_hash": comp.get("config_hash", ""),
+            "samples": manifest.get("shapes", {}), **manifest.get("metrics", {})}
+    pipe.unet = OptimizedUNet(module, unet.config, dtype=unet.dtype,
+                              device=torch.device(dev.torch_device), info=info)
+    return pipe

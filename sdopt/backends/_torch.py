@@ -1,0 +1,93 @@
+"""What the PyTorch-family backends share: a UNet copy in some precision and layout, and its
+weights saved as safetensors (never pickle)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import SdoptError
+from .base import OptimizedModule, Variant
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+WEIGHTS_FILE = "unet.safetensors"
+
+
+class TorchUNetModule(OptimizedModule):
+    """A UNet run in ``dtype`` and ``memory_format``; inputs are cast in, the output cast back."""
+
+    def __init__(self, unet: torch.nn.Module, variant: Variant, dtype: torch.dtype,
+                 channels_last: bool = False):
+        super().__init__()
+        self.unet = unet
+        self.variant = variant
+        self.run_dtype = dtype
+        self.channels_last = channels_last
+
+    def forward(self, sample, timestep, encoder_hidden_states, **extra):
+        out_dtype = sample.dtype
+        sample = sample.to(self.run_dtype)
+        if self.channels_last:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        encoder_hidden_states = encoder_hidden_states.to(self.run_dtype)
+        extra = {k: (v.to(self.run_dtype) if isinstance(v, torch.Tensor) and v.is_floating_point()
+                     else v) for k, v in extra.items()}
+        out = self._call_unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                              return_dict=False, **extra)[0]
+        return out.to(out_dtype).contiguous()
+
+    def _call_unet(self, *args, **kwargs):
+        return self.unet(*args, **kwargs)
+
+
+def copy_unet(unet: torch.nn.Module, dtype: torch.dtype, channels_last: bool,
+              device: str) -> torch.nn.Module:
+    """A converted copy: the pipeline's own UNet stays the fp32 reference."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its "keep modules in float32" note is about training
+    try:
+        clone = copy.deepcopy(unet).to(device=device, dtype=dtype).eval()
+    finally:
+        diffusers_logging.set_verbosity(level)
+    clone.requires_grad_(False)
+    if channels_last:
+        clone = clone.to(memory_format=torch.channels_last)
+    return clone
+
+
+def save_weights(unet: torch.nn.Module, directory: Path) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    return {"weights": WEIGHTS_FILE}
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise SdoptError(f"'{path}' is missing: the saved model is incomplete")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise SdoptError(f"'{path}' is corrupt: {exc}") from exc
+
+
+def load_weights_into_copy(directory: Path, unet: torch.nn.Module, dtype: torch.dtype,
+                           channels_last: bool, device: str) -> torch.nn.Module:
+    """Copy the given UNet's structure and fill it with the saved weights."""
+    path = directory / WEIGHTS_FILE
+    state = read_safetensors(path)
+    clone = copy_unet(unet, dtype, channels_last, device)
+    missing, unexpected = clone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SdoptError(f"'{path}' does not fit the given pipeline's UNet ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected tensors): pass the pipeline the model was "
+                         "optimized from")
+    return clone

@@ -1,0 +1,143 @@
+"""The backend interface and its registry.
+
+A backend turns the pipeline's UNet into something faster that takes the same inputs. Each one is
+a module of its own behind :class:`Backend` (the optimum-benchmark model): it lists the variants it
+can try (precisions, options), says for each whether it can run on this device and why not,
+builds the optimized module, and saves/loads it in safe formats. The search knows nothing else
+about it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..device import DeviceInfo
+from ..errors import SdoptError
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One candidate a backend can build: a precision and the options that make it different."""
+
+    backend: str
+    name: str
+    precision: str  # "fp32" | "bf16" | "fp16" | "int8"
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # Keeps fp32 arithmetic (only reassociation differs): allowed when no metric drop is allowed.
+    lossless: bool = False
+    techniques: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}/{self.name}"
+
+
+@dataclass
+class BuildContext:
+    """What a backend may use while building: the device, example inputs, calibration data."""
+
+    device: DeviceInfo
+    example: "UNetInputs"
+    calibration: list["UNetInputs"] = field(default_factory=list)
+    cache_dir: Path | None = None
+
+
+@dataclass
+class UNetInputs:
+    """One UNet call as the pipeline made it (classifier-free guidance doubles the batch)."""
+
+    sample: torch.Tensor
+    timestep: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: str) -> "UNetInputs":
+        move = (lambda v: v.to(device) if isinstance(v, torch.Tensor) else v)
+        return UNetInputs(move(self.sample), move(self.timestep), move(self.encoder_hidden_states),
+                          {k: move(v) for k, v in self.extra.items()})
+
+
+class OptimizedModule(torch.nn.Module):
+    """What ``Backend.build`` returns: called like the UNet's core, returns the noise prediction.
+
+    ``forward(sample, timestep, encoder_hidden_states, **extra)`` takes and returns tensors in the
+    pipeline's dtype; casting to the backend's precision happens inside.
+    """
+
+    variant: Variant
+
+    def size_bytes(self) -> int:
+        """Bytes of weights the module holds (the 'model size' row of the summary)."""
+        seen, total = set(), 0
+        for tensor in list(self.parameters()) + list(self.buffers()):
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+        return total
+
+
+class Backend(abc.ABC):
+    """One compiler or runtime. Subclasses set ``name`` and bump ``version`` when their saved
+    artifacts change format, so that an old saved model is refused instead of misread."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    # Names Speedster users pass in ignore_compilers for the same thing.
+    aliases: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def variants(self, device: DeviceInfo) -> list[Variant]:
+        """Every variant this backend knows for the device kind (available or not)."""
+
+    def unavailable_reason(self, device: DeviceInfo, variant: Variant) -> str | None:
+        """None when the variant can run here, else the precise reason it cannot."""
+        return None
+
+    @abc.abstractmethod
+    def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
+        """Build the optimized module from the pipeline's UNet (which must stay unchanged)."""
+
+    @abc.abstractmethod
+    def save(self, module: OptimizedModule, directory: Path) -> dict[str, Any]:
+        """Write the module's artifacts into ``directory``; return what load needs (JSON-safe)."""
+
+    @abc.abstractmethod
+    def load(self, directory: Path, unet: torch.nn.Module, variant: Variant, info: dict[str, Any],
+             device: DeviceInfo) -> OptimizedModule:
+        """Rebuild the module saved in ``directory`` around the given pipeline's UNet."""
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    BACKENDS[cls.name] = cls()
+    return cls
+
+
+def get_backend(name: str) -> Backend:
+    from . import load_builtin_backends
+
+    load_builtin_backends()
+    canonical = canonical_backend_name(name)
+    return BACKENDS[canonical]
+
+
+def canonical_backend_name(name: str) -> str:
+    """Map a backend name or a Speedster compiler alias to our name; unknown names are errors."""
+    from . import load_builtin_backends
+
+    load_builtin_backends()
+    key = str(name).strip().lower()
+    if key in BACKENDS:
+        return key
+    for backend in BACKENDS.values():
+        if key in backend.aliases:
+            return backend.name
+    raise SdoptError(f"unknown backend name '{name}': expected one of "
+                     f"{', '.join(sorted(BACKENDS))}")

@@ -1,0 +1,115 @@
+"""Which hardware we run on, described well enough to refuse comparing unlike machines.
+
+Backends ask this module what the device can do (bf16 units, CUDA), and saved models and results
+carry its fingerprint so that a model built for one GPU is not silently run on another.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import SdoptError
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: str  # "cpu" | "cuda"
+    name: str
+    cores: int
+    cpu_flags: tuple[str, ...] = ()
+    cuda_capability: str | None = None
+    cuda_version: str | None = None
+    memory_gb: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def torch_device(self) -> str:
+        return "cuda" if self.kind == "cuda" else "cpu"
+
+    def supports_bf16(self) -> tuple[bool, str]:
+        import torch
+
+        if self.kind == "cuda":
+            ok = torch.cuda.is_bf16_supported()
+            return ok, "" if ok else f"{self.name} has no bf16 support"
+        if "avx512_bf16" in self.cpu_flags or "amx_bf16" in self.cpu_flags:
+            return True, ""
+        try:
+            if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                return False, (f"{self.name} has no native bf16 (no avx512_bf16/amx_bf16): oneDNN "
+                               "would emulate it, which is slower than fp32")
+        except Exception:  # noqa: BLE001 - old torch without the probe
+            pass
+        return False, f"{self.name} has no bf16 instructions (avx512_bf16 or amx_bf16)"
+
+    def fingerprint(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+                      "amx_int8", "avx_vnni")
+
+
+def _cpu_name_and_flags() -> tuple[str, tuple[str, ...]]:
+    name, flags = platform.processor() or platform.machine(), ()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and name in ("", platform.processor(), platform.machine()):
+                    name = value.strip()
+                elif key == "flags" and not flags:
+                    present = set(value.split())
+                    flags = tuple(f for f in _INTERESTING_FLAGS if f in present)
+    except OSError:
+        pass
+    return name, flags
+
+
+@functools.lru_cache(maxsize=None)
+def detect(requested: str | None = None) -> DeviceInfo:
+    """Describe the device to optimize for: ``"cpu"``, ``"cuda"`` or None/``"auto"`` (CUDA if any)."""
+    import torch
+
+    requested = (requested or "auto").lower()
+    if requested not in ("auto", "cpu", "cuda", "gpu"):
+        raise SdoptError(f"device '{requested}' is not known: expected auto, cpu or cuda")
+    cuda = torch.cuda.is_available()
+    if requested in ("cuda", "gpu") and not cuda:
+        raise SdoptError("device 'cuda' was requested but torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+    cpu_name, flags = _cpu_name_and_flags()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cuda and requested != "cpu":
+        props = torch.cuda.get_device_properties(0)
+        return DeviceInfo(
+            kind="cuda", name=props.name, cores=cores or 1, cpu_flags=flags,
+            cuda_capability=f"{props.major}.{props.minor}", cuda_version=torch.version.cuda,
+            memory_gb=round(props.total_memory / 2**30, 1), extra={"host_cpu": cpu_name},
+        )
+    try:
+        import psutil
+
+        mem = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        mem = None
+    return DeviceInfo(kind="cpu", name=cpu_name, cores=cores or 1, cpu_flags=flags, memory_gb=mem)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything that changes numerics or artifacts (stored with each result)."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("sdopt", "torch", "diffusers", "transformers", "onnxruntime", "onnxruntime-gpu",
+                 "openvino", "nncf", "tensorrt", "onnx"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions

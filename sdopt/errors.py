@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Every problem caused by what the user gave us (a path, a prompt list, a threshold, a saved model)
+is raised as :class:`SdoptError` with a one-line message that names the bad value and says what is
+expected; the CLI prints it without a traceback and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class SdoptError(Exception):
+    """A problem with user input, reported as one line (CLI exit status 2)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        # A multi-line message would break the one-line contract of the CLI and of CI annotations.
+        super().__init__(" ".join(str(message).split()))
+
+
+class MissingDependencyError(SdoptError):
+    """An optional dependency is not installed; the message names the extra that provides it."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the Python package '{package}', which is not installed: "
+            f"pip install 'sdopt[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra

@@ -1,0 +1,86 @@
+"""The terminal tables: Speedster's summary (original vs optimized) and every candidate."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .search import (STATUS_FAILED, STATUS_REJECTED, STATUS_SELECTED, STATUS_SKIPPED,
+                     OptimizationResult)
+
+_STYLE = {STATUS_SELECTED: "bold green", STATUS_REJECTED: "yellow", STATUS_FAILED: "red",
+          STATUS_SKIPPED: "dim"}
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.1f} MB"
+
+
+def _sec(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.3f} s"
+
+
+def _drop(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def summary_table(result: OptimizationResult) -> Table:
+    o, s = result.original, result.selected
+    shapes = result.samples.get("sample_shape")
+    table = Table(title=f"[bold]sdopt results[/] on {result.device.get('name')} "
+                        f"({result.device.get('kind')}), UNet input {shapes}",
+                  title_justify="left")
+    for col, justify in (("Metric", "left"), ("Original Model", "right"),
+                         ("Optimized Model", "right"), ("Improvement", "right")):
+        table.add_column(col, justify=justify)
+    if not (o and s):
+        table.add_row("status", "-", "no candidate completed", "")
+        return table
+    speed = o.latency_s / s.latency_s
+    table.add_row("backend", "PyTorch fp32 (eager)", f"{s.backend} {s.variant}", "")
+    table.add_row("latency", f"{_sec(o.latency_s)}/batch", f"{_sec(s.latency_s)}/batch",
+                  f"[bold]{speed:.2f}x[/]")
+    table.add_row("throughput", f"{o.throughput:.2f} batch/s", f"{s.throughput:.2f} batch/s",
+                  f"{speed:.2f}x")
+    size_change = ""
+    if o.model_size_bytes and s.model_size_bytes:
+        size_change = f"{(s.model_size_bytes / o.model_size_bytes - 1) * 100:+.0f}%"
+    table.add_row("model size", _mb(o.model_size_bytes), _mb(s.model_size_bytes), size_change)
+    table.add_row("metric drop", "", f"{_drop(s.metric_drop)} ({result.metric})", "")
+    table.add_row("techniques", "", ", ".join(s.techniques) or "none", "")
+    return table
+
+
+def candidates_table(result: OptimizationResult) -> Table:
+    ths = "lossless" if result.metric_drop_ths is None else f"<= {result.metric_drop_ths:g}"
+    table = Table(title=f"All candidates (metric: {result.metric}, allowed drop {ths}; latency "
+                        "is the median of one UNet call, iqr its spread)", title_justify="left")
+    for col in ("candidate", "status", "build", "latency", "iqr", "speedup", "drop mean/max",
+                "peak mem"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("reason", overflow="fold", ratio=1, min_width=30)
+    for c in result.candidates:
+        style = _STYLE.get(c.status, "")
+        table.add_row(
+            c.id, f"[{style}]{c.status}[/]" if style else c.status,
+            "-" if c.build_s is None else f"{c.build_s:.1f} s", _sec(c.latency_s),
+            _sec(c.latency_iqr_s), "-" if c.speedup is None else f"{c.speedup:.2f}x",
+            "-" if c.metric_drop is None else f"{_drop(c.metric_drop)} / {_drop(c.metric_drop_max)}",
+            _mb(c.peak_memory_bytes), c.reason)
+    return table
+
+
+def make_console(**kwargs) -> Console:
+    """A console that is wide enough for the tables even when stdout is a CI log, not a tty."""
+    console = Console(**kwargs)
+    if not console.is_terminal and "width" not in kwargs:
+        console = Console(width=160, **kwargs)
+    return console
+
+
+def print_summary(result: OptimizationResult, console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(candidates_table(result))
+    console.print(summary_table(result))

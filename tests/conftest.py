@@ -1,0 +1,38 @@
+import os
+
+import pytest
+
+# Tests never reach the hub; an accidental download attempt fails fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+PROMPTS = ["a photo of a cat", "a painting of a city at night"]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    """One tiny pipeline for tests that do not modify it (optimize_model leaves it untouched)."""
+    from sdopt.models import build_preset
+
+    return build_preset("tiny")
+
+
+@pytest.fixture
+def fresh_tiny_pipe():
+    from sdopt.models import build_preset
+
+    return build_preset("tiny")
+
+
+@pytest.fixture
+def prompts():
+    return list(PROMPTS)
+
+
+def image_array(pipe, prompt="a photo of a cat", seed=0, steps=4):
+    import numpy as np
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    image = pipe(prompt, num_inference_steps=steps, generator=gen).images[0]
+    return np.asarray(image, dtype=np.int16)

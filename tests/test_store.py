@@ -1,0 +1,146 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sdopt
+from sdopt.backends.base import BACKENDS
+from sdopt.errors import SdoptError
+from sdopt.store import MANIFEST_NAME
+
+SCRIPT = Path(__file__).parent / "scripts" / "roundtrip.py"
+
+
+def _run(*args):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("candidate", [
+    "search", "torch_eager/bf16", "torch_eager/fp32-channels_last", "torch_int8/dynamic-linear",
+    pytest.param("torch_compile/bf16", marks=pytest.mark.slow),
+])
+def test_saved_model_gives_the_same_images_in_a_new_process(tmp_path, candidate):
+    directory = tmp_path / "saved"
+    chosen = _run("save", directory, candidate)
+    if candidate != "search":
+        assert chosen == candidate
+    assert _run("load", directory, candidate) == chosen
+    first = np.load(f"{directory}.first.npy")
+    second = np.load(f"{directory}.second.npy")
+    assert first.shape == (64, 64, 3)
+    assert np.abs(first - second).max() <= 1
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    assert manifest["components"]["unet"]["backend"] == chosen.split("/")[0]
+    assert manifest["libraries"]["torch"].startswith("2.13")
+    assert not list(directory.rglob("*.pt")) and not list(directory.rglob("*.pkl"))
+
+
+@pytest.fixture(scope="module")
+def saved_bf16(tmp_path_factory):
+    pipe = sdopt.build_preset("tiny")
+    directory = tmp_path_factory.mktemp("saved") / "bf16"
+    sdopt.save_model(sdopt.apply_variant(pipe, "torch_eager/bf16"), directory)
+    return directory
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_manifest(directory: Path, edit) -> None:
+    path = directory / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_corrupt_manifest(saved_bf16, tmp_path, fresh_tiny_pipe):
+    broken = _copy(saved_bf16, tmp_path / "m")
+    (broken / MANIFEST_NAME).write_text("{ not json")
+    with pytest.raises(SdoptError, match="is corrupt: not valid JSON"):
+        sdopt.load_model(broken, pipe=fresh_tiny_pipe)
+
+
+def test_manifest_missing_field(saved_bf16, tmp_path, fresh_tiny_pipe):
+    broken = _copy(saved_bf16, tmp_path / "m")
+    _edit_manifest(broken, lambda d: d["components"]["unet"].pop("backend"))
+    with pytest.raises(SdoptError, match=r"components\.unet\.backend is missing"):
+        sdopt.load_model(broken, pipe=fresh_tiny_pipe)
+
+
+def test_saved_by_another_backend_version(saved_bf16, tmp_path, fresh_tiny_pipe):
+    old = _copy(saved_bf16, tmp_path / "m")
+    _edit_manifest(old, lambda d: d["components"]["unet"].update(backend_version=99))
+    with pytest.raises(SdoptError, match="format v99, this sdopt .* reads v1"):
+        sdopt.load_model(old, pipe=fresh_tiny_pipe)
+
+
+def test_other_schema_version(saved_bf16, tmp_path, fresh_tiny_pipe):
+    old = _copy(saved_bf16, tmp_path / "m")
+    _edit_manifest(old, lambda d: d.update(schema_version=0))
+    with pytest.raises(SdoptError, match="schema_version is 0"):
+        sdopt.load_model(old, pipe=fresh_tiny_pipe)
+
+
+def test_corrupt_weights(saved_bf16, tmp_path, fresh_tiny_pipe):
+    broken = _copy(saved_bf16, tmp_path / "m")
+    (broken / "unet" / "unet.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SdoptError, match="unet.safetensors' is corrupt"):
+        sdopt.load_model(broken, pipe=fresh_tiny_pipe)
+
+
+def test_missing_directory_and_missing_pipe(saved_bf16, tmp_path, fresh_tiny_pipe):
+    with pytest.raises(SdoptError, match="not found"):
+        sdopt.load_model(tmp_path / "nothing", pipe=fresh_tiny_pipe)
+    with pytest.raises(SdoptError, match="needs pipe="):
+        sdopt.load_model(saved_bf16)
+
+
+def test_other_architecture_is_refused(saved_bf16, fresh_tiny_pipe):
+    from diffusers import UNet2DConditionModel
+
+    cfg = dict(fresh_tiny_pipe.unet.config)
+    cfg["layers_per_block"] = 1
+    fresh_tiny_pipe.unet = UNet2DConditionModel.from_config(cfg)
+    with pytest.raises(SdoptError, match="different UNet architecture"):
+        sdopt.load_model(saved_bf16, pipe=fresh_tiny_pipe)
+
+
+def test_save_refuses_to_overwrite_and_is_atomic(saved_bf16, tmp_path, fresh_tiny_pipe,
+                                                 monkeypatch):
+    optimized = sdopt.apply_variant(fresh_tiny_pipe, "torch_eager/bf16")
+    with pytest.raises(SdoptError, match="already exists"):
+        sdopt.save_model(optimized, saved_bf16)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(BACKENDS["torch_eager"], "save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sdopt.save_model(optimized, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "no partial output is left"
+
+
+def test_overwrite_replaces(tmp_path, fresh_tiny_pipe):
+    target = tmp_path / "m"
+    sdopt.save_model(sdopt.apply_variant(fresh_tiny_pipe, "torch_eager/bf16"), target)
+    sdopt.save_model(sdopt.apply_variant(fresh_tiny_pipe, "torch_int8/dynamic-linear"), target,
+                     overwrite=True)
+    data = json.loads((target / MANIFEST_NAME).read_text())
+    assert data["components"]["unet"]["backend"] == "torch_int8"
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_save_needs_an_optimized_model(tiny_pipe, tmp_path):
+    with pytest.raises(SdoptError, match="without an sdopt-optimized UNet"):
+        sdopt.save_model(tiny_pipe, tmp_path / "x")
