@@ -127,17 +127,20 @@ def _search_kwargs(kw: dict) -> dict:
 @click.option("--model", "model_ref", required=True,
               help="Preset name, diffusers folder, .safetensors file or hub id[@revision].")
 @click.option("--revision", default=None)
+@click.option("--single-file-config", default=None, type=click.Path(file_okay=False),
+              help="Diffusers folder with the configs of a .safetensors single-file model.")
 @click.option("--prompt", "prompts", multiple=True, help="A prompt (repeatable).")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
               help="File with one prompt per line, or a JSON list.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @optimize_options
-def optimize(model_ref, revision, prompts, prompts_file, out, overwrite, **kw):
+def optimize(model_ref, revision, single_file_config, prompts, prompts_file, out, overwrite,
+             **kw):
     """Optimize a pipeline's UNet and save the result to --out."""
     from .models import load_pipeline
 
     prompt_list = read_prompts(prompts, prompts_file)
-    pipe = load_pipeline(model_ref, revision)
+    pipe = load_pipeline(model_ref, revision, single_file_config=single_file_config)
     _run_optimize(pipe, prompt_list, Path(out), overwrite=overwrite, describe=str(model_ref),
                   **_search_kwargs(kw))
 

@@ -140,9 +140,17 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:300]}{where}"
 
 
+def _time_module(module: OptimizedModule, inputs: list, device_kind: str, **kwargs) -> Timing:
+    def call(i):
+        inp = inputs[i % len(inputs)]
+        module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
+
+    return measure(call, device_kind=device_kind, **kwargs)
+
+
 def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, variants: list[Variant],
                *, metric: Metric, metric_drop_ths: float | None, optimization_time: str,
-               warmup: int = 1, repeats: int = 5, max_seconds_per_candidate: float = 30.0,
+               warmup: int = 2, repeats: int = 5, max_seconds_per_candidate: float = 30.0,
                time_budget_s: float | None = None, cache_dir=None,
                on_candidate: Callable[[Variant, str], None] | None = None,
                ) -> tuple[OptimizationResult, OptimizedModule | None]:
@@ -201,13 +209,8 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
             row.metric_drop_max = max(drops)
             if not math.isfinite(row.metric_drop):
                 raise FloatingPointError("non-finite outputs (NaN or inf) on verification inputs")
-
-            def call(i, module=module):
-                inp = timing_inputs[i % len(timing_inputs)]
-                module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
-
-            timing: Timing = measure(call, device_kind=device.kind, warmup=warmup, repeats=repeats,
-                                     max_seconds=max_seconds_per_candidate)
+            timing = _time_module(module, timing_inputs, device.kind, warmup=warmup,
+                                  repeats=repeats, max_seconds=max_seconds_per_candidate)
             row.latency_s, row.latency_iqr_s = timing.median_s, timing.iqr_s
             row.latency_samples_s = timing.samples_s
             row.peak_memory_bytes = timing.peak_memory_bytes
@@ -224,10 +227,10 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
         if variant.id == REFERENCE_ID and row.status == STATUS_OK:
             original = row
         keep = row.status == STATUS_OK and (best is None or row.latency_s < best[0].latency_s)
+        previous = None
         if keep:
             previous, best = best, (row, module)
-            del previous
-        del module
+        del module, previous
         gc.collect()
         if on_candidate:
             on_candidate(variant, "done")

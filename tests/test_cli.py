@@ -41,7 +41,9 @@ def test_optimize_from_a_prompts_file_and_a_folder(tmp_path):
                      "--steps", "3", "--repeats", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "opt" / "optimization.json").read_text())
-    assert result["samples"]["captured_calls"] == 2 * 3
+    scheduler = sdopt.models.build_preset("tiny").scheduler
+    scheduler.set_timesteps(3)  # PNDM makes one UNet call more than it has steps
+    assert result["samples"]["captured_calls"] == 2 * len(scheduler.timesteps)
 
 
 @pytest.mark.parametrize("args,needle", [

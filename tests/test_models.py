@@ -60,10 +60,15 @@ def test_resolve_ref_kinds(tmp_path):
     assert resolve_ref(str(single)).kind == "single_file"
 
 
+def _write(path):
+    path.write_bytes(b"x")
+    return str(path)
+
+
 @pytest.mark.parametrize("make,expected", [
     (lambda p: str(p / "missing" / "model"), "not found"),
     (lambda p: "", "empty"),
-    (lambda p: (p / "m.ckpt").write_bytes(b"x") or str(p / "m.ckpt"), "pickled"),
+    (lambda p: _write(p / "m.ckpt"), "pickled"),
     (lambda p: (p / "nofolder").mkdir() or str(p / "nofolder"), "model_index.json"),
 ])
 def test_bad_model_references_give_one_line(tmp_path, make, expected):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,11 @@ import torch
 from ..device import DeviceInfo
 from ._torch import DTYPES, TorchUNetModule, copy_unet, load_weights_into_copy, save_weights
 from .base import Backend, BuildContext, OptimizedModule, Variant, register
+
+
+# diffusers' upsampling calls an lru_cache'd version check that dynamo traces through; the
+# warning (with a source excerpt) is noise in the search output.
+warnings.filterwarnings("ignore", message=r"Dynamo detected a call to a `functools.lru_cache`")
 
 
 class _CompiledModule(TorchUNetModule):

@@ -49,9 +49,13 @@ class _Int8Module(TorchUNetModule):
 
 def _int8_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The quantized UNet as plain tensors: int8 weights with their scale and zero point."""
+    linears = _dynamic_linears(unet)
+    quantized_names = {name for name, _ in linears}
+    # Quantized Linear entries (packed params, activation scale/zero point) are written below.
     state = {k: v for k, v in unet.state_dict().items() if isinstance(v, torch.Tensor)
-             and not v.is_quantized}
-    for name, module in _dynamic_linears(unet):
+             and not v.is_quantized and k.rsplit(".", 1)[0] not in quantized_names
+             and "_packed_params" not in k}
+    for name, module in linears:
         weight, bias = module._weight_bias()
         if weight.qscheme() != torch.per_tensor_affine:
             raise NotImplementedError(f"{name}: qscheme {weight.qscheme()} is not saved")
@@ -106,8 +110,12 @@ class TorchInt8(Backend):
                                  "fit the given pipeline's UNet") from exc
             qweight = torch._make_per_tensor_quantized_tensor(ints, scale, zero_point)
             module.set_weight_bias(qweight, state.pop(f"{name}.bias", None))
-        missing, unexpected = quantized.load_state_dict(state, strict=False)
-        missing = [k for k in missing if "_packed_params" not in k]
+        # load_state_dict cannot be used: quantized Linear modules insist on their packed form.
+        targets = {**dict(quantized.named_parameters()), **dict(quantized.named_buffers())}
+        unexpected = [k for k in state if k not in targets]
+        missing = [k for k in targets if k not in state]
+        for key in set(state) & set(targets):
+            targets[key].data.copy_(state[key])
         if missing or unexpected:
             raise SdoptError(f"'{directory / WEIGHTS_FILE}' does not fit the given pipeline's UNet "
                              f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
