@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 
 from . import __version__
-from .backends.base import BACKENDS, Variant, get_backend
+from .backends.base import BACKENDS, UNetInputs, Variant, get_backend
 from .device import DeviceInfo, detect, library_versions
 from .errors import SdoptError
 from .metrics import resolve_metric, validate_threshold
@@ -186,7 +186,26 @@ def optimize_model(
     return optimized
 
 
-def apply_variant(model, variant_id: str, device: str | None = None):
+def example_inputs(model, height: int | None = None, width: int | None = None,
+                   batch: int = 2) -> UNetInputs:
+    """UNet inputs of the shapes the pipeline makes at height x width (CFG doubles the batch),
+    for backends that need an example to export or convert."""
+    from .backends.base import UNetInputs
+
+    unet = model.unet
+    side = int(unet.config.sample_size * model.vae_scale_factor)
+    h, w = (height or side) // model.vae_scale_factor, (width or side) // model.vae_scale_factor
+    generator = torch.Generator().manual_seed(0)
+    text_len = getattr(getattr(model, "tokenizer", None), "model_max_length", 77)
+    return UNetInputs(
+        sample=torch.randn(batch, unet.config.in_channels, h, w, generator=generator),
+        timestep=torch.tensor(999),
+        encoder_hidden_states=torch.randn(batch, text_len, unet.config.cross_attention_dim,
+                                          generator=generator))
+
+
+def apply_variant(model, variant_id: str, device: str | None = None, *,
+                  height: int | None = None, width: int | None = None):
     """Build one named candidate (e.g. ``"torch_eager/bf16"``) without searching or verifying:
     for when the choice is already known. Returns a new pipeline like ``optimize_model``."""
     from .backends.base import BuildContext
@@ -204,7 +223,8 @@ def apply_variant(model, variant_id: str, device: str | None = None):
         raise SdoptError(f"candidate '{variant_id}' cannot run here: {reason}")
     model.to(dev.torch_device)
     with torch.inference_mode():
-        module = backend.build(unet, variant, BuildContext(device=dev, example=None)).eval()
+        example = example_inputs(model, height, width).to(dev.torch_device)
+        module = backend.build(unet, variant, BuildContext(device=dev, example=example)).eval()
     info = {"source_hash": weights_hash(unet), "config_hash": config_hash(unet)}
     return with_unet(model, OptimizedUNet(module, unet.config, dtype=unet.dtype,
                                           device=torch.device(dev.torch_device), info=info))
