@@ -1,0 +1,120 @@
+"""Create or update the one sdopt comment on a pull request (GitHub REST API via PyGithub).
+
+Upsert rules, so that reruns never pile up comments and we never touch anyone else's:
+- our comment starts with a hidden marker ``<!-- sdopt-report:KEY -->`` (KEY separates several
+  configs or matrix legs posting on one PR);
+- only a comment with the marker AND written by the identity of our token is edited; the
+  marker alone proves nothing (anyone can paste it);
+- every page of comments is searched (Link-header pagination), a long PR has hundreds;
+- the body is capped at 65,536 characters, GitHub's limit (a longer one is refused with 422).
+A token that may not comment (a fork PR's read-only token, missing ``pull-requests: write``)
+yields a warning and the report stays in the job summary: the gate's verdict is what fails a job,
+never the comment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdopt.errors import MissingDependencyError
+
+COMMENT_LIMIT_CHARS = 65536
+DEFAULT_API_URL = "https://api.github.com"
+# The author of comments made with the workflow's GITHUB_TOKEN; an installation token cannot
+# read GET /user (403), so this is the identity we assume then.
+ACTIONS_BOT = "github-actions[bot]"
+DEGRADED_STATUSES = (401, 403, 404)
+
+
+def marker(key: str = "default") -> str:
+    return f"<!-- sdopt-report:{key} -->"
+
+
+def cap_body(body: str, *, key: str = "default", artifact_url: str | None = None,
+             limit: int = COMMENT_LIMIT_CHARS) -> str:
+    """The marker first, then the body, cut with a note when the whole exceeds ``limit``."""
+    mark = marker(key)
+    text = body if body.startswith(mark) else f"{mark}\n{body}"
+    if len(text) <= limit:
+        return text
+    where = f" The full report: {artifact_url}" if artifact_url else \
+        " The full report is in the job summary and the workflow's artifacts."
+    note = f"\n\n---\n> The report was truncated to GitHub's {limit:,}-character comment limit.{where}\n"
+    return text[: limit - len(note)] + note
+
+
+@dataclass
+class CommentResult:
+    action: str                  # "created" | "updated" | "skipped"
+    url: str | None = None
+    reason: str = ""
+
+
+def _github(token: str, api_url: str):
+    try:
+        from github import Auth, Github
+    except ImportError:
+        raise MissingDependencyError("PyGithub", "action", "commenting on pull requests") from None
+    # Retries only delay a failure that our caller turns into a warning anyway; a run makes a
+    # handful of requests, so PyGithub's client-side throttling buys nothing either.
+    return Github(auth=Auth.Token(token), base_url=api_url.rstrip("/"), retry=None, timeout=30,
+                  per_page=100, lazy=True, seconds_between_requests=None,
+                  seconds_between_writes=None)
+
+
+def _our_login(gh, configured: str | None) -> str:
+    from github import GithubException
+
+    if configured:
+        return configured
+    try:
+        return gh.get_user().login
+    except GithubException as exc:
+        if exc.status in (401, 403, 404):     # installation tokens (GITHUB_TOKEN) cannot read /user
+            return ACTIONS_BOT
+        raise
+
+
+def upsert_comment(*, token: str, repository: str, number: int, body: str, key: str = "default",
+                   api_url: str = DEFAULT_API_URL, author: str | None = None,
+                   expected_head_sha: str | None = None,
+                   artifact_url: str | None = None) -> CommentResult:
+    """Create or update our comment; GitHub API refusals come back as ``skipped`` with why."""
+    from github import GithubException
+
+    gh = _github(token, api_url)
+    text = cap_body(body, key=key, artifact_url=artifact_url)
+    mark = marker(key)
+    try:
+        repo = gh.get_repo(repository)
+        if expected_head_sha:
+            head = repo.get_pull(number).head.sha
+            if head != expected_head_sha:
+                return CommentResult("skipped", reason=(
+                    f"pull request #{number}'s head is {head}, not {expected_head_sha}: the "
+                    "results are for another commit (newer pushes comment for themselves)"))
+        login = _our_login(gh, author)
+        issue = repo.get_issue(number)
+        ours = None
+        for existing in issue.get_comments():
+            user = existing.user.login if existing.user else None
+            if user == login and (existing.body or "").lstrip().startswith(mark):
+                ours = existing
+                break
+        if ours is not None:
+            ours.edit(text)
+            return CommentResult("updated", ours.html_url)
+        created = issue.create_comment(text)
+        return CommentResult("created", created.html_url)
+    except GithubException as exc:
+        message = exc.data.get("message") if isinstance(exc.data, dict) else None
+        hint = ""
+        if exc.status in (403, 404):
+            hint = (" (a pull request from a fork gets a read-only token: use the workflow_run "
+                    "commenter; otherwise grant 'pull-requests: write')")
+        elif exc.status == 401:
+            hint = " (the token is invalid or expired)"
+        return CommentResult("skipped", reason=f"GitHub API answered {exc.status}: "
+                                               f"{message or exc}{hint}")
+    finally:
+        gh.close()

@@ -1,0 +1,119 @@
+"""GitHub Actions workflow commands: outputs, job summary, annotations, masks.
+
+The runner reads these through files and stdout lines whose formats are documented but easy to get
+subtly wrong: a multiline output needs the heredoc-delimiter syntax, a summary over 1 MiB makes
+the runner drop the whole summary (not only the excess), and an annotation message containing a
+newline or ``::`` ends the command early. Everything that writes to the runner goes through here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Mapping, TextIO
+
+SUMMARY_LIMIT_BYTES = 1024 * 1024
+TRUNCATION_NOTE = "\n\n> The report was truncated to fit the job summary's 1 MiB limit.\n"
+
+
+def escape_data(value: str) -> str:
+    """Escape a workflow command's message (the runner's own escaping rules)."""
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(value: str) -> str:
+    """Escape a workflow command property value, where ``:`` and ``,`` are separators."""
+    return escape_data(value).replace(":", "%3A").replace(",", "%2C")
+
+
+def command(name: str, message: str = "", stream: TextIO | None = None, **properties: str | None) -> None:
+    props = ",".join(f"{key}={escape_property(str(val))}"
+                     for key, val in properties.items() if val is not None)
+    line = f"::{name}{' ' + props if props else ''}::{escape_data(message)}"
+    out = stream or sys.stdout
+    out.write(line + "\n")
+    out.flush()
+
+
+def error(message: str, *, title: str | None = None, file: str | None = None,
+          stream: TextIO | None = None) -> None:
+    command("error", message, stream, title=title, file=file)
+
+
+def warning(message: str, *, title: str | None = None, file: str | None = None,
+            stream: TextIO | None = None) -> None:
+    command("warning", message, stream, title=title, file=file)
+
+
+def notice(message: str, *, title: str | None = None, stream: TextIO | None = None) -> None:
+    command("notice", message, stream, title=title)
+
+
+def mask(secret: str, stream: TextIO | None = None) -> None:
+    """Ask the runner to replace ``secret`` with *** in every later log line."""
+    if secret:
+        for line in secret.splitlines():
+            if line.strip():
+                command("add-mask", line, stream)
+
+
+def _delimiter(values: Mapping[str, str]) -> str:
+    while True:
+        delim = f"ghadelimiter_{uuid.uuid4()}"
+        if not any(delim in v for v in values.values()):
+            return delim
+
+
+def format_outputs(values: Mapping[str, str]) -> str:
+    """``name<<DELIM`` blocks, valid for single- and multi-line values alike."""
+    chunks = []
+    for name, value in values.items():
+        if not name or any(c in name for c in "\r\n=<"):
+            raise ValueError(f"invalid output name {name!r}")
+        value = "" if value is None else str(value)
+        delim = _delimiter({name: value})
+        chunks.append(f"{name}<<{delim}\n{value}\n{delim}\n")
+    return "".join(chunks)
+
+
+def set_outputs(values: Mapping[str, str], env: Mapping[str, str] | None = None) -> Path | None:
+    """Append to $GITHUB_OUTPUT; without it (a local ``docker run``) print them instead."""
+    env = os.environ if env is None else env
+    text = format_outputs(values)
+    path = env.get("GITHUB_OUTPUT")
+    if not path:
+        for name, value in values.items():
+            print(f"output {name}: {value}")
+        return None
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def cap_utf8(text: str, limit_bytes: int, note: str) -> str:
+    """``text`` cut so that it plus ``note`` fit in ``limit_bytes`` UTF-8 bytes (never mid-char)."""
+    data = text.encode("utf-8")
+    if len(data) <= limit_bytes:
+        return text
+    keep = max(0, limit_bytes - len(note.encode("utf-8")))
+    return data[:keep].decode("utf-8", errors="ignore") + note
+
+
+def write_summary(markdown: str, env: Mapping[str, str] | None = None) -> Path | None:
+    """Append to $GITHUB_STEP_SUMMARY, keeping the whole file under the runner's 1 MiB cap."""
+    env = os.environ if env is None else env
+    path = env.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return None
+    target = Path(path)
+    used = target.stat().st_size if target.exists() else 0
+    room = SUMMARY_LIMIT_BYTES - used
+    if room <= len(TRUNCATION_NOTE.encode()):
+        warning("the job summary is already full; the sdopt report is not added to it")
+        return target
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write(cap_utf8(markdown if markdown.endswith("\n") else markdown + "\n", room,
+                          TRUNCATION_NOTE))
+    return target

@@ -1,0 +1,254 @@
+"""A local stand-in for the GitHub REST API's issue-comment endpoints (tests only).
+
+GitHub cannot be reached from here, so the action's PR-comment code is tested against this
+server, which follows GitHub's documented contract for what the action uses:
+- ``Authorization: token|Bearer T``; unknown tokens get 401 ``Bad credentials``;
+- ``GET /user`` is 403 "Resource not accessible by integration" for installation tokens
+  (what GITHUB_TOKEN is) and the user for personal tokens;
+- ``GET /repos/{o}/{r}``, ``/issues/{n}``, ``/pulls/{n}``; 404 ``Not Found`` bodies;
+- ``GET /repos/{o}/{r}/issues/{n}/comments`` paginated with ``per_page``/``page`` (30 by default,
+  at most 100) and a ``Link`` header with next/last/first/prev as GitHub sends it;
+- ``POST`` there creates (201 and ``Location``); ``PATCH /repos/{o}/{r}/issues/comments/{id}``
+  edits (200); a read-only token gets 403, a body over 65,536 characters 422 ``Validation Failed``;
+- every answer carries the ``X-RateLimit-*`` headers.
+It keeps every request, so tests can assert what was (not) called.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+DOCS = "https://docs.github.com/rest"
+BODY_LIMIT = 65536
+
+
+@dataclass
+class Token:
+    login: str              # the author of the comments this token makes
+    write: bool = True
+    installation: bool = True   # GITHUB_TOKEN-like: cannot read GET /user
+
+
+@dataclass
+class Comment:
+    id: int
+    body: str
+    login: str
+    created_at: str = "2026-01-01T00:00:00Z"
+    updated_at: str = "2026-01-01T00:00:00Z"
+
+
+@dataclass
+class State:
+    repository: str = "octo/widgets"
+    pulls: dict[int, str] = field(default_factory=lambda: {7: "a" * 40})   # number -> head sha
+    comments: dict[int, list[Comment]] = field(default_factory=dict)
+    tokens: dict[str, Token] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    next_id: int = 1000
+
+    def add_comment(self, number: int, body: str, login: str) -> Comment:
+        self.next_id += 1
+        c = Comment(self.next_id, body, login)
+        self.comments.setdefault(number, []).append(c)
+        return c
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "FakeGitHub/1.0"
+    state: State
+
+    def log_message(self, *args):   # quiet
+        pass
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def base(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def _send(self, status: int, payload, headers: dict | None = None):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-RateLimit-Limit", "5000")
+        self.send_header("X-RateLimit-Remaining", "4990")
+        self.send_header("X-RateLimit-Reset", "1999999999")
+        self.send_header("X-RateLimit-Used", "10")
+        self.send_header("X-RateLimit-Resource", "core")
+        self.send_header("X-GitHub-Media-Type", "github.v3; format=json")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, **extra):
+        self._send(status, {"message": message, "documentation_url": DOCS, "status": str(status),
+                            **extra})
+
+    def _token(self) -> Token | None:
+        auth = self.headers.get("Authorization", "")
+        m = re.fullmatch(r"(?:token|Bearer) (\S+)", auth)
+        return self.state.tokens.get(m.group(1)) if m else None
+
+    def _comment_json(self, c: Comment, number: int) -> dict:
+        repo = self.state.repository
+        return {"id": c.id, "node_id": f"IC_{c.id}",
+                "url": f"{self.base}/repos/{repo}/issues/comments/{c.id}",
+                "html_url": f"https://github.com/{repo}/pull/{number}#issuecomment-{c.id}",
+                "issue_url": f"{self.base}/repos/{repo}/issues/{number}",
+                "body": c.body, "created_at": c.created_at, "updated_at": c.updated_at,
+                "author_association": "NONE",
+                "user": {"login": c.login, "id": abs(hash(c.login)) % 10**8,
+                         "type": "Bot" if c.login.endswith("[bot]") else "User"}}
+
+    def _read_body(self) -> dict | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            data = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _route(self, method: str):
+        url = urlparse(self.path)
+        self.state.requests.append((method, url.path))
+        token = self._token()
+        if token is None:
+            return self._error(401, "Bad credentials")
+        repo = self.state.repository
+        path = url.path
+        if path == "/user" and method == "GET":
+            if token.installation:
+                return self._error(403, "Resource not accessible by integration")
+            return self._send(200, {"login": token.login, "id": 1, "type": "User"})
+        m = re.fullmatch(r"/repos/([^/]+/[^/]+)(/.*)?", path)
+        if not m or m.group(1) != repo:
+            return self._error(404, "Not Found")
+        rest = m.group(2) or ""
+        if rest == "" and method == "GET":
+            return self._send(200, {"id": 1, "full_name": repo, "name": repo.split("/")[1],
+                                    "owner": {"login": repo.split("/")[0]},
+                                    "url": f"{self.base}/repos/{repo}"})
+        if m2 := re.fullmatch(r"/pulls/(\d+)", rest):
+            number = int(m2.group(1))
+            if method != "GET" or number not in self.state.pulls:
+                return self._error(404, "Not Found")
+            return self._send(200, {"number": number, "state": "open",
+                                    "url": f"{self.base}/repos/{repo}/pulls/{number}",
+                                    "head": {"sha": self.state.pulls[number], "ref": "feature"},
+                                    "base": {"ref": "main", "repo": {"full_name": repo}}})
+        if m2 := re.fullmatch(r"/issues/(\d+)", rest):
+            number = int(m2.group(1))
+            if method != "GET" or number not in self.state.pulls:
+                return self._error(404, "Not Found")
+            return self._send(200, {"number": number, "state": "open",
+                                    "url": f"{self.base}/repos/{repo}/issues/{number}",
+                                    "pull_request": {"url": f"{self.base}/repos/{repo}/pulls/{number}"}})
+        if m2 := re.fullmatch(r"/issues/(\d+)/comments", rest):
+            number = int(m2.group(1))
+            if number not in self.state.pulls:
+                return self._error(404, "Not Found")
+            if method == "GET":
+                return self._list(number, parse_qs(url.query), path)
+            if method == "POST":
+                if not token.write:
+                    return self._error(403, "Resource not accessible by integration")
+                data = self._read_body()
+                bad = self._validate_body(data)
+                if bad:
+                    return bad
+                c = self.state.add_comment(number, data["body"], token.login)
+                js = self._comment_json(c, number)
+                return self._send(201, js, {"Location": js["url"]})
+        if m2 := re.fullmatch(r"/issues/comments/(\d+)", rest):
+            cid = int(m2.group(1))
+            found = [(n, c) for n, cs in self.state.comments.items() for c in cs if c.id == cid]
+            if not found:
+                return self._error(404, "Not Found")
+            number, c = found[0]
+            if method == "GET":
+                return self._send(200, self._comment_json(c, number))
+            if method == "PATCH":
+                # GitHub lets anyone with write access edit any comment: only the client's own
+                # rule keeps it off other people's comments.
+                if not token.write:
+                    return self._error(403, "Resource not accessible by integration")
+                data = self._read_body()
+                bad = self._validate_body(data)
+                if bad:
+                    return bad
+                c.body = data["body"]
+                c.updated_at = "2026-01-02T00:00:00Z"
+                return self._send(200, self._comment_json(c, number))
+        return self._error(404, "Not Found")
+
+    def _validate_body(self, data):
+        if data is None or not isinstance(data.get("body"), str):
+            return self._error(400, "Problems parsing JSON")
+        if len(data["body"]) > BODY_LIMIT:
+            return self._error(422, "Validation Failed", errors=[{
+                "resource": "IssueComment", "code": "custom", "field": "body",
+                "message": f"body is too long (maximum is {BODY_LIMIT} characters)"}])
+        return None
+
+    def _list(self, number: int, query: dict, path: str):
+        try:
+            per_page = min(100, max(1, int(query.get("per_page", ["30"])[0])))
+            page = max(1, int(query.get("page", ["1"])[0]))
+        except ValueError:
+            return self._error(422, "Validation Failed")
+        items = self.state.comments.get(number, [])
+        last = max(1, -(-len(items) // per_page))
+        chunk = items[(page - 1) * per_page: page * per_page]
+        links = []
+
+        def link(p, rel):
+            links.append(f'<{self.base}{path}?per_page={per_page}&page={p}>; rel="{rel}"')
+
+        if page > 1:
+            link(page - 1, "prev")
+        if page < last:
+            link(page + 1, "next")
+            link(last, "last")
+        if page > 1:
+            link(1, "first")
+        headers = {"Link": ", ".join(links)} if links else {}
+        return self._send(200, [self._comment_json(c, number) for c in chunk], headers)
+
+    def do_GET(self):
+        self._route("GET")
+
+    def do_POST(self):
+        self._route("POST")
+
+    def do_PATCH(self):
+        self._route("PATCH")
+
+
+class FakeGitHub:
+    def __init__(self, state: State | None = None):
+        self.state = state or State()
+        handler = type("Handler", (_Handler,), {"state": self.state})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
