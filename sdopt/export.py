@@ -1,0 +1,191 @@
+"""ONNX export of the UNet, the VAE decoder and the text encoder, with exporter fallback.
+
+The dynamo exporter (``torch.onnx.export(..., dynamo=True)``, opset 20) is the one torch
+maintains; the TorchScript ("legacy") exporter still handles models the dynamo one cannot trace.
+We try them in that order and record which one produced the file, because a user who hits a
+numerical difference needs to know. Shapes are static (those of the run): ONNX Runtime and
+TensorRT plan memory and kernels for them. Weights go to external data files next to the model,
+so models over the 2 GB protobuf limit (the SD 1.5 UNet is 3.4 GB) export the same way as small
+ones; the artifact is therefore a directory, copied as a whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .backends.base import UNetInputs
+from .errors import MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+OPSET = 20
+EXPORTERS = ("dynamo", "legacy")
+UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
+UNET_OUTPUTS = ("out_sample",)
+ONNX_FILE = "model.onnx"
+
+
+class UNetForExport(torch.nn.Module):
+    """Positional inputs and a plain tensor out: what exporters and converters trace best."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                         return_dict=False)[0]
+
+
+class VaeDecoderForExport(torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent):
+        return self.vae.decode(latent, return_dict=False)[0]
+
+
+class TextEncoderForExport(torch.nn.Module):
+    def __init__(self, text_encoder: torch.nn.Module):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids):
+        return self.text_encoder(input_ids, return_dict=False)[0]
+
+
+def unet_timestep(timestep: torch.Tensor, batch: int) -> torch.Tensor:
+    """Timestep as float32 of shape (batch,): pipelines pass a 0-d tensor, exported graphs
+    have one fixed input signature."""
+    t = torch.as_tensor(timestep).to(torch.float32).reshape(-1)
+    return t.expand(batch).contiguous() if t.numel() == 1 else t
+
+
+def unet_args(inputs: UNetInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    sample = inputs.sample.to(torch.float32).contiguous()
+    return (sample, unet_timestep(inputs.timestep, sample.shape[0]),
+            inputs.encoder_hidden_states.to(torch.float32).contiguous())
+
+
+def unet_shapes(inputs: UNetInputs) -> dict[str, list[int]]:
+    return {name: list(t.shape) for name, t in zip(UNET_INPUTS, unet_args(inputs))}
+
+
+def unet_key_parts(unet: torch.nn.Module, example: UNetInputs) -> dict[str, Any]:
+    """What identifies an export of this UNet: weights, architecture, shapes, torch/diffusers."""
+    from .api import config_hash, weights_hash
+    from .device import library_versions
+
+    versions = library_versions()
+    return {"weights": weights_hash(unet), "config": config_hash(unet),
+            "shapes": unet_shapes(example),
+            "libraries": {k: versions.get(k) for k in ("torch", "diffusers")}}
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional dependency or raise the one-line 'install X' error."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(module.split(".")[0], extra, purpose) from None
+
+
+def _export_dynamo(module, args, path: Path, input_names, output_names, opset: int) -> None:
+    require("onnxscript", "cpu", "the dynamo ONNX exporter")
+    program = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
+                                input_names=list(input_names), output_names=list(output_names),
+                                external_data=True, optimize=True, verbose=False)
+    program.save(str(path), external_data=True)
+
+
+def _export_legacy(module, args, path: Path, input_names, output_names, opset: int) -> None:
+    # The TorchScript exporter stops at opset 20 and writes external data by itself past 2 GB;
+    # we always want external data, so save it again through onnx.
+    onnx = require("onnx", "cpu", "ONNX export")
+    torch.onnx.export(module, args, str(path), dynamo=False, opset_version=min(opset, 20),
+                      input_names=list(input_names), output_names=list(output_names),
+                      do_constant_folding=True)
+    model = onnx.load(str(path), load_external_data=True)
+    for leftover in path.parent.iterdir():
+        if leftover.name != ONNX_FILE:
+            leftover.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=ONNX_FILE + ".data", size_threshold=1024)
+
+
+def export_onnx(module: torch.nn.Module, args: tuple, directory: str | os.PathLike,
+                input_names: Sequence[str], output_names: Sequence[str], *, opset: int = OPSET,
+                exporters: Sequence[str] = EXPORTERS) -> dict[str, Any]:
+    """Export ``module(*args)`` to ``directory/model.onnx`` (+ external data) with the first
+    exporter that works; returns which one and why the others failed."""
+    require("onnx", "cpu", "ONNX export")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / ONNX_FILE
+    errors: dict[str, str] = {}
+    runners = {"dynamo": _export_dynamo, "legacy": _export_legacy}
+    for name in exporters:
+        for stale in directory.iterdir():
+            stale.unlink()
+        try:
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), \
+                    contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                runners[name](module.eval(), args, path, input_names, output_names, opset)
+            if not path.is_file():
+                raise RuntimeError(f"{ONNX_FILE} was not written")
+            return {"exporter": name, "opset": opset if name == "dynamo" else min(opset, 20),
+                    "failed": errors, "file": ONNX_FILE}
+        except Exception as exc:  # noqa: BLE001 - the next exporter may work
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            errors[name] = f"{type(exc).__name__}: {first[:300]}"
+            log.info("sdopt: %s ONNX exporter failed: %s", name, errors[name])
+    raise RuntimeError("every ONNX exporter failed: " + "; ".join(f"{k}: {v}"
+                                                                    for k, v in errors.items()))
+
+
+def export_unet(unet: torch.nn.Module, example: UNetInputs, directory, **kw) -> dict[str, Any]:
+    info = export_onnx(UNetForExport(unet), unet_args(example), directory, UNET_INPUTS,
+                       UNET_OUTPUTS, **kw)
+    return {**info, "inputs": unet_shapes(example)}
+
+
+def export_vae_decoder(vae: torch.nn.Module, latent_shape: Sequence[int], directory,
+                       **kw) -> dict[str, Any]:
+    latent = torch.randn(*latent_shape, generator=torch.Generator().manual_seed(0))
+    info = export_onnx(VaeDecoderForExport(vae), (latent,), directory, ("latent",), ("image",),
+                       **kw)
+    return {**info, "inputs": {"latent": list(latent_shape)}}
+
+
+def export_text_encoder(text_encoder: torch.nn.Module, batch: int, seq_len: int, directory,
+                        **kw) -> dict[str, Any]:
+    ids = torch.zeros(batch, seq_len, dtype=torch.int64)
+    info = export_onnx(TextEncoderForExport(text_encoder), (ids,), directory, ("input_ids",),
+                       ("last_hidden_state",), **kw)
+    return {**info, "inputs": {"input_ids": [batch, seq_len]}}
+
+
+def copy_artifact(src: Path, dst: Path, names: Sequence[str] | None = None) -> None:
+    """Copy a cached artifact directory's files (hard links when on the same file system)."""
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in sorted(src.iterdir()):
+        if item.is_file() and (names is None or item.name in names) and \
+                not item.name.startswith("sdopt_cache"):
+            try:
+                os.link(item, dst / item.name)
+            except OSError:
+                shutil.copy2(item, dst / item.name)
