@@ -7,7 +7,7 @@
 #   docker build -t sdopt .
 # CPU flavour on a Debian base, offline except for PyPI (what the container tests build):
 #   podman build --build-arg BASE_IMAGE=localhost/sdopt-base --build-arg FLAVOR=cpu \
-#     --build-arg TORCH_PIP_ARGS="--no-index --find-links /opt/wheels" \
+#     --build-arg TORCH_VERSION=2.13.0+cpu --build-arg TORCH_PIP_ARGS="--find-links /opt/wheels" \
 #     -v /opt/wheels:/opt/wheels:ro -t sdopt-cpu .
 # Behind a TLS-intercepting proxy, pass its CA as PEM text:
 #   --build-arg EXTRA_CA_CERTS="$(cat proxy-ca.crt)"

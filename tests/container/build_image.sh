@@ -14,9 +14,9 @@ for f in /usr/local/share/ca-certificates/*.crt; do
   [ -f "$f" ] && certs+="$(cat "$f")"$'\n'
 done
 cd "$ROOT"
-exec podman build --build-arg BASE_IMAGE="${SDOPT_BASE_IMAGE:-localhost/sdopt-base}" \
+exec podman build --format docker --build-arg BASE_IMAGE="${SDOPT_BASE_IMAGE:-localhost/sdopt-base}" \
   --build-arg FLAVOR="$FLAVOR" \
-  --build-arg TORCH_PIP_ARGS="--no-index --find-links /opt/wheels" \
+  --build-arg TORCH_VERSION=2.13.0+cpu --build-arg TORCH_PIP_ARGS="--find-links /opt/wheels" \
   --build-arg EXTRA_CA_CERTS="$certs" \
   --build-arg EXTRA_PIP_PACKAGES="$EXTRA" \
   -v "$WHEELS:/opt/wheels:ro" -t "$TAG" -f Dockerfile .

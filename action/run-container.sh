@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# action.yml's only step: run the sdopt image on the runner (composite action).
+#
+# Why not `runs: using: docker`: such an action cannot ask for GPUs (action.yml has no options
+# key and the runner passes none), so this script runs the container itself, with --gpus when
+# the `gpus` input asks for them (auto: when nvidia-smi sees a GPU on the runner).
+#
+# The runner's files (GITHUB_OUTPUT, GITHUB_STEP_SUMMARY, the event payload) live outside the
+# workspace, and on some runners (job containers, act) on paths the Docker daemon cannot see.
+# So the container gets its own copies inside the mounted workspace, and they are copied back
+# to the runner's files afterwards. The workspace is mounted at its own path, so every path the
+# action writes to its outputs is valid on the runner too.
+# Inputs arrive as INPUT_* variables and are passed by name (`-e NAME`), never as values on a
+# command line, so the token does not appear in process listings.
+set -euo pipefail
+
+: "${GITHUB_WORKSPACE:?GITHUB_WORKSPACE is not set: run this through action.yml}"
+ACTION_PATH="${SDOPT_ACTION_PATH:-$(cd "$(dirname "$0")/.." && pwd)}"
+DOCKER="${SDOPT_DOCKER:-docker}"
+
+if [ -n "${INPUT_TOKEN:-}" ]; then echo "::add-mask::${INPUT_TOKEN}"; fi
+
+image="${INPUT_IMAGE:-}"
+if [ -z "$image" ]; then
+  image="sdopt-action:local"
+  echo "::group::Build the sdopt image from ${ACTION_PATH}/Dockerfile"
+  build_args=()
+  while IFS= read -r arg; do
+    [ -n "$arg" ] && build_args+=(--build-arg "$arg")
+  done <<< "${INPUT_BUILD_ARGS:-}"
+  "$DOCKER" build "${build_args[@]}" -t "$image" "$ACTION_PATH"
+  echo "::endgroup::"
+elif ! "$DOCKER" image inspect "$image" >/dev/null 2>&1; then
+  "$DOCKER" pull "$image"
+fi
+
+gpu_args=()
+case "${INPUT_GPUS:-auto}" in
+  none) ;;
+  all) gpu_args=(--gpus all) ;;
+  auto)
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+      gpu_args=(--gpus all)
+    else
+      echo "no GPU visible on this runner: the sdopt container runs on CPU backends"
+    fi ;;
+  *) gpu_args=(--gpus "\"device=${INPUT_GPUS}\"") ;;
+esac
+
+io="$(mktemp -d "${GITHUB_WORKSPACE}/.sdopt-action.XXXXXX")"
+trap 'rm -rf "$io"' EXIT
+touch "$io/output" "$io/summary.md"
+if [ -n "${GITHUB_EVENT_PATH:-}" ] && [ -f "$GITHUB_EVENT_PATH" ]; then
+  cp "$GITHUB_EVENT_PATH" "$io/event.json"
+else
+  echo '{}' > "$io/event.json"
+fi
+
+env_args=()
+while IFS='=' read -r name _; do
+  case "$name" in
+    INPUT_*|GITHUB_*|RUNNER_*|CI|ACTIONS_*|HF_*|SDOPT_*) env_args+=(-e "$name") ;;
+  esac
+done < <(env)
+
+set +e
+"$DOCKER" run --rm "${gpu_args[@]}" "${env_args[@]}" \
+  -e GITHUB_OUTPUT="$io/output" -e GITHUB_STEP_SUMMARY="$io/summary.md" \
+  -e GITHUB_EVENT_PATH="$io/event.json" -e GITHUB_ACTIONS=true \
+  -v "${GITHUB_WORKSPACE}:${GITHUB_WORKSPACE}" -w "${GITHUB_WORKSPACE}" \
+  "$image"
+rc=$?
+set -e
+
+if [ -n "${GITHUB_OUTPUT:-}" ]; then cat "$io/output" >> "$GITHUB_OUTPUT"; else cat "$io/output"; fi
+if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then cat "$io/summary.md" >> "$GITHUB_STEP_SUMMARY"; fi
+exit "$rc"

@@ -1,0 +1,85 @@
+"""The action's static checks: hadolint, the GitHub action/workflow JSON schemas, and that
+action.yml hands every input to the container."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WORKFLOWS = sorted((ROOT / "examples" / "workflows").glob("*.yml")) + \
+    sorted((ROOT / "tests" / "container" / "workflows").glob("*.yml"))
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
+    if path is None:
+        pytest.skip(f"{name} is not installed (tests/container/setup.sh installs it)")
+    return path
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_hadolint_passes():
+    proc = run(tool("hadolint"), "Dockerfile")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hadolint_really_checks():
+    """The linter is not a no-op here: an unpinned pip install in a Dockerfile is reported."""
+    proc = subprocess.run([tool("hadolint"), "-"], input="FROM debian:12\nRUN pip install flask\n",
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "DL3013" in proc.stdout
+
+
+def test_action_yml_matches_the_github_action_schema():
+    proc = run(tool("check-jsonschema"), "--builtin-schema", "vendor.github-actions", "action.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_workflows_match_the_github_workflow_schema(workflow):
+    proc = run(tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+               str(workflow))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_schema_check_rejects_a_broken_action(tmp_path):
+    bad = tmp_path / "action.yml"
+    bad.write_text("name: x\ndescription: y\nruns:\n  using: docker\n  options: --gpus all\n")
+    proc = run(tool("check-jsonschema"), "--builtin-schema", "vendor.github-actions", str(bad))
+    assert proc.returncode != 0
+
+
+def test_every_input_reaches_the_container():
+    import yaml
+
+    action = yaml.safe_load((ROOT / "action.yml").read_text())
+    env = action["runs"]["steps"][0]["env"]
+    for name in action["inputs"]:
+        assert "-" not in name, f"input {name}: dashes cannot be read from a shell"
+        assert env.get(f"INPUT_{name.upper()}") == f"${{{{ inputs.{name} }}}}", name
+    for name, spec in action["outputs"].items():
+        assert spec["value"] == f"${{{{ steps.sdopt.outputs.{name} }}}}", name
+
+
+def test_outputs_in_action_yml_are_the_ones_the_entrypoint_writes(tmp_path):
+    import yaml
+
+    from action.inputs import ActionInputs
+    from action.main import outputs_for
+
+    action = yaml.safe_load((ROOT / "action.yml").read_text())
+    written = outputs_for(ActionInputs(), tmp_path, None, None, "")
+    assert set(written) == set(action["outputs"])
+
+
+def test_shell_scripts_parse():
+    for script in [ROOT / "action" / "run-container.sh", *(ROOT / "tests" / "container").glob("*.sh")]:
+        proc = run("bash", "-n", str(script))
+        assert proc.returncode == 0, f"{script}: {proc.stderr}"
