@@ -1,0 +1,173 @@
+"""The entrypoint end to end in-process: comment mode from an artifact, publishing rules,
+config overrides and exit codes (the gate mode against the real ``sdopt gate`` is in
+test_action_gate.py; the container run in tests/container/)."""
+
+import json
+import tomllib
+
+import pytest
+
+pytest.importorskip("github", reason="PyGithub is not installed (pip install PyGithub)")
+
+from action import event, main as entry  # noqa: E402
+from action.comment import ACTIONS_BOT, marker  # noqa: E402
+from action.inputs import ActionInputs  # noqa: E402
+from tests.fake_github import FakeGitHub, State, Token  # noqa: E402
+from tests.test_action_workflow import parse_github_output  # noqa: E402
+
+SHA = "a" * 40   # the fake server's head SHA of PR 7
+
+
+def results_doc(orig=0.2, opt=0.1, prompt="a cat"):
+    def variant(label, median):
+        return {"label": label, "backend": "torch_eager", "techniques": [],
+                "latency_s": {"samples": [median] * 3, "median": median, "iqr": 0.0,
+                              "mean": median, "min": median, "max": median},
+                "throughput_images_per_s": 1 / median, "stages_s": {},
+                "peak_memory_bytes": None, "memory_kind": "rss",
+                "images": [{"prompt": prompt, "seed": 0, "path": f"images/{label}/0.png"}]}
+    return {"schema_version": 1, "kind": "sdopt-bench-results", "created_unix": 0,
+            "sdopt_version": "0.1.0",
+            "config": {"model": "tiny", "prompts": [prompt], "seeds": [0], "height": 64,
+                       "width": 64, "steps": 2, "guidance_scale": 7.5, "batch": 1, "runs": 3},
+            "environment": {}, "variants": {"original": variant("original", orig),
+                                            "optimized": variant("optimized", opt)},
+            "optimization": None}
+
+
+def verdict_doc(state="regression", reasons=("latency 1.50x the baseline's (tolerance 1.10x)",)):
+    return {"schema_version": 1, "kind": "sdopt-verdict", "verdict": state,
+            "reasons": list(reasons), "baseline": {"source": "x", "environment_match": True}}
+
+
+@pytest.fixture
+def gh():
+    state = State(tokens={"rw": Token(ACTIONS_BOT), "ro": Token(ACTIONS_BOT, write=False)})
+    with FakeGitHub(state) as server:
+        yield server
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    art = tmp_path / "artifact"
+    art.mkdir()
+    (art / "results.json").write_text(json.dumps(results_doc(prompt="<script>@team |x|")))
+    (art / "verdict.json").write_text(json.dumps(verdict_doc()))
+    (art / "report.md").write_text("FORGED by the fork: @everyone")
+    (art / event.CONTEXT_FILE).write_text(json.dumps(
+        {"repository": "octo/widgets", "number": 7, "head_sha": SHA,
+         "head_repository": "mallory/widgets", "event_name": "pull_request"}))
+    return art
+
+
+def runner_env(tmp_path, gh, token="rw", **inputs):
+    payload = {"workflow_run": {"head_sha": SHA, "event": "pull_request", "pull_requests": []},
+               "repository": {"full_name": "octo/widgets"}}
+    (tmp_path / "event.json").write_text(json.dumps(payload))
+    env = {"GITHUB_EVENT_PATH": str(tmp_path / "event.json"), "GITHUB_EVENT_NAME": "workflow_run",
+           "GITHUB_REPOSITORY": "octo/widgets", "GITHUB_API_URL": gh.url,
+           "GITHUB_OUTPUT": str(tmp_path / "output"),
+           "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"), "INPUT_TOKEN": token}
+    env.update({f"INPUT_{k.upper()}": str(v) for k, v in inputs.items()})
+    return env
+
+
+def test_comment_mode_creates_then_updates_from_the_artifact(tmp_path, gh, artifact, capsys):
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact)
+    assert entry.main(env=env) == 0
+    assert entry.main(env=env) == 0
+    comments = gh.state.comments[7]
+    assert len(comments) == 1
+    body = comments[0].body
+    assert body.startswith(marker())
+    assert "FORGED" not in body                      # re-rendered from JSON, not the fork's markdown
+    assert "<script>" not in body and "@team" not in body   # escaped
+    outputs = parse_github_output((tmp_path / "output").read_text())
+    assert outputs["verdict"] == "regression" and outputs["speedup"] == "2.0000"
+    assert outputs["comment_url"].endswith(f"#issuecomment-{comments[0].id}")
+    assert "regression" in (tmp_path / "summary.md").read_text()
+    assert "rw" not in capsys.readouterr().out.replace("::add-mask::rw", "")
+
+
+def test_comment_mode_read_only_token_degrades_to_summary(tmp_path, gh, artifact, capsys):
+    env = runner_env(tmp_path, gh, token="ro", mode="comment", artifact_dir=artifact)
+    assert entry.main(env=env) == 0
+    out = capsys.readouterr().out
+    assert "::warning title=sdopt::no PR comment: GitHub API answered 403" in out
+    assert 7 not in gh.state.comments
+    assert (tmp_path / "summary.md").read_text().strip()
+    assert parse_github_output((tmp_path / "output").read_text())["comment_url"] == ""
+
+
+def test_comment_mode_refuses_an_artifact_from_another_commit(tmp_path, gh, artifact, capsys):
+    ctx = json.loads((artifact / event.CONTEXT_FILE).read_text())
+    ctx["head_sha"] = "f" * 40
+    (artifact / event.CONTEXT_FILE).write_text(json.dumps(ctx))
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact)
+    assert entry.main(env=env) == 2
+    assert "::error title=sdopt%3A bad input::" in capsys.readouterr().out
+    assert 7 not in gh.state.comments
+
+
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, gh, capsys):
+    assert entry.main(env=runner_env(tmp_path, gh, mode="deploy")) == 2
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("::error")]
+    assert len(lines) == 1 and "input 'mode'" in lines[0]
+
+
+def test_fork_pull_request_publishes_summary_only(tmp_path, gh, capsys):
+    ctx = event.PullRequestContext("octo/widgets", 7, SHA, "mallory/widgets", "pull_request")
+    env = runner_env(tmp_path, gh)
+    url = entry.publish(ActionInputs(token="rw"), env, ctx, tmp_path, None, None, "report body")
+    assert url == "" and 7 not in gh.state.comments
+    assert "fork" in capsys.readouterr().out
+    assert "report body" in (tmp_path / "summary.md").read_text()
+
+
+def test_push_event_publishes_summary_only(tmp_path, gh):
+    ctx = event.PullRequestContext("octo/widgets", None, SHA, None, "push")
+    env = runner_env(tmp_path, gh)
+    assert entry.publish(ActionInputs(token="rw"), env, ctx, tmp_path, None, None, "x") == ""
+    assert gh.state.requests == []
+
+
+@pytest.mark.parametrize("state, fail_on, code", [
+    ("pass", ("regression", "not_comparable"), 0),
+    ("regression", ("regression", "not_comparable"), 1),
+    ("not_comparable", ("regression", "not_comparable"), 3),
+    ("not_comparable", ("regression",), 0),
+    ("regression", (), 0),
+])
+def test_exit_code_follows_verdict_and_fail_on(state, fail_on, code):
+    assert entry.exit_code(ActionInputs(fail_on=fail_on), {"verdict": state}, 9) == code
+    assert entry.exit_code(ActionInputs(), None, 9) == 9
+
+
+def test_effective_config_applies_overrides_next_to_the_original(tmp_path):
+    cfg = tmp_path / "sdopt.toml"
+    cfg.write_text('model = "tiny"\n[gate]\nlatency_tolerance = 0.1\n')
+    inp = ActionInputs(config=str(cfg), baseline="base dir",
+                       thresholds={"gate.latency_tolerance": 0.25},
+                       config_overrides=[("bench.runs", "5")])
+    with entry.effective_config(inp) as path:
+        assert path.parent == tmp_path and path != cfg
+        data = tomllib.loads(path.read_text())
+    assert data == {"model": "tiny", "gate": {"latency_tolerance": 0.25},
+                    "bench": {"runs": 5}, "baseline": {"path": "base dir"}}
+    assert not path.exists()                         # removed afterwards
+    with entry.effective_config(ActionInputs(config=str(cfg))) as path:
+        assert path == cfg
+
+
+def test_effective_config_errors_name_the_problem(tmp_path):
+    from sdopt.errors import SdoptError
+
+    with pytest.raises(SdoptError, match="input 'config'"):
+        with entry.effective_config(ActionInputs(config=str(tmp_path / "nope.toml"))):
+            pass
+    cfg = tmp_path / "sdopt.toml"
+    cfg.write_text('model = "tiny"\n')
+    with pytest.raises(SdoptError, match="not a TOML value"):
+        with entry.effective_config(ActionInputs(config=str(cfg),
+                                                 config_overrides=[("model", "tiny")])):
+            pass
