@@ -178,14 +178,12 @@ def export_text_encoder(text_encoder: torch.nn.Module, batch: int, seq_len: int,
 
 
 def copy_artifact(src: Path, dst: Path, names: Sequence[str] | None = None) -> None:
-    """Copy a cached artifact directory's files (hard links when on the same file system)."""
+    """Copy a cached artifact directory's files. Never hard links: onnx refuses external data
+    with several links (its guard against hard-link attacks)."""
     import shutil
 
     dst.mkdir(parents=True, exist_ok=True)
     for item in sorted(src.iterdir()):
         if item.is_file() and (names is None or item.name in names) and \
                 not item.name.startswith("sdopt_cache"):
-            try:
-                os.link(item, dst / item.name)
-            except OSError:
-                shutil.copy2(item, dst / item.name)
+            shutil.copy2(item, dst / item.name)
