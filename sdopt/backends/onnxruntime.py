@@ -179,7 +179,7 @@ def _quantize_int8(source: Path, directory: Path) -> dict:
     level = root.level
     root.setLevel(logging.ERROR)  # its "consider pre-processing" note is about static int8
     try:
-            quantize_dynamic(model_input=str(_onnx_path(source)),
+        quantize_dynamic(model_input=str(_onnx_path(source)),
                          model_output=str(directory / ONNX_FILE),
                          op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8,
                          per_channel=False, use_external_data_format=large)
