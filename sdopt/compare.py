@@ -1,0 +1,263 @@
+"""The regression gate: is the current benchmark worse than the baseline, beyond noise?
+
+Latency: a bare percentage on noisy timings either cries wolf or gets raised until it means
+nothing (users of fixed-threshold tools end up at 200-500%). Like asv, a slowdown counts only when
+the median ratio exceeds the tolerance AND a one-sided Mann-Whitney U test finds the current
+samples significantly slower. With fewer samples than the test can use, the ratio alone decides
+and the verdict says so.
+
+Quality: each image is compared with the baseline's image of the same prompt and seed (PSNR and
+SSIM); a backend that silently changes numerics shows up here even when latency improves.
+
+Machines: timings of different CPUs/GPUs say nothing about the code, so such a pair is "not
+comparable" (exit 3) unless the config says to warn, or the caller forces it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import GateConfig
+from .errors import SdoptError
+
+VERDICT_KIND = "sdopt-verdict"
+VERDICT_SCHEMA_VERSION = 1
+PASS, REGRESSION, NOT_COMPARABLE = "pass", "regression", "not_comparable"
+EXIT_CODES = {PASS: 0, REGRESSION: 1, NOT_COMPARABLE: 3}
+# PSNR of identical images is infinite, which JSON cannot hold: reported as this ceiling.
+PSNR_IDENTICAL_DB = 100.0
+# Device fields that must agree for timings to be comparable.
+_DEVICE_KEYS = ("kind", "name", "cores", "cuda_capability")
+
+
+def latency_check(baseline: list[float], current: list[float], *, tolerance: float, alpha: float,
+                  min_samples: int) -> tuple[dict[str, Any], list[str]]:
+    """The contract's latency block, and the reasons/warnings to show."""
+    if not baseline or not current:
+        raise ValueError("latency samples are empty")
+    base_med, cur_med = statistics.median(baseline), statistics.median(current)
+    ratio = cur_med / base_med if base_med > 0 else math.inf
+    slower = ratio > 1.0 + tolerance
+    reasons: list[str] = []
+    if min(len(baseline), len(current)) >= min_samples:
+        from scipy.stats import mannwhitneyu
+
+        # One-sided: is a current sample stochastically larger (slower) than a baseline one?
+        p_value = float(mannwhitneyu(current, baseline, alternative="greater").pvalue)
+        test = "mann-whitney-u"
+        regressed = slower and p_value < alpha
+        if slower and not regressed:
+            reasons.append(f"latency median ratio {ratio:.3f} exceeds 1 + {tolerance:g} but is not "
+                           f"significant (Mann-Whitney p = {p_value:.3g} >= {alpha:g}): noise")
+    else:
+        p_value, test = None, "ratio-only"
+        regressed = slower
+        reasons.append(f"warning: only {min(len(baseline), len(current))} latency samples (fewer "
+                       f"than gate.min_samples = {min_samples}): decided on the median ratio alone, "
+                       "without a significance test; raise bench.runs")
+    if regressed:
+        sig = f", Mann-Whitney p = {p_value:.3g} < {alpha:g}" if p_value is not None else ""
+        reasons.insert(0, f"latency regression: median {cur_med * 1e3:.1f} ms per image vs "
+                          f"baseline {base_med * 1e3:.1f} ms (x{ratio:.3f} > 1 + {tolerance:g}{sig})")
+    block = {"baseline_median_s": base_med, "current_median_s": cur_med,
+             "ratio": ratio if math.isfinite(ratio) else None, "tolerance": tolerance,
+             "p_value": p_value, "test": test, "regressed": bool(regressed)}
+    return block, reasons
+
+
+def safe_join(root: Path, rel: str, what: str) -> Path:
+    """``root/rel``, refusing paths that climb out (results files are untrusted input)."""
+    path = (Path(root) / rel).resolve()
+    if os.path.isabs(rel) or not path.is_relative_to(Path(root).resolve()):
+        raise SdoptError(f"{what} '{Path(root) / 'results.json'}' names image path '{rel}' outside "
+                         "its directory: expected a relative path such as images/optimized/0.png")
+    return path
+
+
+def _load_rgb(path: Path, what: str):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise SdoptError(f"{what} image '{path}' is missing: the results directory is incomplete")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise SdoptError(f"{what} image '{path}' cannot be read as an image: {exc}") from None
+
+
+def image_quality(baseline_png: Path, current_png: Path) -> tuple[float, float]:
+    """(PSNR in dB, SSIM) of the current image against the baseline's."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    ref = _load_rgb(baseline_png, "baseline")
+    cur = _load_rgb(current_png, "current")
+    if ref.shape != cur.shape:
+        raise ValueError(f"image sizes differ ({ref.shape[1]}x{ref.shape[0]} vs "
+                         f"{cur.shape[1]}x{cur.shape[0]})")
+    if (ref == cur).all():
+        return PSNR_IDENTICAL_DB, 1.0
+    psnr = float(peak_signal_noise_ratio(ref, cur, data_range=255))
+    side = min(ref.shape[0], ref.shape[1])
+    win = min(7, side if side % 2 else side - 1)
+    ssim = float(structural_similarity(ref, cur, channel_axis=2, data_range=255, win_size=win))
+    return min(psnr, PSNR_IDENTICAL_DB), ssim
+
+
+def environment_differences(baseline: dict, current: dict) -> list[str]:
+    """Why two results' machines differ (empty when they count as the same machine)."""
+    a = (baseline.get("environment") or {}).get("device") or {}
+    b = (current.get("environment") or {}).get("device") or {}
+    out = []
+    for key in _DEVICE_KEYS:
+        if a.get(key) != b.get(key):
+            out.append(f"device {key}: baseline {a.get(key)!r}, current {b.get(key)!r}")
+    return out
+
+
+def _library_changes(baseline: dict, current: dict) -> list[str]:
+    a = (baseline.get("environment") or {}).get("libraries") or {}
+    b = (current.get("environment") or {}).get("libraries") or {}
+    return [f"{name} {a.get(name)} -> {b.get(name)}" for name in sorted(set(a) | set(b))
+            if a.get(name) != b.get(name)]
+
+
+def _pick_variant(baseline: dict, current: dict, wanted: str) -> tuple[str, list[str]]:
+    base, cur = baseline.get("variants", {}), current.get("variants", {})
+    if wanted in base and wanted in cur:
+        return wanted, []
+    common = [n for n in ("optimized", "original") if n in base and n in cur]
+    if not common:
+        common = sorted(set(base) & set(cur))
+    if not common:
+        raise SdoptError(f"baseline has variants {sorted(base)} and current has {sorted(cur)}: "
+                         "no variant to compare (gate.variant = "
+                         f"'{wanted}'); bench the same variants as the baseline")
+    return common[0], [f"note: gate.variant '{wanted}' is not in both results; compared "
+                       f"'{common[0]}' instead"]
+
+
+@dataclass
+class Inputs:
+    """Both sides of a comparison: results documents and the directories their images are in."""
+
+    baseline: dict
+    baseline_dir: Path
+    current: dict
+    current_dir: Path
+    source: str = ""
+
+
+def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
+                    force: bool = False) -> dict[str, Any]:
+    """The verdict document (contract: sdopt-verdict v1)."""
+    gate = gate or GateConfig()
+    baseline, current = inputs.baseline, inputs.current
+    variant, reasons = _pick_variant(baseline, current, gate.variant)
+    env_diff = environment_differences(baseline, current)
+    not_comparable: list[str] = []
+    if env_diff:
+        text = "results from another machine: " + "; ".join(env_diff)
+        if force or gate.on_environment_mismatch == "warn":
+            reasons.append("warning: " + text + " (compared anyway"
+                           + (": --force)" if force else ": gate.on_environment_mismatch = warn)"))
+        else:
+            not_comparable.append(text + " (set gate.on_environment_mismatch = \"warn\" or pass "
+                                  "--force to compare anyway)")
+    bc, cc = baseline.get("config") or {}, current.get("config") or {}
+    for key in ("height", "width"):
+        if bc.get(key) != cc.get(key):
+            not_comparable.append(f"config {key} differs: baseline {bc.get(key)}, current "
+                                  f"{cc.get(key)}")
+    for key in ("model", "steps", "guidance_scale", "batch"):
+        if bc.get(key) != cc.get(key):
+            reasons.append(f"note: config {key} changed: baseline {bc.get(key)!r}, current "
+                           f"{cc.get(key)!r}")
+    libs = _library_changes(baseline, current)
+    if libs:
+        reasons.append("note: library versions changed: " + ", ".join(libs))
+
+    bv, cv = baseline["variants"][variant], current["variants"][variant]
+    latency, lat_reasons = latency_check(
+        bv["latency_s"]["samples"], cv["latency_s"]["samples"], tolerance=gate.latency_tolerance,
+        alpha=gate.alpha, min_samples=gate.min_samples)
+
+    images, quality_regressed = [], False
+    base_images = {(r["prompt"], int(r["seed"])): r for r in bv.get("images", [])}
+    matched = 0
+    for rec in cv.get("images", []):
+        key = (rec["prompt"], int(rec["seed"]))
+        ref = base_images.get(key)
+        if ref is None:
+            continue
+        matched += 1
+        try:
+            psnr, ssim = image_quality(safe_join(inputs.baseline_dir, ref["path"], "baseline"),
+                                       safe_join(inputs.current_dir, rec["path"], "current"))
+        except ValueError as exc:
+            not_comparable.append(f"image for prompt {key[0]!r} seed {key[1]}: {exc}")
+            continue
+        bad = psnr < gate.psnr_min_db or ssim < gate.ssim_min
+        quality_regressed |= bad
+        images.append({"prompt": key[0], "seed": key[1], "psnr_db": psnr, "ssim": ssim,
+                       "baseline_path": ref["path"], "current_path": rec["path"],
+                       "regressed": bad})
+        if bad:
+            reasons.append(f"quality regression: prompt {key[0]!r} seed {key[1]}: PSNR "
+                           f"{psnr:.1f} dB (min {gate.psnr_min_db:g}), SSIM {ssim:.3f} "
+                           f"(min {gate.ssim_min:g}) vs the baseline image")
+    if not matched and cv.get("images") and base_images:
+        reasons.append("warning: no image shares a prompt and seed with the baseline: quality "
+                       "not compared")
+
+    if not_comparable:
+        verdict = NOT_COMPARABLE
+        reasons = ["not comparable: " + r for r in not_comparable] + reasons
+    elif latency["regressed"] or quality_regressed:
+        verdict = REGRESSION
+    else:
+        verdict = PASS
+    reasons = [r for r in lat_reasons if r.startswith("latency regression")] + reasons + \
+        [r for r in lat_reasons if not r.startswith("latency regression")]
+    if verdict == PASS:
+        reasons.insert(0, f"pass: {variant} median x{latency['ratio']:.3f} of the baseline "
+                          f"({latency['test']}), {len(images)} image(s) within PSNR >= "
+                          f"{gate.psnr_min_db:g} dB and SSIM >= {gate.ssim_min:g}")
+    return {
+        "schema_version": VERDICT_SCHEMA_VERSION, "kind": VERDICT_KIND, "verdict": verdict,
+        "reasons": reasons, "variant": variant, "latency": latency,
+        "quality": {"metric": "psnr+ssim", "threshold": gate.psnr_min_db,
+                    "psnr_min_db": gate.psnr_min_db, "ssim_min": gate.ssim_min,
+                    "regressed": bool(quality_regressed), "images": images},
+        "baseline": {"source": inputs.source or str(inputs.baseline_dir),
+                     "environment_match": not env_diff},
+    }
+
+
+def exit_code(verdict: dict) -> int:
+    return EXIT_CODES[verdict["verdict"]]
+
+
+def summary_text(verdict: dict) -> str:
+    """A few lines for the terminal and CI logs."""
+    lat = verdict["latency"]
+    ratio = f"x{lat['ratio']:.3f}" if lat.get("ratio") is not None else "n/a"
+    p = f", p = {lat['p_value']:.3g}" if lat.get("p_value") is not None else ""
+    q = verdict["quality"]
+    worst = min((i["psnr_db"] for i in q["images"]), default=None)
+    lines = [f"sdopt gate: {verdict['verdict'].upper().replace('_', ' ')}",
+             f"  latency ({verdict.get('variant', '')}): {lat['current_median_s'] * 1e3:.1f} ms vs "
+             f"baseline {lat['baseline_median_s'] * 1e3:.1f} ms per image ({ratio}, tolerance "
+             f"{lat['tolerance']:g}, {lat['test']}{p})",
+             f"  quality: {len(q['images'])} image(s)"
+             + (f", worst PSNR {worst:.1f} dB" if worst is not None else "")
+             + (" - REGRESSED" if q["regressed"] else ""),
+             f"  baseline: {verdict['baseline']['source']}"]
+    lines += [f"  - {r}" for r in verdict["reasons"]]
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""``sdopt.toml``: what the CI gate measures, how, and what counts as a regression.
+
+The file lives in the user's repository and is edited by hand, so every mistake must come back as
+one line that names the file and the field (``sdopt.toml: bench.runs: ...``) rather than a
+pydantic dump. Unknown fields are errors: a misspelt threshold silently falling back to its
+default would make the gate lie.
+
+Paths in the file (the model folder, the saved model, the baseline and output directories) are
+relative to the file's own directory, so the gate behaves the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import MissingDependencyError, SdoptError
+
+DEFAULT_CONFIG_NAME = "sdopt.toml"
+VARIANTS = ("original", "optimized")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BenchConfig(_Section):
+    """What is generated and how often: every (prompt, seed) pair is one image."""
+
+    prompts: list[str] = Field(default_factory=lambda: ["a photo of an astronaut riding a horse on mars"],
+                               min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    height: Optional[int] = Field(default=None, gt=0, multiple_of=8)
+    width: Optional[int] = Field(default=None, gt=0, multiple_of=8)
+    steps: int = Field(default=20, ge=1, le=1000)
+    guidance_scale: float = Field(default=7.5, ge=0)
+    batch: int = Field(default=1, ge=1, le=64)
+    # Timed repetitions of the whole prompt x seed set per variant; with one image that is also
+    # the number of latency samples, and the Mann-Whitney test needs at least gate.min_samples.
+    runs: int = Field(default=10, ge=1, le=10000)
+    warmup: int = Field(default=1, ge=0, le=100)
+    variants: list[Literal["original", "optimized"]] = Field(
+        default_factory=lambda: ["original", "optimized"], min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch intra-op threads (None: torch's default). On a shared runner fewer threads than cores
+    # can be far steadier: oversubscribed OpenMP threads spin and stall each other.
+    threads: Optional[int] = Field(default=None, ge=1, le=1024)
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_not_blank(cls, value: list[str]) -> list[str]:
+        for i, prompt in enumerate(value):
+            if not prompt.strip():
+                raise ValueError(f"prompt {i} is blank: expected non-empty text")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_variants(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a variant is listed twice")
+        return value
+
+
+class OptimizeConfig(_Section):
+    """How the 'optimized' variant is obtained: a saved model, one named candidate, or a search."""
+
+    saved_model: Optional[str] = None  # a directory written by sdopt.save_model / sdopt optimize
+    candidate: Optional[str] = None  # e.g. "torch_eager/bf16": built without a search
+    metric_drop_ths: Optional[float] = Field(default=None, ge=0, le=1)
+    optimization_time: Literal["constrained", "unconstrained"] = "constrained"
+    backends: Optional[list[str]] = None
+    ignore_compilers: Optional[list[str]] = None
+    ignore_compressors: Optional[list[str]] = None
+    steps: int = Field(default=10, ge=1, description="timesteps sampled for verification")
+    repeats: int = Field(default=5, ge=1)
+    time_budget_s: Optional[float] = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.saved_model and self.candidate:
+            raise ValueError("saved_model and candidate are both set: give one of them (or "
+                             "neither, to search)")
+        return self
+
+
+class GateConfig(_Section):
+    """When a difference is a regression. Defaults follow asv: a factor AND significance."""
+
+    # Latency regresses when median(current) / median(baseline) > 1 + latency_tolerance ...
+    latency_tolerance: float = Field(default=0.10, ge=0, le=100)
+    # ... and a one-sided Mann-Whitney U test says current is slower with p < alpha ...
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    # ... computed only when both sides have this many samples (else the ratio alone, warned).
+    min_samples: int = Field(default=5, ge=2)
+    # Quality regresses when an image vs the baseline's (same prompt and seed) falls below these.
+    psnr_min_db: float = Field(default=30.0, ge=0)
+    ssim_min: float = Field(default=0.90, ge=-1, le=1)
+    # Which variant of the results is gated (the other is informative).
+    variant: Literal["original", "optimized"] = "optimized"
+    on_environment_mismatch: Literal["fail", "warn"] = "fail"
+
+
+class BaselineConfig(_Section):
+    """Where the committed baseline lives, and optionally which git ref to read it from."""
+
+    path: str = ".sdopt/baseline"
+    git_ref: Optional[str] = None  # e.g. "origin/main": read `path` as committed there
+
+
+class Config(_Section):
+    model: str  # preset name, diffusers folder, .safetensors file or hub id
+    revision: Optional[str] = None
+    single_file_config: Optional[str] = None
+    output_dir: str = "sdopt-out"
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    # Directory the relative paths above are resolved against (set by load_config, not the file).
+    root: str = Field(default=".", exclude=True)
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty: expected a preset name, a diffusers folder, a "
+                             ".safetensors file or a hub id")
+        return value.strip()
+
+    def resolve(self, relative: str | None) -> Path | None:
+        """A path from the file, made absolute against the file's directory."""
+        if relative is None:
+            return None
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else Path(self.root) / path
+
+    def model_ref(self) -> str:
+        """The model reference with a relative folder made absolute (presets/hub ids as given)."""
+        candidate = self.resolve(self.model)
+        return str(candidate) if candidate is not None and candidate.exists() else self.model
+
+    def public_dict(self) -> dict:
+        """What results.json records as ``config``: the bench settings, flat, plus the rest."""
+        bench = self.bench.model_dump()
+        return {"model": self.model, "revision": self.revision, **bench,
+                "optimize": self.optimize.model_dump(), "gate": self.gate.model_dump(),
+                "baseline": self.baseline.model_dump()}
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown field '{where}': check its spelling (see docs/gate.md)"
+    if kind == "missing":
+        return f"{source}: field '{where}' is required"
+    msg = err["msg"].removeprefix("Value error, ")
+    given = err.get("input")
+    shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
+    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    return f"{source}: field '{where}': {msg}{shown}{more}"
+
+
+def parse_config(data: dict, *, source: str = DEFAULT_CONFIG_NAME, root: str | os.PathLike = ".") -> Config:
+    """Validate an already parsed TOML table; errors name ``source`` and the field."""
+    if not isinstance(data, dict):
+        raise SdoptError(f"{source}: expected a TOML table at the top level")
+    if "root" in data:
+        raise SdoptError(f"{source}: unknown field 'root': check its spelling (see docs/gate.md)")
+    try:
+        return Config.model_validate({**data, "root": str(root)})
+    except ValidationError as exc:
+        raise SdoptError(_describe(exc, source)) from None
+
+
+def _toml_reader():
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:  # Python 3.10: the same parser, packaged as tomli
+        import tomli
+    except ImportError:
+        raise MissingDependencyError("tomli", "gate", "reading sdopt.toml on Python 3.10") from None
+    return tomli
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate ``sdopt.toml``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DEFAULT_CONFIG_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SdoptError(f"config '{path}' not found: expected an sdopt.toml (see "
+                         "examples/sdopt.toml)") from None
+    except OSError as exc:
+        raise SdoptError(f"config '{path}' cannot be read: {exc.strerror or exc}") from None
+    tomllib = _toml_reader()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SdoptError(f"config '{path}' is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SdoptError(f"config '{path}' is not valid TOML: {exc}") from None
+    return parse_config(data, source=str(path), root=path.resolve().parent)
