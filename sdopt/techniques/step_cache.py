@@ -1,0 +1,118 @@
+"""Step caching (DeepCache, Ma et al. 2023): reuse the UNet's deep features between neighbouring
+denoising steps.
+
+The high-level features that the deep part of the UNet (every block below the first down block
+and above the last up block) hands to the last up block change little from one step to the next.
+Every ``interval``-th step runs the whole UNet and keeps the input of the last up block; the steps
+in between run only the shallow path (time embedding, ``conv_in``, the first down block, the last
+up block with the cached deep feature, ``conv_out``). On SD 1.5 at 256 px such a step was measured
+about 3.4x cheaper here. The DeepCache package (0.1.1) runs with diffusers 0.42, but it patches
+``pipe.unet`` itself and cannot sit on a backend's converted UNet copy or be saved as ours; this
+module is the same uniform-interval scheme on the backend's own module.
+
+State (the cached feature and the step counter) lives in the module and is reset when a new
+generation starts: when the pipeline calls ``scheduler.set_timesteps`` (hooked by
+:func:`sdopt.techniques.apply_pipeline_techniques`), or when the timestep goes up or the input
+shapes change (for callers that bypass the pipeline).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..backends.base import OptimizedModule
+from ._unet import eager_unet
+
+NAME = "step_cache"
+INTERVALS = (2, 3, 5)
+
+
+class StepCacheModule(OptimizedModule):
+    def __init__(self, inner: OptimizedModule, interval: int):
+        super().__init__()
+        unet, why = eager_unet(inner)
+        if unet is None:
+            raise ValueError(f"step caching cannot wrap this module: {why}")
+        if interval < 1:
+            raise ValueError(f"step cache interval is {interval}: expected an integer >= 1")
+        self.technique_inner = inner
+        self.variant = inner.variant
+        self.interval = int(interval)
+        self._unet = [unet]  # a list: not registered twice as a submodule
+        self.full_calls = 0
+        self.cached_calls = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self._cached: torch.Tensor | None = None
+        self._step = 0
+        self._last_t: float | None = None
+        self._key = None
+
+    def forward(self, sample, timestep, encoder_hidden_states, **extra):
+        t = float(timestep.float().reshape(-1)[0]) if torch.is_tensor(timestep) else float(timestep)
+        key = (tuple(sample.shape), tuple(encoder_hidden_states.shape), sample.device)
+        if self._last_t is None or t > self._last_t or key != self._key:
+            self.reset()
+            self._key = key
+        self._last_t = t
+        use_cache = self._cached is not None and self._step % self.interval != 0 and not extra
+        self._step += 1
+        if use_cache:
+            self.cached_calls += 1
+            return self._shallow(sample, timestep, encoder_hidden_states)
+        self.full_calls += 1
+        unet = self._unet[0]
+        holder: dict = {}
+
+        def grab(module, args, kwargs):
+            holder["h"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+        handle = unet.up_blocks[-1].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            out = self.technique_inner(sample, timestep, encoder_hidden_states, **extra)
+        finally:
+            handle.remove()
+        self._cached = holder.get("h")
+        return out
+
+    def _shallow(self, sample, timestep, encoder_hidden_states):
+        inner, unet = self.technique_inner, self._unet[0]
+        base = inner
+        while hasattr(base, "technique_inner"):
+            base = base.technique_inner
+        out_dtype = sample.dtype
+        x = sample.to(base.run_dtype)
+        if base.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ehs = encoder_hidden_states.to(base.run_dtype)
+        emb = unet.time_embedding(unet.get_time_embed(sample=x, timestep=timestep), None)
+        if unet.time_embed_act is not None:
+            emb = unet.time_embed_act(emb)
+        x = unet.conv_in(x)
+        residuals = (x,)
+        first = unet.down_blocks[0]
+        if getattr(first, "has_cross_attention", False):
+            x, res = first(hidden_states=x, temb=emb, encoder_hidden_states=ehs)
+        else:
+            x, res = first(hidden_states=x, temb=emb)
+        residuals += res
+        last = unet.up_blocks[-1]
+        res_for_last = residuals[:len(last.resnets)]
+        if getattr(last, "has_cross_attention", False):
+            h = last(hidden_states=self._cached, temb=emb, res_hidden_states_tuple=res_for_last,
+                     encoder_hidden_states=ehs, upsample_size=None)
+        else:
+            h = last(hidden_states=self._cached, temb=emb, res_hidden_states_tuple=res_for_last,
+                     upsample_size=None)
+        if unet.conv_norm_out is not None:
+            h = unet.conv_act(unet.conv_norm_out(h))
+        return unet.conv_out(h).to(out_dtype).contiguous()
+
+
+def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModule:
+    return StepCacheModule(module, int(params["interval"]))
+
+
+def incompatible_reason(module: OptimizedModule) -> str | None:
+    return eager_unet(module)[1]

@@ -1,0 +1,171 @@
+"""Token merging for Stable Diffusion (ToMe for SD, Bolya & Hoffman 2023).
+
+Before the self-attention of the highest-resolution transformer blocks, the most similar tokens
+are merged (bipartite soft matching: one destination token per 2x2 cell, each other token joins
+its most similar destination; the ``ratio`` best-matched are merged), attention runs on the
+shorter sequence, and the result is copied back to every merged position. The matching below is
+the algorithm of the ``tomesd`` package (MIT), with a fixed-seed destination choice so that a
+saved model gives the same images in another process.
+
+The ``tomesd`` package (0.1.3) also runs with diffusers 0.42, but it replaces the class of every
+transformer block of ``pipe.unet`` with its own copy of a 2023 ``forward``; this module only
+swaps the attention *processor* of the chosen self-attention layers of the backend's UNet (an
+interface diffusers keeps stable) and leaves the weights, and so the saved artifacts, unchanged.
+Attention costs grow with the square of the tokens, so the gain is large at 512 px and above and
+small at 256 px, where the highest-resolution blocks have 1024 tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..backends.base import OptimizedModule
+from ._unet import eager_unet, private_copy
+
+NAME = "token_merge"
+RATIOS = (0.3, 0.5)
+SEED = 0
+
+
+def bipartite_soft_matching_2d(metric: torch.Tensor, w: int, h: int, r: int,
+                               sx: int = 2, sy: int = 2):
+    """Merge and unmerge functions that remove ``r`` of the ``h x w`` tokens of ``metric``."""
+    B, N, _ = metric.shape
+    if r <= 0 or h < sy or w < sx:
+        return (lambda x: x), (lambda x: x)
+    device = metric.device
+    with torch.no_grad():
+        hsy, wsx = h // sy, w // sx
+        generator = torch.Generator().manual_seed(SEED)
+        rand_idx = torch.randint(sy * sx, size=(hsy, wsx, 1), generator=generator).to(device)
+        view = torch.zeros(hsy, wsx, sy * sx, device=device, dtype=torch.int64)
+        view.scatter_(dim=2, index=rand_idx, src=-torch.ones_like(rand_idx))
+        view = view.view(hsy, wsx, sy, sx).transpose(1, 2).reshape(hsy * sy, wsx * sx)
+        if hsy * sy < h or wsx * sx < w:
+            buffer = torch.zeros(h, w, device=device, dtype=torch.int64)
+            buffer[:hsy * sy, :wsx * sx] = view
+        else:
+            buffer = view
+        order = buffer.reshape(1, -1, 1).argsort(dim=1)
+        num_dst = hsy * wsx
+        a_idx, b_idx = order[:, num_dst:, :], order[:, :num_dst, :]
+
+        def split(x):
+            c = x.shape[-1]
+            src = torch.gather(x, dim=1, index=a_idx.expand(B, N - num_dst, c))
+            dst = torch.gather(x, dim=1, index=b_idx.expand(B, num_dst, c))
+            return src, dst
+
+        normed = metric / metric.norm(dim=-1, keepdim=True)
+        a, b = split(normed)
+        scores = a @ b.transpose(-1, -2)
+        r = min(a.shape[1], r)
+        node_max, node_idx = scores.max(dim=-1)
+        edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+        unm_idx, src_idx = edge_idx[..., r:, :], edge_idx[..., :r, :]
+        dst_idx = torch.gather(node_idx[..., None], dim=-2, index=src_idx)
+
+    def merge(x: torch.Tensor) -> torch.Tensor:
+        src, dst = split(x)
+        n, t1, c = src.shape
+        unm = torch.gather(src, dim=-2, index=unm_idx.expand(n, t1 - r, c))
+        src = torch.gather(src, dim=-2, index=src_idx.expand(n, r, c))
+        dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce="mean")
+        return torch.cat([unm, dst], dim=1)
+
+    def unmerge(x: torch.Tensor) -> torch.Tensor:
+        unm_len = unm_idx.shape[1]
+        unm, dst = x[..., :unm_len, :], x[..., unm_len:, :]
+        c = unm.shape[-1]
+        src = torch.gather(dst, dim=-2, index=dst_idx.expand(B, r, c))
+        out = torch.zeros(B, N, c, device=x.device, dtype=x.dtype)
+        out.scatter_(dim=-2, index=b_idx.expand(B, num_dst, c), src=dst)
+        a_full = a_idx.expand(B, a_idx.shape[1], 1)
+        out.scatter_(dim=-2, index=torch.gather(a_full, 1, unm_idx).expand(B, unm_len, c),
+                     src=unm)
+        out.scatter_(dim=-2, index=torch.gather(a_full, 1, src_idx).expand(B, r, c), src=src)
+        return out
+
+    return merge, unmerge
+
+
+class TokenMergeProcessor:
+    """Wraps an attention processor: merge before self-attention, unmerge after."""
+
+    def __init__(self, inner, ratio: float, grid: dict):
+        self.inner = inner
+        self.ratio = float(ratio)
+        self.grid = grid  # {"hw": latent (H, W)}, set by a pre-hook on conv_in
+        self.tokens_in = 0  # what tests count: tokens that reached the attention, before/after
+        self.tokens_attended = 0
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):
+        hw = self.grid.get("hw")
+        if encoder_hidden_states is None and attention_mask is None and hidden_states.ndim == 3 \
+                and hw is not None:
+            n = hidden_states.shape[1]
+            factor = round(math.sqrt(hw[0] * hw[1] / n))
+            h, w = math.ceil(hw[0] / factor), math.ceil(hw[1] / factor)
+            if h * w == n:
+                merge, unmerge = bipartite_soft_matching_2d(hidden_states, w, h,
+                                                            int(n * self.ratio))
+                merged = merge(hidden_states)
+                self.tokens_in += n
+                self.tokens_attended += merged.shape[1]
+                out = self.inner(attn, merged, None, None, temb, *args, **kwargs)
+                return unmerge(out)
+        n = hidden_states.shape[1] if hidden_states.ndim == 3 else 0
+        self.tokens_in += n
+        self.tokens_attended += n
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                          *args, **kwargs)
+
+
+def _self_attentions(unet, levels: int = 1):
+    """The self-attention layers of the ``levels`` highest resolutions that have attention."""
+    down = [i for i, b in enumerate(unet.down_blocks) if getattr(b, "attentions", None)]
+    chosen = set(down[:levels])
+    n = len(unet.up_blocks)
+    blocks = [unet.down_blocks[i] for i in sorted(chosen)]
+    blocks += [unet.up_blocks[n - 1 - i] for i in sorted(chosen)
+               if getattr(unet.up_blocks[n - 1 - i], "attentions", None)]
+    out = []
+    for block in blocks:
+        for name, module in block.named_modules():
+            if name.endswith("attn1") and hasattr(module, "set_processor"):
+                out.append(module)
+    return out
+
+
+def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModule:
+    module = private_copy(module, original_unet)
+    unet, why = eager_unet(module)
+    if unet is None:
+        raise ValueError(f"token merging cannot patch this module: {why}")
+    grid: dict = {}
+
+    def record(mod, args):
+        grid["hw"] = tuple(args[0].shape[-2:])
+
+    unet.conv_in.register_forward_pre_hook(record)
+    layers = _self_attentions(unet, int(params.get("levels", 1)))
+    if not layers:
+        raise ValueError("the UNet has no self-attention layers to merge tokens in")
+    for attn in layers:
+        attn.set_processor(TokenMergeProcessor(attn.processor, float(params["ratio"]), grid))
+    return module
+
+
+def incompatible_reason(module: OptimizedModule) -> str | None:
+    return eager_unet(module)[1]
+
+
+def processors(module: OptimizedModule) -> list[TokenMergeProcessor]:
+    unet, _ = eager_unet(module)
+    if unet is None:
+        return []
+    return [m.processor for m in unet.modules()
+            if isinstance(getattr(m, "processor", None), TokenMergeProcessor)]
