@@ -218,9 +218,23 @@ def run_bench(subjects: list[Subject], settings: BenchSettings, out_dir: str | o
     if len(set(names)) != len(names):
         raise SdoptError(f"variants {names} repeat a name")
     out_dir = Path(out_dir)
+    previous_threads = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    device = detect(None if settings.device == "auto" else settings.device)
+    try:
+        device = detect(None if settings.device == "auto" else settings.device)
+        env = environment(device.kind)
+        return _measure(subjects, settings, out_dir, device, env, progress=progress,
+                        console=console, config=config, optimization=optimization)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _measure(subjects, settings, out_dir, device, env, *, progress, console, config,
+             optimization) -> dict[str, Any]:
+    import torch
+
+    names = [s.name for s in subjects]
     first = subjects[0].pipe
     height = settings.height or _native_side(first)
     width = settings.width or _native_side(first)
@@ -297,7 +311,7 @@ def run_bench(subjects: list[Subject], settings: BenchSettings, out_dir: str | o
     cfg.setdefault("model", "")
     return {"schema_version": RESULTS_SCHEMA_VERSION, "kind": RESULTS_KIND,
             "created_unix": int(time.time()), "sdopt_version": __version__, "config": cfg,
-            "environment": environment(device.kind), "variants": variants,
+            "environment": env, "variants": variants,
             "optimization": optimization}
 
 

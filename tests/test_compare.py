@@ -1,0 +1,156 @@
+"""The gate's decisions. The statistics are tested with simulated noisy latency samples (seeded):
+it is the statistical test itself that is under test here; real timings are in test_gate_cli."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdopt.compare import (NOT_COMPARABLE, PASS, PSNR_IDENTICAL_DB, REGRESSION, Inputs,
+                           compare_results, exit_code, image_quality, latency_check, summary_text)
+from sdopt.config import GateConfig
+from sdopt.errors import SdoptError
+
+DEFAULT = GateConfig()
+RUNS = 10  # bench.runs default: the sample count per side at default settings
+TRIALS = 400
+
+
+def _flag_rate(slowdown: float, noise: float, seed: int, n: int = RUNS) -> float:
+    rng = np.random.default_rng(seed)
+    flagged = 0
+    for _ in range(TRIALS):
+        # Log-normal noise plus rare preemption spikes, as on a shared CI runner.
+        base = 1.0 * np.exp(rng.normal(0, noise, n)) + (rng.random(n) < 0.05) * rng.exponential(0.5, n)
+        cur = (1.0 + slowdown) * np.exp(rng.normal(0, noise, n)) \
+            + (rng.random(n) < 0.05) * rng.exponential(0.5, n)
+        block, _ = latency_check(list(base), list(cur), tolerance=DEFAULT.latency_tolerance,
+                                 alpha=DEFAULT.alpha, min_samples=DEFAULT.min_samples)
+        flagged += block["regressed"]
+    return flagged / TRIALS
+
+
+def test_identical_distributions_rarely_raise_a_false_alarm():
+    assert _flag_rate(0.0, 0.10, seed=1) <= 0.05
+
+
+def test_a_30_percent_slowdown_is_caught():
+    assert _flag_rate(0.30, 0.10, seed=2) >= 0.95
+
+
+def test_a_2_percent_slowdown_under_10_percent_noise_is_not_flagged():
+    assert _flag_rate(0.02, 0.10, seed=3) <= 0.05
+
+
+def test_a_bare_ratio_would_cry_wolf_where_the_significance_test_does_not():
+    """Why the Mann-Whitney test is there: with heavy noise, the ratio alone exceeds the
+    tolerance often; the gate (ratio AND p < alpha) stays quiet."""
+    rng = np.random.default_rng(4)
+    ratio_alarms = gate_alarms = 0
+    for _ in range(TRIALS):
+        base = list(np.exp(rng.normal(0, 0.3, RUNS)))
+        cur = list(np.exp(rng.normal(0, 0.3, RUNS)))
+        block, _ = latency_check(base, cur, tolerance=0.10, alpha=0.01, min_samples=5)
+        ratio_alarms += block["ratio"] > 1.10
+        gate_alarms += block["regressed"]
+    assert ratio_alarms / TRIALS > 0.2
+    assert gate_alarms / TRIALS <= 0.05
+
+
+def test_too_few_samples_fall_back_to_the_ratio_with_a_warning():
+    block, reasons = latency_check([1.0, 1.01, 0.99], [1.5, 1.52, 1.49], tolerance=0.1,
+                                   alpha=0.01, min_samples=5)
+    assert block["test"] == "ratio-only" and block["p_value"] is None and block["regressed"]
+    assert any("warning: only 3 latency samples" in r for r in reasons)
+    block, _ = latency_check([1.0] * 3, [1.05] * 3, tolerance=0.1, alpha=0.01, min_samples=5)
+    assert not block["regressed"]
+
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def _results(root, samples, image, device_name="cpu-A", height=64, prompt="a cat"):
+    _png(root / "images" / "optimized" / "0.png", image)
+    doc = {"schema_version": 1, "kind": "sdopt-bench-results", "created_unix": 0,
+           "sdopt_version": "0", "config": {"model": "tiny", "height": height, "width": 64,
+                                            "steps": 4, "guidance_scale": 7.5, "batch": 1},
+           "environment": {"device": {"kind": "cpu", "name": device_name, "cores": 2},
+                           "libraries": {"torch": "2.13.0"}},
+           "variants": {"optimized": {"latency_s": {"samples": samples}, "images": [
+               {"prompt": prompt, "seed": 0, "path": "images/optimized/0.png"}]}}}
+    (root / "results.json").write_text(json.dumps(doc))
+    return doc
+
+
+@pytest.fixture
+def picture():
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.normal(0, 4, (64, 64, 3)), axis=0)
+    return np.clip(128 + smooth, 0, 255)
+
+
+def _compare(tmp_path, base_kw, cur_kw, gate=None, force=False):
+    base = _results(tmp_path / "base", **base_kw)
+    cur = _results(tmp_path / "cur", **cur_kw)
+    return compare_results(Inputs(base, tmp_path / "base", cur, tmp_path / "cur"), gate,
+                           force=force)
+
+
+def test_identical_rerun_passes_and_a_noisy_image_is_a_quality_regression(tmp_path, picture):
+    same = [1.0, 1.02, 0.98, 1.01, 0.99, 1.0]
+    verdict = _compare(tmp_path, dict(samples=same, image=picture),
+                       dict(samples=same, image=picture))
+    assert verdict["verdict"] == PASS and exit_code(verdict) == 0
+    assert verdict["quality"]["images"][0]["psnr_db"] == PSNR_IDENTICAL_DB
+    noisy = picture + np.random.default_rng(1).normal(0, 25, picture.shape)
+    verdict = _compare(tmp_path, dict(samples=same, image=picture),
+                       dict(samples=same, image=np.clip(noisy, 0, 255)))
+    assert verdict["verdict"] == REGRESSION and exit_code(verdict) == 1
+    image = verdict["quality"]["images"][0]
+    assert image["regressed"] and image["psnr_db"] < 30
+    assert not verdict["latency"]["regressed"]
+    assert any(r.startswith("quality regression") for r in verdict["reasons"])
+    assert "REGRESSED" in summary_text(verdict)
+
+
+def test_image_quality_of_a_tiny_change_stays_above_the_thresholds(tmp_path, picture):
+    _png(tmp_path / "a.png", picture)
+    changed = picture.copy()
+    changed[10, 10] += 1
+    _png(tmp_path / "b.png", changed)
+    psnr, ssim = image_quality(tmp_path / "a.png", tmp_path / "b.png")
+    assert 60 < psnr < PSNR_IDENTICAL_DB and ssim > 0.99
+
+
+def test_another_machine_is_not_comparable_unless_warned_or_forced(tmp_path, picture):
+    s = [1.0] * 6
+    verdict = _compare(tmp_path, dict(samples=s, image=picture),
+                       dict(samples=s, image=picture, device_name="cpu-B"))
+    assert verdict["verdict"] == NOT_COMPARABLE and exit_code(verdict) == 3
+    assert "another machine" in verdict["reasons"][0] and "cpu-B" in verdict["reasons"][0]
+    assert verdict["baseline"]["environment_match"] is False
+    warn = GateConfig(on_environment_mismatch="warn")
+    verdict = _compare(tmp_path, dict(samples=s, image=picture),
+                       dict(samples=s, image=picture, device_name="cpu-B"), gate=warn)
+    assert verdict["verdict"] == PASS and any(r.startswith("warning") for r in verdict["reasons"])
+    verdict = _compare(tmp_path, dict(samples=s, image=picture),
+                       dict(samples=s, image=picture, device_name="cpu-B"), force=True)
+    assert verdict["verdict"] == PASS
+
+
+def test_a_different_image_size_is_not_comparable(tmp_path, picture):
+    s = [1.0] * 6
+    verdict = _compare(tmp_path, dict(samples=s, image=picture),
+                       dict(samples=s, image=picture[:32], height=32))
+    assert verdict["verdict"] == NOT_COMPARABLE
+
+
+def test_image_paths_outside_the_results_directory_are_refused(tmp_path, picture):
+    base = _results(tmp_path / "base", samples=[1.0] * 6, image=picture)
+    cur = _results(tmp_path / "cur", samples=[1.0] * 6, image=picture)
+    cur["variants"]["optimized"]["images"][0]["path"] = "../base/images/optimized/0.png"
+    with pytest.raises(SdoptError, match="outside its directory"):
+        compare_results(Inputs(base, tmp_path / "base", cur, tmp_path / "cur"))
