@@ -8,7 +8,8 @@ import importlib
 from .base import BACKENDS, Backend, BuildContext, OptimizedModule, UNetInputs, Variant, get_backend
 
 # Every backend module shipped with sdopt, in the order the search tries them.
-BUILTIN_MODULES = ("torch_eager", "torch_int8", "torch_compile", "openvino", "onnxruntime")
+BUILTIN_MODULES = ("torch_eager", "torch_int8", "torch_compile", "openvino", "onnxruntime",
+                   "tensorrt")
 
 # Speedster compiler names we accept in ignore_compilers although sdopt has no such backend, so
 # that code copied from Speedster's guides runs unchanged.
