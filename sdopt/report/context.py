@@ -1,0 +1,263 @@
+"""The report's view model: what both templates show, taken from results, baseline and verdict.
+
+Templates get display strings and plain lists, never the raw documents, so the HTML page and
+the PR comment cannot disagree and every optional field of the contract (a run without an
+'original' variant, without a search, without a baseline) is handled once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import fmt
+
+VERDICT_LABELS = {"pass": "pass", "regression": "regression", "not_comparable": "not comparable",
+                  None: "no verdict"}
+
+
+def _d(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _l(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _num(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def variant(results: dict | None, name: str) -> dict:
+    return _d(_d(_d(results).get("variants")).get(name))
+
+
+def median(v: dict) -> float | None:
+    return _num(_d(v.get("latency_s")).get("median"))
+
+
+def speedup_of(results: dict | None) -> tuple[float | None, str]:
+    """End-to-end speedup of optimized over original when both were benchmarked, else the UNet
+    speedup of the search; with what it measures."""
+    o, s = median(variant(results, "original")), median(variant(results, "optimized"))
+    if o and s:
+        return o / s, "end to end"
+    unet = _num(_d(_d(results).get("optimization")).get("speedup"))
+    return (unet, "UNet call") if unet else (None, "")
+
+
+@dataclass
+class Verdict:
+    state: str  # pass | regression | not_comparable | none
+    label: str
+    reasons: list[str]
+    latency: dict | None
+    quality_regressions: list[dict]
+    quality: dict | None
+    baseline_source: str
+    environment_match: bool | None
+
+
+def verdict_view(verdict: dict | None) -> Verdict:
+    v = _d(verdict)
+    state = v.get("verdict") if v.get("verdict") in ("pass", "regression", "not_comparable") \
+        else None
+    lat = _d(v.get("latency"))
+    latency = None
+    if lat:
+        latency = {
+            "baseline": fmt.seconds(lat.get("baseline_median_s")),
+            "current": fmt.seconds(lat.get("current_median_s")),
+            "ratio": fmt.ratio(lat.get("ratio"), 3),
+            "tolerance": fmt.ratio(lat.get("tolerance"), 3),
+            "p_value": fmt.p_value(lat.get("p_value")),
+            "test": str(lat.get("test") or ""),
+            "regressed": bool(lat.get("regressed")),
+        }
+    q = _d(v.get("quality"))
+    regressions = []
+    for img in _l(q.get("images")):
+        img = _d(img)
+        if img.get("regressed"):
+            regressions.append({"prompt": str(img.get("prompt", "")), "seed": img.get("seed"),
+                                "psnr": fmt.db(img.get("psnr_db")),
+                                "ssim": fmt.number(img.get("ssim"), 4)})
+    quality = None
+    if q:
+        quality = {"metric": str(q.get("metric") or ""), "threshold": fmt.number(q.get("threshold")),
+                   "regressed": bool(q.get("regressed")), "count": len(_l(q.get("images")))}
+    base = _d(v.get("baseline"))
+    match = base.get("environment_match")
+    return Verdict(state or "none", VERDICT_LABELS[state],
+                   [str(r) for r in _l(v.get("reasons"))], latency, regressions, quality,
+                   str(base.get("source") or ""), match if isinstance(match, bool) else None)
+
+
+def summary_rows(results: dict) -> list[dict[str, str]]:
+    """Speedster's summary table, original vs optimized, one row per property."""
+    o, s = variant(results, "original"), variant(results, "optimized")
+    opt = _d(results.get("optimization"))
+    so, ss = _d(opt.get("original")), _d(opt.get("selected"))
+    rows = []
+
+    def row(metric, original, optimized, change=""):
+        rows.append({"metric": metric, "original": original, "optimized": optimized,
+                     "change": change})
+
+    row("backend", str(o.get("label") or o.get("backend") or so.get("id") or fmt.DASH),
+        str(s.get("label") or s.get("backend") or ss.get("id") or fmt.DASH))
+    mo, ms = median(o), median(s)
+    if mo or ms:
+        iqr_o, iqr_s = _d(o.get("latency_s")).get("iqr"), _d(s.get("latency_s")).get("iqr")
+        row("latency per image (median ± IQR)",
+            f"{fmt.seconds(mo)} ± {fmt.seconds(iqr_o)}" if mo else fmt.DASH,
+            f"{fmt.seconds(ms)} ± {fmt.seconds(iqr_s)}" if ms else fmt.DASH,
+            fmt.ratio(mo / ms) + " faster" if mo and ms else "")
+        to, ts = _num(o.get("throughput_images_per_s")), _num(s.get("throughput_images_per_s"))
+        row("throughput", fmt.rate(to) + " images" if to else fmt.DASH,
+            fmt.rate(ts) + " images" if ts else fmt.DASH, fmt.ratio(ts / to) if to and ts else "")
+    if so or ss:
+        lo, ls = _num(so.get("latency_s")), _num(ss.get("latency_s"))
+        row("UNet call latency (search)", fmt.seconds(lo), fmt.seconds(ls),
+            fmt.ratio(lo / ls) + " faster" if lo and ls else "")
+        row("UNet model size", fmt.size(so.get("model_size_bytes")),
+            fmt.size(ss.get("model_size_bytes")),
+            fmt.percent_change(ss.get("model_size_bytes"), so.get("model_size_bytes")))
+    po, ps = o.get("peak_memory_bytes"), s.get("peak_memory_bytes")
+    if po is not None or ps is not None:
+        kind = s.get("memory_kind") or o.get("memory_kind") or ""
+        row(f"peak memory ({kind})" if kind else "peak memory", fmt.size(po), fmt.size(ps),
+            fmt.percent_change(ps, po))
+    if ss:
+        ths = opt.get("metric_drop_ths")
+        allowed = "lossless only" if ths is None else f"allowed ≤ {fmt.number(ths)}"
+        row("metric drop", fmt.number(so.get("metric_drop")) if so else fmt.DASH,
+            f"{fmt.number(ss.get('metric_drop'))} ({opt.get('metric', 'metric')}, {allowed})")
+    techniques = _l(s.get("techniques")) or _l(ss.get("techniques"))
+    row("techniques", "none", ", ".join(str(t) for t in techniques) or "none")
+    return rows
+
+
+def candidate_rows(results: dict) -> list[dict[str, Any]]:
+    rows = []
+    for c in _l(_d(results.get("optimization")).get("candidates")):
+        c = _d(c)
+        drop, worst = c.get("metric_drop"), c.get("metric_drop_max")
+        rows.append({
+            "id": str(c.get("id", "?")), "status": str(c.get("status", "?")),
+            "reason": str(c.get("reason") or ""),
+            "build": fmt.seconds(c.get("build_s")), "latency": fmt.seconds(c.get("latency_s")),
+            "iqr": fmt.seconds(c.get("latency_iqr_s")), "speedup": fmt.ratio(c.get("speedup")),
+            "drop": fmt.DASH if drop is None else f"{fmt.number(drop)} / {fmt.number(worst)}",
+            "memory": fmt.size(c.get("peak_memory_bytes")),
+            "size": fmt.size(c.get("model_size_bytes")),
+            "raw": c,
+        })
+    return rows
+
+
+def _flatten(prefix: str, value, out: list[tuple[str, str]]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(value, (list, tuple)):
+        out.append((prefix, ", ".join(str(v) for v in value) or fmt.DASH))
+    else:
+        out.append((prefix, fmt.DASH if value is None else str(value)))
+
+
+def environment_rows(results: dict, baseline: dict | None) -> list[dict[str, Any]]:
+    """Device, libraries and timing-relevant environment, with the baseline's value where it
+    differs (results from unlike machines are not comparable)."""
+    current: list[tuple[str, str]] = []
+    _flatten("", _d(results.get("environment")), current)
+    base: dict[str, str] = {}
+    if baseline is not None:
+        pairs: list[tuple[str, str]] = []
+        _flatten("", _d(baseline.get("environment")), pairs)
+        base = dict(pairs)
+    rows = []
+    for key, value in current:
+        b = base.get(key) if baseline is not None else None
+        rows.append({"key": key, "value": value, "baseline": b,
+                     "differs": baseline is not None and b != value})
+    for key, value in base.items():
+        if key not in dict(current):
+            rows.append({"key": key, "value": fmt.DASH, "baseline": value, "differs": True})
+    return rows
+
+
+def config_rows(results: dict) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    cfg = dict(_d(results.get("config")))
+    cfg.pop("prompts", None)
+    _flatten("", cfg, out)
+    return out
+
+
+@dataclass
+class ImageRow:
+    prompt: str
+    seed: Any
+    panels: list[dict] = field(default_factory=list)
+
+
+def image_rows(results: dict, results_dir: Path | None, baseline: dict | None,
+               baseline_dir: Path | None, verdict: dict | None) -> list[ImageRow]:
+    """One row per (prompt, seed): original, optimized, their difference; and the baseline's
+    image with the difference the gate judged, when a baseline is given."""
+    from .images import compare, load_image
+
+    current_name = "optimized" if variant(results, "optimized") else "original"
+    current = _l(variant(results, current_name).get("images"))
+    original = {(str(i.get("prompt")), i.get("seed")): i for i in
+                map(_d, _l(variant(results, "original").get("images")))}
+    judged = {(str(i.get("prompt")), i.get("seed")): i for i in
+              map(_d, _l(_d(_d(verdict).get("quality")).get("images")))}
+    base_images = {}
+    if baseline is not None:
+        name = "optimized" if variant(baseline, "optimized") else "original"
+        base_images = {(str(i.get("prompt")), i.get("seed")): i for i in
+                       map(_d, _l(variant(baseline, name).get("images")))}
+    rows = []
+    for rec in map(_d, current):
+        key = (str(rec.get("prompt", "")), rec.get("seed"))
+        row = ImageRow(key[0], key[1])
+        cur = load_image(results_dir, rec.get("path"))
+        if current_name == "optimized" and key in original:
+            ref = load_image(results_dir, original[key].get("path"))
+            row.panels.append({"kind": "image", "title": "original", "image": ref})
+            row.panels.append({"kind": "image", "title": "optimized", "image": cur})
+            cmp = compare(ref, cur)
+            row.panels.append({"kind": "diff", "title": "optimized vs original", "cmp": cmp,
+                               "psnr": fmt.db(cmp.psnr_db), "ssim": fmt.number(cmp.ssim, 4),
+                               "regressed": None})
+        else:
+            row.panels.append({"kind": "image", "title": current_name, "image": cur})
+        j = judged.get(key)
+        base_path = (j or {}).get("baseline_path") or base_images.get(key, {}).get("path")
+        if base_path and baseline_dir is not None:
+            b = load_image(baseline_dir, base_path)
+            row.panels.append({"kind": "image", "title": "baseline", "image": b})
+            cmp = compare(b, cur)
+            psnr = j.get("psnr_db") if j and "psnr_db" in j else cmp.psnr_db
+            ssim = j.get("ssim") if j and "ssim" in j else cmp.ssim
+            row.panels.append({"kind": "diff", "title": f"{current_name} vs baseline", "cmp": cmp,
+                               "psnr": fmt.db(psnr), "ssim": fmt.number(ssim, 4),
+                               "regressed": (j or {}).get("regressed")})
+        rows.append(row)
+    return rows
+
+
+def history_points(results: dict, baseline: dict | None, history) -> list[dict]:
+    """Distinct results documents, oldest first, for the trend chart."""
+    seen, points = set(), []
+    for doc in [*history, baseline, results]:
+        if not isinstance(doc, dict):
+            continue
+        key = (doc.get("created_unix"), repr(variant(doc, "optimized").get("latency_s")))
+        if key not in seen:
+            seen.add(key)
+            points.append(doc)
+    return sorted(points, key=lambda d: _num(d.get("created_unix")) or 0)
