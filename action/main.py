@@ -28,7 +28,6 @@ from . import event, markdown, workflow
 from .inputs import ActionInputs, read_inputs
 
 EXIT_FOR_VERDICT = {"pass": 0, "regression": 1, "not_comparable": 3}
-BASELINE_KEY = "baseline.path"      # sdopt.toml key the `baseline` input overrides (issue #5)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any] | None:
@@ -54,8 +53,6 @@ def effective_config(inp: ActionInputs):
         raise SdoptError(f"input 'config': '{path}' not found (relative to the workspace "
                          f"{os.getcwd()}): expected the path of your sdopt.toml")
     overrides = [(k, repr(v)) for k, v in inp.thresholds.items()] + list(inp.config_overrides)
-    if inp.baseline:
-        overrides.append((BASELINE_KEY, json.dumps(inp.baseline)))
     if not overrides:
         yield path
         return
@@ -90,11 +87,17 @@ def effective_config(inp: ActionInputs):
             os.unlink(tmp)
 
 
-def run_sdopt(args: list[str], env: Mapping[str, str]) -> tuple[int, list[str]]:
-    """Run ``sdopt ARGS``, streaming its output; return the status and its error lines."""
+def run_sdopt(args: list[str], env: Mapping[str, str], *, artifact_url: str | None = None,
+              rename: tuple[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run ``sdopt ARGS``, streaming its output; return the status and its error lines.
+
+    ``rename`` = (temporary config path, the user's): error lines name the user's file.
+    """
     cmd = [sys.executable, "-m", "sdopt.cli", *args]
     print(f"$ sdopt {' '.join(args)}", flush=True)
     child_env = {k: v for k, v in env.items() if not k.startswith("INPUT_")}  # no token leaks
+    if artifact_url:
+        child_env["SDOPT_ARTIFACT_URL"] = artifact_url
     proc = subprocess.Popen(cmd, env=child_env, stderr=subprocess.PIPE, text=True, bufsize=1)
     errors: list[str] = []
 
@@ -102,7 +105,11 @@ def run_sdopt(args: list[str], env: Mapping[str, str]) -> tuple[int, list[str]]:
         for line in proc.stderr:
             sys.stderr.write(line)
             if line.startswith("error:"):
-                errors.append(line[len("error:"):].strip())
+                text = line[len("error:"):].strip()
+                if rename:
+                    text = text.replace(rename[0], rename[1]).replace(
+                        os.path.basename(rename[0]), os.path.basename(rename[1]))
+                errors.append(text)
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -203,8 +210,12 @@ def exit_code(inp: ActionInputs, verdict: dict | None, rc: int) -> int:
 def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "gate") -> int:
     ctx = event.from_event(env)
     out = Path(inp.out)
+    args = ["--out", str(out), "--overwrite"]
+    if subcommand == "gate" and inp.baseline:
+        args += ["--baseline", inp.baseline]
     with effective_config(inp) as config:
-        rc, errors = run_sdopt([subcommand, "--config", str(config), "--out", str(out)], env)
+        rc, errors = run_sdopt([subcommand, "--config", str(config), *args], env,
+                               artifact_url=inp.artifact_url, rename=(str(config), inp.config))
     if rc == 2:
         for line in errors or [f"sdopt {subcommand} rejected its input (exit 2)"]:
             workflow.error(line, title="sdopt: bad input", file=inp.config)

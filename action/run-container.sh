@@ -48,7 +48,10 @@ case "${INPUT_GPUS:-auto}" in
 esac
 
 io="$(mktemp -d "${GITHUB_WORKSPACE}/.sdopt-action.XXXXXX")"
-trap 'rm -rf "$io"' EXIT
+name="sdopt-action-$(basename "$io" | tr -dc 'a-zA-Z0-9')-$$"
+# No `docker run --rm`: through podman's Docker-compatible API (4.x) it loses the container's
+# exit status. The status is read from the stopped container, which is then removed.
+trap '"$DOCKER" rm -f "$name" >/dev/null 2>&1 || true; rm -rf "$io"' EXIT
 touch "$io/output" "$io/summary.md"
 if [ -n "${GITHUB_EVENT_PATH:-}" ] && [ -f "$GITHUB_EVENT_PATH" ]; then
   cp "$GITHUB_EVENT_PATH" "$io/event.json"
@@ -64,13 +67,16 @@ while IFS='=' read -r name _; do
 done < <(env)
 
 set +e
-"$DOCKER" run --rm "${gpu_args[@]}" "${env_args[@]}" \
+"$DOCKER" run --name "$name" "${gpu_args[@]}" "${env_args[@]}" \
   -e GITHUB_OUTPUT="$io/output" -e GITHUB_STEP_SUMMARY="$io/summary.md" \
   -e GITHUB_EVENT_PATH="$io/event.json" -e GITHUB_ACTIONS=true \
   -v "${GITHUB_WORKSPACE}:${GITHUB_WORKSPACE}" -w "${GITHUB_WORKSPACE}" \
   "$image"
 rc=$?
 set -e
+if status="$("$DOCKER" inspect --format '{{.State.ExitCode}}' "$name" 2>/dev/null)"; then
+  rc="$status"
+fi
 
 if [ -n "${GITHUB_OUTPUT:-}" ]; then cat "$io/output" >> "$GITHUB_OUTPUT"; else cat "$io/output"; fi
 if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then cat "$io/summary.md" >> "$GITHUB_STEP_SUMMARY"; fi

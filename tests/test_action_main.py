@@ -146,14 +146,14 @@ def test_exit_code_follows_verdict_and_fail_on(state, fail_on, code):
 def test_effective_config_applies_overrides_next_to_the_original(tmp_path):
     cfg = tmp_path / "sdopt.toml"
     cfg.write_text('model = "tiny"\n[gate]\nlatency_tolerance = 0.1\n')
-    inp = ActionInputs(config=str(cfg), baseline="base dir",
+    inp = ActionInputs(config=str(cfg),
                        thresholds={"gate.latency_tolerance": 0.25},
                        config_overrides=[("bench.runs", "5")])
     with entry.effective_config(inp) as path:
         assert path.parent == tmp_path and path != cfg
         data = tomllib.loads(path.read_text())
     assert data == {"model": "tiny", "gate": {"latency_tolerance": 0.25},
-                    "bench": {"runs": 5}, "baseline": {"path": "base dir"}}
+                    "bench": {"runs": 5}}
     assert not path.exists()                         # removed afterwards
     with entry.effective_config(ActionInputs(config=str(cfg))) as path:
         assert path == cfg
