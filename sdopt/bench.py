@@ -82,7 +82,8 @@ class StageTimer:
         self._cuda = device_kind == "cuda"
         self._handles: list = []
         self._hooked: set[int] = set()
-        self._starts: dict[int, float] = {}
+        self._starts: dict[str, float] = {}
+        self._depth = dict.fromkeys(STAGES, 0)
         self.totals = dict.fromkeys(STAGES, 0.0)
 
     def _now(self) -> float:
@@ -102,23 +103,28 @@ class StageTimer:
                                                                            "register_forward_hook"):
                 continue
             self._hooked.add(id(module))
-            self._handles.append(module.register_forward_pre_hook(self._pre(module)))
-            self._handles.append(module.register_forward_hook(self._post(module, stage)))
+            self._handles.append(module.register_forward_pre_hook(self._pre(stage)))
+            self._handles.append(module.register_forward_hook(self._post(stage)))
 
-    def _pre(self, module) -> Callable:
+    # A stage can nest in itself: an optimized UNet that wraps the original UNet object (the fp32
+    # reference does) runs both modules' hooks. Only the outermost call of a stage is timed.
+    def _pre(self, stage: str) -> Callable:
         def hook(_module, _args):
-            self._starts[id(module)] = self._now()
+            if self._depth[stage] == 0:
+                self._starts[stage] = self._now()
+            self._depth[stage] += 1
         return hook
 
-    def _post(self, module, stage: str) -> Callable:
+    def _post(self, stage: str) -> Callable:
         def hook(_module, _args, _output):
-            start = self._starts.pop(id(module), None)
-            if start is not None:
-                self.totals[stage] += self._now() - start
+            self._depth[stage] = max(0, self._depth[stage] - 1)
+            if self._depth[stage] == 0 and stage in self._starts:
+                self.totals[stage] += self._now() - self._starts.pop(stage)
         return hook
 
     def reset(self) -> None:
         self.totals = dict.fromkeys(STAGES, 0.0)
+        self._depth = dict.fromkeys(STAGES, 0)
         self._starts.clear()
 
     def detach(self) -> None:

@@ -27,7 +27,9 @@ def _schema(name):
 def bench_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     config = parse_config({"model": "tiny", "bench": BENCH,
-                           "optimize": {"candidate": "torch_eager/fp32-channels_last"}})
+                           # fp32 wraps the original UNet object itself: its hooks must not
+                           # count the UNet twice.
+                           "optimize": {"candidate": "torch_eager/fp32"}})
     results = bench_config(config, out, progress=False)
     write_results(results, out)
     return out
@@ -47,9 +49,11 @@ def test_results_follow_the_published_schema(bench_dir):
             assert (bench_dir / image["path"]).is_file()
         stages = v["stages_s"]
         assert all(stages[s] > 0 for s in ("text_encoder", "unet", "vae_decode"))
+        # Medians per stage, so compared with the slowest call; a UNet counted twice (the fp32
+        # variant wraps the very UNet object of the original) would exceed it.
         assert sum(stages.values()) <= v["latency_s"]["max"]
         assert v["peak_memory_bytes"] > 10 * 2**20 and v["memory_kind"] == "rss"
-    assert results["variants"]["optimized"]["label"] == "torch_eager/fp32-channels_last"
+    assert results["variants"]["optimized"]["label"] == "torch_eager/fp32"
     assert results["environment"]["device"]["kind"] == "cpu"
     assert results["environment"]["env"]["torch_threads"] == 1
     assert results["config"]["height"] == 64 and results["config"]["model"] == "tiny"
@@ -97,13 +101,15 @@ def test_variants_are_interleaved_and_a_real_slowdown_is_flagged_but_no_change_i
     pipes = {name: build_preset("tiny") for name in ("a", "b", "slow")}
     for name, pipe in pipes.items():
         pipe.unet.register_forward_pre_hook(lambda *_, n=name: order.append(n))
-    _sleepy(pipes["slow"], 0.08)  # about +0.25 s per image at 2 steps
-    settings = BenchSettings(("a photo of a cat",), (0,), None, None, 2, 7.5, 1, runs=6, warmup=1,
+    # A wall-clock delay in every UNet call (about +1.5 s per image at 2 steps), which the CPU
+    # contention of a busy shared runner cannot hide.
+    _sleepy(pipes["slow"], 0.5)
+    settings = BenchSettings(("a photo of a cat",), (0,), None, None, 2, 7.5, 1, runs=5, warmup=1,
                              threads=1)
     subjects = [Subject(n, p, n, "torch_eager") for n, p in pipes.items()]
     results = run_bench(subjects, settings, tmp_path, progress=False)
     calls = [n for i, n in enumerate(order) if i == 0 or order[i - 1] != n]
-    assert calls == ["a", "b", "slow"] * 7  # warm-up, then A B C A B C ...
+    assert calls == ["a", "b", "slow"] * 6  # warm-up, then A B C A B C ...
     unchanged = compare_results(Inputs(_as_single(results, "a"), tmp_path,
                                        _as_single(results, "b"), tmp_path))
     assert unchanged["verdict"] == "pass", unchanged["reasons"]
@@ -113,7 +119,7 @@ def test_variants_are_interleaved_and_a_real_slowdown_is_flagged_but_no_change_i
     assert slowed["latency"]["test"] == "mann-whitney-u"
     assert not slowed["quality"]["regressed"]  # a sleep changes no pixel
     stages = results["variants"]["slow"]["stages_s"]
-    assert stages["unet"] > results["variants"]["a"]["stages_s"]["unet"] + 0.15
+    assert stages["unet"] > results["variants"]["a"]["stages_s"]["unet"] + 1.0
 
 
 def test_read_results_refuses_other_versions_and_other_files(tmp_path, bench_dir):
