@@ -15,7 +15,7 @@ from typing import Mapping
 
 from sdopt.errors import SdoptError
 
-MODES = ("gate", "optimize", "comment")
+MODES = ("gate", "optimize", "comment", "merge")
 GPU_CHOICES = ("auto", "all", "none")
 
 # Named threshold inputs and the sdopt.toml keys they override (issue #5 owns the config schema;
@@ -126,7 +126,7 @@ def read_inputs(env: Mapping[str, str] | None = None) -> ActionInputs:
             raise SdoptError(f"input 'fail_on' has '{bad[0]}': expected a comma-separated list of "
                              "regression, not_comparable (or none)")
         inp.fail_on = tuple(x for x in items if x != "none")
-    if inp.mode == "comment" and not inp.artifact_dir:
-        raise SdoptError("input 'artifact_dir' is required in mode 'comment': the directory "
-                         "where the gate job's artifact was downloaded")
+    if inp.mode in ("comment", "merge") and not inp.artifact_dir:
+        raise SdoptError(f"input 'artifact_dir' is required in mode '{inp.mode}': the directory "
+                         "where the gate job's artifact(s) were downloaded")
     return inp

@@ -1,10 +1,11 @@
-"""The action's modes: ``gate`` (default), ``optimize`` and ``comment``.
+"""The action's modes: ``gate`` (default), ``optimize``, ``comment`` and ``merge``.
 
 ``gate`` and ``optimize`` run the ``sdopt`` command line in a subprocess (the same commands a user
 runs locally, so a CI result reproduces with ``docker run``), then publish: outputs, job summary,
 annotations, and the PR comment. ``comment`` only publishes, from a gate run's downloaded
 artifact, for the ``workflow_run`` job that comments on fork PRs; it re-renders the report from
 the artifact's JSON instead of posting the artifact's markdown, which a fork could have forged.
+``merge`` is a matrix's fan-in job: ``sdopt merge`` over the downloaded legs, one comment.
 Exit status: 0 pass, 1 regression, 3 not comparable (each only if listed in ``fail_on``),
 2 bad input.
 """
@@ -253,6 +254,30 @@ def run_comment(inp: ActionInputs, env: Mapping[str, str]) -> int:
     return 0
 
 
+def run_merge(inp: ActionInputs, env: Mapping[str, str]) -> int:
+    """Fan-in job of a matrix: every downloaded leg under ``artifact_dir`` -> one report."""
+    root = Path(inp.artifact_dir)
+    legs = sorted(p for p in root.iterdir() if (p / "results.json").is_file()) \
+        if root.is_dir() else []
+    if not legs:
+        raise SdoptError(f"input 'artifact_dir': '{root}' holds no result directory (expected "
+                         "one subdirectory with a results.json per matrix job)")
+    out = Path(inp.out)
+    rc, errors = run_sdopt(["merge", *map(str, legs), "--out", str(out), "--overwrite"], env)
+    if rc == 2:
+        for line in errors or ["sdopt merge rejected its input (exit 2)"]:
+            workflow.error(line, title="sdopt: bad input")
+        return 2
+    verdict = _read_json(out / "verdict.json", "verdict")
+    annotate(verdict, inp.config)
+    body = (out / "report.md").read_text(encoding="utf-8")
+    url = publish(inp, env, event.from_event(env), out, None, verdict, body)
+    outputs = outputs_for(inp, out, None, verdict, url)
+    outputs["speedup"] = ""
+    workflow.set_outputs(outputs, env)
+    return exit_code(inp, verdict, rc)
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     try:
@@ -261,6 +286,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         inp = read_inputs(env)
         if inp.mode == "comment":
             return run_comment(inp, env)
+        if inp.mode == "merge":
+            return run_merge(inp, env)
         return run_gate(inp, env, subcommand="gate" if inp.mode == "gate" else "bench")
     except SdoptError as exc:
         workflow.error(str(exc), title="sdopt: bad input")

@@ -171,3 +171,24 @@ def test_effective_config_errors_name_the_problem(tmp_path):
         with entry.effective_config(ActionInputs(config=str(cfg),
                                                  config_overrides=[("model", "tiny")])):
             pass
+
+
+def test_merge_mode_posts_one_comment_for_all_legs(tmp_path, gh, capsys):
+    from tests.test_merge import leg
+
+    legs = tmp_path / "legs"
+    leg(legs, "sdopt-a100", device="NVIDIA A100")
+    leg(legs, "sdopt-l4", state="regression", reasons=["latency 1.4x the baseline's"])
+    payload = {"pull_request": {"number": 7, "head": {"sha": SHA, "repo": {"full_name": "octo/widgets"}},
+                                "base": {"repo": {"full_name": "octo/widgets"}}}}
+    env = runner_env(tmp_path, gh, mode="merge", artifact_dir=legs, out=tmp_path / "merged")
+    (tmp_path / "event.json").write_text(json.dumps(payload))
+    env["GITHUB_EVENT_NAME"] = "pull_request"
+    assert entry.main(env=env) == 1
+    assert "::error title=sdopt%3A performance regression" in capsys.readouterr().out
+    body = gh.state.comments[7][0].body
+    assert "sdopt-a100" in body and "sdopt-l4" in body and "NVIDIA A100" in body
+    outputs = parse_github_output((tmp_path / "output").read_text())
+    assert outputs["verdict"] == "regression"
+    assert outputs["report_markdown"] == str(tmp_path / "merged" / "report.md")
+    assert entry.main(env={**env, "INPUT_ARTIFACT_DIR": str(tmp_path / "empty")}) == 2
