@@ -65,7 +65,6 @@ RUN pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}"
 WORKDIR /opt/sdopt
 COPY pyproject.toml constraints.txt README.md ./
 COPY sdopt ./sdopt
-COPY action ./action
 
 # Versions come from constraints.txt (the project's lock) and the pinned ARGs above.
 # hadolint ignore=SC2086,DL3013
@@ -80,7 +79,11 @@ RUN if [ "${FLAVOR}" = gpu ]; then \
     fi \
     && pip install ${index} -c constraints.txt "torch==${TORCH_VERSION}" ".${extras}" \
          ${gpu_pkgs} ${ACTION_PACKAGES} ${EXTRA_PIP_PACKAGES} \
-    && python -c "import torch, sdopt, action.main; print('torch', torch.__version__)"
+    && python -c "import torch, sdopt; print('torch', torch.__version__)"
+
+# The entrypoint last: it changes more often than the dependencies above.
+COPY action ./action
+RUN python -c "import action.main"
 
 # GitHub requires container actions to run as root (the workspace is owned by the runner).
 ENV PYTHONPATH=/opt/sdopt

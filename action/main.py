@@ -185,6 +185,10 @@ def outputs_for(inp: ActionInputs, results_dir: Path, results: dict | None,
                 verdict: dict | None, comment_url: str) -> dict[str, str]:
     ratio = markdown.speedup(results)
 
+    # Absolute paths: in the container the workspace is mounted at its own path, so they are
+    # valid in the workflow's later steps too.
+    results_dir = results_dir.resolve()
+
     def existing(name: str) -> str:
         path = results_dir / name
         return str(path) if path.is_file() else ""
