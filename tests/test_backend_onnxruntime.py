@@ -1,0 +1,148 @@
+"""ONNX Runtime backend on the tiny preset: real exports, real sessions."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sdopt
+from sdopt.backends import get_backend
+from sdopt.backends.base import BuildContext
+from sdopt.device import detect
+from sdopt.errors import SdoptError
+from sdopt.metrics import resolve_metric
+
+pytest.importorskip("onnxruntime", reason="the onnxruntime package is not installed")
+
+from sdopt.backends import onnxruntime as ort_backend  # noqa: E402
+
+ROUNDTRIP = Path(__file__).parent / "scripts" / "roundtrip.py"
+# numeric_precision each variant must stay within: fp32 is the same arithmetic (measured 1e-6 on
+# SD 1.5); dynamic int8 of MatMul/Gemm quantizes activations per call.
+TOLERANCE = {"fp32": 1e-4, "int8-dynamic": 0.1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    root = tmp_path_factory.getbasetemp() / "sdopt-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SDOPT_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_pipe):
+    from sdopt.sampling import collect_samples
+
+    return collect_samples(tiny_pipe, ["a photo of a cat", "a dog"], height=64, width=64,
+                           steps=4, guidance_scale=7.5, seed=0, n_verify=4)
+
+
+def _build(pipe, name, samples):
+    dev = detect("cpu")
+    backend = get_backend("onnxruntime")
+    variant = next(v for v in backend.variants(dev) if v.name == name)
+    assert backend.unavailable_reason(dev, variant) is None
+    ctx = BuildContext(device=dev, example=samples.verification[0].inputs)
+    with torch.inference_mode():
+        return backend.build(pipe.unet, variant, ctx)
+
+
+@pytest.mark.parametrize("name", ["fp32", "int8-dynamic"])
+def test_output_matches_the_fp32_unet(tiny_pipe, samples, name):
+    module = _build(tiny_pipe, name, samples)
+    metric = resolve_metric(None)
+    with torch.inference_mode():
+        drops = [float(metric.fn(s.reference, module(s.inputs.sample, s.inputs.timestep,
+                                                     s.inputs.encoder_hidden_states)))
+                 for s in samples.verification]
+    assert max(drops) <= TOLERANCE[name], drops
+    if name == "int8-dynamic":
+        assert max(drops) > 1e-5, "int8 really ran"
+        import onnx
+
+        model = onnx.load(str(module.model_dir / "model.onnx"))
+        ops = {n.op_type for n in model.graph.node}
+        assert "MatMulInteger" in ops and "ConvInteger" not in ops
+    assert module.build_info["onnx"]["exporter"] in ("dynamo", "legacy")
+
+
+def test_session_options_do_not_spin(tiny_pipe, samples):
+    module = _build(tiny_pipe, "fp32", samples)
+    config = module._session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning")
+    assert config == "0"
+
+
+def test_second_build_hits_the_cache(tiny_pipe, samples):
+    _build(tiny_pipe, "int8-dynamic", samples)
+    before = dict(ort_backend.CONVERSIONS)
+    again = _build(tiny_pipe, "int8-dynamic", samples)
+    assert ort_backend.CONVERSIONS == before, "no export and no quantization ran again"
+    assert again.build_info["onnx"]["hit"] and again.build_info["int8"]["hit"]
+
+
+def test_other_shapes_are_refused_with_the_reason(tiny_pipe, samples):
+    module = _build(tiny_pipe, "fp32", samples)
+    inp = samples.verification[0].inputs
+    with pytest.raises(SdoptError, match="exported for sample of shape"):
+        module(torch.randn(2, 4, 16, 16), inp.timestep, inp.encoder_hidden_states)
+
+
+def test_save_then_load_in_a_new_process_gives_the_same_images(tmp_path):
+    directory = tmp_path / "saved"
+    run = lambda *a: subprocess.run([sys.executable, str(ROUNDTRIP), *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, timeout=600,
+                                    env=dict(os.environ))
+    for step in ("save", "load"):
+        proc = run(step, directory, "onnxruntime/fp32")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = np.load(f"{directory}.first.npy"), np.load(f"{directory}.second.npy")
+    assert np.abs(first - second).max() <= 1
+    manifest = json.loads((directory / "sdopt_manifest.json").read_text())
+    assert manifest["components"]["unet"]["backend"] == "onnxruntime"
+    assert (directory / "unet" / "model.onnx").is_file()
+
+
+def test_gpu_variants_are_listed_and_skipped_on_cpu(tiny_pipe, samples):
+    from sdopt.metrics import resolve_metric
+    from sdopt.search import plan_candidates, run_search
+
+    dev = detect("cpu")
+    variants = [v for v in plan_candidates(dev, backends=["onnxruntime", "tensorrt"])
+                if "fp16" in v.name or v.id == "torch_eager/fp32"]
+    result, _ = run_search(tiny_pipe.unet, samples, dev, variants, metric=resolve_metric(None),
+                           metric_drop_ths=0.1, optimization_time="constrained", repeats=1)
+    rows = {c.id: c for c in result.candidates}
+    for cid in ("onnxruntime/cuda-fp16", "onnxruntime/tensorrt-fp16", "tensorrt/fp16"):
+        assert rows[cid].status == "skipped" and "needs" in rows[cid].reason, rows[cid]
+        assert "GPU" in rows[cid].reason
+
+
+def test_cuda_without_the_provider_names_it():
+    gpu = replace(detect("cpu"), kind="cuda", name="NVIDIA H100", cuda_capability="9.0")
+    backend = get_backend("onnxruntime")
+    rows = {v.name: backend.unavailable_reason(gpu, v) for v in backend.variants(gpu)}
+    assert "the device is cuda" in rows["fp32"]
+    assert "has no CUDAExecutionProvider" in rows["cuda-fp16"]
+    assert "has no TensorrtExecutionProvider" in rows["tensorrt-fp16"]
+
+
+def test_float16_conversion_for_the_cuda_path(tiny_pipe, samples, tmp_path):
+    """The fp16 model the CUDA EP runs is made on any machine: check it is a valid fp16 graph."""
+    import onnx
+
+    entry = ort_backend.onnx_export_entry(
+        tiny_pipe.unet, BuildContext(device=detect("cpu"), example=samples.verification[0].inputs))
+    ort_backend._to_float16(entry.path, tmp_path)
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    onnx.checker.check_model(model)
+    types = {i.data_type for i in model.graph.initializer if len(i.dims) > 1}
+    assert types == {onnx.TensorProto.FLOAT16}
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
