@@ -60,11 +60,11 @@ else
 fi
 
 env_args=()
-while IFS='=' read -r name _; do
-  case "$name" in
-    INPUT_*|GITHUB_*|RUNNER_*|CI|ACTIONS_*|HF_*|SDOPT_*) env_args+=(-e "$name") ;;
+while read -r var; do
+  case "$var" in
+    INPUT_*|GITHUB_*|RUNNER_*|CI|ACTIONS_*|HF_*|SDOPT_*) env_args+=(-e "$var") ;;
   esac
-done < <(env)
+done < <(compgen -e)
 
 set +e
 "$DOCKER" run --name "$name" "${gpu_args[@]}" "${env_args[@]}" \

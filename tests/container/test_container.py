@@ -98,7 +98,6 @@ def test_act_runs_the_action_pass_then_regression_and_podman_reproduces(
     assert float(outputs["speedup"] or "nan") > 0 or outputs["speedup"] == ""
     assert outputs["report_markdown"] == str(ws / "sdopt-out" / "report.md")
     assert Path(outputs["report_markdown"]).is_file()          # paths valid on the runner
-    assert "pass" in outputs.get("summary.md", "").lower()
     assert "Job succeeded" in proc.stdout
 
     inject_quality_regression(ws)
