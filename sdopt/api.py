@@ -23,10 +23,12 @@ from . import __version__
 from .backends.base import BACKENDS, UNetInputs, Variant, get_backend
 from .device import DeviceInfo, detect, library_versions
 from .errors import SdoptError
-from .metrics import resolve_metric, validate_threshold
+from .metrics import Metric, resolve_metric, validate_threshold
 from .optimized import OptimizedUNet, optimized_unet_of, with_unet
 from .sampling import collect_samples
-from .search import OptimizationResult, plan_candidates, run_search
+from .search import (REFERENCE_ID, STATUS_OK, STATUS_SELECTED, CandidateResult,
+                     OptimizationResult, plan_candidates, run_search, run_technique_search,
+                     set_e2e_speedup)
 from .store import (MANIFEST_NAME, MANIFEST_SCHEMA_VERSION, atomic_directory, directory_size,
                     read_manifest, write_json)
 
@@ -99,6 +101,8 @@ def optimize_model(
     time_budget_s: float | None = None,
     show: bool = True,
     console=None,
+    image_metric: Union[str, Metric] = "psnr",
+    end_to_end: bool | None = None,
 ):
     """Try every backend and precision that fits the device; return the pipeline with the
     fastest UNet whose metric drop stays within ``metric_drop_ths``.
@@ -108,12 +112,31 @@ def optimize_model(
     many timesteps are sampled for verification; latency is per UNet call at the given
     ``height``/``width`` (default: the pipeline's native size). The search table is available as
     ``optimized.sdopt_result``.
+
+    ``optimization_time="unconstrained"`` also tries the approximate techniques of
+    :mod:`sdopt.techniques` (step caching, token merging, fewer DPM-Solver++ steps, bf16 VAE
+    decoder) on the original and on the best backend, and picks the fastest candidate *per image,
+    end to end*, whose image metric drop (``image_metric``, default ``"psnr"``, or ``metric`` when
+    that is an image metric) stays within ``metric_drop_ths``. ``end_to_end`` (default: on) also
+    times the original and the chosen pipelines per image and scores their images; with an image
+    ``metric`` every backend is judged on images, so it cannot be turned off then.
     """
     started = time.perf_counter()
     unet = _check_pipe(model)
     prompts = _check_prompts(input_data)
     ths = validate_threshold(metric_drop_ths)
     chosen_metric = resolve_metric(metric)
+    gate_image_metric = chosen_metric if chosen_metric.kind == "image" \
+        else resolve_metric(image_metric)
+    if gate_image_metric.kind != "image":
+        raise SdoptError(f"image_metric '{gate_image_metric.name}' compares UNet outputs: expected "
+                         "one of psnr, ssim, clip_cosine, clip_score or "
+                         "sdopt.metrics.image_metric(fn)")
+    if end_to_end is None:
+        end_to_end = True
+    if not end_to_end and (chosen_metric.kind == "image" or optimization_time == "unconstrained"):
+        raise SdoptError("end_to_end=False: image metrics and optimization_time='unconstrained' "
+                         "judge whole pipelines end to end; leave end_to_end on")
     if optimization_time not in OPTIMIZATION_TIMES:
         raise SdoptError(f"optimization_time '{optimization_time}' is not known: expected "
                          f"{' or '.join(OPTIMIZATION_TIMES)}")
@@ -153,6 +176,13 @@ def optimize_model(
             model, prompts, height=height, width=width, steps=num_inference_steps,
             guidance_scale=guidance_scale, seed=seed, n_verify=n_verify,
             progress=lambda: progress.advance(task))
+        e2e = None
+        if end_to_end:
+            e2e = _end_to_end(model, prompts, height, width, num_inference_steps, guidance_scale,
+                              seed, gate_image_metric)
+            etask = progress.add_task("original pipeline end to end", total=1)
+            e2e.run_reference(model)
+            progress.advance(etask)
         ctask = progress.add_task("candidates", total=len(variants))
 
         def on_candidate(variant: Variant, phase: str) -> None:
@@ -161,21 +191,71 @@ def optimize_model(
             else:
                 progress.advance(ctask)
 
+        def evaluate(module, row: CandidateResult, specs=()) -> None:
+            if row.id == REFERENCE_ID and not specs:
+                run = e2e.reference
+            else:
+                run = e2e.run(_assemble(model, module, list(specs), dev))
+            _fill_row(row, run, e2e, gate_image_metric)
+
         result, module = run_search(
             unet, samples, dev, variants, metric=chosen_metric, metric_drop_ths=ths,
             optimization_time=optimization_time, repeats=repeats, time_budget_s=time_budget_s,
-            on_candidate=on_candidate)
+            on_candidate=on_candidate,
+            evaluate=evaluate if chosen_metric.kind == "image" else None)
         progress.update(ctask, description="candidates done")
+        specs: list[dict] = []
+        if module is not None and e2e is not None:
+            result.image_metric = gate_image_metric.name
+            result.end_to_end = {"prompts": len(prompts), "steps": num_inference_steps,
+                                 "height": height, "width": width, "seed": seed,
+                                 "metrics": [m.name for m in e2e.metrics]}
+            result.notes.extend(e2e_notes(e2e))
+            for row in (result.original, result.selected):
+                if row is not None and row.e2e_latency_s is None:
+                    evaluate(module if row is result.selected else _reference_module(unet, dev),
+                             row)
+            for row in result.candidates:
+                set_e2e_speedup(row, result.original)
+        if module is not None and optimization_time == "unconstrained":
+            ttask = progress.add_task("techniques (end to end)", total=None)
+
+            def on_technique(candidate_id: str, phase: str) -> None:
+                if phase == "start":
+                    progress.update(ttask, description=f"technique {candidate_id}")
+                else:
+                    progress.advance(ttask)
+
+            bases = [(result.original, _reference_module(unet, dev))]
+            if result.selected is not result.original:
+                bases.append((result.selected, module))
+            winner = run_technique_search(
+                result, bases, dev, metric_drop_ths=metric_drop_ths,
+                image_metric=gate_image_metric.name,
+                evaluate=lambda base, sp, row: evaluate(base, row, sp),
+                time_budget_s=time_budget_s, started=started, on_candidate=on_technique)
+            progress.update(ttask, description="techniques done")
+            result.selected_by = "e2e_latency"
+            if winner is not None:
+                row, specs = winner
+                base = next(m for r, m in bases if r.id == row.id.split("+")[0])
+                module = base
+                if result.selected is not None:
+                    result.selected.status = STATUS_OK
+                row.status = STATUS_SELECTED
+                result.selected = row
+            del bases
     result.wall_s = time.perf_counter() - started
     if module is None:  # the reference always completes, or run_search raised
         raise SdoptError("no candidate completed")
+    sel = result.selected
     info = {"source_hash": source_hash, "config_hash": config_hash(unet),
             "samples": result.samples, "metric": result.metric,
-            "metric_drop": result.selected.metric_drop, "latency_s": result.selected.latency_s,
-            "speedup": result.speedup}
-    wrapped = OptimizedUNet(module, unet.config, dtype=unet.dtype, device=torch.device(
-        dev.torch_device), info=info)
-    optimized = with_unet(model, wrapped)
+            "metric_drop": sel.metric_drop, "latency_s": sel.latency_s,
+            "speedup": result.speedup, "techniques": [dict(s) for s in specs],
+            "e2e_latency_s": sel.e2e_latency_s, "image_metric": result.image_metric,
+            "image_metric_drop": sel.image_metric_drop, "image_metrics": sel.image_metrics}
+    optimized = _assemble(model, module, specs, dev, info=info)
     optimized.sdopt_result = result
     if show:
         from .summary import print_summary
@@ -184,6 +264,55 @@ def optimize_model(
     if store_latencies:
         write_json(Path.cwd() / "sdopt_latencies.json", result.to_dict())
     return optimized
+
+
+def _end_to_end(model, prompts, height, width, steps, guidance_scale, seed, gate: Metric):
+    from .endtoend import EndToEnd
+    from .metrics import METRICS, clip_unavailable_reason
+
+    metrics = [METRICS["psnr"], METRICS["ssim"]]
+    if clip_unavailable_reason() is None:
+        metrics += [METRICS["clip_cosine"], METRICS["clip_score"]]
+    if gate.name not in {m.name for m in metrics}:
+        metrics.append(gate)
+    return EndToEnd(list(prompts), height, width, steps, guidance_scale, seed, metrics=metrics)
+
+
+def e2e_notes(e2e) -> list[str]:
+    from .metrics import clip_unavailable_reason
+
+    reason = clip_unavailable_reason()
+    return [f"CLIP metrics skipped: {reason}"] if reason else []
+
+
+def _fill_row(row: CandidateResult, run, e2e, gate: Metric) -> None:
+    row.e2e_latency_s = run.median_s
+    row.e2e_latency_samples_s = list(run.latencies_s)
+    row.image_metrics = e2e.score(run)
+    row.image_metric_drop = row.image_metrics[gate.name]["mean"]
+    row.image_metric_drop_max = row.image_metrics[gate.name]["max"]
+
+
+def _reference_module(unet, dev: DeviceInfo):
+    """The original UNet as a module (no copy): the base techniques are tried on alone."""
+    from .backends._torch import TorchUNetModule
+
+    variant = next(v for v in get_backend("torch_eager").variants(dev) if v.id == REFERENCE_ID)
+    return TorchUNetModule(unet, variant, unet.dtype)
+
+
+def _assemble(model, module, specs: list[dict], dev: DeviceInfo, info: dict | None = None):
+    """A new pipeline (sharing the user's components) running ``module`` with the techniques of
+    ``specs``; the user's pipeline and the backend module stay unchanged."""
+    from .techniques import apply_pipeline_techniques, apply_unet_techniques
+
+    module = apply_unet_techniques(module, specs, model.unet) if specs else module
+    wrapped = OptimizedUNet(module, model.unet.config, dtype=model.unet.dtype,
+                            device=torch.device(dev.torch_device), info=info or {})
+    pipe = with_unet(model, wrapped)
+    if specs:
+        apply_pipeline_techniques(pipe, specs)
+    return pipe
 
 
 def example_inputs(model, height: int | None = None, width: int | None = None,
@@ -241,7 +370,9 @@ def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Pa
     target = Path(path)
     with atomic_directory(target, overwrite=overwrite) as tmp:
         (tmp / "unet").mkdir()
-        artifact = backend.save(wrapped.module, tmp / "unet")
+        from .techniques import base_module
+
+        artifact = backend.save(base_module(wrapped.module), tmp / "unet")
         result: OptimizationResult | None = getattr(model, "sdopt_result", None)
         manifest = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -258,8 +389,11 @@ def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Pa
                 "dtype": str(wrapped.dtype).replace("torch.", ""),
             }},
             "shapes": wrapped.info.get("samples", {}),
-            "metrics": {k: wrapped.info.get(k) for k in ("metric", "metric_drop", "latency_s",
-                                                         "speedup")},
+            # Approximate techniques on top of the backend (re-applied by load_model).
+            "techniques": list(wrapped.info.get("techniques", [])),
+            "metrics": {k: wrapped.info.get(k) for k in (
+                "metric", "metric_drop", "latency_s", "speedup", "e2e_latency_s",
+                "image_metric", "image_metric_drop", "image_metrics")},
             "device": detect(wrapped.device.type).fingerprint(),
             "libraries": library_versions(),
             "search": result.to_dict() if result else None,
@@ -316,11 +450,23 @@ def load_model(path: str | os.PathLike, pipe=None, *, device: str | None = None)
         log.warning("sdopt: the given pipe's UNet weights differ from those %s was optimized "
                     "from; the saved weights are used", path)
     pipe.to(dev.torch_device)
+    from .techniques import (apply_pipeline_techniques, apply_unet_techniques,
+                             unavailable_reason, validate_specs)
+
+    specs = validate_specs(manifest.get("techniques", []), f"'{path / MANIFEST_NAME}'")
     module = backend.load(path / comp.get("path", "unet"), unet, variant,
                           comp.get("artifact", {}), dev)
     module.eval()
+    for spec in specs:
+        why = unavailable_reason(spec, module, dev)
+        if why:
+            raise SdoptError(f"'{path}' uses the technique {spec['name']}, which cannot run "
+                             f"here: {why}")
+    module = apply_unet_techniques(module, specs, unet)
     info = {"source_hash": comp["source_hash"], "config_hash": comp.get("config_hash", ""),
-            "samples": manifest.get("shapes", {}), **manifest.get("metrics", {})}
+            "samples": manifest.get("shapes", {}), **manifest.get("metrics", {}),
+            "techniques": specs}
     pipe.unet = OptimizedUNet(module, unet.config, dtype=unet.dtype,
                               device=torch.device(dev.torch_device), info=info)
+    apply_pipeline_techniques(pipe, specs)
     return pipe

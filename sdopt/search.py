@@ -5,6 +5,12 @@ a first call (compilers compile there; counted as build time), verification of t
 held-out inputs against the original outputs, timing. Any exception in a step marks that candidate
 failed with its reason and the search goes on. The fastest candidate whose drop is within the
 threshold wins; only it and the original stay in memory.
+
+With ``optimization_time="unconstrained"`` a second phase (:func:`run_technique_search`) tries the
+approximate techniques of :mod:`sdopt.techniques` on the original and on the best backend. They
+change the number or the cost of UNet calls, so they are judged end to end: latency per image
+and an image metric against the original pipeline's images; the fastest per image within the
+threshold wins, technique or not. Constrained searches never run that phase.
 """
 
 from __future__ import annotations
@@ -51,6 +57,15 @@ class CandidateResult:
     metric_drop_max: float | None = None
     speedup: float | None = None
     batch: int = 1
+    # End to end (whole pipeline, per image) and image metrics vs the original's images.
+    e2e_latency_s: float | None = None
+    e2e_latency_samples_s: list[float] = field(default_factory=list)
+    e2e_speedup: float | None = None
+    image_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    image_metric_drop: float | None = None
+    image_metric_drop_max: float | None = None
+    # Technique specs ({"name": ..., params}) on top of the backend: what save_model records.
+    pipeline_techniques: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def throughput(self) -> float | None:
@@ -72,11 +87,20 @@ class OptimizationResult:
     original: CandidateResult | None
     selected: CandidateResult | None
     wall_s: float = 0.0
+    image_metric: str | None = None  # the metric techniques (and image-level gates) are judged by
+    end_to_end: dict[str, Any] = field(default_factory=dict)  # prompts, steps, size of e2e runs
+    selected_by: str = "unet_latency"  # or "e2e_latency" (unconstrained searches)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def speedup(self) -> float | None:
-        if self.original and self.selected and self.selected.latency_s:
-            return self.original.latency_s / self.selected.latency_s
+        o, s = self.original, self.selected
+        if self.selected_by == "e2e_latency":
+            if o and s and o.e2e_latency_s and s.e2e_latency_s:
+                return o.e2e_latency_s / s.e2e_latency_s
+            return None
+        if o and s and s.latency_s:
+            return o.latency_s / s.latency_s
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,7 +109,8 @@ class OptimizationResult:
             "optimization_time": self.optimization_time, "samples": self.samples,
             "original": self.original.to_dict() if self.original else None,
             "selected": self.selected.to_dict() if self.selected else None,
-            "speedup": self.speedup, "wall_s": self.wall_s,
+            "speedup": self.speedup, "wall_s": self.wall_s, "image_metric": self.image_metric,
+            "end_to_end": self.end_to_end, "selected_by": self.selected_by, "notes": self.notes,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
@@ -153,8 +178,20 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                warmup: int = 2, repeats: int = 5, max_seconds_per_candidate: float = 30.0,
                time_budget_s: float | None = None, cache_dir=None,
                on_candidate: Callable[[Variant, str], None] | None = None,
+               evaluate: Callable[[OptimizedModule, CandidateResult], None] | None = None,
                ) -> tuple[OptimizationResult, OptimizedModule | None]:
-    """Try every variant; return the result table and the winning module."""
+    """Try every variant; return the result table and the winning module.
+
+    ``evaluate(module, row)``, when given, fills the row's end-to-end latency and image metrics.
+    An image metric (``metric.kind == "image"``) needs it: the UNet outputs are then compared with
+    ``numeric_precision`` for the record and the threshold applies to the images.
+    """
+    from .metrics import METRICS
+
+    image_gate = metric.kind == "image"
+    if image_gate and evaluate is None:
+        raise ValueError("an image metric needs evaluate= to make and compare images")
+    unet_metric = METRICS["numeric_precision"] if image_gate else metric
     started = time.perf_counter()
     verification = [s for s in samples.verification]
     timing_inputs = [s.inputs.to(device.torch_device) for s in verification[:3]]
@@ -204,7 +241,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                 for s in verification:
                     inp = s.inputs.to(device.torch_device)
                     out = module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
-                    drops.append(float(metric.fn(s.reference.to(out.device), out)))
+                    drops.append(float(unet_metric.fn(s.reference.to(out.device), out)))
             row.metric_drop = sum(drops) / len(drops)
             row.metric_drop_max = max(drops)
             if not math.isfinite(row.metric_drop):
@@ -214,9 +251,14 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
             row.latency_s, row.latency_iqr_s = timing.median_s, timing.iqr_s
             row.latency_samples_s = timing.samples_s
             row.peak_memory_bytes = timing.peak_memory_bytes
-            if row.metric_drop > ths and variant.id != REFERENCE_ID:
+            if evaluate is not None:
+                evaluate(module, row)
+            gate = row.image_metric_drop if image_gate else row.metric_drop
+            if image_gate and gate is not None and not math.isfinite(gate):
+                raise FloatingPointError("non-finite image metric (NaN or inf images)")
+            if gate > ths and variant.id != REFERENCE_ID:
                 row.status = STATUS_REJECTED
-                row.reason = (f"{metric.name} drop {row.metric_drop:.4g} > threshold {ths:.4g}")
+                row.reason = (f"{metric.name} drop {gate:.4g} > threshold {ths:.4g}")
             else:
                 row.status = STATUS_OK
         except Exception as exc:  # noqa: BLE001 - a failing candidate never stops the search
@@ -238,11 +280,122 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
     for row in results:
         if original and original.latency_s and row.latency_s:
             row.speedup = original.latency_s / row.latency_s
+        set_e2e_speedup(row, original)
     selected = best[0] if best else None
     if selected:
         selected.status = STATUS_SELECTED
     result = OptimizationResult(
         device=device.fingerprint(), metric=metric.name, metric_drop_ths=metric_drop_ths,
         optimization_time=optimization_time, samples=samples.describe(), candidates=results,
-        original=original, selected=selected, wall_s=time.perf_counter() - started)
+        original=original, selected=selected, wall_s=time.perf_counter() - started,
+        image_metric=metric.name if image_gate else None)
     return result, (best[1] if best else None)
+
+
+def set_e2e_speedup(row: CandidateResult, original: CandidateResult | None) -> None:
+    if original and original.e2e_latency_s and row.e2e_latency_s:
+        row.e2e_speedup = original.e2e_latency_s / row.e2e_latency_s
+
+
+def technique_candidate_id(base_id: str, specs: list[dict]) -> str:
+    from .techniques import label
+
+    return base_id + "".join(f"+{label(s)}" for s in specs)
+
+
+def run_technique_search(
+        result: OptimizationResult, bases: list[tuple[CandidateResult, OptimizedModule]],
+        device: DeviceInfo, *, metric_drop_ths: float | None, image_metric: str,
+        evaluate: Callable[[OptimizedModule, list[dict], CandidateResult], None],
+        time_budget_s: float | None = None, started: float | None = None,
+        on_candidate: Callable[[str, str], None] | None = None,
+) -> tuple[CandidateResult, list[dict]] | None:
+    """The unconstrained phase: every technique setting alone on each base (the original and
+    the best backend), then the best passing setting of each technique stacked greedily on the
+    best base while the stack stays within the threshold and gets faster. Rows are appended to
+    ``result.candidates``; returns the fastest passing (row, specs) by end-to-end latency, bases
+    included, or None when no base has an end-to-end latency."""
+    from .techniques import all_specs
+    from .techniques import unavailable_reason as technique_unavailable
+
+    started = time.perf_counter() if started is None else started
+    ths = metric_drop_ths
+    passing: list[tuple[CandidateResult, list[dict], int]] = []  # row, specs, base index
+
+    def gate(row: CandidateResult) -> None:
+        drop = row.image_metric_drop
+        if drop is None or not math.isfinite(drop):
+            raise FloatingPointError("non-finite image metric (NaN or inf images)")
+        if drop > ths:
+            row.status = STATUS_REJECTED
+            row.reason = f"{image_metric} drop {drop:.4g} > threshold {ths:.4g} (images)"
+        else:
+            row.status = STATUS_OK
+
+    def attempt(base_index: int, specs: list[dict]) -> CandidateResult:
+        base_row, base_module = bases[base_index]
+        row = CandidateResult(
+            technique_candidate_id(base_row.id, specs), base_row.backend, base_row.variant,
+            base_row.precision, list(base_row.techniques) + [_label(s) for s in specs],
+            STATUS_SKIPPED, batch=base_row.batch, pipeline_techniques=[dict(s) for s in specs])
+        result.candidates.append(row)
+        if on_candidate:
+            on_candidate(row.id, "start")
+        reason = next((r for r in (technique_unavailable(s, base_module, device) for s in specs)
+                       if r), None)
+        if reason is None and ths is None:
+            reason = ("approximate technique and metric_drop_ths is None (lossless only): pass "
+                      "metric_drop_ths to allow it")
+        if reason is None and time_budget_s is not None                 and time.perf_counter() - started > time_budget_s:
+            reason = f"optimization time budget ({time_budget_s:.0f} s) spent"
+        if reason:
+            row.reason = reason
+        else:
+            try:
+                t0 = time.perf_counter()
+                evaluate(base_module, specs, row)
+                row.build_s = time.perf_counter() - t0 - sum(row.e2e_latency_samples_s)
+                gate(row)
+                set_e2e_speedup(row, result.original)
+                if row.status == STATUS_OK:
+                    passing.append((row, specs, base_index))
+            except Exception as exc:  # noqa: BLE001 - a failing candidate never stops the search
+                row.status = STATUS_FAILED
+                row.reason = _describe(exc)
+            gc.collect()
+        if on_candidate:
+            on_candidate(row.id, "done")
+        return row
+
+    for base_index in range(len(bases)):
+        for spec in all_specs():
+            attempt(base_index, [spec])
+
+    # Stack: the best passing setting of each technique, on the best base, greedily.
+    best_base = len(bases) - 1
+    singles: dict[str, tuple[CandidateResult, dict]] = {}
+    for row, specs, base_index in passing:
+        if base_index == best_base:
+            name = specs[0]["name"]
+            if name not in singles or row.e2e_latency_s < singles[name][0].e2e_latency_s:
+                singles[name] = (row, specs[0])
+    ordered = sorted(singles.values(), key=lambda rs: rs[0].e2e_latency_s)
+    if len(ordered) >= 2:
+        stack_row, stack = ordered[0][0], [ordered[0][1]]
+        for _, spec in ordered[1:]:
+            row = attempt(best_base, stack + [spec])
+            if row.status == STATUS_OK and row.e2e_latency_s < stack_row.e2e_latency_s:
+                stack_row, stack = row, stack + [spec]
+
+    contenders: list[tuple[CandidateResult, list[dict]]] = [
+        (r, []) for r, _ in bases if r.e2e_latency_s and r.status in (STATUS_OK, STATUS_SELECTED)]
+    contenders += [(r, s) for r, s, _ in passing]
+    if not contenders:
+        return None
+    return min(contenders, key=lambda rs: rs[0].e2e_latency_s)
+
+
+def _label(spec: dict) -> str:
+    from .techniques import label
+
+    return label(spec)

@@ -38,17 +38,30 @@ def summary_table(result: OptimizationResult) -> Table:
     if not (o and s):
         table.add_row("status", "-", "no candidate completed", "")
         return table
-    speed = o.latency_s / s.latency_s
     table.add_row("backend", "PyTorch fp32 (eager)", f"{s.backend} {s.variant}", "")
-    table.add_row("latency", f"{_sec(o.latency_s)}/batch", f"{_sec(s.latency_s)}/batch",
-                  f"[bold]{speed:.2f}x[/]")
-    table.add_row("throughput", f"{o.throughput:.2f} batch/s", f"{s.throughput:.2f} batch/s",
-                  f"{speed:.2f}x")
+    if s.latency_s:
+        speed = o.latency_s / s.latency_s
+        table.add_row("latency", f"{_sec(o.latency_s)}/batch", f"{_sec(s.latency_s)}/batch",
+                      f"[bold]{speed:.2f}x[/]")
+        table.add_row("throughput", f"{o.throughput:.2f} batch/s", f"{s.throughput:.2f} batch/s",
+                      f"{speed:.2f}x")
+    if o.e2e_latency_s and s.e2e_latency_s:
+        e2e = result.end_to_end
+        table.add_row(f"end to end ({e2e.get('steps')} steps, {e2e.get('width')}x"
+                      f"{e2e.get('height')})", f"{_sec(o.e2e_latency_s)}/image",
+                      f"{_sec(s.e2e_latency_s)}/image",
+                      f"[bold]{o.e2e_latency_s / s.e2e_latency_s:.2f}x[/]")
+    for name, value in s.image_metrics.items():
+        text = f"{_drop(value['mean'])} drop"
+        if "db" in value:
+            text += f" ({value['db']:.1f} dB)"
+        table.add_row(f"image {name}", "", text, "")
     size_change = ""
     if o.model_size_bytes and s.model_size_bytes:
         size_change = f"{(s.model_size_bytes / o.model_size_bytes - 1) * 100:+.0f}%"
     table.add_row("model size", _mb(o.model_size_bytes), _mb(s.model_size_bytes), size_change)
-    table.add_row("metric drop", "", f"{_drop(s.metric_drop)} ({result.metric})", "")
+    if s.metric_drop is not None:
+        table.add_row("metric drop", "", f"{_drop(s.metric_drop)} ({result.metric})", "")
     table.add_row("techniques", "", ", ".join(s.techniques) or "none", "")
     return table
 
@@ -57,8 +70,9 @@ def candidates_table(result: OptimizationResult) -> Table:
     ths = "lossless" if result.metric_drop_ths is None else f"<= {result.metric_drop_ths:g}"
     table = Table(title=f"All candidates (metric: {result.metric}, allowed drop {ths}; latency "
                         "is the median of one UNet call, iqr its spread)", title_justify="left")
+    image = result.image_metric or "psnr"
     for col in ("candidate", "status", "build", "latency", "iqr", "speedup", "drop mean/max",
-                "peak mem"):
+                "peak mem", "e2e/image", "e2e speedup", f"{image} drop", "psnr dB", "ssim drop"):
         table.add_column(col, no_wrap=True)
     table.add_column("reason", overflow="fold", ratio=1, min_width=30)
     for c in result.candidates:
@@ -68,8 +82,18 @@ def candidates_table(result: OptimizationResult) -> Table:
             "-" if c.build_s is None else f"{c.build_s:.1f} s", _sec(c.latency_s),
             _sec(c.latency_iqr_s), "-" if c.speedup is None else f"{c.speedup:.2f}x",
             "-" if c.metric_drop is None else f"{_drop(c.metric_drop)} / {_drop(c.metric_drop_max)}",
-            _mb(c.peak_memory_bytes), c.reason)
+            _mb(c.peak_memory_bytes), _sec(c.e2e_latency_s),
+            "-" if c.e2e_speedup is None else f"{c.e2e_speedup:.2f}x",
+            _drop(c.image_metrics.get(image, {}).get("mean")),
+            _db(c.image_metrics.get("psnr", {}).get("db")),
+            _drop(c.image_metrics.get("ssim", {}).get("mean")), c.reason)
     return table
+
+
+def _db(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return "identical" if x == float("inf") else f"{x:.1f}"
 
 
 def make_console(**kwargs) -> Console:
@@ -84,3 +108,5 @@ def print_summary(result: OptimizationResult, console: Console | None = None) ->
     console = console or make_console()
     console.print(candidates_table(result))
     console.print(summary_table(result))
+    for note in getattr(result, "notes", []):
+        console.print(f"note: {note}")

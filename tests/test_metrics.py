@@ -50,3 +50,125 @@ def test_resolve_metric():
     assert resolve_metric(max_abs).fn is max_abs
     with pytest.raises(SdoptError, match="unknown metric 'psnr2'"):
         resolve_metric("psnr2")
+
+
+# --- image metrics ---------------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from sdopt.metrics import (METRICS, clip_cosine_drop, clip_score_drop, configure_clip,  # noqa: E402
+                           image_metric, psnr_db, psnr_drop, psnr_drop_to_db, score_images,
+                           ssim_drop)
+
+
+def _image(seed=0, size=64):
+    """A smooth image with structure (gradients and a disc), like a generated one."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    disc = ((x - 0.5) ** 2 + (y - 0.4) ** 2 < 0.08).astype(float)
+    img = np.stack([x, y, disc], axis=-1) * 200 + rng.normal(0, 3, (size, size, 3)) + 20
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _ladder(img, levels=(2, 6, 15, 40)):
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 1, img.shape)
+    return [np.clip(img + s * noise, 0, 255).astype(np.uint8) for s in levels]
+
+
+@pytest.mark.parametrize("fn", [psnr_drop, ssim_drop])
+def test_image_metric_is_zero_for_identical_and_monotone_in_noise(fn):
+    img = _image()
+    assert fn(img, img.copy()) == 0.0
+    drops = [fn(img, noisy) for noisy in _ladder(img)]
+    assert all(0 < a < b for a, b in zip(drops, drops[1:])), drops
+
+
+def test_psnr_drop_is_rmse_fraction_and_maps_to_db():
+    img = _image()
+    noisy = _ladder(img)[1]
+    rmse = np.sqrt(np.mean((img.astype(float) - noisy) ** 2)) / 255
+    assert math.isclose(psnr_drop(img, noisy), rmse, rel_tol=1e-9)
+    assert math.isclose(psnr_drop_to_db(psnr_drop(img, noisy)), psnr_db(img, noisy), rel_tol=1e-9)
+    assert psnr_db(img, img) == math.inf and psnr_drop_to_db(0.0) == math.inf
+    # Apple's 35 dB check is the psnr default threshold
+    assert math.isclose(psnr_drop_to_db(METRICS["psnr"].default_threshold), 35, abs_tol=0.01)
+
+
+def test_image_metrics_accept_float_images_and_refuse_other_sizes():
+    img = _image()
+    assert psnr_drop(img, img.astype(np.float32) / 255) == 0.0
+    with pytest.raises(ValueError, match="same size"):
+        ssim_drop(img, img[:32])
+    with pytest.raises(ValueError, match="H x W x C"):
+        psnr_drop(img[..., 0], img[..., 0])
+
+
+def test_score_images_reports_mean_max_and_db():
+    img = _image()
+    noisy = _ladder(img)
+    out = score_images([img, img], [img, noisy[2]], ["a", "b"], [METRICS["psnr"], METRICS["ssim"]])
+    assert out["psnr"]["mean"] == pytest.approx(psnr_drop(img, noisy[2]) / 2)
+    assert out["psnr"]["max"] == pytest.approx(psnr_drop(img, noisy[2]))
+    assert out["psnr"]["db"] == pytest.approx(psnr_drop_to_db(out["psnr"]["mean"]))
+    assert 0 < out["ssim"]["mean"] < out["ssim"]["max"]
+
+
+def test_user_image_metric_and_names():
+    def mean_abs(a, b, prompt=None):
+        return float(np.abs(a.astype(float) - b).mean())
+
+    metric = resolve_metric(image_metric(mean_abs))
+    assert metric.kind == "image" and metric.name == "mean_abs"
+    assert resolve_metric("ssim").kind == "image"
+    assert resolve_metric(mean_abs).kind == "unet", "plain callables stay UNet metrics"
+
+
+def test_clip_metrics_without_a_local_model_are_refused_with_the_reason(monkeypatch):
+    monkeypatch.delenv("SDOPT_CLIP_MODEL", raising=False)
+    configure_clip(None)
+    with pytest.raises(SdoptError, match="no local CLIP model configured .*SDOPT_CLIP_MODEL"):
+        resolve_metric("clip_cosine")
+    monkeypatch.setenv("SDOPT_CLIP_MODEL", "/nonexistent/clip")
+    with pytest.raises(SdoptError, match="does not exist"):
+        resolve_metric("clip_score")
+
+
+@pytest.fixture(scope="module")
+def local_clip(tmp_path_factory):
+    """A real transformers CLIP model with random weights, saved as a local folder: the shape
+    of a user's downloaded CLIP (none can be downloaded here)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from sdopt.models import make_clip_tokenizer
+
+    torch.manual_seed(0)
+    tok = make_clip_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2),
+        projection_dim=16)
+    path = tmp_path_factory.mktemp("clip")
+    CLIPModel(config).save_pretrained(path)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    processor.save_pretrained(path)
+    configure_clip(path)
+    yield path
+    configure_clip(None)
+
+
+def test_clip_metrics_with_a_local_model(local_clip):
+    img = _image()
+    assert resolve_metric("clip_cosine").name == "clip_cosine"
+    assert clip_cosine_drop(img, img.copy()) == 0.0
+    assert clip_score_drop(img, img.copy(), "a photo of a cat") == 0.0
+    far = clip_cosine_drop(img, _ladder(img, (120,))[0])
+    assert far > 0
+    assert clip_score_drop(img, _ladder(img, (120,))[0], "a photo of a cat") >= 0
+    with pytest.raises(ValueError, match="prompt"):
+        clip_score_drop(img, img)

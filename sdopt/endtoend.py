@@ -1,0 +1,71 @@
+"""End-to-end evaluation of a whole pipeline: the images it makes and its latency per image.
+
+Techniques such as step caching or fewer steps change how many UNet calls an image needs, and a
+bf16 VAE changes work outside the UNet, so they cannot be judged by one UNet call: they are timed
+per image, from prompt to pixels, and judged on the images themselves. Every run uses the same
+prompts, seeds (``seed + prompt index``, as when capturing UNet inputs), size and step count, so
+that the original's images are the reference for every candidate's.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .metrics import Metric, score_images
+
+
+@dataclass
+class ImageRun:
+    images: list[np.ndarray]
+    latencies_s: list[float]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.latencies_s)
+
+
+@dataclass
+class EndToEnd:
+    prompts: list[str]
+    height: int
+    width: int
+    steps: int
+    guidance_scale: float = 7.5
+    seed: int = 0
+    warmup_steps: int = 2  # one short untimed generation first: first-call allocations
+    reference: ImageRun | None = None
+    metrics: list[Metric] = field(default_factory=list)
+
+    def run(self, pipe) -> ImageRun:
+        def generate(prompt, index, steps):
+            generator = torch.Generator(device="cpu").manual_seed(self.seed + index)
+            out = pipe(prompt, height=self.height, width=self.width, num_inference_steps=steps,
+                       guidance_scale=self.guidance_scale, generator=generator, output_type="np")
+            return out.images[0]
+
+        images, latencies = [], []
+        with torch.inference_mode():
+            if self.warmup_steps:
+                generate(self.prompts[0], 0, min(self.warmup_steps, self.steps))
+            for index, prompt in enumerate(self.prompts):
+                t0 = time.perf_counter()
+                image = generate(prompt, index, self.steps)
+                if torch.cuda.is_available() and torch.cuda.is_initialized():
+                    torch.cuda.synchronize()
+                latencies.append(time.perf_counter() - t0)
+                images.append(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8))
+        return ImageRun(images, latencies)
+
+    def run_reference(self, pipe) -> ImageRun:
+        self.reference = self.run(pipe)
+        return self.reference
+
+    def score(self, run: ImageRun) -> dict[str, dict[str, float]]:
+        """Each configured image metric of ``run``'s images against the reference images."""
+        assert self.reference is not None, "run_reference first"
+        return score_images(self.reference.images, run.images, self.prompts, self.metrics)

@@ -1,0 +1,107 @@
+"""optimization_time: "unconstrained" tries the techniques end to end and may pick one;
+"constrained" never does; a zero threshold rejects every approximate technique."""
+
+import json
+
+import pytest
+
+import sdopt
+from sdopt.store import MANIFEST_NAME
+
+FAST = dict(num_inference_steps=4, repeats=2, show=False, backends=["torch_eager"])
+PROMPTS = ["a photo of a cat"]
+
+
+@pytest.fixture(scope="module")
+def unconstrained():
+    pipe = sdopt.build_preset("tiny")
+    return pipe, sdopt.optimize_model(pipe, PROMPTS, metric_drop_ths=0.05,
+                                      optimization_time="unconstrained", **FAST)
+
+
+def test_unconstrained_picks_the_fastest_technique_end_to_end(unconstrained):
+    _, optimized = unconstrained
+    result = optimized.sdopt_result
+    assert result.selected_by == "e2e_latency" and result.image_metric == "psnr"
+    rows = [c for c in result.candidates if c.pipeline_techniques]
+    names = {s["name"] for c in rows for s in c.pipeline_techniques}
+    assert names == {"step_cache", "token_merge", "fewer_steps", "vae_bf16"}
+    bases = {c.id.split("+")[0] for c in rows}
+    assert bases == {"torch_eager/fp32", "torch_eager/bf16"}, "alone and on the best backend"
+    assert any(len(c.pipeline_techniques) > 1 for c in rows), "passing techniques are stacked"
+    measured = [c for c in result.candidates if c.e2e_latency_s and c.status in ("ok", "selected")]
+    assert result.selected.e2e_latency_s == min(c.e2e_latency_s for c in measured)
+    assert result.selected.pipeline_techniques, "a technique wins on the tiny model"
+    assert result.selected.image_metric_drop <= 0.05
+    assert optimized.unet.info["techniques"] == result.selected.pipeline_techniques
+    for c in rows:
+        if c.status in ("ok", "selected", "rejected"):
+            assert c.e2e_latency_s > 0 and set(c.image_metrics) >= {"psnr", "ssim"}
+            assert (c.status == "rejected") == (c.image_metric_drop > 0.05)
+    assert result.speedup == pytest.approx(result.original.e2e_latency_s
+                                           / result.selected.e2e_latency_s)
+    assert any("CLIP metrics skipped" in n for n in result.notes)
+    assert json.dumps(result.to_dict())
+
+
+def test_constrained_never_picks_a_technique(tiny_pipe):
+    optimized = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.05, **FAST)
+    result = optimized.sdopt_result
+    assert not any(c.pipeline_techniques for c in result.candidates)
+    assert result.selected_by == "unet_latency" and not optimized.unet.info["techniques"]
+    # the summary still gains images metrics and an end-to-end latency for the chosen one
+    assert result.original.e2e_latency_s and result.selected.e2e_latency_s
+    assert "psnr" in result.selected.image_metrics
+
+
+def test_zero_threshold_rejects_every_technique(tiny_pipe):
+    result = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.0,
+                                  optimization_time="unconstrained", **FAST).sdopt_result
+    rows = [c for c in result.candidates if c.pipeline_techniques]
+    assert rows and all(c.status in ("rejected", "skipped") for c in rows)
+    assert any(c.status == "rejected" for c in rows)
+    assert not result.selected.pipeline_techniques
+
+
+def test_lossless_only_skips_techniques_with_the_reason(tiny_pipe):
+    result = sdopt.optimize_model(tiny_pipe, PROMPTS, optimization_time="unconstrained",
+                                  **FAST).sdopt_result
+    rows = [c for c in result.candidates if c.pipeline_techniques]
+    assert rows and all(c.status == "skipped" and "lossless only" in c.reason for c in rows)
+    assert result.selected.precision == "fp32" and not result.selected.pipeline_techniques
+
+
+def test_image_metric_judges_backends_on_images(tiny_pipe):
+    result = sdopt.optimize_model(tiny_pipe, PROMPTS, metric="ssim", metric_drop_ths=0.05,
+                                  **FAST).sdopt_result
+    assert result.image_metric == "ssim"
+    for c in result.candidates:
+        if c.status in ("ok", "selected", "rejected"):
+            assert c.image_metric_drop is not None and c.metric_drop is not None
+
+
+def test_bad_image_metric_arguments(tiny_pipe):
+    with pytest.raises(sdopt.SdoptError, match="image_metric 'numeric_precision'"):
+        sdopt.optimize_model(tiny_pipe, PROMPTS, image_metric="numeric_precision", **FAST)
+    with pytest.raises(sdopt.SdoptError, match="end_to_end=False"):
+        sdopt.optimize_model(tiny_pipe, PROMPTS, optimization_time="unconstrained",
+                             end_to_end=False, **FAST)
+
+
+def test_saved_techniques_are_recorded_and_restored(unconstrained, tmp_path):
+    from sdopt.optimized import OptimizedUNet
+
+    _, optimized = unconstrained
+    target = tmp_path / "m"
+    sdopt.save_model(optimized, target)
+    manifest = json.loads((target / MANIFEST_NAME).read_text())
+    assert manifest["techniques"] == optimized.sdopt_result.selected.pipeline_techniques
+    assert manifest["metrics"]["e2e_latency_s"] > 0
+    fresh = sdopt.build_preset("tiny")
+    loaded = sdopt.load_model(target, pipe=fresh)
+    assert isinstance(loaded.unet, OptimizedUNet)
+    assert loaded.unet.info["techniques"] == manifest["techniques"]
+    manifest["techniques"] = [{"name": "warp_drive"}]
+    (target / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(sdopt.SdoptError, match=r"techniques\[0\]"):
+        sdopt.load_model(target, pipe=sdopt.build_preset("tiny"))

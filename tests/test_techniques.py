@@ -1,0 +1,201 @@
+"""Each technique on the tiny pipeline: it runs, it changes the work that costs time (counted:
+UNet block calls, attention tokens, scheduler steps, VAE precision; never timed here), its images
+stay close to the original's, and it leaves the user's pipeline untouched."""
+
+import numpy as np
+import pytest
+import torch
+
+import sdopt
+from sdopt.metrics import psnr_db
+from sdopt.optimized import OptimizedUNet, with_unet
+from sdopt.techniques import (TECHNIQUES, all_specs, apply_pipeline_techniques,
+                              apply_unet_techniques, base_module, label, unavailable_reason,
+                              validate_specs)
+from sdopt.techniques.step_cache import StepCacheModule
+from sdopt.techniques.token_merge import bipartite_soft_matching_2d, processors
+
+STEPS = 6
+
+
+def _images(pipe, seeds=(0, 1)):
+    out = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed)
+        out.append(np.asarray(pipe("a photo of a cat", num_inference_steps=STEPS,
+                                   generator=gen).images[0]))
+    return out
+
+
+def _pipeline(original, specs, variant="torch_eager/fp32"):
+    base = sdopt.apply_variant(original, variant).unet.module
+    module = apply_unet_techniques(base, specs, original.unet)
+    pipe = with_unet(original, OptimizedUNet(module, original.unet.config, dtype=torch.float32,
+                                             device=torch.device("cpu")))
+    apply_pipeline_techniques(pipe, specs)
+    return pipe, module
+
+
+class _CallCounter:
+    def __init__(self, *modules):
+        self.n = 0
+        self.handles = [m.register_forward_hook(self._hit) for m in modules]
+
+    def _hit(self, *args):
+        self.n += 1
+
+
+@pytest.fixture(scope="module")
+def original():
+    return sdopt.build_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def reference(original):
+    return _images(original)
+
+
+def test_step_cache_interval_one_is_exact(original, reference):
+    pipe, _ = _pipeline(original, [{"name": "step_cache", "interval": 1}])
+    assert all(np.array_equal(a, b) for a, b in zip(_images(pipe), reference))
+
+
+@pytest.mark.parametrize("interval", [2, 3, 5])
+def test_step_cache_skips_the_deep_blocks(original, reference, interval):
+    pipe, module = _pipeline(original, [{"name": "step_cache", "interval": interval}])
+    unet = base_module(module).unet
+    deep = _CallCounter(unet.mid_block)
+    shallow = _CallCounter(unet.up_blocks[-1])
+    images = _images(pipe)
+    calls_per_image = shallow.n // 2
+    assert calls_per_image >= STEPS
+    full = sum(1 for i in range(calls_per_image) if i % interval == 0)
+    assert deep.n == 2 * full < shallow.n, "the mid block runs only on full steps"
+    assert module.cached_calls == shallow.n - deep.n
+    assert min(psnr_db(r, i) for r, i in zip(reference, images)) > 30
+    assert not any(np.array_equal(r, i) for r, i in zip(reference, images))
+    again = _images(pipe)
+    assert all(np.array_equal(a, b) for a, b in zip(again, images)), "reset between images"
+
+
+def test_step_cache_resets_on_a_new_generation_without_the_pipeline(original):
+    _, module = _pipeline(original, [{"name": "step_cache", "interval": 3}])
+    x = torch.randn(2, 4, 8, 8)
+    ehs = torch.randn(2, 77, 32)
+    first = [module(x, torch.tensor(t), ehs) for t in (900, 800, 700)]
+    again = [module(x, torch.tensor(t), ehs) for t in (900, 800, 700)]  # timestep went up
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert module.full_calls == 2 and module.cached_calls == 4
+
+
+def test_token_merge_attends_fewer_tokens(original, reference):
+    pipe, module = _pipeline(original, [{"name": "token_merge", "ratio": 0.5}])
+    assert module.unet is not original.unet, "the user's UNet is never patched"
+    images = _images(pipe)
+    procs = processors(module)
+    assert procs
+    tokens_in = sum(p.tokens_in for p in procs)
+    attended = sum(p.tokens_attended for p in procs)
+    assert 0.45 < attended / tokens_in < 0.55
+    assert min(psnr_db(r, i) for r, i in zip(reference, images)) > 30
+    assert not processors(sdopt.apply_variant(original, "torch_eager/fp32").unet.module)
+
+
+def test_token_merge_at_ratio_zero_is_exact_and_merge_unmerge_round_trips(original, reference):
+    pipe, _ = _pipeline(original, [{"name": "token_merge", "ratio": 0.0}])
+    assert all(np.array_equal(a, b) for a, b in zip(_images(pipe), reference))
+    x = torch.randn(2, 64, 8)
+    merge, unmerge = bipartite_soft_matching_2d(x, 8, 8, r=16)
+    merged = merge(x)
+    assert merged.shape == (2, 48, 8)
+    restored = unmerge(merged)
+    assert restored.shape == x.shape
+    kept = (restored == x).all(dim=-1).float().mean()
+    assert 0.5 < float(kept) < 1.0  # merged tokens get their group's mean
+
+
+def test_fewer_steps_runs_fewer_unet_calls(original, reference):
+    pipe, module = _pipeline(original, [{"name": "fewer_steps", "fraction": 0.5}])
+    counter = _CallCounter(base_module(module).unet)
+    images = _images(pipe)
+    assert counter.n == 2 * STEPS // 2
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert type(original.scheduler).__name__ == "PNDMScheduler", "the user's scheduler stays"
+    assert min(psnr_db(r, i) for r, i in zip(reference, images)) > 20
+
+
+def test_vae_bf16_decodes_in_bf16(original, reference):
+    pipe, _ = _pipeline(original, [{"name": "vae_bf16"}])
+    seen = []
+    pipe.vae.decoder.conv_in.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype))
+    images = _images(pipe)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert pipe.vae.decoder.conv_in.weight.dtype == torch.bfloat16
+    assert original.vae.decoder.conv_in.weight.dtype == torch.float32
+    assert min(psnr_db(r, i) for r, i in zip(reference, images)) > 35
+
+
+def test_techniques_stack_on_a_reduced_precision_backend(original, reference):
+    specs = [{"name": "token_merge", "ratio": 0.3}, {"name": "step_cache", "interval": 2},
+             {"name": "vae_bf16"}]
+    pipe, module = _pipeline(original, specs, "torch_eager/bf16")
+    assert isinstance(module, StepCacheModule) and module.variant.id == "torch_eager/bf16"
+    assert processors(module)
+    images = _images(pipe)
+    assert min(psnr_db(r, i) for r, i in zip(reference, images)) > 25
+
+
+def test_compiled_backends_cannot_take_unet_techniques(original):
+    from sdopt.backends.base import Variant
+    from sdopt.backends.torch_compile import _CompiledModule
+
+    class FakeDevice:
+        def supports_bf16(self):
+            return True, ""
+
+    compiled = _CompiledModule.__new__(_CompiledModule)
+    torch.nn.Module.__init__(compiled)
+    compiled.variant = Variant("torch_compile", "fp32", "fp32")
+    compiled.unet = original.unet
+    assert "compiled graph" in unavailable_reason({"name": "step_cache", "interval": 2},
+                                                  compiled, FakeDevice())
+    assert unavailable_reason({"name": "fewer_steps", "fraction": 0.5}, compiled,
+                              FakeDevice()) is None
+
+
+def test_registry_labels_and_manifest_validation():
+    assert {s["name"] for s in all_specs()} == set(TECHNIQUES)
+    assert label({"name": "step_cache", "interval": 3}) == "step_cache(every 3)"
+    with pytest.raises(sdopt.SdoptError, match=r"techniques\[0\]\.interval"):
+        validate_specs([{"name": "step_cache"}], "m.json")
+    with pytest.raises(sdopt.SdoptError, match="techniques\\[1\\] is"):
+        validate_specs([{"name": "vae_bf16"}, {"name": "pruning"}], "m.json")
+
+
+@pytest.mark.parametrize("variant,specs", [
+    ("torch_eager/bf16", [{"name": "step_cache", "interval": 3}, {"name": "vae_bf16"}]),
+    ("torch_eager/fp32", [{"name": "token_merge", "ratio": 0.5},
+                          {"name": "fewer_steps", "fraction": 0.5}]),
+])
+def test_saved_techniques_give_the_same_images_in_a_new_process(tmp_path, variant, specs):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "roundtrip_techniques.py"
+    directory = tmp_path / "saved"
+    outputs = []
+    for step in ("save", "load"):
+        proc = subprocess.run([sys.executable, str(script), step, str(directory), variant,
+                               json.dumps(specs)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert outputs[0] == outputs[1] == specs
+    first, second = np.load(f"{directory}.first.npy"), np.load(f"{directory}.second.npy")
+    assert first.shape == (2, 64, 64, 3) and np.array_equal(first, second)
+    plain = sdopt.build_preset("tiny")
+    gen = torch.Generator().manual_seed(7)
+    untouched = np.asarray(plain("a photo of a cat", num_inference_steps=6,
+                                 generator=gen).images[0], dtype=np.int16)
+    assert not np.array_equal(untouched, second[0]), "the techniques are active after loading"
