@@ -78,6 +78,11 @@ def act_run(act, runner_image, docker_host, ws: Path):
     return proc, outputs
 
 
+def leftover_containers(podman, image) -> list[str]:
+    proc = run([podman, "ps", "-a", "--filter", f"ancestor={image}", "--format", "{{.Names}}"])
+    return proc.stdout.split()
+
+
 def inject_quality_regression(ws: Path) -> None:
     """What a bad optimization looks like to the gate: the images no longer match the baseline's."""
     pngs = list((ws / "baseline" / "images").rglob("*.png"))
@@ -99,6 +104,7 @@ def test_act_runs_the_action_pass_then_regression_and_podman_reproduces(
     assert outputs["report_markdown"] == str(ws / "sdopt-out" / "report.md")
     assert Path(outputs["report_markdown"]).is_file()          # paths valid on the runner
     assert "Job succeeded" in proc.stdout
+    assert leftover_containers(podman, sdopt_image) == []     # the action cleans up after itself
 
     inject_quality_regression(ws)
     proc, outputs = act_run(act, runner_image, docker_host, ws)
@@ -108,6 +114,7 @@ def test_act_runs_the_action_pass_then_regression_and_podman_reproduces(
     assert "::error title=sdopt%3A performance regression" in proc.stdout or \
         "performance regression" in proc.stdout, log
     assert outputs.get("verdict") == "regression", (outputs, log)
+    assert leftover_containers(podman, sdopt_image) == []
     verdict = json.loads((ws / "sdopt-out" / "verdict.json").read_text())
     assert verdict["verdict"] == "regression" and verdict["quality"]["regressed"]
 
