@@ -19,6 +19,8 @@ __all__ = ["render_reports", "build_context", "render_html", "render_markdown", 
            "load_verdict", "load_history"]
 
 VERDICT_ICONS = {"pass": "✅", "regression": "❌", "not_comparable": "⚠️", "none": "ℹ️"}
+# The page uses plain symbols: colour emoji fonts are missing on many machines (CI runners).
+VERDICT_SYMBOLS = {"pass": "✓", "regression": "✗", "not_comparable": "⚠", "none": "•"}
 
 
 def build_context(results: dict, results_dir: Path | None, *, baseline: dict | None = None,
@@ -46,6 +48,7 @@ def build_context(results: dict, results_dir: Path | None, *, baseline: dict | N
         "created": fmt.timestamp(results.get("created_unix")),
         "sdopt_version": str(results.get("sdopt_version") or "?"),
         "verdict": verdict_view, "verdict_icon": VERDICT_ICONS[verdict_view.state],
+        "verdict_symbol": VERDICT_SYMBOLS[verdict_view.state],
         "speedup": fmt.ratio(speed) if speed else "", "speedup_kind": speed_kind,
         "summary": ctxmod.summary_rows(results), "candidates": candidates,
         "candidate_counts": ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none",

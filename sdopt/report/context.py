@@ -70,7 +70,9 @@ def verdict_view(verdict: dict | None) -> Verdict:
             "baseline": fmt.seconds(lat.get("baseline_median_s")),
             "current": fmt.seconds(lat.get("current_median_s")),
             "ratio": fmt.ratio(lat.get("ratio"), 3),
-            "tolerance": fmt.ratio(lat.get("tolerance"), 3),
+            # the gate's tolerance is a fraction: the allowed ratio is 1 + tolerance
+            "tolerance": fmt.ratio(1 + tol, 3) if (tol := _num(lat.get("tolerance"))) is not None
+            else fmt.DASH,
             "p_value": fmt.p_value(lat.get("p_value")),
             "test": str(lat.get("test") or ""),
             "regressed": bool(lat.get("regressed")),
@@ -115,8 +117,8 @@ def summary_rows(results: dict) -> list[dict[str, str]]:
             f"{fmt.seconds(ms)} ± {fmt.seconds(iqr_s)}" if ms else fmt.DASH,
             fmt.ratio(mo / ms) + " faster" if mo and ms else "")
         to, ts = _num(o.get("throughput_images_per_s")), _num(s.get("throughput_images_per_s"))
-        row("throughput", fmt.rate(to) + " images" if to else fmt.DASH,
-            fmt.rate(ts) + " images" if ts else fmt.DASH, fmt.ratio(ts / to) if to and ts else "")
+        row("throughput", f"{to:.3g} images/s" if to else fmt.DASH,
+            f"{ts:.3g} images/s" if ts else fmt.DASH, fmt.ratio(ts / to) if to and ts else "")
     if so or ss:
         lo, ls = _num(so.get("latency_s")), _num(ss.get("latency_s"))
         row("UNet call latency (search)", fmt.seconds(lo), fmt.seconds(ls),
