@@ -183,7 +183,7 @@ def bench_same_job(config, config_path: str | os.PathLike, base_ref: str,
     and ``out_dir/base`` (the baseline). The bench settings (prompts, seeds, size, runs) are the
     head's, so both sides run the same workload."""
     from .bench import (BenchSettings, load_original, optimized_subject, run_bench,
-                        write_results)
+                        torch_threads, write_results)
     from .config import load_config
 
     root = repo_root(config.root).resolve()
@@ -203,10 +203,11 @@ def bench_same_job(config, config_path: str | os.PathLike, base_ref: str,
                     wanted.append(rel)
         if wanted:
             extract_from_git(base_ref, wanted, root, Path(tmp))
-        base_pipe = load_original(base_cfg)
-        base, base_opt = optimized_subject(base_cfg, base_pipe, progress=progress, name="base")
-        head_pipe = load_original(config)
-        head, head_opt = optimized_subject(config, head_pipe, progress=progress, name="head")
+        with torch_threads(config.bench.threads):
+            base, base_opt = optimized_subject(base_cfg, load_original(base_cfg),
+                                               progress=progress, name="base")
+            head, head_opt = optimized_subject(config, load_original(config), progress=progress,
+                                               name="head")
         with atomic_directory(out_dir, overwrite=False) as work:
             results = run_bench([base, head], BenchSettings.from_config(config), work,
                                 progress=progress, console=console,

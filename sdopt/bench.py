@@ -11,6 +11,7 @@ neighbour drift on a shared runner then hits every variant alike instead of whic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -214,8 +215,6 @@ def run_bench(subjects: list[Subject], settings: BenchSettings, out_dir: str | o
               optimization: dict | None = None) -> dict[str, Any]:
     """Measure ``subjects`` interleaved; write images under ``out_dir/images/<name>/`` and return
     the results document (the caller writes it, so that the whole directory is atomic)."""
-    import torch
-
     from .device import detect
 
     if not subjects:
@@ -224,16 +223,25 @@ def run_bench(subjects: list[Subject], settings: BenchSettings, out_dir: str | o
     if len(set(names)) != len(names):
         raise SdoptError(f"variants {names} repeat a name")
     out_dir = Path(out_dir)
-    previous_threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
+    with torch_threads(settings.threads):
         device = detect(None if settings.device == "auto" else settings.device)
         env = environment(device.kind)
         return _measure(subjects, settings, out_dir, device, env, progress=progress,
                         console=console, config=config, optimization=optimization)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run with ``count`` torch intra-op threads (None: unchanged), restoring them afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
     finally:
-        torch.set_num_threads(previous_threads)
+        torch.set_num_threads(previous)
 
 
 def _measure(subjects, settings, out_dir, device, env, *, progress, console, config,
@@ -520,7 +528,8 @@ def bench_config(config: Config, out_dir: str | os.PathLike, *, variants: list[s
     if "original" in wanted:
         subjects.append(original_subject(pipe))
     if "optimized" in wanted:
-        subject, optimization = optimized_subject(config, pipe, progress=progress)
+        with torch_threads(config.bench.threads):  # the search times candidates too
+            subject, optimization = optimized_subject(config, pipe, progress=progress)
         subjects.append(subject)
     subjects.sort(key=lambda s: wanted.index(s.name))
     return run_bench(subjects, BenchSettings.from_config(config), out_dir, progress=progress,
