@@ -63,6 +63,7 @@ def main(argv=None) -> int:
 
     original = CandidateResult("torch_eager/fp32", "torch_eager", "fp32", "fp32", [], "ok")
     _fill_row(original, e2e.reference, e2e, METRICS["psnr"])
+    set_e2e_speedup(original, original)
     base_pipe = sdopt.apply_variant(pipe, args.base, height=args.size, width=args.size)
     base_module = base_pipe.unet.module
     backend, _, variant = args.base.partition("/")
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
 
     def evaluate(module, specs, row):
         _fill_row(row, e2e.run(_assemble(pipe, module, specs, dev)), e2e, METRICS["psnr"])
-        print(f"  {row.id}: {row.e2e_latency_s:.2f} s/image, psnr {row.image_metrics['psnr']['db']:.1f} dB,"
+        psnr = row.image_metrics["psnr"]["mean"]
+        print(f"  {row.id}: {row.e2e_latency_s:.2f} s/image, psnr drop {psnr:.4f},"
               f" ssim drop {row.image_metrics['ssim']['mean']:.3f}", flush=True)
 
     winner = run_technique_search(
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
     for r in out["rows"]:
         if r["e2e_latency_s"]:
             print(f"{r['id']:70s} {r['e2e_latency_s']:8.2f} {r['e2e_speedup_vs_fp32']:7.2f}x "
-                  f"{r['e2e_speedup_vs_constrained']:7.2f}x {r['psnr_db']:8.1f} "
+                  f"{r['e2e_speedup_vs_constrained']:7.2f}x {r['psnr_db'] or float('inf'):8.1f} "
                   f"{r['ssim_drop']:7.3f}  {r['status']}")
     print(f"\nunconstrained winner {win_row.id} vs constrained {args.base}, alternating "
           f"{args.rounds} rounds: {out['unconstrained_vs_constrained_ratio_of_medians']:.2f}x "

@@ -250,8 +250,9 @@ def score_images(reference: Sequence, candidate: Sequence, prompts: Sequence[str
     for metric in metrics:
         drops = [float(metric.fn(r, c, p)) for r, c, p in zip(reference, candidate, prompts)]
         out[metric.name] = {"mean": float(np.mean(drops)), "max": float(np.max(drops))}
-        if metric.fn is psnr_drop:
-            out[metric.name]["db"] = psnr_drop_to_db(out[metric.name]["mean"])
+        if metric.fn is psnr_drop:  # identical images: no finite dB (JSON has no Infinity)
+            db = psnr_drop_to_db(out[metric.name]["mean"])
+            out[metric.name]["db"] = None if math.isinf(db) else db
     return out
 
 # Below this a candidate counts as numerically identical (float reassociation in compilers).

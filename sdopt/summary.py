@@ -53,7 +53,7 @@ def summary_table(result: OptimizationResult) -> Table:
                       f"[bold]{o.e2e_latency_s / s.e2e_latency_s:.2f}x[/]")
     for name, value in s.image_metrics.items():
         text = f"{_drop(value['mean'])} drop"
-        if "db" in value:
+        if value.get("db") is not None:
             text += f" ({value['db']:.1f} dB)"
         table.add_row(f"image {name}", "", text, "")
     size_change = ""
@@ -93,7 +93,7 @@ def candidates_table(result: OptimizationResult) -> Table:
 def _db(x: float | None) -> str:
     if x is None:
         return "-"
-    return "identical" if x == float("inf") else f"{x:.1f}"
+    return f"{x:.1f}"
 
 
 def make_console(**kwargs) -> Console:

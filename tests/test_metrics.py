@@ -112,6 +112,8 @@ def test_score_images_reports_mean_max_and_db():
     assert out["psnr"]["max"] == pytest.approx(psnr_drop(img, noisy[2]))
     assert out["psnr"]["db"] == pytest.approx(psnr_drop_to_db(out["psnr"]["mean"]))
     assert 0 < out["ssim"]["mean"] < out["ssim"]["max"]
+    same = score_images([img], [img], ["a"], [METRICS["psnr"]])
+    assert same["psnr"] == {"mean": 0.0, "max": 0.0, "db": None}, "JSON has no Infinity"
 
 
 def test_user_image_metric_and_names():
