@@ -86,5 +86,7 @@ COPY action ./action
 RUN python -c "import action.main"
 
 # GitHub requires container actions to run as root (the workspace is owned by the runner).
+# PYTHONPATH: the action package, and sdopt from its source tree, with the templates and
+# schemas next to the code whatever the wheel's package data holds.
 ENV PYTHONPATH=/opt/sdopt
 ENTRYPOINT ["python", "-m", "action"]
