@@ -337,7 +337,8 @@ def run_technique_search(
         row = CandidateResult(
             technique_candidate_id(base_row.id, specs), base_row.backend, base_row.variant,
             base_row.precision, list(base_row.techniques) + [_label(s) for s in specs],
-            STATUS_SKIPPED, batch=base_row.batch, pipeline_techniques=[dict(s) for s in specs])
+            STATUS_SKIPPED, batch=base_row.batch, pipeline_techniques=[dict(s) for s in specs],
+            model_size_bytes=base_row.model_size_bytes)
         result.candidates.append(row)
         if on_candidate:
             on_candidate(row.id, "start")
