@@ -78,9 +78,16 @@ def act_run(act, runner_image, docker_host, ws: Path):
     return proc, outputs
 
 
-def leftover_containers(podman, image) -> list[str]:
-    proc = run([podman, "ps", "-a", "--filter", f"ancestor={image}", "--format", "{{.Names}}"])
-    return proc.stdout.split()
+def leftover_containers(podman, image, ws: Path) -> list[str]:
+    """Containers of the image left behind by runs in this workspace (others may share podman)."""
+    proc = run([podman, "ps", "-a", "--filter", f"ancestor={image}", "--format",
+                "{{.ID}}"])
+    left = []
+    for cid in proc.stdout.split():
+        workdir = run([podman, "inspect", "--format", "{{.Config.WorkingDir}}", cid]).stdout.strip()
+        if workdir == str(ws):
+            left.append(cid)
+    return left
 
 
 def inject_quality_regression(ws: Path) -> None:
@@ -104,7 +111,7 @@ def test_act_runs_the_action_pass_then_regression_and_podman_reproduces(
     assert outputs["report_markdown"] == str(ws / "sdopt-out" / "report.md")
     assert Path(outputs["report_markdown"]).is_file()          # paths valid on the runner
     assert "Job succeeded" in proc.stdout
-    assert leftover_containers(podman, sdopt_image) == []     # the action cleans up after itself
+    assert leftover_containers(podman, sdopt_image, ws) == []     # the action cleans up after itself
 
     inject_quality_regression(ws)
     proc, outputs = act_run(act, runner_image, docker_host, ws)
@@ -114,7 +121,7 @@ def test_act_runs_the_action_pass_then_regression_and_podman_reproduces(
     assert "::error title=sdopt%3A performance regression" in proc.stdout or \
         "performance regression" in proc.stdout, log
     assert outputs.get("verdict") == "regression", (outputs, log)
-    assert leftover_containers(podman, sdopt_image) == []
+    assert leftover_containers(podman, sdopt_image, ws) == []
     verdict = json.loads((ws / "sdopt-out" / "verdict.json").read_text())
     assert verdict["verdict"] == "regression" and verdict["quality"]["regressed"]
 
