@@ -40,8 +40,11 @@ def shared_cache(tmp_path_factory):
 def samples(tiny_pipe):
     from sdopt.sampling import collect_samples
 
-    return collect_samples(tiny_pipe, ["a photo of a cat", "a dog"], height=64, width=64,
-                           steps=4, guidance_scale=7.5, seed=0, n_verify=4)
+    from .conftest import PROMPTS
+
+    # The call optimize_model(..., num_inference_steps=4) makes: same calibration, same cache key.
+    return collect_samples(tiny_pipe, PROMPTS, height=64, width=64, steps=4, guidance_scale=7.5,
+                           seed=0, n_verify=8)
 
 
 def _build(pipe, name, samples):

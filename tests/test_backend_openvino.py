@@ -42,8 +42,11 @@ def shared_cache(tmp_path_factory):
 def samples(tiny_pipe):
     from sdopt.sampling import collect_samples
 
-    return collect_samples(tiny_pipe, ["a photo of a cat", "a dog"], height=64, width=64,
-                           steps=4, guidance_scale=7.5, seed=0, n_verify=4)
+    from .conftest import PROMPTS
+
+    # The call optimize_model(..., num_inference_steps=4) makes: same calibration, same cache key.
+    return collect_samples(tiny_pipe, PROMPTS, height=64, width=64, steps=4, guidance_scale=7.5,
+                           seed=0, n_verify=8)
 
 
 def _build(pipe, name, samples):
@@ -138,7 +141,7 @@ def test_int8_needs_calibration(tiny_pipe):
 def test_search_lists_openvino_and_picks_within_threshold(tiny_pipe, prompts):
     optimized = sdopt.optimize_model(tiny_pipe, prompts, metric_drop_ths=0.1,
                                      backends=["openvino"], num_inference_steps=4, repeats=2,
-                                     show=False)
+                                     show=False, end_to_end=False)
     rows = {c.id: c for c in optimized.sdopt_result.candidates}
     for name in ("fp32", "bf16", "int8"):
         assert rows[f"openvino/{name}"].status in ("ok", "selected", "rejected"), rows
@@ -155,7 +158,7 @@ def test_missing_package_gives_a_skipped_row(tiny_pipe, prompts, monkeypatch):
                         lambda name, *a: None if name == "openvino" else real(name, *a))
     optimized = sdopt.optimize_model(tiny_pipe, prompts, metric_drop_ths=0.1,
                                      backends=["openvino"], num_inference_steps=4, repeats=1,
-                                     show=False)
+                                     show=False, end_to_end=False)
     rows = {c.id: c for c in optimized.sdopt_result.candidates}
     for name in ("fp32", "bf16", "int8"):
         assert rows[f"openvino/{name}"].status == "skipped"
