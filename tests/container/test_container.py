@@ -51,7 +51,12 @@ def workspace(tmp_path_factory, podman, sdopt_image):
     shutil.copytree(ROOT / "action", ws / "action",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (ws / ".github" / "workflows").mkdir(parents=True)
-    shutil.copy2(HERE / "workflows" / "gate.yml", ws / ".github" / "workflows" / "gate.yml")
+    # act names its job container and volumes after the workflow and job names: a unique
+    # workflow name keeps concurrent runs of this test (other checkouts) from colliding.
+    workflow = (HERE / "workflows" / "gate.yml").read_text()
+    workflow = workflow.replace("name: sdopt gate (container test)",
+                                f"name: sdopt gate (container test {os.getpid()} {ws.name})", 1)
+    (ws / ".github" / "workflows" / "gate.yml").write_text(workflow)
     (ws / "sdopt.toml").write_text(CONFIG)
     proc = podman_run(podman, sdopt_image, ws, "-c",
                       "sdopt bench --config sdopt.toml --out base-run --quiet && "
