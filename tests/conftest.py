@@ -5,6 +5,11 @@ import pytest
 # Tests never reach the hub; an accidental download attempt fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Exports and engines built by tests go to a throw-away cache, never the user's (~/.cache/sdopt).
+if "SDOPT_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["SDOPT_CACHE"] = tempfile.mkdtemp(prefix="sdopt-test-cache-")
 
 PROMPTS = ["a photo of a cat", "a painting of a city at night"]
 
