@@ -12,6 +12,20 @@ from .conftest import image_array
 FAST = dict(num_inference_steps=4, repeats=2, show=False)
 
 
+def test_optimize_and_apply_variant_leave_the_users_pipeline_untouched(fresh_tiny_pipe):
+    from sdopt.api import weights_hash
+
+    pipe = fresh_tiny_pipe
+    hashes = {n: weights_hash(getattr(pipe, n)) for n in ("unet", "vae", "text_encoder")}
+    before = image_array(pipe)
+    variant = sdopt.apply_variant(pipe, "torch_int8/dynamic-linear")
+    assert np.abs(image_array(variant) - before).max() > 0, "int8 really changes the numbers"
+    sdopt.optimize_model(pipe, ["a cat"], metric_drop_ths=0.5, backends=["torch_eager",
+                         "torch_int8"], **FAST)
+    assert {n: weights_hash(getattr(pipe, n)) for n in hashes} == hashes
+    assert np.array_equal(image_array(pipe), before)
+
+
 def test_optimized_pipeline_is_used_like_the_original(tiny_pipe, prompts):
     optimized = sdopt.optimize_model(tiny_pipe, prompts, metric_drop_ths=0.05,
                                      backends=["torch_eager", "torch_int8"], **FAST)
