@@ -35,7 +35,10 @@ variants = ["optimized"]
 candidate = "torch_eager/bf16"
 
 [gate]
-latency_tolerance = 0.5
+# This test is about the action's wiring (pass, then an injected image regression), and the
+# baseline is timed minutes before the current run on a shared machine: only a gross slowdown
+# counts here. The latency statistics themselves are tested in test_compare.py / test_gate_cli.py.
+latency_tolerance = 10.0
 
 [baseline]
 path = "baseline"

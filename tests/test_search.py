@@ -27,7 +27,12 @@ def test_unconstrained_picks_the_fastest_technique_end_to_end(unconstrained):
     names = {s["name"] for c in rows for s in c.pipeline_techniques}
     assert names == {"step_cache", "token_merge", "fewer_steps", "vae_bf16"}
     bases = {c.id.split("+")[0] for c in rows}
-    assert bases == {"torch_eager/fp32", "torch_eager/bf16"}, "alone and on the best backend"
+    # Which backend is fastest per UNet call on a busy machine is not ours to assert: the
+    # techniques are tried alone (on fp32) and on whichever backend the constrained search chose.
+    plain = [c for c in result.candidates if not c.pipeline_techniques and c.latency_s
+             and c.status in ("ok", "selected")]
+    best_backend = min(plain, key=lambda c: c.latency_s).id
+    assert bases == {"torch_eager/fp32", best_backend}, "alone and on the best backend"
     assert any(len(c.pipeline_techniques) > 1 for c in rows), "passing techniques are stacked"
     measured = [c for c in result.candidates if c.e2e_latency_s and c.status in ("ok", "selected")]
     assert result.selected.e2e_latency_s == min(c.e2e_latency_s for c in measured)
