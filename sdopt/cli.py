@@ -175,6 +175,7 @@ def demo(preset, size, out, metric_drop_ths, device, steps, repeats, backends):
 @click.option("--device", default="auto", show_default=True)
 def backends(device):
     """List every backend variant and whether it can run on this machine."""
+    from rich.markup import escape
     from rich.table import Table
 
     from .backends import load_builtin_backends
@@ -189,7 +190,7 @@ def backends(device):
         for variant in backend.variants(dev):
             reason = backend.unavailable_reason(dev, variant)
             table.add_row(variant.id, variant.precision, "yes" if variant.lossless else "no",
-                          "[green]yes[/]" if reason is None else "[dim]no[/]", reason or "")
+                          "[green]yes[/]" if reason is None else "[dim]no[/]", escape(reason or ""))
     make_console().print(table)
 
 

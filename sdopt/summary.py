@@ -67,26 +67,39 @@ def summary_table(result: OptimizationResult) -> Table:
 
 
 def candidates_table(result: OptimizationResult) -> Table:
+    from rich.markup import escape
+
     ths = "lossless" if result.metric_drop_ths is None else f"<= {result.metric_drop_ths:g}"
     table = Table(title=f"All candidates (metric: {result.metric}, allowed drop {ths}; latency "
                         "is the median of one UNet call, iqr its spread)", title_justify="left")
     image = result.image_metric or "psnr"
-    for col in ("candidate", "status", "build", "latency", "iqr", "speedup", "drop mean/max",
-                "peak mem", "e2e/image", "e2e speedup", f"{image} drop", "psnr dB", "ssim drop"):
-        table.add_column(col, no_wrap=True)
+    columns = [
+        ("candidate", lambda c: c.id),
+        ("status", lambda c: f"[{_STYLE[c.status]}]{c.status}[/]" if c.status in _STYLE
+         else c.status),
+        ("build", lambda c: "-" if c.build_s is None else f"{c.build_s:.1f} s"),
+        ("latency", lambda c: _sec(c.latency_s)),
+        ("iqr", lambda c: _sec(c.latency_iqr_s)),
+        ("speedup", lambda c: "-" if c.speedup is None else f"{c.speedup:.2f}x"),
+        ("drop mean/max", lambda c: "-" if c.metric_drop is None
+         else f"{_drop(c.metric_drop)} / {_drop(c.metric_drop_max)}"),
+        ("peak mem", lambda c: _mb(c.peak_memory_bytes)),
+    ]
+    # End-to-end columns only when something was measured end to end (end_to_end=False: none).
+    if any(c.e2e_latency_s is not None for c in result.candidates):
+        columns += [
+            ("e2e/image", lambda c: _sec(c.e2e_latency_s)),
+            ("e2e speedup", lambda c: "-" if c.e2e_speedup is None else f"{c.e2e_speedup:.2f}x"),
+            (f"{image} drop", lambda c: _drop(c.image_metrics.get(image, {}).get("mean"))),
+            ("psnr dB", lambda c: _db(c.image_metrics.get("psnr", {}).get("db"))),
+            ("ssim drop", lambda c: _drop(c.image_metrics.get("ssim", {}).get("mean"))),
+        ]
+    for header, _ in columns:
+        table.add_column(header, no_wrap=True)
     table.add_column("reason", overflow="fold", ratio=1, min_width=30)
     for c in result.candidates:
-        style = _STYLE.get(c.status, "")
-        table.add_row(
-            c.id, f"[{style}]{c.status}[/]" if style else c.status,
-            "-" if c.build_s is None else f"{c.build_s:.1f} s", _sec(c.latency_s),
-            _sec(c.latency_iqr_s), "-" if c.speedup is None else f"{c.speedup:.2f}x",
-            "-" if c.metric_drop is None else f"{_drop(c.metric_drop)} / {_drop(c.metric_drop_max)}",
-            _mb(c.peak_memory_bytes), _sec(c.e2e_latency_s),
-            "-" if c.e2e_speedup is None else f"{c.e2e_speedup:.2f}x",
-            _drop(c.image_metrics.get(image, {}).get("mean")),
-            _db(c.image_metrics.get("psnr", {}).get("db")),
-            _drop(c.image_metrics.get("ssim", {}).get("mean")), c.reason)
+        # Reasons quote package specs like 'sdopt[gpu]', which rich would read as markup.
+        table.add_row(*[get(c) for _, get in columns], escape(c.reason or ""))
     return table
 
 
@@ -100,7 +113,7 @@ def make_console(**kwargs) -> Console:
     """A console that is wide enough for the tables even when stdout is a CI log, not a tty."""
     console = Console(**kwargs)
     if not console.is_terminal and "width" not in kwargs:
-        console = Console(width=160, **kwargs)
+        console = Console(width=200, **kwargs)
     return console
 
 
