@@ -41,3 +41,21 @@ def image_array(pipe, prompt="a photo of a cat", seed=0, steps=4):
     gen = torch.Generator().manual_seed(seed)
     image = pipe(prompt, num_inference_steps=steps, generator=gen).images[0]
     return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture(scope="session")
+def export_cache():
+    """The session's throw-away export cache (SDOPT_CACHE above): conversions are paid once."""
+    from pathlib import Path
+
+    return Path(os.environ["SDOPT_CACHE"])
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_pipe):
+    """UNet calls recorded as optimize_model(..., num_inference_steps=4) records them, so that a
+    backend built from them has the same calibration data and cache key as in a search."""
+    from sdopt.sampling import collect_samples
+
+    return collect_samples(tiny_pipe, PROMPTS, height=64, width=64, steps=4, guidance_scale=7.5,
+                           seed=0, n_verify=8)

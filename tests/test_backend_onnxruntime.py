@@ -28,25 +28,6 @@ ROUNDTRIP = Path(__file__).parent / "scripts" / "roundtrip.py"
 TOLERANCE = {"fp32": 1e-4, "int8-dynamic": 0.1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_cache(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "sdopt-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SDOPT_CACHE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
-def samples(tiny_pipe):
-    from sdopt.sampling import collect_samples
-
-    from .conftest import PROMPTS
-
-    # The call optimize_model(..., num_inference_steps=4) makes: same calibration, same cache key.
-    return collect_samples(tiny_pipe, PROMPTS, height=64, width=64, steps=4, guidance_scale=7.5,
-                           seed=0, n_verify=8)
-
-
 def _build(pipe, name, samples):
     dev = detect("cpu")
     backend = get_backend("onnxruntime")

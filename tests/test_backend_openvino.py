@@ -29,26 +29,6 @@ ROUNDTRIP = Path(__file__).parent / "scripts" / "roundtrip.py"
 TOLERANCE = {"fp32": 1e-4, "bf16": 0.03, "int8": 0.15}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_cache(tmp_path_factory):
-    """One cache for the session: each conversion is paid once, later builds are hits."""
-    root = tmp_path_factory.getbasetemp() / "sdopt-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SDOPT_CACHE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
-def samples(tiny_pipe):
-    from sdopt.sampling import collect_samples
-
-    from .conftest import PROMPTS
-
-    # The call optimize_model(..., num_inference_steps=4) makes: same calibration, same cache key.
-    return collect_samples(tiny_pipe, PROMPTS, height=64, width=64, steps=4, guidance_scale=7.5,
-                           seed=0, n_verify=8)
-
-
 def _build(pipe, name, samples):
     dev = detect("cpu")
     backend = get_backend("openvino")
@@ -74,14 +54,14 @@ def test_output_matches_the_fp32_unet(tiny_pipe, samples, precision):
     assert module.size_bytes() > 0
 
 
-def test_second_build_hits_the_cache(tiny_pipe, samples, shared_cache):
+def test_second_build_hits_the_cache(tiny_pipe, samples, export_cache):
     _build(tiny_pipe, "int8", samples)  # fills both entries if earlier tests did not
     before = dict(ov_backend.CONVERSIONS)
     fp32 = _build(tiny_pipe, "fp32", samples)
     int8 = _build(tiny_pipe, "int8", samples)
     assert ov_backend.CONVERSIONS == before, "no conversion and no quantization ran again"
     assert fp32.build_info["ir"]["hit"] and int8.build_info["int8"]["hit"]
-    assert (shared_cache / "openvino-ir" / fp32.build_info["ir"]["key"]).is_dir()
+    assert (export_cache / "openvino-ir" / fp32.build_info["ir"]["key"]).is_dir()
     # other calibration data is another int8 artifact
     other = list(samples.calibration)[:1]
     from sdopt.backends.openvino import calibration_hash
