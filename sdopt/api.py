@@ -405,14 +405,12 @@ def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Pa
 
 
 def _variant_from(manifest_comp: dict[str, Any], path: Path, device: DeviceInfo) -> Variant:
-    from .backends.base import canonical_backend_name
-
     try:
         backend = get_backend(manifest_comp["backend"])
     except SdoptError:
         raise SdoptError(f"'{path}': backend '{manifest_comp['backend']}' is not known to this "
                          f"sdopt ({__version__}): re-run optimize_model") from None
-    name = canonical_backend_name(manifest_comp["backend"])
+    name = backend.name
     if manifest_comp["backend_version"] != backend.version:
         raise SdoptError(
             f"'{path}' was saved by backend {name} format v{manifest_comp['backend_version']}, this "

@@ -193,7 +193,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
         raise ValueError("an image metric needs evaluate= to make and compare images")
     unet_metric = METRICS["numeric_precision"] if image_gate else metric
     started = time.perf_counter()
-    verification = [s for s in samples.verification]
+    verification = samples.verification
     timing_inputs = [s.inputs.to(device.torch_device) for s in verification[:3]]
     ctx = BuildContext(device=device, example=timing_inputs[0],
                        calibration=[s.inputs for s in samples.calibration], cache_dir=cache_dir)
