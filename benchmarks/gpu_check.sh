@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The CUDA checks, as run on a lent H100/H200 (no registry there: diffusers/pydantic travel as
+# wheels, see benchmarks/README.md). One short script because device time is scarce; every step
+# has its own timeout so that one slow step cannot eat the others' results.
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
+PY=${PYTHON:-python3}
+# STEPS picks a subset, e.g. STEPS="pytest bench" to rerun only those.
+want() { [[ " ${STEPS:-pytest backends unet bench} " == *" $1 "* ]]; }
+SDOPT=("$PY" -c 'import sys; from sdopt.cli import main; sys.argv[0] = "sdopt"; main()')
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+"$PY" -c 'import torch, diffusers, onnxruntime as o
+print("torch", torch.__version__, "cuda", torch.version.cuda, "diffusers", diffusers.__version__,
+      "onnxruntime", o.__version__, o.get_available_providers())' 2>&1 | tee -a "$OUT/gpu.txt"
+want pytest && timeout 120 "$PY" -m pytest tests/test_cuda.py -v -s -p no:cacheprovider -o addopts="" 2>&1 \
+    | tee "$OUT/pytest_cuda.log" | tail -25
+want backends && timeout 60 "${SDOPT[@]}" backends --device cuda 2>&1 | tee "$OUT/backends_cuda.txt" | tail -30
+want unet && timeout 120 "$PY" benchmarks/unet_speedup.py --device cuda --size 512 --ignore torch_compile \
+    --out "$OUT/unet_speedup_cuda_512_eager.json" 2>&1 | tail -25
+want unet && timeout 230 "$PY" benchmarks/unet_speedup.py --device cuda --size 512 \
+    --out "$OUT/unet_speedup_cuda_512.json" 2>&1 | tail -25
+# End to end, sd15 at 512 px, 20 steps: original vs torch_compile/fp16, interleaved.
+want bench && timeout 300 "${SDOPT[@]}" bench --config benchmarks/gpu_sd15.toml --out /tmp/gpu-bench --quiet \
+    2>&1 | tail -25 && cp /tmp/gpu-bench/results.json "$OUT/bench_cuda_sd15_512.json"
+ls -la "$OUT"

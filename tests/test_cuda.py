@@ -1,0 +1,77 @@
+"""CUDA paths, on a machine with a GPU. CI and the CPU dev box have none: the whole module skips
+there, visibly. Run on a GPU box with ``pytest tests/test_cuda.py -v``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sdopt
+from sdopt.backends import load_builtin_backends
+from sdopt.device import detect
+from sdopt.store import MANIFEST_NAME
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA GPU visible to torch: the CUDA paths are not checked")
+
+
+def _image(pipe, prompt="a photo of a cat", seed=0, steps=4):
+    gen = torch.Generator("cpu").manual_seed(seed)
+    out = pipe(prompt, num_inference_steps=steps, generator=gen, height=64, width=64)
+    return np.asarray(out.images[0], dtype=np.int16)
+
+
+def test_detect_describes_the_gpu():
+    dev = detect("auto")
+    assert dev.kind == "cuda" and dev.torch_device == "cuda"
+    fp = dev.fingerprint()
+    assert fp["name"] == torch.cuda.get_device_name(0)
+    assert fp["cuda_capability"] and fp["cuda_version"]
+
+
+def test_every_gpu_variant_is_tried_or_says_why_not():
+    dev = detect("cuda")
+    rows = {}
+    for backend in load_builtin_backends().values():
+        for variant in backend.variants(dev):
+            rows[variant.id] = backend.unavailable_reason(dev, variant)
+    assert rows["torch_eager/fp16"] is None and rows["torch_eager/fp32"] is None
+    # CPU-only variants refuse with a reason; GPU compilers either run or name what is missing.
+    assert "cpu" in rows["onnxruntime/fp32"].lower()
+    for vid in ("onnxruntime/cuda-fp16", "onnxruntime/tensorrt-fp16"):
+        assert rows[vid] is None or "onnxruntime" in rows[vid].lower(), rows[vid]
+    print(json.dumps(rows, indent=1))
+
+
+def test_optimize_save_load_on_cuda(fresh_tiny_pipe, prompts, tmp_path):
+    pipe = fresh_tiny_pipe
+    optimized = sdopt.optimize_model(pipe, prompts, metric_drop_ths=0.05, device="cuda",
+                                     backends=["torch_eager"], num_inference_steps=4,
+                                     show=False, end_to_end=False)
+    result = optimized.sdopt_result
+    tried = {c.id: c.status for c in result.candidates}
+    assert tried["torch_eager/fp16"] == "ok", tried
+    assert result.selected.id in tried and result.selected.precision in ("fp16", "bf16", "fp32")
+    before = _image(optimized)
+    sdopt.save_model(optimized, tmp_path / "saved")
+    manifest = json.loads((tmp_path / "saved" / MANIFEST_NAME).read_text())
+    assert manifest["device"]["kind"] == "cuda"
+    loaded = sdopt.load_model(tmp_path / "saved", pipe=sdopt.build_preset("tiny"))
+    after = _image(loaded)
+    # Same kernels on the same GPU: the images match (cuDNN may pick another algorithm, so +-2).
+    assert np.abs(before - after).max() <= 2
+
+
+def test_cuda_timing_reports_gpu_memory():
+    from sdopt.timing import measure
+
+    pipe = sdopt.build_preset("tiny").to("cuda")
+    x = torch.randn(2, 4, 8, 8, device="cuda")
+    t = torch.tensor([10], device="cuda")
+    h = torch.randn(2, 77, pipe.text_encoder.config.hidden_size, device="cuda")
+    with torch.inference_mode():
+        timing = measure(lambda i: pipe.unet(x, t, encoder_hidden_states=h), device_kind="cuda",
+                         repeats=3)
+    assert timing.memory_kind == "cuda_allocated" and timing.peak_memory_bytes > 0
+    assert len(timing.samples_s) == 3 and all(s > 0 for s in timing.samples_s)
