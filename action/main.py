@@ -6,7 +6,7 @@ annotations, and the PR comment. ``comment`` only publishes, from a gate run's d
 artifact, for the ``workflow_run`` job that comments on fork PRs; it re-renders the report from
 the artifact's JSON instead of posting the artifact's markdown, which a fork could have forged.
 ``merge`` is a matrix's fan-in job: ``sdopt merge`` over the downloaded legs, one comment.
-Exit status: 0 pass, 1 regression, 3 not comparable (each only if listed in ``fail_on``),
+Exit status: 0 pass, 1 regression, 2 not comparable (each only if listed in ``fail_on``),
 2 bad input.
 """
 
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,7 +29,7 @@ from . import comment as comment_mod
 from . import event, markdown, workflow
 from .inputs import ActionInputs, read_inputs
 
-EXIT_FOR_VERDICT = {"pass": 0, "regression": 1, "not_comparable": 3}
+EXIT_FOR_VERDICT = {"pass": 0, "regression": 1, "not_comparable": 2}
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any] | None:
@@ -212,16 +213,28 @@ def exit_code(inp: ActionInputs, verdict: dict | None, rc: int) -> int:
     return rc
 
 
+def _fresh_not_comparable(path: Path, since: float) -> bool:
+    """sdopt exits 2 for a pair it cannot compare too; this run's verdict tells it from bad input,
+    and is still published (the PR should say why the gate did not judge)."""
+    try:
+        if path.stat().st_mtime < since - 1:
+            return False
+        return json.loads(path.read_text()).get("verdict") == "not_comparable"
+    except (OSError, ValueError):
+        return False
+
+
 def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "gate") -> int:
     ctx = event.from_event(env)
     out = Path(inp.out)
     args = ["--out", str(out), "--overwrite"]
     if subcommand == "gate" and inp.baseline:
         args += ["--baseline", inp.baseline]
+    started = time.time()
     with effective_config(inp) as config:
         rc, errors = run_sdopt([subcommand, "--config", str(config), *args], env,
                                artifact_url=inp.artifact_url, rename=(str(config), inp.config))
-    if rc == 2:
+    if rc == 2 and not _fresh_not_comparable(out / "verdict.json", started):
         for line in errors or [f"sdopt {subcommand} rejected its input (exit 2)"]:
             workflow.error(line, title="sdopt: bad input", file=inp.config)
         return 2

@@ -10,7 +10,9 @@ Quality: each image is compared with the baseline's image of the same prompt and
 SSIM); a backend that silently changes numerics shows up here even when latency improves.
 
 Machines: timings of different CPUs/GPUs say nothing about the code, so such a pair is "not
-comparable" (exit 3) unless the config says to warn, or the caller forces it.
+comparable" unless the config says to warn, or the caller forces it. That is an input error
+(exit 2, one line naming what differs): the pair cannot answer the question, and a red build for
+it must not read as a regression of the code.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .errors import SdoptError
 VERDICT_KIND = "sdopt-verdict"
 VERDICT_SCHEMA_VERSION = 1
 PASS, REGRESSION, NOT_COMPARABLE = "pass", "regression", "not_comparable"
-EXIT_CODES = {PASS: 0, REGRESSION: 1, NOT_COMPARABLE: 3}
+EXIT_CODES = {PASS: 0, REGRESSION: 1, NOT_COMPARABLE: 2}
 # PSNR of identical images is infinite, which JSON cannot hold: reported as this ceiling.
 PSNR_IDENTICAL_DB = 100.0
 # Device fields that must agree for timings to be comparable.
@@ -110,6 +112,29 @@ def image_quality(baseline_png: Path, current_png: Path) -> tuple[float, float]:
     return min(psnr, PSNR_IDENTICAL_DB), ssim
 
 
+def clip_cosine(baseline_png: Path, current_png: Path) -> float:
+    """Cosine of the CLIP image embeddings of the two images (1 = the same to CLIP)."""
+    from .metrics import clip_cosine_drop
+
+    return 1.0 - clip_cosine_drop(_load_rgb(baseline_png, "baseline"),
+                                  _load_rgb(current_png, "current"))
+
+
+def _check_clip(gate: GateConfig, clip_model: str | os.PathLike | None) -> bool:
+    if gate.clip_min is None:
+        return False
+    from . import metrics
+
+    if clip_model is not None:
+        metrics.configure_clip(clip_model)
+    reason = metrics.clip_unavailable_reason()
+    if reason:
+        raise SdoptError(f"gate.clip_min = {gate.clip_min:g} needs a local CLIP model: {reason}; "
+                         "set gate.clip_model to a local transformers CLIP folder, or remove "
+                         "gate.clip_min")
+    return True
+
+
 def environment_differences(baseline: dict, current: dict) -> list[str]:
     """Why two results' machines differ (empty when they count as the same machine)."""
     a = (baseline.get("environment") or {}).get("device") or {}
@@ -155,9 +180,12 @@ class Inputs:
 
 
 def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
-                    force: bool = False) -> dict[str, Any]:
-    """The verdict document (contract: sdopt-verdict v1)."""
+                    force: bool = False,
+                    clip_model: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The verdict document (contract: sdopt-verdict v1). ``clip_model``: the resolved path of
+    ``gate.clip_model`` (relative paths are the config's business)."""
     gate = gate or GateConfig()
+    use_clip = _check_clip(gate, clip_model)
     baseline, current = inputs.baseline, inputs.current
     variant, reasons = _pick_variant(baseline, current, gate.variant)
     env_diff = environment_differences(baseline, current)
@@ -203,15 +231,24 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
         except ValueError as exc:
             not_comparable.append(f"image for prompt {key[0]!r} seed {key[1]}: {exc}")
             continue
-        bad = psnr < gate.psnr_min_db or ssim < gate.ssim_min
+        clip = None
+        if use_clip:
+            clip = clip_cosine(safe_join(inputs.baseline_dir, ref["path"], "baseline"),
+                               safe_join(inputs.current_dir, rec["path"], "current"))
+        bad = psnr < gate.psnr_min_db or ssim < gate.ssim_min or \
+            (clip is not None and clip < gate.clip_min)
         quality_regressed |= bad
-        images.append({"prompt": key[0], "seed": key[1], "psnr_db": psnr, "ssim": ssim,
-                       "baseline_path": ref["path"], "current_path": rec["path"],
-                       "regressed": bad})
+        entry = {"prompt": key[0], "seed": key[1], "psnr_db": psnr, "ssim": ssim,
+                 "baseline_path": ref["path"], "current_path": rec["path"], "regressed": bad}
+        if clip is not None:
+            entry["clip_cosine"] = clip
+        images.append(entry)
         if bad:
+            clip_text = f", CLIP cosine {clip:.4f} (min {gate.clip_min:g})" if clip is not None \
+                else ""
             reasons.append(f"quality regression: prompt {key[0]!r} seed {key[1]}: PSNR "
                            f"{psnr:.1f} dB (min {gate.psnr_min_db:g}), SSIM {ssim:.3f} "
-                           f"(min {gate.ssim_min:g}) vs the baseline image")
+                           f"(min {gate.ssim_min:g}){clip_text} vs the baseline image")
     if not matched and cv.get("images") and base_images:
         reasons.append("warning: no image shares a prompt and seed with the baseline: quality "
                        "not compared")
@@ -232,8 +269,10 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
     return {
         "schema_version": VERDICT_SCHEMA_VERSION, "kind": VERDICT_KIND, "verdict": verdict,
         "reasons": reasons, "variant": variant, "latency": latency,
-        "quality": {"metric": "psnr+ssim", "threshold": gate.psnr_min_db,
+        "quality": {"metric": "psnr+ssim" + ("+clip" if use_clip else ""),
+                    "threshold": gate.psnr_min_db,
                     "psnr_min_db": gate.psnr_min_db, "ssim_min": gate.ssim_min,
+                    **({"clip_min": gate.clip_min} if use_clip else {}),
                     "regressed": bool(quality_regressed), "images": images},
         "baseline": {"source": inputs.source or str(inputs.baseline_dir),
                      "environment_match": not env_diff},
@@ -242,6 +281,14 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
 
 def exit_code(verdict: dict) -> int:
     return EXIT_CODES[verdict["verdict"]]
+
+
+def not_comparable_line(verdict: dict, baseline: str, current: str) -> str:
+    """The one error line for a pair that cannot be compared (exit 2)."""
+    why = [r.removeprefix("not comparable: ") for r in verdict["reasons"]
+           if r.startswith("not comparable: ")]
+    return f"error: baseline '{baseline}' and results '{current}' are not comparable: " + \
+        "; ".join(why)
 
 
 def summary_text(verdict: dict) -> str:

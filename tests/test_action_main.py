@@ -134,7 +134,7 @@ def test_push_event_publishes_summary_only(tmp_path, gh):
 @pytest.mark.parametrize("state, fail_on, code", [
     ("pass", ("regression", "not_comparable"), 0),
     ("regression", ("regression", "not_comparable"), 1),
-    ("not_comparable", ("regression", "not_comparable"), 3),
+    ("not_comparable", ("regression", "not_comparable"), 2),
     ("not_comparable", ("regression",), 0),
     ("regression", (), 0),
 ])
@@ -192,3 +192,33 @@ def test_merge_mode_posts_one_comment_for_all_legs(tmp_path, gh, capsys):
     assert outputs["verdict"] == "regression"
     assert outputs["report_markdown"] == str(tmp_path / "merged" / "report.md")
     assert entry.main(env={**env, "INPUT_ARTIFACT_DIR": str(tmp_path / "empty")}) == 2
+
+
+@pytest.mark.parametrize("verdict_state, expected", [("not_comparable", 2), (None, 2)])
+def test_not_comparable_exit_2_is_still_published_but_bad_input_is_not(
+        tmp_path, gh, monkeypatch, capsys, verdict_state, expected):
+    """sdopt exits 2 both for bad input and for a pair it cannot compare; only the latter has a
+    fresh verdict, which the summary must still show (the PR should say why nothing was judged)."""
+    cfg = tmp_path / "sdopt.toml"
+    cfg.write_text('model = "tiny"\n')
+    out = tmp_path / "out"
+
+    def fake_sdopt(args, env, **kwargs):
+        out.mkdir(exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results_doc()))
+        if verdict_state:
+            (out / "verdict.json").write_text(json.dumps(verdict_doc(
+                verdict_state, ["not comparable: results from another machine: name X vs Y"])))
+            return 2, ["baseline 'b' and results 'out' are not comparable: another machine"]
+        return 2, ["sdopt.toml: field 'bench.steps': expected an integer"]
+
+    monkeypatch.setattr(entry, "run_sdopt", fake_sdopt)
+    env = runner_env(tmp_path, gh)
+    env["GITHUB_EVENT_NAME"] = "push"
+    assert entry.run_gate(ActionInputs(config=str(cfg), out=str(out), token="rw"), env) == expected
+    summary = (tmp_path / "summary.md").read_text() if (tmp_path / "summary.md").exists() else ""
+    if verdict_state:
+        assert "not comparable" in summary and "another machine" in summary
+    else:
+        assert summary == ""
+        assert "expected an integer" in capsys.readouterr().out

@@ -116,6 +116,35 @@ def test_identical_rerun_passes_and_a_noisy_image_is_a_quality_regression(tmp_pa
     assert "REGRESSED" in summary_text(verdict)
 
 
+def test_clip_threshold_flags_what_psnr_and_ssim_let_through(tmp_path, picture, local_clip):
+    """With PSNR/SSIM switched off, the CLIP cosine alone decides (random-weight CLIP: the
+    threshold is set just below 1, what matters is identical vs changed)."""
+    same = [1.0, 1.02, 0.98, 1.01, 0.99, 1.0]
+    gate = GateConfig(psnr_min_db=0, ssim_min=-1, clip_min=0.999999)
+    verdict = _compare(tmp_path, dict(samples=same, image=picture),
+                       dict(samples=same, image=picture), gate=gate)
+    assert verdict["verdict"] == PASS and verdict["quality"]["metric"] == "psnr+ssim+clip"
+    assert verdict["quality"]["images"][0]["clip_cosine"] == 1.0
+    noisy = np.clip(picture + np.random.default_rng(1).normal(0, 60, picture.shape), 0, 255)
+    verdict = _compare(tmp_path, dict(samples=same, image=picture),
+                       dict(samples=same, image=noisy), gate=gate)
+    assert verdict["verdict"] == REGRESSION
+    assert verdict["quality"]["images"][0]["clip_cosine"] < 0.999999
+    assert any("CLIP cosine" in r for r in verdict["reasons"])
+
+
+def test_clip_threshold_without_a_local_model_is_one_clear_error(tmp_path, picture, monkeypatch):
+    from sdopt.metrics import configure_clip
+
+    monkeypatch.delenv("SDOPT_CLIP_MODEL", raising=False)
+    configure_clip(None)
+    same = [1.0, 1.0, 1.0]
+    with pytest.raises(SdoptError, match=r"gate.clip_min = 0.95 needs a local CLIP model.*"
+                                         r"gate.clip_model"):
+        _compare(tmp_path, dict(samples=same, image=picture), dict(samples=same, image=picture),
+                 gate=GateConfig(clip_min=0.95))
+
+
 def test_image_quality_of_a_tiny_change_stays_above_the_thresholds(tmp_path, picture):
     _png(tmp_path / "a.png", picture)
     changed = picture.copy()
@@ -129,7 +158,7 @@ def test_another_machine_is_not_comparable_unless_warned_or_forced(tmp_path, pic
     s = [1.0] * 6
     verdict = _compare(tmp_path, dict(samples=s, image=picture),
                        dict(samples=s, image=picture, device_name="cpu-B"))
-    assert verdict["verdict"] == NOT_COMPARABLE and exit_code(verdict) == 3
+    assert verdict["verdict"] == NOT_COMPARABLE and exit_code(verdict) == 2
     assert "another machine" in verdict["reasons"][0] and "cpu-B" in verdict["reasons"][0]
     assert verdict["baseline"]["environment_match"] is False
     warn = GateConfig(on_environment_mismatch="warn")

@@ -1,7 +1,7 @@
 """``sdopt bench``, ``sdopt baseline save``, ``sdopt compare`` and ``sdopt gate``: the CI gate.
 
 Exit codes are the contract CI scripts rely on: 0 pass, 1 regression, 2 bad input (any
-SdoptError), 3 not comparable (another machine, another image size).
+SdoptError), 2 also for a pair that is not comparable (another machine, another image size).
 """
 
 from __future__ import annotations
@@ -107,7 +107,10 @@ def _compare(baseline_spec: str, current: Path, config, *, force: bool, repo: Pa
 
     with open_baseline(baseline_spec, repo=repo) as base:
         inputs = inputs_for(base, current)
-        verdict = compare_results(inputs, config.gate if config else None, force=force)
+        clip = config.resolve(config.gate.clip_model) if config and config.gate.clip_model \
+            else None
+        verdict = compare_results(inputs, config.gate if config else None, force=force,
+                                  clip_model=clip)
         # Keep a copy of a git/artifact baseline next to the results, for the report's images.
         return verdict, inputs
 
@@ -194,8 +197,8 @@ def register(main: click.Group) -> None:
     @click.option("--force", is_flag=True, help="Compare results from different machines.")
     def compare(baseline_spec, current, config_path, verdict_path, force):
         """Compare CURRENT results with BASELINE (a directory, an artifact directory or
-        git:REF:PATH). Exit 0 pass, 1 regression, 3 not comparable, 2 bad input."""
-        from ..compare import exit_code, summary_text
+        git:REF:PATH). Exit 0 pass, 1 regression, 2 bad input or not comparable."""
+        from ..compare import NOT_COMPARABLE, exit_code, not_comparable_line, summary_text
         from ..store import write_json
 
         config = _config(config_path) if config_path else None
@@ -206,7 +209,10 @@ def register(main: click.Group) -> None:
         if verdict_path:
             with _output_errors(Path(verdict_path), "--out"):
                 write_json(verdict_path, verdict)
-        click.echo(summary_text(verdict))
+        if verdict["verdict"] == NOT_COMPARABLE:
+            click.echo(not_comparable_line(verdict, baseline_spec, current), err=True)
+        else:
+            click.echo(summary_text(verdict))
         sys.exit(exit_code(verdict))
 
     @main.command()
@@ -224,9 +230,9 @@ def register(main: click.Group) -> None:
     @click.option("--quiet", is_flag=True, help="No progress bars.")
     def gate(config_path, out, baseline_override, same_job_base, force, overwrite, quiet):
         """Optimize (or load the saved model), bench, compare with the baseline, write the
-        reports. Exit 0 pass, 1 regression, 3 not comparable, 2 bad input."""
+        reports. Exit 0 pass, 1 regression, 2 bad input or not comparable."""
         from ..baseline import baseline_spec, open_baseline
-        from ..compare import exit_code, summary_text
+        from ..compare import NOT_COMPARABLE, exit_code, not_comparable_line, summary_text
         from ..store import write_json
 
         config = _config(config_path)
@@ -256,4 +262,6 @@ def register(main: click.Group) -> None:
         for note in notes:
             click.echo(note)
         click.echo(f"verdict: {out_path / 'verdict.json'}")
+        if verdict["verdict"] == NOT_COMPARABLE:
+            click.echo(not_comparable_line(verdict, spec, str(out_path)), err=True)
         sys.exit(exit_code(verdict))

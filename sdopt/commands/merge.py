@@ -18,11 +18,11 @@ def register(main: click.Group) -> None:
         """Merge the results of several gate/bench jobs (a matrix) into one report.
 
         Exit status as for compare: 0 pass (or no verdicts), 1 regression in any job,
-        3 a job not comparable, 2 bad input."""
+        2 a job not comparable or bad input."""
         from ..merge import merge as do_merge
 
         verdict = do_merge(list(result_dirs), Path(out), overwrite=overwrite)
         state = (verdict or {}).get("verdict")
         click.echo(f"merged {len(result_dirs)} result directories into {out}: "
                    f"{state or 'no verdicts'}")
-        sys.exit({"regression": 1, "not_comparable": 3}.get(state, 0))
+        sys.exit({"regression": 1, "not_comparable": 2}.get(state, 0))
