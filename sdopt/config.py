@@ -100,6 +100,11 @@ class GateConfig(_Section):
     # Quality regresses when an image vs the baseline's (same prompt and seed) falls below these.
     psnr_min_db: float = Field(default=30.0, ge=0)
     ssim_min: float = Field(default=0.90, ge=-1, le=1)
+    # Optional third check: cosine of the CLIP image embeddings >= clip_min (ONNX Runtime's SD
+    # tests use 0.95). Needs a local CLIP model (transformers folder): clip_model, relative to
+    # this file, or $SDOPT_CLIP_MODEL. Off when unset: nothing can be downloaded.
+    clip_min: float | None = Field(default=None, ge=-1, le=1)
+    clip_model: str | None = None
     # Which variant of the results is gated (the other is informative).
     variant: Literal["original", "optimized"] = "optimized"
     on_environment_mismatch: Literal["fail", "warn"] = "fail"

@@ -59,3 +59,34 @@ def samples(tiny_pipe):
 
     return collect_samples(tiny_pipe, PROMPTS, height=64, width=64, steps=4, guidance_scale=7.5,
                            seed=0, n_verify=8)
+
+
+@pytest.fixture(scope="module")
+def local_clip(tmp_path_factory):
+    """A real transformers CLIP model with random weights, saved as a local folder: the shape
+    of a user's downloaded CLIP (none can be downloaded here)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from sdopt.models import make_clip_tokenizer
+
+    torch.manual_seed(0)
+    tok = make_clip_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2),
+        projection_dim=16)
+    path = tmp_path_factory.mktemp("clip")
+    CLIPModel(config).save_pretrained(path)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    processor.save_pretrained(path)
+    from sdopt.metrics import configure_clip
+
+    configure_clip(path)
+    yield path
+    configure_clip(None)
