@@ -26,7 +26,7 @@ from sdopt.backends import openvino as ov_backend  # noqa: E402
 ROUNDTRIP = Path(__file__).parent / "scripts" / "roundtrip.py"
 # numeric_precision (relative L1 of the noise prediction) each precision must stay within on the
 # tiny model; bf16 measured ~0.01 on SD 1.5, int8 ~0.06 here.
-TOLERANCE = {"fp32": 1e-4, "bf16": 0.03, "int8": 0.15}
+TOLERANCE = {"fp32": 1e-4, "bf16": 0.03, "int8": 0.15, "int8-matmul": 0.15, "int8-conv": 0.15}
 
 
 def _build(pipe, name, samples):
@@ -40,7 +40,7 @@ def _build(pipe, name, samples):
         return backend.build(pipe.unet, variant, ctx)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "int8-matmul", "int8-conv"])
 def test_output_matches_the_fp32_unet(tiny_pipe, samples, precision):
     module = _build(tiny_pipe, precision, samples)
     metric = resolve_metric(None)
@@ -62,6 +62,10 @@ def test_second_build_hits_the_cache(tiny_pipe, samples, export_cache):
     assert ov_backend.CONVERSIONS == before, "no conversion and no quantization ran again"
     assert fp32.build_info["ir"]["hit"] and int8.build_info["int8"]["hit"]
     assert (export_cache / "openvino-ir" / fp32.build_info["ir"]["key"]).is_dir()
+    # partial int8 is another artifact, with the other kind of layer left in floating point
+    matmul = _build(tiny_pipe, "int8-matmul", samples)
+    assert matmul.build_info["int8"]["key"] != int8.build_info["int8"]["key"]
+    assert matmul.build_info["int8"]["ignored_types"] == ["Convolution"]
     # other calibration data is another int8 artifact
     other = list(samples.calibration)[:1]
     from sdopt.backends.openvino import calibration_hash

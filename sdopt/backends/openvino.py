@@ -111,7 +111,8 @@ def _convert(unet: torch.nn.Module, example: UNetInputs, directory: Path) -> dic
     return {"converter": "openvino.convert_model", "openvino": ov.get_version()}
 
 
-def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path) -> dict[str, Any]:
+def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
+              ignored_types: tuple[str, ...] = ()) -> dict[str, Any]:
     import nncf
     import openvino as ov
 
@@ -122,12 +123,13 @@ def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path) -> d
     names = [p.get_any_name() for p in model.inputs]
     items = [dict(zip(names, (t.numpy() for t in unet_args(c)))) for c in calibration]
     subset = min(len(items), INT8_SUBSET_MAX)
+    scope = nncf.IgnoredScope(types=list(ignored_types)) if ignored_types else None
     quantized = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=subset)
+                              subset_size=subset, ignored_scope=scope)
     ov.save_model(quantized, str(directory / IR_XML), compress_to_fp16=False)
     CONVERSIONS["nncf.quantize"] += 1
     return {"quantizer": "nncf.quantize", "model_type": "TRANSFORMER", "subset_size": subset,
-            "nncf": nncf.__version__}
+            "ignored_types": list(ignored_types), "nncf": nncf.__version__}
 
 
 # How many conversions and quantizations this process really ran (the cache's hits do not
@@ -161,6 +163,15 @@ class OpenVINO(Backend):
                     techniques=("openvino", "bf16 inference precision")),
             Variant(self.name, "int8", "int8", options={"quantizer": "nncf"},
                     techniques=("openvino", "int8 post-training (NNCF, calibrated)")),
+            # Less error for less speed: only one kind of layer in int8, the other in bf16.
+            Variant(self.name, "int8-matmul", "int8",
+                    options={"quantizer": "nncf", "ignored_types": ["Convolution"]},
+                    techniques=("openvino", "int8 MatMul (NNCF, calibrated)",
+                                "bf16 convolutions")),
+            Variant(self.name, "int8-conv", "int8",
+                    options={"quantizer": "nncf", "ignored_types": ["MatMul"]},
+                    techniques=("openvino", "int8 convolutions (NNCF, calibrated)",
+                                "bf16 MatMul")),
         ]
 
     def unavailable_reason(self, device: DeviceInfo, variant: Variant) -> str | None:
@@ -187,11 +198,14 @@ class OpenVINO(Backend):
                                  "from the pipeline): use optimize_model, which collects them")
             from ..cache import fetch_or_build
 
+            ignored = tuple(variant.options.get("ignored_types", ()))
             parts = {"source": ir.key, "calibration": calibration_hash(ctx.calibration),
                      "subset_max": INT8_SUBSET_MAX, "model_type": "TRANSFORMER",
                      "nncf": _version("nncf")}
+            if ignored:  # absent for the full int8 variant, so that its cached IR stays valid
+                parts["ignored_types"] = list(ignored)
             q = fetch_or_build("openvino-int8", parts,
-                               lambda tmp: _quantize(ir.path, ctx.calibration, tmp),
+                               lambda tmp: _quantize(ir.path, ctx.calibration, tmp, ignored),
                                root=ctx.cache_dir)
             info["int8"] = {"hit": q.hit, "key": q.key, **q.built}
             ir = q
