@@ -11,12 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..bench import RESULTS_KIND, RESULTS_NAME
+from ..bench import RESULTS_SCHEMA_VERSION as SCHEMA_VERSION
+from ..compare import VERDICT_KIND
 from ..errors import SdoptError
 
-RESULTS_NAME = "results.json"
-RESULTS_KIND = "sdopt-bench-results"
-VERDICT_KIND = "sdopt-verdict"
-SCHEMA_VERSION = 1
+# The contracts' names come from their producers; the checks below are deliberately looser than
+# sdopt.bench.read_results (a report of a partial or foreign results file is still useful).
 
 
 def _read_json(path: Path, what: str) -> Any:
