@@ -215,7 +215,7 @@ def device_requests(mode: str, gpus: list[str], log: Log = print) -> list:
                          "found none or is not installed); install the driver and the NVIDIA "
                          "container toolkit, or pass --gpus auto to run on CPU")
     if mode in ("auto", "all"):
-        log(f"GPUs: all {len(gpus)} ({'; '.join(gpus)})")
+        log(f"GPUs: all of them ({'; '.join(gpus)})")
         return [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
     wanted = mode.split(",")
     missing = [i for i in wanted if int(i) >= len(gpus)]

@@ -181,6 +181,7 @@ def test_cli_errors_are_one_line(tmp_path):
     for args, text in ((["--gpus", "all", "--image", "x"], "--gpus all: no NVIDIA GPU"),
                        (["--pin-candidate"], "--pin-candidate needs --from-artifact"),
                        (["--build-arg", "NOEQUALS"], "expected NAME=value"),
+                       (["--set", "runs=5"], "expected SECTION.KEY=VALUE"),
                        (["--from-artifact", str(tmp_path)], "no results.json")):
         if "all" in args and Path("/usr/bin/nvidia-smi").exists():
             continue

@@ -33,6 +33,14 @@ def _build_args(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _override(value: str) -> str:
+    key, sep, toml_value = value.partition("=")
+    if not sep or not key.strip() or "." not in key or not toml_value.strip() or "\n" in value:
+        raise SdoptError(f"--set '{value}': expected SECTION.KEY=VALUE with a TOML value, e.g. "
+                         "'bench.runs = 5' or 'gate.variant = \"optimized\"'")
+    return f"{key.strip()} = {toml_value.strip()}"
+
+
 def _echo(line: str) -> None:
     click.echo(line)
     sys.stdout.flush()
@@ -112,7 +120,7 @@ def register(main: click.Group) -> None:
             repo=repo_path, config=config, out=out_path, baseline=baseline,
             thresholds={"latency_tolerance": latency_tolerance, "psnr_min_db": psnr_min_db,
                         "ssim_min": ssim_min},
-            overrides=[o.replace("=", " = ", 1) if " = " not in o else o for o in overrides],
+            overrides=[_override(o) for o in overrides],
             fail_on=fail_on, gpus=parse_gpus(gpus), user=user)
         outcome = run(request, client=None if docker_host is None else connect(docker_host),
                       image=image, context=Path(context) if context else None,
