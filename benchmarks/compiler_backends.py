@@ -28,7 +28,8 @@ HERE = Path(__file__).resolve().parent
 PROMPTS = ["a photo of an astronaut riding a horse on mars",
            "a watercolor painting of a city at night",
            "portrait of a cat wearing a hat, studio light"]
-CANDIDATES = ("openvino/fp32", "openvino/bf16", "openvino/int8", "onnxruntime/fp32")
+CANDIDATES = ("openvino/fp32", "openvino/bf16", "openvino/int8", "openvino/int8-matmul",
+              "openvino/int8-conv", "onnxruntime/fp32", "onnxruntime/int8-dynamic")
 GOAL = 3.6
 
 

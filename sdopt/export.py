@@ -77,6 +77,18 @@ def unet_args(inputs: UNetInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
             inputs.encoder_hidden_states.to(torch.float32).contiguous())
 
 
+def calibration_hash(calibration: list[UNetInputs]) -> str:
+    """Identifies a calibration set: an int8 model calibrated on other inputs is another model."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for inputs in calibration:
+        for tensor in unet_args(inputs):
+            digest.update(str(list(tensor.shape)).encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def unet_shapes(inputs: UNetInputs) -> dict[str, list[int]]:
     return {name: list(t.shape) for name, t in zip(UNET_INPUTS, unet_args(inputs))}
 

@@ -25,7 +25,8 @@ from sdopt.backends import onnxruntime as ort_backend  # noqa: E402
 ROUNDTRIP = Path(__file__).parent / "scripts" / "roundtrip.py"
 # numeric_precision each variant must stay within: fp32 is the same arithmetic (measured 1e-6 on
 # SD 1.5); dynamic int8 of MatMul/Gemm quantizes activations per call.
-TOLERANCE = {"fp32": 1e-4, "int8-dynamic": 0.1}
+# Static int8 also quantizes Conv, with ranges fixed at calibration.
+TOLERANCE = {"fp32": 1e-4, "int8-dynamic": 0.1, "int8-static": 0.15}
 
 
 def _build(pipe, name, samples):
@@ -33,12 +34,13 @@ def _build(pipe, name, samples):
     backend = get_backend("onnxruntime")
     variant = next(v for v in backend.variants(dev) if v.name == name)
     assert backend.unavailable_reason(dev, variant) is None
-    ctx = BuildContext(device=dev, example=samples.verification[0].inputs)
+    ctx = BuildContext(device=dev, example=samples.verification[0].inputs,
+                       calibration=[s.inputs for s in samples.calibration])
     with torch.inference_mode():
         return backend.build(pipe.unet, variant, ctx)
 
 
-@pytest.mark.parametrize("name", ["fp32", "int8-dynamic"])
+@pytest.mark.parametrize("name", ["fp32", "int8-dynamic", "int8-static"])
 def test_output_matches_the_fp32_unet(tiny_pipe, samples, name):
     module = _build(tiny_pipe, name, samples)
     metric = resolve_metric(None)
@@ -54,6 +56,16 @@ def test_output_matches_the_fp32_unet(tiny_pipe, samples, name):
         model = onnx.load(str(module.model_dir / "model.onnx"))
         ops = {n.op_type for n in model.graph.node}
         assert "MatMulInteger" in ops and "ConvInteger" not in ops
+    if name == "int8-static":
+        assert max(drops) > 1e-5, "int8 really ran"
+        import onnx
+
+        model = onnx.load(str(module.model_dir / "model.onnx"))
+        dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+        convs = [n for n in model.graph.node if n.op_type == "Conv"]
+        assert convs and all(n.input[0] in dequantized and n.input[1] in dequantized
+                             for n in convs), "every Conv's input and weight come through QDQ"
+        assert module.build_info["int8"]["format"] == "QDQ"
     assert module.build_info["onnx"]["exporter"] in ("dynamo", "legacy")
 
 
@@ -70,6 +82,20 @@ def test_second_build_hits_the_cache(tiny_pipe, samples):
     again = _build(tiny_pipe, "int8-dynamic", samples)
     assert ort_backend.CONVERSIONS == before, "no export and no quantization ran again"
     assert again.build_info["onnx"]["hit"] and again.build_info["int8"]["hit"]
+
+
+def test_static_int8_needs_calibration_and_caches_per_calibration_set(tiny_pipe, samples):
+    dev = detect("cpu")
+    backend = get_backend("onnxruntime")
+    variant = next(v for v in backend.variants(dev) if v.name == "int8-static")
+    with pytest.raises(SdoptError, match="needs calibration inputs"):
+        backend.build(tiny_pipe.unet, variant,
+                      BuildContext(device=dev, example=samples.verification[0].inputs))
+    first = _build(tiny_pipe, "int8-static", samples)
+    before = dict(ort_backend.CONVERSIONS)
+    again = _build(tiny_pipe, "int8-static", samples)
+    assert ort_backend.CONVERSIONS == before and again.build_info["int8"]["hit"]
+    assert again.build_info["int8"]["key"] == first.build_info["int8"]["key"]
 
 
 def test_other_shapes_are_refused_with_the_reason(tiny_pipe, samples):

@@ -11,7 +11,6 @@ the fp32 and bf16 variants: only the compile hint differs) and the quantized IR 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from ..device import DeviceInfo
 from ..errors import SdoptError
+from ..export import calibration_hash  # noqa: F401 - part of this module's interface
 from .base import Backend, BuildContext, OptimizedModule, UNetInputs, Variant, register
 
 IR_XML, IR_BIN = "unet.xml", "unet.bin"
@@ -37,17 +37,6 @@ def _hint_for(variant: Variant, device: DeviceInfo) -> str:
     # int8: what stays in floating point runs in bf16 where the CPU has it (3.7x vs 2.9-3.2x
     # with f32 here)
     return "bf16" if device.supports_bf16()[0] else "f32"
-
-
-def calibration_hash(calibration: list[UNetInputs]) -> str:
-    from ..export import unet_args
-
-    digest = hashlib.sha256()
-    for inputs in calibration:
-        for tensor in unet_args(inputs):
-            digest.update(str(list(tensor.shape)).encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class OpenVINOModule(OptimizedModule):
