@@ -110,3 +110,21 @@ def test_saved_techniques_are_recorded_and_restored(unconstrained, tmp_path):
     (target / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(sdopt.SdoptError, match=r"techniques\[0\]"):
         sdopt.load_model(target, pipe=sdopt.build_preset("tiny"))
+
+
+def test_partial_int8_fallbacks_run_only_when_full_int8_is_rejected(tiny_pipe):
+    pytest.importorskip("nncf", reason="OpenVINO int8 needs nncf")
+    loose = sdopt.optimize_model(tiny_pipe, ["a cat"], metric_drop_ths=1.0, backends=["openvino"],
+                                 num_inference_steps=2, show=False, end_to_end=False)
+    rows = {c.id: c for c in loose.sdopt_result.candidates}
+    assert rows["openvino/int8"].status in ("ok", "selected")
+    for fallback in ("openvino/int8-matmul", "openvino/int8-conv"):
+        assert rows[fallback].status == "skipped"
+        assert "openvino/int8 already passed" in rows[fallback].reason
+    tight = sdopt.optimize_model(tiny_pipe, ["a cat"], metric_drop_ths=1e-4, backends=["openvino"],
+                                 num_inference_steps=2, show=False, end_to_end=False)
+    rows = {c.id: c for c in tight.sdopt_result.candidates}
+    assert rows["openvino/int8"].status == "rejected"
+    for fallback in ("openvino/int8-matmul", "openvino/int8-conv"):
+        assert rows[fallback].status in ("ok", "rejected", "selected"), rows[fallback].reason
+        assert rows[fallback].metric_drop is not None

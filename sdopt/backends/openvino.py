@@ -152,13 +152,16 @@ class OpenVINO(Backend):
                     techniques=("openvino", "bf16 inference precision")),
             Variant(self.name, "int8", "int8", options={"quantizer": "nncf"},
                     techniques=("openvino", "int8 post-training (NNCF, calibrated)")),
-            # Less error for less speed: only one kind of layer in int8, the other in bf16.
+            # Less error for less speed: only one kind of layer in int8, the other in bf16. The
+            # search tries them only when the full int8 variant was rejected.
             Variant(self.name, "int8-matmul", "int8",
-                    options={"quantizer": "nncf", "ignored_types": ["Convolution"]},
+                    options={"quantizer": "nncf", "ignored_types": ["Convolution"],
+                             "fallback_of": "int8"},
                     techniques=("openvino", "int8 MatMul (NNCF, calibrated)",
                                 "bf16 convolutions")),
             Variant(self.name, "int8-conv", "int8",
-                    options={"quantizer": "nncf", "ignored_types": ["MatMul"]},
+                    options={"quantizer": "nncf", "ignored_types": ["MatMul"],
+                             "fallback_of": "int8"},
                     techniques=("openvino", "int8 convolutions (NNCF, calibrated)",
                                 "bf16 MatMul")),
         ]
