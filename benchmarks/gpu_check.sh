@@ -8,7 +8,7 @@ mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 PY=${PYTHON:-python3}
 # STEPS picks a subset, e.g. STEPS="pytest bench" to rerun only those.
-want() { [[ " ${STEPS:-pytest backends unet bench} " == *" $1 "* ]]; }
+want() { [[ " ${STEPS:-pytest backends unet bench gate techniques} " == *" $1 "* ]]; }
 SDOPT=("$PY" -c 'import sys; from sdopt.cli import main; sys.argv[0] = "sdopt"; main()')
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
@@ -25,4 +25,18 @@ want unet && timeout 230 "$PY" benchmarks/unet_speedup.py --device cuda --size 5
 # End to end, sd15 at 512 px, 20 steps: original vs torch_compile/fp16, interleaved.
 want bench && timeout 300 "${SDOPT[@]}" bench --config benchmarks/gpu_sd15.toml --out /tmp/gpu-bench --quiet \
     2>&1 | tail -25 && cp /tmp/gpu-bench/results.json "$OUT/bench_cuda_sd15_512.json"
+# The CI gate on CUDA: bench a baseline, save it, gate against it (tiny model: the wiring).
+if want gate; then
+  G=/tmp/gpu-gate; rm -rf "$G"; mkdir -p "$G"
+  sed -e 's/^device = .*/device = "cuda"/' -e 's/^runs = .*/runs = 6/' examples/sdopt.toml \
+      > "$G/sdopt.toml"
+  timeout 120 "${SDOPT[@]}" bench --config "$G/sdopt.toml" --out "$G/base" --quiet 2>&1 | tail -3
+  timeout 30 "${SDOPT[@]}" baseline save --config "$G/sdopt.toml" --results "$G/base" 2>&1 | tail -2
+  timeout 120 "${SDOPT[@]}" gate --config "$G/sdopt.toml" --out "$G/out" --quiet 2>&1 | tail -8
+  echo "gate exit: ${PIPESTATUS[0]}" | tee "$OUT/gate_cuda_exit.txt"
+  cp "$G/out/verdict.json" "$OUT/gate_cuda_verdict.json" 2>/dev/null
+fi
+# Techniques end to end on CUDA (step cache, token merging, fewer steps need eager torch).
+want techniques && timeout 240 "$PY" benchmarks/techniques_e2e.py --device cuda --size 512 \
+    --steps 20 --base torch_eager/fp16 --out "$OUT/techniques_e2e_cuda_512.json" 2>&1 | tail -22
 ls -la "$OUT"

@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--base", default="torch_eager/bf16", help="the constrained best backend")
     parser.add_argument("--ths", type=float, default=0.05, help="psnr drop threshold (RMSE/255)")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds of the final pair")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (where a GPU is lent)")
     parser.add_argument("--out", default=str(HERE / "results" / "techniques_e2e.json"))
     args = parser.parse_args(argv)
 
@@ -53,8 +54,8 @@ def main(argv=None) -> int:
     from sdopt.store import write_json
 
     started = time.perf_counter()
-    dev = detect("cpu")
-    pipe = sdopt.build_preset(args.preset)
+    dev = detect(args.device)
+    pipe = sdopt.build_preset(args.preset).to(dev.torch_device)
     prompts = PROMPTS[:args.prompts]
     e2e = EndToEnd(prompts, args.size, args.size, args.steps,
                    metrics=[METRICS["psnr"], METRICS["ssim"]], min_timed=1)
@@ -64,7 +65,8 @@ def main(argv=None) -> int:
     original = CandidateResult("torch_eager/fp32", "torch_eager", "fp32", "fp32", [], "ok")
     _fill_row(original, e2e.reference, e2e, METRICS["psnr"])
     set_e2e_speedup(original, original)
-    base_pipe = sdopt.apply_variant(pipe, args.base, height=args.size, width=args.size)
+    base_pipe = sdopt.apply_variant(pipe, args.base, device=args.device, height=args.size,
+                                    width=args.size)
     base_module = base_pipe.unet.module
     backend, _, variant = args.base.partition("/")
     base = CandidateResult(args.base, backend, variant, base_module.variant.precision,
