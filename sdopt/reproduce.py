@@ -416,10 +416,18 @@ def config_from_results(results: dict, *, source: str = "results.json",
         if isinstance(section, dict):
             sections[name] = {k: v for k, v in section.items() if v is not None}
     if pin_candidate:
-        label = ((results.get("variants") or {}).get("optimized") or {}).get("label")
+        selected = (results.get("optimization") or {}).get("selected") or {}
+        label = selected.get("id") or \
+            ((results.get("variants") or {}).get("optimized") or {}).get("label")
         if not label:
             raise SdoptError(f"{source}: --pin-candidate: the results have no 'optimized' "
                              "variant whose candidate could be pinned")
+        if selected.get("pipeline_techniques"):
+            # optimize.candidate builds a backend variant only; the techniques would be lost.
+            names = ", ".join(str(t.get("name")) for t in selected["pipeline_techniques"])
+            raise SdoptError(f"{source}: --pin-candidate: CI's pick {label} also used the "
+                             f"techniques {names}, which a pinned candidate cannot carry: re-run "
+                             "without --pin-candidate")
         opt = sections.setdefault("optimize", {})
         for key in ("saved_model", "metric_drop_ths", "backends", "ignore_compilers",
                     "ignore_compressors", "time_budget_s"):

@@ -77,6 +77,13 @@ def test_artifact_one_level_down_and_pinned_candidate(ci_run, tmp_path):
     table = config_from_results(searched, pin_candidate=True)
     assert table["optimize"]["candidate"] == results["variants"]["optimized"]["label"]
     assert "metric_drop_ths" not in table["optimize"]
+    searched["optimization"] = {"selected": {"id": "openvino/bf16", "pipeline_techniques": []}}
+    assert config_from_results(searched, pin_candidate=True)["optimize"]["candidate"] == \
+        "openvino/bf16"
+    searched["optimization"]["selected"]["pipeline_techniques"] = [{"name": "step_cache",
+                                                                     "interval": 2}]
+    with pytest.raises(SdoptError, match="techniques step_cache"):
+        config_from_results(searched, pin_candidate=True)
 
 
 @pytest.mark.parametrize("mutate,expected", [
