@@ -373,8 +373,10 @@ def profile_unet(pipe, size: int, top: int = 12) -> dict:
         rows = sorted(groups.items(), key=lambda kv: -kv[1][0])
         by_precision: dict[str, float] = {}
         for (_, exec_type), (s, _) in groups.items():
-            key = next((p for p in ("i8", "u8", "bf16", "f32", "f16") if p in exec_type), "other")
-            key = "int8" if key in ("i8", "u8") else key
+            kernel = exec_type.lower()  # e.g. brgconv_avx512_core_I8, jit_avx512_BF16
+            key = next((p for p in ("i8", "u8", "bf16", "fp16", "f16", "fp32", "f32")
+                        if p in kernel), "other")
+            key = {"i8": "int8", "u8": "int8", "fp16": "f16", "fp32": "f32"}.get(key, key)
             by_precision[key] = by_precision.get(key, 0.0) + s / total
         return {"tool": "OpenVINO per-layer performance counters (PERF_COUNT)",
                 "call_wall_s": wall, "counted_s": total,
