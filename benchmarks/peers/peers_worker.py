@@ -192,17 +192,17 @@ def load_sdopt_constrained(task):
         prepare["search"] = _search_summary(optimized.sdopt_result)
         print(f"optimize_model cold {prepare['optimize_cold_s']:.0f} s -> "
               f"{optimized.sdopt_result.selected.id}", flush=True)
+        sdopt.save_model(optimized, target)  # the cold run's pick is the one benchmarked
+        del optimized
         if task.get("optimizer_warm", True):
-            del optimized
             t0 = time.perf_counter()
             again = _optimize(task, pipe, "constrained")
             prepare["optimize_warm_s"] = time.perf_counter() - t0
             prepare["warm_selected"] = again.sdopt_result.selected.id
             print(f"optimize_model warm cache {prepare['optimize_warm_s']:.0f} s -> "
                   f"{prepare['warm_selected']}", flush=True)
-            optimized = again
-        sdopt.save_model(optimized, target)
-        del optimized, pipe
+            del again
+        del pipe
         shutil.rmtree(os.environ["SDOPT_CACHE"], ignore_errors=True)
     t0 = time.perf_counter()
     pipe = sdopt.load_model(target, _diffusers_pipe(task["folder"]))
