@@ -5,9 +5,10 @@ files (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.
 This helper produces one from any SD 1.x-shaped pipeline, so that the success path of
 ``from_single_file`` is exercised for real. It is the inverse of diffusers'
 ``convert_ldm_unet_checkpoint`` / ``convert_ldm_vae_checkpoint`` / ``convert_ldm_clip_checkpoint``
-and follows the key naming of diffusers' ``scripts/convert_diffusers_to_original_stable_diffusion.py``,
-but derives the block layout from the model's config and weights instead of hard-coding SD 1.5's
-four blocks, so the tiny preset converts too.
+and follows the key naming of diffusers'
+``scripts/convert_diffusers_to_original_stable_diffusion.py``, but derives the block layout from
+the model's config and weights instead of hard-coding SD 1.5's four blocks, so the tiny preset
+converts too.
 
 Every diffusers key must map to exactly one LDM key; anything unexpected raises, so a layout this
 helper does not understand fails loudly instead of producing a file that loads half-random.

@@ -46,6 +46,33 @@ def test_optimize_from_a_prompts_file_and_a_folder(tmp_path):
     assert result["samples"]["captured_calls"] == 2 * len(scheduler.timesteps)
 
 
+def test_optimize_a_single_file_checkpoint(tmp_path):
+    """A user's original-layout .safetensors file with --single-file-config, end to end."""
+    import sdopt
+    import sdopt.models
+
+    from .ldm_checkpoint import save_ldm_checkpoint
+
+    folder = sdopt.models.save_preset("tiny", tmp_path / "configs")
+    checkpoint = save_ldm_checkpoint(sdopt.build_preset("tiny"), tmp_path / "my-model.safetensors")
+    out = tmp_path / "opt"
+    proc = sdopt_cli("optimize", "--model", checkpoint, "--single-file-config", folder,
+                     "--prompt", "a photo of a cat", "--out", out, "--backend", "torch_eager",
+                     "--steps", "2", "--repeats", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{checkpoint}: selected" in proc.stdout
+    result = json.loads((out / "optimization.json").read_text())
+    assert result["selected"]["status"] == "selected"
+    # The UNet optimized from the single file has the preset's exact weights.
+    from sdopt.api import weights_hash
+
+    manifest = json.loads((out / "sdopt_manifest.json").read_text())
+    tiny = sdopt.build_preset("tiny")
+    assert manifest["components"]["unet"]["source_hash"] == weights_hash(tiny.unet)
+    loaded = sdopt.load_model(out, pipe=tiny)
+    assert loaded.unet.variant.id == result["selected"]["id"]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["optimize", "--model", "/nonexistent/model", "--prompt", "x", "--out", "{tmp}/o"],
      "model '/nonexistent/model' not found"),
