@@ -266,7 +266,11 @@ def load_pipeline(ref: str, revision: str | None = None, *, single_file_config: 
         elif resolved.kind == "single_file":
             kwargs: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": True}
             if single_file_config:
-                kwargs["config"] = single_file_config
+                if not Path(single_file_config).is_dir():
+                    raise SdoptError(f"--single-file-config '{single_file_config}' is not a "
+                                     "directory: expected a diffusers folder of the same "
+                                     "architecture (e.g. 'sdopt models save sd15 DIR')")
+                kwargs["config"] = str(single_file_config)  # diffusers refuses a Path
             pipe = StableDiffusionPipeline.from_single_file(resolved.value, **kwargs)
         else:
             pipe = DiffusionPipeline.from_pretrained(resolved.value, revision=resolved.revision,
@@ -276,6 +280,7 @@ def load_pipeline(ref: str, revision: str | None = None, *, single_file_config: 
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes one line
         raise SdoptError(_describe_load_failure(resolved, exc)) from exc
     _check_text_to_image(pipe, resolved)
+    _check_complete(pipe, resolved)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -287,12 +292,33 @@ def _describe_load_failure(ref: ModelRef, exc: BaseException) -> str:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub could not be reached"
         return (f"cannot load hub model '{ref}': {why} and it is not in the local cache; "
-                f"download it where the hub is reachable and pass the local folder ({text[:200]})")
+                f"download it where the hub is reachable and pass the local folder "
+                f"({_clip_text(text, 300)})")
     if ref.kind == "single_file":
-        return (f"cannot load single-file checkpoint '{ref}': {text[:200]}; a single file needs "
+        return (f"cannot load single-file checkpoint '{ref}': {_clip_text(text, 300)}; a "
+                "single file needs "
                 "its configs offline: pass --single-file-config with a diffusers folder of the "
                 "same architecture (for example one written by 'sdopt models save sd15 DIR')")
-    return f"cannot load diffusers folder '{ref}': {text[:300]}"
+    return f"cannot load diffusers folder '{ref}': {_clip_text(text, 300)}"
+
+
+def _check_complete(pipe, ref: ModelRef) -> None:
+    """diffusers loads a single file without checking that every weight was in it: a missing one
+    stays an empty (meta) placeholder and fails much later, far from its cause."""
+    for part in ("unet", "vae", "text_encoder"):
+        module = getattr(pipe, part, None)
+        if module is None:
+            continue
+        missing = [name for name, t in list(module.named_parameters()) +
+                   list(module.named_buffers()) if t.is_meta]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise SdoptError(f"model '{ref}' has no weights for {part} '{missing[0]}'{more}: the "
+                             "checkpoint is incomplete or of another architecture than its config")
+
+
+def _clip_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit].rstrip() + "…"
 
 
 def _check_text_to_image(pipe, ref: ModelRef) -> None:

@@ -153,6 +153,27 @@ def test_ldm_single_file_without_configs_is_one_clear_error(ldm_checkpoint, monk
     assert "\n" not in str(info.value)
 
 
+def test_ldm_single_file_missing_a_weight_is_refused_naming_it(ldm_checkpoint, tmp_path):
+    """diffusers leaves a text-encoder weight the file lacks as an empty placeholder; sdopt
+    refuses the model there instead of failing later at the first prompt."""
+    from pathlib import Path as P
+
+    from safetensors.torch import load_file, save_file
+
+    path, folder = ldm_checkpoint
+    state = load_file(str(path))
+    dropped = [k for k in state if k.endswith("final_layer_norm.weight")]
+    assert dropped
+    for key in dropped:
+        del state[key]
+    broken = tmp_path / "broken.safetensors"
+    save_file(state, str(broken))
+    with pytest.raises(SdoptError, match="no weights for text_encoder .*final_layer_norm.weight"):
+        load_pipeline(str(broken), single_file_config=P(folder))  # a Path works too
+    with pytest.raises(SdoptError, match="is not a directory"):
+        load_pipeline(str(path), single_file_config=str(tmp_path / "nope"))
+
+
 def test_ldm_converter_follows_diffusers_on_the_sd15_layout():
     """The helper is generic: on SD 1.5's real architecture (4 blocks, no attention in the
     last, 2 VAE layers per block) diffusers' own converters map its keys back one to one."""
