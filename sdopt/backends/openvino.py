@@ -101,7 +101,8 @@ def _convert(unet: torch.nn.Module, example: UNetInputs, directory: Path) -> dic
 
 
 def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
-              ignored_types: tuple[str, ...] = ()) -> dict[str, Any]:
+              ignored_types: tuple[str, ...] = (), preset: str | None = None,
+              ignored_patterns: tuple[str, ...] = ()) -> dict[str, Any]:
     import nncf
     import openvino as ov
 
@@ -112,13 +113,16 @@ def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
     names = [p.get_any_name() for p in model.inputs]
     items = [dict(zip(names, (t.numpy() for t in unet_args(c)))) for c in calibration]
     subset = min(len(items), INT8_SUBSET_MAX)
-    scope = nncf.IgnoredScope(types=list(ignored_types)) if ignored_types else None
+    scope = nncf.IgnoredScope(types=list(ignored_types), patterns=list(ignored_patterns),
+                              validate=False) if ignored_types or ignored_patterns else None
+    extra = {"preset": nncf.QuantizationPreset(preset)} if preset else {}
     quantized = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=subset, ignored_scope=scope)
+                              subset_size=subset, ignored_scope=scope, **extra)
     ov.save_model(quantized, str(directory / IR_XML), compress_to_fp16=False)
     CONVERSIONS["nncf.quantize"] += 1
     return {"quantizer": "nncf.quantize", "model_type": "TRANSFORMER", "subset_size": subset,
-            "ignored_types": list(ignored_types), "nncf": nncf.__version__}
+            "ignored_types": list(ignored_types), "ignored_patterns": list(ignored_patterns),
+            "preset": preset or "performance", "nncf": nncf.__version__}
 
 
 # How many conversions and quantizations this process really ran (the cache's hits do not
@@ -191,13 +195,21 @@ class OpenVINO(Backend):
             from ..cache import fetch_or_build
 
             ignored = tuple(variant.options.get("ignored_types", ()))
+            patterns = tuple(variant.options.get("ignored_patterns", ()))
+            preset = variant.options.get("preset")
             parts = {"source": ir.key, "calibration": calibration_hash(ctx.calibration),
                      "subset_max": INT8_SUBSET_MAX, "model_type": "TRANSFORMER",
                      "nncf": _version("nncf")}
-            if ignored:  # absent for the full int8 variant, so that its cached IR stays valid
+            # Absent when default, so that the full int8 variant's cached IR stays valid.
+            if ignored:
                 parts["ignored_types"] = list(ignored)
+            if patterns:
+                parts["ignored_patterns"] = list(patterns)
+            if preset:
+                parts["preset"] = preset
             q = fetch_or_build("openvino-int8", parts,
-                               lambda tmp: _quantize(ir.path, ctx.calibration, tmp, ignored),
+                               lambda tmp: _quantize(ir.path, ctx.calibration, tmp, ignored,
+                                                     preset, patterns),
                                root=ctx.cache_dir)
             info["int8"] = {"hit": q.hit, "key": q.key, **q.built}
             ir = q
