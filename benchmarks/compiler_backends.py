@@ -3,8 +3,9 @@
 Builds the ``sd15`` preset (SD 1.5 architecture, random weights), records real UNet calls at the
 given size (classifier-free guidance: batch 2), builds each candidate through its backend (the
 export/engine cache is used and its hits are reported), measures its metric drop on the held-out
-calls, then times every candidate and fp32 eager round-robin in one process (the order rotates
-each round, so machine drift hits all of them). Finally ``optimize_model`` runs on the same
+calls, then times it against fp32 eager in alternation (A B A B, the order flipped every round,
+so machine drift hits both) and frees it before the next one: holding every SD 1.5 candidate at
+once (3.4 GB each in fp32) got the process OOM-killed on this 24 GB machine. Finally ``optimize_model`` runs on the same
 prompts with the new backends enabled, to show what the search picks within the threshold.
 
     flock /tmp/sdopt-heavy.lock env MALLOC_MMAP_THRESHOLD_=33554432 \
@@ -28,8 +29,9 @@ HERE = Path(__file__).resolve().parent
 PROMPTS = ["a photo of an astronaut riding a horse on mars",
            "a watercolor painting of a city at night",
            "portrait of a cat wearing a hat, studio light"]
-CANDIDATES = ("openvino/fp32", "openvino/bf16", "openvino/int8", "openvino/int8-matmul",
-              "openvino/int8-conv", "onnxruntime/fp32", "onnxruntime/int8-dynamic")
+CANDIDATES = ("torch_eager/bf16", "openvino/fp32", "openvino/bf16", "openvino/int8",
+              "openvino/int8-matmul", "openvino/int8-conv", "onnxruntime/fp32",
+              "onnxruntime/int8-dynamic", "onnxruntime/int8-static")
 GOAL = 3.6
 
 
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="sd15")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6, help="steps of the sample runs")
-    parser.add_argument("--rounds", type=int, default=8, help="round-robin timing rounds")
+    parser.add_argument("--rounds", type=int, default=6, help="A/B rounds per candidate")
     parser.add_argument("--ths", type=float, default=0.05)
     parser.add_argument("--candidate", action="append", default=None,
                         help=f"backend/variant to compare (default: {', '.join(CANDIDATES)})")
@@ -115,36 +117,19 @@ def main(argv=None) -> int:
         row.update(status="ok", metric_drop=statistics.mean(drops), metric_drop_max=max(drops),
                    rel_l2_mean=statistics.mean(l2), rel_l2_max=max(l2),
                    model_size_bytes=module.size_bytes())
-        modules[cid] = module
         print(f"{cid}: built in {row['build_s']:.1f} s (cache {_hits(row['cache'])}), "
               f"{metric.name} drop {row['metric_drop']:.4f}, rel L2 {row['rel_l2_mean']:.4f}",
               flush=True)
-
-    # Round-robin timing, rotating the order each round.
-    names = list(modules)
-    times = {n: [] for n in names}
-    timing_inputs = [s.inputs for s in samples.verification[:3]]
-    with torch.inference_mode():
-        for name in names:  # warm-up
-            for _ in range(2):
-                m, inp = modules[name], timing_inputs[0]
-                m(inp.sample, inp.timestep, inp.encoder_hidden_states)
-        for r in range(args.rounds):
-            inp = timing_inputs[r % len(timing_inputs)]
-            order = names[r % len(names):] + names[:r % len(names)]
-            for name in order:
-                t = time.perf_counter()
-                modules[name](inp.sample, inp.timestep, inp.encoder_hidden_states)
-                times[name].append(time.perf_counter() - t)
-    base = times["torch_eager/fp32"]
-    for name in names:
-        row = rows[name]
-        row["latency_median_s"] = statistics.median(times[name])
-        row["latency_samples_s"] = times[name]
-        row["speedup_vs_fp32_eager"] = statistics.median(base) / statistics.median(times[name])
-        row["speedup_median_paired"] = statistics.median(b / x for b, x in zip(base, times[name]))
-        print(f"{name:22} {row['latency_median_s']:.3f} s  {row['speedup_vs_fp32_eager']:.2f}x "
+        _time_against(modules["torch_eager/fp32"], module, row, rows["torch_eager/fp32"],
+                      [s.inputs for s in samples.verification[:3]], args.rounds)
+        print(f"{cid:26} {row['latency_median_s']:.3f} s vs fp32 eager "
+              f"{row['fp32_eager_median_s']:.3f} s: {row['speedup_vs_fp32_eager']:.2f}x "
               f"(paired {row['speedup_median_paired']:.2f}x)", flush=True)
+        del module
+        gc.collect()
+    ref = rows["torch_eager/fp32"]
+    ref["latency_median_s"] = statistics.median(ref.pop("latency_samples_s"))
+    ref["speedup_vs_fp32_eager"] = 1.0
     del modules
     gc.collect()
 
@@ -186,6 +171,27 @@ def main(argv=None) -> int:
               f"{result.selected.metric_drop:.4f}", flush=True)
     print(f"written to {args.out}")
     return 0
+
+
+def _time_against(reference, module, row: dict, ref_row: dict, inputs, rounds: int) -> None:
+    """``rounds`` alternating calls of the reference and the candidate (order flipped each
+    round), after two warm-up calls each; the ratio is computed from these pairs only."""
+    base, cand = [], []
+    with torch.inference_mode():
+        for m in (reference, module, reference, module):
+            m(inputs[0].sample, inputs[0].timestep, inputs[0].encoder_hidden_states)
+        for r in range(rounds):
+            inp = inputs[r % len(inputs)]
+            pair = (reference, module) if r % 2 == 0 else (module, reference)
+            for m in pair:
+                t = time.perf_counter()
+                m(inp.sample, inp.timestep, inp.encoder_hidden_states)
+                (base if m is reference else cand).append(time.perf_counter() - t)
+    ref_row.setdefault("latency_samples_s", []).extend(base)
+    row.update(latency_median_s=statistics.median(cand), latency_samples_s=cand,
+               fp32_eager_median_s=statistics.median(base), fp32_eager_samples_s=base,
+               speedup_vs_fp32_eager=statistics.median(base) / statistics.median(cand),
+               speedup_median_paired=statistics.median(b / x for b, x in zip(base, cand)))
 
 
 def _hits(info: dict) -> str:
