@@ -23,7 +23,7 @@ from . import __version__
 from .backends.base import BACKENDS, UNetInputs, Variant, get_backend
 from .device import DeviceInfo, detect, library_versions
 from .errors import SdoptError
-from .metrics import Metric, resolve_metric, validate_threshold
+from .metrics import METRICS, Metric, resolve_metric, validate_threshold
 from .optimized import OptimizedUNet, optimized_unet_of, with_unet
 from .sampling import collect_samples
 from .search import (REFERENCE_ID, STATUS_OK, STATUS_SELECTED, CandidateResult,
@@ -103,6 +103,7 @@ def optimize_model(
     console=None,
     image_metric: Union[str, Metric] = "psnr",
     end_to_end: bool | None = None,
+    reuse_search: bool | None = None,
 ):
     """Try every backend and precision that fits the device; return the pipeline with the
     fastest UNet whose metric drop stays within ``metric_drop_ths``.
@@ -120,6 +121,13 @@ def optimize_model(
     that is an image metric) stays within ``metric_drop_ths``. ``end_to_end`` (default: on) also
     times the original and the chosen pipelines per image and scores their images; with an image
     ``metric`` every backend is judged on images, so it cannot be turned off then.
+
+    ``reuse_search`` (default on; ``SDOPT_REUSE_SEARCH=0`` turns the default off): the decision
+    and the chosen model are kept in the sdopt cache, keyed by everything that could change them
+    (weights of all three models, prompts, sizes, steps, candidates, thresholds, metrics, device,
+    library versions). The same call on the same machine then loads the chosen model instead of
+    searching again (seconds instead of minutes, and the same pick, not a noisier re-roll); the
+    table is the one measured then, with a note saying so. User-callable metrics are never reused.
     """
     started = time.perf_counter()
     unet = _check_pipe(model)
@@ -160,6 +168,12 @@ def optimize_model(
                              "(diffusers requires it)")
     variants = plan_candidates(dev, backends=backends, ignore_compilers=ignore_compilers,
                                ignore_compressors=ignore_compressors)
+    if reuse_search is None:
+        reuse_search = os.environ.get("SDOPT_REUSE_SEARCH", "1").strip().lower() not in (
+            "0", "false", "no", "off")
+    # A user callable has no identity the cache could key on: its search is never reused.
+    builtin_metrics = all(m.name in METRICS and METRICS[m.name] is m
+                          for m in (chosen_metric, gate_image_metric))
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -167,6 +181,24 @@ def optimize_model(
     console = console or Console(stderr=True, quiet=not show)
     model.to(dev.torch_device)
     source_hash = weights_hash(unet)
+    decision = None
+    if reuse_search and builtin_metrics:
+        decision = _decision_parts(
+            model, source_hash, prompts=prompts, height=height, width=width,
+            steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+            n_verify=n_verify, repeats=repeats, time_budget_s=time_budget_s,
+            variants=[v.id for v in variants], metric=chosen_metric.name,
+            image_metric=gate_image_metric.name, metric_drop_ths=ths,
+            optimization_time=optimization_time, end_to_end=end_to_end, device=dev)
+        reused = _reuse_decision(model, decision, dev, started)
+        if reused is not None:
+            if show:
+                from .summary import print_summary
+
+                print_summary(reused.sdopt_result)
+            if store_latencies:
+                write_json(Path.cwd() / "sdopt_latencies.json", reused.sdopt_result.to_dict())
+            return reused
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                         console=console, transient=False, disable=not show)
@@ -257,6 +289,8 @@ def optimize_model(
             "image_metric_drop": sel.image_metric_drop, "image_metrics": sel.image_metrics}
     optimized = _assemble(model, module, specs, dev, info=info)
     optimized.sdopt_result = result
+    if decision is not None:
+        _remember_decision(decision, optimized, result)
     if show:
         from .summary import print_summary
 
@@ -264,6 +298,68 @@ def optimize_model(
     if store_latencies:
         write_json(Path.cwd() / "sdopt_latencies.json", result.to_dict())
     return optimized
+
+
+SEARCH_CACHE_KIND = "search"
+
+
+def _decision_parts(model, source_hash: str, *, device: DeviceInfo, **settings) -> dict[str, Any]:
+    """Everything that can change what a search picks (the cache key of its decision)."""
+    from .metrics import clip_model_path, clip_unavailable_reason
+
+    scheduler = {k: v for k, v in dict(model.scheduler.config).items() if not k.startswith("_")}
+    clip = clip_model_path() if clip_unavailable_reason() is None else None
+    return {"unet": source_hash, "unet_config": config_hash(model.unet),
+            "vae": weights_hash(model.vae), "text_encoder": weights_hash(model.text_encoder),
+            "scheduler": [type(model.scheduler).__name__,
+                          json.dumps(scheduler, sort_keys=True, default=str)],
+            "clip_model": clip and str(Path(clip).resolve()),
+            "settings": settings, "device": device.fingerprint(), "libraries": library_versions(),
+            "sdopt": __version__}
+
+
+def _reuse_decision(model, parts: dict[str, Any], dev: DeviceInfo, started: float):
+    """The pipeline a previous identical search chose, loaded from the cache; None on a miss or
+    when the entry cannot be loaded any more (then the search runs, and replaces it)."""
+    from .cache import peek
+    from .search import OptimizationResult
+
+    entry = peek(SEARCH_CACHE_KIND, parts)
+    if entry is None:
+        return None
+    try:
+        result = OptimizationResult.from_dict(
+            json.loads((entry.path / "result.json").read_text(encoding="utf-8")))
+        # Into a new pipeline sharing the user's components: the user's stays untouched.
+        optimized = load_model(entry.path / "model", pipe=with_unet(model, model.unet),
+                               device=dev.kind)
+    except (OSError, ValueError, KeyError, SdoptError) as exc:
+        log.warning("sdopt: the cached search %s cannot be reused (%s); searching again",
+                    entry.key[:12], exc)
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.meta.get("created_unix", 0)))
+    result.notes.insert(0, f"reused the search of {when} from the sdopt cache (entry "
+                           f"{entry.key[:12]}; its table is what was measured then): pass "
+                           "reuse_search=False (CLI: --fresh-search) to search again")
+    result.wall_s = time.perf_counter() - started
+    optimized.sdopt_result = result
+    return optimized
+
+
+def _remember_decision(parts: dict[str, Any], optimized, result) -> None:
+    """Keep the decision and the chosen model; a cache that cannot be written costs only the
+    reuse, never the optimization."""
+    from .cache import fetch_or_build
+
+    def build(tmp: Path) -> dict:
+        save_model(optimized, tmp / "model")
+        write_json(tmp / "result.json", result.to_dict())
+        return {"selected": result.selected.id if result.selected else None}
+
+    try:
+        fetch_or_build(SEARCH_CACHE_KIND, parts, build)
+    except (OSError, SdoptError) as exc:
+        log.warning("sdopt: the search could not be kept in the cache (%s)", exc)
 
 
 def _end_to_end(model, prompts, height, width, steps, guidance_scale, seed, gate: Metric):

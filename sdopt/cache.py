@@ -114,6 +114,22 @@ def fetch_or_build(kind: str, parts: dict[str, Any], build: Callable[[Path], dic
     return CacheEntry(kind, key, target, False, meta)
 
 
+def peek(kind: str, parts: dict[str, Any], *,
+         root: str | os.PathLike | None = None) -> CacheEntry | None:
+    """The entry for ``parts`` if it is complete, else None (nothing is built)."""
+    _check_kind(kind)
+    base = cache_root(root)
+    key = make_key({"kind": kind, **parts})
+    target = base / kind / key
+    meta = _read_entry(target)
+    if meta is None:
+        return None
+    meta["last_used_unix"] = time.time()
+    with contextlib.suppress(OSError):
+        write_json(target / ENTRY_FILE, meta)
+    return CacheEntry(kind, key, target, True, meta)
+
+
 def persistent_dir(kind: str, parts: dict[str, Any], *,
                    root: str | os.PathLike | None = None) -> Path:
     """A directory a library fills by itself (ONNX Runtime's TensorRT engine and timing caches):

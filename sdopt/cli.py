@@ -104,6 +104,8 @@ _optimize_options = [
     click.option("--repeats", type=int, default=5, show_default=True),
     click.option("--time-budget", "time_budget_s", type=float, default=None,
                  help="Seconds after which remaining candidates are skipped."),
+    click.option("--fresh-search", is_flag=True,
+                 help="Search again even if the sdopt cache holds this search's decision."),
     click.option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
 ]
 
@@ -120,7 +122,8 @@ def _search_kwargs(kw: dict) -> dict:
         metric=kw["metric"], device=kw["device"], backends=list(kw["backends"]) or None,
         ignore_compilers=list(kw["ignore_compilers"]) or None, height=kw["height"],
         width=kw["width"], num_inference_steps=kw["num_inference_steps"], seed=kw["seed"],
-        repeats=kw["repeats"], time_budget_s=kw["time_budget_s"])
+        repeats=kw["repeats"], time_budget_s=kw["time_budget_s"],
+        reuse_search=False if kw.get("fresh_search") else None)
 
 
 @main.command()
@@ -154,7 +157,9 @@ def optimize(model_ref, revision, single_file_config, prompts, prompts_file, out
 @click.option("--steps", type=int, default=4, show_default=True)
 @click.option("--repeats", type=int, default=3, show_default=True)
 @click.option("--backend", "backends", multiple=True, help="Only try these backends.")
-def demo(preset, size, out, metric_drop_ths, device, steps, repeats, backends):
+@click.option("--fresh-search", is_flag=True,
+              help="Search again even if the sdopt cache holds this search's decision.")
+def demo(preset, size, out, metric_drop_ths, device, steps, repeats, backends, fresh_search):
     """Build the offline model, optimize it, print the tables, save the model."""
     from .models import PRESETS, build_preset
 
@@ -168,7 +173,8 @@ def demo(preset, size, out, metric_drop_ths, device, steps, repeats, backends):
     _run_optimize(pipe, list(DEMO_PROMPTS), out_path, overwrite=True,
                   describe=f"demo ({preset}, {size} px)", metric_drop_ths=metric_drop_ths,
                   device=device, height=size, width=size, num_inference_steps=steps,
-                  repeats=repeats, backends=list(backends) or None)
+                  repeats=repeats, backends=list(backends) or None,
+                  reuse_search=False if fresh_search else None)
 
 
 @main.command()

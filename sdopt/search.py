@@ -19,7 +19,7 @@ import gc
 import math
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import torch
@@ -75,6 +75,11 @@ class CandidateResult:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "throughput_per_s": self.throughput}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CandidateResult":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
 
 @dataclass
 class OptimizationResult:
@@ -113,6 +118,26 @@ class OptimizationResult:
             "end_to_end": self.end_to_end, "selected_by": self.selected_by, "notes": self.notes,
             "candidates": [c.to_dict() for c in self.candidates],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "OptimizationResult":
+        """The inverse of to_dict; original and selected are the same objects as their rows."""
+        candidates = [CandidateResult.from_dict(c) for c in data.get("candidates", [])]
+
+        def row(entry):
+            if not entry:
+                return None
+            same = next((c for c in candidates if c.id == entry["id"]), None)
+            return same or CandidateResult.from_dict(entry)
+
+        return cls(device=data["device"], metric=data["metric"],
+                   metric_drop_ths=data.get("metric_drop_ths"),
+                   optimization_time=data["optimization_time"], samples=data.get("samples", {}),
+                   candidates=candidates, original=row(data.get("original")),
+                   selected=row(data.get("selected")), wall_s=data.get("wall_s", 0.0),
+                   image_metric=data.get("image_metric"), end_to_end=data.get("end_to_end", {}),
+                   selected_by=data.get("selected_by", "unet_latency"),
+                   notes=list(data.get("notes", [])))
 
 
 def _canonical_list(names, what: str) -> set[str]:

@@ -5,6 +5,8 @@ import pytest
 # Tests never reach the hub; an accidental download attempt fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Every test searches for real; tests of the reuse itself pass reuse_search=True.
+os.environ.setdefault("SDOPT_REUSE_SEARCH", "0")
 # Exports and engines built by tests go to a throw-away cache, never the user's (~/.cache/sdopt).
 if "SDOPT_CACHE" not in os.environ:
     import tempfile

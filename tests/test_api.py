@@ -155,3 +155,29 @@ def test_store_latencies_writes_json(tiny_pipe, tmp_path, monkeypatch):
                          store_latencies=True, **FAST)
     data = json.loads((tmp_path / "sdopt_latencies.json").read_text())
     assert data["selected"]["latency_s"] > 0 and data["candidates"]
+
+
+def test_same_search_is_reused_from_the_cache(fresh_tiny_pipe, prompts, monkeypatch):
+    """A second identical call loads the decision (no candidate is built or timed again); any
+    change to what decides it (here the threshold) searches again."""
+    from sdopt import search
+
+    kwargs = dict(metric_drop_ths=0.05, backends=["torch_eager"], num_inference_steps=2,
+                  repeats=2, show=False, end_to_end=False, reuse_search=True)
+    first = sdopt.optimize_model(fresh_tiny_pipe, prompts, **kwargs)
+    calls = []
+    real = search.run_search
+    monkeypatch.setattr("sdopt.api.run_search",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = sdopt.optimize_model(fresh_tiny_pipe, prompts, **kwargs)
+    assert calls == [], "the second identical search ran again"
+    r1, r2 = first.sdopt_result, again.sdopt_result
+    assert r2.selected.id == r1.selected.id and r2.selected.latency_s == r1.selected.latency_s
+    assert [c.id for c in r2.candidates] == [c.id for c in r1.candidates]
+    assert "reused the search" in r2.notes[0]
+    assert np.array_equal(image_array(first), image_array(again))
+    assert not isinstance(fresh_tiny_pipe.unet, OptimizedUNet), "the user's pipeline is untouched"
+    sdopt.optimize_model(fresh_tiny_pipe, prompts, **{**kwargs, "metric_drop_ths": 0.04})
+    assert calls == [1], "another threshold is another search"
+    sdopt.optimize_model(fresh_tiny_pipe, prompts, **{**kwargs, "reuse_search": False})
+    assert calls == [1, 1]
