@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import sdopt
 from sdopt.backends import get_backend
 from sdopt.backends.base import BuildContext
 from sdopt.device import detect

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import sdopt
-from sdopt.api import example_inputs
 from sdopt.backends import get_backend
 from sdopt.backends.base import BuildContext
 from sdopt.device import detect

@@ -6,7 +6,6 @@ then refresh snapshots with ``SDOPT_UPDATE_SNAPSHOTS=1``)."""
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 from pathlib import Path
