@@ -152,7 +152,8 @@ class Config(_Section):
     def public_dict(self) -> dict:
         """What results.json records as ``config``: the bench settings, flat, plus the rest."""
         bench = self.bench.model_dump()
-        return {"model": self.model, "revision": self.revision, **bench,
+        return {"model": self.model, "revision": self.revision,
+                "single_file_config": self.single_file_config, **bench,
                 "optimize": self.optimize.model_dump(), "gate": self.gate.model_dump(),
                 "baseline": self.baseline.model_dump()}
 

@@ -407,8 +407,9 @@ def config_from_results(results: dict, *, source: str = "results.json",
         raise SdoptError(f"{source}: no 'config' block with a model: expected results written by "
                          "'sdopt gate' or 'sdopt bench' of this version")
     table: dict[str, Any] = {"model": block["model"]}
-    if block.get("revision"):
-        table["revision"] = block["revision"]
+    for key in ("revision", "single_file_config"):
+        if block.get(key):
+            table[key] = block[key]
     bench = {k: block[k] for k in _BENCH_KEYS if block.get(k) is not None}
     sections = {"bench": bench}
     for name in ("optimize", "gate", "baseline"):

@@ -67,6 +67,15 @@ def test_config_rebuilt_from_results_is_the_one_that_ran(ci_run):
     assert config.public_dict() == results["config"]          # every recorded setting kept
 
 
+def test_single_file_config_is_reproduced(ci_run):
+    results, _, _ = read_artifact(ci_run)
+    results = {**results, "config": {**results["config"], "model": "models/sd.safetensors",
+                                     "single_file_config": "models/sd-config"}}
+    table = config_from_results(results)
+    assert table["model"] == "models/sd.safetensors"
+    assert table["single_file_config"] == "models/sd-config"
+
+
 def test_artifact_one_level_down_and_pinned_candidate(ci_run, tmp_path):
     (tmp_path / "download").mkdir()
     os.symlink(ci_run, tmp_path / "download" / "sdopt-results")
