@@ -107,7 +107,9 @@ def load_optimum_openvino(task):
     pipe.set_progress_bar_config(disable=True)
     info = {"prepare": prepare, "settings": {"static_reshape": True}}
     try:
-        hint = pipe.unet.request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
+        compiled = pipe.unet.request
+        compiled = getattr(compiled, "get_compiled_model", lambda: compiled)()
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
         info["precision"] = {"bf16": "bf16", "f32": "fp32"}.get(str(hint), str(hint))
         info["settings"]["inference_precision_hint"] = str(hint)
     except Exception as exc:  # noqa: BLE001 - informative only
