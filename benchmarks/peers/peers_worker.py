@@ -110,7 +110,9 @@ def load_optimum_openvino(task):
         compiled = pipe.unet.request
         compiled = getattr(compiled, "get_compiled_model", lambda: compiled)()
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-        info["precision"] = {"bf16": "bf16", "f32": "fp32"}.get(str(hint), str(hint))
+        text = str(hint).lower()  # "<Type: 'bfloat16'>" or "bf16"
+        info["precision"] = "bf16" if "bf" in text else "fp32" if "f32" in text or \
+            "float32" in text else text
         info["settings"]["inference_precision_hint"] = str(hint)
     except Exception as exc:  # noqa: BLE001 - informative only
         info["settings"]["inference_precision_hint"] = f"unknown ({exc})"
