@@ -243,12 +243,15 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
         if reason is None and time_budget_s is not None and spent > time_budget_s \
                 and variant.id != REFERENCE_ID:
             reason = f"optimization time budget ({time_budget_s:.0f} s) spent"
-        parent = variant.options.get("fallback_of")
-        if reason is None and parent:
-            # A less aggressive fallback (partial int8) is tried only when the full variant was
-            # rejected: it would be slower, and each NNCF calibration costs minutes on sd15.
-            done = next((r for r in results if r.id == f"{variant.backend}/{parent}"), None)
-            if done is not None and done.status == STATUS_OK:
+        parents = variant.options.get("fallback_of") or []
+        if reason is None and parents:
+            # A less aggressive fallback (partial int8) is tried only when the more aggressive
+            # variants were rejected: it would be slower, and each NNCF calibration costs minutes
+            # on sd15.
+            ids = {f"{variant.backend}/{p}" for p in ([parents] if isinstance(parents, str)
+                                                      else parents)}
+            done = next((r for r in results if r.id in ids and r.status == STATUS_OK), None)
+            if done is not None:
                 reason = (f"{done.id} already passed the threshold; this less aggressive "
                           "fallback would be slower")
         if reason is not None:

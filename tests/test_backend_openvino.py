@@ -25,7 +25,8 @@ from sdopt.backends import openvino as ov_backend  # noqa: E402
 ROUNDTRIP = Path(__file__).parent / "scripts" / "roundtrip.py"
 # numeric_precision (relative L1 of the noise prediction) each precision must stay within on the
 # tiny model; bf16 measured ~0.01 on SD 1.5, int8 ~0.06 here.
-TOLERANCE = {"fp32": 1e-4, "bf16": 0.03, "int8": 0.15, "int8-matmul": 0.15, "int8-conv": 0.15}
+TOLERANCE = {"fp32": 1e-4, "bf16": 0.03, "int8": 0.15, "int8-inner": 0.15, "int8-matmul": 0.15,
+             "int8-conv": 0.15}
 
 
 def _build(pipe, name, samples):
@@ -39,7 +40,8 @@ def _build(pipe, name, samples):
         return backend.build(pipe.unet, variant, ctx)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "int8-matmul", "int8-conv"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "int8-inner", "int8-matmul",
+                                       "int8-conv"])
 def test_output_matches_the_fp32_unet(tiny_pipe, samples, precision):
     module = _build(tiny_pipe, precision, samples)
     metric = resolve_metric(None)
@@ -154,3 +156,17 @@ def test_gpu_device_is_refused_with_reason():
     gpu = replace(detect("cpu"), kind="cuda", name="NVIDIA H100")
     backend = get_backend("openvino")
     assert "CPU only" in backend.unavailable_reason(gpu, backend.variants(gpu)[0])
+
+
+def test_int8_inner_keeps_the_ends_in_floating_point_and_errs_less(tiny_pipe, samples):
+    metric = resolve_metric(None)
+
+    def mean_drop(module):
+        with torch.inference_mode():
+            return sum(float(metric.fn(s.reference, module(s.inputs.sample, s.inputs.timestep,
+                                                           s.inputs.encoder_hidden_states)))
+                       for s in samples.verification) / len(samples.verification)
+
+    full, inner = _build(tiny_pipe, "int8", samples), _build(tiny_pipe, "int8-inner", samples)
+    assert inner.build_info["int8"]["ignored_patterns"] == [".*conv_in.*", ".*conv_out.*"]
+    assert mean_drop(inner) < mean_drop(full)

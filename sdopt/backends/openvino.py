@@ -27,6 +27,8 @@ IR_XML, IR_BIN = "unet.xml", "unet.bin"
 # NNCF's default is 300; the search holds out a few dozen calls at most, and more samples cost
 # minutes of calibration on CPU for no measured gain (DESIGN: 16 of 22 gave 6.4%).
 INT8_SUBSET_MAX = 64
+# The UNet's first and last convolutions, as named in the IR converted from diffusers' UNet.
+INT8_EDGE_PATTERNS = (".*conv_in.*", ".*conv_out.*")
 
 
 def _hint_for(variant: Variant, device: DeviceInfo) -> str:
@@ -156,16 +158,23 @@ class OpenVINO(Backend):
                     techniques=("openvino", "bf16 inference precision")),
             Variant(self.name, "int8", "int8", options={"quantizer": "nncf"},
                     techniques=("openvino", "int8 post-training (NNCF, calibrated)")),
-            # Less error for less speed: only one kind of layer in int8, the other in bf16. The
-            # search tries them only when the full int8 variant was rejected.
+            # Less error for less speed, tried only when the more aggressive variants before them
+            # were rejected. First the network's ends in bf16 (conv_in sees the raw latent,
+            # conv_out writes the noise prediction): on sd15 they carry much of full int8's error.
+            Variant(self.name, "int8-inner", "int8",
+                    options={"quantizer": "nncf", "ignored_patterns": list(INT8_EDGE_PATTERNS),
+                             "fallback_of": ["int8"]},
+                    techniques=("openvino", "int8 post-training (NNCF, calibrated)",
+                                "conv_in/conv_out bf16")),
+            # Then only one kind of layer in int8, the other in bf16.
             Variant(self.name, "int8-matmul", "int8",
                     options={"quantizer": "nncf", "ignored_types": ["Convolution"],
-                             "fallback_of": "int8"},
+                             "fallback_of": ["int8", "int8-inner"]},
                     techniques=("openvino", "int8 MatMul (NNCF, calibrated)",
                                 "bf16 convolutions")),
             Variant(self.name, "int8-conv", "int8",
                     options={"quantizer": "nncf", "ignored_types": ["MatMul"],
-                             "fallback_of": "int8"},
+                             "fallback_of": ["int8", "int8-inner"]},
                     techniques=("openvino", "int8 convolutions (NNCF, calibrated)",
                                 "bf16 MatMul")),
         ]
