@@ -92,3 +92,22 @@ def local_clip(tmp_path_factory):
     configure_clip(path)
     yield path
     configure_clip(None)
+
+
+def build_variant(pipe, backend_name: str, variant_name: str, samples):
+    """A backend variant built from the recorded samples, as the search builds it (so its cache
+    keys are the search's)."""
+    import torch
+
+    from sdopt.backends import get_backend
+    from sdopt.backends.base import BuildContext
+    from sdopt.device import detect
+
+    dev = detect("cpu")
+    backend = get_backend(backend_name)
+    variant = next(v for v in backend.variants(dev) if v.name == variant_name)
+    assert backend.unavailable_reason(dev, variant) is None
+    ctx = BuildContext(device=dev, example=samples.verification[0].inputs,
+                       calibration=[s.inputs for s in samples.calibration])
+    with torch.inference_mode():
+        return backend.build(pipe.unet, variant, ctx)

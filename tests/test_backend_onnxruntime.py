@@ -17,6 +17,8 @@ from sdopt.device import detect
 from sdopt.errors import SdoptError
 from sdopt.metrics import resolve_metric
 
+from .conftest import build_variant
+
 pytest.importorskip("onnxruntime", reason="the onnxruntime package is not installed")
 
 from sdopt.backends import onnxruntime as ort_backend  # noqa: E402
@@ -29,14 +31,7 @@ TOLERANCE = {"fp32": 1e-4, "int8-dynamic": 0.1, "int8-static": 0.15}
 
 
 def _build(pipe, name, samples):
-    dev = detect("cpu")
-    backend = get_backend("onnxruntime")
-    variant = next(v for v in backend.variants(dev) if v.name == name)
-    assert backend.unavailable_reason(dev, variant) is None
-    ctx = BuildContext(device=dev, example=samples.verification[0].inputs,
-                       calibration=[s.inputs for s in samples.calibration])
-    with torch.inference_mode():
-        return backend.build(pipe.unet, variant, ctx)
+    return build_variant(pipe, "onnxruntime", name, samples)
 
 
 @pytest.mark.parametrize("name", ["fp32", "int8-dynamic", "int8-static"])

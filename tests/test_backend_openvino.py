@@ -13,10 +13,11 @@ import torch
 
 import sdopt
 from sdopt.backends import get_backend
-from sdopt.backends.base import BuildContext
 from sdopt.device import detect
 from sdopt.errors import SdoptError
 from sdopt.metrics import resolve_metric
+
+from .conftest import build_variant
 
 pytest.importorskip("openvino", reason="the openvino package is not installed")
 
@@ -30,14 +31,7 @@ TOLERANCE = {"fp32": 1e-4, "bf16": 0.03, "int8": 0.15, "int8-inner": 0.15, "int8
 
 
 def _build(pipe, name, samples):
-    dev = detect("cpu")
-    backend = get_backend("openvino")
-    variant = next(v for v in backend.variants(dev) if v.name == name)
-    assert backend.unavailable_reason(dev, variant) is None
-    ctx = BuildContext(device=dev, example=samples.verification[0].inputs,
-                       calibration=[s.inputs for s in samples.calibration])
-    with torch.inference_mode():
-        return backend.build(pipe.unet, variant, ctx)
+    return build_variant(pipe, "openvino", name, samples)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "int8-inner", "int8-matmul",
