@@ -54,6 +54,7 @@ def test_unet_flops_grow_with_the_image_area(tiny_pipe):
 
 
 def test_fp32_and_deepcache_rows_run_interleaved_and_write_results(tmp_path):
+    pytest.importorskip("DeepCache", reason="DeepCache is not installed (pip install 'sdopt[peers]')")
     peers = _load_peers()
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Title\n\nhand-written analysis stays\n")
