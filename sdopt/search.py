@@ -248,8 +248,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
             # A less aggressive fallback (partial int8) is tried only when the more aggressive
             # variants were rejected: it would be slower, and each NNCF calibration costs minutes
             # on sd15.
-            ids = {f"{variant.backend}/{p}" for p in ([parents] if isinstance(parents, str)
-                                                      else parents)}
+            ids = {f"{variant.backend}/{p}" for p in parents}
             done = next((r for r in results if r.id in ids and r.status == STATUS_OK), None)
             if done is not None:
                 reason = (f"{done.id} already passed the threshold; this less aggressive "
