@@ -249,8 +249,12 @@ def optimize_model(
                              row)
             for row in result.candidates:
                 set_e2e_speedup(row, result.original)
-        if module is not None and optimization_time == "unconstrained":
-            ttask = progress.add_task("techniques (end to end)", total=None)
+        # Unconstrained: every technique; constrained: the lower-precision ones on the pick.
+        if module is not None and e2e is not None:
+            constrained = optimization_time == "constrained"
+            ttask = progress.add_task(
+                "component precision (end to end)" if constrained else "techniques (end to end)",
+                total=None)
 
             def on_technique(candidate_id: str, phase: str) -> None:
                 if phase == "start":
@@ -258,17 +262,22 @@ def optimize_model(
                 else:
                     progress.advance(ttask)
 
-            bases = [(result.original, _reference_module(unet, dev))]
-            if result.selected is not result.original:
-                bases.append((result.selected, module))
+            if constrained:
+                bases = [(result.selected, module)]
+            else:
+                bases = [(result.original, _reference_module(unet, dev))]
+                if result.selected is not result.original:
+                    bases.append((result.selected, module))
             winner = run_technique_search(
                 result, bases, dev, metric_drop_ths=metric_drop_ths,
                 image_metric=gate_image_metric.name,
                 evaluate=lambda base, sp, row: evaluate(base, row, sp),
-                time_budget_s=time_budget_s, started=started, on_candidate=on_technique)
+                time_budget_s=time_budget_s, started=started, on_candidate=on_technique,
+                constrained=constrained)
             progress.update(ttask, description="techniques done")
-            result.selected_by = "e2e_latency"
-            if winner is not None:
+            if not constrained or (winner is not None and winner[1]):
+                result.selected_by = "e2e_latency"
+            if winner is not None and winner[0] is not result.selected:
                 row, specs = winner
                 base = next(m for r, m in bases if r.id == row.id.split("+")[0])
                 module = base
@@ -301,6 +310,9 @@ def optimize_model(
 
 
 SEARCH_CACHE_KIND = "search"
+# Bumped when the same inputs can lead to another pick (a new phase, a new rule), so that an
+# older decision is not reused. 2: the constrained search tries the bf16 VAE decoder.
+SEARCH_VERSION = 2
 
 
 def _decision_parts(model, source_hash: str, *, device: DeviceInfo, **settings) -> dict[str, Any]:
@@ -315,7 +327,7 @@ def _decision_parts(model, source_hash: str, *, device: DeviceInfo, **settings) 
                           json.dumps(scheduler, sort_keys=True, default=str)],
             "clip_model": clip and str(Path(clip).resolve()),
             "settings": settings, "device": device.fingerprint(), "libraries": library_versions(),
-            "sdopt": __version__}
+            "sdopt": __version__, "search_version": SEARCH_VERSION}
 
 
 def _reuse_decision(model, parts: dict[str, Any], dev: DeviceInfo, started: float):

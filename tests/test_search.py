@@ -1,11 +1,13 @@
 """optimization_time: "unconstrained" tries the techniques end to end and may pick one;
-"constrained" never does; a zero threshold rejects every approximate technique."""
+"constrained" tries only the lower-precision ones (bf16 VAE decoder) and keeps one only for a
+measurable gain; a zero threshold rejects every approximate technique."""
 
 import json
 
 import pytest
 
 import sdopt
+from sdopt.search import CONSTRAINED_MIN_GAIN
 from sdopt.store import MANIFEST_NAME
 
 FAST = dict(num_inference_steps=4, repeats=2, show=False, backends=["torch_eager"])
@@ -49,14 +51,75 @@ def test_unconstrained_picks_the_fastest_technique_end_to_end(unconstrained):
     assert json.dumps(result.to_dict())
 
 
-def test_constrained_never_picks_a_technique(tiny_pipe):
+def test_constrained_tries_only_precision_techniques(tiny_pipe):
     optimized = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.05, **FAST)
     result = optimized.sdopt_result
-    assert not any(c.pipeline_techniques for c in result.candidates)
-    assert result.selected_by == "unet_latency" and not optimized.unet.info["techniques"]
+    rows = [c for c in result.candidates if c.pipeline_techniques]
+    assert [c.pipeline_techniques for c in rows] == [[{"name": "vae_bf16"}]]
+    vae = rows[0]
+    base = next(c for c in result.candidates if c.id == vae.id.split("+")[0])
+    # The UNet is the base's: its per-call figures are the base's, the image is measured anew.
+    assert vae.latency_s == base.latency_s and vae.metric_drop == base.metric_drop
+    assert vae.e2e_latency_s and "psnr" in vae.image_metrics
+    if result.selected is vae:
+        assert result.selected_by == "e2e_latency"
+        assert optimized.unet.info["techniques"] == [{"name": "vae_bf16"}]
+        assert vae.e2e_latency_s <= base.e2e_latency_s * (1 - CONSTRAINED_MIN_GAIN)
+    else:
+        assert result.selected_by == "unet_latency" and not optimized.unet.info["techniques"]
+        assert vae.status == "rejected" or vae.e2e_latency_s > base.e2e_latency_s * (
+            1 - CONSTRAINED_MIN_GAIN), "a passing, faster lower precision must be picked"
     # the summary still gains images metrics and an end-to-end latency for the chosen one
     assert result.original.e2e_latency_s and result.selected.e2e_latency_s
     assert "psnr" in result.selected.image_metrics
+
+
+def test_constrained_lossless_only_skips_the_precision_technique(tiny_pipe):
+    result = sdopt.optimize_model(tiny_pipe, PROMPTS, **FAST).sdopt_result
+    rows = [c for c in result.candidates if c.pipeline_techniques]
+    assert len(rows) == 1 and rows[0].status == "skipped"
+    assert rows[0].reason.startswith("lower precision and metric_drop_ths is None")
+    assert not result.selected.pipeline_techniques
+
+
+def _rows(image_drops_and_times):
+    """A constrained technique phase over a base whose image took 10 s; ``evaluate`` stands in
+    for the pipeline run (here only the selection rule is under test)."""
+    from sdopt.device import detect
+    from sdopt.search import CandidateResult, OptimizationResult, run_technique_search
+
+    base = CandidateResult("openvino/int8", "openvino", "int8", "int8", [], "selected",
+                           latency_s=0.5, metric_drop=0.03, e2e_latency_s=10.0)
+    result = OptimizationResult({}, "numeric_precision", 0.05, "constrained", {}, [base], base,
+                                base)
+    drop, seconds = image_drops_and_times
+
+    def evaluate(module, specs, row):
+        row.e2e_latency_s, row.image_metric_drop = seconds, drop
+
+    winner = run_technique_search(result, [(base, object())], detect("cpu"),
+                                  metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
+                                  constrained=True)
+    return winner, result.candidates[-1]
+
+
+@pytest.mark.parametrize("drop, seconds, kept", [
+    (0.001, 8.0, True),     # 20% faster within the threshold: kept
+    (0.001, 9.9, False),    # 1% faster: noise, the base stays, with the reason
+    (0.2, 5.0, False),      # fast but over the threshold: rejected
+])
+def test_constrained_precision_must_pay_for_itself(drop, seconds, kept):
+    from sdopt.device import detect
+
+    if detect("cpu").supports_bf16()[0] is False:
+        pytest.skip("this CPU has no bf16: the technique is skipped before the rule applies")
+    (row, specs), tried = _rows((drop, seconds))
+    assert tried.pipeline_techniques == [{"name": "vae_bf16"}]
+    assert (specs == [{"name": "vae_bf16"}]) is kept and (row is tried) is kept
+    if not kept and drop < 0.05:
+        assert "gain that a lower precision must buy" in tried.reason
+    if drop > 0.05:
+        assert tried.status == "rejected"
 
 
 def test_zero_threshold_rejects_every_technique(tiny_pipe):

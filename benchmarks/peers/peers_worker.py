@@ -254,7 +254,10 @@ def load_sdopt_unconstrained(task):
                 if item.name != MANIFEST:
                     (tmp / item.name).symlink_to(item.resolve())
             manifest = json.loads((constrained / MANIFEST).read_text())
-            manifest["techniques"] = specs
+            # The constrained pick's own (precision) techniques stay unless the winner has them.
+            names = {s["name"] for s in specs}
+            manifest["techniques"] = list(specs) + [
+                s for s in manifest.get("techniques", []) if s["name"] not in names]
             (tmp / MANIFEST).write_text(json.dumps(manifest))
             tmp.rename(target)
     t0 = time.perf_counter()

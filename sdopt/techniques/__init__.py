@@ -1,4 +1,7 @@
-"""Approximate, pipeline-level techniques: tried only with ``optimization_time="unconstrained"``.
+"""Pipeline-level techniques. The approximate ones (they change the algorithm) are tried only with
+``optimization_time="unconstrained"``; the ``constrained`` ones only lower the precision of a
+component the UNet backends leave in fp32 (the bf16 VAE decoder), like a UNet precision
+variant, so the constrained search tries them too, under the same threshold, judged on images.
 
 Each technique is one module; this registry lists them, says which settings the search tries,
 applies a list of technique specs (``{"name": ..., **params}``, what the manifest stores) to a
@@ -29,6 +32,7 @@ class Technique:
     settings: tuple[Spec, ...]  # what the search tries
     label: Callable[[Spec], str]
     doc: str
+    constrained: bool = False  # a precision change, not an approximation: constrained mode too
 
 
 TECHNIQUES: dict[str, Technique] = {
@@ -46,7 +50,7 @@ TECHNIQUES: dict[str, Technique] = {
         "DPM-Solver++ multistep at a fraction of the requested steps"),
     vae_bf16.NAME: Technique(
         vae_bf16.NAME, "pipeline", ({},), lambda p: "vae_bf16",
-        "VAE decoder in bf16"),
+        "VAE decoder in bf16", constrained=True),
 }
 
 
@@ -60,8 +64,9 @@ def label(spec: Spec) -> str:
     return _technique(spec).label({k: v for k, v in spec.items() if k != "name"})
 
 
-def all_specs() -> list[Spec]:
-    return [{"name": t.name, **s} for t in TECHNIQUES.values() for s in t.settings]
+def all_specs(constrained_only: bool = False) -> list[Spec]:
+    return [{"name": t.name, **s} for t in TECHNIQUES.values() for s in t.settings
+            if t.constrained or not constrained_only]
 
 
 def unavailable_reason(spec: Spec, module: OptimizedModule, device) -> str | None:
