@@ -69,6 +69,68 @@ def test_second_build_hits_the_cache(tiny_pipe, samples, export_cache):
         calibration_hash([s.inputs for s in samples.calibration])
 
 
+def _quantized_inputs(xml: Path, pattern: str) -> dict[str, list[str]]:
+    """For each Convolution whose name matches: the op types feeding its inputs."""
+    import re
+
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    return {op.get_friendly_name(): [op.input(i).get_source_output().get_node().get_type_name()
+                                     for i in range(op.get_input_size())]
+            for op in model.get_ops()
+            if op.get_type_name() == "Convolution" and re.fullmatch(pattern, op.get_friendly_name())}
+
+
+def test_partial_int8_is_derived_from_the_full_int8_model(tiny_pipe, samples, tmp_path):
+    """After full int8 (what the search tries first), int8-inner and int8-matmul cost a graph edit,
+    not a second calibration; int8-conv (MatMuls out: SmoothQuant) is still calibrated."""
+    from sdopt.backends.base import BuildContext
+
+    dev = detect("cpu")
+    backend = get_backend("openvino")
+    variants = {v.name: v for v in backend.variants(dev)}
+
+    def build(name, cache):
+        ctx = BuildContext(device=dev, example=samples.verification[0].inputs,
+                           calibration=[s.inputs for s in samples.calibration], cache_dir=cache)
+        with torch.inference_mode():
+            return backend.build(tiny_pipe.unet, variants[name], ctx)
+
+    calibrated = build("int8-inner", tmp_path / "alone")  # no full int8 there: calibrated
+    assert "full_int8_key" not in calibrated.build_info["int8"]
+    cache = tmp_path / "after-full"
+    full = build("int8", cache)
+    before = dict(ov_backend.CONVERSIONS)
+    inner = build("int8-inner", cache)
+    matmul = build("int8-matmul", cache)
+    assert ov_backend.CONVERSIONS["nncf.quantize"] == before["nncf.quantize"]
+    assert ov_backend.CONVERSIONS["derived"] == before["derived"] + 2
+    info = inner.build_info["int8"]
+    assert info["full_int8_key"] == full.build_info["int8"]["key"]
+    assert sorted(info["fp_layers"]) == sorted(_quantized_inputs(inner.ir_dir / "unet.xml",
+                                                                 ".*conv_(in|out).*"))
+    # conv_in/conv_out: quantized inputs in the full model, fp32 weights and no quantizer now
+    edges = ".*conv_(in|out)/.*"
+    assert all("FakeQuantize" in srcs for srcs in
+               _quantized_inputs(full.ir_dir / "unet.xml", edges).values())
+    for srcs in _quantized_inputs(inner.ir_dir / "unet.xml", edges).values():
+        assert srcs[1] == "Constant" and "FakeQuantize" not in srcs
+    assert not any("FakeQuantize" in srcs for srcs in
+                   _quantized_inputs(matmul.ir_dir / "unet.xml", ".*").values())
+    # and it computes what the calibrated int8-inner computes, within int8 noise
+    inp = samples.verification[0].inputs
+    with torch.inference_mode():
+        outs = {name: m(inp.sample, inp.timestep, inp.encoder_hidden_states)
+                for name, m in (("calibrated", calibrated), ("derived", inner), ("full", full))}
+    ref = samples.verification[0].reference
+    err = {k: float((v - ref).norm() / ref.norm()) for k, v in outs.items()}
+    assert err["derived"] <= 1.5 * err["calibrated"] + 1e-3, err
+    conv = build("int8-conv", cache)
+    assert ov_backend.CONVERSIONS["nncf.quantize"] == before["nncf.quantize"] + 1
+    assert "full_int8_key" not in conv.build_info["int8"]
+
+
 def test_other_shapes_recompile_without_reconversion(tiny_pipe, samples):
     module = _build(tiny_pipe, "fp32", samples)
     before = dict(ov_backend.CONVERSIONS)

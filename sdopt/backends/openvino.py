@@ -129,7 +129,39 @@ def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
 
 # How many conversions and quantizations this process really ran (the cache's hits do not
 # count): lets tests assert a cache hit instead of guessing from timings.
-CONVERSIONS = {"convert_model": 0, "nncf.quantize": 0}
+CONVERSIONS = {"convert_model": 0, "nncf.quantize": 0, "derived": 0}
+
+
+def _derived_partial(ir, parts: dict[str, Any], ignored: tuple[str, ...],
+                     patterns: tuple[str, ...], ctx: BuildContext):
+    """The partial int8 IR derived from the full int8 one calibrated on the same inputs, when
+    the cache holds it (the search tries the partial variants only after full int8); None when
+    it does not, or the graph edit cannot express this scope (then it is calibrated)."""
+    from ..cache import fetch_or_build, peek
+    from ._ov_partial_int8 import DERIVABLE_TYPES, NotDerivable, derive_partial_int8
+
+    if any(t not in DERIVABLE_TYPES for t in ignored):
+        return None  # MatMuls in floating point: only a calibration without them gives that
+    full_parts = {k: v for k, v in parts.items()
+                  if k not in ("ignored_types", "ignored_patterns")}
+    full = peek("openvino-int8", full_parts, root=ctx.cache_dir)
+    if full is None:
+        return None
+
+    def derive(tmp: Path) -> dict[str, Any]:
+        built = derive_partial_int8(full.path / IR_XML, ir.path / IR_XML, tmp / IR_XML,
+                                    ignored_types=ignored, ignored_patterns=patterns)
+        CONVERSIONS["derived"] += 1
+        return {**full.built, "ignored_types": list(ignored),
+                "ignored_patterns": list(patterns), "full_int8_key": full.key, **built}
+
+    try:
+        return fetch_or_build("openvino-int8", {**parts, "derived_from": full.key}, derive,
+                              root=ctx.cache_dir)
+    except NotDerivable as exc:
+        warnings.warn(f"sdopt: calibrating the partial int8 model instead of deriving it "
+                      f"({exc})", stacklevel=2)
+        return None
 
 
 def converted_ir(unet: torch.nn.Module, ctx: BuildContext):
@@ -216,10 +248,14 @@ class OpenVINO(Backend):
                 parts["ignored_patterns"] = list(patterns)
             if preset:
                 parts["preset"] = preset
-            q = fetch_or_build("openvino-int8", parts,
-                               lambda tmp: _quantize(ir.path, ctx.calibration, tmp, ignored,
-                                                     preset, patterns),
-                               root=ctx.cache_dir)
+            q = None
+            if (ignored or patterns) and not preset:
+                q = _derived_partial(ir, parts, ignored, patterns, ctx)
+            if q is None:
+                q = fetch_or_build("openvino-int8", parts,
+                                   lambda tmp: _quantize(ir.path, ctx.calibration, tmp, ignored,
+                                                         preset, patterns),
+                                   root=ctx.cache_dir)
             info["int8"] = {"hit": q.hit, "key": q.key, **q.built}
             ir = q
         return OpenVINOModule(ir.path, variant, _hint_for(variant, ctx.device), info)
