@@ -23,7 +23,9 @@ versions than our .venv, so they run in their own virtual environments made by
         MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824 \\
         .venv/bin/python benchmarks/peers.py --sizes 256 --steps 20 --rounds 3
 
-Writes ``results/peers_<preset>_<size>.json`` and the generated block of docs/benchmarks.md.
+Writes ``results/peers_<preset>_<size>.json``, the generated block of docs/benchmarks.md and
+``results/peers_<preset>.html`` (the same as plotly charts, offline; not committed: it inlines
+plotly.js, 4 MB; ``--render-only`` rebuilds both from the JSON).
 """
 
 from __future__ import annotations
@@ -259,7 +261,7 @@ def run_size(args, size: int, rows: list[str], limits: dict, first_size: bool) -
                              f"--max-minutes {args.max_minutes}")
                 log(notes[-1])
                 break
-        order = runnable[r % len(runnable):] + runnable[:r % len(runnable)]
+        order = runnable[r % len(runnable):] + runnable[:r % len(runnable)] if runnable else []
         for row in order:
             extras = []
             if r == 0:
@@ -317,6 +319,12 @@ def main(argv=None) -> int:
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md",
                         help="markdown file whose generated block is rewritten ('' for none)")
     parser.add_argument("--fresh", action="store_true", help="delete the prepared artifacts first")
+    parser.add_argument("--render-only", action="store_true",
+                        help="only re-render docs/benchmarks.md and the HTML charts from the "
+                             "results already written")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="prepare the rows (cold: export, compile, search) and stop; later "
+                             "runs reuse what was prepared and report its cold figures")
     args = parser.parse_args(argv)
     args.work = (args.work or Path.home() / ".cache" / "sdopt-peers" / args.preset).resolve()
     sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
@@ -327,14 +335,22 @@ def main(argv=None) -> int:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from sdopt.store import atomic_write_text, write_json
+    from sdopt.store import write_json
 
+    if args.render_only:
+        render(args)
+        return 0
     limits = peers_limits.machine_limits()
     log(f"clock {limits['ghz']:.2f} GHz ({limits['ghz_source']}); peaks "
         f"{ {k: round(v) for k, v in limits['peak_gflops'].items()} }")
     ensure_model(args)
+    if args.prepare_only:
+        args.rounds = 0
     for i, size in enumerate(sizes):
         result = run_size(args, size, rows, limits, first_size=(i == 0))
+        if args.prepare_only:
+            log(f"{size} px prepared; no rounds run, nothing written")
+            continue
         out = args.results / f"peers_{args.preset}_{size}.json"
         write_json(out, result)
         log(f"written {out}")
@@ -344,12 +360,24 @@ def main(argv=None) -> int:
                     f"psnr {e.get('psnr_db', float('nan')):.1f} dB")
             else:
                 log(f"  {e['row']:22s} {e['status']}")
-        if str(args.doc):
-            found = [json.loads(p.read_text()) for p in
-                     sorted(args.results.glob(f"peers_{args.preset}_*.json"))]
-            atomic_write_text(args.doc, peers_report.update_doc(args.doc, found, DOC_HEADER))
-            log(f"updated {args.doc}")
+        render(args)
     return 0
+
+
+def render(args) -> None:
+    """docs/benchmarks.md's generated block and the HTML page with the charts, from every
+    results/peers_<preset>_<size>.json there is."""
+    from sdopt.report.html import plotly_js
+    from sdopt.store import atomic_write_text
+
+    found = [json.loads(p.read_text()) for p in
+             sorted(args.results.glob(f"peers_{args.preset}_*.json"))]
+    if str(args.doc):
+        atomic_write_text(args.doc, peers_report.update_doc(args.doc, found, DOC_HEADER))
+        log(f"updated {args.doc}")
+    page = args.results / f"peers_{args.preset}.html"
+    atomic_write_text(page, peers_report.render_html(found, str(plotly_js())))
+    log(f"charts: {page} (self-contained, offline)")
 
 
 if __name__ == "__main__":

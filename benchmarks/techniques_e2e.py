@@ -36,6 +36,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--prompts", type=int, default=1, help="how many prompts (images) per row")
     parser.add_argument("--base", default="torch_eager/bf16", help="the constrained best backend")
+    parser.add_argument("--base-model", default=None,
+                        help="a saved constrained model (save_model folder) as the base instead, "
+                             "e.g. the peers benchmark's optimize_model pick; its UNet is the "
+                             "base, its own techniques are searched again like the others")
     parser.add_argument("--ths", type=float, default=0.05, help="psnr drop threshold (RMSE/255)")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds of the final pair")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (where a GPU is lent)")
@@ -65,9 +69,18 @@ def main(argv=None) -> int:
     original = CandidateResult("torch_eager/fp32", "torch_eager", "fp32", "fp32", [], "ok")
     _fill_row(original, e2e.reference, e2e, METRICS["psnr"])
     set_e2e_speedup(original, original)
-    base_pipe = sdopt.apply_variant(pipe, args.base, device=args.device, height=args.size,
-                                    width=args.size)
-    base_module = base_pipe.unet.module
+    if args.base_model:
+        from sdopt.api import _assemble as assemble
+        from sdopt.techniques import base_module as unwrap
+
+        saved = sdopt.load_model(args.base_model, pipe, device=args.device)
+        base_module = unwrap(saved.unet.module)
+        args.base = base_module.variant.id
+        base_pipe = assemble(pipe, base_module, [], dev)  # the UNet alone, no techniques
+    else:
+        base_pipe = sdopt.apply_variant(pipe, args.base, device=args.device, height=args.size,
+                                        width=args.size)
+        base_module = base_pipe.unet.module
     backend, _, variant = args.base.partition("/")
     base = CandidateResult(args.base, backend, variant, base_module.variant.precision,
                            list(base_module.variant.techniques), "ok")

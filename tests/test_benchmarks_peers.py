@@ -78,6 +78,8 @@ def test_fp32_and_deepcache_rows_run_interleaved_and_write_results(tmp_path):
     text = doc.read_text()
     assert "hand-written analysis stays" in text and peers_report.BEGIN in text
     assert "DeepCache" in text and "GFLOP" in text
+    page = (tmp_path / "results" / "peers_tiny.html").read_text()
+    assert page.count("data-plotly-chart>") == 2 and "Plotly.newPlot" in page
 
 
 def _result(status="ok"):
@@ -120,3 +122,36 @@ def test_update_doc_replaces_only_the_generated_block(tmp_path):
     text = peers_report.update_doc(path, [_result()], "header")
     assert text.startswith("intro") and text.rstrip().endswith("after")
     assert "STALE-BLOCK" not in text
+
+
+def test_html_charts_draw_offline_in_headless_chromium(tmp_path):
+    """The HTML form in real Chromium: both charts per size drew, nothing was fetched, no console
+    error, and a hostile row label stays text (the JSON in the page cannot close its script)."""
+    from sdopt.report.html import plotly_js
+
+    from .cdp import Browser, find_chromium
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium): the HTML charts were "
+                    "not checked in a browser")
+    pytest.importorskip("websocket", reason="websocket-client is not installed")
+    hostile = _result()
+    hostile["rows"][0]["label"] = "fp32 </script><img src=x onerror=alert(1)>"
+    small = dict(_result(), size=256)
+    page = tmp_path / "peers.html"
+    page.write_text(peers_report.render_html([hostile, small], str(plotly_js())))
+    with Browser(chromium) as browser:
+        browser.open(page.resolve().as_uri())
+        browser.wait_until("document.querySelectorAll('[data-plotly-chart] svg.main-svg')"
+                           ".length >= 4", timeout=60)
+        state = json.loads(browser.evaluate(
+            "JSON.stringify({charts: [...document.querySelectorAll('[data-plotly-chart]')]"
+            ".map(d => d.id), imgs: document.images.length, "
+            "cells: [...document.querySelectorAll('td')].map(t => t.textContent)})"))
+        errors, urls = browser.console_errors(), browser.requested_urls()
+    assert state["charts"] == ["time-256", "quality-256", "time-512", "quality-512"]
+    assert state["imgs"] == 0, "the hostile label was not parsed as markup"
+    assert "fp32 </script><img src=x onerror=alert(1)>" in state["cells"]
+    assert errors == [], errors
+    assert [u for u in urls if not u.startswith(("file:", "data:", "about:"))] == []

@@ -191,3 +191,119 @@ def update_doc(path: Path, results: list[dict], header: str) -> str:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     return text
+
+
+# --- the HTML form: the same results as plotly charts, one self-contained file ----------------
+
+KIND_COLOURS = {"reference": "#8c959f", "constrained peer": "#4c78a8",
+                "unconstrained peer": "#9ecae9", "sdopt": "#1a7f37"}
+PSNR_CAP_DB = 60.0  # identical images have infinite PSNR; drawn at the cap
+
+
+def _script_json(value) -> str:
+    """JSON inside a <script> element: no character of it can close the element."""
+    import json
+
+    return (json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026"))
+
+
+def _charts(result: dict) -> list[tuple[str, str, dict]]:
+    """(id, title, plotly spec) for one size: seconds per image, and speed against quality."""
+    import json
+
+    import plotly.graph_objects as go
+
+    ok = [r for r in result["rows"] if r["status"] == "ok"]
+    size = result["size"]
+    bars = go.Figure()
+    for kind, colour in KIND_COLOURS.items():
+        rows = [r for r in ok if r["kind"] == kind]
+        if rows:
+            bars.add_bar(y=[r["label"] for r in rows], x=[r["median_s"] for r in rows],
+                         orientation="h", name=kind, marker_color=colour,
+                         text=[f"{r['median_s']:.1f} s, {r['vs_fp32']:.2f}x fp32" for r in rows],
+                         textposition="outside", cliponaxis=False)
+    bars.update_layout(xaxis_title="seconds per image (median, lower is better)",
+                       yaxis=dict(categoryorder="total descending"), height=80 + 45 * len(ok),
+                       margin=dict(l=330, r=140, t=30, b=50), legend_title_text="row kind")
+    scatter = go.Figure()
+    for kind, colour in KIND_COLOURS.items():
+        rows = [r for r in ok if r["kind"] == kind and r.get("psnr_db") is not None]
+        if rows:
+            scatter.add_scatter(
+                x=[r["vs_fp32"] for r in rows],
+                y=[min(r["psnr_db"], PSNR_CAP_DB) for r in rows], mode="markers+text",
+                name=kind, marker=dict(color=colour, size=12), text=[r["row"] for r in rows],
+                textposition="top center")
+    scatter.add_hline(y=GOALS["psnr_db"], line_dash="dot", line_color="#57606a",
+                      annotation_text=f"{GOALS['psnr_db']:.0f} dB goal (constrained)")
+    scatter.add_vline(x=GOALS["constrained_vs_fp32"], line_dash="dot", line_color="#57606a",
+                      annotation_text=f"{GOALS['constrained_vs_fp32']:.0f}x goal")
+    scatter.update_layout(xaxis_title="speedup vs fp32 eager (x, end to end)",
+                          yaxis_title=f"PSNR vs fp32 eager images (dB, capped at "
+                                      f"{PSNR_CAP_DB:.0f})", height=420)
+    out = []
+    for fid, title, fig in ((f"time-{size}", f"{size} px: seconds per image", bars),
+                            (f"quality-{size}", f"{size} px: speed against image quality",
+                             scatter)):
+        fig.update_layout(template="plotly_white", font=dict(family="system-ui, sans-serif",
+                                                             size=12))
+        out.append((fid, title, json.loads(fig.to_json())))
+    return out
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(results: list[dict], plotly_js: str) -> str:
+    """One offline page (plotly.js inlined, a CSP that forbids every fetch): per size the two
+    charts and the table, then the goals. Every name and message is escaped."""
+    esc = html.escape
+    results = sorted(results, key=lambda r: r["size"])
+    sections = []
+    for res in results:
+        charts = "".join(
+            f'<h3>{esc(title)}</h3><div class="chart" id="{esc(fid)}" data-plotly-chart></div>'
+            f'<script type="application/json" data-chart="{esc(fid)}">{_script_json(spec)}'
+            "</script>" for fid, title, spec in _charts(res))
+        rows = [[r["label"], r["status"] if r["status"] != "ok" else f"{r['median_s']:.2f}",
+                 _f(r.get("vs_fp32"), ".2f"), _f(r.get("vs_best_peer"), ".2f"),
+                 _f(r.get("psnr_db"), ".1f"),
+                 _f(r["peak_rss_bytes"] / GIB if r.get("peak_rss_bytes") else None, ".1f")]
+                for r in res["rows"]]
+        sections.append(
+            f"<section><h2>{res['size']} px, {res['steps']} steps, "
+            f"{res['rounds_done']} interleaved round(s)</h2>{charts}"
+            + _html_table(["row", "s/image", "x fp32", "x best peer", "PSNR dB", "peak GiB"],
+                          rows) + "</section>")
+    goal_rows = [[g["goal"], _f(g["value"], ".2f"), _f(g["target"], ".2f"),
+                  {True: "yes", False: "no", None: "not measured"}[g["met"]]]
+                 for g in goals(results)]
+    first = results[0] if results else {}
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline' 'unsafe-eval'">
+<title>sdopt against its peers</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #d0d7de;padding:4px 8px}}
+td+td{{text-align:right}}.chart{{min-height:300px}}</style></head>
+<body><h1>sdopt against its peers</h1>
+<p>Preset {esc(str(first.get('preset', '-')))}; {esc(str(first.get('device_text', '-')))}.
+Ratios are of medians over interleaved rounds, measured side by side in one run.</p>
+{''.join(sections) or '<p>No results yet: run benchmarks/peers.py.</p>'}
+<section><h2>Goals (issue #8)</h2>{_html_table(['goal', 'measured', 'target', 'met'], goal_rows)}
+</section>
+<script>{plotly_js}</script>
+<script>
+document.querySelectorAll("script[type='application/json'][data-chart]").forEach(function (n) {{
+  var spec = JSON.parse(n.textContent);
+  Plotly.newPlot(document.getElementById(n.getAttribute("data-chart")), spec.data, spec.layout,
+                 {{displaylogo: false, responsive: true}});
+}});
+</script></body></html>
+"""
