@@ -8,7 +8,7 @@ mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 PY=${PYTHON:-python3}
 # STEPS picks a subset, e.g. STEPS="pytest bench" to rerun only those.
-want() { [[ " ${STEPS:-pytest backends unet bench gate techniques} " == *" $1 "* ]]; }
+want() { [[ " ${STEPS:-pytest backends unet bench gate techniques constrained} " == *" $1 "* ]]; }
 SDOPT=("$PY" -c 'import sys; from sdopt.cli import main; sys.argv[0] = "sdopt"; main()')
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
@@ -39,4 +39,17 @@ fi
 # Techniques end to end on CUDA (step cache, token merging, fewer steps need eager torch).
 want techniques && timeout 240 "$PY" benchmarks/techniques_e2e.py --device cuda --size 512 \
     --steps 20 --base torch_eager/fp16 --out "$OUT/techniques_e2e_cuda_512.json" 2>&1 | tail -22
+# The constrained search on CUDA, sd15 at 512 px: torch backends, then the bf16 VAE decoder on
+# the pick (judged end to end on images); the table goes to the JSON.
+want constrained && timeout 300 "$PY" - "$OUT/constrained_cuda_512.json" <<'PYEOF' 2>&1 | tail -30
+import json, sys, sdopt
+pipe = sdopt.build_preset("sd15")
+opt = sdopt.optimize_model(pipe, ["a photo of an astronaut riding a horse on mars",
+                                  "a watercolor painting of a city at night"],
+                           metric_drop_ths=0.05, device="cuda", height=512, width=512,
+                           num_inference_steps=20, backends=["torch_eager"], show=True,
+                           reuse_search=False)
+json.dump(opt.sdopt_result.to_dict(), open(sys.argv[1], "w"), indent=1, default=str)
+print("selected", opt.sdopt_result.selected.id, "techniques", opt.unet.info["techniques"])
+PYEOF
 ls -la "$OUT"

@@ -73,7 +73,11 @@ def main(argv=None) -> int:
         from sdopt.api import _assemble as assemble
         from sdopt.techniques import base_module as unwrap
 
-        saved = sdopt.load_model(args.base_model, pipe, device=args.device)
+        from sdopt.optimized import with_unet
+
+        # load_model fills the pipeline it is given: a new one, so ``pipe`` stays fp32.
+        saved = sdopt.load_model(args.base_model, with_unet(pipe, pipe.unet),
+                                 device=args.device)
         base_module = unwrap(saved.unet.module)
         args.base = base_module.variant.id
         base_pipe = assemble(pipe, base_module, [], dev)  # the UNet alone, no techniques
