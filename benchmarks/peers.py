@@ -196,6 +196,8 @@ def summarise(args, size: int, rows: list[str], runs: dict, prepared: dict, note
             u["gflops_per_s"] = flops / 1e9 / call["unet_call_s"]
             u["fraction_of_peak"] = peers_limits.fraction_of_peak(
                 flops / 1e9, call["unet_call_s"], precision, limits)
+            u["fraction_of_attainable_gemm"] = peers_limits.fraction_of_peak(
+                flops / 1e9, call["unet_call_s"], precision, limits, of="attainable_gemm_gflops")
             if precision == "int8":  # int8 plans keep some layers in bf16: bf16's peak too
                 u["fraction_of_bf16_peak"] = peers_limits.fraction_of_peak(
                     flops / 1e9, call["unet_call_s"], "bf16", limits)
@@ -342,7 +344,8 @@ def main(argv=None) -> int:
         return 0
     limits = peers_limits.machine_limits()
     log(f"clock {limits['ghz']:.2f} GHz ({limits['ghz_source']}); peaks "
-        f"{ {k: round(v) for k, v in limits['peak_gflops'].items()} }")
+        f"{ {k: round(v) for k, v in limits['peak_gflops'].items()} }; a {limits['gemm_side']}"
+        f"-side GEMM attains { {k: round(v) for k, v in limits['attainable_gemm_gflops'].items()} }")
     ensure_model(args)
     if args.prepare_only:
         args.rounds = 0

@@ -36,6 +36,14 @@ def test_peak_is_cores_times_clock_times_flops_per_cycle():
     assert peers_limits.fraction_of_peak(96.0, 1.0, "fp16", limits) is None
 
 
+def test_attainable_gemm_rates_are_measured_per_precision():
+    rates = peers_limits.attainable_gemm(side=512, repeats=2)
+    assert set(rates) == {"fp32", "bf16", "int8"} and all(v > 0 for v in rates.values())
+    limits = {"attainable_gemm_gflops": rates}
+    assert peers_limits.fraction_of_peak(rates["int8"], 1.0, "int8", limits,
+                                         of="attainable_gemm_gflops") == pytest.approx(1.0)
+
+
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                     reason="no C compiler to measure the clock with")
 def test_measured_clock_is_a_plausible_cpu_clock():

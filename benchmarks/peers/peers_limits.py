@@ -81,6 +81,70 @@ def peaks(ghz: float, n_cores: int) -> dict[str, float]:
     return {p: n_cores * ghz * f for p, f in FLOPS_PER_CYCLE.items()}
 
 
+GEMM_SIDE = 2048
+
+
+def attainable_gemm(side: int = GEMM_SIDE, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s (GOP/s) that one large square GEMM reaches here per precision, both cores: what
+    the kernels we depend on attain when nothing else is in the way, the practical ceiling
+    between the datasheet peak and the UNet. The best of ``torch.matmul`` (oneDNN) and an
+    OpenVINO MatMul for fp32/bf16; int8 is OpenVINO's (a FakeQuantize'd activation times int8
+    weights, the pattern NNCF produces, run as a u8 x s8 VNNI GEMM). torch's dynamically quantized
+    Linear is no ceiling: it reached 183 GOP/s here, a third of OpenVINO's."""
+    import numpy as np
+    import torch
+
+    out = {}
+    torch.manual_seed(0)
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    with torch.inference_mode():
+        for precision, (x, y) in (("fp32", (a, b)), ("bf16", (a.bfloat16(), b.bfloat16()))):
+            torch.matmul(x, y)
+            out[precision] = _rate(side, min(_timed(lambda: torch.matmul(x, y))
+                                             for _ in range(repeats)))
+    try:
+        import openvino as ov
+    except ImportError:
+        return out
+    core = ov.Core()
+    x = np.random.default_rng(1).standard_normal((side, side)).astype(np.float32)
+    for precision, hint in (("fp32", "f32"), ("bf16", "bf16"), ("int8", "bf16")):
+        request = core.compile_model(_ov_gemm(side, precision), "CPU",
+                                     {"INFERENCE_PRECISION_HINT": hint}).create_infer_request()
+        request.infer({0: x})
+        rate = _rate(side, min(_timed(lambda: request.infer({0: x})) for _ in range(repeats)))
+        out[precision] = max(out.get(precision, 0.0), rate)
+    return out
+
+
+def _ov_gemm(side: int, precision: str):
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    x = ops.parameter([side, side], np.float32, name="x")
+    w = np.random.default_rng(0).standard_normal((side, side)).astype(np.float32)
+    if precision == "int8":
+        lo, hi = ops.constant(np.float32(-4.0)), ops.constant(np.float32(4.0))
+        weights = ops.multiply(ops.convert(ops.constant(
+            np.clip(np.round(w * 32), -127, 127).astype(np.int8)), np.float32),
+            ops.constant(np.float32(1 / 32)))
+        y = ops.matmul(ops.fake_quantize(x, lo, hi, lo, hi, 256), weights, False, True)
+    else:
+        y = ops.matmul(x, ops.constant(w), False, True)
+    return ov.Model([y], [x])
+
+
+def _rate(side: int, seconds: float) -> float:
+    return 2 * side ** 3 / seconds / 1e9
+
+
+def _timed(call) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
 def machine_limits() -> dict:
     measured = measure_ghz()
     nominal = nominal_ghz()
@@ -90,11 +154,15 @@ def machine_limits() -> dict:
     n = cores()
     return {"cores": n, "ghz": ghz, "ghz_source": source, "nominal_ghz": nominal,
             "flops_per_cycle_per_core": dict(FLOPS_PER_CYCLE), "formula": FORMULA,
-            "peak_gflops": peaks(ghz, n) if ghz else {}}
+            "peak_gflops": peaks(ghz, n) if ghz else {},
+            "attainable_gemm_gflops": attainable_gemm(), "gemm_side": GEMM_SIDE}
 
 
-def fraction_of_peak(gflop: float, seconds: float, precision: str, limits: dict) -> float | None:
-    peak = limits.get("peak_gflops", {}).get(precision)
+def fraction_of_peak(gflop: float, seconds: float, precision: str, limits: dict,
+                     of: str = "peak_gflops") -> float | None:
+    """Achieved rate over the datasheet peak (``of="attainable_gemm_gflops"``: over a large
+    GEMM's rate in that precision)."""
+    peak = limits.get(of, {}).get(precision)
     if not peak or not seconds:
         return None
     return gflop / seconds / peak

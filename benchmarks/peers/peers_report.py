@@ -76,17 +76,25 @@ def unet_table(result: dict) -> str:
     lines = [f"UNet call at {result['size']} px, batch 2 (CFG): "
              f"{_f(flops / 1e9 if flops else None, '.0f')} GFLOP (torch.utils.flop_counter, "
              "fp32 model; matmuls, convolutions and attention).", "",
-             "| UNet of | precision | s per call | GFLOP/s | fraction of that precision's peak |",
-             "| --- | --- | ---: | ---: | ---: |"]
+             "| UNet of | precision | s per call | GFLOP/s | fraction of that precision's peak "
+             "| fraction of a large GEMM's rate |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for u in result.get("unet", []):
         lines.append(f"| {md(u['row'])} | {md(u['precision'])} | {_f(u['call_s'], '.3f')} "
                      f"| {_f(u.get('gflops_per_s'), '.0f')} "
-                     f"| {_f(u.get('fraction_of_peak'), '.0%')} |")
+                     f"| {_f(u.get('fraction_of_peak'), '.0%')} "
+                     f"| {_f(u.get('fraction_of_attainable_gemm'), '.0%')} |")
     peaks = limits.get("peak_gflops", {})
     lines += ["", f"Peaks: {', '.join(f'{k} {v:.0f}' for k, v in peaks.items())} GFLOP/s "
               f"(GOP/s for int8) = {limits['cores']} cores x {limits['ghz']:.2f} GHz "
               f"({md(limits['ghz_source'])}; /proc/cpuinfo says "
               f"{limits.get('nominal_ghz') or 0:.2f}) x flops/cycle/core {limits['flops_per_cycle_per_core']}. {md(limits['formula'])}."]
+    if limits.get("attainable_gemm_gflops"):
+        side = limits.get("gemm_side")
+        lines += ["", f"A {side} x {side} x {side} GEMM on both cores attains " + ", ".join(
+            f"{k} {v:.0f}" for k, v in limits["attainable_gemm_gflops"].items()) +
+            " GFLOP/s (GOP/s for int8; the best of `torch.matmul` and an OpenVINO MatMul, int8 "
+            "OpenVINO's u8 x s8 GEMM): the kernels' practical ceiling, measured in the same run."]
     prof = result.get("profile")
     if prof and prof.get("top"):
         lines += ["", f"Profile of the sdopt constrained UNet ({md(prof['tool'])}; one call "

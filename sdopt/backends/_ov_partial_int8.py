@@ -37,12 +37,12 @@ def derive_partial_int8(full_xml: Path, fp32_xml: Path, out_xml: Path, *,
     core = ov.Core()
     model = core.read_model(str(full_xml))
     fp32_ops = {op.get_friendly_name(): op for op in core.read_model(str(fp32_xml)).get_ops()}
-    patterns = [re.compile(p) for p in ignored_patterns]
+    patterns = [re.compile(p) for p in ignored_patterns]  # re.match, as NNCF's IgnoredScope
     stripped: list[str] = []
     for op in model.get_ops():
         kind, name = op.get_type_name(), op.get_friendly_name()
         if kind not in QUANTIZED_TYPES or not (
-                kind in ignored_types or any(p.fullmatch(name) for p in patterns)):
+                kind in ignored_types or any(p.match(name) for p in patterns)):
             continue
         if kind not in DERIVABLE_TYPES:
             raise NotDerivable(f"{name} is a {kind} (SmoothQuant scaled it)")
