@@ -41,6 +41,11 @@ def _prepare_text(row: dict) -> str:
             parts.append(f"{label} {p[key]:.0f} s")
     if p.get("techniques_from"):
         parts.append("techniques from " + Path(p["techniques_from"]["file"]).name)
+    if p.get("from_an_earlier_run") and parts:
+        import time
+
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(p.get("prepared_unix", 0)))
+        parts[-1] += f" (prepared by an earlier run, {when} UTC)"
     return md(", ".join(parts)) if parts else "-"
 
 
