@@ -253,6 +253,7 @@ def _charts(result: dict) -> list[tuple[str, str, dict]]:
                       annotation_text=f"{GOALS['psnr_db']:.0f} dB goal (constrained)")
     scatter.add_vline(x=GOALS["constrained_vs_fp32"], line_dash="dot", line_color="#57606a",
                       annotation_text=f"{GOALS['constrained_vs_fp32']:.0f}x goal")
+    scatter.update_xaxes(rangemode="tozero")  # room for the labels of the slowest rows
     scatter.update_layout(xaxis_title="speedup vs fp32 eager (x, end to end)",
                           yaxis_title=f"PSNR vs fp32 eager images (dB, capped at "
                                       f"{PSNR_CAP_DB:.0f})", height=420)
