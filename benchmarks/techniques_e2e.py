@@ -70,17 +70,15 @@ def main(argv=None) -> int:
     _fill_row(original, e2e.reference, e2e, METRICS["psnr"])
     set_e2e_speedup(original, original)
     if args.base_model:
-        from sdopt.api import _assemble as assemble
-        from sdopt.techniques import base_module as unwrap
-
         from sdopt.optimized import with_unet
+        from sdopt.techniques import base_module as unwrap
 
         # load_model fills the pipeline it is given: a new one, so ``pipe`` stays fp32.
         saved = sdopt.load_model(args.base_model, with_unet(pipe, pipe.unet),
                                  device=args.device)
         base_module = unwrap(saved.unet.module)
         args.base = base_module.variant.id
-        base_pipe = assemble(pipe, base_module, [], dev)  # the UNet alone, no techniques
+        base_pipe = _assemble(pipe, base_module, [], dev)  # the UNet alone, no techniques
     else:
         base_pipe = sdopt.apply_variant(pipe, args.base, device=args.device, height=args.size,
                                         width=args.size)

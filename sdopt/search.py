@@ -442,13 +442,17 @@ def run_technique_search(
         (r, []) for r, _ in bases if r.e2e_latency_s and r.status in (STATUS_OK, STATUS_SELECTED)]
     if constrained:
         # A lower precision has to pay for itself: within the noise of one image the base stays.
-        for row, _, _ in passing:
-            base_s = bases[0][0].e2e_latency_s
+        base_s = bases[0][0].e2e_latency_s
+        kept = []
+        for entry in passing:
+            row = entry[0]
             if base_s and row.e2e_latency_s > base_s * (1.0 - CONSTRAINED_MIN_GAIN):
                 row.reason = (f"{row.e2e_latency_s / base_s:.3f}x the base's time per image: "
                               f"less than the {CONSTRAINED_MIN_GAIN:.0%} gain that a lower "
                               "precision must buy")
-        passing = [p for p in passing if not p[0].reason]
+            else:
+                kept.append(entry)
+        passing = kept
     contenders += [(r, s) for r, s, _ in passing]
     if not contenders:
         return None

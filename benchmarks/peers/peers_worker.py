@@ -186,11 +186,11 @@ def _prepare_record(target: Path) -> Path:
 
 def _remember_prepare(target: Path, prepare: dict) -> None:
     """The cold preparation's figures, kept next to the saved model: a later run that reuses the
-    model reports them (marked with when they were measured) instead of losing them."""
-    record = _prepare_record(target)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**prepare, "prepared_unix": int(time.time())}, default=str))
-    tmp.replace(record)
+    model reports them (marked with when they were measured) instead of losing them. Only the
+    sdopt rows call it, so sdopt's atomic writer is there."""
+    from sdopt.store import write_json
+
+    write_json(_prepare_record(target), {**prepare, "prepared_unix": int(time.time())})
 
 
 def _earlier_prepare(target: Path) -> dict:
