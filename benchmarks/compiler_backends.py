@@ -59,10 +59,10 @@ def main(argv=None) -> int:
     from sdopt.backends.base import BuildContext, Variant
     from sdopt.cache import cache_root
     from sdopt.device import detect, library_versions
-    from sdopt.metrics import resolve_metric
-    from sdopt.sampling import collect_samples
+    from sdopt.optimize.metrics import resolve_metric
+    from sdopt.optimize.capture import collect_samples
     from sdopt.store import write_json
-    from sdopt.timing import _RssSampler
+    from sdopt.optimize.timing import _RssSampler
 
     device = detect("cpu")
     metric = resolve_metric(None)

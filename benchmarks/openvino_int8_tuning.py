@@ -50,8 +50,8 @@ def main(argv=None) -> int:
     from sdopt.backends._torch import TorchUNetModule
     from sdopt.backends.base import BuildContext, Variant
     from sdopt.device import detect, library_versions
-    from sdopt.metrics import resolve_metric
-    from sdopt.sampling import collect_samples
+    from sdopt.optimize.metrics import resolve_metric
+    from sdopt.optimize.capture import collect_samples
     from sdopt.store import write_json
 
     device = detect("cpu")

@@ -131,7 +131,7 @@ def summarise(args, size: int, rows: list[str], runs: dict, prepared: dict, note
               limits: dict, rounds_done: int, first_size: bool) -> dict:
     import numpy as np
 
-    from sdopt.metrics import psnr_db
+    from sdopt.optimize.metrics import psnr_db
 
     ref_image = None
     ref_path = runs.get("fp32_eager", [{}])[0].get("_image") if runs.get("fp32_eager") else None

@@ -2,7 +2,7 @@
 
 Builds the ``sd15`` preset (SD 1.5 architecture, random weights), makes the reference images with
 the original fp32 pipeline, then runs the same search phase ``optimize_model(...,
-optimization_time="unconstrained")`` runs (:func:`sdopt.search.run_technique_search`): every
+optimization_time="unconstrained")`` runs (:func:`sdopt.optimize.search.run_technique_search`): every
 technique setting alone on fp32 and on the constrained base (``--base``, default
 ``torch_eager/bf16``, the best torch backend here), then the passing ones stacked. Every row is a
 whole pipeline timed per image (prompt to pixels) in this one process, with PSNR/SSIM of its images
@@ -49,11 +49,11 @@ def main(argv=None) -> int:
     import torch
 
     import sdopt
-    from sdopt.api import _assemble, _fill_row, _reference_module
+    from sdopt.optimize.api import _assemble, _fill_row, _reference_module
     from sdopt.device import detect, library_versions
-    from sdopt.endtoend import EndToEnd
-    from sdopt.metrics import METRICS
-    from sdopt.search import (CandidateResult, OptimizationResult, run_technique_search,
+    from sdopt.optimize.endtoend import EndToEnd
+    from sdopt.optimize.metrics import METRICS
+    from sdopt.optimize.search import (CandidateResult, OptimizationResult, run_technique_search,
                               set_e2e_speedup)
     from sdopt.store import write_json
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     _fill_row(original, e2e.reference, e2e, METRICS["psnr"])
     set_e2e_speedup(original, original)
     if args.base_model:
-        from sdopt.optimized import with_unet
+        from sdopt.optimize.optimized import with_unet
         from sdopt.techniques import base_module as unwrap
 
         # load_model fills the pipeline it is given: a new one, so ``pipe`` stays fp32.

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     fast = optimized.unet.module
 
     # Inputs: what the pipeline really feeds the UNet at this size (CFG batch 2).
-    from sdopt.sampling import collect_samples
+    from sdopt.optimize.capture import collect_samples
 
     captured = collect_samples(pipe, PROMPTS[:1], height=args.size, width=args.size, steps=3,
                                guidance_scale=7.5, seed=0).samples

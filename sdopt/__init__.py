@@ -5,7 +5,7 @@
 
 __version__ = "0.1.0"
 
-from .api import apply_variant, load_model, optimize_model, save_model  # noqa: E402
+from .optimize.api import apply_variant, load_model, optimize_model, save_model  # noqa: E402
 from .errors import SdoptError  # noqa: E402
 from .models import PRESETS, build_preset, load_pipeline  # noqa: E402
 

@@ -57,7 +57,7 @@ def export_cache():
 def samples(tiny_pipe):
     """UNet calls recorded as optimize_model(..., num_inference_steps=4) records them, so that a
     backend built from them has the same calibration data and cache key as in a search."""
-    from sdopt.sampling import collect_samples
+    from sdopt.optimize.capture import collect_samples
 
     return collect_samples(tiny_pipe, PROMPTS, height=64, width=64, steps=4, guidance_scale=7.5,
                            seed=0, n_verify=8)
@@ -87,7 +87,7 @@ def local_clip(tmp_path_factory):
     processor = CLIPProcessor(image_processor=CLIPImageProcessor(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tok)
     processor.save_pretrained(path)
-    from sdopt.metrics import configure_clip
+    from sdopt.optimize.metrics import configure_clip
 
     configure_clip(path)
     yield path

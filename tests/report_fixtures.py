@@ -131,9 +131,9 @@ def verdict(cur_dir: Path, baseline: dict, base_dir: Path, *, scenario: str) -> 
     real measurements a "pass" (loose thresholds), a "regression" (a PSNR floor that images of
     two different candidates do not reach) or "not_comparable" (the baseline's device
     fingerprint is another machine's)."""
-    from sdopt.baseline import inputs_for
-    from sdopt.compare import compare_results
-    from sdopt.config import GateConfig
+    from sdopt.gate.baseline import inputs_for
+    from sdopt.gate.compare import compare_results
+    from sdopt.gate.config import GateConfig
 
     if scenario == "pass":
         gate = GateConfig(latency_tolerance=100, psnr_min_db=0, ssim_min=-1)

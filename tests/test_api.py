@@ -5,7 +5,7 @@ import torch
 import sdopt
 from sdopt.backends.base import BACKENDS, Backend, Variant, register
 from sdopt.errors import SdoptError
-from sdopt.optimized import OptimizedUNet
+from sdopt.optimize.optimized import OptimizedUNet
 
 from .conftest import image_array
 
@@ -13,7 +13,7 @@ FAST = dict(num_inference_steps=4, repeats=2, show=False)
 
 
 def test_optimize_and_apply_variant_leave_the_users_pipeline_untouched(fresh_tiny_pipe):
-    from sdopt.api import weights_hash
+    from sdopt.optimize.api import weights_hash
 
     pipe = fresh_tiny_pipe
     hashes = {n: weights_hash(getattr(pipe, n)) for n in ("unet", "vae", "text_encoder")}
@@ -160,14 +160,14 @@ def test_store_latencies_writes_json(tiny_pipe, tmp_path, monkeypatch):
 def test_same_search_is_reused_from_the_cache(fresh_tiny_pipe, prompts, monkeypatch):
     """A second identical call loads the decision (no candidate is built or timed again); any
     change to what decides it (here the threshold) searches again."""
-    from sdopt import search
+    from sdopt.optimize import search
 
     kwargs = dict(metric_drop_ths=0.05, backends=["torch_eager"], num_inference_steps=2,
                   repeats=2, show=False, end_to_end=False, reuse_search=True)
     first = sdopt.optimize_model(fresh_tiny_pipe, prompts, **kwargs)
     calls = []
     real = search.run_search
-    monkeypatch.setattr("sdopt.api.run_search",
+    monkeypatch.setattr("sdopt.optimize.api.run_search",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     again = sdopt.optimize_model(fresh_tiny_pipe, prompts, **kwargs)
     assert calls == [], "the second identical search ran again"

@@ -15,7 +15,7 @@ from sdopt.backends import get_backend
 from sdopt.backends.base import BuildContext
 from sdopt.device import detect
 from sdopt.errors import SdoptError
-from sdopt.metrics import resolve_metric
+from sdopt.optimize.metrics import resolve_metric
 
 from .conftest import build_variant
 
@@ -115,8 +115,8 @@ def test_save_then_load_in_a_new_process_gives_the_same_images(tmp_path):
 
 
 def test_gpu_variants_are_listed_and_skipped_on_cpu(tiny_pipe, samples):
-    from sdopt.metrics import resolve_metric
-    from sdopt.search import plan_candidates, run_search
+    from sdopt.optimize.metrics import resolve_metric
+    from sdopt.optimize.search import plan_candidates, run_search
 
     dev = detect("cpu")
     variants = [v for v in plan_candidates(dev, backends=["onnxruntime", "tensorrt"])
@@ -144,7 +144,7 @@ def test_float16_conversion_for_the_cuda_path(tiny_pipe, samples, tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from sdopt.export import unet_args
+    from sdopt.backends.export import unet_args
 
     entry = ort_backend.onnx_export_entry(
         tiny_pipe.unet, BuildContext(device=detect("cpu"), example=samples.verification[0].inputs))

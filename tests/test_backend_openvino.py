@@ -15,7 +15,7 @@ import sdopt
 from sdopt.backends import get_backend
 from sdopt.device import detect
 from sdopt.errors import SdoptError
-from sdopt.metrics import resolve_metric
+from sdopt.optimize.metrics import resolve_metric
 
 from .conftest import build_variant
 

@@ -4,11 +4,11 @@ import subprocess
 
 import pytest
 
-from sdopt.baseline import (bench_same_job, inputs_for, open_baseline, parse_git_spec,
+from sdopt.gate.baseline import (bench_same_job, inputs_for, open_baseline, parse_git_spec,
                             save_baseline)
-from sdopt.bench import bench_config, read_results, write_results
-from sdopt.compare import compare_results
-from sdopt.config import load_config, parse_config
+from sdopt.gate.bench import bench_config, read_results, write_results
+from sdopt.gate.compare import compare_results
+from sdopt.gate.config import load_config, parse_config
 from sdopt.errors import SdoptError
 
 BENCH = {"prompts": ["a photo of a cat"], "seeds": [0], "steps": 2, "runs": 2, "threads": 1,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sdopt.bench import (PYTEST_BENCHMARK_NAME, BenchSettings, Subject, bench_config, read_results,
+from sdopt.gate.bench import (PYTEST_BENCHMARK_NAME, BenchSettings, Subject, bench_config, read_results,
                          run_bench, write_results)
-from sdopt.compare import Inputs, compare_results
-from sdopt.config import GateConfig, parse_config
+from sdopt.gate.compare import Inputs, compare_results
+from sdopt.gate.config import GateConfig, parse_config
 from sdopt.errors import SdoptError
 from sdopt.models import build_preset
 

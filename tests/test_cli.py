@@ -66,7 +66,7 @@ def test_optimize_a_single_file_checkpoint(tmp_path):
     result = json.loads((out / "optimization.json").read_text())
     assert result["selected"]["status"] == "selected"
     # The UNet optimized from the single file has the preset's exact weights.
-    from sdopt.api import weights_hash
+    from sdopt.optimize.api import weights_hash
 
     manifest = json.loads((out / "sdopt_manifest.json").read_text())
     tiny = sdopt.build_preset("tiny")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdopt.compare import (NOT_COMPARABLE, PASS, PSNR_IDENTICAL_DB, REGRESSION, Inputs,
+from sdopt.gate.compare import (NOT_COMPARABLE, PASS, PSNR_IDENTICAL_DB, REGRESSION, Inputs,
                            compare_results, exit_code, image_quality, latency_check, summary_text)
-from sdopt.config import GateConfig
+from sdopt.gate.config import GateConfig
 from sdopt.errors import SdoptError
 
 DEFAULT = GateConfig()
@@ -134,7 +134,7 @@ def test_clip_threshold_flags_what_psnr_and_ssim_let_through(tmp_path, picture, 
 
 
 def test_clip_threshold_without_a_local_model_is_one_clear_error(tmp_path, picture, monkeypatch):
-    from sdopt.metrics import configure_clip
+    from sdopt.optimize.metrics import configure_clip
 
     monkeypatch.delenv("SDOPT_CLIP_MODEL", raising=False)
     configure_clip(None)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sdopt.config import load_config, parse_config
+from sdopt.gate.config import load_config, parse_config
 from sdopt.errors import SdoptError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sdopt.toml"

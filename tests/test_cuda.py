@@ -64,7 +64,7 @@ def test_optimize_save_load_on_cuda(fresh_tiny_pipe, prompts, tmp_path):
 
 
 def test_cuda_timing_reports_gpu_memory():
-    from sdopt.timing import measure
+    from sdopt.optimize.timing import measure
 
     pipe = sdopt.build_preset("tiny").to("cuda")
     x = torch.randn(2, 4, 8, 8, device="cuda")

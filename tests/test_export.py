@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdopt import export
+from sdopt.backends import export
 
 ort = pytest.importorskip("onnxruntime")
 

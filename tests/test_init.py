@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdopt.config import load_config, parse_config
+from sdopt.gate.config import load_config, parse_config
 from sdopt.errors import SdoptError
-from sdopt.scaffold import (COMMENT_WORKFLOW, CONFIG_NAME, GATE_WORKFLOW, InitOptions, dumps_toml,
+from sdopt.gate.scaffold import (COMMENT_WORKFLOW, CONFIG_NAME, GATE_WORKFLOW, InitOptions, dumps_toml,
                             plan, render_config, toml_string)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from sdopt.cli import main
 from sdopt.errors import SdoptError
-from sdopt.merge import merge
+from sdopt.gate.merge import merge
 from tests.test_action_main import results_doc, verdict_doc
 
 

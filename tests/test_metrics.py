@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sdopt.errors import SdoptError
-from sdopt.metrics import numeric_precision, resolve_metric, validate_threshold
+from sdopt.optimize.metrics import numeric_precision, resolve_metric, validate_threshold
 
 
 def test_numeric_precision_is_zero_for_identical_and_grows_with_noise():
@@ -56,7 +56,7 @@ def test_resolve_metric():
 
 import numpy as np  # noqa: E402
 
-from sdopt.metrics import (METRICS, clip_cosine_drop, clip_score_drop, configure_clip,  # noqa: E402
+from sdopt.optimize.metrics import (METRICS, clip_cosine_drop, clip_score_drop, configure_clip,  # noqa: E402
                            image_metric, psnr_db, psnr_drop, psnr_drop_to_db, score_images,
                            ssim_drop)
 

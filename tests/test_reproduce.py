@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from sdopt.config import parse_config
+from sdopt.gate.config import parse_config
 from sdopt.errors import SdoptError
-from sdopt.reproduce import (Request, check_request, compare_with_ci, config_from_results,
+from sdopt.gate.reproduce import (Request, check_request, compare_with_ci, config_from_results,
                              connect, device_requests, parse_gpus, read_artifact)
-from sdopt.scaffold import dumps_toml
+from sdopt.gate.scaffold import dumps_toml
 
 docker = pytest.importorskip("docker")
 
@@ -115,7 +115,7 @@ def test_artifact_without_results(tmp_path):
 
 
 def test_compare_with_ci_of_identical_results_passes(ci_run):
-    from sdopt.config import GateConfig
+    from sdopt.gate.config import GateConfig
 
     verdict = compare_with_ci(ci_run, json.loads((ci_run / "results.json").read_text()), ci_run,
                               GateConfig(latency_tolerance=0.25))
@@ -126,7 +126,7 @@ def test_compare_with_ci_of_identical_results_passes(ci_run):
 def test_compare_with_ci_from_another_machine_says_latency_is_indicative(ci_run, tmp_path):
     import shutil
 
-    from sdopt.config import GateConfig
+    from sdopt.gate.config import GateConfig
 
     local = tmp_path / "local"
     shutil.copytree(ci_run, local)

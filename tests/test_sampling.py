@@ -1,4 +1,4 @@
-from sdopt.sampling import collect_samples
+from sdopt.optimize.capture import collect_samples
 
 
 def test_every_unet_call_is_captured_with_its_reference_output(tiny_pipe, prompts):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import sdopt
-from sdopt.search import CONSTRAINED_MIN_GAIN
+from sdopt.optimize.search import CONSTRAINED_MIN_GAIN
 from sdopt.store import MANIFEST_NAME
 
 FAST = dict(num_inference_steps=4, repeats=2, show=False, backends=["torch_eager"])
@@ -86,7 +86,7 @@ def _rows(image_drops_and_times):
     """A constrained technique phase over a base whose image took 10 s; ``evaluate`` stands in
     for the pipeline run (here only the selection rule is under test)."""
     from sdopt.device import detect
-    from sdopt.search import CandidateResult, OptimizationResult, run_technique_search
+    from sdopt.optimize.search import CandidateResult, OptimizationResult, run_technique_search
 
     base = CandidateResult("openvino/int8", "openvino", "int8", "int8", [], "selected",
                            latency_s=0.5, metric_drop=0.03, e2e_latency_s=10.0)
@@ -157,7 +157,7 @@ def test_bad_image_metric_arguments(tiny_pipe):
 
 
 def test_saved_techniques_are_recorded_and_restored(unconstrained, tmp_path):
-    from sdopt.optimized import OptimizedUNet
+    from sdopt.optimize.optimized import OptimizedUNet
 
     _, optimized = unconstrained
     target = tmp_path / "m"

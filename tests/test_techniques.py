@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import sdopt
-from sdopt.metrics import psnr_db
-from sdopt.optimized import OptimizedUNet, with_unet
+from sdopt.optimize.metrics import psnr_db
+from sdopt.optimize.optimized import OptimizedUNet, with_unet
 from sdopt.techniques import (TECHNIQUES, all_specs, apply_pipeline_techniques,
                               apply_unet_techniques, base_module, label, unavailable_reason,
                               validate_specs)

@@ -1,4 +1,4 @@
-from sdopt.timing import Timing, measure
+from sdopt.optimize.timing import Timing, measure
 
 
 def test_measure_counts_warmup_and_repeats():

@@ -380,7 +380,7 @@ def profile_unet(pipe, size: int, top: int = 12) -> dict:
         import openvino as ov
 
         from sdopt.backends.base import UNetInputs
-        from sdopt.export import unet_args
+        from sdopt.backends.export import unet_args
 
         core = ov.Core()
         model = core.read_model(str(Path(base.ir_dir) / "unet.xml"))

@@ -48,7 +48,7 @@ def _ort_version() -> str | None:
 
 
 def _onnx_path(directory: Path) -> Path:
-    from ..export import ONNX_FILE
+    from .export import ONNX_FILE
 
     return directory / ONNX_FILE
 
@@ -94,7 +94,7 @@ class OnnxRuntimeModule(OptimizedModule):
                                  "width and batch")
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        from ..export import unet_args
+        from .export import unet_args
 
         if extra:
             raise NotImplementedError(f"{self.variant.id} was exported without the extra UNet "
@@ -144,7 +144,7 @@ def onnx_export_entry(unet: torch.nn.Module, ctx: BuildContext):
     """The cache entry holding the fp32 ONNX export of this UNet at the run's shapes."""
     from ..cache import fetch_or_build
     from ..device import library_versions
-    from ..export import OPSET, export_unet
+    from .export import OPSET, export_unet
 
     versions = library_versions()
 
@@ -160,7 +160,7 @@ def onnx_export_entry(unet: torch.nn.Module, ctx: BuildContext):
 
 
 def _unet_parts(unet, ctx: BuildContext) -> dict:
-    from ..export import unet_key_parts
+    from .export import unet_key_parts
 
     return unet_key_parts(unet, ctx.example)
 
@@ -177,7 +177,7 @@ def _dist_version(dist: str) -> str | None:
 def _quantize_int8(source: Path, directory: Path) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ..export import ONNX_FILE
+    from .export import ONNX_FILE
     from ..store import directory_size
 
     large = directory_size(source) > 1.8 * 2**30
@@ -201,7 +201,7 @@ def _quantize_static(source: Path, calibration: list[UNetInputs], directory: Pat
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
 
-    from ..export import ONNX_FILE, unet_args
+    from .export import ONNX_FILE, unet_args
     from ..store import directory_size
 
     graph = onnx.load(str(_onnx_path(source)), load_external_data=False).graph
@@ -240,7 +240,7 @@ def _to_float16(source: Path, directory: Path) -> dict:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from ..export import ONNX_FILE
+    from .export import ONNX_FILE
 
     model = onnx.load(str(_onnx_path(source)), load_external_data=True)
     # fp32 inputs/outputs keep the module's interface; the casts are fused by ORT.
@@ -331,7 +331,7 @@ class OnnxRuntime(Backend):
             if not ctx.calibration:
                 raise SdoptError(f"{variant.id} needs calibration inputs (UNet calls recorded "
                                  "from the pipeline): use optimize_model, which collects them")
-            from ..export import calibration_hash
+            from .export import calibration_hash
 
             source = entry
             entry = fetch_or_build("onnxruntime-int8-static", {
@@ -351,7 +351,7 @@ class OnnxRuntime(Backend):
         return OnnxRuntimeModule(entry.path, variant, providers, info, ctx.device.kind)
 
     def save(self, module: OptimizedModule, directory: Path) -> dict[str, Any]:
-        from ..export import ONNX_FILE, copy_artifact
+        from .export import ONNX_FILE, copy_artifact
 
         assert isinstance(module, OnnxRuntimeModule)
         copy_artifact(module.model_dir, directory)

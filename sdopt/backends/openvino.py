@@ -20,7 +20,7 @@ import torch
 
 from ..device import DeviceInfo
 from ..errors import SdoptError
-from ..export import calibration_hash  # noqa: F401 - part of this module's interface
+from .export import calibration_hash  # noqa: F401 - part of this module's interface
 from .base import Backend, BuildContext, OptimizedModule, UNetInputs, Variant, register
 
 IR_XML, IR_BIN = "unet.xml", "unet.bin"
@@ -70,7 +70,7 @@ class OpenVINOModule(OptimizedModule):
         return request
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        from ..export import unet_args
+        from .export import unet_args
 
         if extra:
             raise NotImplementedError(f"{self.variant.id} was converted without the extra UNet "
@@ -89,7 +89,7 @@ class OpenVINOModule(OptimizedModule):
 def _convert(unet: torch.nn.Module, example: UNetInputs, directory: Path) -> dict[str, Any]:
     import openvino as ov
 
-    from ..export import UNetForExport, unet_args
+    from .export import UNetForExport, unet_args
 
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about diffusers' shape checks
@@ -108,7 +108,7 @@ def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
     import nncf
     import openvino as ov
 
-    from ..export import unet_args
+    from .export import unet_args
 
     core = ov.Core()
     model = core.read_model(str(ir_dir / IR_XML))
@@ -169,7 +169,7 @@ def converted_ir(unet: torch.nn.Module, ctx: BuildContext):
     import openvino as ov
 
     from ..cache import fetch_or_build
-    from ..export import unet_key_parts
+    from .export import unet_key_parts
 
     parts = {**unet_key_parts(unet, ctx.example), "openvino": ov.get_version(),
              "precision": "fp32"}
@@ -261,7 +261,7 @@ class OpenVINO(Backend):
         return OpenVINOModule(ir.path, variant, _hint_for(variant, ctx.device), info)
 
     def save(self, module: OptimizedModule, directory: Path) -> dict[str, Any]:
-        from ..export import copy_artifact
+        from .export import copy_artifact
 
         assert isinstance(module, OpenVINOModule)
         copy_artifact(module.ir_dir, directory, (IR_XML, IR_BIN))

@@ -44,7 +44,7 @@ def _logger():
 def _build_engine(onnx_dir: Path, directory: Path, timing_dir: Path) -> dict[str, Any]:
     import tensorrt as trt
 
-    from ..export import ONNX_FILE
+    from .export import ONNX_FILE
 
     logger = _logger()
     builder = trt.Builder(logger)
@@ -98,7 +98,7 @@ class TensorRTModule(OptimizedModule):
                          if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        from ..export import unet_args
+        from .export import unet_args
 
         if extra:
             raise NotImplementedError(f"{self.variant.id} was built without the extra UNet "
@@ -163,7 +163,7 @@ class TensorRT(Backend):
         return TensorRTModule(engine.path, variant, info)
 
     def save(self, module: OptimizedModule, directory: Path) -> dict[str, Any]:
-        from ..export import copy_artifact
+        from .export import copy_artifact
 
         assert isinstance(module, TensorRTModule)
         copy_artifact(module.engine_dir, directory, (ENGINE_FILE,))

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..bench import RESULTS_KIND, RESULTS_NAME
-from ..bench import RESULTS_SCHEMA_VERSION as SCHEMA_VERSION
-from ..compare import VERDICT_KIND
+from ..gate.bench import RESULTS_KIND, RESULTS_NAME
+from ..gate.bench import RESULTS_SCHEMA_VERSION as SCHEMA_VERSION
+from ..gate.compare import VERDICT_KIND
 from ..errors import SdoptError
 
 # The contracts' names come from their producers; the checks below are deliberately looser than

@@ -68,7 +68,7 @@ def test_reproduce_builds_runs_and_leaves_a_passing_report(workspace, docker_hos
     log = log_of(proc)
     assert proc.returncode == 0, log
     assert "[build 2/2] LABEL org.sdopt.test=reproduce" in proc.stdout       # build streamed
-    from sdopt.reproduce import host_gpus
+    from sdopt.gate.reproduce import host_gpus
 
     if not host_gpus():
         assert "runs on CPU backends" in proc.stdout                       # auto, without a GPU
@@ -126,7 +126,7 @@ def test_reproduce_from_artifact_reruns_that_configuration(workspace, docker_hos
 
 
 def test_build_failure_names_the_failing_step(docker_host, podman, tmp_path):
-    from sdopt.reproduce import build_image, connect
+    from sdopt.gate.reproduce import build_image, connect
 
     (tmp_path / "Dockerfile").write_text(
         "FROM localhost/sdopt-base\nRUN true\nRUN echo about to fail && exit 3\n")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 import sdopt
-from sdopt.api import _assemble
+from sdopt.optimize.api import _assemble
 from sdopt.device import detect
 
 PROMPT, SEED, STEPS = "a photo of a cat", 7, 6

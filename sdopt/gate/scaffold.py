@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import SdoptError
+from ..errors import SdoptError
 
 CONFIG_NAME = "sdopt.toml"
 GATE_WORKFLOW = ".github/workflows/sdopt-gate.yml"
@@ -285,7 +285,7 @@ def plan(o: InitOptions, *, workflows: bool = True) -> dict[str, str]:
 def write(root: Path, files: dict[str, str], *, force: bool = False) -> list[Path]:
     """Write ``files`` under ``root``; refuses to replace any existing one unless ``force``
     (checked for all before writing any, so a refusal leaves the repository untouched)."""
-    from .store import atomic_write_text
+    from ..store import atomic_write_text
 
     existing = [rel for rel in files if (root / rel).exists()]
     if existing and not force:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import SdoptError
+from ..errors import SdoptError
 
 MERGED_KIND = "sdopt-merged-results"
 MERGED_SCHEMA_VERSION = 1
@@ -111,7 +111,7 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def _leg_report(leg: Leg) -> str | None:
     try:
-        from .report import render_reports
+        from ..report import render_reports
     except ImportError:
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,8 +147,8 @@ def merged_markdown(legs: list[Leg], verdict: dict[str, Any] | None) -> str:
 def merge(directories: list[str | os.PathLike], out: str | os.PathLike, *,
           overwrite: bool = False) -> dict[str, Any] | None:
     """Write ``out``/merged.json, verdict.json (when any leg was judged) and report.md."""
-    from . import __version__
-    from .store import atomic_directory, atomic_write_text, write_json
+    from .. import __version__
+    from ..store import atomic_directory, atomic_write_text, write_json
 
     legs = load_legs(directories)
     verdict = merged_verdict(legs)

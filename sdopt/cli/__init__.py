@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .errors import SdoptError
+from ..errors import SdoptError
 
 # transformers warns on import about optional image processors a text-to-image run never uses.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -69,8 +69,8 @@ def read_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> list[str
 
 
 def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, **kwargs) -> None:
-    from . import optimize_model, save_model
-    from .store import write_json
+    from .. import optimize_model, save_model
+    from ..store import write_json
 
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise SdoptError(f"--out '{out}' already exists and is not empty: choose another "
@@ -140,7 +140,7 @@ def _search_kwargs(kw: dict) -> dict:
 def optimize(model_ref, revision, single_file_config, prompts, prompts_file, out, overwrite,
              **kw):
     """Optimize a pipeline's UNet and save the result to --out."""
-    from .models import load_pipeline
+    from ..models import load_pipeline
 
     prompt_list = read_prompts(prompts, prompts_file)
     pipe = load_pipeline(model_ref, revision, single_file_config=single_file_config)
@@ -161,7 +161,7 @@ def optimize(model_ref, revision, single_file_config, prompts, prompts_file, out
               help="Search again even if the sdopt cache holds this search's decision.")
 def demo(preset, size, out, metric_drop_ths, device, steps, repeats, backends, fresh_search):
     """Build the offline model, optimize it, print the tables, save the model."""
-    from .models import PRESETS, build_preset
+    from ..models import PRESETS, build_preset
 
     out_path = Path(out)
     click.echo(f"sdopt demo: building the '{preset}' preset offline "
@@ -184,9 +184,9 @@ def backends(device):
     from rich.markup import escape
     from rich.table import Table
 
-    from .backends import load_builtin_backends
-    from .device import detect
-    from .summary import make_console
+    from ..backends import load_builtin_backends
+    from ..device import detect
+    from ..optimize.summary import make_console
 
     dev = detect(device)
     table = Table(title=f"backends on {dev.name} ({dev.kind})", title_justify="left")
@@ -207,7 +207,7 @@ def models() -> None:
 
 @models.command("list")
 def models_list():
-    from .models import PRESETS
+    from ..models import PRESETS
 
     for preset in PRESETS.values():
         click.echo(f"{preset.name:6} {preset.description}")
@@ -218,7 +218,7 @@ def models_list():
 @click.argument("directory", type=click.Path(file_okay=False))
 def models_save(preset, directory):
     """Write a preset as a diffusers folder (usable as --model DIRECTORY)."""
-    from .models import save_preset
+    from ..models import save_preset
 
     click.echo(f"saved {preset} to {save_preset(preset, directory)}")
 
@@ -227,10 +227,10 @@ def _register_command_modules() -> None:
     import importlib
     import pkgutil
 
-    from . import commands
-
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
         register = getattr(module, "register", None)
         if register is not None:
             register(main)

@@ -26,12 +26,12 @@ from typing import Any, Callable
 
 import torch
 
-from .backends import FOREIGN_COMPILERS, load_builtin_backends
-from .backends.base import BACKENDS, BuildContext, OptimizedModule, Variant, canonical_backend_name
-from .device import DeviceInfo
-from .errors import SdoptError
+from ..backends import FOREIGN_COMPILERS, load_builtin_backends
+from ..backends.base import BACKENDS, BuildContext, OptimizedModule, Variant, canonical_backend_name
+from ..device import DeviceInfo
+from ..errors import SdoptError
 from .metrics import LOSSLESS_TOLERANCE, Metric
-from .sampling import SampleSet
+from .capture import SampleSet
 from .timing import Timing, measure
 
 STATUS_SELECTED, STATUS_OK, STATUS_REJECTED = "selected", "ok", "rejected"
@@ -341,7 +341,7 @@ def set_e2e_speedup(row: CandidateResult, original: CandidateResult | None) -> N
 
 
 def technique_candidate_id(base_id: str, specs: list[dict]) -> str:
-    from .techniques import label
+    from ..techniques import label
 
     return base_id + "".join(f"+{label(s)}" for s in specs)
 
@@ -360,8 +360,8 @@ def run_technique_search(
     best base while the stack stays within the threshold and gets faster. Rows are appended to
     ``result.candidates``; returns the fastest passing (row, specs) by end-to-end latency, bases
     included, or None when no base has an end-to-end latency."""
-    from .techniques import TECHNIQUES, all_specs
-    from .techniques import unavailable_reason as technique_unavailable
+    from ..techniques import TECHNIQUES, all_specs
+    from ..techniques import unavailable_reason as technique_unavailable
 
     started = time.perf_counter() if started is None else started
     ths = metric_drop_ths
@@ -460,6 +460,6 @@ def run_technique_search(
 
 
 def _label(spec: dict) -> str:
-    from .techniques import label
+    from ..techniques import label
 
     return label(spec)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backends.base import UNetInputs
+from ..backends.base import UNetInputs
 
 
 @dataclass

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .backends.base import UNetInputs
-from .errors import MissingDependencyError
+from .base import UNetInputs
+from ..errors import MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ def unet_shapes(inputs: UNetInputs) -> dict[str, list[int]]:
 
 def unet_key_parts(unet: torch.nn.Module, example: UNetInputs) -> dict[str, Any]:
     """What identifies an export of this UNet: weights, architecture, shapes, torch/diffusers."""
-    from .api import config_hash, weights_hash
-    from .device import library_versions
+    from ..optimize.api import config_hash, weights_hash
+    from ..device import library_versions
 
     versions = library_versions()
     return {"weights": _weights_hash_memo(unet, weights_hash), "config": config_hash(unet),

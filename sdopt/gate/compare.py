@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import GateConfig
-from .errors import SdoptError
+from ..errors import SdoptError
 
 VERDICT_KIND = "sdopt-verdict"
 VERDICT_SCHEMA_VERSION = 1
@@ -114,7 +114,7 @@ def image_quality(baseline_png: Path, current_png: Path) -> tuple[float, float]:
 
 def clip_cosine(baseline_png: Path, current_png: Path) -> float:
     """Cosine of the CLIP image embeddings of the two images (1 = the same to CLIP)."""
-    from .metrics import clip_cosine_drop
+    from ..optimize.metrics import clip_cosine_drop
 
     return 1.0 - clip_cosine_drop(_load_rgb(baseline_png, "baseline"),
                                   _load_rgb(current_png, "current"))
@@ -123,7 +123,7 @@ def clip_cosine(baseline_png: Path, current_png: Path) -> float:
 def _check_clip(gate: GateConfig, clip_model: str | os.PathLike | None) -> bool:
     if gate.clip_min is None:
         return False
-    from . import metrics
+    from ..optimize import metrics
 
     if clip_model is not None:
         metrics.configure_clip(clip_model)

@@ -22,8 +22,8 @@ from typing import Iterator
 
 from .bench import PYTEST_BENCHMARK_NAME, RESULTS_NAME, read_results
 from .compare import Inputs, safe_join
-from .errors import SdoptError
-from .store import atomic_directory
+from ..errors import SdoptError
+from ..store import atomic_directory
 
 GIT_PREFIX = "git:"
 
@@ -221,7 +221,7 @@ def bench_same_job(config, config_path: str | os.PathLike, base_ref: str,
 
 
 def _preset_names() -> tuple[str, ...]:
-    from .models import PRESETS
+    from ..models import PRESETS
 
     return tuple(PRESETS)
 

@@ -19,7 +19,7 @@ def register(main: click.Group) -> None:
 
         Exit status as for compare: 0 pass (or no verdicts), 1 regression in any job,
         2 a job not comparable or bad input."""
-        from ..merge import merge as do_merge
+        from ..gate.merge import merge as do_merge
 
         verdict = do_merge(list(result_dirs), Path(out), overwrite=overwrite)
         state = (verdict or {}).get("verdict")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import MissingDependencyError, SdoptError
+from ..errors import MissingDependencyError, SdoptError
 
 Log = Callable[[str], None]
 
@@ -497,7 +497,7 @@ def reproduce(req: Request, *, client=None, image: str | None = None,
               log: Log = print) -> Outcome:
     """Build or fetch the image, run the gate in it, and (from an artifact) compare with CI."""
     from .config import load_config
-    from .store import write_json
+    from ..store import write_json
 
     ci = None
     if artifact is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .backends.base import OptimizedModule, Variant
+from ..backends.base import OptimizedModule, Variant
 
 log = logging.getLogger(__name__)
 

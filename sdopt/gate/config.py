@@ -18,7 +18,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import MissingDependencyError, SdoptError
+from ..errors import MissingDependencyError, SdoptError
 
 DEFAULT_CONFIG_NAME = "sdopt.toml"
 VARIANTS = ("original", "optimized")

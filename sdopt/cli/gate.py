@@ -19,7 +19,7 @@ from ..errors import SdoptError
 
 
 def _config(path: str):
-    from ..config import load_config
+    from ..gate.config import load_config
 
     return load_config(path)
 
@@ -71,7 +71,7 @@ def _variants_option(value: str | None) -> list[str] | None:
 
 def _bench_into(config, config_path: str, out: Path, *, overwrite: bool, variants=None,
                 same_job_base: str | None = None, quiet: bool = False) -> None:
-    from ..bench import bench_config, write_results
+    from ..gate.bench import bench_config, write_results
     from ..store import atomic_directory
 
     _check_free(out, "--out", overwrite)
@@ -79,7 +79,7 @@ def _bench_into(config, config_path: str, out: Path, *, overwrite: bool, variant
         if same_job_base:
             if out.exists() and overwrite:
                 shutil.rmtree(out)
-            from ..baseline import bench_same_job
+            from ..gate.baseline import bench_same_job
 
             bench_same_job(config, config_path, same_job_base, out, progress=not quiet)
             return
@@ -89,7 +89,7 @@ def _bench_into(config, config_path: str, out: Path, *, overwrite: bool, variant
 
 
 def _print_bench(out: Path) -> None:
-    from ..bench import read_results
+    from ..gate.bench import read_results
 
     results = read_results(out)
     for name, v in results["variants"].items():
@@ -102,8 +102,8 @@ def _print_bench(out: Path) -> None:
 
 
 def _compare(baseline_spec: str, current: Path, config, *, force: bool, repo: Path):
-    from ..baseline import inputs_for, open_baseline
-    from ..compare import compare_results
+    from ..gate.baseline import inputs_for, open_baseline
+    from ..gate.compare import compare_results
 
     with open_baseline(baseline_spec, repo=repo) as base:
         inputs = inputs_for(base, current)
@@ -177,7 +177,7 @@ def register(main: click.Group) -> None:
                   help="Replace an existing baseline (never done without it).")
     def baseline_save(config_path, results_dir, target, update_baseline):
         """Copy results (and their images) to the baseline directory, atomically."""
-        from ..baseline import save_baseline
+        from ..gate.baseline import save_baseline
 
         config = _config(config_path)
         dest = Path(target) if target else config.resolve(config.baseline.path)
@@ -198,7 +198,7 @@ def register(main: click.Group) -> None:
     def compare(baseline_spec, current, config_path, verdict_path, force):
         """Compare CURRENT results with BASELINE (a directory, an artifact directory or
         git:REF:PATH). Exit 0 pass, 1 regression, 2 bad input or not comparable."""
-        from ..compare import NOT_COMPARABLE, exit_code, not_comparable_line, summary_text
+        from ..gate.compare import NOT_COMPARABLE, exit_code, not_comparable_line, summary_text
         from ..store import write_json
 
         config = _config(config_path) if config_path else None
@@ -231,8 +231,8 @@ def register(main: click.Group) -> None:
     def gate(config_path, out, baseline_override, same_job_base, force, overwrite, quiet):
         """Optimize (or load the saved model), bench, compare with the baseline, write the
         reports. Exit 0 pass, 1 regression, 2 bad input or not comparable."""
-        from ..baseline import baseline_spec, open_baseline
-        from ..compare import NOT_COMPARABLE, exit_code, not_comparable_line, summary_text
+        from ..gate.baseline import baseline_spec, open_baseline
+        from ..gate.compare import NOT_COMPARABLE, exit_code, not_comparable_line, summary_text
         from ..store import write_json
 
         config = _config(config_path)
@@ -253,7 +253,7 @@ def register(main: click.Group) -> None:
             if same_job_base or not spec.startswith("git:"):
                 notes = _report(out_path, inputs, verdict, out_path)
             else:  # the git baseline's images live in a temporary checkout: report while open
-                from ..baseline import inputs_for
+                from ..gate.baseline import inputs_for
 
                 with open_baseline(spec, repo=repo) as base:
                     notes = _report(out_path, inputs_for(base, out_path), verdict, out_path)

@@ -100,7 +100,7 @@ def register(main: click.Group) -> None:
         GPUs when the host has them, runs the gate with the config and thresholds, streams the
         log, and leaves results, verdict and reports in the output folder it names at the end.
         Exit status: the gate's (0 pass, 1 regression, 2 not comparable or bad input)."""
-        from ..reproduce import Request, connect, parse_gpus, reproduce as run
+        from ..gate.reproduce import Request, connect, parse_gpus, reproduce as run
 
         if pin_candidate and not artifact:
             raise SdoptError("--pin-candidate needs --from-artifact (the CI run whose candidate "

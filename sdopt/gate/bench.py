@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from . import __version__
+from .. import __version__
 from .config import Config
-from .errors import SdoptError
+from ..errors import SdoptError
 
 RESULTS_NAME = "results.json"
 PYTEST_BENCHMARK_NAME = "results.pytest-benchmark.json"
@@ -148,7 +148,7 @@ class _PeakMemory:
 
             torch.cuda.reset_peak_memory_stats()
         else:
-            from .timing import _RssSampler
+            from ..optimize.timing import _RssSampler
 
             self._sampler = _RssSampler()
             self._sampler.start()
@@ -180,7 +180,7 @@ def environment(device_kind: str | None = None) -> dict[str, Any]:
     """Fingerprint recorded with every result: compare refuses unlike machines by default."""
     import torch
 
-    from .device import detect, library_versions
+    from ..device import detect, library_versions
 
     return {
         "device": detect(device_kind).fingerprint(),
@@ -215,7 +215,7 @@ def run_bench(subjects: list[Subject], settings: BenchSettings, out_dir: str | o
               optimization: dict | None = None) -> dict[str, Any]:
     """Measure ``subjects`` interleaved; write images under ``out_dir/images/<name>/`` and return
     the results document (the caller writes it, so that the whole directory is atomic)."""
-    from .device import detect
+    from ..device import detect
 
     if not subjects:
         raise SdoptError("nothing to benchmark: bench.variants is empty")
@@ -414,7 +414,7 @@ def pytest_benchmark_json(results: dict[str, Any]) -> dict[str, Any]:
 
 def write_results(results: dict[str, Any], directory: str | os.PathLike) -> None:
     """results.json and its pytest-benchmark twin, each written atomically."""
-    from .store import write_json
+    from ..store import write_json
 
     directory = Path(directory)
     write_json(directory / RESULTS_NAME, _finite(results))
@@ -475,7 +475,7 @@ def iter_image_records(results: dict, variant: str) -> Iterable[dict]:
 # --- building the variants named in the config -------------------------------------------------
 
 def load_original(config: Config):
-    from .models import load_pipeline
+    from ..models import load_pipeline
 
     single = config.resolve(config.single_file_config)
     return load_pipeline(config.model_ref(), config.revision,
@@ -487,8 +487,8 @@ def optimized_subject(config: Config, pipe, *, progress: bool = True,
     """The 'optimized' variant: a saved model (load_model), one named candidate (apply_variant),
     or a search (optimize_model). ``pipe`` is left as it was: the new pipeline shares its text
     encoder, VAE and scheduler, and has its own UNet."""
-    from .api import apply_variant, load_model, optimize_model
-    from .optimized import with_unet
+    from ..optimize.api import apply_variant, load_model, optimize_model
+    from ..optimize.optimized import with_unet
 
     opt, b = config.optimize, config.bench
     device = None if b.device == "auto" else b.device

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 import torch
 
-from .errors import SdoptError
+from ..errors import SdoptError
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
 
@@ -141,7 +141,7 @@ def clip_unavailable_reason() -> str | None:
     path = clip_model_path()
     if not path:
         return (f"no local CLIP model configured (set {CLIP_ENV} or call "
-                "sdopt.metrics.configure_clip(path)); none can be downloaded here")
+                "sdopt.optimize.metrics.configure_clip(path)); none can be downloaded here")
     if not os.path.isdir(path):
         return f"CLIP model folder '{path}' ({CLIP_ENV}) does not exist"
     return None
@@ -156,7 +156,7 @@ def _clip():
         try:
             from transformers import CLIPModel, CLIPProcessor
         except ImportError as exc:  # pragma: no cover - transformers is a core dependency
-            from .errors import MissingDependencyError
+            from ..errors import MissingDependencyError
 
             raise MissingDependencyError("transformers", "clip", "CLIP metrics") from exc
         try:

@@ -19,17 +19,17 @@ from typing import Any, Callable, Sequence, Union
 
 import torch
 
-from . import __version__
-from .backends.base import BACKENDS, UNetInputs, Variant, get_backend
-from .device import DeviceInfo, detect, library_versions
-from .errors import SdoptError
+from .. import __version__
+from ..backends.base import BACKENDS, UNetInputs, Variant, get_backend
+from ..device import DeviceInfo, detect, library_versions
+from ..errors import SdoptError
 from .metrics import METRICS, Metric, resolve_metric, validate_threshold
 from .optimized import OptimizedUNet, optimized_unet_of, with_unet
-from .sampling import collect_samples
+from .capture import collect_samples
 from .search import (REFERENCE_ID, STATUS_OK, STATUS_SELECTED, CandidateResult,
                      OptimizationResult, plan_candidates, run_search, run_technique_search,
                      set_e2e_speedup)
-from .store import (MANIFEST_NAME, MANIFEST_SCHEMA_VERSION, atomic_directory, directory_size,
+from ..store import (MANIFEST_NAME, MANIFEST_SCHEMA_VERSION, atomic_directory, directory_size,
                     read_manifest, write_json)
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def optimize_model(
     if gate_image_metric.kind != "image":
         raise SdoptError(f"image_metric '{gate_image_metric.name}' compares UNet outputs: expected "
                          "one of psnr, ssim, clip_cosine, clip_score or "
-                         "sdopt.metrics.image_metric(fn)")
+                         "sdopt.optimize.metrics.image_metric(fn)")
     if end_to_end is None:
         end_to_end = True
     if not end_to_end and (chosen_metric.kind == "image" or optimization_time == "unconstrained"):
@@ -333,7 +333,7 @@ def _decision_parts(model, source_hash: str, *, device: DeviceInfo, **settings) 
 def _reuse_decision(model, parts: dict[str, Any], dev: DeviceInfo, started: float):
     """The pipeline a previous identical search chose, loaded from the cache; None on a miss or
     when the entry cannot be loaded any more (then the search runs, and replaces it)."""
-    from .cache import peek
+    from ..cache import peek
     from .search import OptimizationResult
 
     entry = peek(SEARCH_CACHE_KIND, parts)
@@ -361,7 +361,7 @@ def _reuse_decision(model, parts: dict[str, Any], dev: DeviceInfo, started: floa
 def _remember_decision(parts: dict[str, Any], optimized, result) -> None:
     """Keep the decision and the chosen model; a cache that cannot be written costs only the
     reuse, never the optimization."""
-    from .cache import fetch_or_build
+    from ..cache import fetch_or_build
 
     def build(tmp: Path) -> dict:
         save_model(optimized, tmp / "model")
@@ -403,7 +403,7 @@ def _fill_row(row: CandidateResult, run, e2e, gate: Metric) -> None:
 
 def _reference_module(unet, dev: DeviceInfo):
     """The original UNet as a module (no copy): the base techniques are tried on alone."""
-    from .backends._torch import TorchUNetModule
+    from ..backends._torch import TorchUNetModule
 
     variant = next(v for v in get_backend("torch_eager").variants(dev) if v.id == REFERENCE_ID)
     return TorchUNetModule(unet, variant, unet.dtype)
@@ -412,7 +412,7 @@ def _reference_module(unet, dev: DeviceInfo):
 def _assemble(model, module, specs: list[dict], dev: DeviceInfo, info: dict | None = None):
     """A new pipeline (sharing the user's components) running ``module`` with the techniques of
     ``specs``; the user's pipeline and the backend module stay unchanged."""
-    from .techniques import apply_pipeline_techniques, apply_unet_techniques
+    from ..techniques import apply_pipeline_techniques, apply_unet_techniques
 
     module = apply_unet_techniques(module, specs, model.unet) if specs else module
     wrapped = OptimizedUNet(module, model.unet.config, dtype=model.unet.dtype,
@@ -427,7 +427,7 @@ def example_inputs(model, height: int | None = None, width: int | None = None,
                    batch: int = 2) -> UNetInputs:
     """UNet inputs of the shapes the pipeline makes at height x width (CFG doubles the batch),
     for backends that need an example to export or convert."""
-    from .backends.base import UNetInputs
+    from ..backends.base import UNetInputs
 
     unet = model.unet
     side = int(unet.config.sample_size * model.vae_scale_factor)
@@ -445,7 +445,7 @@ def apply_variant(model, variant_id: str, device: str | None = None, *,
                   height: int | None = None, width: int | None = None):
     """Build one named candidate (e.g. ``"torch_eager/bf16"``) without searching or verifying:
     for when the choice is already known. Returns a new pipeline like ``optimize_model``."""
-    from .backends.base import BuildContext
+    from ..backends.base import BuildContext
 
     unet = _check_pipe(model)
     dev = detect(device)
@@ -478,7 +478,7 @@ def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Pa
     target = Path(path)
     with atomic_directory(target, overwrite=overwrite) as tmp:
         (tmp / "unet").mkdir()
-        from .techniques import base_module
+        from ..techniques import base_module
 
         artifact = backend.save(base_module(wrapped.module), tmp / "unet")
         result: OptimizationResult | None = getattr(model, "sdopt_result", None)
@@ -556,7 +556,7 @@ def load_model(path: str | os.PathLike, pipe=None, *, device: str | None = None)
         log.warning("sdopt: the given pipe's UNet weights differ from those %s was optimized "
                     "from; the saved weights are used", path)
     pipe.to(dev.torch_device)
-    from .techniques import (apply_pipeline_techniques, apply_unet_techniques,
+    from ..techniques import (apply_pipeline_techniques, apply_unet_techniques,
                              unavailable_reason, validate_specs)
 
     specs = validate_specs(manifest.get("techniques", []), f"'{path / MANIFEST_NAME}'")

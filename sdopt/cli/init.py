@@ -39,7 +39,7 @@ def register(main: click.Group) -> None:
     def init(model, root, prompts, steps, runs, candidate, metric_drop_ths, latency_tolerance,
              action_ref, runs_on, image, no_workflows, force):
         """Write a commented sdopt.toml and the PR gate + fork-safe commenter workflows."""
-        from ..scaffold import DEFAULT_ACTION, DEFAULT_PROMPTS, InitOptions, plan, write
+        from ..gate.scaffold import DEFAULT_ACTION, DEFAULT_PROMPTS, InitOptions, plan, write
 
         if model is None:
             if not sys.stdin.isatty():
