@@ -7,11 +7,23 @@ expected; the CLI prints it without a traceback and exits with status 2.
 
 from __future__ import annotations
 
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """The exit status of every sdopt command and of the GitHub Action: the contract CI scripts
+    rely on, defined here once (docs/gate.md documents it)."""
+
+    PASS = 0
+    REGRESSION = 1
+    BAD_INPUT = 2
+    NOT_COMPARABLE = 3
+
 
 class SdoptError(Exception):
     """A problem with user input, reported as one line (CLI exit status 2)."""
 
-    exit_code = 2
+    exit_code = ExitCode.BAD_INPUT
 
     def __init__(self, message: str):
         # A multi-line message would break the one-line contract of the CLI and of CI annotations.

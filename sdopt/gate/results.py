@@ -1,0 +1,142 @@
+"""The gate's files: their names, kinds and schema versions, the verdicts and their exit codes,
+and the one reader that checks a results or verdict document against its shipped JSON Schema.
+
+Every producer (bench, compare, merge) and every consumer (compare, baseline, report, merge, the
+Action) goes through here, so a file name, a kind or a version is spelt once. Results files are
+untrusted (a pull request can edit a committed baseline, an artifact can be forged): a document
+that does not follow its schema is refused with one line naming the file and the field, never
+half-read.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExitCode, SdoptError
+
+RESULTS_NAME = "results.json"
+PYTEST_BENCHMARK_NAME = "results.pytest-benchmark.json"
+VERDICT_NAME = "verdict.json"
+MERGED_NAME = "merged.json"
+REPORT_HTML_NAME = "report.html"
+REPORT_MARKDOWN_NAME = "report.md"
+IMAGES_DIR = "images"
+
+RESULTS_KIND = "sdopt-bench-results"
+RESULTS_SCHEMA_VERSION = 1
+VERDICT_KIND = "sdopt-verdict"
+VERDICT_SCHEMA_VERSION = 1
+MERGED_KIND = "sdopt-merged-results"
+MERGED_SCHEMA_VERSION = 1
+
+PASS, REGRESSION, NOT_COMPARABLE = "pass", "regression", "not_comparable"
+VERDICTS = (PASS, REGRESSION, NOT_COMPARABLE)
+EXIT_FOR_VERDICT = {PASS: ExitCode.PASS, REGRESSION: ExitCode.REGRESSION,
+                    NOT_COMPARABLE: ExitCode.NOT_COMPARABLE}
+# Which verdict wins when several jobs are merged: a regression anywhere fails the whole.
+SEVERITY = {PASS: 0, NOT_COMPARABLE: 1, REGRESSION: 2}
+VERDICT_TITLE = {PASS: "pass", NOT_COMPARABLE: "not comparable", REGRESSION: "regression"}
+
+_SCHEMAS = {RESULTS_KIND: ("results", RESULTS_SCHEMA_VERSION),
+            VERDICT_KIND: ("verdict", VERDICT_SCHEMA_VERSION)}
+
+
+def exit_code(verdict: dict[str, Any] | None) -> ExitCode:
+    """The exit status of a verdict document (no verdict: pass, there was nothing to judge)."""
+    return EXIT_FOR_VERDICT[(verdict or {}).get("verdict") or PASS]
+
+
+@functools.lru_cache(maxsize=None)
+def schema(name: str) -> dict[str, Any]:
+    """A shipped JSON Schema (``results`` or ``verdict``)."""
+    from importlib import resources
+
+    return json.loads(resources.files("sdopt").joinpath(f"schemas/{name}.schema.json")
+                      .read_text(encoding="utf-8"))
+
+
+def results_file(path: str | os.PathLike) -> Path:
+    """``path`` itself, or the results.json inside the directory ``path``."""
+    path = Path(path)
+    return path / RESULTS_NAME if path.is_dir() else path
+
+
+def finite(value):
+    """JSON has no NaN/Infinity: a non-finite number becomes null rather than invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise SdoptError(f"{what} '{path}' not found: expected a {path.name} written by sdopt")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SdoptError(f"{what} '{path}' is corrupt: not valid JSON ({exc})") from None
+
+
+def validate(data: Any, kind: str, path: Path | str, what: str) -> dict[str, Any]:
+    """``data`` if it is a document of ``kind`` in the version this sdopt reads and follows its
+    schema; else one error line naming the file and the first offending field."""
+    name, version = _SCHEMAS[kind]
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        raise SdoptError(f"{what} '{path}' is not an sdopt {name} file: expected a JSON object "
+                         f"with \"kind\": \"{kind}\"")
+    if data.get("schema_version") != version:
+        from .. import __version__
+
+        raise SdoptError(
+            f"{what} '{path}': schema_version is {data.get('schema_version')!r}, this sdopt "
+            f"({__version__}) reads {name} schema version {version}: re-run 'sdopt bench' (and "
+            "'sdopt baseline save --update-baseline') with this version")
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema(name))
+    error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))),
+                 None)
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise SdoptError(f"{what} '{path}' does not follow the {name} schema v{version}: field "
+                         f"'{where}': {error.message[:200]}")
+    return data
+
+
+def read_results(path: str | os.PathLike, *, what: str = "results") -> dict[str, Any]:
+    """A results.json (or the directory holding it), validated."""
+    file = results_file(path)
+    return validate(_read_json(file, what), RESULTS_KIND, file, what)
+
+
+def read_verdict(path: str | os.PathLike, *, what: str = "verdict") -> dict[str, Any]:
+    """A verdict.json (or the directory holding it), validated (merged verdicts included)."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / VERDICT_NAME
+    return validate(_read_json(file, what), VERDICT_KIND, file, what)
+
+
+def find_results_dir(path: str | os.PathLike, *, what: str = "baseline") -> Path:
+    """A results directory, or a downloaded artifact with one inside (at most two levels down)."""
+    path = Path(path)
+    if (path / RESULTS_NAME).is_file():
+        return path
+    found = sorted(p.parent for p in list(path.glob(f"*/{RESULTS_NAME}"))
+                   + list(path.glob(f"*/*/{RESULTS_NAME}")))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise SdoptError(f"{what} '{path}' holds no {RESULTS_NAME}: expected a directory written "
+                         "by 'sdopt baseline save' or a downloaded sdopt results artifact")
+    raise SdoptError(f"{what} '{path}' holds {len(found)} results ({', '.join(map(str, found))}):"
+                     " pass the one to use")
