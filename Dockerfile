@@ -65,6 +65,7 @@ RUN pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}"
 WORKDIR /opt/sdopt
 COPY pyproject.toml constraints.txt README.md ./
 COPY sdopt ./sdopt
+COPY templates ./templates
 
 # Versions come from constraints.txt (the project's lock) and the pinned ARGs above.
 # hadolint ignore=SC2086,DL3013
@@ -79,14 +80,18 @@ RUN if [ "${FLAVOR}" = gpu ]; then \
     fi \
     && pip install ${index} -c constraints.txt "torch==${TORCH_VERSION}" ".${extras}" \
          ${gpu_pkgs} ${ACTION_PACKAGES} ${EXTRA_PIP_PACKAGES} \
-    && python -c "import torch, sdopt; print('torch', torch.__version__)"
+    && python -c "import torch; print('torch', torch.__version__)"
 
-# The entrypoint last: it changes more often than the dependencies above.
+# The entrypoint last: it changes more often than the dependencies above. sdopt itself runs as
+# installed (a wheel, with its templates and schemas as package data), as users install it; only
+# the action package comes from this folder.
+# PYTHONSAFEPATH: the working directory (the user's workspace, or /opt/sdopt here) never goes on
+# sys.path, so a folder named sdopt there cannot shadow the installed package.
+WORKDIR /opt/action
 COPY action ./action
-RUN python -c "import action.main"
+ENV PYTHONPATH=/opt/action \
+    PYTHONSAFEPATH=1
+RUN python -c "import action.main, sdopt.templates"
 
 # GitHub requires container actions to run as root (the workspace is owned by the runner).
-# PYTHONPATH: the action package, and sdopt from its source tree, with the templates and
-# schemas next to the code whatever the wheel's package data holds.
-ENV PYTHONPATH=/opt/sdopt
 ENTRYPOINT ["python", "-m", "action"]

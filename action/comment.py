@@ -6,7 +6,8 @@ Upsert rules, so that reruns never pile up comments and we never touch anyone el
 - only a comment with the marker AND written by the identity of our token is edited; the
   marker alone proves nothing (anyone can paste it);
 - every page of comments is searched (Link-header pagination), a long PR has hundreds;
-- the body is capped at 65,536 characters, GitHub's limit (a longer one is refused with 422).
+- the body is capped at GitHub's 65,536 characters (a longer one is refused with 422) by the
+  report's own cap (sdopt.report.markdown), the marker kept first.
 A token that may not comment (a fork PR's read-only token, missing ``pull-requests: write``)
 yields a warning and the report stays in the job summary: the gate's verdict is what fails a job,
 never the comment.
@@ -17,13 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdopt.errors import MissingDependencyError
+from sdopt.report.markdown import MAX_CHARS, cap
 
-COMMENT_LIMIT_CHARS = 65536
 DEFAULT_API_URL = "https://api.github.com"
 # The author of comments made with the workflow's GITHUB_TOKEN; an installation token cannot
 # read GET /user (403), so this is the identity we assume then.
 ACTIONS_BOT = "github-actions[bot]"
-DEGRADED_STATUSES = (401, 403, 404)
 
 
 def marker(key: str = "default") -> str:
@@ -31,16 +31,11 @@ def marker(key: str = "default") -> str:
 
 
 def cap_body(body: str, *, key: str = "default", artifact_url: str | None = None,
-             limit: int = COMMENT_LIMIT_CHARS) -> str:
-    """The marker first, then the body, cut with a note when the whole exceeds ``limit``."""
+             limit: int = MAX_CHARS) -> str:
+    """The marker first (it finds the comment again), then the body, cut with a note when the
+    whole exceeds ``limit``."""
     mark = marker(key)
-    text = body if body.startswith(mark) else f"{mark}\n{body}"
-    if len(text) <= limit:
-        return text
-    where = f" The full report: {artifact_url}" if artifact_url else \
-        " The full report is in the job summary and the workflow's artifacts."
-    note = f"\n\n---\n> The report was truncated to GitHub's {limit:,}-character comment limit.{where}\n"
-    return text[: limit - len(note)] + note
+    return cap(body if body.startswith(mark) else f"{mark}\n{body}", limit, link=artifact_url)
 
 
 @dataclass

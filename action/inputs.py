@@ -14,17 +14,12 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from sdopt.errors import SdoptError
+from sdopt.gate.config import THRESHOLD_SHORTCUTS, Override, make_override, parse_override
+from sdopt.gate.results import NOT_COMPARABLE, REGRESSION
 
 MODES = ("gate", "optimize", "comment", "merge")
 GPU_CHOICES = ("auto", "all", "none")
 
-# Named threshold inputs and the sdopt.toml keys they override (issue #5 owns the config schema;
-# `config_overrides` reaches any other key).
-THRESHOLD_KEYS = {
-    "latency_tolerance": "gate.latency_tolerance",
-    "psnr_min_db": "gate.psnr_min_db",
-    "ssim_min": "gate.ssim_min",
-}
 
 
 @dataclass
@@ -33,8 +28,8 @@ class ActionInputs:
     mode: str = "gate"
     baseline: str | None = None
     out: str = "sdopt-out"
-    thresholds: dict[str, float] = field(default_factory=dict)
-    config_overrides: list[tuple[str, str]] = field(default_factory=list)
+    # The threshold inputs first, then config_overrides: passed to sdopt as --set, in order.
+    overrides: list[Override] = field(default_factory=list)
     token: str | None = None
     comment: bool = True
     comment_key: str = "default"
@@ -42,7 +37,7 @@ class ActionInputs:
     artifact_dir: str | None = None
     artifact_url: str | None = None
     gpus: str = "auto"
-    fail_on: tuple[str, ...] = ("regression", "not_comparable")
+    fail_on: tuple[str, ...] = (REGRESSION, NOT_COMPARABLE)
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -73,21 +68,15 @@ def _positive_float(name: str, value: str) -> float:
     return number
 
 
-def parse_overrides(text: str) -> list[tuple[str, str]]:
-    """``section.key = <TOML value>`` lines; the value is parsed later with the TOML parser."""
+def parse_overrides(text: str) -> list[Override]:
+    """``config_overrides``: one ``section.key = TOML value`` per line (blank lines and # comments
+    skipped), parsed by the CLI's own ``--set`` parser."""
     out = []
     for i, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        parts = key.split(".")
-        if not sep or not value or not all(p and (p.replace("_", "").replace("-", "").isalnum())
-                                           for p in parts):
-            raise SdoptError(f"input 'config_overrides' line {i} is '{line}': expected "
-                             "'section.key = value' with a TOML value, e.g. gate.psnr_min_db = 30")
-        out.append((key, value))
+        if line and not line.startswith("#"):
+            out.append(parse_override(line, source=f"input 'config_overrides' line {i} "
+                                                   f"('{line}')"))
     return out
 
 
@@ -100,11 +89,12 @@ def read_inputs(env: Mapping[str, str] | None = None) -> ActionInputs:
         raise SdoptError(f"input 'mode' is '{inp.mode}': expected one of {', '.join(MODES)}")
     inp.baseline = _get(env, "baseline")
     inp.out = _get(env, "out") or inp.out
-    for name, key in THRESHOLD_KEYS.items():
+    for name in THRESHOLD_SHORTCUTS:
         value = _get(env, name)
         if value is not None:
-            inp.thresholds[key] = _positive_float(name, value)
-    inp.config_overrides = parse_overrides(_get(env, "config_overrides") or "")
+            inp.overrides.append(make_override(f"gate.{name}", _positive_float(name, value),
+                                               source=f"input '{name}'"))
+    inp.overrides += parse_overrides(_get(env, "config_overrides") or "")
     inp.token = _get(env, "token")
     inp.comment = _bool(env, "comment", True)
     inp.comment_key = _get(env, "comment_key") or inp.comment_key
@@ -121,10 +111,10 @@ def read_inputs(env: Mapping[str, str] | None = None) -> ActionInputs:
     fail_on = _get(env, "fail_on")
     if fail_on is not None:
         items = tuple(x.strip() for x in fail_on.replace("\n", ",").split(",") if x.strip())
-        bad = [x for x in items if x not in ("regression", "not_comparable", "none")]
+        bad = [x for x in items if x not in (REGRESSION, NOT_COMPARABLE, "none")]
         if bad:
             raise SdoptError(f"input 'fail_on' has '{bad[0]}': expected a comma-separated list of "
-                             "regression, not_comparable (or none)")
+                             f"{REGRESSION}, {NOT_COMPARABLE} (or none)")
         inp.fail_on = tuple(x for x in items if x != "none")
     if inp.mode in ("comment", "merge") and not inp.artifact_dir:
         raise SdoptError(f"input 'artifact_dir' is required in mode '{inp.mode}': the directory "

@@ -6,95 +6,56 @@ annotations, and the PR comment. ``comment`` only publishes, from a gate run's d
 artifact, for the ``workflow_run`` job that comments on fork PRs; it re-renders the report from
 the artifact's JSON instead of posting the artifact's markdown, which a fork could have forged.
 ``merge`` is a matrix's fan-in job: ``sdopt merge`` over the downloaded legs, one comment.
-Exit status: 0 pass, 1 regression, 2 not comparable (each only if listed in ``fail_on``),
-2 bad input.
+Exit status (sdopt.errors.ExitCode, as for the sdopt commands): 0 pass, 1 regression,
+3 not comparable (each verdict only if listed in ``fail_on``, else 0), 2 bad input.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from sdopt.errors import SdoptError
+from sdopt.errors import ExitCode, SdoptError
+from sdopt.gate.results import end_to_end_speedup
+from sdopt.gate.results import (NOT_COMPARABLE, PASS, REGRESSION, REPORT_HTML_NAME,
+                                REPORT_MARKDOWN_NAME, RESULTS_NAME, VERDICT_NAME, VERDICTS,
+                                exit_code as verdict_exit_code, read_results, read_verdict)
+from sdopt.report import build_context, render_markdown
 
 from . import comment as comment_mod
-from . import event, markdown, workflow
+from . import event, workflow
 from .inputs import ActionInputs, read_inputs
 
-EXIT_FOR_VERDICT = {"pass": 0, "regression": 1, "not_comparable": 2}
+
+def read_outputs(directory: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The results and verdict an sdopt command left in ``directory`` (None where absent),
+    checked by sdopt's own reader: an artifact may come from a fork."""
+    results = read_results(directory) if (directory / RESULTS_NAME).is_file() else None
+    verdict = read_verdict(directory / VERDICT_NAME) \
+        if (directory / VERDICT_NAME).is_file() else None
+    return results, verdict
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SdoptError(f"{what} '{path}' is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SdoptError(f"{what} '{path}': expected a JSON object")
-    return data
-
-
-@contextlib.contextmanager
-def effective_config(inp: ActionInputs):
-    """The config path to run with: the user's, or a sibling copy with the inputs' overrides.
-
-    The copy sits next to the original so that relative paths inside it keep their meaning.
-    """
+def gate_args(inp: ActionInputs) -> list[str]:
+    """The user's config, and the inputs' overrides as --set (the CLI's one override rule), so
+    that no temporary config is written into the user's workspace."""
     path = Path(inp.config)
     if not path.is_file():
         raise SdoptError(f"input 'config': '{path}' not found (relative to the workspace "
                          f"{os.getcwd()}): expected the path of your sdopt.toml")
-    overrides = [(k, repr(v)) for k, v in inp.thresholds.items()] + list(inp.config_overrides)
-    if not overrides:
-        yield path
-        return
-    import tomllib
-
-    import tomli_w
-
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SdoptError(f"config '{path}' is not valid TOML: {exc}") from None
-    for key, raw in overrides:
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            raise SdoptError(f"override '{key} = {raw}': the value is not a TOML value (quote "
-                             "strings)") from None
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SdoptError(f"override '{key}': '{part}' in '{path}' is not a table")
-        node[parts[-1]] = value
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.action-", suffix=".toml", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            tomli_w.dump(data, fh)
-        yield Path(tmp)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    args = ["--config", str(path)]
+    for override in inp.overrides:
+        args += ["--set", override.line]
+    return args
 
 
-def run_sdopt(args: list[str], env: Mapping[str, str], *, artifact_url: str | None = None,
-              rename: tuple[str, str] | None = None) -> tuple[int, list[str]]:
-    """Run ``sdopt ARGS``, streaming its output; return the status and its error lines.
-
-    ``rename`` = (temporary config path, the user's): error lines name the user's file.
-    """
+def run_sdopt(args: list[str], env: Mapping[str, str], *,
+              artifact_url: str | None = None) -> tuple[int, list[str]]:
+    """Run ``sdopt ARGS``, streaming its output; return the status and its error lines."""
     cmd = [sys.executable, "-m", "sdopt.cli", *args]
     print(f"$ sdopt {' '.join(args)}", flush=True)
     child_env = {k: v for k, v in env.items() if not k.startswith("INPUT_")}  # no token leaks
@@ -107,11 +68,7 @@ def run_sdopt(args: list[str], env: Mapping[str, str], *, artifact_url: str | No
         for line in proc.stderr:
             sys.stderr.write(line)
             if line.startswith("error:"):
-                text = line[len("error:"):].strip()
-                if rename:
-                    text = text.replace(rename[0], rename[1]).replace(
-                        os.path.basename(rename[0]), os.path.basename(rename[1]))
-                errors.append(text)
+                errors.append(line[len("error:"):].strip())
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -120,23 +77,14 @@ def run_sdopt(args: list[str], env: Mapping[str, str], *, artifact_url: str | No
     return rc, errors
 
 
-def report_markdown(results: dict | None, verdict: dict | None, results_dir: Path,
+def report_markdown(results: dict, verdict: dict | None, results_dir: Path,
                     inp: ActionInputs, *, trust_files: bool) -> str:
-    """The full report (sdopt.report) when installed, else the compact one."""
-    if trust_files and (results_dir / "report.md").is_file():
-        return (results_dir / "report.md").read_text(encoding="utf-8")
-    try:
-        from sdopt.report import render_reports
-    except ImportError:
-        render_reports = None
-    if render_reports is not None and results is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            md = Path(tmp) / "report.md"
-            render_reports(results, results_dir, baseline=None, baseline_dir=None,
-                           verdict=verdict, html_path=None, markdown_path=md,
-                           artifact_url=inp.artifact_url)
-            return md.read_text(encoding="utf-8")
-    return markdown.render(results, verdict, artifact_url=inp.artifact_url)
+    """The run's own report.md when we made it, else one rendered from the JSON documents
+    (an artifact's markdown could be forged by a fork; its JSON was validated)."""
+    if trust_files and (results_dir / REPORT_MARKDOWN_NAME).is_file():
+        return (results_dir / REPORT_MARKDOWN_NAME).read_text(encoding="utf-8")
+    return render_markdown(build_context(results, results_dir, verdict=verdict,
+                                         artifact_url=inp.artifact_url, html=False))
 
 
 def annotate(verdict: dict | None, config: str) -> None:
@@ -145,9 +93,9 @@ def annotate(verdict: dict | None, config: str) -> None:
     state = verdict.get("verdict")
     reasons = [str(r) for r in verdict.get("reasons") or []] or [f"verdict: {state}"]
     for reason in reasons:
-        if state == "regression":
+        if state == REGRESSION:
             workflow.error(reason, title="sdopt: performance regression", file=config)
-        elif state == "not_comparable":
+        elif state == NOT_COMPARABLE:
             workflow.warning(reason, title="sdopt: not comparable with the baseline", file=config)
 
 
@@ -184,7 +132,7 @@ def publish(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestCon
 
 def outputs_for(inp: ActionInputs, results_dir: Path, results: dict | None,
                 verdict: dict | None, comment_url: str) -> dict[str, str]:
-    ratio = markdown.speedup(results)
+    ratio = end_to_end_speedup(results)
 
     # Absolute paths: in the container the workspace is mounted at its own path, so they are
     # valid in the workflow's later steps too.
@@ -198,30 +146,21 @@ def outputs_for(inp: ActionInputs, results_dir: Path, results: dict | None,
         "verdict": (verdict or {}).get("verdict") or "none",
         "speedup": f"{ratio:.4f}" if ratio is not None else "",
         "results_dir": str(results_dir),
-        "results_json": existing("results.json"),
-        "verdict_json": existing("verdict.json"),
-        "report_html": existing("report.html"),
-        "report_markdown": existing("report.md"),
+        "results_json": existing(RESULTS_NAME),
+        "verdict_json": existing(VERDICT_NAME),
+        "report_html": existing(REPORT_HTML_NAME),
+        "report_markdown": existing(REPORT_MARKDOWN_NAME),
         "comment_url": comment_url,
     }
 
 
 def exit_code(inp: ActionInputs, verdict: dict | None, rc: int) -> int:
+    """The verdict's exit status when ``fail_on`` lists it (0 when not); without a verdict,
+    sdopt's own status ``rc``."""
     state = (verdict or {}).get("verdict")
-    if state in EXIT_FOR_VERDICT:
-        return EXIT_FOR_VERDICT[state] if state == "pass" or state in inp.fail_on else 0
-    return rc
-
-
-def _fresh_not_comparable(path: Path, since: float) -> bool:
-    """sdopt exits 2 for a pair it cannot compare too; this run's verdict tells it from bad input,
-    and is still published (the PR should say why the gate did not judge)."""
-    try:
-        if path.stat().st_mtime < since - 1:
-            return False
-        return json.loads(path.read_text()).get("verdict") == "not_comparable"
-    except (OSError, ValueError):
-        return False
+    if state not in VERDICTS:
+        return rc
+    return verdict_exit_code(verdict) if state == PASS or state in inp.fail_on else ExitCode.PASS
 
 
 def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "gate") -> int:
@@ -230,23 +169,20 @@ def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "ga
     args = ["--out", str(out), "--overwrite"]
     if subcommand == "gate" and inp.baseline:
         args += ["--baseline", inp.baseline]
-    started = time.time()
-    with effective_config(inp) as config:
-        rc, errors = run_sdopt([subcommand, "--config", str(config), *args], env,
-                               artifact_url=inp.artifact_url, rename=(str(config), inp.config))
-    if rc == 2 and not _fresh_not_comparable(out / "verdict.json", started):
-        for line in errors or [f"sdopt {subcommand} rejected its input (exit 2)"]:
+    rc, errors = run_sdopt([subcommand, *gate_args(inp), *args], env,
+                           artifact_url=inp.artifact_url)
+    if rc == ExitCode.BAD_INPUT:
+        for line in errors or [f"sdopt {subcommand} rejected its input (exit {rc})"]:
             workflow.error(line, title="sdopt: bad input", file=inp.config)
-        return 2
-    results = _read_json(out / "results.json", "results")
-    verdict = _read_json(out / "verdict.json", "verdict")
+        return ExitCode.BAD_INPUT
+    results, verdict = read_outputs(out)
     if results is None:
-        workflow.error(f"sdopt {subcommand} exited with {rc} and wrote no results.json in "
+        workflow.error(f"sdopt {subcommand} exited with {rc} and wrote no {RESULTS_NAME} in "
                        f"'{out}'", title="sdopt")
         return rc or 1
-    if subcommand == "bench" and not (out / "report.md").exists():
-        run_sdopt(["report", str(out), "--html", str(out / "report.html"),
-                   "--markdown", str(out / "report.md")], env)
+    if subcommand == "bench" and not (out / REPORT_MARKDOWN_NAME).exists():
+        run_sdopt(["report", str(out), "--html", str(out / REPORT_HTML_NAME),
+                   "--markdown", str(out / REPORT_MARKDOWN_NAME)], env)
     if out.is_dir():
         event.save_context(ctx, out)
     annotate(verdict, inp.config)
@@ -259,10 +195,9 @@ def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "ga
 def run_comment(inp: ActionInputs, env: Mapping[str, str]) -> int:
     artifact = Path(inp.artifact_dir)
     ctx = event.context_for_comment(artifact, env)
-    results = _read_json(artifact / "results.json", "results")
-    verdict = _read_json(artifact / "verdict.json", "verdict")
+    results, verdict = read_outputs(artifact)
     if results is None:
-        raise SdoptError(f"'{artifact / 'results.json'}' is missing: artifact_dir must hold the "
+        raise SdoptError(f"'{artifact / RESULTS_NAME}' is missing: artifact_dir must hold the "
                          "gate job's output directory")
     body = report_markdown(results, verdict, artifact, inp, trust_files=False)
     url = publish(inp, env, ctx, artifact, results, verdict, body,
@@ -274,20 +209,20 @@ def run_comment(inp: ActionInputs, env: Mapping[str, str]) -> int:
 def run_merge(inp: ActionInputs, env: Mapping[str, str]) -> int:
     """Fan-in job of a matrix: every downloaded leg under ``artifact_dir`` -> one report."""
     root = Path(inp.artifact_dir)
-    legs = sorted(p for p in root.iterdir() if (p / "results.json").is_file()) \
+    legs = sorted(p for p in root.iterdir() if (p / RESULTS_NAME).is_file()) \
         if root.is_dir() else []
     if not legs:
         raise SdoptError(f"input 'artifact_dir': '{root}' holds no result directory (expected "
-                         "one subdirectory with a results.json per matrix job)")
+                         f"one subdirectory with a {RESULTS_NAME} per matrix job)")
     out = Path(inp.out)
     rc, errors = run_sdopt(["merge", *map(str, legs), "--out", str(out), "--overwrite"], env)
-    if rc == 2:
-        for line in errors or ["sdopt merge rejected its input (exit 2)"]:
+    if rc == ExitCode.BAD_INPUT:
+        for line in errors or [f"sdopt merge rejected its input (exit {rc})"]:
             workflow.error(line, title="sdopt: bad input")
-        return 2
-    verdict = _read_json(out / "verdict.json", "verdict")
+        return ExitCode.BAD_INPUT
+    _, verdict = read_outputs(out)
     annotate(verdict, inp.config)
-    body = (out / "report.md").read_text(encoding="utf-8")
+    body = (out / REPORT_MARKDOWN_NAME).read_text(encoding="utf-8")
     url = publish(inp, env, event.from_event(env), out, None, verdict, body)
     outputs = outputs_for(inp, out, None, verdict, url)
     outputs["speedup"] = ""
@@ -308,4 +243,4 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         return run_gate(inp, env, subcommand="gate" if inp.mode == "gate" else "bench")
     except SdoptError as exc:
         workflow.error(str(exc), title="sdopt: bad input")
-        return 2
+        return exc.exit_code

@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Mapping, TextIO
 
+from sdopt.report.markdown import cap
+
 SUMMARY_LIMIT_BYTES = 1024 * 1024
 TRUNCATION_NOTE = "\n\n> The report was truncated to fit the job summary's 1 MiB limit.\n"
 
@@ -92,15 +94,6 @@ def set_outputs(values: Mapping[str, str], env: Mapping[str, str] | None = None)
     return Path(path)
 
 
-def cap_utf8(text: str, limit_bytes: int, note: str) -> str:
-    """``text`` cut so that it plus ``note`` fit in ``limit_bytes`` UTF-8 bytes (never mid-char)."""
-    data = text.encode("utf-8")
-    if len(data) <= limit_bytes:
-        return text
-    keep = max(0, limit_bytes - len(note.encode("utf-8")))
-    return data[:keep].decode("utf-8", errors="ignore") + note
-
-
 def write_summary(markdown: str, env: Mapping[str, str] | None = None) -> Path | None:
     """Append to $GITHUB_STEP_SUMMARY, keeping the whole file under the runner's 1 MiB cap."""
     env = os.environ if env is None else env
@@ -114,6 +107,6 @@ def write_summary(markdown: str, env: Mapping[str, str] | None = None) -> Path |
         warning("the job summary is already full; the sdopt report is not added to it")
         return target
     with open(target, "a", encoding="utf-8") as fh:
-        fh.write(cap_utf8(markdown if markdown.endswith("\n") else markdown + "\n", room,
-                          TRUNCATION_NOTE))
+        fh.write(cap(markdown if markdown.endswith("\n") else markdown + "\n", room,
+                     note=TRUNCATION_NOTE, encoding="utf-8"))
     return target

@@ -15,17 +15,16 @@ prompts with the new backends enabled, to show what the search picks within the 
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
+import bench_args  # this folder: scripts run as python benchmarks/NAME.py
+
 PROMPTS = ["a photo of an astronaut riding a horse on mars",
            "a watercolor painting of a city at night",
            "portrait of a cat wearing a hat, studio light"]
@@ -40,29 +39,24 @@ def _rel_l2(ref: torch.Tensor, out: torch.Tensor) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="sd15")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=6, help="steps of the sample runs")
-    parser.add_argument("--rounds", type=int, default=6, help="A/B rounds per candidate")
-    parser.add_argument("--ths", type=float, default=0.05)
+    parser = bench_args.parser(__doc__, "compiler_backends.json", steps=6, rounds=6,
+                               rounds_help="A/B rounds per candidate", device=False)
     parser.add_argument("--candidate", action="append", default=None,
                         help=f"backend/variant to compare (default: {', '.join(CANDIDATES)})")
     parser.add_argument("--search-backends", default="torch_eager,openvino,onnxruntime",
                         help="backends optimize_model may use ('' skips the search)")
-    parser.add_argument("--out", default=str(HERE / "results" / "compiler_backends.json"))
     args = parser.parse_args(argv)
 
     import sdopt
     from sdopt.backends import get_backend
-    from sdopt.backends._torch import TorchUNetModule
+    from sdopt.backends.torch_module import TorchUNetModule
     from sdopt.backends.base import BuildContext, Variant
     from sdopt.cache import cache_root
     from sdopt.device import detect, library_versions
     from sdopt.optimize.metrics import resolve_metric
     from sdopt.optimize.capture import collect_samples
     from sdopt.store import write_json
-    from sdopt.optimize.timing import _RssSampler
+    from sdopt.optimize.timing import RssSampler
 
     device = detect("cpu")
     metric = resolve_metric(None)
@@ -93,7 +87,7 @@ def main(argv=None) -> int:
             row.update(status="skipped", reason=reason)
             continue
         gc.collect()
-        sampler = _RssSampler()
+        sampler = RssSampler()
         sampler.start()
         t0 = time.perf_counter()
         try:

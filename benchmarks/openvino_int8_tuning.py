@@ -11,16 +11,15 @@ measured on the held-out UNet calls, and timed round-robin against fp32 eager an
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
+import bench_args  # this folder: scripts run as python benchmarks/NAME.py
+
 PROMPTS = ["a photo of an astronaut riding a horse on mars",
            "a watercolor painting of a city at night",
            "portrait of a cat wearing a hat, studio light"]
@@ -36,18 +35,14 @@ SETTINGS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="sd15")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=6)
+    parser = bench_args.parser(__doc__, "openvino_int8_tuning.json", steps=6, rounds=6,
+                               rounds_help="A/B rounds per setting", ths=None, device=False)
     parser.add_argument("--only", action="append", default=None, help="setting names to run")
-    parser.add_argument("--out", default=str(HERE / "results" / "openvino_int8_tuning.json"))
     args = parser.parse_args(argv)
 
     import sdopt
     from sdopt.backends import get_backend
-    from sdopt.backends._torch import TorchUNetModule
+    from sdopt.backends.torch_module import TorchUNetModule
     from sdopt.backends.base import BuildContext, Variant
     from sdopt.device import detect, library_versions
     from sdopt.optimize.metrics import resolve_metric

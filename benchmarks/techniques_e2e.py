@@ -17,44 +17,40 @@ Random weights make the images noise-like, which is pessimistic for step caching
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+import bench_args  # this folder: scripts run as python benchmarks/NAME.py
+
 PROMPTS = ["a photo of an astronaut riding a horse on mars",
            "a watercolor painting of a city at night"]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="sd15")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=20)
+    parser = bench_args.parser(__doc__, "techniques_e2e.json", steps=20, rounds=3,
+                               steps_help="denoising steps per image",
+                               rounds_help="A/B rounds of the final pair",
+                               ths="psnr drop threshold (RMSE/255)")
     parser.add_argument("--prompts", type=int, default=1, help="how many prompts (images) per row")
     parser.add_argument("--base", default="torch_eager/bf16", help="the constrained best backend")
     parser.add_argument("--base-model", default=None,
                         help="a saved constrained model (save_model folder) as the base instead, "
                              "e.g. the peers benchmark's optimize_model pick; its UNet is the "
                              "base, its own techniques are searched again like the others")
-    parser.add_argument("--ths", type=float, default=0.05, help="psnr drop threshold (RMSE/255)")
-    parser.add_argument("--rounds", type=int, default=3, help="A/B rounds of the final pair")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (where a GPU is lent)")
-    parser.add_argument("--out", default=str(HERE / "results" / "techniques_e2e.json"))
     args = parser.parse_args(argv)
 
     import torch
 
     import sdopt
-    from sdopt.optimize.api import _assemble, _fill_row, _reference_module
+    from sdopt.backends.torch_eager import reference_module
     from sdopt.device import detect, library_versions
-    from sdopt.optimize.endtoend import EndToEnd
+    from sdopt.optimize.endtoend import EndToEnd, fill_row
     from sdopt.optimize.metrics import METRICS
-    from sdopt.optimize.search import (CandidateResult, OptimizationResult, run_technique_search,
-                              set_e2e_speedup)
+    from sdopt.optimize.optimized import assemble
+    from sdopt.optimize.search import run_technique_search
+    from sdopt.optimize.table import CandidateResult, OptimizationResult, set_e2e_speedup
     from sdopt.store import write_json
 
     started = time.perf_counter()
@@ -67,7 +63,7 @@ def main(argv=None) -> int:
     e2e.run_reference(pipe)
 
     original = CandidateResult("torch_eager/fp32", "torch_eager", "fp32", "fp32", [], "ok")
-    _fill_row(original, e2e.reference, e2e, METRICS["psnr"])
+    fill_row(original, e2e.reference, e2e, METRICS["psnr"])
     set_e2e_speedup(original, original)
     if args.base_model:
         from sdopt.optimize.optimized import with_unet
@@ -78,7 +74,7 @@ def main(argv=None) -> int:
                                  device=args.device)
         base_module = unwrap(saved.unet.module)
         args.base = base_module.variant.id
-        base_pipe = _assemble(pipe, base_module, [], dev)  # the UNet alone, no techniques
+        base_pipe = assemble(pipe, base_module, [], dev)  # the UNet alone, no techniques
     else:
         base_pipe = sdopt.apply_variant(pipe, args.base, device=args.device, height=args.size,
                                         width=args.size)
@@ -87,7 +83,7 @@ def main(argv=None) -> int:
     base = CandidateResult(args.base, backend, variant, base_module.variant.precision,
                            list(base_module.variant.techniques), "ok")
     print(f"constrained base: {args.base}", flush=True)
-    _fill_row(base, e2e.run(base_pipe), e2e, METRICS["psnr"])
+    fill_row(base, e2e.run(base_pipe), e2e, METRICS["psnr"])
     set_e2e_speedup(base, original)
     result = OptimizationResult(device=dev.fingerprint(), metric="numeric_precision",
                                 metric_drop_ths=args.ths, optimization_time="unconstrained",
@@ -95,19 +91,19 @@ def main(argv=None) -> int:
                                 selected=base, image_metric="psnr")
 
     def evaluate(module, specs, row):
-        _fill_row(row, e2e.run(_assemble(pipe, module, specs, dev)), e2e, METRICS["psnr"])
+        fill_row(row, e2e.run(assemble(pipe, module, specs, dev)), e2e, METRICS["psnr"])
         psnr = row.image_metrics["psnr"]["mean"]
         print(f"  {row.id}: {row.e2e_latency_s:.2f} s/image, psnr drop {psnr:.4f},"
               f" ssim drop {row.image_metrics['ssim']['mean']:.3f}", flush=True)
 
     winner = run_technique_search(
-        result, [(original, _reference_module(pipe.unet, dev)), (base, base_module)], dev,
+        result, [(original, reference_module(pipe.unet)), (base, base_module)], dev,
         metric_drop_ths=args.ths, image_metric="psnr", evaluate=evaluate,
         on_candidate=lambda cid, phase: phase == "start" and print(f"candidate {cid}", flush=True))
     win_row, win_specs = winner
     win_module = base_module if win_row.id.startswith(args.base) else \
-        _reference_module(pipe.unet, dev)
-    win_pipe = _assemble(pipe, win_module, win_specs, dev)
+        reference_module(pipe.unet)
+    win_pipe = assemble(pipe, win_module, win_specs, dev)
 
     # The final pair, in alternation.
     pair = {"constrained": [], "unconstrained": []}

@@ -10,31 +10,24 @@ both. Prints and writes the medians, the ratio of medians and the median of pair
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
+import bench_args  # this folder: scripts run as python benchmarks/NAME.py
+
 PROMPTS = ["a photo of an astronaut riding a horse on mars",
            "a watercolor painting of a city at night",
            "portrait of a cat wearing a hat, studio light"]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="sd15")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=6, help="steps of the sample runs")
-    parser.add_argument("--rounds", type=int, default=10, help="A/B rounds after warm-up")
-    parser.add_argument("--ths", type=float, default=0.05)
+    parser = bench_args.parser(__doc__, "unet_speedup.json", steps=6, rounds=10,
+                               rounds_help="A/B rounds after warm-up")
     parser.add_argument("--ignore", action="append", default=[], help="backends to skip")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (where a GPU is lent)")
-    parser.add_argument("--out", default=str(HERE / "results" / "unet_speedup.json"))
     args = parser.parse_args(argv)
 
     import sdopt

@@ -46,6 +46,14 @@ class DeviceInfo:
             pass
         return False, f"{self.name} has no bf16 instructions (avx512_bf16 or amx_bf16)"
 
+    def precision_unavailable_reason(self, precision: str) -> str | None:
+        """Why ``precision`` cannot run fast here (None: it can); only bf16 depends on the
+        hardware among the precisions backends ask about."""
+        if precision != "bf16":
+            return None
+        ok, why = self.supports_bf16()
+        return None if ok else why
+
     def fingerprint(self) -> dict[str, Any]:
         return asdict(self)
 

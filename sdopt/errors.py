@@ -31,12 +31,10 @@ class SdoptError(Exception):
 
 
 class MissingDependencyError(SdoptError):
-    """An optional dependency is not installed; the message names the extra that provides it."""
+    """An optional dependency is not installed; the message says how to install it (the hint
+    comes from :mod:`sdopt.deps`, which knows the extra that provides each package)."""
 
-    def __init__(self, package: str, extra: str, purpose: str):
-        super().__init__(
-            f"{purpose} needs the Python package '{package}', which is not installed: "
-            f"pip install 'sdopt[{extra}]'"
-        )
+    def __init__(self, package: str, purpose: str, hint: str):
+        super().__init__(f"{purpose} needs the Python package '{package}', which is not "
+                         f"installed: {hint}")
         self.package = package
-        self.extra = extra

@@ -1,4 +1,4 @@
-"""Atomic writes and the saved-model manifest.
+"""Atomic writes, and the one rule for what sdopt may replace.
 
 A save that dies half way must leave what the user had before untouched: everything is written
 into a temporary sibling directory and renamed into place, and an existing directory is only
@@ -17,15 +17,20 @@ from typing import Any, Iterator
 
 from .errors import SdoptError
 
-MANIFEST_NAME = "sdopt_manifest.json"
-MANIFEST_SCHEMA_VERSION = 1
+
+
+def exists_and_not_empty(path: str | os.PathLike) -> bool:
+    """Whether writing a directory at ``path`` would replace something the user has (a file, or
+    a directory with anything in it): then sdopt asks for ``--overwrite`` first."""
+    path = Path(path)
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``target`` only if the block succeeds."""
     target = Path(target)
-    if target.exists() and not overwrite and (target.is_file() or any(target.iterdir())):
+    if not overwrite and exists_and_not_empty(target):
         raise SdoptError(f"output '{target}' already exists and is not empty: choose another path "
                          "or pass overwrite=True (--overwrite)")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -64,38 +69,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read and structurally validate a saved model's manifest, naming the file on any problem."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise SdoptError(f"saved model '{directory}' not found: expected a directory written by "
-                         "sdopt.save_model")
-    path = directory / MANIFEST_NAME
-    if not path.is_file():
-        raise SdoptError(f"'{path}' is missing: '{directory}' is not a model saved by sdopt")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SdoptError(f"'{path}' is corrupt: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise SdoptError(f"'{path}' is corrupt: expected a JSON object")
-    version = data.get("schema_version")
-    if version != MANIFEST_SCHEMA_VERSION:
-        raise SdoptError(f"'{path}': schema_version is {version!r}, this sdopt reads "
-                         f"{MANIFEST_SCHEMA_VERSION}; re-run optimize_model and save again")
-    for key, kind in (("components", dict), ("sdopt_version", str), ("device", dict)):
-        if not isinstance(data.get(key), kind):
-            raise SdoptError(f"'{path}' is corrupt: field '{key}' is missing or not a "
-                             f"{kind.__name__}")
-    for name, comp in data["components"].items():
-        for key, kind in (("backend", str), ("backend_version", int), ("variant", str),
-                          ("options", dict), ("source_hash", str)):
-            if not isinstance(comp, dict) or not isinstance(comp.get(key), kind):
-                raise SdoptError(f"'{path}' is corrupt: components.{name}.{key} is missing or "
-                                 f"not a {kind.__name__}")
-    return data
 
 
 def directory_size(path: str | os.PathLike) -> int:

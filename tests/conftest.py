@@ -111,3 +111,16 @@ def build_variant(pipe, backend_name: str, variant_name: str, samples):
                        calibration=[s.inputs for s in samples.calibration])
     with torch.inference_mode():
         return backend.build(pipe.unet, variant, ctx)
+
+
+def verification_drops(module, samples) -> list[float]:
+    """The default metric's drop of ``module`` on each held-out recorded UNet call."""
+    import torch
+
+    from sdopt.optimize.metrics import resolve_metric
+
+    metric = resolve_metric(None)
+    with torch.inference_mode():
+        return [float(metric.fn(s.reference, module(s.inputs.sample, s.inputs.timestep,
+                                                    s.inputs.encoder_hidden_states)))
+                for s in samples.verification]

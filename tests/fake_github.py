@@ -158,12 +158,9 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "GET":
                 return self._list(number, parse_qs(url.query), path)
             if method == "POST":
-                if not token.write:
-                    return self._error(403, "Resource not accessible by integration")
-                data = self._read_body()
-                bad = self._validate_body(data)
-                if bad:
-                    return bad
+                data, refused = self._writable_body(token)
+                if refused:
+                    return refused
                 c = self.state.add_comment(number, data["body"], token.login)
                 js = self._comment_json(c, number)
                 return self._send(201, js, {"Location": js["url"]})
@@ -178,16 +175,20 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "PATCH":
                 # GitHub lets anyone with write access edit any comment: only the client's own
                 # rule keeps it off other people's comments.
-                if not token.write:
-                    return self._error(403, "Resource not accessible by integration")
-                data = self._read_body()
-                bad = self._validate_body(data)
-                if bad:
-                    return bad
+                data, refused = self._writable_body(token)
+                if refused:
+                    return refused
                 c.body = data["body"]
                 c.updated_at = "2026-01-02T00:00:00Z"
                 return self._send(200, self._comment_json(c, number))
         return self._error(404, "Not Found")
+
+    def _writable_body(self, token):
+        """(the request's JSON body, None), or (None, the error GitHub answers with)."""
+        if not token.write:
+            return None, self._error(403, "Resource not accessible by integration")
+        data = self._read_body()
+        return data, self._validate_body(data)
 
     def _validate_body(self, data):
         if data is None or not isinstance(data.get("body"), str):

@@ -4,7 +4,8 @@ import pytest
 
 pytest.importorskip("github", reason="PyGithub is not installed (pip install PyGithub)")
 
-from action.comment import ACTIONS_BOT, COMMENT_LIMIT_CHARS, cap_body, marker, upsert_comment  # noqa: E402
+from action.comment import ACTIONS_BOT, cap_body, marker, upsert_comment  # noqa: E402
+from sdopt.report.markdown import MAX_CHARS  # noqa: E402
 from tests.fake_github import FakeGitHub, State, Token  # noqa: E402
 
 REPO, PR = "octo/widgets", 7
@@ -90,9 +91,10 @@ def test_long_body_is_capped_and_accepted(gh):
     result = upsert(gh, body, artifact_url="https://example.test/run/1")
     assert result.action == "created"
     posted = gh.state.comments[PR][0].body
-    assert len(posted) == COMMENT_LIMIT_CHARS
-    assert posted.startswith(marker()) and "truncated" in posted
+    assert MAX_CHARS - 200 < len(posted) <= MAX_CHARS
+    assert posted.startswith(marker()) and "shortened to fit GitHub's 65,536-character" in posted
     assert "https://example.test/run/1" in posted
+    assert "| row |\n\n> [!NOTE]" in posted          # cut at a line end, not inside a row
 
 
 def test_head_sha_mismatch_refuses(gh):
@@ -105,5 +107,5 @@ def test_head_sha_mismatch_refuses(gh):
 def test_cap_body_keeps_short_bodies_and_marker():
     assert cap_body("hi") == f"{marker()}\nhi"
     assert cap_body(f"{marker()}\nhi") == f"{marker()}\nhi"
-    capped = cap_body("é" * 70000, limit=1000)
-    assert len(capped) == 1000 and capped.startswith(marker())
+    capped = cap_body("é" * 70000, limit=1000)       # one enormous line: cut inside it
+    assert len(capped) == 1000 and capped.startswith(marker() + "\néé")

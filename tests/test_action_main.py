@@ -3,7 +3,6 @@ config overrides and exit codes (the gate mode against the real ``sdopt gate`` i
 test_action_gate.py; the container run in tests/container/)."""
 
 import json
-import tomllib
 
 import pytest
 
@@ -11,7 +10,7 @@ pytest.importorskip("github", reason="PyGithub is not installed (pip install PyG
 
 from action import event, main as entry  # noqa: E402
 from action.comment import ACTIONS_BOT, marker  # noqa: E402
-from action.inputs import ActionInputs  # noqa: E402
+from action.inputs import ActionInputs, read_inputs  # noqa: E402
 from tests.fake_github import FakeGitHub, State, Token  # noqa: E402
 from tests.test_action_workflow import parse_github_output  # noqa: E402
 
@@ -23,21 +22,30 @@ def results_doc(orig=0.2, opt=0.1, prompt="a cat"):
         return {"label": label, "backend": "torch_eager", "techniques": [],
                 "latency_s": {"samples": [median] * 3, "median": median, "iqr": 0.0,
                               "mean": median, "min": median, "max": median},
-                "throughput_images_per_s": 1 / median, "stages_s": {},
+                "throughput_images_per_s": 1 / median,
+                "stages_s": {"text_encoder": 0.0, "unet": median, "vae_decode": 0.0},
                 "peak_memory_bytes": None, "memory_kind": "rss",
                 "images": [{"prompt": prompt, "seed": 0, "path": f"images/{label}/0.png"}]}
     return {"schema_version": 1, "kind": "sdopt-bench-results", "created_unix": 0,
             "sdopt_version": "0.1.0",
             "config": {"model": "tiny", "prompts": [prompt], "seeds": [0], "height": 64,
                        "width": 64, "steps": 2, "guidance_scale": 7.5, "batch": 1, "runs": 3},
-            "environment": {}, "variants": {"original": variant("original", orig),
+            "environment": {"device": {"kind": "cpu", "name": "test CPU"}, "libraries": {}},
+            "variants": {"original": variant("original", orig),
                                             "optimized": variant("optimized", opt)},
             "optimization": None}
 
 
 def verdict_doc(state="regression", reasons=("latency 1.50x the baseline's (tolerance 1.10x)",)):
+    """A verdict as ``sdopt compare`` writes it (it must follow the shipped schema)."""
     return {"schema_version": 1, "kind": "sdopt-verdict", "verdict": state,
-            "reasons": list(reasons), "baseline": {"source": "x", "environment_match": True}}
+            "reasons": list(reasons), "variant": "optimized",
+            "latency": {"baseline_median_s": 0.1, "current_median_s": 0.15, "ratio": 1.5,
+                        "tolerance": 0.1, "p_value": 0.01, "test": "mann-whitney-u",
+                        "regressed": state == "regression"},
+            "quality": {"metric": "psnr+ssim", "threshold": 30.0, "psnr_min_db": 30.0,
+                        "ssim_min": 0.9, "regressed": False, "images": []},
+            "baseline": {"source": "x", "environment_match": state != "not_comparable"}}
 
 
 @pytest.fixture
@@ -134,7 +142,7 @@ def test_push_event_publishes_summary_only(tmp_path, gh):
 @pytest.mark.parametrize("state, fail_on, code", [
     ("pass", ("regression", "not_comparable"), 0),
     ("regression", ("regression", "not_comparable"), 1),
-    ("not_comparable", ("regression", "not_comparable"), 2),
+    ("not_comparable", ("regression", "not_comparable"), 3),
     ("not_comparable", ("regression",), 0),
     ("regression", (), 0),
 ])
@@ -143,34 +151,26 @@ def test_exit_code_follows_verdict_and_fail_on(state, fail_on, code):
     assert entry.exit_code(ActionInputs(), None, 9) == 9
 
 
-def test_effective_config_applies_overrides_next_to_the_original(tmp_path):
+def test_overrides_reach_sdopt_as_set_options_and_no_file_is_written(tmp_path):
+    """The inputs' thresholds and config_overrides become --set options of the CLI (the one
+    override rule), in order; nothing is written next to the user's config."""
     cfg = tmp_path / "sdopt.toml"
     cfg.write_text('model = "tiny"\n[gate]\nlatency_tolerance = 0.1\n')
-    inp = ActionInputs(config=str(cfg),
-                       thresholds={"gate.latency_tolerance": 0.25},
-                       config_overrides=[("bench.runs", "5")])
-    with entry.effective_config(inp) as path:
-        assert path.parent == tmp_path and path != cfg
-        data = tomllib.loads(path.read_text())
-    assert data == {"model": "tiny", "gate": {"latency_tolerance": 0.25},
-                    "bench": {"runs": 5}}
-    assert not path.exists()                         # removed afterwards
-    with entry.effective_config(ActionInputs(config=str(cfg))) as path:
-        assert path == cfg
+    inp = read_inputs({"INPUT_CONFIG": str(cfg), "INPUT_LATENCY_TOLERANCE": "0.25",
+                       "INPUT_CONFIG_OVERRIDES": "bench.runs = 5\nmodel = 'tiny'"})
+    assert entry.gate_args(inp) == ["--config", str(cfg), "--set", "gate.latency_tolerance = 0.25",
+                                    "--set", "bench.runs = 5", "--set", "model = 'tiny'"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sdopt.toml"]
+    assert entry.gate_args(ActionInputs(config=str(cfg))) == ["--config", str(cfg)]
 
 
-def test_effective_config_errors_name_the_problem(tmp_path):
+def test_config_and_override_errors_name_the_input(tmp_path):
     from sdopt.errors import SdoptError
 
     with pytest.raises(SdoptError, match="input 'config'"):
-        with entry.effective_config(ActionInputs(config=str(tmp_path / "nope.toml"))):
-            pass
-    cfg = tmp_path / "sdopt.toml"
-    cfg.write_text('model = "tiny"\n')
-    with pytest.raises(SdoptError, match="not a TOML value"):
-        with entry.effective_config(ActionInputs(config=str(cfg),
-                                                 config_overrides=[("model", "tiny")])):
-            pass
+        entry.gate_args(ActionInputs(config=str(tmp_path / "nope.toml")))
+    with pytest.raises(SdoptError, match="input 'config_overrides' line 1 .*not a TOML value"):
+        read_inputs({"INPUT_CONFIG_OVERRIDES": "model = tiny"})
 
 
 def test_merge_mode_posts_one_comment_for_all_legs(tmp_path, gh, capsys):
@@ -194,11 +194,12 @@ def test_merge_mode_posts_one_comment_for_all_legs(tmp_path, gh, capsys):
     assert entry.main(env={**env, "INPUT_ARTIFACT_DIR": str(tmp_path / "empty")}) == 2
 
 
-@pytest.mark.parametrize("verdict_state, expected", [("not_comparable", 2), (None, 2)])
-def test_not_comparable_exit_2_is_still_published_but_bad_input_is_not(
+@pytest.mark.parametrize("verdict_state, expected", [("not_comparable", 3), (None, 2)])
+def test_not_comparable_exit_3_is_still_published_but_bad_input_is_not(
         tmp_path, gh, monkeypatch, capsys, verdict_state, expected):
-    """sdopt exits 2 both for bad input and for a pair it cannot compare; only the latter has a
-    fresh verdict, which the summary must still show (the PR should say why nothing was judged)."""
+    """sdopt exits 3 for a pair it cannot compare, and the summary must still show the verdict
+    (the PR should say why nothing was judged); exit 2 is bad input only, and publishes nothing
+    (a verdict.json left by an earlier run is not this run's)."""
     cfg = tmp_path / "sdopt.toml"
     cfg.write_text('model = "tiny"\n')
     out = tmp_path / "out"
@@ -209,7 +210,8 @@ def test_not_comparable_exit_2_is_still_published_but_bad_input_is_not(
         if verdict_state:
             (out / "verdict.json").write_text(json.dumps(verdict_doc(
                 verdict_state, ["not comparable: results from another machine: name X vs Y"])))
-            return 2, ["baseline 'b' and results 'out' are not comparable: another machine"]
+            return 3, ["baseline 'b' and results 'out' are not comparable: another machine"]
+        (out / "verdict.json").write_text(json.dumps(verdict_doc("not_comparable", ["stale"])))
         return 2, ["sdopt.toml: field 'bench.steps': expected an integer"]
 
     monkeypatch.setattr(entry, "run_sdopt", fake_sdopt)
@@ -222,3 +224,34 @@ def test_not_comparable_exit_2_is_still_published_but_bad_input_is_not(
     else:
         assert summary == ""
         assert "expected an integer" in capsys.readouterr().out
+
+
+def test_comment_mode_refuses_an_artifact_that_breaks_the_schema(tmp_path, gh, artifact, capsys):
+    """An artifact is read by sdopt's own validating reader: a forged field is one error line
+    naming the file and the field, and nothing is posted."""
+    doc = json.loads((artifact / "results.json").read_text())
+    doc["variants"]["optimized"]["latency_s"]["median"] = "fast"
+    (artifact / "results.json").write_text(json.dumps(doc))
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact)
+    assert entry.main(env=env) == 2
+    errors = [x for x in capsys.readouterr().out.splitlines() if x.startswith("::error")]
+    assert len(errors) == 1 and "results.json" in errors[0]
+    assert "variants.optimized.latency_s.median" in errors[0]
+    assert 7 not in gh.state.comments
+
+
+def test_the_action_keeps_no_copy_of_sdopt_names():
+    """File names, verdicts and exit codes come from sdopt: a literal copy in action/ would
+    drift the day sdopt changes one (as "not comparable" moved from exit 2 to 3)."""
+    import ast
+    from pathlib import Path
+
+    from sdopt.gate import results
+
+    names = {results.RESULTS_NAME, results.VERDICT_NAME, results.MERGED_NAME,
+             results.REPORT_HTML_NAME, results.REPORT_MARKDOWN_NAME, *results.VERDICTS}
+    for path in sorted((Path(__file__).resolve().parents[1] / "action").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in names:
+                raise AssertionError(f"{path.name}:{node.lineno}: {node.value!r} is a copy of an "
+                                     "sdopt name: import it from sdopt.gate.results")

@@ -78,8 +78,9 @@ def test_inputs_defaults_and_overrides():
                        "INPUT_CONFIG_OVERRIDES": "# note\nbench.runs = 5\nmodel = 'tiny'\n",
                        "INPUT_COMMENT": "false", "INPUT_FAIL_ON": "regression",
                        "INPUT_GPUS": "0,1"})
-    assert inp.mode == "optimize" and inp.thresholds == {"gate.latency_tolerance": 0.1}
-    assert inp.config_overrides == [("bench.runs", "5"), ("model", "'tiny'")]
+    assert inp.mode == "optimize"
+    assert [o.line for o in inp.overrides] == ["gate.latency_tolerance = 0.1", "bench.runs = 5",
+                                               "model = 'tiny'"]
     assert inp.comment is False and inp.fail_on == ("regression",) and inp.gpus == "0,1"
 
 

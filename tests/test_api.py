@@ -13,7 +13,7 @@ FAST = dict(num_inference_steps=4, repeats=2, show=False)
 
 
 def test_optimize_and_apply_variant_leave_the_users_pipeline_untouched(fresh_tiny_pipe):
-    from sdopt.optimize.api import weights_hash
+    from sdopt.identity import weights_hash
 
     pipe = fresh_tiny_pipe
     hashes = {n: weights_hash(getattr(pipe, n)) for n in ("unet", "vae", "text_encoder")}
@@ -80,7 +80,7 @@ class _Exploding(Backend):
     def build(self, unet, variant, ctx):
         if variant.name == "oom":
             raise MemoryError("cannot allocate 40 GB")
-        from sdopt.backends._torch import TorchUNetModule
+        from sdopt.backends.torch_module import TorchUNetModule
 
         class NaNs(TorchUNetModule):
             def forward(self, sample, *a, **k):
@@ -167,7 +167,7 @@ def test_same_search_is_reused_from_the_cache(fresh_tiny_pipe, prompts, monkeypa
     first = sdopt.optimize_model(fresh_tiny_pipe, prompts, **kwargs)
     calls = []
     real = search.run_search
-    monkeypatch.setattr("sdopt.optimize.api.run_search",
+    monkeypatch.setattr("sdopt.optimize.runner.run_search",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     again = sdopt.optimize_model(fresh_tiny_pipe, prompts, **kwargs)
     assert calls == [], "the second identical search ran again"

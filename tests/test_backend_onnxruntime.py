@@ -17,7 +17,7 @@ from sdopt.device import detect
 from sdopt.errors import SdoptError
 from sdopt.optimize.metrics import resolve_metric
 
-from .conftest import build_variant
+from .conftest import build_variant, verification_drops
 
 pytest.importorskip("onnxruntime", reason="the onnxruntime package is not installed")
 
@@ -37,11 +37,7 @@ def _build(pipe, name, samples):
 @pytest.mark.parametrize("name", ["fp32", "int8-dynamic", "int8-static"])
 def test_output_matches_the_fp32_unet(tiny_pipe, samples, name):
     module = _build(tiny_pipe, name, samples)
-    metric = resolve_metric(None)
-    with torch.inference_mode():
-        drops = [float(metric.fn(s.reference, module(s.inputs.sample, s.inputs.timestep,
-                                                     s.inputs.encoder_hidden_states)))
-                 for s in samples.verification]
+    drops = verification_drops(module, samples)
     assert max(drops) <= TOLERANCE[name], drops
     if name == "int8-dynamic":
         assert max(drops) > 1e-5, "int8 really ran"

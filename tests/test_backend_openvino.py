@@ -17,7 +17,7 @@ from sdopt.device import detect
 from sdopt.errors import SdoptError
 from sdopt.optimize.metrics import resolve_metric
 
-from .conftest import build_variant
+from .conftest import build_variant, verification_drops
 
 pytest.importorskip("openvino", reason="the openvino package is not installed")
 
@@ -38,11 +38,7 @@ def _build(pipe, name, samples):
                                        "int8-conv"])
 def test_output_matches_the_fp32_unet(tiny_pipe, samples, precision):
     module = _build(tiny_pipe, precision, samples)
-    metric = resolve_metric(None)
-    with torch.inference_mode():
-        drops = [float(metric.fn(s.reference, module(s.inputs.sample, s.inputs.timestep,
-                                                     s.inputs.encoder_hidden_states)))
-                 for s in samples.verification]
+    drops = verification_drops(module, samples)
     assert max(drops) <= TOLERANCE[precision], drops
     if precision != "fp32":
         assert max(drops) > 1e-5, "reduced precision really ran"

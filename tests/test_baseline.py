@@ -4,9 +4,10 @@ import subprocess
 
 import pytest
 
-from sdopt.gate.baseline import (bench_same_job, inputs_for, open_baseline, parse_git_spec,
-                            save_baseline)
-from sdopt.gate.bench import bench_config, read_results, write_results
+from sdopt.gate.baseline import inputs_for, open_baseline, parse_git_spec, save_baseline
+from sdopt.gate.bench import bench_config, write_results
+from sdopt.gate.results import read_results
+from sdopt.gate.same_job import bench_same_job
 from sdopt.gate.compare import compare_results
 from sdopt.gate.config import load_config, parse_config
 from sdopt.errors import SdoptError

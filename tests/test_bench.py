@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sdopt.gate.bench import (PYTEST_BENCHMARK_NAME, BenchSettings, Subject, bench_config, read_results,
-                         run_bench, write_results)
+from sdopt.gate.bench import BenchSettings, Subject, bench_config, run_bench, write_results
+from sdopt.gate.results import PYTEST_BENCHMARK_NAME, read_results
 from sdopt.gate.compare import Inputs, compare_results
 from sdopt.gate.config import GateConfig, parse_config
 from sdopt.errors import SdoptError
@@ -65,7 +65,7 @@ def test_fixed_seeds_make_an_fp32_variant_draw_the_same_images(bench_dir):
         {**results, "variants": {"x": results["variants"]["original"]}}, bench_dir,
         {**results, "variants": {"x": results["variants"]["optimized"]}}, bench_dir),
         GateConfig(variant="original"))
-    assert all(i["psnr_db"] > 40 for i in verdict["quality"]["images"])
+    assert all(i["psnr_db"] is None or i["psnr_db"] > 40 for i in verdict["quality"]["images"])
     assert len(verdict["quality"]["images"]) == 2
 
 

@@ -66,7 +66,7 @@ def test_optimize_a_single_file_checkpoint(tmp_path):
     result = json.loads((out / "optimization.json").read_text())
     assert result["selected"]["status"] == "selected"
     # The UNet optimized from the single file has the preset's exact weights.
-    from sdopt.optimize.api import weights_hash
+    from sdopt.identity import weights_hash
 
     manifest = json.loads((out / "sdopt_manifest.json").read_text())
     tiny = sdopt.build_preset("tiny")
@@ -86,10 +86,12 @@ def test_optimize_a_single_file_checkpoint(tmp_path):
     (["optimize", "--model", "tiny", "--prompt", "x", "--out", "{tmp}/o",
       "--metric-drop-ths", "3"], "metric_drop_ths 3.0 is out of range"),
     (["optimize", "--model", "tiny", "--prompt", "x", "--out", "{tmp}/o", "--device", "tpu"],
-     "device 'tpu' is not known"),
+     "--device: 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+    (["optimize", "--model", "tiny", "--prompt", "x", "--out", "{tmp}/o", "--metric", "lpips"],
+     "--metric: 'lpips' is not one of"),
     (["optimize", "--model", "tiny", "--prompt", "x", "--out", "{tmp}/full"],
      "already exists and is not empty"),
-    (["models", "save", "huge", "{tmp}/m"], "unknown preset 'huge'"),
+    (["models", "save", "huge", "{tmp}/m"], "PRESET: 'huge' is not one of"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
     (tmp_path / "empty.txt").write_text("\n# nothing\n")

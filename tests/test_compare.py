@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdopt.gate.compare import (NOT_COMPARABLE, PASS, PSNR_IDENTICAL_DB, REGRESSION, Inputs,
-                           compare_results, exit_code, image_quality, latency_check, summary_text)
+import math
+
+from sdopt.gate.compare import Inputs, compare_results, image_quality, latency_check, summary_text
+from sdopt.gate.results import NOT_COMPARABLE, PASS, REGRESSION, exit_code
 from sdopt.gate.config import GateConfig
 from sdopt.errors import SdoptError
 
@@ -92,11 +94,11 @@ def picture():
     return np.clip(128 + smooth, 0, 255)
 
 
-def _compare(tmp_path, base_kw, cur_kw, gate=None, force=False):
+def _compare(tmp_path, base_kw, cur_kw, gate=None, allow_other_machine=False):
     base = _results(tmp_path / "base", **base_kw)
     cur = _results(tmp_path / "cur", **cur_kw)
     return compare_results(Inputs(base, tmp_path / "base", cur, tmp_path / "cur"), gate,
-                           force=force)
+                           allow_other_machine=allow_other_machine)
 
 
 def test_identical_rerun_passes_and_a_noisy_image_is_a_quality_regression(tmp_path, picture):
@@ -104,7 +106,8 @@ def test_identical_rerun_passes_and_a_noisy_image_is_a_quality_regression(tmp_pa
     verdict = _compare(tmp_path, dict(samples=same, image=picture),
                        dict(samples=same, image=picture))
     assert verdict["verdict"] == PASS and exit_code(verdict) == 0
-    assert verdict["quality"]["images"][0]["psnr_db"] == PSNR_IDENTICAL_DB
+    # Identical images: infinite PSNR, recorded as null (JSON has no infinity).
+    assert verdict["quality"]["images"][0]["psnr_db"] is None
     noisy = picture + np.random.default_rng(1).normal(0, 25, picture.shape)
     verdict = _compare(tmp_path, dict(samples=same, image=picture),
                        dict(samples=same, image=np.clip(noisy, 0, 255)))
@@ -151,14 +154,14 @@ def test_image_quality_of_a_tiny_change_stays_above_the_thresholds(tmp_path, pic
     changed[10, 10] += 1
     _png(tmp_path / "b.png", changed)
     psnr, ssim = image_quality(tmp_path / "a.png", tmp_path / "b.png")
-    assert 60 < psnr < PSNR_IDENTICAL_DB and ssim > 0.99
+    assert 60 < psnr < math.inf and ssim > 0.99
 
 
 def test_another_machine_is_not_comparable_unless_warned_or_forced(tmp_path, picture):
     s = [1.0] * 6
     verdict = _compare(tmp_path, dict(samples=s, image=picture),
                        dict(samples=s, image=picture, device_name="cpu-B"))
-    assert verdict["verdict"] == NOT_COMPARABLE and exit_code(verdict) == 2
+    assert verdict["verdict"] == NOT_COMPARABLE and exit_code(verdict) == 3
     assert "another machine" in verdict["reasons"][0] and "cpu-B" in verdict["reasons"][0]
     assert verdict["baseline"]["environment_match"] is False
     warn = GateConfig(on_environment_mismatch="warn")
@@ -166,7 +169,7 @@ def test_another_machine_is_not_comparable_unless_warned_or_forced(tmp_path, pic
                        dict(samples=s, image=picture, device_name="cpu-B"), gate=warn)
     assert verdict["verdict"] == PASS and any(r.startswith("warning") for r in verdict["reasons"])
     verdict = _compare(tmp_path, dict(samples=s, image=picture),
-                       dict(samples=s, image=picture, device_name="cpu-B"), force=True)
+                       dict(samples=s, image=picture, device_name="cpu-B"), allow_other_machine=True)
     assert verdict["verdict"] == PASS
 
 

@@ -10,7 +10,7 @@ import torch
 import sdopt
 from sdopt.backends import load_builtin_backends
 from sdopt.device import detect
-from sdopt.store import MANIFEST_NAME
+from sdopt.optimize.manifest import MANIFEST_NAME
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA GPU visible to torch: the CUDA paths are not checked")

@@ -24,9 +24,15 @@ def _write_config(root, steps=2, gate="latency_tolerance = 0.5\n", extra=""):
     return root / "sdopt.toml"
 
 
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+def run(*args, env=None):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, env=env)
     return result.exit_code, result.output
+
+
+def run_json(*args):
+    """(status, stdout, stderr) of a --json run: stdout must be the verdict alone."""
+    result = CliRunner().invoke(main, [str(a) for a in args] + ["--json"], catch_exceptions=False)
+    return result.exit_code, json.loads(result.stdout), result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +55,7 @@ def test_gate_passes_against_its_own_baseline(project, tmp_path):
     assert code == 0, out
     verdict = json.loads((tmp_path / "g" / "verdict.json").read_text())
     assert verdict["verdict"] == "pass" and not verdict["quality"]["regressed"]
-    assert all(i["psnr_db"] == 100.0 for i in verdict["quality"]["images"])
+    assert all(i["psnr_db"] is None for i in verdict["quality"]["images"])  # identical
     for name in ("results.json", "results.pytest-benchmark.json", "images/optimized/0.png"):
         assert (tmp_path / "g" / name).is_file()
     assert "sdopt gate: PASS" in out
@@ -78,18 +84,21 @@ def test_gate_flags_a_really_slower_run(project, tmp_path):
 
 def test_compare_flags_a_corrupted_image_and_passes_an_identical_rerun(project, tmp_path):
     baseline = project / ".sdopt" / "baseline"
-    code, out = run("compare", baseline, project / "out", "--out", tmp_path / "v.json")
-    assert code == 0, out
-    assert json.loads((tmp_path / "v.json").read_text())["verdict"] == "pass"
+    code, printed, human = run_json("compare", baseline, project / "out", "--out", tmp_path / "v")
+    assert code == 0, human
+    assert printed == json.loads((tmp_path / "v" / "verdict.json").read_text())
+    assert printed["verdict"] == "pass" and "sdopt gate: PASS" in human
     corrupted = tmp_path / "corrupted"
     shutil.copytree(project / "out", corrupted)
     png = corrupted / "images" / "optimized" / "0.png"
     pixels = np.asarray(Image.open(png), dtype=np.float64)
     noisy = pixels + np.random.default_rng(0).normal(0, 20, pixels.shape)
     Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(png)
-    code, out = run("compare", baseline, corrupted, "--out", tmp_path / "v.json")
+    assert "--overwrite" in _one_error_line(*run("compare", baseline, corrupted, "--out",
+                                                 tmp_path / "v"))
+    code, out = run("compare", baseline, corrupted, "--out", tmp_path / "v", "--overwrite")
     assert code == 1, out
-    verdict = json.loads((tmp_path / "v.json").read_text())
+    verdict = json.loads((tmp_path / "v" / "verdict.json").read_text())
     assert verdict["quality"]["regressed"] and not verdict["latency"]["regressed"]
     assert "quality regression" in out
 
@@ -106,9 +115,9 @@ def test_compare_reads_the_baseline_committed_on_a_git_ref(project, tmp_path):
         subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, env=env)
     shutil.rmtree(repo / ".sdopt")  # only the commit has it now
     code, out = run("compare", "git:main:.sdopt/baseline", project / "out", "--config",
-                    repo / "sdopt.toml", "--out", tmp_path / "v.json")
+                    repo / "sdopt.toml", "--out", tmp_path / "v")
     assert code == 0, out
-    assert json.loads((tmp_path / "v.json").read_text())["baseline"]["source"] == \
+    assert json.loads((tmp_path / "v" / "verdict.json").read_text())["baseline"]["source"] == \
         "git:main:.sdopt/baseline"
     line = _one_error_line(*run("compare", "git:nope:.sdopt/baseline", project / "out",
                                 "--config", repo / "sdopt.toml"))
@@ -122,20 +131,51 @@ def test_results_from_another_machine_are_not_comparable(project, tmp_path):
     data["environment"]["device"]["name"] = "Some Other CPU"
     (other / "results.json").write_text(json.dumps(data))
     before = sorted(p.name for p in other.iterdir())
-    line = _one_error_line(*run("compare", project / ".sdopt" / "baseline", other,
-                                "--out", tmp_path / "v.json"))
+    code, out = run("compare", project / ".sdopt" / "baseline", other, "--out", tmp_path / "v")
+    assert code == 3, out  # not comparable: neither a regression nor bad input
+    line = _only_line(out)
     assert "not comparable" in line and "another machine" in line and "Some Other CPU" in line
-    assert json.loads((tmp_path / "v.json").read_text())["verdict"] == "not_comparable"
+    assert json.loads((tmp_path / "v" / "verdict.json").read_text())["verdict"] == "not_comparable"
     assert sorted(p.name for p in other.iterdir()) == before  # nothing of the user's touched
-    code, out = run("compare", project / ".sdopt" / "baseline", other, "--force")
+    code, printed, _ = run_json("compare", project / ".sdopt" / "baseline", other)
+    assert code == 3 and printed["verdict"] == "not_comparable"
+    code, out = run("compare", project / ".sdopt" / "baseline", other, "--allow-other-machine")
     assert code == 0, out
+    # The same, from the environment (SDOPT_<COMMAND>_<OPTION>).
+    code, out = run("compare", project / ".sdopt" / "baseline", other,
+                    env={"SDOPT_COMPARE_ALLOW_OTHER_MACHINE": "1"})
+    assert code == 0 and "compared anyway" in out, out
+
+
+def test_overrides_and_threshold_shortcuts_reach_the_verdict(project, tmp_path):
+    baseline = project / ".sdopt" / "baseline"
+    code, verdict, _ = run_json("compare", baseline, project / "out", "--set",
+                                "gate.latency_tolerance=0.25", "--ssim-min", "0.5")
+    assert code == 0 and verdict["latency"]["tolerance"] == 0.25
+    # The shortcut and --set are one thing: --set given later wins.
+    code, verdict, _ = run_json("compare", baseline, project / "out", "--latency-tolerance", "0.3",
+                                "--set", "gate.latency_tolerance=0.4", "--config",
+                                project / "sdopt.toml")
+    assert code == 0 and verdict["latency"]["tolerance"] == 0.4
+    line = _one_error_line(*run("compare", baseline, project / "out", "--ssim-min", "2"))
+    assert "gate.ssim_min" in line and "--ssim-min 2" in line
+    line = _one_error_line(*run("compare", baseline, project / "out", "--set", "bench.runs=3"))
+    assert "only gate.* settings" in line
+    line = _one_error_line(*run("bench", "--config", project / "sdopt.toml", "--set",
+                                "gate.tolerance=0.1", "--out", tmp_path / "b"))
+    assert "unknown field 'gate.tolerance'" in line and "--set 'gate.tolerance=0.1'" in line
+    assert not (tmp_path / "b").exists()
+
+
+def _only_line(out):
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out
+    return lines[0]
 
 
 def _one_error_line(code, out):
     assert code == 2, out
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), out
-    return lines[0]
+    return _only_line(out)
 
 
 def test_bad_inputs_are_one_line_exit_2_and_overwrite_nothing(project, tmp_path):

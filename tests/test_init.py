@@ -1,6 +1,6 @@
-"""``sdopt init`` (sdopt/scaffold.py, sdopt/commands/init.py): in an empty git repository the
+"""``sdopt init`` (sdopt/gate/scaffold.py, sdopt/cli/init.py): in an empty git repository the
 files it writes pass the config validator and GitHub's workflow schema, and the gate run with
-that config on the tiny model passes; it never overwrites without --force."""
+that config on the tiny model passes; it never overwrites without --overwrite."""
 
 from __future__ import annotations
 
@@ -65,16 +65,16 @@ def test_init_in_an_empty_repo_validates_and_the_gate_passes(repo):
     assert (repo / "sdopt-out" / "report.html").is_file()
 
 
-def test_init_refuses_to_overwrite_unless_forced(repo):
+def test_init_refuses_to_overwrite_unless_told(repo):
     (repo / CONFIG_NAME).write_text("model = 'mine'\n")
     proc = sdopt("init", "--model", "tiny", cwd=repo, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "already exists" in proc.stderr
-    assert "--force" in proc.stderr
+    assert "--overwrite" in proc.stderr
     assert (repo / CONFIG_NAME).read_text() == "model = 'mine'\n"
     assert not (repo / GATE_WORKFLOW).exists()        # nothing written when one file is refused
 
-    sdopt("init", "--model", "tiny", "--force", cwd=repo)
+    sdopt("init", "--model", "tiny", "--overwrite", cwd=repo)
     assert load_config(repo / CONFIG_NAME).model == "tiny"
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sdopt.optimize.api import weights_hash
+from sdopt.identity import weights_hash
 from sdopt.errors import SdoptError
 from sdopt.models import PRESETS, build_preset, load_pipeline, make_clip_tokenizer, resolve_ref, save_preset
 

@@ -221,7 +221,7 @@ def test_cli_writes_both_reports(recorded, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["{missing}", "--markdown", "x.md"], "not found"),
     (["{data}/current", "--verdict", "{data}/current/results.json", "--markdown", "x.md"],
-     "not an sdopt file of kind 'sdopt-verdict'"),
+     "is not an sdopt verdict file"),
     (["{data}/current"], "nothing to write"),
     (["{data}/current", "--markdown", "x.md", "--artifact-url", "javascript:alert(1)"],
      "not an http(s) URL"),
@@ -242,17 +242,42 @@ def test_corrupt_results_names_the_file(tmp_path):
 def test_heat_map_and_metrics_of_real_images(recorded):
     import numpy as np
 
+    from sdopt.optimize.metrics import psnr_db, ssim_drop
     from sdopt.report.images import compare, heat_map, load_image
 
     current, cur_dir, *_ = recorded
     a = load_image(cur_dir, current["variants"]["original"]["images"][0]["path"])
     b = load_image(cur_dir, current["variants"]["optimized"]["images"][0]["path"])
     same = compare(a, a)
-    assert same.psnr_db == float("inf") and same.max_abs == 0
+    assert same.psnr_db == float("inf") and same.ssim == 1.0 and same.max_abs == 0
     black = heat_map(a.array, a.array)
     assert (black == black[0, 0]).all() and black.max() <= 4  # identical: all black
     diff = compare(a, b)
     expected = np.abs(a.array.astype(int) - b.array.astype(int)).max()
     assert diff.max_abs == expected
+    # the search's and the gate's code, not a copy: the same numbers exactly
+    assert diff.psnr_db == psnr_db(a.array, b.array)
+    assert diff.ssim == 1.0 - ssim_drop(a.array, b.array)
+    assert compare(a.array, b.array) == diff           # arrays work as well as loaded images
     if expected:
         assert diff.psnr_db < float("inf")
+    tiny = compare(a.array[:5, :5], b.array[:5, :5])   # under SSIM's 7 px window: still a value
+    assert tiny.ssim is not None and tiny.ssim == 1.0 - ssim_drop(a.array[:5, :5], b.array[:5, :5])
+
+
+def test_identical_images_read_as_identical(recorded, tmp_path):
+    """JSON has no infinity: a verdict records identical images as psnr_db null, and both
+    reports show them as identical rather than as a missing value."""
+    current, cur_dir, baseline, base_dir, verdicts = recorded
+    verdict = copy.deepcopy(verdicts["regression"])
+    image = verdict["quality"]["images"][0]
+    image.update(psnr_db=None, ssim=1.0, regressed=True)   # (a CLIP threshold could say so)
+    text = _markdown(current, cur_dir, baseline, base_dir, verdict)
+    start = f"| {escape(image['prompt'])} |"
+    row = next(line for line in text.splitlines() if line.startswith(start))
+    assert "∞ dB (identical)" in row
+    out = tmp_path / "r.html"
+    render_reports(current, cur_dir, baseline=baseline, baseline_dir=base_dir, verdict=verdict,
+                   html_path=out)
+    assert "PSNR ∞ dB (identical)" in out.read_text(encoding="utf-8")
+    assert fmt.db(float("inf")) == "∞ dB (identical)" and fmt.db(None) == fmt.DASH

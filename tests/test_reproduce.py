@@ -1,6 +1,7 @@
-"""sdopt/reproduce.py without a container: the configuration rebuilt from a real results.json,
-the GPU request rules, the action inputs, and the one-line errors (no daemon, no GPU, paths
-outside the mounted repository, a broken artifact). The container runs themselves are in
+"""``sdopt reproduce`` (sdopt/gate/reproduce.py, sdopt/cli/reproduce.py) without a container:
+the configuration rebuilt from a real results.json, the GPU request rules, the action inputs,
+and the one-line errors (no daemon, no GPU, bad overrides, paths outside the mounted
+repository, a broken artifact). The container runs themselves are in
 tests/container/test_reproduce.py."""
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def test_compare_with_ci_of_identical_results_passes(ci_run):
     verdict = compare_with_ci(ci_run, json.loads((ci_run / "results.json").read_text()), ci_run,
                               GateConfig(latency_tolerance=0.25))
     assert verdict["verdict"] == "pass" and verdict["machines_differ"] is False
-    assert [i["psnr_db"] for i in verdict["quality"]["images"]] == [100.0, 100.0]
+    assert [i["psnr_db"] for i in verdict["quality"]["images"]] == [None, None]  # identical
 
 
 def test_compare_with_ci_from_another_machine_says_latency_is_indicative(ci_run, tmp_path):
@@ -198,6 +199,11 @@ def test_cli_errors_are_one_line(tmp_path):
                        (["--pin-candidate"], "--pin-candidate needs --from-artifact"),
                        (["--build-arg", "NOEQUALS"], "expected NAME=value"),
                        (["--set", "runs=5"], "expected SECTION.KEY=VALUE"),
+                       (["--set", "gate.tolerance=1"],
+                        "unknown field 'gate.tolerance' (set by --set 'gate.tolerance=1')"),
+                       (["--ssim-min", "5"], "field 'gate.ssim_min' (set by --ssim-min 5)"),
+                       (["--gpus", "yes"], "--gpus: 'yes': expected auto, all, none"),
+                       (["--fail-on", "always"], "--fail-on: 'always': expected"),
                        (["--from-artifact", str(tmp_path)], "no results.json")):
         if "all" in args and Path("/usr/bin/nvidia-smi").exists():
             continue

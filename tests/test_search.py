@@ -8,7 +8,7 @@ import pytest
 
 import sdopt
 from sdopt.optimize.search import CONSTRAINED_MIN_GAIN
-from sdopt.store import MANIFEST_NAME
+from sdopt.optimize.manifest import MANIFEST_NAME
 
 FAST = dict(num_inference_steps=4, repeats=2, show=False, backends=["torch_eager"])
 PROMPTS = ["a photo of a cat"]

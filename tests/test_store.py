@@ -9,7 +9,7 @@ import pytest
 import sdopt
 from sdopt.backends.base import BACKENDS
 from sdopt.errors import SdoptError
-from sdopt.store import MANIFEST_NAME
+from sdopt.optimize.manifest import MANIFEST_NAME
 
 SCRIPT = Path(__file__).parent / "scripts" / "roundtrip.py"
 

@@ -147,13 +147,13 @@ def test_techniques_stack_on_a_reduced_precision_backend(original, reference):
 
 def test_compiled_backends_cannot_take_unet_techniques(original):
     from sdopt.backends.base import Variant
-    from sdopt.backends.torch_compile import _CompiledModule
+    from sdopt.backends.torch_compile import CompiledModule
 
     class FakeDevice:
         def supports_bf16(self):
             return True, ""
 
-    compiled = _CompiledModule.__new__(_CompiledModule)
+    compiled = CompiledModule.__new__(CompiledModule)
     torch.nn.Module.__init__(compiled)
     compiled.variant = Variant("torch_compile", "fp32", "fp32")
     compiled.unet = original.unet

@@ -23,3 +23,21 @@ def test_median_and_iqr():
     assert t.median_s == 3.0
     assert t.iqr_s < 100
     assert t.to_dict()["n"] == 5
+
+
+def test_every_iqr_is_pytest_benchmarks():
+    """The search's IQR, results.json's and the pytest-benchmark export's are one statistic."""
+    from pytest_benchmark.stats import Stats
+
+    from sdopt.gate.bench import summarize
+    from sdopt.gate.pytest_benchmark import pytest_benchmark_json
+
+    samples = [12.0, 11.2, 13.9, 12.4, 11.9, 15.3, 12.1, 11.7, 12.8, 14.0, 11.5]
+    reference = Stats()
+    for s in samples:
+        reference.update(s)
+    results = {"config": {}, "environment": {"device": {}, "env": {}},
+               "variants": {"original": {"latency_s": summarize(samples)}}}
+    exported = pytest_benchmark_json(results)["benchmarks"][0]["stats"]
+    assert Timing(samples).iqr_s == summarize(samples)["iqr"] == exported["iqr"] == reference.iqr
+    assert exported["q1"] == reference.q1 and exported["q3"] == reference.q3

@@ -193,6 +193,18 @@ def _remember_prepare(target: Path, prepare: dict) -> None:
     write_json(_prepare_record(target), {**prepare, "prepared_unix": int(time.time())})
 
 
+def _load_prepared(task, target: Path, prepare: dict):
+    """The saved model loaded like a user would, with its preparation figures (this run's, or
+    an earlier run's when the model was prepared then)."""
+    import sdopt
+
+    prepare = prepare or _earlier_prepare(target)
+    t0 = time.perf_counter()
+    pipe = sdopt.load_model(target, _diffusers_pipe(task["folder"]))
+    prepare["load_model_s"] = time.perf_counter() - t0
+    return pipe, {"prepare": prepare, **_sdopt_info(pipe, target)}
+
+
 def _earlier_prepare(target: Path) -> dict:
     record = _prepare_record(target)
     if not record.exists():
@@ -229,12 +241,7 @@ def load_sdopt_constrained(task):
         del pipe
         shutil.rmtree(os.environ["SDOPT_CACHE"], ignore_errors=True)
         _remember_prepare(target, prepare)
-    else:
-        prepare = _earlier_prepare(target)
-    t0 = time.perf_counter()
-    pipe = sdopt.load_model(target, _diffusers_pipe(task["folder"]))
-    prepare["load_model_s"] = time.perf_counter() - t0
-    return pipe, {"prepare": prepare, **_sdopt_info(pipe, target)}
+    return _load_prepared(task, target, prepare)
 
 
 def load_sdopt_unconstrained(task):
@@ -284,12 +291,7 @@ def load_sdopt_unconstrained(task):
             (tmp / MANIFEST).write_text(json.dumps(manifest))
             tmp.rename(target)
         _remember_prepare(target, prepare)
-    else:
-        prepare = _earlier_prepare(target)
-    t0 = time.perf_counter()
-    pipe = sdopt.load_model(target, _diffusers_pipe(task["folder"]))
-    prepare["load_model_s"] = time.perf_counter() - t0
-    return pipe, {"prepare": prepare, **_sdopt_info(pipe, target)}
+    return _load_prepared(task, target, prepare)
 
 
 def _sdopt_info(pipe, target: Path) -> dict:

@@ -22,8 +22,10 @@ from typing import Any, Sequence
 
 import torch
 
+from ..deps import require
+from ..device import library_versions
+from ..identity import config_hash, weights_hash
 from .base import UNetInputs
-from ..errors import MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +97,8 @@ def unet_shapes(inputs: UNetInputs) -> dict[str, list[int]]:
 
 def unet_key_parts(unet: torch.nn.Module, example: UNetInputs) -> dict[str, Any]:
     """What identifies an export of this UNet: weights, architecture, shapes, torch/diffusers."""
-    from ..optimize.api import config_hash, weights_hash
-    from ..device import library_versions
-
     versions = library_versions()
-    return {"weights": _weights_hash_memo(unet, weights_hash), "config": config_hash(unet),
+    return {"weights": _weights_hash_memo(unet), "config": config_hash(unet),
             "shapes": unet_shapes(example),
             "libraries": {k: versions.get(k) for k in ("torch", "diffusers")}}
 
@@ -107,7 +106,7 @@ def unet_key_parts(unet: torch.nn.Module, example: UNetInputs) -> dict[str, Any]
 _HASHES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _weights_hash_memo(unet: torch.nn.Module, weights_hash) -> str:
+def _weights_hash_memo(unet: torch.nn.Module) -> str:
     """Hashing the SD 1.5 UNet's 3.4 GB takes seconds and the search builds several variants
     of one UNet: reuse the hash while no tensor was replaced or modified in place (tensor
     version counters)."""
@@ -122,18 +121,8 @@ def _weights_hash_memo(unet: torch.nn.Module, weights_hash) -> str:
     return memo[1]
 
 
-def require(module: str, extra: str, purpose: str):
-    """Import an optional dependency or raise the one-line 'install X' error."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingDependencyError(module.split(".")[0], extra, purpose) from None
-
-
 def _export_dynamo(module, args, path: Path, input_names, output_names, opset: int) -> None:
-    require("onnxscript", "cpu", "the dynamo ONNX exporter")
+    require("onnxscript", "the dynamo ONNX exporter")
     program = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
                                 input_names=list(input_names), output_names=list(output_names),
                                 external_data=True, optimize=True, verbose=False)
@@ -143,7 +132,7 @@ def _export_dynamo(module, args, path: Path, input_names, output_names, opset: i
 def _export_legacy(module, args, path: Path, input_names, output_names, opset: int) -> None:
     # The TorchScript exporter stops at opset 20 and writes external data by itself past 2 GB;
     # we always want external data, so save it again through onnx.
-    onnx = require("onnx", "cpu", "ONNX export")
+    onnx = require("onnx", "ONNX export")
     torch.onnx.export(module, args, str(path), dynamo=False, opset_version=min(opset, 20),
                       input_names=list(input_names), output_names=list(output_names),
                       do_constant_folding=True)
@@ -160,7 +149,7 @@ def export_onnx(module: torch.nn.Module, args: tuple, directory: str | os.PathLi
                 exporters: Sequence[str] = EXPORTERS) -> dict[str, Any]:
     """Export ``module(*args)`` to ``directory/model.onnx`` (+ external data) with the first
     exporter that works; returns which one and why the others failed."""
-    require("onnx", "cpu", "ONNX export")
+    require("onnx", "ONNX export")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / ONNX_FILE

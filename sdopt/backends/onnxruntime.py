@@ -17,15 +17,15 @@ skipped with the reason.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import deps
 from ..device import DeviceInfo
 from ..errors import SdoptError
+from ..logs import quiet_root_logger
 from .base import Backend, BuildContext, OptimizedModule, UNetInputs, Variant, register
 
 INT8_OPS = ("MatMul", "Gemm")
@@ -34,17 +34,6 @@ STATIC_INT8_OPS = ("Conv", "MatMul", "Gemm")
 STATIC_SUBSET_MAX = 32
 _NP_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 _TORCH_TYPES = {"float32": torch.float32, "float16": torch.float16}
-
-
-def _ort_version() -> str | None:
-    from importlib import metadata
-
-    for dist in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def _onnx_path(directory: Path) -> Path:
@@ -155,7 +144,7 @@ def onnx_export_entry(unet: torch.nn.Module, ctx: BuildContext):
 
     parts = {**_unet_parts(unet, ctx), "opset": OPSET,
              "libraries": {k: versions.get(k) for k in ("torch", "diffusers", "onnx")},
-             "onnxscript": _dist_version("onnxscript"), "precision": "fp32"}
+             "onnxscript": deps.version("onnxscript"), "precision": "fp32"}
     return fetch_or_build("onnx-unet", parts, build, root=ctx.cache_dir)
 
 
@@ -165,15 +154,6 @@ def _unet_parts(unet, ctx: BuildContext) -> dict:
     return unet_key_parts(unet, ctx.example)
 
 
-def _dist_version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _quantize_int8(source: Path, directory: Path) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -181,16 +161,11 @@ def _quantize_int8(source: Path, directory: Path) -> dict:
     from ..store import directory_size
 
     large = directory_size(source) > 1.8 * 2**30
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # its "consider pre-processing" note is about static int8
-    try:
+    with quiet_root_logger():  # its "consider pre-processing" note is about static int8
         quantize_dynamic(model_input=str(_onnx_path(source)),
                          model_output=str(directory / ONNX_FILE),
                          op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8,
                          per_channel=False, use_external_data_format=large)
-    finally:
-        root.setLevel(level)
     CONVERSIONS["quantize_dynamic"] += 1
     return {"quantizer": "onnxruntime.quantization.quantize_dynamic", "ops": list(INT8_OPS),
             "weight_type": "QInt8", "external_data": large}
@@ -218,18 +193,13 @@ def _quantize_static(source: Path, calibration: list[UNetInputs], directory: Pat
             return next(self._it, None)
 
     large = directory_size(source) > 1.8 * 2**30
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    with quiet_root_logger():
         quantize_static(model_input=str(_onnx_path(source)),
                         model_output=str(directory / ONNX_FILE), calibration_data_reader=Reader(),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(STATIC_INT8_OPS),
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         use_external_data_format=large)
-    finally:
-        root.setLevel(level)
     CONVERSIONS["quantize_static"] += 1
     return {"quantizer": "onnxruntime.quantization.quantize_static", "format": "QDQ",
             "ops": list(STATIC_INT8_OPS), "activations": "QUInt8", "weights": "QInt8 per channel",
@@ -281,17 +251,18 @@ class OnnxRuntime(Backend):
         if provider != "CPUExecutionProvider" and device.kind != "cuda":
             return (f"{provider} needs a CUDA GPU; the device is {device.kind} ({device.name}). "
                     "On a GPU machine: pip install 'sdopt[gpu]'")
-        for module, extra, why in (("onnxruntime", "cpu" if device.kind == "cpu" else "gpu",
-                                    "ONNX Runtime"), ("onnx", "cpu", "ONNX export"),
-                                   ("onnxscript", "cpu", "the dynamo ONNX exporter")):
-            if importlib.util.find_spec(module) is None:
-                return f"{why} needs the Python package '{module}', which is not installed: " \
-                       f"pip install 'sdopt[{extra}]'"
+        extra = "cpu" if device.kind == "cpu" else "gpu"
+        for module, why in (("onnxruntime", "ONNX Runtime"), ("onnx", "ONNX export"),
+                            ("onnxscript", "the dynamo ONNX exporter")):
+            reason = deps.unavailable_reason(module, why, extra=extra)
+            if reason:
+                return reason
         import onnxruntime as ort
 
         available = ort.get_available_providers()
         if provider not in available:
-            return (f"this onnxruntime build ({_ort_version()}) has no {provider} (it has "
+            ort_version = deps.version("onnxruntime")
+            return (f"this onnxruntime build ({ort_version}) has no {provider} (it has "
                     f"{', '.join(available)}): install onnxruntime-gpu"
                     + (" and TensorRT" if "Tensorrt" in provider else ""))
         return None
@@ -307,7 +278,7 @@ class OnnxRuntime(Backend):
 
         engines = persistent_dir("ort-tensorrt", {
             "onnx": onnx_key, "gpu": ctx_device.name, "capability": ctx_device.cuda_capability,
-            "onnxruntime": _ort_version(), "tensorrt": _dist_version("tensorrt"),
+            "onnxruntime": deps.version("onnxruntime"), "tensorrt": deps.version("tensorrt"),
             "precision": "fp16"}, root=cache_dir)
         return [("TensorrtExecutionProvider", {
                     "device_id": 0, "trt_fp16_enable": True,
@@ -324,8 +295,8 @@ class OnnxRuntime(Backend):
             source = entry
             entry = fetch_or_build("onnxruntime-int8", {
                 "source": source.key, "ops": list(INT8_OPS), "weight_type": "QInt8",
-                "onnxruntime": _ort_version()}, lambda tmp: _quantize_int8(source.path, tmp),
-                root=ctx.cache_dir)
+                "onnxruntime": deps.version("onnxruntime")},
+                lambda tmp: _quantize_int8(source.path, tmp), root=ctx.cache_dir)
             info["int8"] = {"hit": entry.hit, "key": entry.key, **entry.built}
         elif variant.name == "int8-static":
             if not ctx.calibration:
@@ -337,14 +308,14 @@ class OnnxRuntime(Backend):
             entry = fetch_or_build("onnxruntime-int8-static", {
                 "source": source.key, "ops": list(STATIC_INT8_OPS), "format": "QDQ",
                 "calibration": calibration_hash(ctx.calibration[:STATIC_SUBSET_MAX]),
-                "onnxruntime": _ort_version()},
+                "onnxruntime": deps.version("onnxruntime")},
                 lambda tmp: _quantize_static(source.path, ctx.calibration, tmp),
                 root=ctx.cache_dir)
             info["int8"] = {"hit": entry.hit, "key": entry.key, **entry.built}
         elif variant.name == "cuda-fp16":
             source = entry
             entry = fetch_or_build("onnx-unet-fp16", {
-                "source": source.key, "onnxruntime": _ort_version()},
+                "source": source.key, "onnxruntime": deps.version("onnxruntime")},
                 lambda tmp: _to_float16(source.path, tmp), root=ctx.cache_dir)
             info["fp16"] = {"hit": entry.hit, "key": entry.key, **entry.built}
         providers = self._providers(variant, ctx.device, entry.key, ctx.cache_dir)

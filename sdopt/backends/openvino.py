@@ -11,13 +11,13 @@ the fp32 and bf16 variants: only the compile hint differs) and the quantized IR 
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import deps
 from ..device import DeviceInfo
 from ..errors import SdoptError
 from .export import calibration_hash  # noqa: F401 - part of this module's interface
@@ -215,15 +215,13 @@ class OpenVINO(Backend):
         if device.kind != "cpu":
             return (f"sdopt runs OpenVINO on CPU only; the device is {device.kind} "
                     "(OpenVINO's GPU plugin is for Intel GPUs)")
-        if importlib.util.find_spec("openvino") is None:
-            return "needs the Python package 'openvino', which is not installed: " \
-                   "pip install 'sdopt[cpu]'"
+        reason = deps.unavailable_reason("openvino", "OpenVINO")
+        if reason:
+            return reason
         if variant.precision == "bf16":
-            ok, why = device.supports_bf16()
-            return None if ok else why
-        if variant.precision == "int8" and importlib.util.find_spec("nncf") is None:
-            return "int8 calibration needs the Python package 'nncf', which is not installed: " \
-                   "pip install 'sdopt[cpu]'"
+            return device.precision_unavailable_reason("bf16")
+        if variant.precision == "int8":
+            return deps.unavailable_reason("nncf", "int8 calibration")
         return None
 
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
@@ -240,7 +238,7 @@ class OpenVINO(Backend):
             preset = variant.options.get("preset")
             parts = {"source": ir.key, "calibration": calibration_hash(ctx.calibration),
                      "subset_max": INT8_SUBSET_MAX, "model_type": "TRANSFORMER",
-                     "nncf": _version("nncf")}
+                     "nncf": deps.version("nncf")}
             # Absent when default, so that the full int8 variant's cached IR stays valid.
             if ignored:
                 parts["ignored_types"] = list(ignored)
@@ -280,12 +278,3 @@ class OpenVINO(Backend):
             first = (str(exc).strip().splitlines() or [""])[0]
             raise SdoptError(f"'{directory / IR_XML}' is corrupt: OpenVINO cannot read it "
                              f"({first[:200]})") from exc
-
-
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None

@@ -13,12 +13,12 @@ from NVIDIA's modelopt, which sdopt does not produce yet: only fp16 is offered.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import deps
 from ..device import DeviceInfo
 from ..errors import SdoptError
 from .base import Backend, BuildContext, OptimizedModule, UNetInputs, Variant, register
@@ -140,9 +140,9 @@ class TensorRT(Backend):
                     "On a GPU machine: pip install 'sdopt[gpu]'")
         for module, why in (("tensorrt", "TensorRT"), ("onnx", "ONNX export"),
                             ("onnxscript", "the dynamo ONNX exporter")):
-            if importlib.util.find_spec(module) is None:
-                return f"{why} needs the Python package '{module}', which is not installed: " \
-                       "pip install 'sdopt[gpu]'"
+            reason = deps.unavailable_reason(module, why, extra="gpu")
+            if reason:
+                return reason
         return None
 
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:

@@ -9,7 +9,6 @@ bf16. A compiled graph has no portable safe format, so a saved model keeps the w
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import warnings
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 
 import torch
 
+from .. import deps
 from ..device import DeviceInfo
-from ._torch import DTYPES, TorchUNetModule, copy_unet, load_weights_into_copy, save_weights
+from .torch_module import DTYPES, TorchUNetModule, copy_unet, load_weights_into_copy, save_weights
 from .base import Backend, BuildContext, OptimizedModule, Variant, register
 
 
@@ -27,7 +27,11 @@ from .base import Backend, BuildContext, OptimizedModule, Variant, register
 warnings.filterwarnings("ignore", message=r"Dynamo detected a call to a `functools.lru_cache`")
 
 
-class _CompiledModule(TorchUNetModule):
+class CompiledModule(TorchUNetModule):
+    """The UNet through torch.compile: one graph, so its blocks cannot be called alone."""
+
+    runs_eager = False
+
     def __init__(self, unet: torch.nn.Module, variant: Variant, dtype: torch.dtype,
                  channels_last: bool, device_kind: str):
         super().__init__(unet, variant, dtype, channels_last)
@@ -55,16 +59,17 @@ class TorchCompile(Backend):
     def unavailable_reason(self, device: DeviceInfo, variant: Variant) -> str | None:
         if device.kind == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
             return "inductor on CPU needs a C++ compiler (g++), which is not on PATH"
-        if device.kind == "cuda" and importlib.util.find_spec("triton") is None:
-            return "inductor on CUDA needs triton, which is not installed"
+        if device.kind == "cuda":
+            reason = deps.unavailable_reason("triton", "inductor on CUDA")
+            if reason:
+                return reason
         if variant.precision == "bf16":
-            ok, why = device.supports_bf16()
-            return None if ok else why
+            return device.precision_unavailable_reason("bf16")
         return None
 
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
         clone = copy_unet(unet, DTYPES[variant.precision], False, ctx.device.torch_device)
-        return _CompiledModule(clone, variant, DTYPES[variant.precision], False, ctx.device.kind)
+        return CompiledModule(clone, variant, DTYPES[variant.precision], False, ctx.device.kind)
 
     def save(self, module: OptimizedModule, directory: Path) -> dict[str, Any]:
         return {**save_weights(module.unet, directory), "rebuild_on_load": "torch.compile"}
@@ -73,4 +78,4 @@ class TorchCompile(Backend):
              device: DeviceInfo) -> OptimizedModule:
         dtype = DTYPES[variant.precision]
         clone = load_weights_into_copy(directory, unet, dtype, False, device.torch_device)
-        return _CompiledModule(clone, variant, dtype, False, device.kind)
+        return CompiledModule(clone, variant, dtype, False, device.kind)

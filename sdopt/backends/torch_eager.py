@@ -12,13 +12,31 @@ from typing import Any
 import torch
 
 from ..device import DeviceInfo
-from ._torch import DTYPES, TorchUNetModule, copy_unet, load_weights_into_copy, save_weights
+from .torch_module import DTYPES, TorchUNetModule, copy_unet, load_weights_into_copy, save_weights
 from .base import Backend, BuildContext, OptimizedModule, Variant, register
+
+
+NAME = "torch_eager"
+
+
+def reference_variant() -> Variant:
+    """The original, unchanged: every candidate is verified and timed against it."""
+    return Variant(backend=NAME, name="fp32", precision="fp32",
+                   options={"channels_last": False}, lossless=True)
+
+
+REFERENCE_ID = reference_variant().id
+
+
+def reference_module(unet: torch.nn.Module) -> TorchUNetModule:
+    """The pipeline's own UNet as a backend module, without a copy (what techniques are tried
+    on alone, and what the reference row of the search runs)."""
+    return TorchUNetModule(unet, reference_variant(), unet.dtype)
 
 
 @register
 class TorchEager(Backend):
-    name = "torch_eager"
+    name = NAME
     aliases = ("torch", "pytorch")
 
     def variants(self, device: DeviceInfo) -> list[Variant]:
@@ -38,8 +56,7 @@ class TorchEager(Backend):
 
     def unavailable_reason(self, device: DeviceInfo, variant: Variant) -> str | None:
         if variant.precision == "bf16":
-            ok, why = device.supports_bf16()
-            return None if ok else why
+            return device.precision_unavailable_reason("bf16")
         if variant.precision == "fp16" and device.kind != "cuda":
             return "fp16 is only tried on CUDA: CPUs without fp16 matmul units emulate it slowly"
         return None

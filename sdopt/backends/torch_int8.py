@@ -15,7 +15,7 @@ import torch
 
 from ..device import DeviceInfo
 from ..errors import SdoptError
-from ._torch import WEIGHTS_FILE, TorchUNetModule, copy_unet, read_safetensors
+from .torch_module import WEIGHTS_FILE, TorchUNetModule, copy_unet, read_safetensors
 from .base import Backend, BuildContext, OptimizedModule, Variant, register
 
 

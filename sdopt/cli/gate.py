@@ -1,12 +1,15 @@
 """``sdopt bench``, ``sdopt baseline save``, ``sdopt compare`` and ``sdopt gate``: the CI gate.
 
-Exit codes are the contract CI scripts rely on: 0 pass, 1 regression, 2 bad input (any
-SdoptError), 2 also for a pair that is not comparable (another machine, another image size).
+The exit status is the contract CI scripts rely on (sdopt.errors.ExitCode): 0 pass, 1
+regression, 2 bad input, 3 not comparable (another machine, another image size). The options
+that change what the gate reads (``--set``, the threshold shortcuts, ``--allow-other-machine``)
+are defined here once and shared with ``sdopt reproduce``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -16,12 +19,21 @@ from pathlib import Path
 import click
 
 from ..errors import SdoptError
+from ..gate.config import BENCH_VARIANTS
+from .options import (CommaList, allow_other_machine_option, baseline_option, collect_overrides,
+                      config_option, json_option, out_option, overwrite_option, quiet_option,
+                      same_job_base_option, set_option, threshold_options)
+from ..gate.results import (IMAGES_DIR, NOT_COMPARABLE, PYTEST_BENCHMARK_NAME, REPORT_HTML_NAME,
+                            REPORT_MARKDOWN_NAME, RESULTS_NAME, VERDICT_NAME, exit_code, finite,
+                            read_results)
 
 
-def _config(path: str):
+# --- helpers ------------------------------------------------------------------------------------
+
+def _load(path: str, overrides=()):
     from ..gate.config import load_config
 
-    return load_config(path)
+    return load_config(path, overrides)
 
 
 def _check_writable(target: Path, what: str) -> None:
@@ -42,7 +54,9 @@ def _check_writable(target: Path, what: str) -> None:
 
 
 def _check_free(target: Path, what: str, overwrite: bool) -> None:
-    if target.exists() and not overwrite and (target.is_file() or any(target.iterdir())):
+    from ..store import exists_and_not_empty
+
+    if exists_and_not_empty(target) and not overwrite:
         raise SdoptError(f"{what} '{target}' already exists and is not empty: choose another "
                          "directory or pass --overwrite")
     _check_writable(target, what)
@@ -56,17 +70,14 @@ def _output_errors(target: Path, what: str):
         raise SdoptError(f"{what} '{target}' cannot be written: {exc.strerror or exc}") from None
 
 
-def _variants_option(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    for name in names:
-        if name not in ("original", "optimized"):
-            raise SdoptError(f"--variants: unknown variant '{name}': expected a comma-separated "
-                             "list of original, optimized")
-    if not names:
-        raise SdoptError("--variants is empty: expected original, optimized or both")
-    return names
+def _human_output(to_stderr: bool):
+    """With --json, stdout carries the verdict only: everything else (tables included) goes to
+    stderr."""
+    return contextlib.redirect_stdout(sys.stderr) if to_stderr else contextlib.nullcontext()
+
+
+def _print_json(document: dict) -> None:
+    click.echo(json.dumps(finite(document), indent=2))
 
 
 def _bench_into(config, config_path: str, out: Path, *, overwrite: bool, variants=None,
@@ -79,7 +90,7 @@ def _bench_into(config, config_path: str, out: Path, *, overwrite: bool, variant
         if same_job_base:
             if out.exists() and overwrite:
                 shutil.rmtree(out)
-            from ..gate.baseline import bench_same_job
+            from ..gate.same_job import bench_same_job
 
             bench_same_job(config, config_path, same_job_base, out, progress=not quiet)
             return
@@ -89,8 +100,6 @@ def _bench_into(config, config_path: str, out: Path, *, overwrite: bool, variant
 
 
 def _print_bench(out: Path) -> None:
-    from ..gate.bench import read_results
-
     results = read_results(out)
     for name, v in results["variants"].items():
         lat = v["latency_s"]
@@ -98,170 +107,205 @@ def _print_bench(out: Path) -> None:
         click.echo(f"{name:9} {v['label']}: {lat['median'] * 1e3:.1f} ms/image median "
                    f"(IQR {lat['iqr'] * 1e3:.1f} ms, n={len(lat['samples'])}), "
                    f"{v['throughput_images_per_s']:.3g} images/s; {stages}")
-    click.echo(f"results: {out / 'results.json'} (+ results.pytest-benchmark.json, images/)")
+    click.echo(f"results: {out / RESULTS_NAME} (+ {PYTEST_BENCHMARK_NAME}, {IMAGES_DIR}/)")
 
 
-def _compare(baseline_spec: str, current: Path, config, *, force: bool, repo: Path):
+def _compare(baseline_spec: str, current: Path, gate_config, *, clip_model,
+             allow_other_machine: bool, repo: Path):
     from ..gate.baseline import inputs_for, open_baseline
     from ..gate.compare import compare_results
 
     with open_baseline(baseline_spec, repo=repo) as base:
         inputs = inputs_for(base, current)
-        clip = config.resolve(config.gate.clip_model) if config and config.gate.clip_model \
-            else None
-        verdict = compare_results(inputs, config.gate if config else None, force=force,
-                                  clip_model=clip)
-        # Keep a copy of a git/artifact baseline next to the results, for the report's images.
+        verdict = compare_results(inputs, gate_config, allow_other_machine=allow_other_machine,
+                                  clip_model=clip_model)
         return verdict, inputs
 
 
-def _report(results_dir: Path, inputs, verdict: dict, out: Path) -> list[str]:
-    """Call the report module if this install has it (it is optional for the gate)."""
-    try:
-        from ..report import render_reports
-    except ImportError as exc:
-        return [f"report skipped: sdopt.report is not available ({exc})"]
-    baseline_dir = inputs.baseline_dir
+def _report(results_dir: Path, inputs, verdict: dict, out: Path, templates: Path | None
+            ) -> list[str]:
+    """Write both reports; a report bug is a note, never a hidden verdict."""
+    from ..report import render_reports
+
     try:
         written = render_reports(inputs.current, results_dir, baseline=inputs.baseline,
-                                 baseline_dir=baseline_dir, verdict=verdict,
-                                 html_path=out / "report.html", markdown_path=out / "report.md",
-                                 artifact_url=os.environ.get("SDOPT_ARTIFACT_URL") or None)
+                                 baseline_dir=inputs.baseline_dir, verdict=verdict,
+                                 html_path=out / REPORT_HTML_NAME,
+                                 markdown_path=out / REPORT_MARKDOWN_NAME,
+                                 artifact_url=os.environ.get("SDOPT_ARTIFACT_URL") or None,
+                                 templates_dir=templates)
     except SdoptError:
         raise
     except Exception as exc:  # noqa: BLE001 - a report bug must not hide the verdict
-        return [f"report failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return [f"report failed: {type(exc).__name__}: {first}"]
     return [f"report: {path}" for path in dict(written).values()]
 
 
-def register(main: click.Group) -> None:
-    @main.command()
-    @click.option("--config", "config_path", default="sdopt.toml", show_default=True,
-                  type=click.Path(dir_okay=True), help="The sdopt.toml to read.")
-    @click.option("--out", default=None, type=click.Path(file_okay=False),
-                  help="Results directory (default: output_dir of the config).")
-    @click.option("--variants", default=None, help="Comma-separated: original,optimized.")
-    @click.option("--same-job-base", default=None, metavar="GIT_REF",
-                  help="Also measure the model as committed at GIT_REF, interleaved; writes it to "
-                       "OUT/base as the baseline (for PRs that change the model).")
-    @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
-    @click.option("--quiet", is_flag=True, help="No progress bars.")
-    def bench(config_path, out, variants, same_job_base, overwrite, quiet):
-        """Run the pipeline end to end (fixed seeds, warm-up, interleaved variants) and write
-        results.json, results.pytest-benchmark.json and the images."""
-        config = _config(config_path)
-        out_path = Path(out) if out else config.resolve(config.output_dir)
-        if same_job_base and variants:
-            raise SdoptError("--same-job-base measures the base and head 'optimized' variants: "
-                             "leave out --variants")
-        _bench_into(config, config_path, out_path, overwrite=overwrite,
-                    variants=_variants_option(variants), same_job_base=same_job_base,
-                    quiet=quiet)
-        _print_bench(out_path)
-        if same_job_base:
-            click.echo(f"base ({same_job_base}): {out_path / 'base'}; compare with "
-                       f"'sdopt compare {out_path / 'base'} {out_path}'")
+# --- commands -----------------------------------------------------------------------------------
 
-    @main.group()
-    def baseline() -> None:
-        """Baselines the gate compares against."""
 
-    @baseline.command("save")
-    @click.option("--config", "config_path", default="sdopt.toml", show_default=True,
-                  type=click.Path(dir_okay=True))
-    @click.option("--results", "results_dir", required=True, type=click.Path(),
-                  help="A results directory written by 'sdopt bench' or 'sdopt gate'.")
-    @click.option("--to", "target", default=None, type=click.Path(file_okay=False),
-                  help="Baseline directory (default: baseline.path of the config).")
-    @click.option("--update-baseline", is_flag=True,
-                  help="Replace an existing baseline (never done without it).")
-    def baseline_save(config_path, results_dir, target, update_baseline):
-        """Copy results (and their images) to the baseline directory, atomically."""
-        from ..gate.baseline import save_baseline
 
-        config = _config(config_path)
-        dest = Path(target) if target else config.resolve(config.baseline.path)
-        if not (dest.exists() and update_baseline):
-            _check_writable(dest, "baseline")
-        with _output_errors(dest, "baseline"):
-            saved = save_baseline(results_dir, dest, update=update_baseline)
-        click.echo(f"baseline saved: {saved}")
+@click.command()
+@config_option
+@out_option("Results directory (default: output_dir of the config).")
+@click.option("--variants", default=None, type=CommaList(BENCH_VARIANTS),
+              help="Variants to measure (default: bench.variants of the config).")
+@same_job_base_option
+@set_option
+@overwrite_option
+@quiet_option
+def bench(config, out, variants, same_job_base, set, overwrite, quiet):
+    """Run the pipeline end to end (fixed seeds, warm-up, interleaved variants) and write
+    results.json, results.pytest-benchmark.json and the images."""
+    settings = _load(config, collect_overrides(set))
+    out_path = Path(out) if out else settings.resolve(settings.output_dir)
+    if same_job_base and variants:
+        raise SdoptError("--same-job-base measures the base and head 'optimized' variants: "
+                         "leave out --variants")
+    _bench_into(settings, config, out_path, overwrite=overwrite,
+                variants=list(variants) if variants else None, same_job_base=same_job_base,
+                quiet=quiet)
+    _print_bench(out_path)
+    if same_job_base:
+        click.echo(f"base ({same_job_base}): {out_path / 'base'}; compare with "
+                   f"'sdopt compare {out_path / 'base'} {out_path}'")
 
-    @main.command()
-    @click.argument("baseline_spec", metavar="BASELINE")
-    @click.argument("current", type=click.Path())
-    @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=True),
-                  help="sdopt.toml with the [gate] thresholds (defaults otherwise).")
-    @click.option("--out", "verdict_path", default=None, type=click.Path(dir_okay=False),
-                  help="Write the verdict JSON here.")
-    @click.option("--force", is_flag=True, help="Compare results from different machines.")
-    def compare(baseline_spec, current, config_path, verdict_path, force):
-        """Compare CURRENT results with BASELINE (a directory, an artifact directory or
-        git:REF:PATH). Exit 0 pass, 1 regression, 2 bad input or not comparable."""
-        from ..gate.compare import NOT_COMPARABLE, exit_code, not_comparable_line, summary_text
-        from ..store import write_json
 
-        config = _config(config_path) if config_path else None
-        if verdict_path:
-            _check_writable(Path(verdict_path).parent, "--out")
-        repo = Path(config.root) if config else Path.cwd()
-        verdict, _ = _compare(baseline_spec, Path(current), config, force=force, repo=repo)
-        if verdict_path:
-            with _output_errors(Path(verdict_path), "--out"):
-                write_json(verdict_path, verdict)
+@click.group()
+def baseline() -> None:
+    """Baselines the gate compares against."""
+
+
+@baseline.command("save")
+@config_option
+@click.option("--results", required=True, type=click.Path(),
+              help="A results directory written by 'sdopt bench' or 'sdopt gate'.")
+@click.option("--to", default=None, type=click.Path(file_okay=False),
+              help="Baseline directory (default: baseline.path of the config).")
+@click.option("--update-baseline", is_flag=True,
+              help="Replace an existing baseline (never done without it).")
+def baseline_save(config, results, to, update_baseline):
+    """Copy results (and their images) to the baseline directory, atomically."""
+    from ..gate.baseline import save_baseline
+
+    settings = _load(config)
+    dest = Path(to) if to else settings.resolve(settings.baseline.path)
+    if not (dest.exists() and update_baseline):
+        _check_writable(dest, "baseline")
+    with _output_errors(dest, "baseline"):
+        saved = save_baseline(results, dest, update=update_baseline)
+    click.echo(f"baseline saved: {saved}")
+
+
+@click.command()
+@click.argument("baseline_spec", metavar="BASELINE")
+@click.argument("current", type=click.Path())
+@click.option("--config", default=None, type=click.Path(dir_okay=True),
+              help="sdopt.toml with the [gate] settings (default: the built-in thresholds).")
+@out_option(f"Directory to write the verdict to, as OUT/{VERDICT_NAME} (it may be CURRENT "
+            "itself).")
+@set_option
+@threshold_options
+@allow_other_machine_option
+@json_option
+@click.option("--overwrite", is_flag=True,
+              help=f"Replace an existing {VERDICT_NAME} in --out.")
+def compare(baseline_spec, current, config, out, set, latency_tolerance, psnr_min_db, ssim_min,
+            allow_other_machine, json, overwrite):
+    """Compare CURRENT results with BASELINE (a results directory, a downloaded artifact
+    directory or git:REF:PATH). Exit 0 pass, 1 regression, 2 bad input, 3 not comparable."""
+    from ..gate.compare import not_comparable_line, summary_text
+    from ..gate.config import gate_settings
+    from ..store import write_json
+
+    overrides = collect_overrides(set, latency_tolerance=latency_tolerance,
+                                  psnr_min_db=psnr_min_db, ssim_min=ssim_min)
+    if config:
+        settings = _load(config, overrides)
+        gate_config, repo = settings.gate, Path(settings.root)
+        clip_model = settings.resolve(gate_config.clip_model)
+    else:
+        gate_config, repo = gate_settings(overrides), Path.cwd()
+        clip_model = Path(gate_config.clip_model).expanduser() if gate_config.clip_model else None
+    target = None
+    if out:
+        if Path(out).suffix == ".json":
+            raise SdoptError(f"--out '{out}' looks like a file name: --out is a directory, the "
+                             f"verdict is written to OUT/{VERDICT_NAME}")
+        target = Path(out) / VERDICT_NAME
+        if target.exists() and not overwrite:
+            raise SdoptError(f"--out '{out}' already holds {VERDICT_NAME}: choose another "
+                             "directory or pass --overwrite")
+        _check_writable(Path(out), "--out")
+    with _human_output(json):
+        verdict, _ = _compare(baseline_spec, Path(current), gate_config, clip_model=clip_model,
+                              allow_other_machine=allow_other_machine, repo=repo)
+        if target is not None:
+            with _output_errors(target, "--out"):
+                write_json(target, finite(verdict))
         if verdict["verdict"] == NOT_COMPARABLE:
             click.echo(not_comparable_line(verdict, baseline_spec, current), err=True)
         else:
             click.echo(summary_text(verdict))
-        sys.exit(exit_code(verdict))
+    if json:
+        _print_json(verdict)
+    sys.exit(exit_code(verdict))
 
-    @main.command()
-    @click.option("--config", "config_path", default="sdopt.toml", show_default=True,
-                  type=click.Path(dir_okay=True))
-    @click.option("--out", default=None, type=click.Path(file_okay=False),
-                  help="Output directory (default: output_dir of the config).")
-    @click.option("--baseline", "baseline_override", default=None,
-                  help="Baseline to use instead of the config's (path, artifact dir, git:REF:PATH).")
-    @click.option("--same-job-base", default=None, metavar="GIT_REF",
-                  help="Measure the model committed at GIT_REF in the same job and use it as the "
-                       "baseline (for PRs that change the model).")
-    @click.option("--force", is_flag=True, help="Compare results from different machines.")
-    @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
-    @click.option("--quiet", is_flag=True, help="No progress bars.")
-    def gate(config_path, out, baseline_override, same_job_base, force, overwrite, quiet):
-        """Optimize (or load the saved model), bench, compare with the baseline, write the
-        reports. Exit 0 pass, 1 regression, 2 bad input or not comparable."""
-        from ..gate.baseline import baseline_spec, open_baseline
-        from ..gate.compare import NOT_COMPARABLE, exit_code, not_comparable_line, summary_text
-        from ..store import write_json
 
-        config = _config(config_path)
-        out_path = Path(out) if out else config.resolve(config.output_dir)
-        _check_free(out_path, "--out", overwrite)
-        repo = Path(config.root)
-        if same_job_base:
-            spec = str(out_path / "base")
-        else:
-            spec = baseline_spec(config, baseline_override)
-            with open_baseline(spec, repo=repo):  # fail fast, before minutes of benchmarking
-                pass
-        _bench_into(config, config_path, out_path, overwrite=overwrite,
+@click.command()
+@config_option
+@out_option("Output directory (default: output_dir of the config).")
+@baseline_option
+@same_job_base_option
+@set_option
+@threshold_options
+@allow_other_machine_option
+@json_option
+@overwrite_option
+@quiet_option
+def gate(config, out, baseline, same_job_base, set, latency_tolerance, psnr_min_db, ssim_min,
+         allow_other_machine, json, overwrite, quiet):
+    """Optimize (or load the saved model), bench, compare with the baseline, write the
+    reports. Exit 0 pass, 1 regression, 2 bad input, 3 not comparable."""
+    from ..gate.baseline import baseline_spec, inputs_for, open_baseline
+    from ..gate.compare import not_comparable_line, summary_text
+    from ..store import write_json
+
+    overrides = collect_overrides(set, latency_tolerance=latency_tolerance,
+                                  psnr_min_db=psnr_min_db, ssim_min=ssim_min)
+    settings = _load(config, overrides)
+    out_path = Path(out) if out else settings.resolve(settings.output_dir)
+    _check_free(out_path, "--out", overwrite)
+    repo = Path(settings.root)
+    if same_job_base:
+        spec = str(out_path / "base")
+    else:
+        spec = baseline_spec(settings, baseline)
+        with open_baseline(spec, repo=repo):  # fail fast, before minutes of benchmarking
+            pass
+    clip_model = settings.resolve(settings.gate.clip_model)
+    templates = settings.resolve(settings.report.templates)
+    with _human_output(json):
+        _bench_into(settings, config, out_path, overwrite=overwrite,
                     same_job_base=same_job_base, quiet=quiet)
-        verdict, inputs = _compare(spec, out_path, config, force=force, repo=repo)
+        verdict, inputs = _compare(spec, out_path, settings.gate, clip_model=clip_model,
+                                   allow_other_machine=allow_other_machine, repo=repo)
         with _output_errors(out_path, "--out"):
-            write_json(out_path / "verdict.json", verdict)
+            write_json(out_path / VERDICT_NAME, finite(verdict))
             if same_job_base or not spec.startswith("git:"):
-                notes = _report(out_path, inputs, verdict, out_path)
+                notes = _report(out_path, inputs, verdict, out_path, templates)
             else:  # the git baseline's images live in a temporary checkout: report while open
-                from ..gate.baseline import inputs_for
-
                 with open_baseline(spec, repo=repo) as base:
-                    notes = _report(out_path, inputs_for(base, out_path), verdict, out_path)
+                    notes = _report(out_path, inputs_for(base, out_path), verdict, out_path,
+                                    templates)
         _print_bench(out_path)
         click.echo(summary_text(verdict))
         for note in notes:
             click.echo(note)
-        click.echo(f"verdict: {out_path / 'verdict.json'}")
+        click.echo(f"verdict: {out_path / VERDICT_NAME}")
         if verdict["verdict"] == NOT_COMPARABLE:
             click.echo(not_comparable_line(verdict, spec, str(out_path)), err=True)
-        sys.exit(exit_code(verdict))
+    if json:
+        _print_json(verdict)
+    sys.exit(exit_code(verdict))

@@ -1,4 +1,8 @@
-"""``sdopt merge``: one verdict and one report from the result directories of a CI matrix."""
+"""``sdopt merge``: one verdict and one report from the result directories of a CI matrix.
+
+The gate decides (sdopt.gate.merge), the report package writes the markdown
+(sdopt.report.merged); this command puts them in one output directory, all or nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,26 @@ from pathlib import Path
 
 import click
 
+from ..gate.merge import load_legs, merged_verdict, write_merged
+from ..gate.results import MERGED_NAME, REPORT_MARKDOWN_NAME, VERDICT_NAME, exit_code
+from ..report.merged import merged_markdown
+from .options import overwrite_option
 
-def register(main: click.Group) -> None:
-    @main.command()
-    @click.argument("result_dirs", nargs=-1, required=True, type=click.Path())
-    @click.option("--out", required=True, type=click.Path(file_okay=False),
-                  help="Directory for merged.json, verdict.json and report.md.")
-    @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
-    def merge(result_dirs, out, overwrite):
-        """Merge the results of several gate/bench jobs (a matrix) into one report.
 
-        Exit status as for compare: 0 pass (or no verdicts), 1 regression in any job,
-        2 a job not comparable or bad input."""
-        from ..gate.merge import merge as do_merge
+@click.command()
+@click.argument("result_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help=f"Directory for {MERGED_NAME}, {VERDICT_NAME} and {REPORT_MARKDOWN_NAME}.")
+@overwrite_option
+def merge(result_dirs: tuple[Path, ...], out: Path, overwrite: bool) -> None:
+    """Merge the results of several gate/bench jobs (a matrix) into one verdict and report.
 
-        verdict = do_merge(list(result_dirs), Path(out), overwrite=overwrite)
-        state = (verdict or {}).get("verdict")
-        click.echo(f"merged {len(result_dirs)} result directories into {out}: "
-                   f"{state or 'no verdicts'}")
-        sys.exit({"regression": 1, "not_comparable": 2}.get(state, 0))
+    Exit status: 0 pass (or no job judged), 1 a regression in any job, 3 a job not comparable
+    (and none regressed), 2 bad input."""
+    legs = load_legs(list(result_dirs))
+    verdict = merged_verdict(legs)
+    write_merged(out, legs, verdict, overwrite=overwrite,
+                 files={REPORT_MARKDOWN_NAME: merged_markdown(legs, verdict)})
+    state = (verdict or {}).get("verdict")
+    click.echo(f"merged {len(legs)} result directories into {out}: {state or 'no verdicts'}")
+    sys.exit(exit_code(verdict))

@@ -20,10 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .bench import PYTEST_BENCHMARK_NAME, RESULTS_NAME, read_results
-from .compare import Inputs, safe_join
 from ..errors import SdoptError
-from ..store import atomic_directory
+from ..store import atomic_directory, exists_and_not_empty
+from .compare import Inputs, safe_join
+from .results import PYTEST_BENCHMARK_NAME, RESULTS_NAME, find_results_dir, read_results
 
 GIT_PREFIX = "git:"
 
@@ -35,7 +35,7 @@ def save_baseline(results_dir: str | os.PathLike, target: str | os.PathLike, *,
     results = read_results(results_dir, what="results")
     if results_dir.is_file():
         results_dir = results_dir.parent
-    if target.exists() and not update and (target.is_file() or any(target.iterdir())):
+    if not update and exists_and_not_empty(target):
         raise SdoptError(f"baseline '{target}' already exists: pass --update-baseline to replace "
                          "it (the old one is kept otherwise)")
     if target.resolve() == results_dir.resolve():
@@ -55,21 +55,6 @@ def save_baseline(results_dir: str | os.PathLike, target: str | os.PathLike, *,
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
     return target
-
-
-def _find_results_dir(path: Path) -> Path:
-    """A results directory, or a downloaded artifact with one inside (at most two levels down)."""
-    if (path / RESULTS_NAME).is_file():
-        return path
-    found = sorted(p.parent for p in list(path.glob(f"*/{RESULTS_NAME}"))
-                   + list(path.glob(f"*/*/{RESULTS_NAME}")))
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise SdoptError(f"baseline '{path}' holds no {RESULTS_NAME}: expected a directory written "
-                         "by 'sdopt baseline save' or a downloaded sdopt results artifact")
-    raise SdoptError(f"baseline '{path}' holds {len(found)} results ({', '.join(map(str, found))}):"
-                     " pass the one to use")
 
 
 def repo_root(start: str | os.PathLike) -> Path:
@@ -130,7 +115,7 @@ def open_baseline(spec: str | os.PathLike, *, repo: str | os.PathLike = ".") -> 
             raise SdoptError(f"baseline '{path}' not found: save one with 'sdopt baseline save' "
                              "or pass a results directory, an artifact directory or "
                              "git:REF:PATH")
-        directory = _find_results_dir(path)
+        directory = find_results_dir(path)
         yield read_results(directory, what="baseline"), directory, str(directory)
         return
     ref, rel = git
@@ -171,71 +156,3 @@ def inputs_for(baseline: tuple[dict, Path, str], current_dir: str | os.PathLike)
         current_dir = current_dir.parent
     return Inputs(results, directory, read_results(current_dir, what="current results"),
                   current_dir, source)
-
-
-# --- same-job mode: base revision's model vs head's, measured interleaved ----------------------
-
-def bench_same_job(config, config_path: str | os.PathLike, base_ref: str,
-                   out_dir: str | os.PathLike, *, progress: bool = True, console=None) -> Path:
-    """For a PR that changes the model itself: build the base revision's 'optimized' variant (its
-    sdopt.toml, model folder and saved model as committed at ``base_ref``) and the working tree's,
-    measure both interleaved in this process, and write ``out_dir`` (head, as the current results)
-    and ``out_dir/base`` (the baseline). The bench settings (prompts, seeds, size, runs) are the
-    head's, so both sides run the same workload."""
-    from .bench import (BenchSettings, load_original, optimized_subject, run_bench,
-                        torch_threads, write_results)
-    from .config import load_config
-
-    root = repo_root(config.root).resolve()
-    cfg_rel = Path(config_path).resolve().relative_to(root).as_posix()
-    out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory(prefix="sdopt-base-") as tmp:
-        extract_from_git(base_ref, [cfg_rel], root, Path(tmp))
-        base_cfg = load_config(Path(tmp) / cfg_rel)
-        wanted: list[str] = []
-        # Paths the base config names, as committed at base_ref (resolved against the base config's
-        # directory inside the repository).
-        base_dir_rel = Path(cfg_rel).parent
-        for value in (base_cfg.model, base_cfg.optimize.saved_model, base_cfg.single_file_config):
-            if value and not Path(value).is_absolute() and value not in _preset_names():
-                rel = (base_dir_rel / value).as_posix()
-                if _committed(base_ref, rel, root):
-                    wanted.append(rel)
-        if wanted:
-            extract_from_git(base_ref, wanted, root, Path(tmp))
-        with torch_threads(config.bench.threads):
-            base, base_opt = optimized_subject(base_cfg, load_original(base_cfg),
-                                               progress=progress, name="base")
-            head, head_opt = optimized_subject(config, load_original(config), progress=progress,
-                                               name="head")
-        with atomic_directory(out_dir, overwrite=False) as work:
-            results = run_bench([base, head], BenchSettings.from_config(config), work,
-                                progress=progress, console=console,
-                                config=config.public_dict(), optimization=head_opt)
-            for name, target, opt in (("base", work / "base", base_opt), ("head", work, head_opt)):
-                doc = dict(results, variants={"optimized": _move_images(
-                    results["variants"][name], work / "images" / name, target)}, optimization=opt)
-                doc["config"] = dict(doc["config"], same_job={"base_ref": base_ref, "side": name})
-                write_results(doc, target)
-    return out_dir
-
-
-def _preset_names() -> tuple[str, ...]:
-    from ..models import PRESETS
-
-    return tuple(PRESETS)
-
-
-def _committed(ref: str, rel: str, root: Path) -> bool:
-    proc = subprocess.run(["git", "cat-file", "-e", f"{ref}:{rel}"], cwd=root, capture_output=True)
-    return proc.returncode == 0
-
-
-def _move_images(variant: dict, src: Path, results_dir: Path) -> dict:
-    """Move one variant's images to ``results_dir/images/optimized`` and fix their paths."""
-    dst = results_dir / "images" / "optimized"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
-    images = [dict(rec, path="images/optimized/" + Path(rec["path"]).name)
-              for rec in variant["images"]]
-    return dict(variant, images=images)

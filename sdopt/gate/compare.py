@@ -10,9 +10,14 @@ Quality: each image is compared with the baseline's image of the same prompt and
 SSIM); a backend that silently changes numerics shows up here even when latency improves.
 
 Machines: timings of different CPUs/GPUs say nothing about the code, so such a pair is "not
-comparable" unless the config says to warn, or the caller forces it. That is an input error
+comparable" unless the config says to warn, or the caller allows another machine. That is an input error
 (exit 2, one line naming what differs): the pair cannot answer the question, and a red build for
-it must not read as a regression of the code.
+it must not read as a regression of the code (exit 3, "not comparable", distinct from bad
+input).
+
+Image quality is :mod:`sdopt.optimize.metrics`' PSNR and SSIM, the same numbers the search and
+the report compute for the same pair. Identical images have an infinite PSNR, which JSON cannot
+hold: the verdict records it as null ("identical").
 """
 
 from __future__ import annotations
@@ -24,15 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import GateConfig
 from ..errors import SdoptError
+from ..optimize import metrics
+from .config import GateConfig
+from .results import (NOT_COMPARABLE, PASS, REGRESSION, RESULTS_NAME, VERDICT_KIND,
+                      VERDICT_SCHEMA_VERSION)
 
-VERDICT_KIND = "sdopt-verdict"
-VERDICT_SCHEMA_VERSION = 1
-PASS, REGRESSION, NOT_COMPARABLE = "pass", "regression", "not_comparable"
-EXIT_CODES = {PASS: 0, REGRESSION: 1, NOT_COMPARABLE: 2}
-# PSNR of identical images is infinite, which JSON cannot hold: reported as this ceiling.
-PSNR_IDENTICAL_DB = 100.0
 # Device fields that must agree for timings to be comparable.
 _DEVICE_KEYS = ("kind", "name", "cores", "cuda_capability")
 
@@ -76,7 +78,7 @@ def safe_join(root: Path, rel: str, what: str) -> Path:
     """``root/rel``, refusing paths that climb out (results files are untrusted input)."""
     path = (Path(root) / rel).resolve()
     if os.path.isabs(rel) or not path.is_relative_to(Path(root).resolve()):
-        raise SdoptError(f"{what} '{Path(root) / 'results.json'}' names image path '{rel}' outside "
+        raise SdoptError(f"{what} '{Path(root) / RESULTS_NAME}' names image path '{rel}' outside "
                          "its directory: expected a relative path such as images/optimized/0.png")
     return path
 
@@ -95,29 +97,16 @@ def _load_rgb(path: Path, what: str):
 
 
 def image_quality(baseline_png: Path, current_png: Path) -> tuple[float, float]:
-    """(PSNR in dB, SSIM) of the current image against the baseline's."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
+    """(PSNR in dB, inf when identical; SSIM) of the current image against the baseline's."""
     ref = _load_rgb(baseline_png, "baseline")
     cur = _load_rgb(current_png, "current")
-    if ref.shape != cur.shape:
-        raise ValueError(f"image sizes differ ({ref.shape[1]}x{ref.shape[0]} vs "
-                         f"{cur.shape[1]}x{cur.shape[0]})")
-    if (ref == cur).all():
-        return PSNR_IDENTICAL_DB, 1.0
-    psnr = float(peak_signal_noise_ratio(ref, cur, data_range=255))
-    side = min(ref.shape[0], ref.shape[1])
-    win = min(7, side if side % 2 else side - 1)
-    ssim = float(structural_similarity(ref, cur, channel_axis=2, data_range=255, win_size=win))
-    return min(psnr, PSNR_IDENTICAL_DB), ssim
+    return metrics.psnr_db(ref, cur), 1.0 - metrics.ssim_drop(ref, cur)
 
 
 def clip_cosine(baseline_png: Path, current_png: Path) -> float:
     """Cosine of the CLIP image embeddings of the two images (1 = the same to CLIP)."""
-    from ..optimize.metrics import clip_cosine_drop
-
-    return 1.0 - clip_cosine_drop(_load_rgb(baseline_png, "baseline"),
-                                  _load_rgb(current_png, "current"))
+    return 1.0 - metrics.clip_cosine_drop(_load_rgb(baseline_png, "baseline"),
+                                          _load_rgb(current_png, "current"))
 
 
 def _check_clip(gate: GateConfig, clip_model: str | os.PathLike | None) -> bool:
@@ -180,7 +169,7 @@ class Inputs:
 
 
 def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
-                    force: bool = False,
+                    allow_other_machine: bool = False,
                     clip_model: str | os.PathLike | None = None) -> dict[str, Any]:
     """The verdict document (contract: sdopt-verdict v1). ``clip_model``: the resolved path of
     ``gate.clip_model`` (relative paths are the config's business)."""
@@ -192,12 +181,13 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
     not_comparable: list[str] = []
     if env_diff:
         text = "results from another machine: " + "; ".join(env_diff)
-        if force or gate.on_environment_mismatch == "warn":
-            reasons.append("warning: " + text + " (compared anyway"
-                           + (": --force)" if force else ": gate.on_environment_mismatch = warn)"))
+        if allow_other_machine or gate.on_environment_mismatch == "warn":
+            why = "--allow-other-machine" if allow_other_machine \
+                else "gate.on_environment_mismatch = warn"
+            reasons.append(f"warning: {text} (compared anyway: {why})")
         else:
             not_comparable.append(text + " (set gate.on_environment_mismatch = \"warn\" or pass "
-                                  "--force to compare anyway)")
+                                  "--allow-other-machine to compare anyway)")
     bc, cc = baseline.get("config") or {}, current.get("config") or {}
     for key in ("height", "width"):
         if bc.get(key) != cc.get(key):
@@ -238,7 +228,7 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
         bad = psnr < gate.psnr_min_db or ssim < gate.ssim_min or \
             (clip is not None and clip < gate.clip_min)
         quality_regressed |= bad
-        entry = {"prompt": key[0], "seed": key[1], "psnr_db": psnr, "ssim": ssim,
+        entry = {"prompt": key[0], "seed": key[1], "psnr_db": _json_db(psnr), "ssim": ssim,
                  "baseline_path": ref["path"], "current_path": rec["path"], "regressed": bad}
         if clip is not None:
             entry["clip_cosine"] = clip
@@ -247,7 +237,7 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
             clip_text = f", CLIP cosine {clip:.4f} (min {gate.clip_min:g})" if clip is not None \
                 else ""
             reasons.append(f"quality regression: prompt {key[0]!r} seed {key[1]}: PSNR "
-                           f"{psnr:.1f} dB (min {gate.psnr_min_db:g}), SSIM {ssim:.3f} "
+                           f"{_db_text(psnr)} (min {gate.psnr_min_db:g}), SSIM {ssim:.3f} "
                            f"(min {gate.ssim_min:g}){clip_text} vs the baseline image")
     if not matched and cv.get("images") and base_images:
         reasons.append("warning: no image shares a prompt and seed with the baseline: quality "
@@ -279,12 +269,16 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
     }
 
 
-def exit_code(verdict: dict) -> int:
-    return EXIT_CODES[verdict["verdict"]]
+def _json_db(db: float) -> float | None:
+    return None if math.isinf(db) else db
+
+
+def _db_text(db: float | None) -> str:
+    return "identical" if db is None or math.isinf(db) else f"{db:.1f} dB"
 
 
 def not_comparable_line(verdict: dict, baseline: str, current: str) -> str:
-    """The one error line for a pair that cannot be compared (exit 2)."""
+    """The one error line for a pair that cannot be compared (exit 3)."""
     why = [r.removeprefix("not comparable: ") for r in verdict["reasons"]
            if r.startswith("not comparable: ")]
     return f"error: baseline '{baseline}' and results '{current}' are not comparable: " + \
@@ -297,13 +291,14 @@ def summary_text(verdict: dict) -> str:
     ratio = f"x{lat['ratio']:.3f}" if lat.get("ratio") is not None else "n/a"
     p = f", p = {lat['p_value']:.3g}" if lat.get("p_value") is not None else ""
     q = verdict["quality"]
-    worst = min((i["psnr_db"] for i in q["images"]), default=None)
+    dbs = [math.inf if i["psnr_db"] is None else i["psnr_db"] for i in q["images"]]
+    worst = min(dbs, default=None)
     lines = [f"sdopt gate: {verdict['verdict'].upper().replace('_', ' ')}",
              f"  latency ({verdict.get('variant', '')}): {lat['current_median_s'] * 1e3:.1f} ms vs "
              f"baseline {lat['baseline_median_s'] * 1e3:.1f} ms per image ({ratio}, tolerance "
              f"{lat['tolerance']:g}, {lat['test']}{p})",
              f"  quality: {len(q['images'])} image(s)"
-             + (f", worst PSNR {worst:.1f} dB" if worst is not None else "")
+             + (f", worst PSNR {_db_text(worst)}" if worst is not None else "")
              + (" - REGRESSED" if q["regressed"] else ""),
              f"  baseline: {verdict['baseline']['source']}"]
     lines += [f"  - {r}" for r in verdict["reasons"]]

@@ -11,17 +11,22 @@ relative to the file's own directory, so the gate behaves the same from any work
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Iterable, Literal, NamedTuple, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import MissingDependencyError, SdoptError
+from ..deps import require
+from ..errors import SdoptError
 
 DEFAULT_CONFIG_NAME = "sdopt.toml"
-VARIANTS = ("original", "optimized")
+# The pipelines a bench measures: the user's original and sdopt's optimized one.
+BENCH_VARIANTS = ("original", "optimized")
+Variant = Literal[BENCH_VARIANTS]
 
 
 class _Section(BaseModel):
@@ -43,8 +48,7 @@ class BenchConfig(_Section):
     # the number of latency samples, and the Mann-Whitney test needs at least gate.min_samples.
     runs: int = Field(default=10, ge=1, le=10000)
     warmup: int = Field(default=1, ge=0, le=100)
-    variants: list[Literal["original", "optimized"]] = Field(
-        default_factory=lambda: ["original", "optimized"], min_length=1)
+    variants: list[Variant] = Field(default_factory=lambda: list(BENCH_VARIANTS), min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch intra-op threads (None: torch's default). On a shared runner fewer threads than cores
     # can be far steadier: oversubscribed OpenMP threads spin and stall each other.
@@ -106,7 +110,7 @@ class GateConfig(_Section):
     clip_min: float | None = Field(default=None, ge=-1, le=1)
     clip_model: str | None = None
     # Which variant of the results is gated (the other is informative).
-    variant: Literal["original", "optimized"] = "optimized"
+    variant: Variant = "optimized"
     on_environment_mismatch: Literal["fail", "warn"] = "fail"
 
 
@@ -115,6 +119,13 @@ class BaselineConfig(_Section):
 
     path: str = ".sdopt/baseline"
     git_ref: Optional[str] = None  # e.g. "origin/main": read `path` as committed there
+
+
+class ReportConfig(_Section):
+    """How the reports look: a folder of templates searched before the built-in ones (relative
+    to this file), so a team can restyle one partial without forking sdopt."""
+
+    templates: Optional[str] = None
 
 
 class Config(_Section):
@@ -126,6 +137,7 @@ class Config(_Section):
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     # Directory the relative paths above are resolved against (set by load_config, not the file).
     root: str = Field(default=".", exclude=True)
 
@@ -158,31 +170,130 @@ class Config(_Section):
                 "baseline": self.baseline.model_dump()}
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+# --- overrides: SECTION.KEY=VALUE on top of the file ---------------------------------------
+# One implementation for `--set` (bench, gate, compare, reproduce), the threshold shortcuts
+# (--latency-tolerance...) and the GitHub Action's inputs, so a value means the same everywhere
+# and a bad one is reported the same way: naming what the user typed, not a temporary file.
+
+SECTIONS = ("bench", "optimize", "gate", "baseline", "report")
+# The fields outside any section that an override may set without a SECTION. prefix.
+TOP_LEVEL_KEYS = ("model", "revision", "single_file_config", "output_dir")
+# The gate thresholds every gate-running command also takes as options of their own.
+THRESHOLD_SHORTCUTS = ("latency_tolerance", "psnr_min_db", "ssim_min")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+
+
+class Override(NamedTuple):
+    """One setting given on top of sdopt.toml."""
+
+    key: str      # dotted: "bench.runs", or a top-level field: "model"
+    value: Any    # the parsed TOML value
+    toml: str     # the value as TOML text, to pass the override on (the action's config_overrides)
+    source: str   # what the user wrote, for error messages: "--set 'bench.runs=0'"
+
+    @property
+    def line(self) -> str:
+        """``key = value``, one line of the action's ``config_overrides`` input."""
+        return f"{self.key} = {self.toml}"
+
+
+def parse_override(text: str, *, source: str | None = None) -> Override:
+    """``SECTION.KEY=VALUE`` (spaces around ``=`` allowed) with a TOML value; ``source`` names it
+    in errors (default: ``--set 'TEXT'``)."""
+    source = source or f"--set '{text}'"
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if (not sep or not raw or "\n" in text or "\r" in text or not _KEY.fullmatch(key)
+            or key.split(".")[0] not in (SECTIONS if "." in key else TOP_LEVEL_KEYS)):
+        raise SdoptError(f"{source}: expected SECTION.KEY=VALUE with a TOML value (SECTION: "
+                         f"{', '.join(SECTIONS)}), e.g. 'bench.runs=5' or "
+                         "'gate.variant=\"optimized\"'")
+    tomllib = _toml_reader()
+    try:
+        table = tomllib.loads(f"value = {raw}")
+    except tomllib.TOMLDecodeError:
+        table = {}
+    if list(table) != ["value"]:
+        raise SdoptError(f"{source}: '{raw}' is not a TOML value (quote strings: "
+                         f"{key}='\"{raw}\"')")
+    return Override(key, table["value"], raw, source)
+
+
+def make_override(key: str, value: bool | int | float | str, *, source: str) -> Override:
+    """An override from an already typed value (a threshold option, an action input)."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        text = repr(value)  # repr of a float (inf and nan included) is a TOML float
+    else:
+        text = json.dumps(str(value))  # a JSON string is a TOML basic string
+    return Override(key, value, text, source)
+
+
+def apply_overrides(data: dict, overrides: Iterable[Override], *,
+                    source: str = DEFAULT_CONFIG_NAME) -> dict:
+    """A copy of the parsed table ``data`` with the overrides set, in order (the last wins)."""
+    out = dict(data)
+    for override in overrides:
+        *section, key = override.key.split(".")
+        node = out
+        if section:
+            table = out.get(section[0], {})
+            if not isinstance(table, dict):
+                raise SdoptError(f"{override.source}: '{section[0]}' in {source} is not a table")
+            node = out[section[0]] = dict(table)
+        node[key] = override.value
+    return out
+
+
+def _set_by(where: str, overrides: Sequence[Override]) -> str:
+    for override in reversed(overrides):
+        if where == override.key or where.startswith(override.key + "."):
+            return f" (set by {override.source})"
+    return ""
+
+
+def _describe(exc: ValidationError, source: str, overrides: Sequence[Override] = ()) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    origin = _set_by(where, overrides)
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"{source}: unknown field '{where}': check its spelling (see docs/gate.md)"
+        return (f"{source}: unknown field '{where}'{origin}: check its spelling "
+                "(see docs/gate.md)")
     if kind == "missing":
         return f"{source}: field '{where}' is required"
     msg = err["msg"].removeprefix("Value error, ")
     given = err.get("input")
     shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
     more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-    return f"{source}: field '{where}': {msg}{shown}{more}"
+    return f"{source}: field '{where}'{origin}: {msg}{shown}{more}"
 
 
-def parse_config(data: dict, *, source: str = DEFAULT_CONFIG_NAME, root: str | os.PathLike = ".") -> Config:
-    """Validate an already parsed TOML table; errors name ``source`` and the field."""
+def parse_config(data: dict, *, source: str = DEFAULT_CONFIG_NAME, root: str | os.PathLike = ".",
+                 overrides: Sequence[Override] = ()) -> Config:
+    """Validate an already parsed TOML table, with ``overrides`` applied first; errors name
+    ``source`` and the field (and the override that set it)."""
     if not isinstance(data, dict):
         raise SdoptError(f"{source}: expected a TOML table at the top level")
     if "root" in data:
         raise SdoptError(f"{source}: unknown field 'root': check its spelling (see docs/gate.md)")
+    data = apply_overrides(data, overrides, source=source)
     try:
         return Config.model_validate({**data, "root": str(root)})
     except ValidationError as exc:
-        raise SdoptError(_describe(exc, source)) from None
+        raise SdoptError(_describe(exc, source, overrides)) from None
+
+
+def gate_settings(overrides: Sequence[Override] = ()) -> GateConfig:
+    """The [gate] settings when there is no sdopt.toml (``sdopt compare`` without --config):
+    the defaults, with ``gate.*`` overrides applied."""
+    for override in overrides:
+        if not override.key.startswith("gate."):
+            raise SdoptError(f"{override.source}: without an sdopt.toml only gate.* settings "
+                             "apply: pass --config")
+    # `model` is required by the schema and unused by a comparison.
+    return parse_config({"model": "unused"}, source="gate settings", overrides=overrides).gate
 
 
 def _toml_reader():
@@ -190,15 +301,12 @@ def _toml_reader():
         import tomllib
 
         return tomllib
-    try:  # Python 3.10: the same parser, packaged as tomli
-        import tomli
-    except ImportError:
-        raise MissingDependencyError("tomli", "gate", "reading sdopt.toml on Python 3.10") from None
-    return tomli
+    return require("tomli", "reading sdopt.toml on Python 3.10")  # tomllib, packaged as tomli
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Read and validate ``sdopt.toml``."""
+def load_config(path: str | os.PathLike, overrides: Sequence[Override] = ()) -> Config:
+    """Read and validate ``sdopt.toml``, with ``overrides`` (from :func:`parse_override`)
+    applied on top of the file's values."""
     path = Path(path)
     if path.is_dir():
         path = path / DEFAULT_CONFIG_NAME
@@ -216,4 +324,4 @@ def load_config(path: str | os.PathLike) -> Config:
         raise SdoptError(f"config '{path}' is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise SdoptError(f"config '{path}' is not valid TOML: {exc}") from None
-    return parse_config(data, source=str(path), root=path.resolve().parent)
+    return parse_config(data, source=str(path), root=path.resolve().parent, overrides=overrides)

@@ -1,27 +1,26 @@
 """Fan-in for a CI matrix: several result directories (one per GPU type, model or runner pool)
-become one verdict and one markdown report, so a pull request gets a single comment and the
-workflow a single pass/fail however many machines measured it.
+become one verdict, so a pull request gets a single comment and the workflow a single pass/fail
+however many machines measured it.
 
 Each leg is a directory written by ``sdopt gate`` or ``sdopt bench`` (results.json, optionally
-verdict.json and report.md), usually a downloaded artifact. The merged verdict is the worst leg's:
-regression > not comparable > pass.
+verdict.json), usually a downloaded artifact. The merged verdict is the worst leg's: regression >
+not comparable > pass. This module decides (legs, merged verdict, merged.json); the markdown is
+the report package's (sdopt.report.merged) and ``sdopt merge`` writes them together.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import SdoptError
-
-MERGED_KIND = "sdopt-merged-results"
-MERGED_SCHEMA_VERSION = 1
-SEVERITY = {"pass": 0, "not_comparable": 1, "regression": 2}
-VERDICT_TITLE = {"pass": "pass", "not_comparable": "not comparable", "regression": "regression"}
+from ..store import atomic_directory, atomic_write_text, write_json
+from ..version import __version__
+from .results import (MERGED_KIND, MERGED_NAME, MERGED_SCHEMA_VERSION, SEVERITY, VERDICT_KIND,
+                      VERDICT_NAME, VERDICT_SCHEMA_VERSION, end_to_end_speedup, read_results,
+                      read_verdict, variant_median_s)
 
 
 @dataclass
@@ -41,33 +40,14 @@ class Leg:
         return str(device.get("name") or device.get("kind") or "unknown device")
 
     def median(self, variant: str) -> float | None:
-        v = (self.results.get("variants") or {}).get(variant) or {}
-        value = (v.get("latency_s") or {}).get("median")
-        return value if isinstance(value, (int, float)) else None
+        return variant_median_s(self.results, variant)
 
     @property
     def speedup(self) -> float | None:
-        orig, opt = self.median("original"), self.median("optimized")
-        return orig / opt if orig and opt else None
-
-
-def _read_verdict(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SdoptError(f"verdict '{path}' is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("kind") != "sdopt-verdict" \
-            or data.get("verdict") not in SEVERITY:
-        raise SdoptError(f"verdict '{path}' is not an sdopt verdict: expected \"kind\": "
-                         "\"sdopt-verdict\" and a verdict of pass, regression or not_comparable")
-    return data
+        return end_to_end_speedup(self.results)
 
 
 def load_legs(directories: list[str | os.PathLike]) -> list[Leg]:
-    from .bench import read_results
-
     if not directories:
         raise SdoptError("no result directory given: pass one directory per matrix leg")
     legs: list[Leg] = []
@@ -80,89 +60,42 @@ def load_legs(directories: list[str | os.PathLike]) -> list[Leg]:
         if any(leg.name == name for leg in legs):
             raise SdoptError(f"two result directories are named '{name}': each matrix leg "
                              "needs its own directory name (it labels the leg in the report)")
-        legs.append(Leg(name, path, read_results(path), _read_verdict(path / "verdict.json")))
+        verdict = read_verdict(path / VERDICT_NAME) if (path / VERDICT_NAME).is_file() else None
+        legs.append(Leg(name, path, read_results(path), verdict))
     return legs
 
 
 def merged_verdict(legs: list[Leg]) -> dict[str, Any] | None:
+    """The worst judged leg's verdict with every leg's reasons; None when no leg was judged."""
     judged = [leg for leg in legs if leg.state]
     if not judged:
         return None
     worst = max(judged, key=lambda leg: SEVERITY[leg.state]).state
     reasons = [f"{leg.name}: {reason}" for leg in judged
                for reason in (leg.verdict.get("reasons") or [])]
-    return {"schema_version": 1, "kind": "sdopt-verdict", "verdict": worst, "reasons": reasons,
-            "legs": {leg.name: leg.state for leg in judged}}
+    return {"schema_version": VERDICT_SCHEMA_VERSION, "kind": VERDICT_KIND, "verdict": worst,
+            "reasons": reasons, "legs": {leg.name: leg.state for leg in judged}}
 
 
-def _md(text: Any) -> str:
-    """Inline markdown for names that come from directories and result files."""
-    import html
-
-    out = html.escape(" ".join(str(text).split()), quote=False)
-    for ch in ("\\", "`", "*", "_", "[", "]", "|", "#", "~"):
-        out = out.replace(ch, "\\" + ch)
-    return out.replace("@", "@\u200b")
-
-
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+def merged_document(legs: list[Leg], verdict: dict[str, Any] | None) -> dict[str, Any]:
+    """merged.json: one line per leg, for dashboards that read the fan-in job's artifact."""
+    return {
+        "schema_version": MERGED_SCHEMA_VERSION, "kind": MERGED_KIND,
+        "sdopt_version": __version__,
+        "verdict": (verdict or {}).get("verdict"),
+        "legs": [{"name": leg.name, "results_dir": str(leg.directory), "device": leg.device,
+                  "verdict": leg.state, "speedup": leg.speedup,
+                  "original_median_s": leg.median("original"),
+                  "optimized_median_s": leg.median("optimized")} for leg in legs]}
 
 
-def _leg_report(leg: Leg) -> str | None:
-    try:
-        from ..report import render_reports
-    except ImportError:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        md = Path(tmp) / "report.md"
-        render_reports(leg.results, leg.directory, baseline=None, baseline_dir=None,
-                       verdict=leg.verdict, html_path=None, markdown_path=md)
-        return md.read_text(encoding="utf-8")
-
-
-def merged_markdown(legs: list[Leg], verdict: dict[str, Any] | None) -> str:
-    state = (verdict or {}).get("verdict")
-    head = f"**sdopt: {VERDICT_TITLE[state]}**" if state else "**sdopt results**"
-    lines = [f"{head} across {len(legs)} jobs", "",
-             "| job | device | original (s/image) | optimized (s/image) | speedup | verdict |",
-             "|---|---|---:|---:|---:|---|"]
-    for leg in legs:
-        lines.append(f"| {_md(leg.name)} | {_md(leg.device)} | "
-                     f"{_fmt(leg.median('original'), '.4f')} | "
-                     f"{_fmt(leg.median('optimized'), '.4f')} | "
-                     f"{_fmt(leg.speedup, '.2f', 'x')} | "
-                     f"{_md(VERDICT_TITLE.get(leg.state, 'n/a'))} |")
-    reasons = (verdict or {}).get("reasons") or []
-    if reasons:
-        lines += [""] + [f"- {_md(r)}" for r in reasons]
-    for leg in legs:
-        body = _leg_report(leg)
-        if body:
-            lines += ["", f"<details><summary>{_md(leg.name)}</summary>", "", body.strip(), "",
-                      "</details>"]
-    return "\n".join(lines) + "\n"
-
-
-def merge(directories: list[str | os.PathLike], out: str | os.PathLike, *,
-          overwrite: bool = False) -> dict[str, Any] | None:
-    """Write ``out``/merged.json, verdict.json (when any leg was judged) and report.md."""
-    from .. import __version__
-    from ..store import atomic_directory, atomic_write_text, write_json
-
-    legs = load_legs(directories)
-    verdict = merged_verdict(legs)
-    markdown = merged_markdown(legs, verdict)
+def write_merged(out: str | os.PathLike, legs: list[Leg], verdict: dict[str, Any] | None, *,
+                 files: Mapping[str, str] | None = None, overwrite: bool = False) -> None:
+    """``out``/merged.json, verdict.json (when any leg was judged) and ``files`` (name -> text,
+    e.g. the report), all or nothing."""
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        write_json(tmp / "merged.json", {
-            "schema_version": MERGED_SCHEMA_VERSION, "kind": MERGED_KIND,
-            "sdopt_version": __version__,
-            "verdict": (verdict or {}).get("verdict"),
-            "legs": [{"name": leg.name, "results_dir": str(leg.directory), "device": leg.device,
-                      "verdict": leg.state, "speedup": leg.speedup,
-                      "original_median_s": leg.median("original"),
-                      "optimized_median_s": leg.median("optimized")} for leg in legs]})
+        write_json(tmp / MERGED_NAME, merged_document(legs, verdict))
         if verdict is not None:
-            write_json(tmp / "verdict.json", verdict)
-        atomic_write_text(tmp / "report.md", markdown)
-    return verdict
+            write_json(tmp / VERDICT_NAME, verdict)
+        for name, text in (files or {}).items():
+            atomic_write_text(tmp / name, text)

@@ -9,7 +9,7 @@ It talks to whatever the docker SDK reaches: Docker, or podman's Docker-compatib
 
 From a downloaded CI artifact it rebuilds the exact configuration the CI job ran (the ``config``
 block of its ``results.json``, which records overrides too), runs it, and compares the local
-result with CI's through :mod:`sdopt.compare`. Timings of two different machines say nothing
+result with CI's through :mod:`sdopt.gate.compare`. Timings of two different machines say nothing
 about the code, so that comparison is made anyway but labelled: the images (same prompts and
 seeds) are the comparable part, and the CI and local verdicts are set side by side.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -33,7 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import MissingDependencyError, SdoptError
+from ..deps import require
+from ..errors import SdoptError
+from ..store import exists_and_not_empty, write_json
+from .compare import Inputs, compare_results, environment_differences
+from .config import load_config, parse_config
+from .results import (REPORT_HTML_NAME, REPORT_MARKDOWN_NAME, RESULTS_NAME, VERDICT_NAME,
+                      find_results_dir, read_results, read_verdict)
+from .scaffold import dumps_toml
 
 Log = Callable[[str], None]
 
@@ -49,11 +55,7 @@ CI_COMPARISON = "ci-comparison.json"
 
 
 def _docker():
-    try:
-        import docker
-    except ImportError:
-        raise MissingDependencyError("docker", "reproduce", "sdopt reproduce") from None
-    return docker
+    return require("docker", "sdopt reproduce")
 
 
 # --- the daemon ------------------------------------------------------------------------------
@@ -369,33 +371,30 @@ def _run_error(exc, requests) -> SdoptError:
 
 def read_artifact(directory: str | os.PathLike) -> tuple[dict, Path, dict | None]:
     """(results, their directory, verdict or None) of a downloaded CI results artifact."""
-    from .baseline import _find_results_dir
-    from .bench import read_results
-
     path = Path(directory)
     if not path.is_dir():
         raise SdoptError(f"--from-artifact '{path}' is not a directory: expected the downloaded "
                          "CI results artifact (the folder holding results.json)")
     try:
-        found = _find_results_dir(path)
+        found = find_results_dir(path, what="--from-artifact")
     except SdoptError:
         raise SdoptError(f"--from-artifact '{path}': no results.json in it or one level below: "
                          "expected the gate job's uploaded output directory") from None
     results = read_results(found, what="CI results")
     verdict = None
-    if (found / "verdict.json").is_file():
+    if (found / VERDICT_NAME).is_file():
         try:
-            verdict = json.loads((found / "verdict.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            verdict = None
-    return results, found, verdict if isinstance(verdict, dict) else None
+            verdict = read_verdict(found, what="CI verdict")
+        except SdoptError:
+            verdict = None  # the comparison is what matters; CI's own verdict is informative
+    return results, found, verdict
 
 
 _BENCH_KEYS = ("prompts", "seeds", "height", "width", "steps", "guidance_scale", "batch", "runs",
                "warmup", "variants", "device", "threads")
 
 
-def config_from_results(results: dict, *, source: str = "results.json",
+def config_from_results(results: dict, *, source: str = RESULTS_NAME,
                         pin_candidate: bool = False) -> dict[str, Any]:
     """The sdopt.toml table a results document was produced with (its ``config`` block).
 
@@ -435,8 +434,6 @@ def config_from_results(results: dict, *, source: str = "results.json",
             opt.pop(key, None)
         opt["candidate"] = label
     table.update({k: v for k, v in sections.items() if v})
-    from .config import parse_config
-
     parse_config(table, source=f"{source} (config block)")  # what the container will accept
     return table
 
@@ -448,14 +445,11 @@ def compare_with_ci(ci_dir: Path, ci_results: dict, local_dir: Path, gate) -> di
     said in the reasons, because "is my box slower than the runner" is not the question: the
     images and the two verdicts are.
     """
-    from .bench import read_results
-    from .compare import Inputs, compare_results, environment_differences
-
     local = read_results(local_dir, what="local results")
     differences = environment_differences(ci_results, local)
     verdict = compare_results(Inputs(ci_results, ci_dir, local, local_dir, str(ci_dir)), gate,
-                              force=True)
-    verdict["reasons"] = [r.replace("(compared anyway: --force)",
+                              allow_other_machine=True)
+    verdict["reasons"] = [r.replace("(compared anyway: --allow-other-machine)",
                                     "(compared anyway: latency across machines is indicative "
                                     "only)") for r in verdict["reasons"]]
     verdict["machines_differ"] = bool(differences)
@@ -479,8 +473,6 @@ class Outcome:
 @contextlib.contextmanager
 def reconstructed_config(table: dict, next_to: Path) -> Iterator[Path]:
     """Write the rebuilt config beside the user's, so relative paths in it mean the same."""
-    from .scaffold import dumps_toml
-
     path = next_to / f".sdopt-reproduce-{uuid.uuid4().hex[:8]}.toml"
     path.write_text("# Rebuilt by sdopt reproduce from a CI results artifact.\n"
                     + dumps_toml(table), encoding="utf-8")
@@ -496,18 +488,15 @@ def reproduce(req: Request, *, client=None, image: str | None = None,
               tag: str = DEFAULT_TAG, artifact: Path | None = None, pin_candidate: bool = False,
               log: Log = print) -> Outcome:
     """Build or fetch the image, run the gate in it, and (from an artifact) compare with CI."""
-    from .config import load_config
-    from ..store import write_json
-
     ci = None
     if artifact is not None:
         ci_results, ci_dir, ci_verdict = read_artifact(artifact)
-        table = config_from_results(ci_results, source=str(ci_dir / "results.json"),
+        table = config_from_results(ci_results, source=str(ci_dir / RESULTS_NAME),
                                     pin_candidate=pin_candidate)
         ci = (ci_results, ci_dir, ci_verdict, table)
     else:
         check_request(req)
-    if req.out.exists() and (req.out.is_file() or any(req.out.iterdir())):
+    if exists_and_not_empty(req.out):
         raise SdoptError(f"--out '{req.out}' already exists and is not empty: choose another "
                          "directory or pass --overwrite")
     gpus = host_gpus()
@@ -529,22 +518,22 @@ def reproduce(req: Request, *, client=None, image: str | None = None,
         with reconstructed_config(table, req.config.parent) as path:
             run_req = dataclasses.replace(req, config=path)
             check_request(run_req)
-            log(f"re-running the CI configuration from {ci_dir / 'results.json'} "
+            log(f"re-running the CI configuration from {ci_dir / RESULTS_NAME} "
                 f"(model {table['model']!r})")
             code = run_container(client, image, run_req, log=log, requests=requests)
             config_text = path.read_text(encoding="utf-8")
     verdict = None
-    if (req.out / "verdict.json").is_file():
-        verdict = json.loads((req.out / "verdict.json").read_text(encoding="utf-8"))
+    if (req.out / VERDICT_NAME).is_file():
+        verdict = read_verdict(req.out, what="local verdict")
     outcome = Outcome(req.out, code, verdict, image, bool(requests))
     if ci is not None and req.out.is_dir():
         (req.out / RECONSTRUCTED_CONFIG).write_text(config_text, encoding="utf-8")
         outcome.ci_verdict = ci_verdict
-        if (req.out / "results.json").is_file():
+        if (req.out / RESULTS_NAME).is_file():
             gate = load_config(req.out / RECONSTRUCTED_CONFIG).gate
             outcome.ci_comparison = compare_with_ci(ci_dir, ci_results, req.out, gate)
             write_json(req.out / CI_COMPARISON, outcome.ci_comparison)
     outcome.files = [p for p in (req.out / n for n in (
-        "report.html", "report.md", "verdict.json", "results.json", CI_COMPARISON,
+        REPORT_HTML_NAME, REPORT_MARKDOWN_NAME, VERDICT_NAME, RESULTS_NAME, CI_COMPARISON,
         RECONSTRUCTED_CONFIG)) if p.is_file()]
     return outcome

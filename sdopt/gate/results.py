@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExitCode, SdoptError
+from ..version import __version__
 
 RESULTS_NAME = "results.json"
 PYTEST_BENCHMARK_NAME = "results.pytest-benchmark.json"
@@ -94,8 +95,6 @@ def validate(data: Any, kind: str, path: Path | str, what: str) -> dict[str, Any
         raise SdoptError(f"{what} '{path}' is not an sdopt {name} file: expected a JSON object "
                          f"with \"kind\": \"{kind}\"")
     if data.get("schema_version") != version:
-        from .. import __version__
-
         raise SdoptError(
             f"{what} '{path}': schema_version is {data.get('schema_version')!r}, this sdopt "
             f"({__version__}) reads {name} schema version {version}: re-run 'sdopt bench' (and "
@@ -140,3 +139,21 @@ def find_results_dir(path: str | os.PathLike, *, what: str = "baseline") -> Path
                          "by 'sdopt baseline save' or a downloaded sdopt results artifact")
     raise SdoptError(f"{what} '{path}' holds {len(found)} results ({', '.join(map(str, found))}):"
                      " pass the one to use")
+
+
+def variant_median_s(results: dict[str, Any] | None, variant: str) -> float | None:
+    """The median end-to-end latency (s/image) of ``variant``; None when it was not timed."""
+    variants = (results or {}).get("variants")
+    entry = variants.get(variant) if isinstance(variants, dict) else None
+    latency = entry.get("latency_s") if isinstance(entry, dict) else None
+    value = latency.get("median") if isinstance(latency, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def end_to_end_speedup(results: dict[str, Any] | None) -> float | None:
+    """Original over optimized median latency, when both pipelines were benchmarked."""
+    original, optimized = variant_median_s(results, "original"), \
+        variant_median_s(results, "optimized")
+    return original / optimized if original and optimized else None

@@ -282,16 +282,16 @@ def plan(o: InitOptions, *, workflows: bool = True) -> dict[str, str]:
     return files
 
 
-def write(root: Path, files: dict[str, str], *, force: bool = False) -> list[Path]:
-    """Write ``files`` under ``root``; refuses to replace any existing one unless ``force``
+def write(root: Path, files: dict[str, str], *, overwrite: bool = False) -> list[Path]:
+    """Write ``files`` under ``root``; refuses to replace any existing one unless ``overwrite``
     (checked for all before writing any, so a refusal leaves the repository untouched)."""
     from ..store import atomic_write_text
 
     existing = [rel for rel in files if (root / rel).exists()]
-    if existing and not force:
+    if existing and not overwrite:
         raise SdoptError(f"'{root / existing[0]}' already exists"
                          + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
-                         + ": pass --force to overwrite")
+                         + ": pass --overwrite to replace them")
     written = []
     for rel, text in files.items():
         path = root / rel

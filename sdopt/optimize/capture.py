@@ -128,3 +128,19 @@ def split_samples(samples: list[UNetSample], n_verify: int):
     chosen = set(picks)
     calibration = [s for i, s in enumerate(ordered) if i not in chosen]
     return verification, calibration
+
+
+def example_inputs(model, height: int | None = None, width: int | None = None,
+                   batch: int = 2) -> UNetInputs:
+    """UNet inputs of the shapes the pipeline makes at height x width (CFG doubles the batch),
+    for backends that need an example to export or convert without a search."""
+    unet = model.unet
+    side = int(unet.config.sample_size * model.vae_scale_factor)
+    h, w = (height or side) // model.vae_scale_factor, (width or side) // model.vae_scale_factor
+    generator = torch.Generator().manual_seed(0)
+    text_len = getattr(getattr(model, "tokenizer", None), "model_max_length", 77)
+    return UNetInputs(
+        sample=torch.randn(batch, unet.config.in_channels, h, w, generator=generator),
+        timestep=torch.tensor(999),
+        encoder_hidden_states=torch.randn(batch, text_len, unet.config.cross_attention_dim,
+                                          generator=generator))

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .metrics import Metric, score_images
+from .metrics import METRICS, Metric, clip_unavailable_reason, score_images
+from .table import CandidateResult
 
 
 @dataclass
@@ -75,3 +76,30 @@ class EndToEnd:
         """Each configured image metric of ``run``'s images against the reference images."""
         assert self.reference is not None, "run_reference first"
         return score_images(self.reference.images, run.images, self.prompts, self.metrics)
+
+
+def end_to_end_for(prompts, height: int, width: int, steps: int, guidance_scale: float,
+                   seed: int, gate: Metric) -> EndToEnd:
+    """The evaluation every candidate of one search is scored by: PSNR and SSIM always, the
+    CLIP metrics when a local CLIP model is configured, and the gate's own metric."""
+    metrics = [METRICS["psnr"], METRICS["ssim"]]
+    if clip_unavailable_reason() is None:
+        metrics += [METRICS["clip_cosine"], METRICS["clip_score"]]
+    if gate.name not in {m.name for m in metrics}:
+        metrics.append(gate)
+    return EndToEnd(list(prompts), height, width, steps, guidance_scale, seed, metrics=metrics)
+
+
+def notes() -> list[str]:
+    """What the end-to-end scores leave out, for the search table's notes."""
+    reason = clip_unavailable_reason()
+    return [f"CLIP metrics skipped: {reason}"] if reason else []
+
+
+def fill_row(row: CandidateResult, run: ImageRun, e2e: EndToEnd, gate: Metric) -> None:
+    """Put ``run``'s latency and image scores into a search-table row."""
+    row.e2e_latency_s = run.median_s
+    row.e2e_latency_samples_s = list(run.latencies_s)
+    row.image_metrics = e2e.score(run)
+    row.image_metric_drop = row.image_metrics[gate.name]["mean"]
+    row.image_metric_drop_max = row.image_metrics[gate.name]["max"]

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 import torch
 
+from ..deps import require
 from ..errors import SdoptError
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
@@ -153,12 +154,8 @@ def _clip():
         raise SdoptError(f"CLIP metrics: {reason}")
     path = clip_model_path()
     if path not in _clip_cache:
-        try:
-            from transformers import CLIPModel, CLIPProcessor
-        except ImportError as exc:  # pragma: no cover - transformers is a core dependency
-            from ..errors import MissingDependencyError
-
-            raise MissingDependencyError("transformers", "clip", "CLIP metrics") from exc
+        transformers = require("transformers", "CLIP metrics")
+        CLIPModel, CLIPProcessor = transformers.CLIPModel, transformers.CLIPProcessor
         try:
             model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
             processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
@@ -231,7 +228,6 @@ METRICS: dict[str, Metric] = {
         "clip_score", clip_score_drop, "fall of the CLIP score (image vs prompt) / 100",
         kind="image", default_threshold=0.01, needs_clip=True),
 }
-IMAGE_METRICS = tuple(name for name, m in METRICS.items() if m.kind == "image")
 
 
 def image_metric(fn: Callable[..., float], name: str | None = None) -> Metric:

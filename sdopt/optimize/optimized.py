@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..backends.base import OptimizedModule, Variant
+from ..techniques import apply_pipeline_techniques, apply_unet_techniques
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +95,16 @@ def with_unet(pipe, unet: torch.nn.Module):
 def optimized_unet_of(model) -> OptimizedUNet | None:
     unet = getattr(model, "unet", model)
     return unet if isinstance(unet, OptimizedUNet) else None
+
+
+def assemble(model, module: OptimizedModule, specs: list[dict], device,
+             info: dict | None = None):
+    """A new pipeline (sharing the user's components) running ``module`` with the techniques of
+    ``specs``; the user's pipeline and the backend module stay unchanged."""
+    module = apply_unet_techniques(module, specs, model.unet) if specs else module
+    wrapped = OptimizedUNet(module, model.unet.config, dtype=model.unet.dtype,
+                            device=torch.device(device.torch_device), info=info or {})
+    pipe = with_unet(model, wrapped)
+    if specs:
+        apply_pipeline_techniques(pipe, specs)
+    return pipe

@@ -21,8 +21,7 @@ import gc
 import math
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -30,117 +29,14 @@ from ..backends import FOREIGN_COMPILERS, load_builtin_backends
 from ..backends.base import BACKENDS, BuildContext, OptimizedModule, Variant, canonical_backend_name
 from ..device import DeviceInfo
 from ..errors import SdoptError
-from .metrics import LOSSLESS_TOLERANCE, Metric
+from ..techniques import TECHNIQUES, all_specs, candidate_id, label
+from ..techniques import unavailable_reason as technique_unavailable
 from .capture import SampleSet
+from .metrics import LOSSLESS_TOLERANCE, METRICS, Metric
+from .selection import faster, fastest_end_to_end, select
+from .table import (REFERENCE_ID, STATUS_FAILED, STATUS_OK, STATUS_REJECTED, STATUS_SELECTED,
+                    STATUS_SKIPPED, CandidateResult, OptimizationResult, set_e2e_speedup)
 from .timing import Timing, measure
-
-STATUS_SELECTED, STATUS_OK, STATUS_REJECTED = "selected", "ok", "rejected"
-STATUS_FAILED, STATUS_SKIPPED = "failed", "skipped"
-
-REFERENCE_ID = "torch_eager/fp32"
-
-
-@dataclass
-class CandidateResult:
-    id: str
-    backend: str
-    variant: str
-    precision: str
-    techniques: list[str]
-    status: str
-    reason: str = ""
-    build_s: float | None = None
-    latency_s: float | None = None
-    latency_iqr_s: float | None = None
-    latency_samples_s: list[float] = field(default_factory=list)
-    peak_memory_bytes: int | None = None
-    model_size_bytes: int | None = None
-    metric_drop: float | None = None
-    metric_drop_max: float | None = None
-    speedup: float | None = None
-    batch: int = 1
-    # End to end (whole pipeline, per image) and image metrics vs the original's images.
-    e2e_latency_s: float | None = None
-    e2e_latency_samples_s: list[float] = field(default_factory=list)
-    e2e_speedup: float | None = None
-    image_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    image_metric_drop: float | None = None
-    image_metric_drop_max: float | None = None
-    # Technique specs ({"name": ..., params}) on top of the backend: what save_model records.
-    pipeline_techniques: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def throughput(self) -> float | None:
-        """UNet calls' images per second (the batch holds both CFG halves of one image)."""
-        return None if not self.latency_s else 1.0 / self.latency_s
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "throughput_per_s": self.throughput}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CandidateResult":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@dataclass
-class OptimizationResult:
-    device: dict[str, Any]
-    metric: str
-    metric_drop_ths: float | None
-    optimization_time: str
-    samples: dict[str, Any]
-    candidates: list[CandidateResult]
-    original: CandidateResult | None
-    selected: CandidateResult | None
-    wall_s: float = 0.0
-    image_metric: str | None = None  # the metric techniques (and image-level gates) are judged by
-    end_to_end: dict[str, Any] = field(default_factory=dict)  # prompts, steps, size of e2e runs
-    selected_by: str = "unet_latency"  # or "e2e_latency" (unconstrained searches)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def speedup(self) -> float | None:
-        o, s = self.original, self.selected
-        if self.selected_by == "e2e_latency":
-            if o and s and o.e2e_latency_s and s.e2e_latency_s:
-                return o.e2e_latency_s / s.e2e_latency_s
-            return None
-        if o and s and s.latency_s:
-            return o.latency_s / s.latency_s
-        return None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device, "metric": self.metric, "metric_drop_ths": self.metric_drop_ths,
-            "optimization_time": self.optimization_time, "samples": self.samples,
-            "original": self.original.to_dict() if self.original else None,
-            "selected": self.selected.to_dict() if self.selected else None,
-            "speedup": self.speedup, "wall_s": self.wall_s, "image_metric": self.image_metric,
-            "end_to_end": self.end_to_end, "selected_by": self.selected_by, "notes": self.notes,
-            "candidates": [c.to_dict() for c in self.candidates],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "OptimizationResult":
-        """The inverse of to_dict; original and selected are the same objects as their rows."""
-        candidates = [CandidateResult.from_dict(c) for c in data.get("candidates", [])]
-
-        def row(entry):
-            if not entry:
-                return None
-            same = next((c for c in candidates if c.id == entry["id"]), None)
-            return same or CandidateResult.from_dict(entry)
-
-        return cls(device=data["device"], metric=data["metric"],
-                   metric_drop_ths=data.get("metric_drop_ths"),
-                   optimization_time=data["optimization_time"], samples=data.get("samples", {}),
-                   candidates=candidates, original=row(data.get("original")),
-                   selected=row(data.get("selected")), wall_s=data.get("wall_s", 0.0),
-                   image_metric=data.get("image_metric"), end_to_end=data.get("end_to_end", {}),
-                   selected_by=data.get("selected_by", "unet_latency"),
-                   notes=list(data.get("notes", [])))
-
 
 def _canonical_list(names, what: str) -> set[str]:
     out = set()
@@ -213,8 +109,6 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
     An image metric (``metric.kind == "image"``) needs it: the UNet outputs are then compared with
     ``numeric_precision`` for the record and the threshold applies to the images.
     """
-    from .metrics import METRICS
-
     image_gate = metric.kind == "image"
     if image_gate and evaluate is None:
         raise ValueError("an image metric needs evaluate= to make and compare images")
@@ -305,7 +199,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                 raise SdoptError(f"the original UNet failed to run: {row.reason}") from exc
         if variant.id == REFERENCE_ID and row.status == STATUS_OK:
             original = row
-        keep = row.status == STATUS_OK and (best is None or row.latency_s < best[0].latency_s)
+        keep = row.status == STATUS_OK and faster(row, best[0] if best else None)
         previous = None
         if keep:
             previous, best = best, (row, module)
@@ -318,14 +212,13 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
         if original and original.latency_s and row.latency_s:
             row.speedup = original.latency_s / row.latency_s
         set_e2e_speedup(row, original)
-    selected = best[0] if best else None
-    if selected:
-        selected.status = STATUS_SELECTED
     result = OptimizationResult(
         device=device.fingerprint(), metric=metric.name, metric_drop_ths=metric_drop_ths,
         optimization_time=optimization_time, samples=samples.describe(), candidates=results,
-        original=original, selected=selected, wall_s=time.perf_counter() - started,
+        original=original, selected=None, wall_s=time.perf_counter() - started,
         image_metric=metric.name if image_gate else None)
+    if best:
+        select(result, best[0])
     return result, (best[1] if best else None)
 
 
@@ -333,17 +226,6 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
 # faster: at 512 px the bf16 VAE decoder saves about 7 s of 60, on a tiny test pipeline nothing
 # but noise.
 CONSTRAINED_MIN_GAIN = 0.03
-
-
-def set_e2e_speedup(row: CandidateResult, original: CandidateResult | None) -> None:
-    if original and original.e2e_latency_s and row.e2e_latency_s:
-        row.e2e_speedup = original.e2e_latency_s / row.e2e_latency_s
-
-
-def technique_candidate_id(base_id: str, specs: list[dict]) -> str:
-    from ..techniques import label
-
-    return base_id + "".join(f"+{label(s)}" for s in specs)
 
 
 def run_technique_search(
@@ -360,9 +242,6 @@ def run_technique_search(
     best base while the stack stays within the threshold and gets faster. Rows are appended to
     ``result.candidates``; returns the fastest passing (row, specs) by end-to-end latency, bases
     included, or None when no base has an end-to-end latency."""
-    from ..techniques import TECHNIQUES, all_specs
-    from ..techniques import unavailable_reason as technique_unavailable
-
     started = time.perf_counter() if started is None else started
     ths = metric_drop_ths
     passing: list[tuple[CandidateResult, list[dict], int]] = []  # row, specs, base index
@@ -380,8 +259,8 @@ def run_technique_search(
     def attempt(base_index: int, specs: list[dict]) -> CandidateResult:
         base_row, base_module = bases[base_index]
         row = CandidateResult(
-            technique_candidate_id(base_row.id, specs), base_row.backend, base_row.variant,
-            base_row.precision, list(base_row.techniques) + [_label(s) for s in specs],
+            candidate_id(base_row.id, specs), base_row.backend, base_row.variant,
+            base_row.precision, list(base_row.techniques) + [label(s) for s in specs],
             STATUS_SKIPPED, batch=base_row.batch, pipeline_techniques=[dict(s) for s in specs],
             model_size_bytes=base_row.model_size_bytes)
         if all(TECHNIQUES[s["name"]].constrained for s in specs):
@@ -397,7 +276,8 @@ def run_technique_search(
         if reason is None and ths is None:
             reason = (f"{'lower precision' if constrained else 'approximate technique'} and "
                       "metric_drop_ths is None (lossless only): pass metric_drop_ths to allow it")
-        if reason is None and time_budget_s is not None                 and time.perf_counter() - started > time_budget_s:
+        if reason is None and time_budget_s is not None \
+                and time.perf_counter() - started > time_budget_s:
             reason = f"optimization time budget ({time_budget_s:.0f} s) spent"
         if reason:
             row.reason = reason
@@ -454,12 +334,4 @@ def run_technique_search(
                 kept.append(entry)
         passing = kept
     contenders += [(r, s) for r, s, _ in passing]
-    if not contenders:
-        return None
-    return min(contenders, key=lambda rs: rs[0].e2e_latency_s)
-
-
-def _label(spec: dict) -> str:
-    from ..techniques import label
-
-    return label(spec)
+    return fastest_end_to_end(contenders)

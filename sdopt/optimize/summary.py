@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .search import (STATUS_FAILED, STATUS_REJECTED, STATUS_SELECTED, STATUS_SKIPPED,
+from .table import (STATUS_FAILED, STATUS_REJECTED, STATUS_SELECTED, STATUS_SKIPPED,
                      OptimizationResult)
 
 _STYLE = {STATUS_SELECTED: "bold green", STATUS_REJECTED: "yellow", STATUS_FAILED: "red",

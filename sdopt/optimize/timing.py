@@ -3,17 +3,32 @@
 Medians and the inter-quartile range rather than means: a single preempted run on a shared CI
 runner must not move the result. CUDA work is synchronised before the clock is read; on CPU the
 process's resident memory is sampled by a thread while the candidate runs.
+
+Every statistic of a sample list (quartiles, IQR, outliers) is pytest-benchmark's ``Stats``:
+the search, the results files and their pytest-benchmark export then agree to the last digit
+with what ``pytest-benchmark compare`` shows for the same samples.
 """
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
+
+
+def sample_stats(samples: list[float]):
+    """pytest-benchmark's statistics of ``samples`` (a ``pytest_benchmark.stats.Stats``)."""
+    from pytest_benchmark.stats import Stats
+
+    if not samples:
+        raise ValueError("no samples")
+    stats = Stats()
+    for value in samples:
+        stats.update(float(value))
+    return stats
 
 
 @dataclass
@@ -24,21 +39,20 @@ class Timing:
 
     @property
     def median_s(self) -> float:
-        return statistics.median(self.samples_s)
+        return sample_stats(self.samples_s).median
 
     @property
     def iqr_s(self) -> float:
-        if len(self.samples_s) < 4:
-            return max(self.samples_s) - min(self.samples_s)
-        q = statistics.quantiles(self.samples_s, n=4)
-        return q[2] - q[0]
+        return sample_stats(self.samples_s).iqr
 
     def to_dict(self) -> dict:
         return {**asdict(self), "median_s": self.median_s, "iqr_s": self.iqr_s,
                 "n": len(self.samples_s)}
 
 
-class _RssSampler(threading.Thread):
+class RssSampler(threading.Thread):
+    """The process's peak resident memory while a call runs (sampled by a thread)."""
+
     def __init__(self, interval_s: float = 0.005):
         super().__init__(daemon=True)
         import psutil
@@ -76,7 +90,7 @@ def measure(fn: Callable[[int], object], *, device_kind: str = "cpu", warmup: in
         if device_kind == "cuda":
             torch.cuda.reset_peak_memory_stats()
         else:
-            sampler = _RssSampler()
+            sampler = RssSampler()
             sampler.start()
         samples: list[float] = []
         started = time.perf_counter()

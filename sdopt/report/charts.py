@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import MissingDependencyError
+import plotly.graph_objects as go
 
 STATUS_COLOURS = {"selected": "#1a7f37", "ok": "#4c78a8", "rejected": "#d4a72c",
                   "failed": "#cf222e", "skipped": "#8c959f"}
@@ -31,14 +31,6 @@ class Chart:
     extra: dict = field(default_factory=dict)
 
 
-def _go():
-    try:
-        import plotly.graph_objects as go
-    except ImportError:
-        raise MissingDependencyError("plotly", "report", "The HTML report") from None
-    return go
-
-
 def _spec(fig) -> dict[str, Any]:
     fig.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=30, b=60), height=360,
                       font=dict(family="system-ui, sans-serif", size=12))
@@ -46,7 +38,6 @@ def _spec(fig) -> dict[str, Any]:
 
 
 def speedup_chart(candidates: list[dict]) -> Chart:
-    go = _go()
     chart = Chart("chart-speedup", "UNet speedup per candidate",
                   caption="Median UNet call latency of the original (torch_eager/fp32) divided by "
                           "the candidate's, measured in the same search. Colour: status.")
@@ -75,7 +66,6 @@ def speedup_chart(candidates: list[dict]) -> Chart:
 
 def latency_chart(series: list[tuple[str, str, list[float]]]) -> Chart:
     """``series``: (name, colour key, per-image latency samples in seconds)."""
-    go = _go()
     chart = Chart("chart-latency", "End-to-end latency per image",
                   caption="Every timed run (one point each); box: median and quartiles.")
     series = [(n, k, s) for n, k, s in series if s]
@@ -93,7 +83,6 @@ def latency_chart(series: list[tuple[str, str, list[float]]]) -> Chart:
 
 def stages_chart(rows: list[tuple[str, dict, float | None]]) -> Chart:
     """``rows``: (variant name, stages_s medians, median end-to-end latency)."""
-    go = _go()
     chart = Chart("chart-stages", "Where the time goes (median per image)",
                   caption="Text encoder, UNet (all steps) and VAE decode, measured with forward "
                           "hooks; 'other' is the rest of the pipeline call (scheduler, "
@@ -123,7 +112,6 @@ def stages_chart(rows: list[tuple[str, dict, float | None]]) -> Chart:
 
 def trend_chart(points: list[dict]) -> Chart:
     """``points``: results documents, oldest first; drawn when there are at least two."""
-    go = _go()
     chart = Chart("chart-trend", "Trend over history",
                   caption="Median end-to-end latency per image of each results file given "
                           "(history, baseline, this run).")

@@ -7,14 +7,19 @@ the PR comment cannot disagree and every optional field of the contract (a run w
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from . import fmt
+from ..gate.results import end_to_end_speedup, variant_median_s
+from ..gate.results import NOT_COMPARABLE, PASS, REGRESSION, VERDICT_TITLE, VERDICTS
+from . import charts, fmt
+from .images import HEAT_FULL_SCALE, compare, load_image
+from .markdown import safe_url
 
-VERDICT_LABELS = {"pass": "pass", "regression": "regression", "not_comparable": "not comparable",
-                  None: "no verdict"}
+VERDICT_LABELS = {**VERDICT_TITLE, None: "no verdict"}
 
 
 def _d(value) -> dict:
@@ -33,18 +38,21 @@ def variant(results: dict | None, name: str) -> dict:
     return _d(_d(_d(results).get("variants")).get(name))
 
 
-def median(v: dict) -> float | None:
-    return _num(_d(v.get("latency_s")).get("median"))
-
-
 def speedup_of(results: dict | None) -> tuple[float | None, str]:
     """End-to-end speedup of optimized over original when both were benchmarked, else the UNet
     speedup of the search; with what it measures."""
-    o, s = median(variant(results, "original")), median(variant(results, "optimized"))
-    if o and s:
-        return o / s, "end to end"
+    end_to_end = end_to_end_speedup(results)
+    if end_to_end:
+        return end_to_end, "end to end"
     unet = _num(_d(_d(results).get("optimization")).get("speedup"))
     return (unet, "UNet call") if unet else (None, "")
+
+
+def judged_psnr_db(image: dict) -> float | None:
+    """The PSNR a verdict recorded for one image pair: JSON has no infinity, so identical images
+    are recorded as null (the schema's rule) and shown as infinite."""
+    value = image.get("psnr_db")
+    return math.inf if value is None else _num(value)
 
 
 @dataclass
@@ -61,8 +69,7 @@ class Verdict:
 
 def verdict_view(verdict: dict | None) -> Verdict:
     v = _d(verdict)
-    state = v.get("verdict") if v.get("verdict") in ("pass", "regression", "not_comparable") \
-        else None
+    state = v.get("verdict") if v.get("verdict") in VERDICTS else None
     lat = _d(v.get("latency"))
     latency = None
     if lat:
@@ -83,11 +90,12 @@ def verdict_view(verdict: dict | None) -> Verdict:
         img = _d(img)
         if img.get("regressed"):
             regressions.append({"prompt": str(img.get("prompt", "")), "seed": img.get("seed"),
-                                "psnr": fmt.db(img.get("psnr_db")),
+                                "psnr": fmt.db(judged_psnr_db(img)),
                                 "ssim": fmt.number(img.get("ssim"), 4)})
     quality = None
     if q:
-        quality = {"metric": str(q.get("metric") or ""), "threshold": fmt.number(q.get("threshold")),
+        quality = {"metric": str(q.get("metric") or ""),
+                   "threshold": fmt.number(q.get("threshold")),
                    "regressed": bool(q.get("regressed")), "count": len(_l(q.get("images")))}
     base = _d(v.get("baseline"))
     match = base.get("environment_match")
@@ -109,7 +117,7 @@ def summary_rows(results: dict) -> list[dict[str, str]]:
 
     row("backend", str(o.get("label") or o.get("backend") or so.get("id") or fmt.DASH),
         str(s.get("label") or s.get("backend") or ss.get("id") or fmt.DASH))
-    mo, ms = median(o), median(s)
+    mo, ms = variant_median_s(results, "original"), variant_median_s(results, "optimized")
     if mo or ms:
         iqr_o, iqr_s = _d(o.get("latency_s")).get("iqr"), _d(s.get("latency_s")).get("iqr")
         row("latency per image (median ± IQR)",
@@ -209,8 +217,6 @@ def image_rows(results: dict, results_dir: Path | None, baseline: dict | None,
                baseline_dir: Path | None, verdict: dict | None) -> list[ImageRow]:
     """One row per (prompt, seed): original, optimized, their difference; and the baseline's
     image with the difference the gate judged, when a baseline is given."""
-    from .images import compare, load_image
-
     current_name = "optimized" if variant(results, "optimized") else "original"
     current = _l(variant(results, current_name).get("images"))
     original = {(str(i.get("prompt")), i.get("seed")): i for i in
@@ -243,8 +249,9 @@ def image_rows(results: dict, results_dir: Path | None, baseline: dict | None,
             b = load_image(baseline_dir, base_path)
             row.panels.append({"kind": "image", "title": "baseline", "image": b})
             cmp = compare(b, cur)
-            psnr = j.get("psnr_db") if j and "psnr_db" in j else cmp.psnr_db
-            ssim = j.get("ssim") if j and "ssim" in j else cmp.ssim
+            # What the gate judged, when it judged this pair: the same metrics on the same files.
+            psnr = judged_psnr_db(j) if j else cmp.psnr_db
+            ssim = j.get("ssim") if j else cmp.ssim
             row.panels.append({"kind": "diff", "title": f"{current_name} vs baseline", "cmp": cmp,
                                "psnr": fmt.db(psnr), "ssim": fmt.number(ssim, 4),
                                "regressed": (j or {}).get("regressed")})
@@ -263,3 +270,93 @@ def history_points(results: dict, baseline: dict | None, history) -> list[dict]:
             seen.add(key)
             points.append(doc)
     return sorted(points, key=lambda d: _num(d.get("created_unix")) or 0)
+
+
+VERDICT_ICONS = {PASS: "✅", REGRESSION: "❌", NOT_COMPARABLE: "⚠️", "none": "ℹ️"}
+# The page uses plain symbols: colour emoji fonts are missing on many machines (CI runners).
+VERDICT_SYMBOLS = {PASS: "✓", REGRESSION: "✗", NOT_COMPARABLE: "⚠", "none": "•"}
+
+
+def build_context(results: dict, results_dir: Path | None, *, baseline: dict | None = None,
+                  baseline_dir: Path | None = None, verdict: dict | None = None,
+                  history: Iterable[dict] = (), artifact_url: str | None = None,
+                  image_base_url: str | None = None, html: bool = True) -> dict[str, Any]:
+    """Everything both templates show. ``html=False`` skips reading images and building charts
+    (the markdown needs neither)."""
+    cfg = _d(results.get("config"))
+    opt = _d(results.get("optimization"))
+    view = verdict_view(verdict)
+    speed, speed_kind = speedup_of(results)
+    candidates = candidate_rows(results)
+    counts = Counter(c["status"] for c in candidates)
+    device = _d(_d(results.get("environment")).get("device"))
+    model = str(cfg.get("model") or "unnamed model")
+    size = f"{cfg.get('width', '?')}x{cfg.get('height', '?')} px" if cfg.get("width") else ""
+    bits = [f"model {model}", size, f"{cfg['steps']} steps" if cfg.get("steps") else "",
+            _count(len(_l(cfg.get("prompts"))), "prompt"),
+            _count(cfg.get("runs"), "run")]
+    ths = opt.get("metric_drop_ths")
+    allowed = "lossless only" if ths is None else fmt.number(ths)
+    env_bits = [str(device.get("name") or ""), str(device.get("kind") or ""),
+                f"{device['cores']} cores" if device.get("cores") else ""]
+    context: dict[str, Any] = {
+        "model": model, "model_line": " · ".join(b for b in bits if b),
+        "created": fmt.timestamp(results.get("created_unix")),
+        "sdopt_version": str(results.get("sdopt_version") or "?"),
+        "verdict": view, "verdict_icon": VERDICT_ICONS[view.state],
+        "verdict_symbol": VERDICT_SYMBOLS[view.state],
+        "speedup": fmt.ratio(speed) if speed else "", "speedup_kind": speed_kind,
+        "summary": summary_rows(results), "candidates": candidates,
+        "candidate_counts": ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none",
+        "search_line": (f"metric {opt.get('metric', '?')}, allowed drop {allowed}"
+                        f", search took {fmt.seconds(opt.get('wall_s'))}; latency is the median of "
+                        "one UNet call, speedup is against torch_eager/fp32 in the same search"),
+        "environment_line": " · ".join(b for b in env_bits if b),
+        "artifact_url": artifact_url or "", "has_baseline": baseline is not None,
+        "prompts": [str(p) for p in _l(cfg.get("prompts"))],
+    }
+    context.update(_markdown_images(results, baseline, image_base_url))
+    if html:
+        series = [(name, name, _l(_d(variant(results, name).get("latency_s")).get("samples")))
+                  for name in ("original", "optimized")]
+        if baseline is not None:
+            base = "optimized" if variant(baseline, "optimized") else "original"
+            series.insert(0, (f"baseline {base}", "baseline",
+                              _l(_d(variant(baseline, base).get("latency_s")).get("samples"))))
+        stage_rows = [(name, variant(results, name).get("stages_s"),
+                       variant_median_s(results, name)) for name in ("original", "optimized")]
+        context.update(
+            charts=[charts.speedup_chart([c["raw"] for c in candidates]),
+                    charts.latency_chart(series), charts.stages_chart(stage_rows),
+                    charts.trend_chart(history_points(results, baseline, list(history)))],
+            image_rows=image_rows(results, results_dir, baseline, baseline_dir, verdict),
+            environment=environment_rows(results, baseline),
+            config_rows=config_rows(results), heat_full_scale=HEAT_FULL_SCALE)
+    return context
+
+
+def _count(n, noun: str) -> str:
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return ""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _markdown_images(results: dict, baseline: dict | None, base_url: str | None) -> dict:
+    """Image links for the comment: only with a base URL where the run's files are published
+    (GitHub renders no data: URIs in comments)."""
+    if not base_url:
+        return {"md_images": [], "md_image_columns": []}
+    columns = [n for n in ("original", "optimized") if variant(results, n).get("images")]
+    by_key = {n: {(str(i.get("prompt")), i.get("seed")): i.get("path")
+                  for i in map(_d, _l(variant(results, n).get("images")))}
+              for n in columns}
+    keys = list(dict.fromkeys(k for n in columns for k in by_key[n]))
+    rows = []
+    for prompt, seed in keys:
+        cells = []
+        for n in columns:
+            path = by_key[n].get((prompt, seed))
+            ok = isinstance(path, str) and not path.startswith("/") and ".." not in path.split("/")
+            cells.append(safe_url(base_url, path) if ok else "")
+        rows.append({"prompt": prompt, "seed": seed, "cells": cells, "alt": prompt[:80]})
+    return {"md_images": rows, "md_image_columns": columns}

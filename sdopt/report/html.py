@@ -8,24 +8,24 @@ than silently depending on the network.
 
 from __future__ import annotations
 
-from ..errors import MissingDependencyError
+import os
+
+from markupsafe import Markup
+from plotly.offline import get_plotlyjs
+
+from .templating import make_environment, user_template_errors
+
+TEMPLATE = "report.html.j2"
 
 
-def plotly_js():
+def plotly_js() -> Markup:
     """plotly.min.js as markup for a <script> element."""
-    try:
-        from plotly.offline import get_plotlyjs
-    except ImportError:
-        raise MissingDependencyError("plotly", "report", "The HTML report") from None
-    from markupsafe import Markup
-
     js = get_plotlyjs()
     # "</script" inside would end the element early; "<\/script" means the same in JavaScript.
     return Markup(js.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT"))
 
 
-def render(context: dict) -> str:
-    from .templating import make_environment
-
-    env = make_environment(autoescape=True)
-    return env.get_template("report.html.j2").render(**context, plotly_js=plotly_js())
+def render(context: dict, *, templates_dir: str | os.PathLike | None = None) -> str:
+    env = make_environment(autoescape=True, templates_dir=templates_dir)
+    with user_template_errors(templates_dir):
+        return env.get_template(TEMPLATE).render(**context, plotly_js=plotly_js())

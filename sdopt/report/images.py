@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..optimize import metrics
 
 # Pixel difference (0..255) shown at full brightness in the heat map. A fixed scale, so that two
 # heat maps in one report can be compared and identical images stay black.
@@ -40,8 +42,6 @@ def resolve_inside(base_dir: Path, relative: str) -> Path | None:
 
 
 def load_image(base_dir: Path | None, relative) -> LoadedImage:
-    from PIL import Image, UnidentifiedImageError
-
     shown = str(relative)
     if base_dir is None or not isinstance(relative, str) or not relative:
         return LoadedImage(shown, error="no image path recorded")
@@ -63,8 +63,6 @@ def load_image(base_dir: Path | None, relative) -> LoadedImage:
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
@@ -85,39 +83,27 @@ def heat_map(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return np.round(rgb).astype(np.uint8)
 
 
-def psnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
-    mse = float(np.mean((reference.astype(np.float64) - candidate.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
-
-
-def ssim(reference: np.ndarray, candidate: np.ndarray) -> float | None:
-    """SSIM with scikit-image's defaults (7x7 window, per channel); None without scikit-image
-    (the report then shows PSNR only)."""
-    try:
-        from skimage.metrics import structural_similarity
-    except ImportError:
-        return None
-    if min(reference.shape[:2]) < 7:
-        return None
-    return float(structural_similarity(reference, candidate, channel_axis=-1, data_range=255))
-
-
 @dataclass
 class Comparison:
     heat_uri: str | None
-    psnr_db: float | None
+    psnr_db: float | None  # inf: identical images
     ssim: float | None
     max_abs: int | None
     error: str | None = None
 
 
-def compare(reference: LoadedImage, candidate: LoadedImage) -> Comparison:
-    if reference.array is None or candidate.array is None:
+def compare(reference: LoadedImage | np.ndarray,
+            candidate: LoadedImage | np.ndarray) -> Comparison:
+    """Heat map, PSNR, SSIM and largest pixel difference of a pair; PSNR and SSIM come from
+    sdopt.optimize.metrics, the code the search and the gate judge with, so a number in the
+    report is the number that decided."""
+    a, b = (x.array if isinstance(x, LoadedImage) else np.asarray(x)
+            for x in (reference, candidate))
+    if a is None or b is None:
         return Comparison(None, None, None, None, "an image is missing")
-    if reference.array.shape != candidate.array.shape:
+    if a.shape != b.shape:
         return Comparison(None, None, None, None,
-                          f"sizes differ ({reference.array.shape[1]}x{reference.array.shape[0]} vs "
-                          f"{candidate.array.shape[1]}x{candidate.array.shape[0]})")
-    a, b = reference.array, candidate.array
-    return Comparison(png_data_uri(heat_map(a, b)), psnr_db(a, b), ssim(a, b),
+                          f"sizes differ ({a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]})")
+    return Comparison(png_data_uri(heat_map(a, b)), metrics.psnr_db(a, b),
+                      1.0 - metrics.ssim_drop(a, b),
                       int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()))

@@ -10,13 +10,16 @@ verdict and the summary table.
 
 from __future__ import annotations
 
+import os
 import re
+from urllib.parse import quote
 
+from .templating import make_environment, user_template_errors
+
+TEMPLATE = "report.md.j2"
 MARKER = "<!-- sdopt-report -->"
 MAX_CHARS = 65_536
 MAX_TEXT = 300  # characters of one user string (prompt, reason) in a comment
-TRUNCATION_NOTE = ("\n\n> [!NOTE]\n> This comment was shortened to fit GitHub's 65,536-character "
-                   "limit; the full report is in the HTML artifact.\n")
 
 # Each level renders fewer details; the last one keeps only marker, verdict, table and link.
 LEVELS = (
@@ -61,34 +64,60 @@ def _finalize(value):
     return escape(value)
 
 
-def environment():
-    from .templating import make_environment
+def safe_url(base: str, path: str = "") -> Safe:
+    """A link target: our configured base URL plus a relative path, with characters that could
+    end the markdown link percent-encoded."""
+    url = str(base).rstrip("/") + ("/" + quote(str(path).lstrip("/")) if path else "")
+    return Safe(quote(url, safe=":/?#=&%~.@+,;!$*'-_"))
 
-    env = make_environment(autoescape=False, finalize=_finalize)
+
+def environment(templates_dir: str | os.PathLike | None = None):
+    env = make_environment(autoescape=False, finalize=_finalize, templates_dir=templates_dir)
     env.filters["md"] = escape
     env.filters["safe_md"] = lambda v: Safe(str(v))
     env.filters["url"] = safe_url
     return env
 
 
-def safe_url(base: str, path: str = "") -> Safe:
-    """A link target: our configured base URL plus a relative path, with characters that could
-    end the markdown link percent-encoded."""
-    from urllib.parse import quote
-
-    url = str(base).rstrip("/") + ("/" + quote(str(path).lstrip("/")) if path else "")
-    return Safe(quote(url, safe=":/?#=&%~.@+,;!$*'-_"))
+def truncation_note(limit: int = MAX_CHARS, link: str | None = None) -> str:
+    where = f"[the full report]({safe_url(link)})" if link else \
+        "the full report is in the HTML artifact"
+    return (f"\n\n> [!NOTE]\n> This comment was shortened to fit GitHub's {limit:,}-character "
+            f"limit; {where}.\n")
 
 
-def render(context: dict) -> str:
-    """The markdown of ``context``, at the most detailed level that fits MAX_CHARS."""
-    template = environment().get_template("report.md.j2")
-    text = ""
-    for i, level in enumerate(LEVELS):
-        text = template.render(**context, limits=level, shortened=i > 0).strip() + "\n"
-        if len(text) <= MAX_CHARS:
-            return text
-    # Still too long (e.g. an enormous baseline source string): cut at a line end, then note.
-    room = MAX_CHARS - len(TRUNCATION_NOTE)
-    cut = text.rfind("\n", 0, room)
-    return text[: cut if cut > 0 else room] + TRUNCATION_NOTE
+def cap(text: str, limit: int = MAX_CHARS, *, link: str | None = None, note: str | None = None,
+        encoding: str | None = None) -> str:
+    """``text`` if it fits ``limit``, else its beginning cut at a line end, then ``note`` (by
+    default one saying so and linking ``link``, the full report, when given). ``limit`` counts
+    characters (GitHub's comment limit), or bytes in ``encoding`` (the job summary's).
+
+    The beginning is what matters (the marker, the verdict, the summary table); a line end is
+    preferred so that no table row or escape is left half, unless that would drop more than half
+    of what fits (one enormous line)."""
+    def size(s: str) -> int:
+        return len(s.encode(encoding)) if encoding else len(s)
+
+    if size(text) <= limit:
+        return text
+    note = truncation_note(limit, link) if note is None else note
+    room = max(0, limit - size(note))
+    # Bytes are cut where a character ends, never inside one.
+    head = text.encode(encoding)[:room].decode(encoding, errors="ignore") if encoding \
+        else text[:room]
+    cut = head.rfind("\n")
+    return (head[:cut] if cut > len(head) // 2 else head) + note
+
+
+def render(context: dict, *, limit: int = MAX_CHARS,
+           templates_dir: str | os.PathLike | None = None) -> str:
+    """The markdown of ``context`` at the most detailed level that fits ``limit``, cut by
+    :func:`cap` when even the shortest does not (an enormous field)."""
+    with user_template_errors(templates_dir):
+        template = environment(templates_dir).get_template(TEMPLATE)
+        text = ""
+        for i, level in enumerate(LEVELS):
+            text = template.render(**context, limits=level, shortened=i > 0).strip() + "\n"
+            if len(text) <= limit:
+                return text
+    return cap(text, limit, link=context.get("artifact_url") or None)

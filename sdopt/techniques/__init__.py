@@ -1,67 +1,48 @@
-"""Pipeline-level techniques. The approximate ones (they change the algorithm) are tried only with
-``optimization_time="unconstrained"``; the ``constrained`` ones only lower the precision of a
-component the UNet backends leave in fp32 (the bf16 VAE decoder), like a UNet precision
-variant, so the constrained search tries them too, under the same threshold, judged on images.
+"""Pipeline-level techniques: the registry. The approximate ones (they change the algorithm) are
+tried only with ``optimization_time="unconstrained"``; the ``constrained`` ones only lower the
+precision of a component the UNet backends leave in fp32 (the bf16 VAE decoder), like a UNet
+precision variant, so the constrained search tries them too, under the same threshold, judged on
+images.
 
-Each technique is one module; this registry lists them, says which settings the search tries,
-applies a list of technique specs (``{"name": ..., **params}``, what the manifest stores) to a
-backend module and to a pipeline, and describes them. UNet-level techniques (step caching, token
-merging) wrap or patch the backend's module and need its UNet in eager PyTorch; pipeline-level
-ones (fewer steps, bf16 VAE decoder) replace a pipeline component with a private copy and work
-with any backend.
+Each technique is one module declaring one :class:`~sdopt.techniques.base.Technique`; this
+registry lists them (the one place to add one) and applies a list of technique specs
+(``{"name": ..., **params}``, what the manifest stores) to a backend module and to a pipeline.
+UNet-level techniques (step caching, token merging) wrap or patch the backend's module and need
+its UNet in eager PyTorch; pipeline-level ones (fewer steps, bf16 VAE decoder) replace a pipeline
+component with a private copy and work with any backend.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any, Callable
 
 from ..backends.base import OptimizedModule
 from ..errors import SdoptError
 from . import fewer_steps, step_cache, token_merge, vae_bf16
-from ._unet import base_module
+from .base import Spec, Technique
+from .eager import base_module
 
-Spec = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Technique:
-    name: str
-    level: str  # "unet" | "pipeline"
-    settings: tuple[Spec, ...]  # what the search tries
-    label: Callable[[Spec], str]
-    doc: str
-    constrained: bool = False  # a precision change, not an approximation: constrained mode too
+TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
+    step_cache.TECHNIQUE, token_merge.TECHNIQUE, fewer_steps.TECHNIQUE, vae_bf16.TECHNIQUE)}
 
 
-TECHNIQUES: dict[str, Technique] = {
-    step_cache.NAME: Technique(
-        step_cache.NAME, "unet", tuple({"interval": n} for n in step_cache.INTERVALS),
-        lambda p: f"step_cache(every {p['interval']})",
-        "reuse deep UNet features between neighbouring steps (DeepCache)"),
-    token_merge.NAME: Technique(
-        token_merge.NAME, "unet", tuple({"ratio": r} for r in token_merge.RATIOS),
-        lambda p: f"token_merge({p['ratio']:g})",
-        "merge similar tokens before self-attention at the highest resolution (ToMe for SD)"),
-    fewer_steps.NAME: Technique(
-        fewer_steps.NAME, "pipeline", tuple({"fraction": f} for f in fewer_steps.FRACTIONS),
-        lambda p: f"dpm++ x{p['fraction']:g} steps",
-        "DPM-Solver++ multistep at a fraction of the requested steps"),
-    vae_bf16.NAME: Technique(
-        vae_bf16.NAME, "pipeline", ({},), lambda p: "vae_bf16",
-        "VAE decoder in bf16", constrained=True),
-}
-
-
-def _technique(spec: Spec) -> Technique:
+def technique_of(spec: Spec) -> Technique:
     if not isinstance(spec, dict) or spec.get("name") not in TECHNIQUES:
         raise SdoptError(f"unknown technique {spec!r}: expected one of {', '.join(TECHNIQUES)}")
     return TECHNIQUES[spec["name"]]
 
 
+def params_of(spec: Spec) -> dict:
+    return {k: v for k, v in spec.items() if k != "name"}
+
+
 def label(spec: Spec) -> str:
-    return _technique(spec).label({k: v for k, v in spec.items() if k != "name"})
+    return technique_of(spec).label(params_of(spec))
+
+
+def candidate_id(base_id: str, specs: list[Spec]) -> str:
+    """The search table's id of a base candidate with techniques on top."""
+    return base_id + "".join(f"+{label(s)}" for s in specs)
 
 
 def all_specs(constrained_only: bool = False) -> list[Spec]:
@@ -71,26 +52,16 @@ def all_specs(constrained_only: bool = False) -> list[Spec]:
 
 def unavailable_reason(spec: Spec, module: OptimizedModule, device) -> str | None:
     """Why ``spec`` cannot be used with this backend module on this device (None: it can)."""
-    name = _technique(spec).name
-    if name in (step_cache.NAME, token_merge.NAME):
-        return step_cache.incompatible_reason(module)
-    if name == vae_bf16.NAME:
-        return vae_bf16.unavailable_reason(device)
-    return None
+    return technique_of(spec).unavailable_reason(module, device)
 
 
 def apply_unet_techniques(module: OptimizedModule, specs: list[Spec],
                           original_unet) -> OptimizedModule:
-    """The backend module with the UNet-level techniques of ``specs`` (token merging first: step
-    caching then reuses features of the merged UNet)."""
-    order = {token_merge.NAME: 0, step_cache.NAME: 1}
-    for spec in sorted((s for s in specs if _technique(s).level == "unet"),
-                       key=lambda s: order[s["name"]]):
-        params = {k: v for k, v in spec.items() if k != "name"}
-        if spec["name"] == token_merge.NAME:
-            module = token_merge.apply(module, params, original_unet)
-        else:
-            module = step_cache.apply(module, params, original_unet)
+    """The backend module with the UNet-level techniques of ``specs``, in their declared order
+    (token merging first: step caching then reuses features of the merged UNet)."""
+    unet_level = [s for s in specs if technique_of(s).level == "unet"]
+    for spec in sorted(unet_level, key=lambda s: technique_of(s).order):
+        module = technique_of(spec).apply(module, params_of(spec), original_unet)
     return module
 
 
@@ -99,13 +70,9 @@ def apply_pipeline_techniques(pipe, specs: list[Spec]) -> None:
     make every new generation reset the step caches. ``pipe`` shares its components with the
     user's pipeline, so nothing shared is modified."""
     for spec in specs:
-        params = {k: v for k, v in spec.items() if k != "name"}
-        if spec["name"] == fewer_steps.NAME:
-            fewer_steps.apply_pipeline(pipe, params)
-        elif spec["name"] == vae_bf16.NAME:
-            vae_bf16.apply_pipeline(pipe, params)
-        else:
-            _technique(spec)
+        technique = technique_of(spec)
+        if technique.level == "pipeline":
+            technique.apply(pipe, params_of(spec))
     caches = [m for m in pipe.unet.modules() if isinstance(m, step_cache.StepCacheModule)]
     if caches:
         if not any(s["name"] == fewer_steps.NAME for s in specs):
@@ -121,20 +88,17 @@ def apply_pipeline_techniques(pipe, specs: list[Spec]) -> None:
 
 
 def validate_specs(specs, where: str) -> list[Spec]:
-    """Specs read from a manifest: known names and the parameters each needs."""
+    """Specs read from a manifest: known names, and each parameter present and within bounds."""
     if not isinstance(specs, list):
         raise SdoptError(f"{where}: 'techniques' is not a list")
-    needed = {step_cache.NAME: ("interval",), token_merge.NAME: ("ratio",),
-              fewer_steps.NAME: ("fraction",), vae_bf16.NAME: ()}
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict) or spec.get("name") not in TECHNIQUES:
             raise SdoptError(f"{where}: techniques[{i}] is {spec!r}: expected an object with a "
                              f"'name' among {', '.join(TECHNIQUES)}")
-        for key in needed[spec["name"]]:
-            if not isinstance(spec.get(key), (int, float)):
-                raise SdoptError(f"{where}: techniques[{i}].{key} is missing or not a number")
+        TECHNIQUES[spec["name"]].check(spec, f"{where}: techniques[{i}]")
     return specs
 
 
-__all__ = ["TECHNIQUES", "Technique", "Spec", "all_specs", "label", "unavailable_reason",
-           "apply_unet_techniques", "apply_pipeline_techniques", "base_module", "validate_specs"]
+__all__ = ["TECHNIQUES", "Technique", "Spec", "all_specs", "label", "candidate_id",
+           "unavailable_reason", "apply_unet_techniques", "apply_pipeline_techniques",
+           "base_module", "validate_specs", "technique_of"]

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 
+from ..logs import quiet_diffusers
+from .base import Param, Technique
+
 NAME = "fewer_steps"
 FRACTIONS = (0.5, 0.25)
 
@@ -20,15 +23,10 @@ def steps_for(requested: int, fraction: float) -> int:
 
 def make_scheduler(config, fraction: float):
     from diffusers import DPMSolverMultistepScheduler
-    from diffusers.utils import logging as diffusers_logging
 
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # "PNDM keys ignored" is expected here
-    try:
+    with quiet_diffusers():  # "PNDM keys ignored" is expected here
         scheduler = DPMSolverMultistepScheduler.from_config(
             config, algorithm_type="dpmsolver++", solver_order=2)
-    finally:
-        diffusers_logging.set_verbosity(level)
     original = scheduler.set_timesteps
 
     def set_timesteps(num_inference_steps=None, device=None, **kwargs):
@@ -44,3 +42,9 @@ def make_scheduler(config, fraction: float):
 def apply_pipeline(pipe, params: dict) -> None:
     pipe.scheduler = make_scheduler(copy.deepcopy(dict(pipe.scheduler.config)),
                                     float(params["fraction"]))
+
+
+TECHNIQUE = Technique(
+    NAME, "pipeline", (Param("fraction", float, 0.01, 1.0),),
+    tuple({"fraction": f} for f in FRACTIONS), lambda p: f"dpm++ x{p['fraction']:g} steps",
+    "DPM-Solver++ multistep at a fraction of the requested steps", apply_pipeline)

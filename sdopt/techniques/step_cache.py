@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from ..backends.base import OptimizedModule
-from ._unet import eager_unet
+from .base import Param, Technique
+from .eager import eager_unet
 
 NAME = "step_cache"
 INTERVALS = (2, 3, 5)
@@ -114,5 +115,12 @@ def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModu
     return StepCacheModule(module, int(params["interval"]))
 
 
-def incompatible_reason(module: OptimizedModule) -> str | None:
+def incompatible_reason(module: OptimizedModule, device=None) -> str | None:
     return eager_unet(module)[1]
+
+
+TECHNIQUE = Technique(
+    NAME, "unet", (Param("interval", int, 1, 50),), tuple({"interval": n} for n in INTERVALS),
+    lambda p: f"step_cache(every {p['interval']})",
+    "reuse deep UNet features between neighbouring steps (DeepCache)", apply,
+    unavailable_reason=incompatible_reason, order=1)

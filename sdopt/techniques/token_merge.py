@@ -22,7 +22,8 @@ import math
 import torch
 
 from ..backends.base import OptimizedModule
-from ._unet import eager_unet, private_copy
+from .base import Param, Technique
+from .eager import eager_unet, private_copy
 
 NAME = "token_merge"
 RATIOS = (0.3, 0.5)
@@ -159,7 +160,7 @@ def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModu
     return module
 
 
-def incompatible_reason(module: OptimizedModule) -> str | None:
+def incompatible_reason(module: OptimizedModule, device=None) -> str | None:
     return eager_unet(module)[1]
 
 
@@ -169,3 +170,10 @@ def processors(module: OptimizedModule) -> list[TokenMergeProcessor]:
         return []
     return [m.processor for m in unet.modules()
             if isinstance(getattr(m, "processor", None), TokenMergeProcessor)]
+
+
+TECHNIQUE = Technique(
+    NAME, "unet", (Param("ratio", float, 0.0, 0.9),), tuple({"ratio": r} for r in RATIOS),
+    lambda p: f"token_merge({p['ratio']:g})",
+    "merge similar tokens before self-attention at the highest resolution (ToMe for SD)", apply,
+    unavailable_reason=incompatible_reason, order=0)

@@ -13,6 +13,8 @@ import copy
 
 import torch
 
+from .base import Technique
+
 NAME = "vae_bf16"
 
 
@@ -41,10 +43,13 @@ def bf16_decoder_vae(vae):
     return clone
 
 
-def unavailable_reason(device) -> str | None:
-    ok, why = device.supports_bf16()
-    return None if ok else why
+def unavailable_reason(module, device) -> str | None:
+    return device.precision_unavailable_reason("bf16")
 
 
 def apply_pipeline(pipe, params: dict) -> None:
     pipe.vae = bf16_decoder_vae(pipe.vae)
+
+
+TECHNIQUE = Technique(NAME, "pipeline", (), ({},), lambda p: "vae_bf16", "VAE decoder in bf16",
+                      apply_pipeline, unavailable_reason=unavailable_reason, constrained=True)

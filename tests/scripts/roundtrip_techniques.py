@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 import sdopt
-from sdopt.optimize.api import _assemble
+from sdopt.optimize.optimized import assemble
 from sdopt.device import detect
 
 PROMPT, SEED, STEPS = "a photo of a cat", 7, 6
@@ -29,7 +29,7 @@ def main(step, directory, variant, specs_json):
     if step == "save":
         specs = json.loads(specs_json)
         base = sdopt.apply_variant(pipe, variant)
-        optimized = _assemble(pipe, base.unet.module, specs, detect("cpu"),
+        optimized = assemble(pipe, base.unet.module, specs, detect("cpu"),
                               info={**base.unet.info, "techniques": specs})
         sdopt.save_model(optimized, directory)
         np.save(f"{directory}.first.npy", images(optimized))

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import SdoptError
+from ..logs import quiet_diffusers
 from .base import OptimizedModule, Variant
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -17,7 +18,12 @@ WEIGHTS_FILE = "unet.safetensors"
 
 
 class TorchUNetModule(OptimizedModule):
-    """A UNet run in ``dtype`` and ``memory_format``; inputs are cast in, the output cast back."""
+    """A UNet run in ``dtype`` and ``memory_format``; inputs are cast in, the output cast back.
+
+    ``runs_eager``: the diffusers UNet's blocks run one by one in eager PyTorch, so techniques
+    may call or patch them (a subclass that runs a compiled graph sets it False)."""
+
+    runs_eager = True
 
     def __init__(self, unet: torch.nn.Module, variant: Variant, dtype: torch.dtype,
                  channels_last: bool = False):
@@ -46,14 +52,8 @@ class TorchUNetModule(OptimizedModule):
 def copy_unet(unet: torch.nn.Module, dtype: torch.dtype, channels_last: bool,
               device: str) -> torch.nn.Module:
     """A converted copy: the pipeline's own UNet stays the fp32 reference."""
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # its "keep modules in float32" note is about training
-    try:
+    with quiet_diffusers():  # its "keep modules in float32" note is about training
         clone = copy.deepcopy(unet).to(device=device, dtype=dtype).eval()
-    finally:
-        diffusers_logging.set_verbosity(level)
     clone.requires_grad_(False)
     if channels_last:
         clone = clone.to(memory_format=torch.channels_last)

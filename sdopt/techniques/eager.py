@@ -8,18 +8,17 @@ import copy
 import torch
 
 from ..backends.base import OptimizedModule
+from ..backends.torch_eager import TorchUNetModule
 
 
 def eager_unet(module: OptimizedModule):
     """The diffusers UNet that ``module`` runs eagerly, or (None, why not)."""
     from diffusers import UNet2DConditionModel
 
-    from ..backends._torch import TorchUNetModule
-
     base = base_module(module)
     if not isinstance(base, TorchUNetModule):
         return None, f"{base.variant.id} does not run the diffusers UNet in eager PyTorch"
-    if type(base)._call_unet is not TorchUNetModule._call_unet:
+    if not base.runs_eager:
         return None, f"{base.variant.id} runs a compiled graph, whose blocks cannot be called alone"
     unet = base.unet
     if not isinstance(unet, UNet2DConditionModel):
@@ -41,8 +40,6 @@ def base_module(module: OptimizedModule) -> OptimizedModule:
 def private_copy(module: OptimizedModule, original_unet: torch.nn.Module) -> OptimizedModule:
     """A module whose UNet may be patched: the fp32 reference shares the user's UNet, so it is
     copied first (the user's pipeline must stay untouched)."""
-    from ..backends._torch import TorchUNetModule
-
     if getattr(module, "unet", None) is not original_unet:
         return module
     clone = copy.deepcopy(original_unet).eval()

@@ -1,0 +1,169 @@
+"""One search, stage by stage: capture the UNet's real calls, run the original end to end, try
+every backend variant, score the pick end to end, then the technique (or component precision)
+phase, and assemble the chosen pipeline.
+
+Each stage is a function of its own with a progress line; ``optimize_model`` only validates,
+consults the decision cache and calls :func:`run`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from ..backends.base import Variant
+from ..backends.torch_eager import reference_module
+from ..errors import SdoptError
+from ..identity import config_hash
+from . import endtoend
+from .capture import collect_samples
+from .optimized import assemble
+from .request import SearchRequest
+from .search import run_search, run_technique_search
+from .selection import select
+from .table import REFERENCE_ID, CandidateResult, OptimizationResult, set_e2e_speedup
+
+
+@contextmanager
+def progress_bars(console, show: bool) -> Iterator:
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                        console=console, transient=False, disable=not show)
+    with progress:
+        yield progress
+
+
+class Search:
+    """The state one search carries from stage to stage."""
+
+    def __init__(self, model, request: SearchRequest, progress, source_hash: str):
+        self.model, self.req, self.progress = model, request, progress
+        self.source_hash = source_hash
+        self.started = time.perf_counter()
+        self.e2e: endtoend.EndToEnd | None = None
+        self.result: OptimizationResult | None = None
+        self.module = None
+        self.specs: list[dict] = []
+
+    def evaluate(self, module, row: CandidateResult, specs=()) -> None:
+        """Time ``module`` (with ``specs``) per image and score its images."""
+        if row.id == REFERENCE_ID and not specs:
+            run = self.e2e.reference
+        else:
+            run = self.e2e.run(assemble(self.model, module, list(specs), self.req.device))
+        endtoend.fill_row(row, run, self.e2e, self.req.image_metric)
+
+    def capture(self):
+        req = self.req
+        task = self.progress.add_task("capturing UNet inputs (original pipeline)",
+                                      total=len(req.prompts))
+        return collect_samples(
+            self.model, req.prompts, height=req.height, width=req.width, steps=req.steps,
+            guidance_scale=req.guidance_scale, seed=req.seed, n_verify=req.n_verify,
+            progress=lambda: self.progress.advance(task))
+
+    def reference_end_to_end(self) -> None:
+        req = self.req
+        if not req.end_to_end:
+            return
+        self.e2e = endtoend.end_to_end_for(req.prompts, req.height, req.width, req.steps,
+                                           req.guidance_scale, req.seed, req.image_metric)
+        task = self.progress.add_task("original pipeline end to end", total=1)
+        self.e2e.run_reference(self.model)
+        self.progress.advance(task)
+
+    def backends(self, samples) -> None:
+        req = self.req
+        task = self.progress.add_task("candidates", total=len(req.variants))
+
+        def on_candidate(variant: Variant, phase: str) -> None:
+            if phase == "start":
+                self.progress.update(task, description=f"candidate {variant.id}")
+            else:
+                self.progress.advance(task)
+
+        self.result, self.module = run_search(
+            self.model.unet, samples, req.device, req.variants, metric=req.metric,
+            metric_drop_ths=req.metric_drop_ths, optimization_time=req.optimization_time,
+            repeats=req.repeats, time_budget_s=req.time_budget_s, on_candidate=on_candidate,
+            evaluate=self.evaluate if req.metric.kind == "image" else None)
+        self.progress.update(task, description="candidates done")
+        if self.module is None:  # the reference always completes, or run_search raised
+            raise SdoptError("no candidate completed")
+
+    def score_end_to_end(self) -> None:
+        """The original and the pick, end to end (an image metric scored them already)."""
+        req, result = self.req, self.result
+        result.image_metric = req.image_metric.name
+        result.end_to_end = {"prompts": len(req.prompts), "steps": req.steps,
+                             "height": req.height, "width": req.width, "seed": req.seed,
+                             "metrics": [m.name for m in self.e2e.metrics]}
+        result.notes.extend(endtoend.notes())
+        for row in (result.original, result.selected):
+            if row is not None and row.e2e_latency_s is None:
+                self.evaluate(self.module if row is result.selected
+                              else reference_module(self.model.unet), row)
+        for row in result.candidates:
+            set_e2e_speedup(row, result.original)
+
+    def techniques(self) -> None:
+        """Unconstrained: every technique on the original and the pick; constrained: the
+        lower-precision ones on the pick."""
+        req, result = self.req, self.result
+        constrained = req.optimization_time == "constrained"
+        task = self.progress.add_task(
+            "component precision (end to end)" if constrained else "techniques (end to end)",
+            total=None)
+
+        def on_technique(candidate_id: str, phase: str) -> None:
+            if phase == "start":
+                self.progress.update(task, description=f"technique {candidate_id}")
+            else:
+                self.progress.advance(task)
+
+        bases = [(result.selected, self.module)]
+        if not constrained:
+            bases = [(result.original, reference_module(self.model.unet))] + \
+                (bases if result.selected is not result.original else [])
+        winner = run_technique_search(
+            result, bases, req.device, metric_drop_ths=req.metric_drop_ths,
+            image_metric=req.image_metric.name,
+            evaluate=lambda base, specs, row: self.evaluate(base, row, specs),
+            time_budget_s=req.time_budget_s, started=self.started, on_candidate=on_technique,
+            constrained=constrained)
+        self.progress.update(task, description="techniques done")
+        if not constrained or (winner is not None and winner[1]):
+            result.selected_by = "e2e_latency"
+        if winner is not None and winner[0] is not result.selected:
+            row, self.specs = winner
+            self.module = next(m for r, m in bases if r.id == row.id.split("+")[0])
+            select(result, row)
+
+    def assemble(self):
+        """The chosen pipeline, carrying the figures a saved model keeps."""
+        result, sel = self.result, self.result.selected
+        info = {"source_hash": self.source_hash, "config_hash": config_hash(self.model.unet),
+                "samples": result.samples, "metric": result.metric,
+                "metric_drop": sel.metric_drop, "latency_s": sel.latency_s,
+                "speedup": result.speedup, "techniques": [dict(s) for s in self.specs],
+                "e2e_latency_s": sel.e2e_latency_s, "image_metric": result.image_metric,
+                "image_metric_drop": sel.image_metric_drop, "image_metrics": sel.image_metrics}
+        optimized = assemble(self.model, self.module, self.specs, self.req.device, info=info)
+        optimized.sdopt_result = result
+        return optimized
+
+
+def run(model, request: SearchRequest, progress, source_hash: str):
+    """The optimized pipeline of one full search (its table as ``.sdopt_result``)."""
+    search = Search(model, request, progress, source_hash)
+    samples = search.capture()
+    search.reference_end_to_end()
+    search.backends(samples)
+    del samples
+    if search.e2e is not None:
+        search.score_end_to_end()
+        search.techniques()
+    return search.assemble()

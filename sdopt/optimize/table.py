@@ -1,0 +1,128 @@
+"""The search table: one row per candidate (its status, reason, build time, latencies, metric
+drops, memory, size), and the whole search's result.
+
+It is what users read (the summary table, ``optimized.sdopt_result``), what a saved model and a
+cached decision keep (``to_dict``/``from_dict``), and what the report renders from results.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..backends.torch_eager import REFERENCE_ID
+
+__all__ = ["STATUS_SELECTED", "STATUS_OK", "STATUS_REJECTED", "STATUS_FAILED", "STATUS_SKIPPED",
+           "REFERENCE_ID", "CandidateResult", "OptimizationResult", "set_e2e_speedup"]
+
+STATUS_SELECTED, STATUS_OK, STATUS_REJECTED = "selected", "ok", "rejected"
+STATUS_FAILED, STATUS_SKIPPED = "failed", "skipped"
+
+
+@dataclass
+class CandidateResult:
+    id: str
+    backend: str
+    variant: str
+    precision: str
+    techniques: list[str]
+    status: str
+    reason: str = ""
+    build_s: float | None = None
+    latency_s: float | None = None
+    latency_iqr_s: float | None = None
+    latency_samples_s: list[float] = field(default_factory=list)
+    peak_memory_bytes: int | None = None
+    model_size_bytes: int | None = None
+    metric_drop: float | None = None
+    metric_drop_max: float | None = None
+    speedup: float | None = None
+    batch: int = 1
+    # End to end (whole pipeline, per image) and image metrics vs the original's images.
+    e2e_latency_s: float | None = None
+    e2e_latency_samples_s: list[float] = field(default_factory=list)
+    e2e_speedup: float | None = None
+    image_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    image_metric_drop: float | None = None
+    image_metric_drop_max: float | None = None
+    # Technique specs ({"name": ..., params}) on top of the backend: what save_model records.
+    pipeline_techniques: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float | None:
+        """UNet calls' images per second (the batch holds both CFG halves of one image)."""
+        return None if not self.latency_s else 1.0 / self.latency_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "throughput_per_s": self.throughput}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CandidateResult":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class OptimizationResult:
+    device: dict[str, Any]
+    metric: str
+    metric_drop_ths: float | None
+    optimization_time: str
+    samples: dict[str, Any]
+    candidates: list[CandidateResult]
+    original: CandidateResult | None
+    selected: CandidateResult | None
+    wall_s: float = 0.0
+    image_metric: str | None = None  # the metric techniques (and image-level gates) are judged by
+    end_to_end: dict[str, Any] = field(default_factory=dict)  # prompts, steps, size of e2e runs
+    selected_by: str = "unet_latency"  # or "e2e_latency" (unconstrained searches)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float | None:
+        o, s = self.original, self.selected
+        if self.selected_by == "e2e_latency":
+            if o and s and o.e2e_latency_s and s.e2e_latency_s:
+                return o.e2e_latency_s / s.e2e_latency_s
+            return None
+        if o and s and s.latency_s:
+            return o.latency_s / s.latency_s
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device, "metric": self.metric, "metric_drop_ths": self.metric_drop_ths,
+            "optimization_time": self.optimization_time, "samples": self.samples,
+            "original": self.original.to_dict() if self.original else None,
+            "selected": self.selected.to_dict() if self.selected else None,
+            "speedup": self.speedup, "wall_s": self.wall_s, "image_metric": self.image_metric,
+            "end_to_end": self.end_to_end, "selected_by": self.selected_by, "notes": self.notes,
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "OptimizationResult":
+        """The inverse of to_dict; original and selected are the same objects as their rows."""
+        candidates = [CandidateResult.from_dict(c) for c in data.get("candidates", [])]
+
+        def row(entry):
+            if not entry:
+                return None
+            same = next((c for c in candidates if c.id == entry["id"]), None)
+            return same or CandidateResult.from_dict(entry)
+
+        return cls(device=data["device"], metric=data["metric"],
+                   metric_drop_ths=data.get("metric_drop_ths"),
+                   optimization_time=data["optimization_time"], samples=data.get("samples", {}),
+                   candidates=candidates, original=row(data.get("original")),
+                   selected=row(data.get("selected")), wall_s=data.get("wall_s", 0.0),
+                   image_metric=data.get("image_metric"), end_to_end=data.get("end_to_end", {}),
+                   selected_by=data.get("selected_by", "unet_latency"),
+                   notes=list(data.get("notes", [])))
+
+
+
+
+def set_e2e_speedup(row: CandidateResult, original: CandidateResult | None) -> None:
+    if original and original.e2e_latency_s and row.e2e_latency_s:
+        row.e2e_speedup = original.e2e_latency_s / row.e2e_latency_s

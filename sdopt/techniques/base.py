@@ -1,0 +1,57 @@
+"""What a technique is: its name, the parameters it takes (with bounds), the settings the search
+tries, what it needs from the backend module and the device, how it applies, and whether the
+constrained search may use it.
+
+A technique is one module that declares one :class:`Technique`; the registry in
+``techniques/__init__.py`` lists them, and nothing else anywhere names a technique.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..backends.base import OptimizedModule
+from ..errors import SdoptError
+
+Spec = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A numeric parameter of a technique, with the bounds a saved spec must respect."""
+
+    name: str
+    kind: type  # int or float
+    low: float
+    high: float
+
+    def check(self, value, where: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (self.kind is int and int(value) != value) or not self.low <= value <= self.high:
+            raise SdoptError(f"{where}.{self.name} is {value!r}: expected "
+                             f"{'an integer' if self.kind is int else 'a number'} from "
+                             f"{self.low:g} to {self.high:g}")
+
+
+@dataclass(frozen=True)
+class Technique:
+    """``level`` "unet": ``apply(module, params, original_unet) -> module`` wraps or patches the
+    backend's module; "pipeline": ``apply(pipe, params)`` replaces a pipeline component with a
+    private copy. ``order`` sorts UNet-level techniques when several stack (lower first)."""
+
+    name: str
+    level: str
+    params: tuple[Param, ...]
+    settings: tuple[Spec, ...]  # what the search tries
+    label: Callable[[Spec], str]
+    doc: str
+    apply: Callable
+    # Why it cannot run with this backend module on this device (None: it can).
+    unavailable_reason: Callable[[OptimizedModule, Any], str | None] = lambda module, device: None
+    constrained: bool = False  # a precision change, not an approximation: constrained mode too
+    order: int = 0
+
+    def check(self, spec: Spec, where: str) -> None:
+        for param in self.params:
+            param.check(spec.get(param.name), where)
