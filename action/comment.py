@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdopt.errors import MissingDependencyError
+from sdopt.deps import require
 from sdopt.report.markdown import MAX_CHARS, cap
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -46,10 +46,8 @@ class CommentResult:
 
 
 def _github(token: str, api_url: str):
-    try:
-        from github import Auth, Github
-    except ImportError:
-        raise MissingDependencyError("PyGithub", "action", "commenting on pull requests") from None
+    github = require("github", "commenting on pull requests")
+    Auth, Github = github.Auth, github.Github
     # Retries only delay a failure that our caller turns into a warning anyway; a run makes a
     # handful of requests, so PyGithub's client-side throttling buys nothing either.
     return Github(auth=Auth.Token(token), base_url=api_url.rstrip("/"), retry=None, timeout=30,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_action_gate import CONFIG
+from tests.action.test_action_gate import CONFIG
 
 pytestmark = pytest.mark.container
 

@@ -17,7 +17,7 @@ import tomllib
 import pytest
 
 from sdopt.errors import SdoptError
-from tests.test_action_gate import CONFIG
+from tests.action.test_action_gate import CONFIG
 
 pytestmark = pytest.mark.container
 

@@ -17,13 +17,13 @@ from sdopt.device import detect
 from sdopt.errors import SdoptError
 from sdopt.optimize.metrics import resolve_metric
 
-from .conftest import build_variant, verification_drops
+from ..conftest import build_variant, verification_drops
 
 pytest.importorskip("onnxruntime", reason="the onnxruntime package is not installed")
 
 from sdopt.backends import onnxruntime as ort_backend  # noqa: E402
 
-ROUNDTRIP = Path(__file__).parent / "scripts" / "roundtrip.py"
+ROUNDTRIP = Path(__file__).parents[1] / "scripts" / "roundtrip.py"
 # numeric_precision each variant must stay within: fp32 is the same arithmetic (measured 1e-6 on
 # SD 1.5); dynamic int8 of MatMul/Gemm quantizes activations per call.
 # Static int8 also quantizes Conv, with ranges fixed at calibration.

@@ -18,8 +18,8 @@ from sdopt.report import build_context, fmt, load_results, load_verdict, render_
     render_reports
 from sdopt.report.markdown import MARKER, MAX_CHARS, escape
 
-DATA = Path(__file__).parent / "data" / "report"
-SNAPSHOTS = Path(__file__).parent / "snapshots"
+DATA = Path(__file__).parents[1] / "data" / "report"
+SNAPSHOTS = Path(__file__).parents[1] / "snapshots"
 SCENARIOS = ("pass", "regression", "not_comparable")
 
 

@@ -11,7 +11,7 @@ from sdopt.errors import ExitCode, SdoptError
 from sdopt.gate.results import (NOT_COMPARABLE, PASS, REGRESSION, exit_code, read_results,
                                 read_verdict)
 
-DATA = Path(__file__).parent / "data" / "report"
+DATA = Path(__file__).parents[1] / "data" / "report"
 
 
 def test_results_written_before_the_restructure_still_load():

@@ -12,7 +12,7 @@ from action import event, main as entry  # noqa: E402
 from action.comment import ACTIONS_BOT, marker  # noqa: E402
 from action.inputs import ActionInputs, read_inputs  # noqa: E402
 from tests.fake_github import FakeGitHub, State, Token  # noqa: E402
-from tests.test_action_workflow import parse_github_output  # noqa: E402
+from tests.action.test_action_workflow import parse_github_output  # noqa: E402
 
 SHA = "a" * 40   # the fake server's head SHA of PR 7
 
@@ -174,7 +174,7 @@ def test_config_and_override_errors_name_the_input(tmp_path):
 
 
 def test_merge_mode_posts_one_comment_for_all_legs(tmp_path, gh, capsys):
-    from tests.test_merge import leg
+    from tests.gate.test_merge import leg
 
     legs = tmp_path / "legs"
     leg(legs, "sdopt-a100", device="NVIDIA A100")
@@ -250,7 +250,7 @@ def test_the_action_keeps_no_copy_of_sdopt_names():
 
     names = {results.RESULTS_NAME, results.VERDICT_NAME, results.MERGED_NAME,
              results.REPORT_HTML_NAME, results.REPORT_MARKDOWN_NAME, *results.VERDICTS}
-    for path in sorted((Path(__file__).resolve().parents[1] / "action").glob("*.py")):
+    for path in sorted((Path(__file__).resolve().parents[2] / "action").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and node.value in names:
                 raise AssertionError(f"{path.name}:{node.lineno}: {node.value!r} is a copy of an "

@@ -18,7 +18,7 @@ from sdopt.errors import SdoptError
 from sdopt.gate.scaffold import (COMMENT_WORKFLOW, CONFIG_NAME, GATE_WORKFLOW, InitOptions, dumps_toml,
                             plan, render_config, toml_string)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 

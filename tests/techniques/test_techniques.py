@@ -183,7 +183,7 @@ def test_saved_techniques_give_the_same_images_in_a_new_process(tmp_path, varian
     import sys
     from pathlib import Path
 
-    script = Path(__file__).parent / "scripts" / "roundtrip_techniques.py"
+    script = Path(__file__).parents[1] / "scripts" / "roundtrip_techniques.py"
     directory = tmp_path / "saved"
     outputs = []
     for step in ("save", "load"):

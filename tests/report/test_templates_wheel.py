@@ -18,7 +18,7 @@ import pytest
 from sdopt.errors import SdoptError
 from sdopt.report import load_results, load_verdict, render_reports
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "report"
 SNAPSHOTS = ROOT / "tests" / "snapshots"
 ARTIFACT_URL = "https://github.com/o/r/actions/runs/1/artifacts/2"  # as in the snapshots

@@ -17,13 +17,13 @@ from sdopt.device import detect
 from sdopt.errors import SdoptError
 from sdopt.optimize.metrics import resolve_metric
 
-from .conftest import build_variant, verification_drops
+from ..conftest import build_variant, verification_drops
 
 pytest.importorskip("openvino", reason="the openvino package is not installed")
 
 from sdopt.backends import openvino as ov_backend  # noqa: E402
 
-ROUNDTRIP = Path(__file__).parent / "scripts" / "roundtrip.py"
+ROUNDTRIP = Path(__file__).parents[1] / "scripts" / "roundtrip.py"
 # numeric_precision (relative L1 of the noise prediction) each precision must stay within on the
 # tiny model; bf16 measured ~0.01 on SD 1.5, int8 ~0.06 here.
 TOLERANCE = {"fp32": 1e-4, "bf16": 0.03, "int8": 0.15, "int8-inner": 0.15, "int8-matmul": 0.15,

@@ -7,7 +7,7 @@ from sdopt.backends.base import BACKENDS, Backend, Variant, register
 from sdopt.errors import SdoptError
 from sdopt.optimize.optimized import OptimizedUNet
 
-from .conftest import image_array
+from ..conftest import image_array
 
 FAST = dict(num_inference_steps=4, repeats=2, show=False)
 

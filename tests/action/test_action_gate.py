@@ -15,7 +15,7 @@ from PIL import Image  # noqa: E402
 from action import main as entry  # noqa: E402
 from action.comment import ACTIONS_BOT, marker  # noqa: E402
 from tests.fake_github import FakeGitHub, State, Token  # noqa: E402
-from tests.test_action_workflow import parse_github_output  # noqa: E402
+from tests.action.test_action_workflow import parse_github_output  # noqa: E402
 
 pytestmark = pytest.mark.slow     # three end-to-end runs of the tiny pipeline
 

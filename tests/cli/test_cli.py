@@ -53,7 +53,7 @@ def test_optimize_a_single_file_checkpoint(tmp_path):
     import sdopt
     import sdopt.models
 
-    from .ldm_checkpoint import save_ldm_checkpoint
+    from ..ldm_checkpoint import save_ldm_checkpoint
 
     folder = sdopt.models.save_preset("tiny", tmp_path / "configs")
     checkpoint = save_ldm_checkpoint(sdopt.build_preset("tiny"), tmp_path / "my-model.safetensors")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from sdopt.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # Options of other programs that the docs show in code (not sdopt's).
@@ -197,3 +197,28 @@ def test_usage_errors_are_one_line_and_exit_2():
         assert result.output.count("\n") == 1 and result.output.startswith("error: "), \
             (args, result.output)
         assert text in result.output, (args, result.output)
+
+
+# A repository path in inline code: a known top folder, then path characters (globs and
+# placeholders such as tests/action/test_action_*.py or results/NAME.json are not checked).
+_REPO_PATH = re.compile(r"^(?:sdopt|docs|examples|benchmarks|tests|templates|action|\.ci)/"
+                        r"[A-Za-z0-9_./-]*$")
+
+
+def missing_paths(markdown: str, root: Path = ROOT) -> list[str]:
+    out = []
+    for text in _INLINE.findall(markdown):
+        text = text.strip()
+        if _REPO_PATH.match(text) and not (root / text).exists():
+            out.append(text)
+    return out
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_repository_file_the_docs_name_exists(doc):
+    assert missing_paths(doc.read_text(encoding="utf-8")) == []
+
+
+def test_the_file_check_catches_a_moved_file():
+    assert missing_paths("see `sdopt/metrics.py` and `sdopt/optimize/metrics.py`") == \
+        ["sdopt/metrics.py"]

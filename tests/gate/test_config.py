@@ -5,7 +5,7 @@ import pytest
 from sdopt.gate.config import load_config, parse_config
 from sdopt.errors import SdoptError
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sdopt.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sdopt.toml"
 
 
 def test_the_shipped_example_is_valid_and_its_defaults_are_the_documented_ones():

@@ -12,7 +12,7 @@ from sdopt.gate.merge import load_legs, merged_verdict
 from sdopt.gate.results import read_verdict
 from sdopt.report.markdown import MAX_CHARS
 from sdopt.report.merged import merged_markdown
-from tests.test_action_main import results_doc, verdict_doc
+from tests.action.test_action_main import results_doc, verdict_doc
 
 
 def leg(root, name, *, device="NVIDIA L4", orig=0.4, opt=0.2, state="pass", reasons=()):

@@ -10,9 +10,9 @@ import pytest
 
 from sdopt.report import load_results, load_verdict, render_reports
 
-from .cdp import Browser, find_chromium
+from ..cdp import Browser, find_chromium
 
-DATA = Path(__file__).parent / "data" / "report"
+DATA = Path(__file__).parents[1] / "data" / "report"
 
 CHECK = """(() => {
   const charts = [...document.querySelectorAll('[data-plotly-chart]')];

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 WORKFLOWS = sorted((ROOT / "examples" / "workflows").glob("*.yml")) + \
     sorted((ROOT / "tests" / "container" / "workflows").glob("*.yml"))
