@@ -92,6 +92,10 @@ def read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str]
     return out
 
 
+# What OptimizationResult.speedup compares, by what decided the pick.
+_SPEEDUP_BASIS = {"unet_latency": "per UNet call", "e2e_latency": "per image, end to end"}
+
+
 def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, **kwargs) -> None:
     from ..optimize.api import optimize_model, save_model
     from ..store import exists_and_not_empty, write_json
@@ -103,10 +107,9 @@ def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, *
     saved = save_model(optimized, out, overwrite=overwrite)
     result = optimized.sdopt_result
     write_json(saved / "optimization.json", result.to_dict())
-    selected = result.selected
-    click.echo(f"\n{describe}: selected {selected.id} "
-               f"({result.speedup:.2f}x per UNet call, {result.metric} drop "
-               f"{selected.metric_drop:.4g})")
+    selected, basis = result.selected, _SPEEDUP_BASIS[result.selected_by]
+    click.echo(f"\n{describe}: selected {selected.id} ({result.speedup:.2f}x {basis}, "
+               f"{result.metric} drop {selected.metric_drop:.4g})")
     click.echo(f"saved model:     {saved}  (load with sdopt.load_model('{saved}', pipe=pipe))")
     click.echo(f"search results:  {saved / 'optimization.json'}")
 

@@ -96,6 +96,72 @@ def _time_module(module: OptimizedModule, inputs: list, device_kind: str, **kwar
     return measure(call, device_kind=device_kind, **kwargs)
 
 
+def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult], *,
+                lossless_only: bool, time_budget_s: float | None, spent_s: float) -> str | None:
+    """Why ``variant`` is not tried (None: it is): it cannot run here, it is lossy and only
+    lossless candidates are allowed, the time budget is spent, or it is a fallback of a variant
+    that already passed."""
+    reason = BACKENDS[variant.backend].unavailable_reason(device, variant)
+    if reason is None and lossless_only and not variant.lossless:
+        reason = (f"{variant.precision} changes results and metric_drop_ths is None "
+                  "(lossless only): pass metric_drop_ths to allow it")
+    if reason is None and time_budget_s is not None and spent_s > time_budget_s \
+            and variant.id != REFERENCE_ID:
+        reason = f"optimization time budget ({time_budget_s:.0f} s) spent"
+    parents = variant.options.get("fallback_of") or []
+    if reason is None and parents:
+        # A less aggressive fallback (partial int8) is tried only when the more aggressive
+        # variants were rejected: it would be slower, and each NNCF calibration costs minutes
+        # on sd15.
+        ids = {f"{variant.backend}/{p}" for p in parents}
+        done = next((r for r in rows if r.id in ids and r.status == STATUS_OK), None)
+        if done is not None:
+            reason = (f"{done.id} already passed the threshold; this less aggressive "
+                      "fallback would be slower")
+    return reason
+
+
+def _build(unet, variant: Variant, ctx: BuildContext, row: CandidateResult) -> OptimizedModule:
+    """Build, with a first call (compilers compile there: it counts as build time)."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        module = BACKENDS[variant.backend].build(unet, variant, ctx)
+        module.eval()
+        inputs = ctx.example
+        module(inputs.sample, inputs.timestep, inputs.encoder_hidden_states, **inputs.extra)
+        if ctx.device.kind == "cuda":
+            torch.cuda.synchronize()
+    row.build_s = time.perf_counter() - t0
+    row.model_size_bytes = module.size_bytes()
+    return module
+
+
+def _verify(module: OptimizedModule, verification, metric: Metric, device: DeviceInfo,
+            row: CandidateResult) -> None:
+    """The metric's drop against the original's outputs on every held-out UNet call."""
+    drops = []
+    with torch.inference_mode():
+        for s in verification:
+            inp = s.inputs.to(device.torch_device)
+            out = module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
+            drops.append(float(metric.fn(s.reference.to(out.device), out)))
+    row.metric_drop = sum(drops) / len(drops)
+    row.metric_drop_max = max(drops)
+    if not math.isfinite(row.metric_drop):
+        raise FloatingPointError("non-finite outputs (NaN or inf) on verification inputs")
+
+
+def _judge(row: CandidateResult, metric: Metric, ths: float, image_gate: bool) -> None:
+    drop = row.image_metric_drop if image_gate else row.metric_drop
+    if image_gate and drop is not None and not math.isfinite(drop):
+        raise FloatingPointError("non-finite image metric (NaN or inf images)")
+    if drop > ths and row.id != REFERENCE_ID:
+        row.status = STATUS_REJECTED
+        row.reason = f"{metric.name} drop {drop:.4g} > threshold {ths:.4g}"
+    else:
+        row.status = STATUS_OK
+
+
 def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, variants: list[Variant],
                *, metric: Metric, metric_drop_ths: float | None, optimization_time: str,
                warmup: int = 2, repeats: int = 5, max_seconds_per_candidate: float = 30.0,
@@ -103,7 +169,9 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                on_candidate: Callable[[Variant, str], None] | None = None,
                evaluate: Callable[[OptimizedModule, CandidateResult], None] | None = None,
                ) -> tuple[OptimizationResult, OptimizedModule | None]:
-    """Try every variant; return the result table and the winning module.
+    """Try every variant: skip (with the reason), build, verify, time, judge; a failing candidate
+    is recorded with its reason and the search goes on. Returns the table and the winning module
+    (only it and the original stay in memory).
 
     ``evaluate(module, row)``, when given, fills the row's end-to-end latency and image metrics.
     An image metric (``metric.kind == "image"``) needs it: the UNet outputs are then compared with
@@ -114,107 +182,53 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
         raise ValueError("an image metric needs evaluate= to make and compare images")
     unet_metric = METRICS["numeric_precision"] if image_gate else metric
     started = time.perf_counter()
-    verification = samples.verification
-    timing_inputs = [s.inputs.to(device.torch_device) for s in verification[:3]]
+    timing_inputs = [s.inputs.to(device.torch_device) for s in samples.verification[:3]]
     ctx = BuildContext(device=device, example=timing_inputs[0],
                        calibration=[s.inputs for s in samples.calibration], cache_dir=cache_dir)
-    batch = int(timing_inputs[0].sample.shape[0])
-    results: list[CandidateResult] = []
-    best: tuple[CandidateResult, OptimizedModule] | None = None
-    original: CandidateResult | None = None
     ths = LOSSLESS_TOLERANCE if metric_drop_ths is None else metric_drop_ths
-
+    notify = on_candidate or (lambda variant, phase: None)
+    rows: list[CandidateResult] = []
+    best: tuple[CandidateResult, OptimizedModule] | None = None
     for variant in variants:
         row = CandidateResult(variant.id, variant.backend, variant.name, variant.precision,
-                              list(variant.techniques), STATUS_SKIPPED, batch=batch)
-        results.append(row)
-        if on_candidate:
-            on_candidate(variant, "start")
-        backend = BACKENDS[variant.backend]
-        reason = backend.unavailable_reason(device, variant)
-        if reason is None and metric_drop_ths is None and not variant.lossless:
-            reason = (f"{variant.precision} changes results and metric_drop_ths is None "
-                      "(lossless only): pass metric_drop_ths to allow it")
-        spent = time.perf_counter() - started
-        if reason is None and time_budget_s is not None and spent > time_budget_s \
-                and variant.id != REFERENCE_ID:
-            reason = f"optimization time budget ({time_budget_s:.0f} s) spent"
-        parents = variant.options.get("fallback_of") or []
-        if reason is None and parents:
-            # A less aggressive fallback (partial int8) is tried only when the more aggressive
-            # variants were rejected: it would be slower, and each NNCF calibration costs minutes
-            # on sd15.
-            ids = {f"{variant.backend}/{p}" for p in parents}
-            done = next((r for r in results if r.id in ids and r.status == STATUS_OK), None)
-            if done is not None:
-                reason = (f"{done.id} already passed the threshold; this less aggressive "
-                          "fallback would be slower")
-        if reason is not None:
-            row.reason = reason
-            if on_candidate:
-                on_candidate(variant, "done")
-            continue
+                              list(variant.techniques), STATUS_SKIPPED,
+                              batch=int(timing_inputs[0].sample.shape[0]))
+        rows.append(row)
+        notify(variant, "start")
+        row.reason = skip_reason(variant, device, rows, lossless_only=metric_drop_ths is None,
+                                 time_budget_s=time_budget_s,
+                                 spent_s=time.perf_counter() - started) or ""
         module = None
-        try:
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                module = backend.build(unet, variant, ctx)
-                module.eval()
-                inputs = timing_inputs[0]
-                module(inputs.sample, inputs.timestep, inputs.encoder_hidden_states,
-                       **inputs.extra)
-                if device.kind == "cuda":
-                    torch.cuda.synchronize()
-            row.build_s = time.perf_counter() - t0
-            row.model_size_bytes = module.size_bytes()
-            drops = []
-            with torch.inference_mode():
-                for s in verification:
-                    inp = s.inputs.to(device.torch_device)
-                    out = module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
-                    drops.append(float(unet_metric.fn(s.reference.to(out.device), out)))
-            row.metric_drop = sum(drops) / len(drops)
-            row.metric_drop_max = max(drops)
-            if not math.isfinite(row.metric_drop):
-                raise FloatingPointError("non-finite outputs (NaN or inf) on verification inputs")
-            timing = _time_module(module, timing_inputs, device.kind, warmup=warmup,
-                                  repeats=repeats, max_seconds=max_seconds_per_candidate)
-            row.latency_s, row.latency_iqr_s = timing.median_s, timing.iqr_s
-            row.latency_samples_s = timing.samples_s
-            row.peak_memory_bytes = timing.peak_memory_bytes
-            if evaluate is not None:
-                evaluate(module, row)
-            gate = row.image_metric_drop if image_gate else row.metric_drop
-            if image_gate and gate is not None and not math.isfinite(gate):
-                raise FloatingPointError("non-finite image metric (NaN or inf images)")
-            if gate > ths and variant.id != REFERENCE_ID:
-                row.status = STATUS_REJECTED
-                row.reason = (f"{metric.name} drop {gate:.4g} > threshold {ths:.4g}")
-            else:
-                row.status = STATUS_OK
-        except Exception as exc:  # noqa: BLE001 - a failing candidate never stops the search
-            row.status = STATUS_FAILED
-            row.reason = _describe(exc)
-            if variant.id == REFERENCE_ID:
-                raise SdoptError(f"the original UNet failed to run: {row.reason}") from exc
-        if variant.id == REFERENCE_ID and row.status == STATUS_OK:
-            original = row
-        keep = row.status == STATUS_OK and faster(row, best[0] if best else None)
-        previous = None
-        if keep:
-            previous, best = best, (row, module)
-        del module, previous
-        gc.collect()
-        if on_candidate:
-            on_candidate(variant, "done")
+        if not row.reason:
+            try:
+                module = _build(unet, variant, ctx, row)
+                _verify(module, samples.verification, unet_metric, device, row)
+                timing = _time_module(module, timing_inputs, device.kind, warmup=warmup,
+                                      repeats=repeats, max_seconds=max_seconds_per_candidate)
+                row.latency_s, row.latency_iqr_s = timing.median_s, timing.iqr_s
+                row.latency_samples_s = timing.samples_s
+                row.peak_memory_bytes = timing.peak_memory_bytes
+                if evaluate is not None:
+                    evaluate(module, row)
+                _judge(row, metric, ths, image_gate)
+            except Exception as exc:  # noqa: BLE001 - a failing candidate never stops the search
+                row.status, row.reason = STATUS_FAILED, _describe(exc)
+                if variant.id == REFERENCE_ID:
+                    raise SdoptError(f"the original UNet failed to run: {row.reason}") from exc
+            if row.status == STATUS_OK and faster(row, best[0] if best else None):
+                best = (row, module)  # the previous best is released below
+            del module
+            gc.collect()
+        notify(variant, "done")
 
-    for row in results:
+    original = next((r for r in rows if r.id == REFERENCE_ID and r.status == STATUS_OK), None)
+    for row in rows:
         if original and original.latency_s and row.latency_s:
             row.speedup = original.latency_s / row.latency_s
         set_e2e_speedup(row, original)
     result = OptimizationResult(
         device=device.fingerprint(), metric=metric.name, metric_drop_ths=metric_drop_ths,
-        optimization_time=optimization_time, samples=samples.describe(), candidates=results,
+        optimization_time=optimization_time, samples=samples.describe(), candidates=rows,
         original=original, selected=None, wall_s=time.perf_counter() - started,
         image_metric=metric.name if image_gate else None)
     if best:
