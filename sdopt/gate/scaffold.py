@@ -228,7 +228,10 @@ jobs:
           path: sdopt-out/
           include-hidden-files: true
       - if: always()
-        run: echo "verdict=${{{{ steps.sdopt.outputs.verdict }}}} speedup=${{{{ steps.sdopt.outputs.speedup }}}}"
+        env:  # values reach the shell as variables, never spliced into the script
+          VERDICT: ${{{{ steps.sdopt.outputs.verdict }}}}
+          SPEEDUP: ${{{{ steps.sdopt.outputs.speedup }}}}
+        run: echo "verdict=$VERDICT speedup=$SPEEDUP"
 """
 
 

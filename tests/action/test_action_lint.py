@@ -83,3 +83,48 @@ def test_shell_scripts_parse():
     for script in [ROOT / "action" / "run-container.sh", *(ROOT / "tests" / "container").glob("*.sh")]:
         proc = run("bash", "-n", str(script))
         assert proc.returncode == 0, f"{script}: {proc.stderr}"
+
+
+def _runs_with_expressions(text: str) -> list[str]:
+    """``run:`` scripts (one line or a block) that contain a ``${{ }}`` expression: GitHub
+    splices its value into the script before the shell parses it (script injection)."""
+    import yaml
+
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            script = node.get("run")
+            if isinstance(script, str) and "${{" in script:
+                found.append(script.strip().splitlines()[0])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(yaml.safe_load(text))
+    return found
+
+
+def _workflow_texts() -> dict[str, str]:
+    from sdopt.gate.scaffold import InitOptions, plan
+
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in WORKFLOWS}
+    texts["action.yml"] = (ROOT / "action.yml").read_text()
+    written = plan(InitOptions(model="tiny", prompts=["a cat"]), workflows=True)
+    texts.update({f"sdopt init: {name}": text for name, text in written.items()
+                  if name.endswith(".yml")})
+    return texts
+
+
+def test_no_workflow_splices_an_expression_into_a_run_script():
+    texts = _workflow_texts()
+    assert len(texts) >= 4
+    assert {name: found for name, text in texts.items()
+            if (found := _runs_with_expressions(text))} == {}
+
+
+def test_the_splice_check_sees_one():
+    text = "jobs:\n  a:\n    steps:\n      - run: |\n          echo ok\n          echo ${{ x }}\n"
+    assert _runs_with_expressions(text) == ["echo ok"]
