@@ -23,7 +23,7 @@ ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 ARG TENSORRT_VERSION=11.4.0.106
 ARG TENSORRT_INDEX_URL=https://pypi.nvidia.com
 # Packages the action's entrypoint needs besides sdopt itself.
-ARG ACTION_PACKAGES="PyGithub==2.10.0 tomli-w==1.2.0"
+ARG ACTION_PACKAGES="PyGithub==2.10.0"
 # Anything else to install (space separated), e.g. optional report or gate dependencies.
 ARG EXTRA_PIP_PACKAGES=""
 # PEM certificates to trust, for builds and runs behind an intercepting proxy.

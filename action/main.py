@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sdopt.errors import ExitCode, SdoptError
-from sdopt.gate.results import end_to_end_speedup
 from sdopt.gate.results import (NOT_COMPARABLE, PASS, REGRESSION, REPORT_HTML_NAME,
                                 REPORT_MARKDOWN_NAME, RESULTS_NAME, VERDICT_NAME, VERDICTS,
-                                exit_code as verdict_exit_code, read_results, read_verdict)
+                                end_to_end_speedup, exit_code as verdict_exit_code, read_results,
+                                read_verdict)
 from sdopt.report import build_context, render_markdown
 
 from . import comment as comment_mod

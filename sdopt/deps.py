@@ -1,7 +1,7 @@
 """Optional dependencies: probed in one place, imported lazily, named with a real install hint.
 
-diffusers' model (``utils/import_utils.py``): each package is probed once (``find_spec`` plus
-its distribution's version), and one table says which extra of ``pyproject.toml`` provides it,
+diffusers' model (``utils/import_utils.py``): each package is probed in one place (``find_spec``
+plus its distribution's version), and one table says which extra of ``pyproject.toml`` provides it,
 so every "not installed" message names an extra that exists. Importing a backend must stay cheap
 and must work without its compiler installed; the backend then says why it cannot run.
 """
@@ -26,7 +26,6 @@ PACKAGES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "tensorrt": (("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), "gpu"),
     "triton": (("triton",), None),
     "github": (("PyGithub",), "action"),
-    "tomli_w": (("tomli-w",), "action"),
     "docker": (("docker",), "reproduce"),
     "DeepCache": (("DeepCache",), "peers"),
     "tomli": (("tomli",), None),

@@ -105,16 +105,16 @@ def upward_imports(edges: list[Edge], layers=LAYERS) -> list[str]:
     return out
 
 
-def unit_of(module: str, layers=LAYERS) -> str:
+def unit_of(module: str) -> str:
     """The node of the cycle check: a subpackage (sdopt.gate), or a base module itself."""
     parts = module.split(".")
     return ".".join(parts[:2]) if len(parts) > 1 else module
 
 
-def subpackage_cycles(edges: list[Edge], layers=LAYERS) -> list[list[str]]:
+def subpackage_cycles(edges: list[Edge]) -> list[list[str]]:
     graph: dict[str, set[str]] = {}
     for e in edges:
-        a, b = unit_of(e.source, layers), unit_of(e.target, layers)
+        a, b = unit_of(e.source), unit_of(e.target)
         if a != b:
             graph.setdefault(a, set()).add(b)
     cycles, state = [], {}
@@ -196,7 +196,7 @@ def test_the_rules_pass_a_clean_tree(tmp_path):
     edges = import_edges(_tree(tmp_path, CLEAN), ("pkg",))
     assert [e.target for e in edges] == ["pkg.low.core"]
     assert upward_imports(edges, SYNTHETIC_LAYERS) == []
-    assert subpackage_cycles(edges, SYNTHETIC_LAYERS) == []
+    assert subpackage_cycles(edges) == []
     assert private_imports(edges) == []
 
 
@@ -210,7 +210,7 @@ def test_an_upward_import_is_caught_even_inside_a_function(tmp_path):
 def test_a_cycle_between_subpackages_is_caught(tmp_path):
     root = _tree(tmp_path, {**CLEAN, "pkg/low/core.py": "from pkg.high.use import X\n"})
     edges = import_edges(root, ("pkg",))
-    assert subpackage_cycles(edges, SYNTHETIC_LAYERS) == [["pkg.high", "pkg.low", "pkg.high"]]
+    assert subpackage_cycles(edges) == [["pkg.high", "pkg.low", "pkg.high"]]
 
 
 def test_a_private_import_across_modules_is_caught(tmp_path):

@@ -2,8 +2,8 @@
 
 The exit status is the contract CI scripts rely on (sdopt.errors.ExitCode): 0 pass, 1
 regression, 2 bad input, 3 not comparable (another machine, another image size). The options
-that change what the gate reads (``--set``, the threshold shortcuts, ``--allow-other-machine``)
-are defined here once and shared with ``sdopt reproduce``.
+they share with ``sdopt reproduce`` (``--set``, the threshold shortcuts, ``--baseline``...) are
+defined once in :mod:`sdopt.cli.options`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import click
 
 from ..errors import SdoptError
 from ..gate.config import BENCH_VARIANTS
-from .options import (CommaList, allow_other_machine_option, baseline_option, collect_overrides,
-                      config_option, json_option, out_option, overwrite_option, quiet_option,
-                      same_job_base_option, set_option, threshold_options)
 from ..gate.results import (IMAGES_DIR, NOT_COMPARABLE, PYTEST_BENCHMARK_NAME, REPORT_HTML_NAME,
                             REPORT_MARKDOWN_NAME, RESULTS_NAME, VERDICT_NAME, exit_code, finite,
                             read_results)
+from ..store import exists_and_not_empty
+from .options import (CommaList, allow_other_machine_option, baseline_option, collect_overrides,
+                      config_option, json_option, out_option, overwrite_option, quiet_option,
+                      same_job_base_option, set_option, threshold_options)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -54,8 +55,6 @@ def _check_writable(target: Path, what: str) -> None:
 
 
 def _check_free(target: Path, what: str, overwrite: bool) -> None:
-    from ..store import exists_and_not_empty
-
     if exists_and_not_empty(target) and not overwrite:
         raise SdoptError(f"{what} '{target}' already exists and is not empty: choose another "
                          "directory or pass --overwrite")
@@ -111,15 +110,13 @@ def _print_bench(out: Path) -> None:
 
 
 def _compare(baseline_spec: str, current: Path, gate_config, *, clip_model,
-             allow_other_machine: bool, repo: Path):
+             allow_other_machine: bool, repo: Path) -> dict:
     from ..gate.baseline import inputs_for, open_baseline
     from ..gate.compare import compare_results
 
     with open_baseline(baseline_spec, repo=repo) as base:
-        inputs = inputs_for(base, current)
-        verdict = compare_results(inputs, gate_config, allow_other_machine=allow_other_machine,
-                                  clip_model=clip_model)
-        return verdict, inputs
+        return compare_results(inputs_for(base, current), gate_config,
+                               allow_other_machine=allow_other_machine, clip_model=clip_model)
 
 
 def _report(results_dir: Path, inputs, verdict: dict, out: Path, templates: Path | None
@@ -143,8 +140,6 @@ def _report(results_dir: Path, inputs, verdict: dict, out: Path, templates: Path
 
 
 # --- commands -----------------------------------------------------------------------------------
-
-
 
 @click.command()
 @config_option
@@ -239,8 +234,8 @@ def compare(baseline_spec, current, config, out, set, latency_tolerance, psnr_mi
                              "directory or pass --overwrite")
         _check_writable(Path(out), "--out")
     with _human_output(json):
-        verdict, _ = _compare(baseline_spec, Path(current), gate_config, clip_model=clip_model,
-                              allow_other_machine=allow_other_machine, repo=repo)
+        verdict = _compare(baseline_spec, Path(current), gate_config, clip_model=clip_model,
+                           allow_other_machine=allow_other_machine, repo=repo)
         if target is not None:
             with _output_errors(target, "--out"):
                 write_json(target, finite(verdict))
@@ -269,7 +264,7 @@ def gate(config, out, baseline, same_job_base, set, latency_tolerance, psnr_min_
     """Optimize (or load the saved model), bench, compare with the baseline, write the
     reports. Exit 0 pass, 1 regression, 2 bad input, 3 not comparable."""
     from ..gate.baseline import baseline_spec, inputs_for, open_baseline
-    from ..gate.compare import not_comparable_line, summary_text
+    from ..gate.compare import compare_results, not_comparable_line, summary_text
     from ..store import write_json
 
     overrides = collect_overrides(set, latency_tolerance=latency_tolerance,
@@ -289,16 +284,15 @@ def gate(config, out, baseline, same_job_base, set, latency_tolerance, psnr_min_
     with _human_output(json):
         _bench_into(settings, config, out_path, overwrite=overwrite,
                     same_job_base=same_job_base, quiet=quiet)
-        verdict, inputs = _compare(spec, out_path, settings.gate, clip_model=clip_model,
-                                   allow_other_machine=allow_other_machine, repo=repo)
-        with _output_errors(out_path, "--out"):
-            write_json(out_path / VERDICT_NAME, finite(verdict))
-            if same_job_base or not spec.startswith("git:"):
+        # Compare and report while the baseline is open: a git baseline's images live in a
+        # temporary checkout.
+        with open_baseline(spec, repo=repo) as base:
+            inputs = inputs_for(base, out_path)
+            verdict = compare_results(inputs, settings.gate, clip_model=clip_model,
+                                      allow_other_machine=allow_other_machine)
+            with _output_errors(out_path, "--out"):
+                write_json(out_path / VERDICT_NAME, finite(verdict))
                 notes = _report(out_path, inputs, verdict, out_path, templates)
-            else:  # the git baseline's images live in a temporary checkout: report while open
-                with open_baseline(spec, repo=repo) as base:
-                    notes = _report(out_path, inputs_for(base, out_path), verdict, out_path,
-                                    templates)
         _print_bench(out_path)
         click.echo(summary_text(verdict))
         for note in notes:

@@ -14,13 +14,13 @@ import click
 from ..gate.merge import load_legs, merged_verdict, write_merged
 from ..gate.results import MERGED_NAME, REPORT_MARKDOWN_NAME, VERDICT_NAME, exit_code
 from ..report.merged import merged_markdown
-from .options import overwrite_option
+from .options import out_option, overwrite_option
 
 
 @click.command()
 @click.argument("result_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help=f"Directory for {MERGED_NAME}, {VERDICT_NAME} and {REPORT_MARKDOWN_NAME}.")
+@out_option(f"Directory for {MERGED_NAME}, {VERDICT_NAME} and {REPORT_MARKDOWN_NAME}.",
+            required=True, type=click.Path(file_okay=False, path_type=Path))
 @overwrite_option
 def merge(result_dirs: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     """Merge the results of several gate/bench jobs (a matrix) into one verdict and report.

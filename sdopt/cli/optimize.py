@@ -15,7 +15,7 @@ import click
 from ..errors import SdoptError
 from ..models import PRESETS
 from ..optimize.metrics import METRICS
-from .options import overwrite_option
+from .options import out_option, overwrite_option
 
 DEVICES = ("auto", "cpu", "cuda")
 DEMO_PROMPTS = (
@@ -58,9 +58,7 @@ def _fresh_search_option():
                         help="Search again even if the sdopt cache holds this search's decision.")
 
 
-def _out_option(**kwargs):
-    return click.option("--out", type=click.Path(file_okay=False),
-                        help="Directory for the optimized model and optimization.json.", **kwargs)
+OUT_HELP = "Directory for the optimized model and optimization.json."
 
 
 def read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str]:
@@ -123,7 +121,7 @@ def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, *
 @click.option("--prompt", multiple=True, help="A prompt to optimize for (repeatable).")
 @click.option("--prompts", type=click.Path(dir_okay=False), default=None,
               help="File of prompts: one per line, or a JSON list of strings.")
-@_out_option(required=True)
+@out_option(OUT_HELP, required=True)
 @click.option("--optimization-time", type=click.Choice(["constrained", "unconstrained"]),
               default="constrained", show_default=True,
               help="unconstrained also tries pipeline techniques (step caching, fewer steps...).")
@@ -167,7 +165,7 @@ def optimize(model, revision, single_file_config, prompt, prompts, out, optimiza
               help="Offline model to build (random weights, real architecture).")
 @click.option("--size", type=click.IntRange(min=8), default=256, show_default=True,
               help="Image side in pixels.")
-@_out_option(default="demo-out", show_default=True)
+@out_option(OUT_HELP, default="demo-out", show_default=True)
 @_metric_drop_option(0.05)
 @_device_option()
 @_steps_option(4)

@@ -99,8 +99,8 @@ def config_option(fn):
 
 def out_option(help_text: str, **kwargs):
     """``--out DIR``: always a directory (what it holds differs by command)."""
-    return click.option("--out", default=None, type=click.Path(file_okay=False),
-                        help=help_text, **kwargs)
+    return click.option("--out", **{"default": None, "type": click.Path(file_okay=False),
+                                    "help": help_text, **kwargs})
 
 
 def same_job_base_option(fn):

@@ -30,7 +30,7 @@ from .capture import example_inputs
 from .manifest import (COMPONENT_DIR, MANIFEST_NAME, build_manifest, read_manifest,
                        resolve_variant, write_manifest)
 from .metrics import Metric
-from .optimized import OptimizedUNet, optimized_unet_of, with_unet
+from .optimized import OptimizedUNet, assemble, optimized_unet_of
 from .request import build_request, check_pipe
 from .summary import print_summary
 
@@ -105,16 +105,16 @@ def optimize_model(
     key = decision_cache.decision_key(model, source_hash, device=request.device,
                                       **request.settings()) if request.reusable else None
     optimized = decision_cache.reuse(model, key, request.device, load_model) if key else None
-    if optimized is None:
+    searched = optimized is None
+    if searched:
         from rich.console import Console
 
         console = console or Console(stderr=True, quiet=not show)
         with runner.progress_bars(console, show) as progress:
-            optimized = runner.run(model, request, progress, source_hash)
-        optimized.sdopt_result.wall_s = time.perf_counter() - started
-        if key:
-            decision_cache.remember(key, optimized, save_model)
+            optimized = runner.run(model, request, progress, source_hash, started=started)
     optimized.sdopt_result.wall_s = time.perf_counter() - started
+    if searched and key:
+        decision_cache.remember(key, optimized, save_model)
     if show:
         print_summary(optimized.sdopt_result)
     if store_latencies:
@@ -142,8 +142,7 @@ def apply_variant(model, variant_id: str, device: str | None = None, *,
         example = example_inputs(model, height, width).to(dev.torch_device)
         module = backend.build(unet, variant, BuildContext(device=dev, example=example)).eval()
     info = {"source_hash": weights_hash(unet), "config_hash": config_hash(unet)}
-    return with_unet(model, OptimizedUNet(module, unet.config, dtype=unet.dtype,
-                                          device=torch.device(dev.torch_device), info=info))
+    return assemble(model, module, [], dev, info=info)
 
 
 def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

@@ -8,7 +8,6 @@ consults the decision cache and calls :func:`run`.
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -39,10 +38,11 @@ def progress_bars(console, show: bool) -> Iterator:
 class Search:
     """The state one search carries from stage to stage."""
 
-    def __init__(self, model, request: SearchRequest, progress, source_hash: str):
+    def __init__(self, model, request: SearchRequest, progress, source_hash: str,
+                 started: float):
         self.model, self.req, self.progress = model, request, progress
         self.source_hash = source_hash
-        self.started = time.perf_counter()
+        self.started = started  # the call's start: the time budget counts from there
         self.e2e: endtoend.EndToEnd | None = None
         self.result: OptimizationResult | None = None
         self.module = None
@@ -156,9 +156,10 @@ class Search:
         return optimized
 
 
-def run(model, request: SearchRequest, progress, source_hash: str):
-    """The optimized pipeline of one full search (its table as ``.sdopt_result``)."""
-    search = Search(model, request, progress, source_hash)
+def run(model, request: SearchRequest, progress, source_hash: str, *, started: float):
+    """The optimized pipeline of one full search (its table as ``.sdopt_result``); ``started``:
+    when optimize_model was called (``time.perf_counter()``)."""
+    search = Search(model, request, progress, source_hash, started)
     samples = search.capture()
     search.reference_end_to_end()
     search.backends(samples)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..gate.results import end_to_end_speedup, variant_median_s
-from ..gate.results import NOT_COMPARABLE, PASS, REGRESSION, VERDICT_TITLE, VERDICTS
+from ..gate.results import (NOT_COMPARABLE, PASS, REGRESSION, VERDICT_TITLE, VERDICTS,
+                            end_to_end_speedup, variant_median_s)
 from . import charts, fmt
 from .images import HEAT_FULL_SCALE, compare, load_image
 from .markdown import safe_url
