@@ -2,7 +2,13 @@
 
 A save that dies half way must leave what the user had before untouched: everything is written
 into a temporary sibling directory and renamed into place, and an existing directory is only
-replaced when the caller asked for it.
+replaced when the caller asked for it AND sdopt made it (it carries :data:`MARKER_NAME`): a
+hostile ``sdopt.toml`` (``output_dir = ".."``) or a mistyped ``--out`` must never turn
+``--overwrite`` into deleting the user's repository or home.
+
+Written files and directories get the modes the process umask gives ordinary files (0644/0755
+under umask 022), not ``mkstemp``'s 0600/0700: a later CI step running as another user
+(``actions/upload-artifact`` as the runner's uid 1001 after a root container) must read them.
 """
 
 from __future__ import annotations
@@ -13,31 +19,110 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import SdoptError
 
+# Written into every directory atomic_directory creates: what marks it as sdopt's to replace.
+MARKER_NAME = ".sdopt-output"
+_MARKER_TEXT = ("This directory was written by sdopt; 'sdopt ... --overwrite' may replace it.\n"
+                "Without this file sdopt refuses to replace or delete the directory.\n")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask sets it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: Path, *, directory: bool) -> None:
+    """Give a mkdtemp/mkstemp path the mode an ordinary mkdir/open would have had."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def exists_and_not_empty(path: str | os.PathLike) -> bool:
     """Whether writing a directory at ``path`` would replace something the user has (a file, or
     a directory with anything in it): then sdopt asks for ``--overwrite`` first."""
     path = Path(path)
-    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+    return path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir())))
+
+
+def has_marker(path: str | os.PathLike) -> bool:
+    """Whether sdopt made the directory ``path`` (it holds sdopt's marker file)."""
+    marker = Path(path) / MARKER_NAME
+    return marker.is_file() and not marker.is_symlink()
+
+
+def always_protected() -> list[Path]:
+    """Directories no output may be, nor contain: the home directory and the working directory
+    (callers add the repository root and the config's folder)."""
+    out = [Path.cwd()]
+    home = os.environ.get("HOME")
+    if home:
+        out.append(Path(home))
+    with contextlib.suppress(RuntimeError, KeyError):
+        out.append(Path.home())
+    return out
+
+
+def check_replaceable(target: str | os.PathLike, *, what: str = "output",
+                      protected: Iterable[str | os.PathLike] = (),
+                      made_by_sdopt: Callable[[Path], bool] = has_marker) -> None:
+    """Refuse, before anything is deleted, to replace ``target`` unless it is missing, an empty
+    directory, or a directory sdopt made (``made_by_sdopt``: the marker, or a caller's way to
+    recognise what older versions wrote) that is neither a protected directory nor an ancestor
+    of one (the repository root, the config's folder, HOME, the working directory)."""
+    target = Path(target)
+    if target.is_symlink():
+        raise SdoptError(f"{what} '{target}' is a symbolic link: sdopt does not replace links; "
+                         "choose another directory")
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise SdoptError(f"{what} '{target}' is a file, not a directory sdopt wrote: choose "
+                         "another directory")
+    resolved = target.resolve()
+    for guarded in [*always_protected(), *map(Path, protected)]:
+        guarded = Path(os.path.abspath(guarded))
+        with contextlib.suppress(OSError):
+            guarded = guarded.resolve()
+        if guarded == resolved or guarded.is_relative_to(resolved):
+            raise SdoptError(f"{what} '{target}' is or contains '{guarded}' (the repository, the "
+                             "config's folder, HOME or the working directory): sdopt never "
+                             "replaces it; choose a directory of its own")
+    if any(target.iterdir()) and not made_by_sdopt(target):
+        raise SdoptError(f"{what} '{target}' was not written by sdopt (no {MARKER_NAME} in it): "
+                         "sdopt replaces only its own output; choose another directory or "
+                         "remove it yourself")
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that becomes ``target`` only if the block succeeds."""
+def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False,
+                     protected: Iterable[str | os.PathLike] = (),
+                     made_by_sdopt: Callable[[Path], bool] = has_marker) -> Iterator[Path]:
+    """Yield a temporary directory (holding sdopt's marker) that becomes ``target`` only if the
+    block succeeds. With ``overwrite`` an existing ``target`` is replaced only when
+    :func:`check_replaceable` allows it, checked before the block runs and again before the
+    rename."""
     target = Path(target)
     if not overwrite and exists_and_not_empty(target):
         raise SdoptError(f"output '{target}' already exists and is not empty: choose another path "
                          "or pass overwrite=True (--overwrite)")
+    protected = list(protected)
+    check_replaceable(target, protected=protected, made_by_sdopt=made_by_sdopt)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        _normal_mode(tmp, directory=True)
+        (tmp / MARKER_NAME).write_text(_MARKER_TEXT, encoding="utf-8")
         yield tmp
-        if target.exists():
+        if target.exists() or target.is_symlink():
+            check_replaceable(target, protected=protected, made_by_sdopt=made_by_sdopt)
             backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             backup.rmdir()
             os.replace(target, backup)
@@ -50,12 +135,24 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> I
         raise
 
 
+def remove_output(target: str | os.PathLike, *, what: str = "output",
+                  protected: Iterable[str | os.PathLike] = (),
+                  made_by_sdopt: Callable[[Path], bool] = has_marker) -> None:
+    """Delete an output directory sdopt made (``--overwrite`` for a command that writes into
+    the directory itself); anything else is refused by :func:`check_replaceable` first."""
+    target = Path(target)
+    check_replaceable(target, what=what, protected=protected, made_by_sdopt=made_by_sdopt)
+    if target.exists():
+        shutil.rmtree(target)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a file through a temporary sibling and a rename, so readers never see half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

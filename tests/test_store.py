@@ -144,3 +144,96 @@ def test_overwrite_replaces(tmp_path, fresh_tiny_pipe):
 def test_save_needs_an_optimized_model(tiny_pipe, tmp_path):
     with pytest.raises(SdoptError, match="without an sdopt-optimized UNet"):
         sdopt.save_model(tiny_pipe, tmp_path / "x")
+
+
+# --- store.py: modes, the marker, what may be replaced (issue #15) --------------------------
+
+from sdopt.store import (MARKER_NAME, atomic_directory, atomic_write_text, check_replaceable,
+                         remove_output, write_json)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (a CI container's is usually 022)."""
+    import os
+
+    saved = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(saved)
+
+
+@pytest.mark.parametrize("mask, dir_mode, file_mode", [(0o022, 0o755, 0o644),
+                                                       (0o077, 0o700, 0o600),
+                                                       (0o002, 0o775, 0o664)])
+def test_written_outputs_get_the_umask_modes_not_mkstemps(tmp_path, umask, mask, dir_mode,
+                                                          file_mode):
+    """A later step as another user (upload-artifact as uid 1001 after a root container) must
+    be able to read what sdopt wrote: ordinary umask modes, still written atomically."""
+    umask(mask)
+    with atomic_directory(tmp_path / "out") as tmp:
+        write_json(tmp / "results.json", {"a": 1})
+        (tmp / "images").mkdir()
+    atomic_write_text(tmp_path / "out" / "report.md", "# hi\n")
+    out = tmp_path / "out"
+    assert out.stat().st_mode & 0o777 == dir_mode
+    for name in ("results.json", "report.md", MARKER_NAME):
+        assert (out / name).stat().st_mode & 0o777 == file_mode, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left
+
+
+def _victim(path):
+    path.mkdir(parents=True)
+    (path / "keep.txt").write_text("precious")
+    return path
+
+
+def test_overwrite_replaces_only_what_sdopt_made(tmp_path):
+    victim = _victim(tmp_path / "victim")
+    with pytest.raises(SdoptError, match=f"not written by sdopt \\(no {MARKER_NAME}"):
+        with atomic_directory(victim, overwrite=True) as tmp:
+            (tmp / "x").write_text("new")
+    with pytest.raises(SdoptError, match="not written by sdopt"):
+        remove_output(victim)
+    assert (victim / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]
+    ours = tmp_path / "ours"
+    with atomic_directory(ours) as tmp:
+        (tmp / "a").write_text("1")
+    with atomic_directory(ours, overwrite=True) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in ours.iterdir()) == [MARKER_NAME, "b"]
+    remove_output(ours)
+    assert not ours.exists()
+
+
+def test_never_the_working_directory_home_or_an_ancestor(tmp_path, monkeypatch):
+    home = tmp_path / "home" / "me"
+    work = _victim(tmp_path / "repo" / "sub")
+    for directory in (home, tmp_path / "repo"):
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MARKER_NAME).write_text("forged: a marker does not make HOME an output")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    for target in (home, home.parent, work, tmp_path / "repo", tmp_path):
+        with pytest.raises(SdoptError, match="is or contains"):
+            check_replaceable(target)
+        with pytest.raises(SdoptError, match="is or contains"):
+            remove_output(target)
+    extra = _victim(tmp_path / "elsewhere" / "config")
+    (extra.parent / MARKER_NAME).write_text("")
+    with pytest.raises(SdoptError, match="is or contains"):
+        check_replaceable(extra.parent, protected=[extra])
+    assert (work / "keep.txt").read_text() == "precious" and home.is_dir()
+
+
+def test_a_link_or_a_file_is_never_replaced(tmp_path):
+    real = _victim(tmp_path / "real")
+    (real / MARKER_NAME).write_text("")
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(SdoptError, match="symbolic link"):
+        remove_output(tmp_path / "link")
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(SdoptError, match="is a file"):
+        with atomic_directory(tmp_path / "file", overwrite=True):
+            pass
+    assert (real / "keep.txt").is_file() and (tmp_path / "file").read_text() == "keep"
