@@ -3,7 +3,8 @@
 Everything a template prints is escaped unless a filter marked it as already safe (jinja's
 ``finalize`` hook), the markdown equivalent of HTML autoescaping: a prompt containing ``|``
 cannot break the table, ``<script>`` or ``<img>`` cannot become HTML, backticks cannot open a
-code span and ``@name`` cannot ping anyone. GitHub refuses comments over 65,536 characters, so
+code span, ``@name`` cannot ping anyone and ``#1``, ``owner/repo#5``, ``GH-3``, commit SHAs or
+``www.`` links cannot become links (the prompts come from the pull request's author). GitHub refuses comments over 65,536 characters, so
 the report is rendered again with fewer details until it fits, always keeping the marker, the
 verdict and the summary table.
 """
@@ -38,6 +39,26 @@ class Safe(str):
 # (#, -, +, =, "1.") only do at the start of a line and are handled there.
 _SPECIAL = re.compile(r"([\\`*_\[\]|~$])")
 _LINE_START = re.compile(r"^(?:([#+=-])|(\d+)([.)])(?=\s|$))")
+# GitHub turns these into links in a comment, anywhere in a line ("Autolinked references and
+# URLs" in GitHub's docs): #26, owner/repo#26, GH-26, a commit SHA (7 to 40 hex digits, also
+# after user@ or owner/repo@) and www. links. A backslash does not stop them (they are found in
+# the rendered text), so a zero-width space is put inside each: the text reads the same, the
+# reference no longer matches.
+_ZWSP = "\u200b"
+_ISSUE = re.compile(r"#(?=\d)")
+_GH = re.compile(r"\b(GH)-(?=\d)", re.IGNORECASE)
+_HEX_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{7,}(?![0-9A-Za-z])")
+_WWW = re.compile(r"\b(www)\.", re.IGNORECASE)
+
+
+def _break_references(text: str) -> str:
+    """``text`` with GitHub's autolinked references made inert (see above)."""
+    text = _ISSUE.sub("#" + _ZWSP, text)
+    text = _GH.sub(lambda m: m[1] + _ZWSP + "-", text)
+    # Every 6 hex digits, so that no piece is a (short) SHA itself.
+    text = _HEX_RUN.sub(lambda m: _ZWSP.join(m[0][i:i + 6] for i in range(0, len(m[0]), 6)),
+                        text)
+    return _WWW.sub(lambda m: m[1] + _ZWSP + ".", text)
 
 
 def escape(value, limit: int = MAX_TEXT) -> Safe:
@@ -53,7 +74,7 @@ def escape(value, limit: int = MAX_TEXT) -> Safe:
     # A zero-width space after @ stops GitHub from turning @name into a mention (and a
     # notification); after ':' it stops :emoji: shortcodes and bare-URL autolinks.
     text = text.replace("@", "@\u200b").replace("://", ":\u200b//")
-    return Safe(text)
+    return Safe(_break_references(text))
 
 
 def _finalize(value):

@@ -169,6 +169,39 @@ def test_markdown_injection(recorded, tmp_path):
     assert escape("a|b") == "a\\|b" and escape("x\ny") == "x y"
 
 
+SHA = "a5c3785ed8d6a35868bc169f07e40e889087fd2e"
+# GitHub's autolinked references (docs.github.com, "Autolinked references and URLs"), mid-line.
+REFERENCES = (f"fixes #1, see owner/repo#5 and GH-3 gh-4, commit {SHA} (or {SHA[:7]}), "
+              f"octo@{SHA[:12]} and www.example.com")
+# What GitHub would link in the text, when nothing breaks it.
+_LIVE = re.compile(r"(?<![\w/])#\d|[\w.-]+/[\w.-]+#\d|\bGH-\d|(?<![0-9a-f])[0-9a-f]{7,40}"
+                   r"(?![0-9a-f])|\bwww\.", re.IGNORECASE)
+
+
+def test_github_references_in_user_text_stay_inert():
+    text = escape(REFERENCES)
+    assert not _LIVE.search(text), _LIVE.findall(text)
+    assert text.replace("\u200b", "") == REFERENCES  # reads the same
+    assert escape("#12 at the start").replace("\u200b", "") == "\\#12 at the start"
+    assert escape("a cat, 42 steps, colour #fff") == "a cat, 42 steps, colour #fff"
+
+
+def test_markdown_report_with_references_in_prompts(recorded):
+    current, cur_dir, baseline, base_dir, verdicts = recorded
+    doc = copy.deepcopy(current)
+    doc["config"]["prompts"] = [REFERENCES]
+    for v in doc["variants"].values():
+        for img in v["images"]:
+            img["prompt"] = REFERENCES
+    verdict = copy.deepcopy(verdicts["regression"])
+    verdict["reasons"].append(REFERENCES)
+    for img in verdict["quality"]["images"]:
+        img["prompt"] = REFERENCES
+    text = _markdown(doc, cur_dir, baseline, base_dir, verdict)
+    assert "owner/repo#\u200b5" in text and "GH\u200b-3" in text and SHA not in text
+    assert "www.example.com" not in text and "#1," not in text
+
+
 def test_html_injection_and_path_traversal(recorded, tmp_path):
     current, cur_dir, baseline, base_dir, verdicts = recorded
     doc = _poisoned(current)
