@@ -24,9 +24,12 @@ from typing import Any, Callable, Iterable, Iterator
 from .errors import SdoptError
 
 # Written into every directory atomic_directory creates: what marks it as sdopt's to replace.
+# Its last line names the kind of output, so that a results directory never replaces a saved
+# model or a model folder sdopt wrote (``output_dir = "model"`` in a hostile config).
 MARKER_NAME = ".sdopt-output"
 _MARKER_TEXT = ("This directory was written by sdopt; 'sdopt ... --overwrite' may replace it.\n"
-                "Without this file sdopt refuses to replace or delete the directory.\n")
+                "Without this file sdopt refuses to replace or delete the directory.\n"
+                "kind = {kind}\n")
 
 
 def _umask() -> int:
@@ -52,10 +55,24 @@ def exists_and_not_empty(path: str | os.PathLike) -> bool:
     return path.is_symlink() or (path.exists() and (not path.is_dir() or any(path.iterdir())))
 
 
-def has_marker(path: str | os.PathLike) -> bool:
-    """Whether sdopt made the directory ``path`` (it holds sdopt's marker file)."""
+def marker_kind(path: str | os.PathLike) -> str | None:
+    """The kind of output sdopt wrote at ``path`` (its marker's), or None: not sdopt's."""
     marker = Path(path) / MARKER_NAME
-    return marker.is_file() and not marker.is_symlink()
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    try:
+        last = marker.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+    except OSError:
+        return None
+    key, sep, value = (last[0] if last else "").partition("=")
+    return value.strip() if sep and key.strip() == "kind" else ""
+
+
+def has_marker(path: str | os.PathLike, kind: str | None = None) -> bool:
+    """Whether sdopt made the directory ``path`` (its marker file), as a ``kind`` output when
+    given."""
+    found = marker_kind(path)
+    return found is not None and (kind is None or found == kind)
 
 
 def always_protected() -> list[Path]:
@@ -72,7 +89,7 @@ def always_protected() -> list[Path]:
 
 def check_replaceable(target: str | os.PathLike, *, what: str = "output",
                       protected: Iterable[str | os.PathLike] = (),
-                      made_by_sdopt: Callable[[Path], bool] = has_marker) -> None:
+                      made_by_sdopt: Callable[[Path], bool] | None = None) -> None:
     """Refuse, before anything is deleted, to replace ``target`` unless it is missing, an empty
     directory, or a directory sdopt made (``made_by_sdopt``: the marker, or a caller's way to
     recognise what older versions wrote) that is neither a protected directory nor an ancestor
@@ -95,21 +112,22 @@ def check_replaceable(target: str | os.PathLike, *, what: str = "output",
             raise SdoptError(f"{what} '{target}' is or contains '{guarded}' (the repository, the "
                              "config's folder, HOME or the working directory): sdopt never "
                              "replaces it; choose a directory of its own")
-    if any(target.iterdir()) and not made_by_sdopt(target):
+    if any(target.iterdir()) and not (made_by_sdopt or has_marker)(target):
         raise SdoptError(f"{what} '{target}' was not written by sdopt (no {MARKER_NAME} in it): "
                          "sdopt replaces only its own output; choose another directory or "
                          "remove it yourself")
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False,
+def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False, kind: str = "output",
                      protected: Iterable[str | os.PathLike] = (),
-                     made_by_sdopt: Callable[[Path], bool] = has_marker) -> Iterator[Path]:
-    """Yield a temporary directory (holding sdopt's marker) that becomes ``target`` only if the
-    block succeeds. With ``overwrite`` an existing ``target`` is replaced only when
-    :func:`check_replaceable` allows it, checked before the block runs and again before the
-    rename."""
+                     made_by_sdopt: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield a temporary directory (holding sdopt's marker for ``kind``) that becomes ``target``
+    only if the block succeeds. With ``overwrite`` an existing ``target`` is replaced only when
+    :func:`check_replaceable` allows it (by default: a ``kind`` output sdopt wrote), checked
+    before the block runs and again before the rename."""
     target = Path(target)
+    made_by_sdopt = made_by_sdopt or (lambda path: has_marker(path, kind))
     if not overwrite and exists_and_not_empty(target):
         raise SdoptError(f"output '{target}' already exists and is not empty: choose another path "
                          "or pass overwrite=True (--overwrite)")
@@ -119,7 +137,7 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False,
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _normal_mode(tmp, directory=True)
-        (tmp / MARKER_NAME).write_text(_MARKER_TEXT, encoding="utf-8")
+        (tmp / MARKER_NAME).write_text(_MARKER_TEXT.format(kind=kind), encoding="utf-8")
         yield tmp
         if target.exists() or target.is_symlink():
             check_replaceable(target, protected=protected, made_by_sdopt=made_by_sdopt)
@@ -137,7 +155,7 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False,
 
 def remove_output(target: str | os.PathLike, *, what: str = "output",
                   protected: Iterable[str | os.PathLike] = (),
-                  made_by_sdopt: Callable[[Path], bool] = has_marker) -> None:
+                  made_by_sdopt: Callable[[Path], bool] | None = None) -> None:
     """Delete an output directory sdopt made (``--overwrite`` for a command that writes into
     the directory itself); anything else is refused by :func:`check_replaceable` first."""
     target = Path(target)

@@ -237,3 +237,17 @@ def test_a_link_or_a_file_is_never_replaced(tmp_path):
         with atomic_directory(tmp_path / "file", overwrite=True):
             pass
     assert (real / "keep.txt").is_file() and (tmp_path / "file").read_text() == "keep"
+
+
+def test_the_marker_names_the_kind_of_output(tmp_path):
+    """A results directory never replaces a saved model or model folder sdopt wrote."""
+    from sdopt.store import has_marker, marker_kind
+
+    model = tmp_path / "model"
+    with atomic_directory(model) as tmp:
+        (tmp / "weights").write_text("w")
+    assert marker_kind(model) == "output" and not has_marker(model, "results")
+    with pytest.raises(SdoptError, match="not written by sdopt"):
+        with atomic_directory(model, overwrite=True, kind="results"):
+            pass
+    assert (model / "weights").read_text() == "w"

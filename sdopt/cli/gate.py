@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -54,11 +53,18 @@ def _check_writable(target: Path, what: str) -> None:
                          f"'{probe}'") from None
 
 
-def _check_free(target: Path, what: str, overwrite: bool) -> None:
+def _check_free(target: Path, what: str, overwrite: bool, config_dir) -> list[Path]:
+    """Before any work: an existing output needs --overwrite, and even then is replaced only if
+    sdopt made it and it is not the repository, the config's folder or HOME (gate.outputs).
+    Returns the protected directories, for the replacement itself to check again."""
+    from ..gate.outputs import check_output
+
     if exists_and_not_empty(target) and not overwrite:
         raise SdoptError(f"{what} '{target}' already exists and is not empty: choose another "
                          "directory or pass --overwrite")
+    protected = check_output(target, what, config_dir)
     _check_writable(target, what)
+    return protected
 
 
 @contextlib.contextmanager
@@ -82,18 +88,21 @@ def _print_json(document: dict) -> None:
 def _bench_into(config, config_path: str, out: Path, *, overwrite: bool, variants=None,
                 same_job_base: str | None = None, quiet: bool = False) -> None:
     from ..gate.bench import bench_config, write_results
-    from ..store import atomic_directory
+    from ..gate.outputs import RESULTS_OUTPUT, made_by_sdopt
+    from ..store import atomic_directory, remove_output
 
-    _check_free(out, "--out", overwrite)
+    protected = _check_free(out, "--out", overwrite, config.root)
     with _output_errors(out, "--out"):
         if same_job_base:
-            if out.exists() and overwrite:
-                shutil.rmtree(out)
+            if overwrite:
+                remove_output(out, what="--out", protected=protected,
+                              made_by_sdopt=made_by_sdopt)
             from ..gate.same_job import bench_same_job
 
             bench_same_job(config, config_path, same_job_base, out, progress=not quiet)
             return
-        with atomic_directory(out, overwrite=overwrite) as tmp:
+        with atomic_directory(out, overwrite=overwrite, kind=RESULTS_OUTPUT,
+                              protected=protected, made_by_sdopt=made_by_sdopt) as tmp:
             results = bench_config(config, tmp, variants=variants, progress=not quiet)
             write_results(results, tmp)
 
@@ -189,7 +198,7 @@ def baseline_save(config, results, to, update_baseline):
     if not (dest.exists() and update_baseline):
         _check_writable(dest, "baseline")
     with _output_errors(dest, "baseline"):
-        saved = save_baseline(results, dest, update=update_baseline)
+        saved = save_baseline(results, dest, update=update_baseline, config_dir=settings.root)
     click.echo(f"baseline saved: {saved}")
 
 
@@ -271,7 +280,7 @@ def gate(config, out, baseline, same_job_base, set, latency_tolerance, psnr_min_
                                   psnr_min_db=psnr_min_db, ssim_min=ssim_min)
     settings = _load(config, overrides)
     out_path = Path(out) if out else settings.resolve(settings.output_dir)
-    _check_free(out_path, "--out", overwrite)
+    _check_free(out_path, "--out", overwrite, settings.root)
     repo = Path(settings.root)
     if same_job_base:
         spec = str(out_path / "base")

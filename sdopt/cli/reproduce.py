@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,12 +16,9 @@ from .options import baseline_option, out_option, overwrite_option
 
 def _repo_root(start: Path) -> Path:
     """The git repository holding ``start`` (mounted whole, so git refs work inside), else it."""
-    try:
-        proc = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"],
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return start
-    return Path(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip() else start
+    from ..gate.git import find_repo_root
+
+    return find_repo_root(start) or start
 
 
 def _build_args(values: tuple[str, ...]) -> dict[str, str]:
@@ -104,7 +99,8 @@ def reproduce(config, from_artifact, pin_candidate, out, overwrite, repo, image,
     Exit status: the gate's (0 pass, 1 regression, 2 bad input, 3 not comparable)."""
     from ..gate.config import load_config
     from ..gate.reproduce import Request, connect, reproduce as run
-    from ..store import exists_and_not_empty
+    from ..gate.outputs import made_by_sdopt, protected_dirs
+    from ..store import exists_and_not_empty, remove_output
 
     if pin_candidate and not from_artifact:
         raise SdoptError("--pin-candidate needs --from-artifact (the CI run whose candidate "
@@ -121,9 +117,9 @@ def reproduce(config, from_artifact, pin_candidate, out, overwrite, repo, image,
         if not overwrite:
             raise SdoptError(f"--out '{out_path}' already exists and is not empty: choose "
                              "another folder or pass --overwrite")
-        if out_path.is_file():
-            raise SdoptError(f"--out '{out_path}' is a file: expected a folder")
-        shutil.rmtree(out_path)
+        # Only a folder sdopt wrote, never the repository, the config's folder or HOME.
+        remove_output(out_path, what="--out", made_by_sdopt=made_by_sdopt,
+                      protected=[repo_path, *protected_dirs(config_path.parent)])
     request = Request(
         repo=repo_path, config=config_path, out=out_path, baseline=baseline,
         overrides=[o.line for o in overrides], fail_on=",".join(fail_on), gpus=gpus, user=user)

@@ -23,14 +23,18 @@ from typing import Iterator
 from ..errors import SdoptError
 from ..store import atomic_directory, exists_and_not_empty
 from .compare import Inputs, safe_join
+from .git import repo_root, run_git
+from .outputs import RESULTS_OUTPUT, check_output, made_by_sdopt
 from .results import PYTEST_BENCHMARK_NAME, RESULTS_NAME, find_results_dir, read_results
 
 GIT_PREFIX = "git:"
 
 
 def save_baseline(results_dir: str | os.PathLike, target: str | os.PathLike, *,
-                  update: bool = False) -> Path:
-    """Copy a results directory (validated) to ``target`` as the new baseline."""
+                  update: bool = False, config_dir: str | os.PathLike | None = None) -> Path:
+    """Copy a results directory (validated) to ``target`` as the new baseline. ``update``
+    replaces only a baseline sdopt made, never ``config_dir`` (the config's folder), its
+    repository, HOME or an ancestor of them (gate.outputs)."""
     results_dir, target = Path(results_dir), Path(target)
     results = read_results(results_dir, what="results")
     if results_dir.is_file():
@@ -38,11 +42,13 @@ def save_baseline(results_dir: str | os.PathLike, target: str | os.PathLike, *,
     if not update and exists_and_not_empty(target):
         raise SdoptError(f"baseline '{target}' already exists: pass --update-baseline to replace "
                          "it (the old one is kept otherwise)")
+    protected = check_output(target, "baseline", config_dir)
     if target.resolve() == results_dir.resolve():
         raise SdoptError(f"--results '{results_dir}' is the baseline directory itself: nothing "
                          "to save")
     paths = {rec["path"] for v in results["variants"].values() for rec in v.get("images", [])}
-    with atomic_directory(target, overwrite=update) as tmp:
+    with atomic_directory(target, overwrite=update, kind=RESULTS_OUTPUT, protected=protected,
+                          made_by_sdopt=made_by_sdopt) as tmp:
         shutil.copy2(results_dir / RESULTS_NAME, tmp / RESULTS_NAME)
         if (results_dir / PYTEST_BENCHMARK_NAME).is_file():
             shutil.copy2(results_dir / PYTEST_BENCHMARK_NAME, tmp / PYTEST_BENCHMARK_NAME)
@@ -57,21 +63,9 @@ def save_baseline(results_dir: str | os.PathLike, target: str | os.PathLike, *,
     return target
 
 
-def repo_root(start: str | os.PathLike) -> Path:
-    proc = _git(["rev-parse", "--show-toplevel"], cwd=Path(start))
-    return Path(proc.stdout.decode().strip())
-
-
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=300)
-    except FileNotFoundError:
-        raise SdoptError("reading a baseline from a git ref needs the 'git' command, which is not "
-                         "installed") from None
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise SdoptError(f"git {' '.join(args)} failed in '{cwd}': {err[-1] if err else 'error'}")
-    return proc
+    """sdopt's one way to run git (safe.directory for a repository owned by another user)."""
+    return run_git(args, cwd)
 
 
 def extract_from_git(ref: str, paths: list[str], repo: Path, dest: Path) -> None:

@@ -9,7 +9,6 @@ and timed here, A B A B, and written as a results directory and its baseline.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from .baseline import extract_from_git, repo_root
 from .bench import BenchSettings, load_original, optimized_subject, run_bench, torch_threads, \
     write_results
 from .config import load_config
+from .git import run_git
 from .results import IMAGES_DIR
 
 
@@ -64,8 +64,7 @@ def bench_same_job(config, config_path: str | os.PathLike, base_ref: str,
 
 
 def _committed(ref: str, rel: str, root: Path) -> bool:
-    proc = subprocess.run(["git", "cat-file", "-e", f"{ref}:{rel}"], cwd=root, capture_output=True)
-    return proc.returncode == 0
+    return run_git(["cat-file", "-e", f"{ref}:{rel}"], cwd=root, check=False).returncode == 0
 
 
 def _move_images(variant: dict, src: Path, results_dir: Path) -> dict:
