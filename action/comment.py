@@ -4,7 +4,11 @@ Upsert rules, so that reruns never pile up comments and we never touch anyone el
 - our comment starts with a hidden marker ``<!-- sdopt-report:KEY -->`` (KEY separates several
   configs or matrix legs posting on one PR);
 - only a comment with the marker AND written by the identity of our token is edited; the
-  marker alone proves nothing (anyone can paste it);
+  marker alone proves nothing (anyone can paste it). That identity comes from the token itself:
+  ``GET /user`` for a personal token; for an installation token (GITHUB_TOKEN, or a GitHub
+  App's from actions/create-github-app-token), which ``GET /user`` refuses and ``GET /app``
+  refuses too (it needs the app's JWT), the GraphQL ``viewer`` login, which is the app's bot
+  (``github-actions[bot]``, ``my-app[bot]``);
 - every page of comments is searched (Link-header pagination), a long PR has hundreds;
 - the body is capped at GitHub's 65,536 characters (a longer one is refused with 422) by the
   report's own cap (sdopt.report.markdown), the marker kept first.
@@ -21,9 +25,10 @@ from sdopt.deps import require
 from sdopt.report.markdown import MAX_CHARS, cap
 
 DEFAULT_API_URL = "https://api.github.com"
-# The author of comments made with the workflow's GITHUB_TOKEN; an installation token cannot
-# read GET /user (403), so this is the identity we assume then.
+# The author of comments made with the workflow's GITHUB_TOKEN (the GraphQL viewer of that
+# installation token); assumed only where the API cannot tell (GraphQL unreachable).
 ACTIONS_BOT = "github-actions[bot]"
+VIEWER_QUERY = "query { viewer { login } }"
 
 
 def marker(key: str = "default") -> str:
@@ -56,6 +61,7 @@ def _github(token: str, api_url: str):
 
 
 def _our_login(gh, configured: str | None) -> str:
+    """Whose comments we may edit: ``configured``, else the token's own identity."""
     from github import GithubException
 
     if configured:
@@ -63,9 +69,17 @@ def _our_login(gh, configured: str | None) -> str:
     try:
         return gh.get_user().login
     except GithubException as exc:
-        if exc.status in (401, 403, 404):     # installation tokens (GITHUB_TOKEN) cannot read /user
+        if exc.status not in (401, 403, 404):
+            raise
+    # An installation token (GITHUB_TOKEN or a GitHub App's): its GraphQL viewer is its bot.
+    try:
+        _, data = gh.requester.graphql_query(VIEWER_QUERY, {})
+    except GithubException as exc:
+        if exc.status in (401, 403, 404):
             return ACTIONS_BOT
         raise
+    login = (((data or {}).get("data") or {}).get("viewer") or {}).get("login")
+    return login if isinstance(login, str) and login else ACTIONS_BOT
 
 
 def upsert_comment(*, token: str, repository: str, number: int, body: str, key: str = "default",

@@ -12,15 +12,19 @@ Exit status (sdopt.errors.ExitCode, as for the sdopt commands): 0 pass, 1 regres
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from sdopt.errors import ExitCode, SdoptError
-from sdopt.gate.results import (NOT_COMPARABLE, PASS, REGRESSION, REPORT_HTML_NAME,
+from sdopt.gate.results import (MERGED_NAME, NOT_COMPARABLE, PASS, REGRESSION, REPORT_HTML_NAME,
                                 REPORT_MARKDOWN_NAME, RESULTS_NAME, VERDICT_NAME, VERDICTS,
                                 end_to_end_speedup, exit_code as verdict_exit_code, read_results,
                                 read_verdict)
@@ -30,13 +34,72 @@ from . import comment as comment_mod
 from . import event, workflow
 from .inputs import ActionInputs, read_inputs
 
+# How the sdopt command line is started (the same interpreter as the action).
+SDOPT_COMMAND = (sys.executable, "-m", "sdopt.cli")
+# The statuses after which sdopt has written its whole output (a verdict, or none to give);
+# anything else (a crash, an OOM kill, a signal) publishes nothing and fails the step.
+FINISHED = (ExitCode.PASS, ExitCode.REGRESSION, ExitCode.NOT_COMPARABLE)
+# The only values the ``verdict`` output can take; anything else read from a file is refused.
+VERDICT_OUTPUTS = (*VERDICTS, "none")
+# What the ``sdopt`` child may see of the environment: what the tools it runs read, never a
+# token (INPUT_TOKEN, GITHUB_TOKEN, ACTIONS_ID_TOKEN_REQUEST_TOKEN, HF_TOKEN) nor the runner's
+# files (GITHUB_ENV, GITHUB_OUTPUT...), which would let a pull request's code set the
+# environment or outputs of later steps.
+CHILD_ENV = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "TZ", "TERM", "TMPDIR",
+    "VIRTUAL_ENV", "PYTHONSAFEPATH", "PYTHONUNBUFFERED", "PYTHONHASHSEED", "CI",
+    "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "LD_LIBRARY_PATH", "LD_PRELOAD",
+    "XDG_CACHE_HOME", "TORCH_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR",
+    "TRANSFORMERS_VERBOSITY", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY", "HF_DATASETS_OFFLINE",
+    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_", "GITHUB_ACTIONS", "GITHUB_SHA", "GITHUB_REF", "GITHUB_REF_NAME",
+    "GITHUB_HEAD_REF", "GITHUB_BASE_REF", "GITHUB_REPOSITORY", "GITHUB_WORKSPACE",
+    "GITHUB_EVENT_NAME", "GITHUB_RUN_ID", "GITHUB_RUN_ATTEMPT", "GITHUB_SERVER_URL",
+    "RUNNER_OS", "RUNNER_ARCH"})
+_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "KEY", "CREDENTIAL")
+
+
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed part of ``env`` (CHILD_ENV, and sdopt's own SDOPT_* settings unless
+    their name says they hold a secret)."""
+    def allowed(name: str) -> bool:
+        if any(word in name for word in _SECRET_WORDS):
+            return False
+        return name in CHILD_ENV or name.startswith(("SDOPT_", "PYTORCH_"))
+    return {k: v for k, v in env.items() if allowed(k)}
+
+
+def plain_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file, never following a link: a symbolic link (a committed
+    ``sdopt-out/report.md -> /proc/self/environ``, a forged artifact) is refused outright."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(mode):
+        raise SdoptError(f"'{path}' is a symbolic link: sdopt publishes only regular files "
+                         "written by its own run, and never follows links")
+    return stat.S_ISREG(mode)
+
+
+def read_plain_text(path: Path) -> str:
+    """A regular file's text, opened without following a link (O_NOFOLLOW)."""
+    plain_file(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, encoding="utf-8") as fh:
+        return fh.read()
+
 
 def read_outputs(directory: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The results and verdict an sdopt command left in ``directory`` (None where absent),
-    checked by sdopt's own reader: an artifact may come from a fork."""
-    results = read_results(directory) if (directory / RESULTS_NAME).is_file() else None
+    checked by sdopt's own reader: an artifact may come from a fork. Links are refused."""
+    if directory.is_symlink():
+        raise SdoptError(f"'{directory}' is a symbolic link: expected a directory")
+    results = read_results(directory) if plain_file(directory / RESULTS_NAME) else None
     verdict = read_verdict(directory / VERDICT_NAME) \
-        if (directory / VERDICT_NAME).is_file() else None
+        if plain_file(directory / VERDICT_NAME) else None
     return results, verdict
 
 
@@ -55,34 +118,109 @@ def gate_args(inp: ActionInputs) -> list[str]:
 
 def run_sdopt(args: list[str], env: Mapping[str, str], *,
               artifact_url: str | None = None) -> tuple[int, list[str]]:
-    """Run ``sdopt ARGS``, streaming its output; return the status and its error lines."""
-    cmd = [sys.executable, "-m", "sdopt.cli", *args]
-    print(f"$ sdopt {' '.join(args)}", flush=True)
-    child_env = {k: v for k, v in env.items() if not k.startswith("INPUT_")}  # no token leaks
+    """Run ``sdopt ARGS`` with the allow-listed environment, streaming its output with any
+    workflow command in it made inert; return the status and its error lines."""
+    cmd = [*SDOPT_COMMAND, *args]
+    print(workflow.neutralize(f"$ sdopt {' '.join(args)}"), flush=True)
+    child_env = child_environment(env)
     if artifact_url:
         child_env["SDOPT_ARTIFACT_URL"] = artifact_url
-    proc = subprocess.Popen(cmd, env=child_env, stderr=subprocess.PIPE, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, encoding="utf-8", errors="replace", bufsize=1)
     errors: list[str] = []
 
-    def pump():
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            if line.startswith("error:"):
+    def pump(stream, sink, keep_errors: bool):
+        for line in stream:
+            sink.write(workflow.neutralize(line))
+            sink.flush()
+            if keep_errors and line.startswith("error:"):
                 errors.append(line[len("error:"):].strip())
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    readers = [threading.Thread(target=pump, args=(proc.stdout, sys.stdout, False), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, sys.stderr, True), daemon=True)]
+    for reader in readers:
+        reader.start()
     rc = proc.wait()
-    reader.join()
+    for reader in readers:
+        reader.join()
     return rc, errors
+
+
+def failure_status(rc: int) -> int:
+    """The step's status after an unexpected end of sdopt: never 0 (a signal -N becomes 128+N,
+    as a shell reports it)."""
+    if rc < 0:
+        return 128 - rc
+    return rc if rc > 0 else 1
+
+
+def fail_unfinished(what: str, rc: int, errors: list[str], config: str | None) -> int:
+    """sdopt did not finish: exit 2 is bad input (its error lines), anything else a crash. One
+    error annotation each, no outputs (so no ``verdict``), and a failing status."""
+    if rc == ExitCode.BAD_INPUT:
+        for line in errors or [f"{what} rejected its input (exit {rc})"]:
+            workflow.error(line, title="sdopt: bad input", file=config)
+        return ExitCode.BAD_INPUT
+    how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+    workflow.error(f"{what} {how} before finishing (a crash or an out-of-memory kill?): nothing "
+                   "is published and the gate fails; see the log above", title="sdopt: failed",
+                   file=config)
+    return failure_status(rc)
+
+
+@contextlib.contextmanager
+def fresh_output(out: Path) -> Iterator[Path]:
+    """A new, empty directory next to ``out`` for one run of sdopt to write into (what is
+    published is read from there: nothing an earlier run or a commit left can be taken for this
+    run's); removed afterwards, whatever happens."""
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".sdopt-run-", dir=parent))
+    try:
+        yield staging / (out.name or "out")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def previous_output(path: Path) -> bool:
+    """What the action may replace at ``out``: an earlier output of its own (a results directory
+    sdopt wrote, or a merge's: sdopt's marker next to a merged.json)."""
+    from sdopt.gate.outputs import made_by_sdopt
+    from sdopt.store import has_marker
+
+    return made_by_sdopt(path) or (has_marker(path) and plain_file(path / MERGED_NAME))
+
+
+def check_out(inp: ActionInputs) -> list[Path]:
+    """Before running: ``out`` must be something sdopt may replace (missing, empty, or an earlier
+    output; never the repository, the config's folder or HOME: sdopt's own rule, store.py).
+    Returns the protected directories, for the replacement to check again."""
+    from sdopt.gate.outputs import protected_dirs
+    from sdopt.store import check_replaceable
+
+    protected = protected_dirs(Path(inp.config).absolute().parent)
+    check_replaceable(Path(inp.out), what="input 'out'", protected=protected,
+                      made_by_sdopt=previous_output)
+    return protected
+
+
+def install(staged: Path, out: Path, protected: list[Path]) -> None:
+    """Put this run's files (sdopt's marker among them) at ``out``, replacing an earlier output
+    there under sdopt's own rule for what it may replace."""
+    from sdopt.store import atomic_directory
+
+    with atomic_directory(out, overwrite=True, protected=protected,
+                          made_by_sdopt=previous_output) as tmp:
+        for entry in staged.iterdir():
+            os.replace(entry, tmp / entry.name)
 
 
 def report_markdown(results: dict, verdict: dict | None, results_dir: Path,
                     inp: ActionInputs, *, trust_files: bool) -> str:
     """The run's own report.md when we made it, else one rendered from the JSON documents
     (an artifact's markdown could be forged by a fork; its JSON was validated)."""
-    if trust_files and (results_dir / REPORT_MARKDOWN_NAME).is_file():
-        return (results_dir / REPORT_MARKDOWN_NAME).read_text(encoding="utf-8")
+    if trust_files and plain_file(results_dir / REPORT_MARKDOWN_NAME):
+        return read_plain_text(results_dir / REPORT_MARKDOWN_NAME)
     return render_markdown(build_context(results, results_dir, verdict=verdict,
                                          artifact_url=inp.artifact_url, html=False))
 
@@ -126,7 +264,7 @@ def publish(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestCon
         workflow.warning(f"no PR comment: {result.reason}; the report is in the job summary",
                          title="sdopt")
         return ""
-    print(f"PR comment {result.action}: {result.url}")
+    print(workflow.neutralize(f"PR comment {result.action}: {result.url}"))
     return result.url or ""
 
 
@@ -142,8 +280,11 @@ def outputs_for(inp: ActionInputs, results_dir: Path, results: dict | None,
         path = results_dir / name
         return str(path) if path.is_file() else ""
 
+    state = (verdict or {}).get("verdict") or "none"
+    if state not in VERDICT_OUTPUTS:      # the reader validated it; this keeps it so
+        raise SdoptError(f"verdict '{state!r}' is not one of {', '.join(VERDICT_OUTPUTS)}")
     return {
-        "verdict": (verdict or {}).get("verdict") or "none",
+        "verdict": state,
         "speedup": f"{ratio:.4f}" if ratio is not None else "",
         "results_dir": str(results_dir),
         "results_json": existing(RESULTS_NAME),
@@ -164,29 +305,42 @@ def exit_code(inp: ActionInputs, verdict: dict | None, rc: int) -> int:
 
 
 def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "gate") -> int:
+    """One run of ``sdopt gate`` (or ``bench``) into a fresh directory; published only when sdopt
+    finished (exit 0, 1 or 3), then moved to ``out``."""
     ctx = event.from_event(env)
     out = Path(inp.out)
-    args = ["--out", str(out), "--overwrite"]
-    if subcommand == "gate" and inp.baseline:
-        args += ["--baseline", inp.baseline]
-    rc, errors = run_sdopt([subcommand, *gate_args(inp), *args], env,
-                           artifact_url=inp.artifact_url)
-    if rc == ExitCode.BAD_INPUT:
-        for line in errors or [f"sdopt {subcommand} rejected its input (exit {rc})"]:
-            workflow.error(line, title="sdopt: bad input", file=inp.config)
-        return ExitCode.BAD_INPUT
-    results, verdict = read_outputs(out)
-    if results is None:
-        workflow.error(f"sdopt {subcommand} exited with {rc} and wrote no {RESULTS_NAME} in "
-                       f"'{out}'", title="sdopt")
-        return rc or 1
-    if subcommand == "bench" and not (out / REPORT_MARKDOWN_NAME).exists():
-        run_sdopt(["report", str(out), "--html", str(out / REPORT_HTML_NAME),
-                   "--markdown", str(out / REPORT_MARKDOWN_NAME)], env)
-    if out.is_dir():
-        event.save_context(ctx, out)
+    config_args = gate_args(inp)
+    protected = check_out(inp)
+    with fresh_output(out) as staged:
+        args = ["--out", str(staged)]
+        if subcommand == "gate" and inp.baseline:
+            args += ["--baseline", inp.baseline]
+        rc, errors = run_sdopt([subcommand, *config_args, *args], env,
+                               artifact_url=inp.artifact_url)
+        if rc not in FINISHED:
+            return fail_unfinished(f"sdopt {subcommand}", rc, errors, inp.config)
+        results, verdict = read_outputs(staged)
+        if results is None:
+            workflow.error(f"sdopt {subcommand} exited with {rc} but wrote no {RESULTS_NAME}: "
+                           "nothing is published and the gate fails", title="sdopt: failed",
+                           file=inp.config)
+            return failure_status(rc)
+        if subcommand == "gate" and (verdict is None or verdict_exit_code(verdict) != rc):
+            state = (verdict or {}).get("verdict")
+            workflow.error(f"sdopt gate exited with {rc} but its {VERDICT_NAME} says "
+                           f"{state or 'nothing'}: nothing is published and the gate fails",
+                           title="sdopt: failed", file=inp.config)
+            return failure_status(rc)
+        if subcommand == "bench" and not plain_file(staged / REPORT_MARKDOWN_NAME):
+            rc_report, errors = run_sdopt(["report", str(staged), "--html",
+                                           str(staged / REPORT_HTML_NAME), "--markdown",
+                                           str(staged / REPORT_MARKDOWN_NAME)], env)
+            if rc_report != ExitCode.PASS:
+                return fail_unfinished("sdopt report", rc_report, errors, inp.config)
+        event.save_context(ctx, staged)
+        body = report_markdown(results, verdict, staged, inp, trust_files=True)
+        install(staged, out, protected)
     annotate(verdict, inp.config)
-    body = report_markdown(results, verdict, out, inp, trust_files=True)
     url = publish(inp, env, ctx, out, results, verdict, body)
     workflow.set_outputs(outputs_for(inp, out, results, verdict, url), env)
     return exit_code(inp, verdict, rc)
@@ -194,6 +348,7 @@ def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "ga
 
 def run_comment(inp: ActionInputs, env: Mapping[str, str]) -> int:
     artifact = Path(inp.artifact_dir)
+    plain_file(artifact / event.CONTEXT_FILE)          # a link is refused, never followed
     ctx = event.context_for_comment(artifact, env)
     results, verdict = read_outputs(artifact)
     if results is None:
@@ -206,23 +361,42 @@ def run_comment(inp: ActionInputs, env: Mapping[str, str]) -> int:
     return 0
 
 
-def run_merge(inp: ActionInputs, env: Mapping[str, str]) -> int:
-    """Fan-in job of a matrix: every downloaded leg under ``artifact_dir`` -> one report."""
-    root = Path(inp.artifact_dir)
-    legs = sorted(p for p in root.iterdir() if (p / RESULTS_NAME).is_file()) \
-        if root.is_dir() else []
+def merge_legs(root: Path) -> list[Path]:
+    """The leg directories under ``artifact_dir``: every subdirectory (a leg without its
+    results is bad input, not silently left out of the verdict); links are refused."""
+    if root.is_symlink() or not root.is_dir():
+        raise SdoptError(f"input 'artifact_dir': '{root}' is not a directory (expected one "
+                         f"subdirectory with a {RESULTS_NAME} per matrix job)")
+    legs = sorted(p for p in root.iterdir() if p.is_dir() or p.is_symlink())
     if not legs:
         raise SdoptError(f"input 'artifact_dir': '{root}' holds no result directory (expected "
                          f"one subdirectory with a {RESULTS_NAME} per matrix job)")
+    for leg in legs:
+        if leg.is_symlink() or not plain_file(leg / RESULTS_NAME):
+            raise SdoptError(f"input 'artifact_dir': '{leg}' holds no {RESULTS_NAME} (or is a "
+                             "link): each subdirectory must be one matrix job's downloaded "
+                             "results")
+    return legs
+
+
+def run_merge(inp: ActionInputs, env: Mapping[str, str]) -> int:
+    """Fan-in job of a matrix: every downloaded leg under ``artifact_dir`` -> one report,
+    published for a pass, a regression and a "not comparable" alike (exit 0, 1, 3)."""
+    legs = merge_legs(Path(inp.artifact_dir))
     out = Path(inp.out)
-    rc, errors = run_sdopt(["merge", *map(str, legs), "--out", str(out), "--overwrite"], env)
-    if rc == ExitCode.BAD_INPUT:
-        for line in errors or [f"sdopt merge rejected its input (exit {rc})"]:
-            workflow.error(line, title="sdopt: bad input")
-        return ExitCode.BAD_INPUT
-    _, verdict = read_outputs(out)
+    protected = check_out(inp)
+    with fresh_output(out) as staged:
+        rc, errors = run_sdopt(["merge", *map(str, legs), "--out", str(staged)], env)
+        if rc not in FINISHED:
+            return fail_unfinished("sdopt merge", rc, errors, None)
+        _, verdict = read_outputs(staged)
+        if not plain_file(staged / REPORT_MARKDOWN_NAME):
+            workflow.error(f"sdopt merge exited with {rc} but wrote no {REPORT_MARKDOWN_NAME}",
+                           title="sdopt: failed")
+            return failure_status(rc)
+        body = read_plain_text(staged / REPORT_MARKDOWN_NAME)
+        install(staged, out, protected)
     annotate(verdict, inp.config)
-    body = (out / REPORT_MARKDOWN_NAME).read_text(encoding="utf-8")
     url = publish(inp, env, event.from_event(env), out, None, verdict, body)
     outputs = outputs_for(inp, out, None, verdict, url)
     outputs["speedup"] = ""
@@ -244,3 +418,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     except SdoptError as exc:
         workflow.error(str(exc), title="sdopt: bad input")
         return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - a bug must still fail the step, never pass it
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        workflow.error(f"the sdopt action failed: {type(exc).__name__}: {exc}",
+                       title="sdopt: failed")
+        return 1

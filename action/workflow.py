@@ -9,6 +9,7 @@ newline or ``::`` ends the command early. Everything that writes to the runner g
 from __future__ import annotations
 
 import os
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -28,6 +29,24 @@ def escape_data(value: str) -> str:
 def escape_property(value: str) -> str:
     """Escape a workflow command property value, where ``:`` and ``,`` are separators."""
     return escape_data(value).replace(":", "%3A").replace(",", "%2C")
+
+
+def neutralize(text: str) -> str:
+    """Text that the runner will print but never execute.
+
+    The runner reads its log line by line (``\\r`` ends a line too) and treats a line starting
+    with ``::name`` (after leading blanks) as a workflow command, and ``##[`` anywhere as an
+    old-style one; text read from files (a baseline's fields, a prompt, a leg's name) could
+    otherwise set outputs, add masks or forge annotations once it reaches stdout. A blank goes
+    between the colons (``: :``) and the hashes (``# #[``) of each line."""
+    parts = re.split(r"(\r\n|\r|\n)", text)
+    for i in range(0, len(parts), 2):
+        line = parts[i]
+        head = len(line) - len(line.lstrip())
+        if line.startswith("::", head):
+            line = f"{line[:head]}: :{line[head + 2:]}"
+        parts[i] = line.replace("##[", "# #[")
+    return "".join(parts)
 
 
 def command(name: str, message: str = "", stream: TextIO | None = None, **properties: str | None) -> None:

@@ -5,6 +5,9 @@ server, which follows GitHub's documented contract for what the action uses:
 - ``Authorization: token|Bearer T``; unknown tokens get 401 ``Bad credentials``;
 - ``GET /user`` is 403 "Resource not accessible by integration" for installation tokens
   (what GITHUB_TOKEN is) and the user for personal tokens;
+- ``POST /graphql`` answers ``query { viewer { login } }`` with the token's login (for an
+  installation token, its app's bot: ``github-actions[bot]``, ``my-app[bot]``); other queries
+  get GraphQL's ``errors`` list with status 200;
 - ``GET /repos/{o}/{r}``, ``/issues/{n}``, ``/pulls/{n}``; 404 ``Not Found`` bodies;
 - ``GET /repos/{o}/{r}/issues/{n}/comments`` paginated with ``per_page``/``page`` (30 by default,
   at most 100) and a ``Link`` header with next/last/first/prev as GitHub sends it;
@@ -124,6 +127,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(401, "Bad credentials")
         repo = self.state.repository
         path = url.path
+        if path == "/graphql" and method == "POST":
+            data = self._read_body() or {}
+            query = " ".join(str(data.get("query", "")).split())
+            if query == "query { viewer { login } }":
+                return self._send(200, {"data": {"viewer": {"login": token.login}}})
+            return self._send(200, {"errors": [{"message": "this fake answers only the viewer "
+                                                           "login query"}]})
         if path == "/user" and method == "GET":
             if token.installation:
                 return self._error(403, "Resource not accessible by integration")

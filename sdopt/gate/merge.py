@@ -4,7 +4,9 @@ however many machines measured it.
 
 Each leg is a directory written by ``sdopt gate`` or ``sdopt bench`` (results.json, optionally
 verdict.json), usually a downloaded artifact. The merged verdict is the worst leg's: regression >
-not comparable > pass. This module decides (legs, merged verdict, merged.json); the markdown is
+not comparable > pass; a leg without a verdict among judged legs (its gate did not get as far
+as judging) makes the whole not comparable, never a pass. Legs are downloaded artifacts, so they
+are read by sdopt's validating reader and links in them are refused. This module decides (legs, merged verdict, merged.json); the markdown is
 the report package's (sdopt.report.merged) and ``sdopt merge`` writes them together.
 """
 
@@ -18,9 +20,9 @@ from typing import Any, Mapping
 from ..errors import SdoptError
 from ..store import atomic_directory, atomic_write_text, write_json
 from ..version import __version__
-from .results import (MERGED_KIND, MERGED_NAME, MERGED_SCHEMA_VERSION, SEVERITY, VERDICT_KIND,
-                      VERDICT_NAME, VERDICT_SCHEMA_VERSION, end_to_end_speedup, read_results,
-                      read_verdict, variant_median_s)
+from .results import (MERGED_KIND, MERGED_NAME, MERGED_SCHEMA_VERSION, NOT_COMPARABLE,
+                      RESULTS_NAME, SEVERITY, VERDICT_KIND, VERDICT_NAME, VERDICT_SCHEMA_VERSION,
+                      end_to_end_speedup, read_results, read_verdict, variant_median_s)
 
 
 @dataclass
@@ -47,12 +49,19 @@ class Leg:
         return end_to_end_speedup(self.results)
 
 
+def _no_link(path: Path) -> Path:
+    if path.is_symlink():
+        raise SdoptError(f"result directory entry '{path}' is a symbolic link: expected the "
+                         "files 'sdopt gate' or 'sdopt bench' wrote (links are never followed)")
+    return path
+
+
 def load_legs(directories: list[str | os.PathLike]) -> list[Leg]:
     if not directories:
         raise SdoptError("no result directory given: pass one directory per matrix leg")
     legs: list[Leg] = []
     for directory in directories:
-        path = Path(directory)
+        path = _no_link(Path(directory))
         if not path.is_dir():
             raise SdoptError(f"result directory '{path}' not found: expected a directory "
                              "written by 'sdopt gate' or 'sdopt bench'")
@@ -60,8 +69,9 @@ def load_legs(directories: list[str | os.PathLike]) -> list[Leg]:
         if any(leg.name == name for leg in legs):
             raise SdoptError(f"two result directories are named '{name}': each matrix leg "
                              "needs its own directory name (it labels the leg in the report)")
-        verdict = read_verdict(path / VERDICT_NAME) if (path / VERDICT_NAME).is_file() else None
-        legs.append(Leg(name, path, read_results(path), verdict))
+        verdict_file = _no_link(path / VERDICT_NAME)
+        verdict = read_verdict(verdict_file) if verdict_file.exists() else None
+        legs.append(Leg(name, path, read_results(_no_link(path / RESULTS_NAME)), verdict))
     return legs
 
 
@@ -73,6 +83,11 @@ def merged_verdict(legs: list[Leg]) -> dict[str, Any] | None:
     worst = max(judged, key=lambda leg: SEVERITY[leg.state]).state
     reasons = [f"{leg.name}: {reason}" for leg in judged
                for reason in (leg.verdict.get("reasons") or [])]
+    unjudged = [leg.name for leg in legs if not leg.state]
+    if unjudged:       # fail closed: a leg that was not judged cannot be taken for a pass
+        worst = max(worst, NOT_COMPARABLE, key=SEVERITY.__getitem__)
+        reasons += [f"{name}: no {VERDICT_NAME} (the job did not judge its results), while "
+                    "other jobs did" for name in unjudged]
     return {"schema_version": VERDICT_SCHEMA_VERSION, "kind": VERDICT_KIND, "verdict": worst,
             "reasons": reasons, "legs": {leg.name: leg.state for leg in judged}}
 

@@ -3,6 +3,7 @@ config overrides and exit codes (the gate mode against the real ``sdopt gate`` i
 test_action_gate.py; the container run in tests/container/)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -205,13 +206,14 @@ def test_not_comparable_exit_3_is_still_published_but_bad_input_is_not(
     out = tmp_path / "out"
 
     def fake_sdopt(args, env, **kwargs):
-        out.mkdir(exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results_doc()))
+        target = Path(args[args.index("--out") + 1])     # the fresh directory of this run
+        target.mkdir()
+        (target / "results.json").write_text(json.dumps(results_doc()))
         if verdict_state:
-            (out / "verdict.json").write_text(json.dumps(verdict_doc(
+            (target / "verdict.json").write_text(json.dumps(verdict_doc(
                 verdict_state, ["not comparable: results from another machine: name X vs Y"])))
             return 3, ["baseline 'b' and results 'out' are not comparable: another machine"]
-        (out / "verdict.json").write_text(json.dumps(verdict_doc("not_comparable", ["stale"])))
+        (target / "verdict.json").write_text(json.dumps(verdict_doc("not_comparable", ["stale"])))
         return 2, ["sdopt.toml: field 'bench.steps': expected an integer"]
 
     monkeypatch.setattr(entry, "run_sdopt", fake_sdopt)
@@ -221,9 +223,13 @@ def test_not_comparable_exit_3_is_still_published_but_bad_input_is_not(
     summary = (tmp_path / "summary.md").read_text() if (tmp_path / "summary.md").exists() else ""
     if verdict_state:
         assert "not comparable" in summary and "another machine" in summary
+        assert parse_github_output((tmp_path / "output").read_text())["verdict"] == \
+            "not_comparable"
+        assert (out / "verdict.json").is_file()
     else:
-        assert summary == ""
+        assert summary == "" and not (tmp_path / "output").exists() and not out.exists()
         assert "expected an integer" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".sdopt-run-")] == []
 
 
 def test_comment_mode_refuses_an_artifact_that_breaks_the_schema(tmp_path, gh, artifact, capsys):

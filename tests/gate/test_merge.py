@@ -99,3 +99,50 @@ def test_cli_exit_codes_and_existing_output(tmp_path):
     assert res.exit_code == 0, res.output
     res = merge([tmp_path / "nope"], tmp_path / "z")
     assert res.exit_code == 2 and res.output.count("\n") == 1
+
+
+def test_a_leg_without_a_verdict_among_judged_legs_is_not_a_pass(tmp_path):
+    """Fail closed: a matrix job that did not judge its results (its gate stopped early) makes
+    the merge "not comparable" (exit 3) and says which job, instead of a pass."""
+    a, b = leg(tmp_path, "a"), leg(tmp_path, "b", state=None)
+    res = merge([a, b], tmp_path / "m")
+    assert res.exit_code == ExitCode.NOT_COMPARABLE, res.output
+    verdict = read_verdict(tmp_path / "m")
+    assert verdict["verdict"] == "not_comparable"
+    assert any(r.startswith("b: no verdict.json") for r in verdict["reasons"])
+    c = leg(tmp_path, "c", state="regression", reasons=["slow"])
+    assert merged_verdict(load_legs([a, b, c]))["verdict"] == "regression"   # the worst still wins
+
+
+@pytest.mark.parametrize("hostile", [
+    "verdict-not-json", "verdict-wrong-type", "verdict-reasons-not-strings", "verdict-link",
+    "results-link", "leg-link"])
+def test_hostile_legs_are_one_line_errors_without_traceback(tmp_path, hostile):
+    """A downloaded leg is untrusted: each malformed or linked file is one line naming it,
+    exit 2, nothing written (links are never followed: a leg's verdict.json pointing at a file
+    outside is refused)."""
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps(verdict_doc("pass")))
+    a = leg(tmp_path / "legs", "a")
+    target = a
+    if hostile == "verdict-not-json":
+        (a / "verdict.json").write_text("{not json")
+    elif hostile == "verdict-wrong-type":
+        (a / "verdict.json").write_text(json.dumps([1, 2]))
+    elif hostile == "verdict-reasons-not-strings":
+        (a / "verdict.json").write_text(json.dumps({**verdict_doc(), "reasons": [{"x": 1}]}))
+    elif hostile == "verdict-link":
+        (a / "verdict.json").unlink()
+        (a / "verdict.json").symlink_to(secret)
+    elif hostile == "results-link":
+        (a / "results.json").rename(tmp_path / "r.json")
+        (a / "results.json").symlink_to(tmp_path / "r.json")
+    else:
+        target = tmp_path / "legs" / "link"
+        target.symlink_to(a)
+    res = merge([target], tmp_path / "m")
+    assert res.exit_code == ExitCode.BAD_INPUT, res.output
+    assert res.output.startswith("error: ") and res.output.count("\n") == 1, res.output
+    assert "Traceback" not in res.output and res.exception is None or \
+        isinstance(res.exception, SystemExit)
+    assert not (tmp_path / "m").exists()
