@@ -189,12 +189,18 @@ def _runs_on(labels: list[str]) -> str:
 
 def render_gate_workflow(o: InitOptions) -> str:
     image = (f"          image: {o.image}\n" if o.image else
-             "          # image: ghcr.io/org/sdopt:v1   # prebuilt image: skips building the "
-             "Dockerfile\n")
+             "          # image: ghcr.io/org/sdopt@sha256:<digest>   # prebuilt image, pinned: "
+             "skips building the Dockerfile\n")
     return f"""\
 # Pull request gate (written by `sdopt init`): optimize, benchmark, compare with the baseline,
 # comment on the PR, fail on a real regression. Fork PRs get a read-only token: this job then
 # writes the report to the job summary only, and sdopt-comment.yml comments from its artifact.
+# Self-hosted GPU runners run the pull request's own code (its sdopt.toml, its model folder,
+# this workflow as the PR changed it) with docker, on the machines that measure your baseline:
+# require approval for workflows from fork pull requests (Settings > Actions > General), use
+# ephemeral runners (a fresh machine per job), keep the baseline job on a runner group pull
+# requests cannot use, and pin the image by digest (image: ghcr.io/org/sdopt@sha256:...; a tag
+# is pulled on every run). See "Self-hosted GPU runners" in sdopt's docs/action.md.
 name: sdopt gate
 on:
   pull_request:
