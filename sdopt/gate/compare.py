@@ -1,10 +1,10 @@
 """The regression gate: is the current benchmark worse than the baseline, beyond noise?
 
 Latency: a bare percentage on noisy timings either cries wolf or gets raised until it means
-nothing (users of fixed-threshold tools end up at 200-500%). Like asv, a slowdown counts only when
-the median ratio exceeds the tolerance AND a one-sided Mann-Whitney U test finds the current
-samples significantly slower. With fewer samples than the test can use, the ratio alone decides
-and the verdict says so.
+nothing (users of fixed-threshold tools end up at 200-500%), and a significance test on samples
+of two different runs cries wolf too, because whole runs drift. :mod:`sdopt.gate.latency` holds
+the comparisons that cancel the drift (same-job, in-run ratio, absolute against the history of
+runs); the verdict lists each with its numbers and says which decided.
 
 Quality: each image is compared with the baseline's image of the same prompt and seed (PSNR and
 SSIM); a backend that silently changes numerics shows up here even when latency improves.
@@ -25,53 +25,20 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import SdoptError
 from ..optimize import metrics
+from . import latency
 from .config import GateConfig
+from .history import runs_like
 from .results import (NOT_COMPARABLE, PASS, REGRESSION, RESULTS_NAME, VERDICT_KIND,
                       VERDICT_SCHEMA_VERSION)
 
 # Device fields that must agree for timings to be comparable.
 _DEVICE_KEYS = ("kind", "name", "cores", "cuda_capability")
-
-
-def latency_check(baseline: list[float], current: list[float], *, tolerance: float, alpha: float,
-                  min_samples: int) -> tuple[dict[str, Any], list[str]]:
-    """The contract's latency block, and the reasons/warnings to show."""
-    if not baseline or not current:
-        raise ValueError("latency samples are empty")
-    base_med, cur_med = statistics.median(baseline), statistics.median(current)
-    ratio = cur_med / base_med if base_med > 0 else math.inf
-    slower = ratio > 1.0 + tolerance
-    reasons: list[str] = []
-    if min(len(baseline), len(current)) >= min_samples:
-        from scipy.stats import mannwhitneyu
-
-        # One-sided: is a current sample stochastically larger (slower) than a baseline one?
-        p_value = float(mannwhitneyu(current, baseline, alternative="greater").pvalue)
-        test = "mann-whitney-u"
-        regressed = slower and p_value < alpha
-        if slower and not regressed:
-            reasons.append(f"latency median ratio {ratio:.3f} exceeds 1 + {tolerance:g} but is not "
-                           f"significant (Mann-Whitney p = {p_value:.3g} >= {alpha:g}): noise")
-    else:
-        p_value, test = None, "ratio-only"
-        regressed = slower
-        reasons.append(f"warning: only {min(len(baseline), len(current))} latency samples (fewer "
-                       f"than gate.min_samples = {min_samples}): decided on the median ratio alone, "
-                       "without a significance test; raise bench.runs")
-    if regressed:
-        sig = f", Mann-Whitney p = {p_value:.3g} < {alpha:g}" if p_value is not None else ""
-        reasons.insert(0, f"latency regression: median {cur_med * 1e3:.1f} ms per image vs "
-                          f"baseline {base_med * 1e3:.1f} ms (x{ratio:.3f} > 1 + {tolerance:g}{sig})")
-    block = {"baseline_median_s": base_med, "current_median_s": cur_med,
-             "ratio": ratio if math.isfinite(ratio) else None, "tolerance": tolerance,
-             "p_value": p_value, "test": test, "regressed": bool(regressed)}
-    return block, reasons
 
 
 def safe_join(root: Path, rel: str, what: str) -> Path:
@@ -159,13 +126,41 @@ def _pick_variant(baseline: dict, current: dict, wanted: str) -> tuple[str, list
 
 @dataclass
 class Inputs:
-    """Both sides of a comparison: results documents and the directories their images are in."""
+    """Both sides of a comparison: results documents and the directories their images are in,
+    and the baseline's history of runs (:mod:`sdopt.gate.history`)."""
 
     baseline: dict
     baseline_dir: Path
     current: dict
     current_dir: Path
     source: str = ""
+    history: list[dict] = field(default_factory=list)
+
+
+def _latency(baseline: dict, current: dict, variant: str, history: list[dict],
+             gate: GateConfig) -> tuple[dict[str, Any], list[str]]:
+    """The verdict's latency block (every check, the deciding ones named) and its reasons."""
+    checks = latency.judge(baseline, current, variant, history=runs_like(history, current),
+                           s=latency.Settings.of(gate))
+    regressed = [c for c in checks if c.regressed]
+    lead = (regressed or checks)[0]
+    reasons = [f"latency regression by {latency.describe(c)}" for c in regressed]
+    for c in checks:
+        if not c.regressed:
+            reasons.append(f"note: {latency.describe(c)}" + (f"; {c.note}" if c.note else ""))
+        if c.test == latency.RATIO_ONLY:
+            reasons.append(f"warning: fewer than gate.min_samples = {gate.min_samples} latency "
+                           "samples: decided on the ratio alone, without a significance test; "
+                           "raise bench.runs")
+    bv, cv = baseline["variants"][variant], current["variants"][variant]
+    base_med = statistics.median(bv["latency_s"]["samples"])
+    cur_med = statistics.median(cv["latency_s"]["samples"])
+    ratio = cur_med / base_med if base_med > 0 else math.inf
+    block = {"baseline_median_s": base_med, "current_median_s": cur_med,
+             "ratio": ratio if math.isfinite(ratio) else None, "tolerance": gate.latency_tolerance,
+             "p_value": lead.p_value, "test": lead.test, "regressed": bool(regressed),
+             "decided_by": [c.name for c in checks], "checks": [c.to_dict() for c in checks]}
+    return block, reasons
 
 
 def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
@@ -202,9 +197,7 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
         reasons.append("note: library versions changed: " + ", ".join(libs))
 
     bv, cv = baseline["variants"][variant], current["variants"][variant]
-    latency, lat_reasons = latency_check(
-        bv["latency_s"]["samples"], cv["latency_s"]["samples"], tolerance=gate.latency_tolerance,
-        alpha=gate.alpha, min_samples=gate.min_samples)
+    latency_block, lat_reasons = _latency(baseline, current, variant, inputs.history, gate)
 
     images, quality_regressed = [], False
     base_images = {(r["prompt"], int(r["seed"])): r for r in bv.get("images", [])}
@@ -246,19 +239,21 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
     if not_comparable:
         verdict = NOT_COMPARABLE
         reasons = ["not comparable: " + r for r in not_comparable] + reasons
-    elif latency["regressed"] or quality_regressed:
+    elif latency_block["regressed"] or quality_regressed:
         verdict = REGRESSION
     else:
         verdict = PASS
     reasons = [r for r in lat_reasons if r.startswith("latency regression")] + reasons + \
         [r for r in lat_reasons if not r.startswith("latency regression")]
     if verdict == PASS:
-        reasons.insert(0, f"pass: {variant} median x{latency['ratio']:.3f} of the baseline "
-                          f"({latency['test']}), {len(images)} image(s) within PSNR >= "
-                          f"{gate.psnr_min_db:g} dB and SSIM >= {gate.ssim_min:g}")
+        decided = ", ".join(f"{c['name']} x{c['change']:.3f} (allowed x{c['allowed']:.3f})"
+                            for c in latency_block["checks"] if c["change"] is not None)
+        reasons.insert(0, f"pass: {variant} latency by {decided or 'no check'}; {len(images)} "
+                          f"image(s) within PSNR >= {gate.psnr_min_db:g} dB and SSIM >= "
+                          f"{gate.ssim_min:g}")
     return {
         "schema_version": VERDICT_SCHEMA_VERSION, "kind": VERDICT_KIND, "verdict": verdict,
-        "reasons": reasons, "variant": variant, "latency": latency,
+        "reasons": reasons, "variant": variant, "latency": latency_block,
         "quality": {"metric": "psnr+ssim" + ("+clip" if use_clip else ""),
                     "threshold": gate.psnr_min_db,
                     "psnr_min_db": gate.psnr_min_db, "ssim_min": gate.ssim_min,
@@ -289,14 +284,14 @@ def summary_text(verdict: dict) -> str:
     """A few lines for the terminal and CI logs."""
     lat = verdict["latency"]
     ratio = f"x{lat['ratio']:.3f}" if lat.get("ratio") is not None else "n/a"
-    p = f", p = {lat['p_value']:.3g}" if lat.get("p_value") is not None else ""
+    decided = ", ".join(lat.get("decided_by") or []) or lat["test"]
     q = verdict["quality"]
     dbs = [math.inf if i["psnr_db"] is None else i["psnr_db"] for i in q["images"]]
     worst = min(dbs, default=None)
     lines = [f"sdopt gate: {verdict['verdict'].upper().replace('_', ' ')}",
              f"  latency ({verdict.get('variant', '')}): {lat['current_median_s'] * 1e3:.1f} ms vs "
-             f"baseline {lat['baseline_median_s'] * 1e3:.1f} ms per image ({ratio}, tolerance "
-             f"{lat['tolerance']:g}, {lat['test']}{p})",
+             f"baseline {lat['baseline_median_s'] * 1e3:.1f} ms per image ({ratio}); decided by "
+             f"{decided}" + (" - REGRESSED" if lat["regressed"] else ""),
              f"  quality: {len(q['images'])} image(s)"
              + (f", worst PSNR {_db_text(worst)}" if worst is not None else "")
              + (" - REGRESSED" if q["regressed"] else ""),

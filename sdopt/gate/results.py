@@ -24,6 +24,7 @@ RESULTS_NAME = "results.json"
 PYTEST_BENCHMARK_NAME = "results.pytest-benchmark.json"
 VERDICT_NAME = "verdict.json"
 MERGED_NAME = "merged.json"
+HISTORY_NAME = "history.json"
 REPORT_HTML_NAME = "report.html"
 REPORT_MARKDOWN_NAME = "report.md"
 IMAGES_DIR = "images"
@@ -34,6 +35,8 @@ VERDICT_KIND = "sdopt-verdict"
 VERDICT_SCHEMA_VERSION = 1
 MERGED_KIND = "sdopt-merged-results"
 MERGED_SCHEMA_VERSION = 1
+HISTORY_KIND = "sdopt-baseline-history"
+HISTORY_SCHEMA_VERSION = 1
 
 PASS, REGRESSION, NOT_COMPARABLE = "pass", "regression", "not_comparable"
 VERDICTS = (PASS, REGRESSION, NOT_COMPARABLE)
@@ -44,7 +47,8 @@ SEVERITY = {PASS: 0, NOT_COMPARABLE: 1, REGRESSION: 2}
 VERDICT_TITLE = {PASS: "pass", NOT_COMPARABLE: "not comparable", REGRESSION: "regression"}
 
 _SCHEMAS = {RESULTS_KIND: ("results", RESULTS_SCHEMA_VERSION),
-            VERDICT_KIND: ("verdict", VERDICT_SCHEMA_VERSION)}
+            VERDICT_KIND: ("verdict", VERDICT_SCHEMA_VERSION),
+            HISTORY_KIND: ("history", HISTORY_SCHEMA_VERSION)}
 
 
 def exit_code(verdict: dict[str, Any] | None) -> ExitCode:
@@ -54,7 +58,7 @@ def exit_code(verdict: dict[str, Any] | None) -> ExitCode:
 
 @functools.lru_cache(maxsize=None)
 def schema(name: str) -> dict[str, Any]:
-    """A shipped JSON Schema (``results`` or ``verdict``)."""
+    """A shipped JSON Schema (``results``, ``verdict`` or ``history``)."""
     from importlib import resources
 
     return json.loads(resources.files("sdopt").joinpath(f"schemas/{name}.schema.json")
@@ -123,6 +127,12 @@ def read_verdict(path: str | os.PathLike, *, what: str = "verdict") -> dict[str,
     if file.is_dir():
         file = file / VERDICT_NAME
     return validate(_read_json(file, what), VERDICT_KIND, file, what)
+
+
+def read_history_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A baseline's history.json, validated (it sits in a committed, PR-editable folder)."""
+    return validate(_read_json(Path(path), "baseline history"), HISTORY_KIND, path,
+                    "baseline history")
 
 
 def find_results_dir(path: str | os.PathLike, *, what: str = "baseline") -> Path:

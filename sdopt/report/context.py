@@ -67,6 +67,36 @@ class Verdict:
     environment_match: bool | None
 
 
+def _check_value(value, unit) -> str:
+    if unit == "ratio":
+        x = _num(value)
+        return fmt.DASH if x is None else f"{x:.3f} × original"
+    return fmt.seconds(value)
+
+
+def _check_row(check: dict) -> dict[str, Any]:
+    """One latency comparison of the verdict (sdopt.gate.latency): which, on what, decisive?"""
+    return {"name": str(check.get("name") or ""), "catches": str(check.get("catches") or ""),
+            "baseline": _check_value(check.get("baseline"), check.get("unit")),
+            "current": _check_value(check.get("current"), check.get("unit")),
+            "change": fmt.ratio(check.get("change"), 3), "allowed": fmt.ratio(check.get("allowed"), 3),
+            "p_value": fmt.p_value(check.get("p_value")), "test": str(check.get("test") or ""),
+            "based_on": str(check.get("based_on") or ""),
+            "regressed": bool(check.get("regressed")), "note": str(check.get("note") or "")}
+
+
+def _legacy_row(lat: dict) -> dict[str, Any]:
+    """A verdict written before the latency checks: one sample test of the medians."""
+    tol = _num(lat.get("tolerance"))
+    return {"name": "samples", "catches": "", "baseline": fmt.seconds(lat.get("baseline_median_s")),
+            "current": fmt.seconds(lat.get("current_median_s")),
+            "change": fmt.ratio(lat.get("ratio"), 3),
+            "allowed": fmt.ratio(1 + tol, 3) if tol is not None else fmt.DASH,
+            "p_value": fmt.p_value(lat.get("p_value")), "test": str(lat.get("test") or ""),
+            "based_on": "samples", "regressed": bool(lat.get("regressed")),
+            "note": ""}
+
+
 def verdict_view(verdict: dict | None) -> Verdict:
     v = _d(verdict)
     state = v.get("verdict") if v.get("verdict") in VERDICTS else None
@@ -83,6 +113,8 @@ def verdict_view(verdict: dict | None) -> Verdict:
             "p_value": fmt.p_value(lat.get("p_value")),
             "test": str(lat.get("test") or ""),
             "regressed": bool(lat.get("regressed")),
+            "decided_by": ", ".join(str(n) for n in _l(lat.get("decided_by"))),
+            "checks": [_check_row(_d(c)) for c in _l(lat.get("checks"))] or [_legacy_row(lat)],
         }
     q = _d(v.get("quality"))
     regressions = []

@@ -1,0 +1,253 @@
+"""False alarms and detections of the gate on real runs of this machine, old rule vs new default.
+
+Each bench run is its own process (a gate run in CI is one: a run's shift comes from its process
+and machine state), made from the config ``sdopt init --model PRESET`` writes (search on; the
+decision cache makes every run after the first reuse the search). First ``--history`` runs of
+identical code are saved as the baseline one after another (``save_baseline(update=True)``, so
+the baseline holds their history of runs); then each scenario runs ``--runs`` times:
+
+- ``identical``: nothing changed (every alarm is false);
+- ``optimized+30%`` / ``optimized+10%``: the optimized pipeline really takes that much longer (a
+  busy wait of that fraction of each timed call, inside the timed call);
+- ``shared+30%``: original and optimized both 30% slower (a dependency bump);
+- ``same-job shared+30%``: ``sdopt bench --same-job-base HEAD`` with the head side 30% slower, as
+  the default pull-request workflow measures it (real git repository, real same-job code).
+
+Each run is judged three ways, side by side: the rule before issue #21 (one run's samples against
+the baseline run's, median factor AND Mann-Whitney), the new default against a baseline of one
+run (in-run ratio with gate.drift_allowance), and the new default against the baseline with its
+history of runs (what a baseline updated on every push to main holds). Nothing else may run on
+the machine meanwhile (two torch processes on 2 cores slow each other 10-40x).
+
+    python benchmarks/gate_noise.py --preset tiny --runs 20 --history 8
+    python benchmarks/gate_noise.py --preset sd15 --size 256 --steps 4 --runs 6 --history 4 \
+        --scenarios identical,optimized+30%
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import bench_args  # this folder: scripts run as python benchmarks/NAME.py
+
+SCENARIOS = {  # name: (slowdown of optimized, slowdown of original, same-job)
+    "identical": (1.0, 1.0, False),
+    "optimized+30%": (1.3, 1.0, False),
+    "optimized+10%": (1.1, 1.0, False),
+    "shared+30%": (1.3, 1.3, False),
+    "same-job shared+30%": (1.3, 1.3, True),
+}
+RULES = ("before #21", "new, 1-run baseline", "new, baseline with history")
+
+
+def old_rule(gate):
+    """The rule before issue #21: one run's samples against the baseline run's."""
+    from sdopt.gate.latency import Settings
+
+    return Settings.of(gate, drift_allowance=0.0, absolute_drift_allowance=0.0)
+
+
+def _child(args) -> int:
+    """One bench run in this process, with the requested real slowdowns."""
+    import sdopt.gate.bench as bench
+    import sdopt.gate.same_job as same_job
+    from sdopt.gate.config import load_config
+
+    slow = {"original": args.slow_original, "optimized": args.slow_optimized,
+            "head": args.slow_optimized, "base": 1.0}
+    factors: dict[int, float] = {}
+    generate = bench._generate
+
+    def slowed(pipe, *a, **kw):
+        t0 = time.perf_counter()
+        out = generate(pipe, *a, **kw)
+        extra = (factors.get(id(pipe), 1.0) - 1.0) * (time.perf_counter() - t0)
+        deadline = time.perf_counter() + extra
+        while time.perf_counter() < deadline:  # real time inside the timed call
+            pass
+        return out
+
+    def tag(make):
+        def wrapped(*a, **kw):
+            result = make(*a, **kw)
+            subject = result[0] if isinstance(result, tuple) else result
+            factors[id(subject.pipe)] = slow[subject.name]
+            return result
+        return wrapped
+
+    bench._generate = slowed
+    bench.optimized_subject = same_job.optimized_subject = tag(bench.optimized_subject)
+    bench.original_subject = tag(bench.original_subject)
+    config = load_config(args.config)
+    if args.same_job:
+        same_job.bench_same_job(config, args.config, "HEAD", args.child_out, progress=False)
+    else:
+        from sdopt.store import atomic_directory
+
+        with atomic_directory(Path(args.child_out), overwrite=False) as work:
+            bench.write_results(bench.bench_config(config, work, progress=False), work)
+    return 0
+
+
+def _bench(config: Path, out: Path, slow_opt: float, slow_orig: float, same_job: bool,
+           env: dict) -> float:
+    t0 = time.perf_counter()
+    cmd = [sys.executable, __file__, "--child", "--config", str(config), "--child-out", str(out),
+           "--slow-optimized", str(slow_opt), "--slow-original", str(slow_orig)]
+    if same_job:
+        cmd.append("--same-job")
+    subprocess.run(cmd, check=True, env=env, cwd=config.parent)
+    return time.perf_counter() - t0
+
+
+def _judge(baseline_dir: Path, one_run_dir: Path, current: Path) -> dict[str, dict]:
+    """The three rules' decisions on one run."""
+    from sdopt.gate import latency
+    from sdopt.gate.baseline import inputs_for, open_baseline
+    from sdopt.gate.compare import compare_results
+    from sdopt.gate.config import GateConfig
+
+    gate = GateConfig()
+    out = {}
+    with open_baseline(one_run_dir) as base:
+        inputs = inputs_for(base, current)
+        old = latency.absolute_check(
+            inputs.baseline["variants"]["optimized"]["latency_s"]["samples"],
+            inputs.current["variants"]["optimized"]["latency_s"]["samples"], [],
+            old_rule(gate), only_check=True)
+        out[RULES[0]] = {"regression": old.regressed, "change": old.change, "p": old.p_value}
+        inputs.history = []
+        out[RULES[1]] = _verdict_row(compare_results(inputs, gate))
+    with open_baseline(baseline_dir) as base:
+        out[RULES[2]] = _verdict_row(compare_results(inputs_for(base, current), gate))
+    return out
+
+
+def _verdict_row(verdict: dict) -> dict:
+    lat = verdict["latency"]
+    return {"regression": verdict["verdict"] == "regression", "decided_by": lat["decided_by"],
+            "checks": {c["name"]: {"change": c["change"], "allowed": c["allowed"],
+                                   "p": c["p_value"],
+                                   "regressed": c["regressed"]} for c in lat["checks"]}}
+
+
+def _same_job_judge(current: Path) -> dict[str, dict]:
+    """A same-job pair: the old rule (samples) and the new default (same-job check)."""
+    from sdopt.gate import latency
+    from sdopt.gate.baseline import inputs_for, open_baseline
+    from sdopt.gate.compare import compare_results
+    from sdopt.gate.config import GateConfig
+
+    gate = GateConfig()
+    with open_baseline(current / "base") as base:
+        inputs = inputs_for(base, current)
+        old = latency.absolute_check(
+            inputs.baseline["variants"]["optimized"]["latency_s"]["samples"],
+            inputs.current["variants"]["optimized"]["latency_s"]["samples"], [],
+            old_rule(gate), only_check=True)
+        new = _verdict_row(compare_results(inputs, gate))
+    return {RULES[0]: {"regression": old.regressed, "change": old.change, "p": old.p_value},
+            RULES[1]: new, RULES[2]: new}
+
+
+def _setup(work: Path, args) -> Path:
+    work.mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "sdopt.cli", "init", "--model", args.preset, "--dir",
+                    str(work), "--steps", str(args.steps), "--runs", str(args.samples),
+                    "--no-workflows"], check=True, capture_output=True)
+    config = work / "sdopt.toml"
+    if args.size:
+        text = config.read_text().replace("# height = 512", f"height = {args.size}")
+        config.write_text(text.replace("# width = 512", f"width = {args.size}"))
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    subprocess.run([*git, "-C", str(work), "add", "sdopt.toml"], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-q", "-m", "config"], check=True)
+    return config
+
+
+def _rates(rows: list[dict], scenario: str) -> dict[str, str]:
+    mine = [r for r in rows if r["scenario"] == scenario]
+    return {rule: f"{sum(r['rules'][rule]['regression'] for r in mine)}/{len(mine)}"
+            for rule in RULES}
+
+
+def main(argv=None) -> int:
+    parser = bench_args.parser(__doc__, "gate_noise.json", steps=20, rounds=20, device=False,
+                               ths=None, rounds_help="unused (see --runs)")
+    parser.set_defaults(preset="tiny", size=0)
+    parser.add_argument("--runs", type=int, default=20, help="runs per scenario")
+    parser.add_argument("--history", type=int, default=8, help="identical runs saved first")
+    parser.add_argument("--samples", type=int, default=10, help="bench.runs of each run")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--child", action="store_true", help=argparse_hidden())
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--child-out", type=Path)
+    parser.add_argument("--slow-optimized", type=float, default=1.0)
+    parser.add_argument("--slow-original", type=float, default=1.0)
+    parser.add_argument("--same-job", action="store_true")
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}: expected one of {', '.join(SCENARIOS)}")
+    from sdopt.gate.baseline import save_baseline
+    from sdopt.gate.bench import environment
+
+    rows, started = [], time.time()
+    with tempfile.TemporaryDirectory(prefix="sdopt-gate-noise-") as tmp:
+        work = Path(tmp)
+        env = dict(os.environ, SDOPT_CACHE=str(work / "cache"))
+        config = _setup(work / "repo", args)
+        baseline, one_run = work / "baseline", work / "one-run-baseline"
+        history_s = []
+        for i in range(args.history):
+            out = work / f"history-{i}"
+            history_s.append(_bench(config, out, 1.0, 1.0, False, env))
+            save_baseline(out, baseline, update=baseline.exists())
+            if i == args.history - 1:
+                save_baseline(out, one_run)
+            print(f"history run {i + 1}/{args.history}: {history_s[-1]:.0f} s", flush=True)
+        for scenario in scenarios:
+            slow_opt, slow_orig, same_job = SCENARIOS[scenario]
+            for i in range(args.runs):
+                out = work / f"{scenario.replace('%', 'pc').replace(' ', '_')}-{i}"
+                wall = _bench(config, out, slow_opt, slow_orig, same_job, env)
+                rules = _same_job_judge(out) if same_job else _judge(baseline, one_run, out)
+                rows.append({"scenario": scenario, "run": i, "wall_s": wall, "rules": rules})
+                print(f"{scenario} {i + 1}/{args.runs} ({wall:.0f} s): " + ", ".join(
+                    f"{rule}: {'REGRESSION' if r['regression'] else 'pass'}"
+                    for rule, r in rules.items()), flush=True)
+        device = environment()["device"]
+    summary = {scenario: _rates(rows, scenario) for scenario in scenarios}
+    doc = {"benchmark": "gate_noise", "preset": args.preset, "size": args.size or None,
+           "steps": args.steps, "samples_per_run": args.samples, "history_runs": args.history,
+           "runs_per_scenario": args.runs, "device": device, "started_unix": int(started),
+           "wall_s": round(time.time() - started), "rules": list(RULES),
+           "regression_rates": summary, "runs": rows}
+    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"\n{args.preset} ({args.size or 'native'} px, {args.steps} steps, {args.samples} "
+          f"samples per run, baseline history {args.history} runs): REGRESSION verdicts")
+    print("| scenario | " + " | ".join(RULES) + " |")
+    print("|---|" + "---:|" * len(RULES))
+    for scenario, rates in summary.items():
+        print(f"| {scenario} | " + " | ".join(rates[r] for r in RULES) + " |")
+    return 0
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())
