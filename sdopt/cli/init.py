@@ -27,6 +27,22 @@ def _setting_options(fn):
     return fn
 
 
+def _validate(model: str, prompts: list[str], **settings) -> None:
+    """Check the values with the config's own rules before anything is written, so init never
+    writes an sdopt.toml that then fails to load (``--latency-tolerance nan``); an error names
+    the option."""
+    from ..gate.config import Override, make_override, parse_config
+
+    keys = {"steps": "bench.steps", "runs": "bench.runs", "candidate": "optimize.candidate",
+            "metric_drop_ths": "optimize.metric_drop_ths",
+            "latency_tolerance": "gate.latency_tolerance"}
+    overrides = [make_override(keys[name], value, source=f"--{name.replace('_', '-')}")
+                 for name, value in settings.items() if value is not None]
+    if prompts:
+        overrides.append(Override("bench.prompts", prompts, "", "--prompt"))
+    parse_config({"model": model}, source="sdopt init", overrides=overrides)
+
+
 @click.command()
 @click.option("--model", default=None,
               help="Preset (tiny, sd15), diffusers folder, .safetensors file or hub id. "
@@ -56,6 +72,8 @@ def init(model, dir, prompt, steps, runs, candidate, metric_drop_ths, latency_to
             raise SdoptError("--model is required (no terminal to ask on): e.g. "
                              "'sdopt init --model runwayml/stable-diffusion-v1-5'")
         model = click.prompt("Model (preset, diffusers folder, .safetensors file or hub id)")
+    _validate(model, list(prompt), steps=steps, runs=runs, candidate=candidate,
+              metric_drop_ths=metric_drop_ths, latency_tolerance=latency_tolerance)
     options = InitOptions(
         model=model, prompts=list(prompt) or list(DEFAULT_PROMPTS), steps=steps, runs=runs,
         candidate=candidate, metric_drop_ths=metric_drop_ths,

@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Literal, NamedTuple, Optional, Sequence
+from typing import Annotated, Any, Iterable, Literal, NamedTuple, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -29,8 +29,19 @@ BENCH_VARIANTS = ("original", "optimized")
 Variant = Literal[BENCH_VARIANTS]
 
 
+# torch.Generator.manual_seed takes any 64-bit value, signed or not; beyond that it crashes.
+SEED_MIN, SEED_MAX = -(2 ** 63), 2 ** 64 - 1
+# The largest image side a bench may ask for: far above any diffusion model's, far below what
+# would only fail as an allocation error deep inside torch.
+MAX_SIDE = 16384
+Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Strict: ``runs = true`` is not 1 and ``"5"`` is not 5 (pydantic's lax mode would take
+    both), and ``inf``/``nan`` (valid TOML floats) are never a setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class BenchConfig(_Section):
@@ -38,11 +49,11 @@ class BenchConfig(_Section):
 
     prompts: list[str] = Field(default_factory=lambda: ["a photo of an astronaut riding a horse on mars"],
                                min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    height: Optional[int] = Field(default=None, gt=0, multiple_of=8)
-    width: Optional[int] = Field(default=None, gt=0, multiple_of=8)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    height: Optional[int] = Field(default=None, gt=0, le=MAX_SIDE, multiple_of=8)
+    width: Optional[int] = Field(default=None, gt=0, le=MAX_SIDE, multiple_of=8)
     steps: int = Field(default=20, ge=1, le=1000)
-    guidance_scale: float = Field(default=7.5, ge=0)
+    guidance_scale: float = Field(default=7.5, ge=0, le=1000)
     batch: int = Field(default=1, ge=1, le=64)
     # Timed repetitions of the whole prompt x seed set per variant; with one image that is also
     # the number of latency samples, and the Mann-Whitney test needs at least gate.min_samples.

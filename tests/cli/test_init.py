@@ -148,3 +148,20 @@ def test_scaffold_agrees_with_the_examples():
         assert job.get("if") == their_job.get("if")
     comment = yaml.safe_load(files[COMMENT_WORKFLOW])
     assert comment[True]["workflow_run"]["workflows"] == [yaml.safe_load(files[GATE_WORKFLOW])["name"]]
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--latency-tolerance", "nan"], "--latency-tolerance"),
+    (["--latency-tolerance", "inf"], "--latency-tolerance"),
+    (["--metric-drop-ths", "2"], "--metric-drop-ths"),
+    (["--runs", "0"], "--runs"),
+    (["--prompt", " "], "--prompt"),
+])
+def test_init_refuses_values_its_config_could_not_load(repo, args, flag):
+    """Checked with the config's own rules before writing: never an sdopt.toml that then
+    fails to load (issue #15: --latency-tolerance nan)."""
+    proc = sdopt("init", "--model", "tiny", *args, cwd=repo, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in repo.iterdir()) == [".git"]
