@@ -99,8 +99,8 @@ def reproduce(config, from_artifact, pin_candidate, out, overwrite, repo, image,
     Exit status: the gate's (0 pass, 1 regression, 2 bad input, 3 not comparable)."""
     from ..gate.config import load_config
     from ..gate.reproduce import Request, connect, reproduce as run
-    from ..gate.outputs import made_by_sdopt, protected_dirs
-    from ..store import exists_and_not_empty, remove_output
+    from ..gate.outputs import protected_dirs
+    from ..store import exists_and_not_empty
 
     if pin_candidate and not from_artifact:
         raise SdoptError("--pin-candidate needs --from-artifact (the CI run whose candidate "
@@ -113,13 +113,12 @@ def reproduce(config, from_artifact, pin_candidate, out, overwrite, repo, image,
     repo_path = Path(repo).resolve() if repo else _repo_root(config_path.parent)
     out_path = Path(out).resolve() if out else \
         repo_path / time.strftime("sdopt-reproduce-%Y%m%d-%H%M%S")
-    if exists_and_not_empty(out_path):
-        if not overwrite:
-            raise SdoptError(f"--out '{out_path}' already exists and is not empty: choose "
-                             "another folder or pass --overwrite")
-        # Only a folder sdopt wrote, never the repository, the config's folder or HOME.
-        remove_output(out_path, what="--out", made_by_sdopt=made_by_sdopt,
-                      protected=[repo_path, *protected_dirs(config_path.parent)])
+    if exists_and_not_empty(out_path) and not overwrite:
+        raise SdoptError(f"--out '{out_path}' already exists and is not empty: choose "
+                         "another folder or pass --overwrite")
+    # --overwrite: only a folder sdopt wrote, never the repository, the config's folder or HOME
+    # (checked now, deleted only once the image is ready).
+    protected = [repo_path, *protected_dirs(config_path.parent)]
     request = Request(
         repo=repo_path, config=config_path, out=out_path, baseline=baseline,
         overrides=[o.line for o in overrides], fail_on=",".join(fail_on), gpus=gpus, user=user)
@@ -127,7 +126,8 @@ def reproduce(config, from_artifact, pin_candidate, out, overwrite, repo, image,
                   image=image, context=Path(context) if context else None,
                   build_args=_build_args(build_arg), tag=tag,
                   artifact=Path(from_artifact) if from_artifact else None,
-                  pin_candidate=pin_candidate, log=_echo)
+                  pin_candidate=pin_candidate, log=_echo, overwrite=overwrite,
+                  protected=protected)
     _print_outcome(outcome, compared_with_ci=bool(from_artifact))
     sys.exit(outcome.exit_code)
 

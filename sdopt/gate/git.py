@@ -23,8 +23,11 @@ def enclosing_worktree(start: str | os.PathLike) -> Path | None:
     if not here.is_dir():
         here = here.parent
     for candidate in (here, *here.parents):
-        if (candidate / ".git").exists():
-            return candidate
+        try:
+            if (candidate / ".git").exists():
+                return candidate
+        except OSError:  # an unreadable folder on the way up: git would stop there too
+            return None
     return None
 
 

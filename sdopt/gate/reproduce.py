@@ -34,9 +34,10 @@ from typing import Any, Callable, Iterator
 
 from ..deps import require
 from ..errors import SdoptError
-from ..store import exists_and_not_empty, write_json
+from ..store import check_replaceable, exists_and_not_empty, remove_output, write_json
 from .compare import Inputs, compare_results, environment_differences
 from .config import load_config, parse_config
+from .outputs import made_by_sdopt
 from .results import (REPORT_HTML_NAME, REPORT_MARKDOWN_NAME, RESULTS_NAME, VERDICT_NAME,
                       find_results_dir, read_results, read_verdict)
 from .scaffold import dumps_toml
@@ -486,8 +487,11 @@ def reconstructed_config(table: dict, next_to: Path) -> Iterator[Path]:
 def reproduce(req: Request, *, client=None, image: str | None = None,
               context: Path | None = None, build_args: dict[str, str] | None = None,
               tag: str = DEFAULT_TAG, artifact: Path | None = None, pin_candidate: bool = False,
-              log: Log = print) -> Outcome:
-    """Build or fetch the image, run the gate in it, and (from an artifact) compare with CI."""
+              log: Log = print, overwrite: bool = False,
+              protected: list[Path] | tuple = ()) -> Outcome:
+    """Build or fetch the image, run the gate in it, and (from an artifact) compare with CI.
+    With ``overwrite`` an existing ``req.out`` that sdopt wrote (gate.outputs) is checked at
+    once and deleted only when the image is ready, right before the container runs."""
     ci = None
     if artifact is not None:
         ci_results, ci_dir, ci_verdict = read_artifact(artifact)
@@ -496,9 +500,12 @@ def reproduce(req: Request, *, client=None, image: str | None = None,
         ci = (ci_results, ci_dir, ci_verdict, table)
     else:
         check_request(req)
-    if exists_and_not_empty(req.out):
+    replace = exists_and_not_empty(req.out)
+    if replace and not overwrite:
         raise SdoptError(f"--out '{req.out}' already exists and is not empty: choose another "
                          "directory or pass --overwrite")
+    if replace:
+        check_replaceable(req.out, what="--out", protected=protected, made_by_sdopt=made_by_sdopt)
     gpus = host_gpus()
     requests = device_requests(req.gpus, gpus, log)
     client = client or connect()
@@ -510,6 +517,8 @@ def reproduce(req: Request, *, client=None, image: str | None = None,
             raise SdoptError("no Dockerfile to build: this sdopt install has no source tree; pass "
                              "--image (a prebuilt sdopt image) or --context (a checkout of sdopt)")
         image = build_image(client, context, tag=tag, build_args=build_args, log=log)
+    if replace:
+        remove_output(req.out, what="--out", protected=protected, made_by_sdopt=made_by_sdopt)
 
     if ci is None:
         code = run_container(client, image, req, log=log, requests=requests)
