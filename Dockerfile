@@ -93,5 +93,8 @@ ENV PYTHONPATH=/opt/action \
     PYTHONSAFEPATH=1
 RUN python -c "import action.main, sdopt.templates"
 
-# GitHub requires container actions to run as root (the workspace is owned by the runner).
+# No USER: action/run-container.sh runs the image as the workspace's owner (`--user UID:GID`,
+# uid 1001 on GitHub-hosted runners) with HOME under /tmp, so that the files it writes stay
+# readable to the later steps and git sees a repository of its own user; `docker run` without
+# --user (a laptop reproducing a CI result) still works as root.
 ENTRYPOINT ["python", "-m", "action"]

@@ -11,7 +11,15 @@
 # to the runner's files afterwards. The workspace is mounted at its own path, so every path the
 # action writes to its outputs is valid on the runner too.
 # Inputs arrive as INPUT_* variables and are passed by name (`-e NAME`), never as values on a
-# command line, so the token does not appear in process listings.
+# command line, so the token does not appear in process listings. Only an allow-list of the
+# runner's variables goes in: never ACTIONS_* (the OIDC and cache tokens), GITHUB_TOKEN, HF_*
+# tokens, nor the runner's own files (GITHUB_ENV, GITHUB_PATH...); the container's entrypoint
+# passes even less on to the `sdopt` process that runs the pull request's config.
+#
+# The container runs as the owner of the workspace (`--user UID:GID`; the runner user, uid 1001
+# on GitHub-hosted runners), with a writable HOME: what it writes belongs to that user, so the
+# following steps (actions/upload-artifact, the fork commenter) can read it, and git sees a
+# repository owned by the process user.
 set -euo pipefail
 
 : "${GITHUB_WORKSPACE:?GITHUB_WORKSPACE is not set: run this through action.yml}"
@@ -30,7 +38,18 @@ if [ -z "$image" ]; then
   done <<< "${INPUT_BUILD_ARGS:-}"
   "$DOCKER" build "${build_args[@]}" -t "$image" "$ACTION_PATH"
   echo "::endgroup::"
-elif ! "$DOCKER" image inspect "$image" >/dev/null 2>&1; then
+elif [[ "$image" == *@sha256:* ]]; then
+  # Pinned by digest: a local image with that digest is that image, whoever tagged it.
+  "$DOCKER" image inspect "$image" >/dev/null 2>&1 || "$DOCKER" pull "$image"
+elif [[ "$image" == localhost/* ]]; then
+  # A locally built image (tests, a self-built runner image): there is no registry to ask.
+  if ! "$DOCKER" image inspect "$image" >/dev/null 2>&1; then
+    echo "::error title=sdopt::image '${image}' is not on this runner (localhost/ images are never pulled)"
+    exit 2
+  fi
+else
+  # A tag is always pulled: on a shared self-hosted runner a locally tagged image could have
+  # been built by another job (a fork's pull request) under the same name.
   "$DOCKER" pull "$image"
 fi
 
@@ -47,6 +66,8 @@ case "${INPUT_GPUS:-auto}" in
   *) gpu_args=(--gpus "\"device=${INPUT_GPUS}\"") ;;
 esac
 
+# The user the container runs as: the workspace's owner (not root, not whoever runs docker).
+owner="$(stat -c '%u:%g' "$GITHUB_WORKSPACE")"
 io="$(mktemp -d "${GITHUB_WORKSPACE}/.sdopt-action.XXXXXX")"
 name="sdopt-action-$(basename "$io" | tr -dc 'a-zA-Z0-9')-$$"
 # No `docker run --rm`: through podman's Docker-compatible API (4.x) it loses the container's
@@ -58,16 +79,26 @@ if [ -n "${GITHUB_EVENT_PATH:-}" ] && [ -f "$GITHUB_EVENT_PATH" ]; then
 else
   echo '{}' > "$io/event.json"
 fi
+# The container user must write the output and summary files (when this script runs as root,
+# e.g. in a job container, the files would otherwise be root's).
+if [ "$(id -u)" = 0 ]; then chown -R "$owner" "$io"; fi
 
 env_args=()
 while read -r var; do
   case "$var" in
-    INPUT_*|GITHUB_*|RUNNER_*|CI|ACTIONS_*|HF_*|SDOPT_*) env_args+=(-e "$var") ;;
+    INPUT_*) env_args+=(-e "$var") ;;   # action.yml's inputs (the token: for the comment only)
+    *TOKEN*|*SECRET*|*PASSWORD*|*KEY*|*CREDENTIAL*) ;;
+    CI|RUNNER_OS|RUNNER_ARCH|SDOPT_*) env_args+=(-e "$var") ;;
+    GITHUB_ACTIONS|GITHUB_SHA|GITHUB_REF|GITHUB_REF_NAME|GITHUB_HEAD_REF|GITHUB_BASE_REF) env_args+=(-e "$var") ;;
+    GITHUB_REPOSITORY|GITHUB_WORKSPACE|GITHUB_EVENT_NAME|GITHUB_RUN_ID|GITHUB_RUN_ATTEMPT) env_args+=(-e "$var") ;;
+    GITHUB_SERVER_URL|GITHUB_API_URL|GITHUB_GRAPHQL_URL) env_args+=(-e "$var") ;;
+    HF_HOME|HF_HUB_CACHE|HF_HUB_OFFLINE|HF_ENDPOINT|HF_HUB_DISABLE_TELEMETRY) env_args+=(-e "$var") ;;
   esac
 done < <(compgen -e)
 
 set +e
-"$DOCKER" run --name "$name" "${gpu_args[@]}" "${env_args[@]}" \
+"$DOCKER" run --name "$name" --user "$owner" "${gpu_args[@]}" "${env_args[@]}" \
+  -e HOME=/tmp -e USER=sdopt \
   -e GITHUB_OUTPUT="$io/output" -e GITHUB_STEP_SUMMARY="$io/summary.md" \
   -e GITHUB_EVENT_PATH="$io/event.json" -e GITHUB_ACTIONS=true \
   -v "${GITHUB_WORKSPACE}:${GITHUB_WORKSPACE}" -w "${GITHUB_WORKSPACE}" \
