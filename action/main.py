@@ -8,6 +8,11 @@ the artifact's JSON instead of posting the artifact's markdown, which a fork cou
 ``merge`` is a matrix's fan-in job: ``sdopt merge`` over the downloaded legs, one comment.
 Exit status (sdopt.errors.ExitCode, as for the sdopt commands): 0 pass, 1 regression,
 3 not comparable (each verdict only if listed in ``fail_on``, else 0), 2 bad input.
+
+The gate fails closed: sdopt writes into a fresh directory, and only a run that finished (exit
+0, 1 or 3, with its files) is published; a crash or a kill is one error annotation, no outputs
+and a failing status, never a stale ``pass``. Nothing is read through a symbolic link, the
+child sees no token, and its output cannot issue workflow commands.
 """
 
 from __future__ import annotations
