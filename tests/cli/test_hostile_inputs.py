@@ -160,3 +160,22 @@ def test_hostile_config_values_are_one_line_exit_2(project, tmp_path, setting, f
     line = one_line_error(*run("bench", "--config", repo / "sdopt.toml", "--set",
                                setting.replace(" ", ""), "--out", tmp_path / "o"))
     assert f"field '{field}'" in line and "--set" in line, line
+
+
+def test_a_bench_output_is_readable_by_another_user(project, tmp_path):
+    """What a root container writes, a later step as uid 1001 reads (upload-artifact): umask
+    modes, not mkstemp's 0600/0700, on every file and folder (issue #15)."""
+    import os
+
+    repo, _ = project
+    saved = os.umask(0o022)
+    try:
+        code, out = run("baseline", "save", "--config", repo / "sdopt.toml", "--results",
+                        repo / "out", "--to", tmp_path / "baseline")
+    finally:
+        os.umask(saved)
+    assert code == 0, out
+    for top in (repo / "out", tmp_path / "baseline"):
+        for path in [top, *top.rglob("*")]:
+            mode = path.stat().st_mode & 0o777
+            assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
