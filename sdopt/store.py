@@ -113,6 +113,11 @@ def check_replaceable(target: str | os.PathLike, *, what: str = "output",
                              "config's folder, HOME or the working directory): sdopt never "
                              "replaces it; choose a directory of its own")
     if any(target.iterdir()) and not (made_by_sdopt or has_marker)(target):
+        found = marker_kind(target)
+        if found:
+            raise SdoptError(f"{what} '{target}' holds another kind of sdopt output ({found}, "
+                             "e.g. a model): sdopt does not replace it with this one; choose "
+                             "another directory")
         raise SdoptError(f"{what} '{target}' was not written by sdopt (no {MARKER_NAME} in it): "
                          "sdopt replaces only its own output; choose another directory or "
                          "remove it yourself")

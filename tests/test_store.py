@@ -247,7 +247,7 @@ def test_the_marker_names_the_kind_of_output(tmp_path):
     with atomic_directory(model) as tmp:
         (tmp / "weights").write_text("w")
     assert marker_kind(model) == "output" and not has_marker(model, "results")
-    with pytest.raises(SdoptError, match="not written by sdopt"):
+    with pytest.raises(SdoptError, match=r"another kind of sdopt output \(output"):
         with atomic_directory(model, overwrite=True, kind="results"):
             pass
     assert (model / "weights").read_text() == "w"
