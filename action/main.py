@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     except Exception as exc:  # noqa: BLE001 - a bug must still fail the step, never pass it
         import traceback
 
-        traceback.print_exc(file=sys.stderr)
+        sys.stderr.write(workflow.neutralize(traceback.format_exc()))
         workflow.error(f"the sdopt action failed: {type(exc).__name__}: {exc}",
                        title="sdopt: failed")
         return 1
