@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,6 +28,7 @@ class PullRequestContext:
     head_sha: str | None
     head_repository: str | None
     event_name: str
+    base_sha: str | None = None     # the PR's base commit: same-job mode measures it beside head
 
     @property
     def is_fork(self) -> bool:
@@ -34,6 +36,12 @@ class PullRequestContext:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _commit_sha(value) -> str | None:
+    """A full commit id, or None: the payload is read from a file and passed on to git."""
+    return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", value) \
+        else None
 
 
 def load_payload(env: Mapping[str, str]) -> dict[str, Any]:
@@ -67,7 +75,8 @@ def from_event(env: Mapping[str, str] | None = None) -> PullRequestContext:
         return PullRequestContext(
             repository=_full_name(base.get("repo")) or repository, number=pr["number"],
             head_sha=head.get("sha") if isinstance(head.get("sha"), str) else None,
-            head_repository=_full_name(head.get("repo")), event_name=event_name)
+            head_repository=_full_name(head.get("repo")), event_name=event_name,
+            base_sha=_commit_sha(base.get("sha")))
     issue = payload.get("issue")
     if isinstance(issue, dict) and isinstance(issue.get("number"), int) and "pull_request" in issue:
         return PullRequestContext(repository, issue["number"], None, None, event_name)

@@ -19,6 +19,7 @@ from sdopt.gate.results import NOT_COMPARABLE, REGRESSION
 
 MODES = ("gate", "optimize", "comment", "merge")
 GPU_CHOICES = ("auto", "all", "none")
+SAME_JOB_CHOICES = ("auto", "true", "false")
 
 
 
@@ -27,6 +28,9 @@ class ActionInputs:
     config: str = "sdopt.toml"
     mode: str = "gate"
     baseline: str | None = None
+    # auto: a pull request's base commit, when checked out, is measured beside the head in this
+    # job (run drift cancels) unless an explicit baseline is given; true: required; false: never.
+    same_job: str = "auto"
     out: str = "sdopt-out"
     # The threshold inputs first, then config_overrides: passed to sdopt as --set, in order.
     overrides: list[Override] = field(default_factory=list)
@@ -88,6 +92,9 @@ def read_inputs(env: Mapping[str, str] | None = None) -> ActionInputs:
     if inp.mode not in MODES:
         raise SdoptError(f"input 'mode' is '{inp.mode}': expected one of {', '.join(MODES)}")
     inp.baseline = _get(env, "baseline")
+    inp.same_job = (_get(env, "same_job") or inp.same_job).lower()
+    if inp.same_job not in SAME_JOB_CHOICES:
+        raise SdoptError(f"input 'same_job' is '{inp.same_job}': expected auto, true or false")
     inp.out = _get(env, "out") or inp.out
     for name in THRESHOLD_SHORTCUTS:
         value = _get(env, name)

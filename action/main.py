@@ -309,6 +309,39 @@ def exit_code(inp: ActionInputs, verdict: dict | None, rc: int) -> int:
     return verdict_exit_code(verdict) if state == PASS or state in inp.fail_on else ExitCode.PASS
 
 
+def same_job_base(inp: ActionInputs, ctx: event.PullRequestContext) -> str | None:
+    """The base commit to measure beside the head in this job, or None for the stored baseline.
+
+    Runs of one machine drift as a whole (sdopt/gate/latency.py); base and head interleaved in one
+    job cancel that and also catch slowdowns that hit original and optimized alike. So a pull
+    request uses it whenever its base commit is in the checkout (actions/checkout with
+    fetch-depth: 0), unless the workflow names a baseline or says ``same_job: false``."""
+    if inp.same_job == "false" or (inp.same_job == "auto" and inp.baseline):
+        return None
+    if inp.same_job == "true" and inp.baseline:
+        raise SdoptError("inputs 'same_job: true' and 'baseline' both set: same-job mode "
+                         "measures the base commit itself; drop one of them")
+    if ctx.base_sha is None:
+        if inp.same_job == "true":
+            raise SdoptError("input 'same_job' is true but this event is not a pull request with "
+                             "a base commit: use it on pull_request events, or set it to auto")
+        return None
+    from sdopt.gate.git import run_git
+
+    present = run_git(["cat-file", "-e", f"{ctx.base_sha}^{{commit}}"],
+                      Path(inp.config).resolve().parent, check=False).returncode == 0
+    if present:
+        return ctx.base_sha
+    why = (f"the pull request's base commit {ctx.base_sha[:12]} is not in the checkout: fetch it "
+           "(actions/checkout with fetch-depth: 0) for same-job mode")
+    if inp.same_job == "true":
+        raise SdoptError(f"input 'same_job' is true but {why}")
+    workflow.warning(f"{why}; compared with the stored baseline instead, where run-to-run drift "
+                     "is only allowed for", title="sdopt: same-job mode unavailable",
+                     file=inp.config)
+    return None
+
+
 def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "gate") -> int:
     """One run of ``sdopt gate`` (or ``bench``) into a fresh directory; published only when sdopt
     finished (exit 0, 1 or 3), then moved to ``out``."""
@@ -318,7 +351,10 @@ def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "ga
     protected = check_out(inp)
     with fresh_output(out) as staged:
         args = ["--out", str(staged)]
-        if subcommand == "gate" and inp.baseline:
+        base_ref = same_job_base(inp, ctx) if subcommand == "gate" else None
+        if base_ref:
+            args += ["--same-job-base", base_ref]
+        elif subcommand == "gate" and inp.baseline:
             args += ["--baseline", inp.baseline]
         rc, errors = run_sdopt([subcommand, *config_args, *args], env,
                                artifact_url=inp.artifact_url)

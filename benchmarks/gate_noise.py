@@ -234,13 +234,55 @@ def main(argv=None) -> int:
            "wall_s": round(time.time() - started), "rules": list(RULES),
            "regression_rates": summary, "runs": rows}
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"\n{args.preset} ({args.size or 'native'} px, {args.steps} steps, {args.samples} "
-          f"samples per run, baseline history {args.history} runs): REGRESSION verdicts")
-    print("| scenario | " + " | ".join(RULES) + " |")
-    print("|---|" + "---:|" * len(RULES))
-    for scenario, rates in summary.items():
-        print(f"| {scenario} | " + " | ".join(rates[r] for r in RULES) + " |")
+    print("\n" + "\n".join(_table(doc)))
+    _write_markdown(Path(args.out).parent)
     return 0
+
+
+def _table(doc: dict) -> list[str]:
+    """The side-by-side table of one result file, with the spread that explains it."""
+    size = f"{doc['size']} px" if doc["size"] else "native size"
+    device = doc["device"]
+    lines = [f"### {doc['preset']}, {size}, {doc['steps']} steps, {doc['samples_per_run']} samples "
+             f"per run ({device.get('name')}, {device.get('cores')} cores)", "",
+             f"Baseline: {doc['history_runs']} runs of identical code saved one after another; "
+             f"{doc['runs_per_scenario']} runs per scenario; {doc['wall_s'] / 60:.0f} min in all. "
+             "REGRESSION verdicts:", "",
+             "| scenario | " + " | ".join(doc["rules"]) + " |",
+             "|---|" + "---:|" * len(doc["rules"])]
+    for scenario, rates in doc["regression_rates"].items():
+        lines.append(f"| {scenario} | " + " | ".join(rates[r] for r in doc["rules"]) + " |")
+    spread = _spread(doc)
+    if spread:
+        lines += ["", spread]
+    return lines
+
+
+def _spread(doc: dict) -> str:
+    """How far identical runs moved: the absolute median and the in-run ratio."""
+    import statistics
+
+    rows = [r for r in doc["runs"] if r["scenario"] == "identical"]
+    checks = [r["rules"][RULES[1]]["checks"] for r in rows]
+    absolute = [c["absolute"]["change"] for c in checks if "absolute" in c]
+    ratio = [c["in-run-ratio"]["change"] for c in checks if "in-run-ratio" in c]
+    if not absolute or not ratio:
+        return ""
+    return (f"Identical runs against the 1-run baseline: the optimized median moved "
+            f"x{min(absolute):.3f}-x{max(absolute):.3f} (median x{statistics.median(absolute):.3f}), "
+            f"its in-run ratio to the original x{min(ratio):.3f}-x{max(ratio):.3f} (median "
+            f"x{statistics.median(ratio):.3f}).")
+
+
+def _write_markdown(folder: Path) -> None:
+    """gate_noise.md from every gate_noise*.json in ``folder`` (one section per run of this)."""
+    docs = [json.loads(p.read_text()) for p in sorted(folder.glob("gate_noise*.json"))]
+    lines = ["# Gate noise: false alarms and detections on real runs", "",
+             "Written by `benchmarks/gate_noise.py` (see its docstring for the scenarios and the "
+             "three rules). Each run is its own process; nothing else ran on the machine.", ""]
+    for doc in docs:
+        lines += _table(doc) + [""]
+    (folder / "gate_noise.md").write_text("\n".join(lines))
 
 
 def argparse_hidden():

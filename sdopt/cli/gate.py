@@ -192,6 +192,7 @@ def baseline() -> None:
 def baseline_save(config, results, to, update_baseline):
     """Copy results (and their images) to the baseline directory, atomically."""
     from ..gate.baseline import save_baseline
+    from ..gate.history import read_history
 
     settings = _load(config)
     dest = Path(to) if to else settings.resolve(settings.baseline.path)
@@ -199,7 +200,11 @@ def baseline_save(config, results, to, update_baseline):
         _check_writable(dest, "baseline")
     with _output_errors(dest, "baseline"):
         saved = save_baseline(results, dest, update=update_baseline, config_dir=settings.root)
-    click.echo(f"baseline saved: {saved}")
+    runs = len(read_history(saved))
+    learn = settings.gate.min_history_runs
+    click.echo(f"baseline saved: {saved} (history: {runs} run(s) of this machine and workload; "
+               + ("the gate judges latency against their spread)" if runs >= learn else
+                  f"from {learn} the gate learns their run-to-run spread)"))
 
 
 @click.command()

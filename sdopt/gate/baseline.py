@@ -5,7 +5,9 @@ It can be read from a path, from a git ref of the user's repository (the base br
 baseline: ``git:origin/main:.sdopt/baseline``), or from a CI artifact directory as downloaded
 (where results.json may sit one or two folders down). Saving never replaces an existing baseline
 unless asked (``--update-baseline``), and goes through a temporary directory and a rename, so a
-failed save leaves the old baseline intact.
+failed save leaves the old baseline intact. An update keeps the old baseline's runs in
+``history.json`` (:mod:`sdopt.gate.history`): the gate learns the machine's run-to-run spread
+from them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from ..store import atomic_directory, exists_and_not_empty
 from .compare import Inputs, safe_join
 from .git import repo_root, run_git
 from .outputs import RESULTS_OUTPUT, check_output, made_by_sdopt
-from .results import PYTEST_BENCHMARK_NAME, RESULTS_NAME, find_results_dir, read_results
+from .history import read_history, run_summary, with_run, write_history
+from .results import (HISTORY_NAME, PYTEST_BENCHMARK_NAME, RESULTS_NAME, find_results_dir,
+                      read_results)
 
 GIT_PREFIX = "git:"
 
@@ -60,6 +64,7 @@ def save_baseline(results_dir: str | os.PathLike, target: str | os.PathLike, *,
             dst = tmp / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
+        write_history(tmp, with_run(_previous_runs(target) if update else [], results))
     return target
 
 
@@ -143,10 +148,20 @@ def _repo_relative(config, path: str) -> str:
     return absolute.relative_to(root).as_posix()
 
 
+def _previous_runs(target: Path) -> list[dict]:
+    """The runs of the baseline about to be replaced: its history, or for a baseline saved
+    before histories existed, its own run."""
+    if (target / HISTORY_NAME).is_file():
+        return read_history(target)
+    if (target / RESULTS_NAME).is_file():
+        return [run_summary(read_results(target, what="baseline"))]
+    return []
+
+
 def inputs_for(baseline: tuple[dict, Path, str], current_dir: str | os.PathLike) -> Inputs:
     results, directory, source = baseline
     current_dir = Path(current_dir)
     if current_dir.is_file():
         current_dir = current_dir.parent
     return Inputs(results, directory, read_results(current_dir, what="current results"),
-                  current_dir, source)
+                  current_dir, source, read_history(directory))

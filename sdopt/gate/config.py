@@ -112,6 +112,15 @@ class GateConfig(_Section):
     alpha: float = Field(default=0.01, gt=0, lt=1)
     # ... computed only when both sides have this many samples (else the ratio alone, warned).
     min_samples: int = Field(default=5, ge=2)
+    # Runs of one machine drift as a whole (sdopt/gate/latency.py). Against a stored baseline,
+    # the gate learns how far from the baseline's history of runs (sdopt baseline save adds
+    # one) once it holds min_history_runs; until then a run-to-run drift up to drift_allowance
+    # is not a regression (measured here: benchmarks/results/gate_noise.md).
+    drift_allowance: float = Field(default=0.15, ge=0, le=10)
+    min_history_runs: int = Field(default=5, ge=3, le=1000)
+    # The absolute latency against a baseline of fewer runs: only a slowdown beyond this counts
+    # (the drift of a whole run is unknown; same-job mode or a history catch smaller ones).
+    absolute_drift_allowance: float = Field(default=1.0, ge=0, le=100)
     # Quality regresses when an image vs the baseline's (same prompt and seed) falls below these.
     psnr_min_db: float = Field(default=30.0, ge=0)
     ssim_min: float = Field(default=0.90, ge=-1, le=1)

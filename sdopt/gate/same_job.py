@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 from ..models import PRESETS
@@ -52,13 +53,15 @@ def bench_same_job(config, config_path: str | os.PathLike, base_ref: str,
             head, head_opt = optimized_subject(config, load_original(config), progress=progress,
                                                name="head")
         with atomic_directory(out_dir, overwrite=False) as work:
+            job = uuid.uuid4().hex  # ties the two sides: compare judges them as one job's pair
             results = run_bench([base, head], BenchSettings.from_config(config), work,
                                 progress=progress, console=console,
                                 config=config.public_dict(), optimization=head_opt)
             for name, target, opt in (("base", work / "base", base_opt), ("head", work, head_opt)):
                 doc = dict(results, variants={"optimized": _move_images(
                     results["variants"][name], work / IMAGES_DIR / name, target)}, optimization=opt)
-                doc["config"] = dict(doc["config"], same_job={"base_ref": base_ref, "side": name})
+                doc["config"] = dict(doc["config"], same_job={"base_ref": base_ref, "side": name,
+                                                              "job": job})
                 write_results(doc, target)
     return out_dir
 

@@ -221,7 +221,7 @@ jobs:
     steps:
       - uses: actions/checkout@v4
         with:
-          fetch-depth: 0                 # baseline.git_ref = "origin/main" reads the base's baseline
+          fetch-depth: 0                 # the PR's base commit: same_job (default auto) measures it beside the head
       - id: sdopt
         uses: {o.action}
         with:

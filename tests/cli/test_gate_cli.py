@@ -46,7 +46,7 @@ def project(tmp_path_factory):
     code, out = run("bench", "--config", config, "--quiet")
     assert code == 0, out
     code, out = run("baseline", "save", "--config", config, "--results", root / "out")
-    assert code == 0 and "baseline saved" in out, out
+    assert code == 0 and "baseline saved" in out and "history: 1 run(s)" in out, out
     return root
 
 

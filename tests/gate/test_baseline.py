@@ -120,10 +120,13 @@ def test_same_job_mode_measures_base_and_head_models_interleaved(tmp_path):
     head, base = read_results(out), read_results(out / "base")
     assert head["variants"]["optimized"]["label"] == "torch_eager/fp32-channels_last"
     assert base["variants"]["optimized"]["label"] == "torch_eager/fp32"
-    assert head["config"]["same_job"] == {"base_ref": "main", "side": "head"}
+    job = head["config"]["same_job"]["job"]
+    assert head["config"]["same_job"] == {"base_ref": "main", "side": "head", "job": job}
+    assert base["config"]["same_job"] == {"base_ref": "main", "side": "base", "job": job}
     assert (out / "base/images/optimized/0.png").is_file()
     with open_baseline(out / "base") as base_triplet:
         verdict = compare_results(inputs_for(base_triplet, out))
     assert verdict["verdict"] in ("pass", "regression")
+    assert verdict["latency"]["decided_by"] == ["same-job"]  # no drift allowance: one job
     assert verdict["baseline"]["environment_match"] is True
     assert not verdict["quality"]["regressed"]  # fp32 either way: same pixels (to rounding)

@@ -80,7 +80,7 @@ def test_markdown_numbers_are_the_results(recorded):
     assert fmt.seconds(s) in text and fmt.seconds(o) in text
     assert "Latency decided by **" + ", ".join(verdict["latency"]["decided_by"]) + "**" in text
     for check in verdict["latency"]["checks"]:  # every comparison with its own numbers
-        assert f"| {check['name']} (" in text and fmt.ratio(check["change"], 3) in text
+        assert f"| {check['name']} |" in text and fmt.ratio(check["change"], 3) in text
         assert fmt.ratio(check["allowed"], 3) in text
     regressed = [i for i in verdict["quality"]["images"] if i["regressed"]]
     assert regressed, "the regression scenario has regressed images"
