@@ -170,8 +170,11 @@ optimization_time = "constrained"   # or "unconstrained": also approximate techn
 
 [gate]
 latency_tolerance = {o.latency_tolerance!r}        # latency regresses only if median ratio > 1 + this ...
-alpha = 0.01                    # ... AND one-sided Mann-Whitney U p < alpha
+alpha = 0.01                    # ... AND the check is significant (p < alpha; docs/gate.md)
 min_samples = {min_samples}                 # fewer samples: the ratio alone decides, with a warning
+# drift_allowance = 0.15        # runs drift as a whole: the optimized/original ratio may move this much
+# min_history_runs = 5          #   until the baseline's history holds this many runs (then learnt)
+# absolute_drift_allowance = 1.0   # without that history, only a slowdown beyond this counts absolutely
 psnr_min_db = 30.0              # quality regresses if an image vs the baseline's (same prompt and seed)
 ssim_min = 0.90                 # falls below either of these
 variant = "optimized"           # which variant is gated
