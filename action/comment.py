@@ -12,6 +12,11 @@ Upsert rules, so that reruns never pile up comments and we never touch anyone el
 - every page of comments is searched (Link-header pagination), a long PR has hundreds;
 - the body is capped at GitHub's 65,536 characters (a longer one is refused with 422) by the
   report's own cap (sdopt.report.markdown), the marker kept first.
+- the ``comment`` input's policy decides whether to write at all (``decide``): ``always``,
+  ``on-change`` (only when the verdict differs from the one the existing comment shows),
+  ``on-regression`` (only for a regression or "not comparable", and to turn an existing
+  comment back to pass); the verdict shown is kept in a second hidden marker
+  ``<!-- sdopt-verdict:STATE -->``.
 A token that may not comment (a fork PR's read-only token, missing ``pull-requests: write``)
 yields a warning and the report stays in the job summary: the gate's verdict is what fails a job,
 never the comment.
@@ -22,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdopt.deps import require
+from sdopt.gate.results import NOT_COMPARABLE, REGRESSION
 from sdopt.report.markdown import MAX_CHARS, cap
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -35,6 +41,38 @@ def marker(key: str = "default") -> str:
     return f"<!-- sdopt-report:{key} -->"
 
 
+def verdict_marker(state: str) -> str:
+    return f"<!-- sdopt-verdict:{state} -->"
+
+
+def shown_verdict(body: str) -> str | None:
+    """The verdict an existing comment of ours shows (None: an older comment without it)."""
+    head = "<!-- sdopt-verdict:"
+    start = body.find(head)
+    if start < 0:
+        return None
+    end = body.find(" -->", start)
+    return body[start + len(head):end] if end > 0 else None
+
+
+BAD_VERDICTS = (REGRESSION, NOT_COMPARABLE)
+
+
+def decide(policy: str, state: str, existing: str | None, has_comment: bool) -> str | None:
+    """Why the comment is left alone under ``policy`` (None: write it). ``state`` is this run's
+    verdict (pass, regression, not_comparable, none), ``existing`` the one our comment shows."""
+    if policy == "never":
+        return "comment: never"
+    if policy == "on-change" and has_comment and existing == state:
+        return f"the verdict is still {state} (comment: on-change)"
+    if policy == "on-regression" and state not in BAD_VERDICTS:
+        if not has_comment:
+            return f"the verdict is {state} (comment: on-regression)"
+        if existing == state:
+            return f"the verdict is still {state} (comment: on-regression)"
+    return None
+
+
 def cap_body(body: str, *, key: str = "default", artifact_url: str | None = None,
              limit: int = MAX_CHARS) -> str:
     """The marker first (it finds the comment again), then the body, cut with a note when the
@@ -45,7 +83,7 @@ def cap_body(body: str, *, key: str = "default", artifact_url: str | None = None
 
 @dataclass
 class CommentResult:
-    action: str                  # "created" | "updated" | "skipped"
+    action: str                  # "created" | "updated" | "kept" (policy) | "skipped" (refused)
     url: str | None = None
     reason: str = ""
 
@@ -85,13 +123,18 @@ def _our_login(gh, configured: str | None) -> str:
 def upsert_comment(*, token: str, repository: str, number: int, body: str, key: str = "default",
                    api_url: str = DEFAULT_API_URL, author: str | None = None,
                    expected_head_sha: str | None = None,
-                   artifact_url: str | None = None) -> CommentResult:
-    """Create or update our comment; GitHub API refusals come back as ``skipped`` with why."""
+                   artifact_url: str | None = None, policy: str = "always",
+                   verdict: str = "none") -> CommentResult:
+    """Create or update our comment as ``policy`` says (``decide``); GitHub API refusals come
+    back as ``skipped`` with why, a comment the policy leaves alone as ``kept``."""
     from github import GithubException
 
     gh = _github(token, api_url)
-    text = cap_body(body, key=key, artifact_url=artifact_url)
     mark = marker(key)
+    if body.startswith(mark):
+        body = body[len(mark):].lstrip("\n")
+    text = cap_body(f"{mark}\n{verdict_marker(verdict)}\n{body}", key=key,
+                    artifact_url=artifact_url)
     try:
         repo = gh.get_repo(repository)
         if expected_head_sha:
@@ -108,6 +151,10 @@ def upsert_comment(*, token: str, repository: str, number: int, body: str, key: 
             if user == login and (existing.body or "").lstrip().startswith(mark):
                 ours = existing
                 break
+        why = decide(policy, verdict, shown_verdict(ours.body or "") if ours else None,
+                     ours is not None)
+        if why:
+            return CommentResult("kept", ours.html_url if ours else None, reason=why)
         if ours is not None:
             ours.edit(text)
             return CommentResult("updated", ours.html_url)

@@ -20,6 +20,14 @@ from sdopt.gate.results import NOT_COMPARABLE, REGRESSION
 MODES = ("gate", "optimize", "comment", "merge")
 GPU_CHOICES = ("auto", "all", "none")
 SAME_JOB_CHOICES = ("auto", "true", "false")
+# When the PR comment is created or updated (docs/action.md, "Comment policy"); true and false
+# are kept as always and never.
+COMMENT_POLICIES = ("always", "on-change", "on-regression", "never")
+COMMENT_ALIASES = {"true": "always", "false": "never"}
+# SDOPT_PHASE, set by action.yml's steps: "run" measures and writes the job summary but leaves
+# the PR comment to "publish", which runs after the composite action uploaded the results (so
+# the comment can link the artifact). Unset (a container run by hand): both at once.
+PHASES = ("run", "publish", "all")
 
 
 
@@ -35,7 +43,7 @@ class ActionInputs:
     # The threshold inputs first, then config_overrides: passed to sdopt as --set, in order.
     overrides: list[Override] = field(default_factory=list)
     token: str | None = None
-    comment: bool = True
+    comment: str = "always"
     comment_key: str = "default"
     comment_author: str | None = None
     artifact_dir: str | None = None
@@ -103,7 +111,12 @@ def read_inputs(env: Mapping[str, str] | None = None) -> ActionInputs:
                                                source=f"input '{name}'"))
     inp.overrides += parse_overrides(_get(env, "config_overrides") or "")
     inp.token = _get(env, "token")
-    inp.comment = _bool(env, "comment", True)
+    comment = (_get(env, "comment") or inp.comment).lower()
+    comment = COMMENT_ALIASES.get(comment, comment)
+    if comment not in COMMENT_POLICIES:
+        raise SdoptError(f"input 'comment' is '{comment}': expected always, on-change, "
+                         "on-regression or never (true and false mean always and never)")
+    inp.comment = comment
     inp.comment_key = _get(env, "comment_key") or inp.comment_key
     if not all(c.isalnum() or c in "-_." for c in inp.comment_key):
         raise SdoptError(f"input 'comment_key' is '{inp.comment_key}': expected letters, digits, "

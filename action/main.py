@@ -37,7 +37,7 @@ from sdopt.report import build_context, render_markdown
 
 from . import comment as comment_mod
 from . import event, workflow
-from .inputs import ActionInputs, read_inputs
+from .inputs import PHASES, ActionInputs, read_inputs
 
 # How the sdopt command line is started (the same interpreter as the action).
 SDOPT_COMMAND = (sys.executable, "-m", "sdopt.cli")
@@ -242,12 +242,30 @@ def annotate(verdict: dict | None, config: str) -> None:
             workflow.warning(reason, title="sdopt: not comparable with the baseline", file=config)
 
 
+def phase_of(env: Mapping[str, str]) -> str:
+    """SDOPT_PHASE (action/inputs.py PHASES): which part of the job this container run does."""
+    phase = (env.get("SDOPT_PHASE") or "all").strip().lower()
+    if phase not in PHASES:
+        raise SdoptError(f"SDOPT_PHASE is '{phase}': expected run, publish or all")
+    return phase
+
+
+def artifact_link(body: str, url: str | None) -> str:
+    """The report with a line linking the uploaded results (once)."""
+    if not url or url in body:
+        return body
+    return (f"{body.rstrip()}\n\n[Download the results]({url}) (HTML report, results.json, "
+            "verdict.json, images) from this run's artifact.\n")
+
+
 def publish(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestContext,
             results_dir: Path, results: dict | None, verdict: dict | None, body: str,
-            expected_head_sha: str | None = None) -> str:
-    """Job summary, and the PR comment where allowed; returns the comment URL ('' if none)."""
-    workflow.write_summary(body, env)
-    if not inp.comment:
+            expected_head_sha: str | None = None, *, phase: str = "all") -> str:
+    """Job summary (phases run and all), and the PR comment where allowed and the ``comment``
+    policy asks for it (phases publish and all); returns the comment URL ('' if none)."""
+    if phase != "publish":
+        workflow.write_summary(body, env)
+    if inp.comment == "never" or phase == "run":
         return ""
     if ctx.number is None:
         print("not a pull request: no comment (the report is in the job summary)")
@@ -260,17 +278,45 @@ def publish(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestCon
     if not inp.token:
         workflow.warning("no token: the report is in the job summary only", title="sdopt")
         return ""
+    state = (verdict or {}).get("verdict") or "none"
     result = comment_mod.upsert_comment(
-        token=inp.token, repository=ctx.repository, number=ctx.number, body=body,
+        token=inp.token, repository=ctx.repository, number=ctx.number,
+        body=artifact_link(body, inp.artifact_url),
         key=inp.comment_key, api_url=env.get("GITHUB_API_URL") or comment_mod.DEFAULT_API_URL,
         author=inp.comment_author, expected_head_sha=expected_head_sha,
-        artifact_url=inp.artifact_url)
+        artifact_url=inp.artifact_url, policy=inp.comment, verdict=state)
     if result.action == "skipped":
         workflow.warning(f"no PR comment: {result.reason}; the report is in the job summary",
                          title="sdopt")
         return ""
+    if result.action == "kept":
+        print(workflow.neutralize(f"PR comment left as it is: {result.reason}"))
+        return result.url or ""
     print(workflow.neutralize(f"PR comment {result.action}: {result.url}"))
     return result.url or ""
+
+
+def run_publish(inp: ActionInputs, env: Mapping[str, str]) -> int:
+    """Phase publish (action.yml's last step, after the upload): the PR comment for the output
+    directory the run phase installed, linking the artifact; sets ``comment_url``."""
+    out = Path(inp.out)
+    results, verdict = read_outputs(out)
+    if inp.mode == "merge" or results is None:
+        if not plain_file(out / REPORT_MARKDOWN_NAME):
+            raise SdoptError(f"input 'out': '{out}' holds no {REPORT_MARKDOWN_NAME}: the run "
+                             "step published nothing")
+        body = read_plain_text(out / REPORT_MARKDOWN_NAME)
+    else:
+        body = report_markdown(results, verdict, out, inp, trust_files=True)
+    url = publish(inp, env, event.from_event(env), out, results, verdict, body, phase="publish")
+    workflow.set_outputs({"comment_url": url}, env)
+    return 0
+
+
+def wants_publish(inp: ActionInputs, phase: str) -> str:
+    """The ``publish`` output of the run phase: whether action.yml's publish step has a
+    comment to consider."""
+    return "true" if phase == "run" and inp.comment != "never" else "false"
 
 
 def outputs_for(inp: ActionInputs, results_dir: Path, results: dict | None,
@@ -382,8 +428,11 @@ def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "ga
         body = report_markdown(results, verdict, staged, inp, trust_files=True)
         install(staged, out, protected)
     annotate(verdict, inp.config)
-    url = publish(inp, env, ctx, out, results, verdict, body)
-    workflow.set_outputs(outputs_for(inp, out, results, verdict, url), env)
+    phase = phase_of(env)
+    url = publish(inp, env, ctx, out, results, verdict, body, phase=phase)
+    outputs = outputs_for(inp, out, results, verdict, url)
+    outputs["publish"] = wants_publish(inp, phase)
+    workflow.set_outputs(outputs, env)
     return exit_code(inp, verdict, rc)
 
 
@@ -438,9 +487,11 @@ def run_merge(inp: ActionInputs, env: Mapping[str, str]) -> int:
         body = read_plain_text(staged / REPORT_MARKDOWN_NAME)
         install(staged, out, protected)
     annotate(verdict, inp.config)
-    url = publish(inp, env, event.from_event(env), out, None, verdict, body)
+    phase = phase_of(env)
+    url = publish(inp, env, event.from_event(env), out, None, verdict, body, phase=phase)
     outputs = outputs_for(inp, out, None, verdict, url)
     outputs["speedup"] = ""
+    outputs["publish"] = wants_publish(inp, phase)
     workflow.set_outputs(outputs, env)
     return exit_code(inp, verdict, rc)
 
@@ -451,6 +502,9 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         if env.get("INPUT_TOKEN"):
             workflow.mask(env["INPUT_TOKEN"])
         inp = read_inputs(env)
+        if phase_of(env) == "publish":
+            # mode comment commented in its run step already: nothing was uploaded to link.
+            return 0 if inp.mode == "comment" else run_publish(inp, env)
         if inp.mode == "comment":
             return run_comment(inp, env)
         if inp.mode == "merge":

@@ -4,7 +4,8 @@ import pytest
 
 pytest.importorskip("github", reason="PyGithub is not installed (pip install PyGithub)")
 
-from action.comment import ACTIONS_BOT, cap_body, marker, upsert_comment  # noqa: E402
+from action.comment import (ACTIONS_BOT, cap_body, decide, marker, upsert_comment,  # noqa: E402
+                            verdict_marker)
 from sdopt.report.markdown import MAX_CHARS  # noqa: E402
 from tests.fake_github import FakeGitHub, State, Token  # noqa: E402
 
@@ -31,7 +32,7 @@ def test_first_run_creates_then_second_run_updates(gh):
     assert second.action == "updated" and second.url == first.url
     comments = gh.state.comments[PR]
     assert len(comments) == 1
-    assert comments[0].body == f"{marker()}\nreport v2"
+    assert comments[0].body == f"{marker()}\n{verdict_marker('none')}\nreport v2"
     assert ("PATCH", f"/repos/{REPO}/issues/comments/{comments[0].id}") in gh.state.requests
 
 
@@ -59,7 +60,7 @@ def test_finds_our_comment_on_a_later_page(gh):
     ours = gh.state.add_comment(PR, f"{marker()}\nold", ACTIONS_BOT)
     result = upsert(gh, "new")
     assert result.action == "updated"
-    assert ours.body == f"{marker()}\nnew"
+    assert ours.body == f"{marker()}\n{verdict_marker('none')}\nnew"
     pages = [p for m, p in gh.state.requests if p.endswith(f"/issues/{PR}/comments") and m == "GET"]
     assert len(pages) == 3                     # 100 per page: pages 1, 2, 3 followed via Link
 
@@ -69,7 +70,8 @@ def test_marker_key_separates_comments(gh):
     upsert(gh, "gpu b", key="l4")
     upsert(gh, "gpu a again", key="a100")
     bodies = sorted(c.body for c in gh.state.comments[PR])
-    assert bodies == [f"{marker('a100')}\ngpu a again", f"{marker('l4')}\ngpu b"]
+    none = verdict_marker("none")
+    assert bodies == [f"{marker('a100')}\n{none}\ngpu a again", f"{marker('l4')}\n{none}\ngpu b"]
 
 
 def test_read_only_token_is_skipped_with_reason(gh):
@@ -109,3 +111,41 @@ def test_cap_body_keeps_short_bodies_and_marker():
     assert cap_body(f"{marker()}\nhi") == f"{marker()}\nhi"
     capped = cap_body("é" * 70000, limit=1000)       # one enormous line: cut inside it
     assert len(capped) == 1000 and capped.startswith(marker() + "\néé")
+
+
+@pytest.mark.parametrize("policy,state,existing,has,writes", [
+    ("always", "pass", "pass", True, True),
+    ("never", "regression", None, False, False),
+    ("on-change", "pass", None, False, True),            # no comment yet: the first one
+    ("on-change", "pass", "pass", True, False),          # same verdict: left alone
+    ("on-change", "regression", "pass", True, True),
+    ("on-change", "pass", None, True, True),             # an older comment without the marker
+    ("on-regression", "pass", None, False, False),       # a pass never starts a comment
+    ("on-regression", "regression", None, False, True),
+    ("on-regression", "not_comparable", "pass", True, True),
+    ("on-regression", "regression", "regression", True, True),   # numbers refreshed
+    ("on-regression", "pass", "regression", True, True),  # turns back to pass: no stale red
+    ("on-regression", "pass", "pass", True, False),
+])
+def test_comment_policy(policy, state, existing, has, writes):
+    assert (decide(policy, state, existing, has) is None) == writes
+
+
+def test_on_regression_turns_a_red_comment_green_then_leaves_it(gh):
+    assert upsert(gh, "all fine", policy="on-regression", verdict="pass").action == "kept"
+    assert PR not in gh.state.comments or not gh.state.comments[PR]
+    assert upsert(gh, "slower", policy="on-regression", verdict="regression").action == "created"
+    again = upsert(gh, "fine again", policy="on-regression", verdict="pass")
+    assert again.action == "updated"
+    assert gh.state.comments[PR][0].body.endswith("fine again")
+    assert verdict_marker("pass") in gh.state.comments[PR][0].body
+    kept = upsert(gh, "still fine", policy="on-regression", verdict="pass")
+    assert kept.action == "kept" and kept.url == again.url
+    assert gh.state.comments[PR][0].body.endswith("fine again")
+
+
+def test_on_change_updates_only_when_the_verdict_changes(gh):
+    assert upsert(gh, "v1", policy="on-change", verdict="pass").action == "created"
+    assert upsert(gh, "v2", policy="on-change", verdict="pass").action == "kept"
+    assert upsert(gh, "v3", policy="on-change", verdict="regression").action == "updated"
+    assert gh.state.comments[PR][0].body.endswith("v3")

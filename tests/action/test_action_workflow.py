@@ -73,7 +73,7 @@ def test_mask_each_line_of_a_secret():
 
 def test_inputs_defaults_and_overrides():
     inp = read_inputs({})
-    assert (inp.mode, inp.config, inp.comment, inp.gpus) == ("gate", "sdopt.toml", True, "auto")
+    assert (inp.mode, inp.config, inp.comment, inp.gpus) == ("gate", "sdopt.toml", "always", "auto")
     inp = read_inputs({"INPUT_MODE": "Optimize", "INPUT_LATENCY_TOLERANCE": "0.1",
                        "INPUT_CONFIG_OVERRIDES": "# note\nbench.runs = 5\nmodel = 'tiny'\n",
                        "INPUT_COMMENT": "false", "INPUT_FAIL_ON": "regression",
@@ -81,7 +81,7 @@ def test_inputs_defaults_and_overrides():
     assert inp.mode == "optimize"
     assert [o.line for o in inp.overrides] == ["gate.latency_tolerance = 0.1", "bench.runs = 5",
                                                "model = 'tiny'"]
-    assert inp.comment is False and inp.fail_on == ("regression",) and inp.gpus == "0,1"
+    assert inp.comment == "never" and inp.fail_on == ("regression",) and inp.gpus == "0,1"
 
 
 @pytest.mark.parametrize("env, needle", [
@@ -98,3 +98,10 @@ def test_inputs_defaults_and_overrides():
 def test_bad_inputs_name_the_input(env, needle):
     with pytest.raises(SdoptError, match=needle):
         read_inputs(env)
+
+
+@pytest.mark.parametrize("value,policy", [("true", "always"), ("FALSE", "never"),
+                                          ("on-change", "on-change"),
+                                          ("on-regression", "on-regression"), ("", "always")])
+def test_comment_policy_input(value, policy):
+    assert read_inputs({"INPUT_COMMENT": value}).comment == policy
