@@ -86,9 +86,17 @@ def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise SdoptError(f"{what} '{path}' not found: expected a {path.name} written by sdopt")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SdoptError(f"{what} '{path}' is corrupt: not valid JSON ({exc})") from None
+    except ValueError as exc:
+        raise SdoptError(f"{what} '{path}' is not valid JSON: {exc}") from None
+
+
+def _refuse_constant(name: str):
+    """NaN and Infinity are not JSON (Python's reader takes them): no schema bound catches NaN,
+    which compares false with everything, so it is refused here."""
+    raise ValueError(f"it holds {name}, which JSON does not allow (sdopt writes null)")
 
 
 def validate(data: Any, kind: str, path: Path | str, what: str) -> dict[str, Any]:

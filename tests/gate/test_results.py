@@ -31,6 +31,17 @@ def test_a_field_that_breaks_the_schema_is_named(tmp_path):
     assert "variants.optimized.latency_s.samples.0" in message
 
 
+def test_nan_in_a_results_file_is_refused_with_one_line(tmp_path):
+    """NaN compares false with every schema bound; Python's JSON reader takes it unless told."""
+    text = (DATA / "current" / "results.json").read_text()
+    data = json.loads(text)
+    median = data["variants"]["optimized"]["latency_s"]["median"]
+    (tmp_path / "results.json").write_text(text.replace(json.dumps(median), "NaN", 1))
+    with pytest.raises(SdoptError, match=r"results.json' is not valid JSON: it holds NaN") as err:
+        read_results(tmp_path)
+    assert "\n" not in str(err.value)
+
+
 def test_a_verdict_is_checked_against_the_verdict_schema_not_the_results_one(tmp_path):
     old = {"schema_version": 1, "kind": "sdopt-verdict", "verdict": "pass", "reasons": [],
            "variant": "optimized",
