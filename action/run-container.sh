@@ -28,8 +28,37 @@ DOCKER="${SDOPT_DOCKER:-docker}"
 
 if [ -n "${INPUT_TOKEN:-}" ]; then echo "::add-mask::${INPUT_TOKEN}"; fi
 
+bad_input() { echo "::error title=sdopt: bad input::$1"; exit 2; }
+
+# GPUs first: the default image's flavour depends on them.
+gpu_args=()
+case "${INPUT_GPUS:-auto}" in
+  none) ;;
+  all) gpu_args=(--gpus all) ;;
+  auto)
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+      gpu_args=(--gpus all)
+    else
+      echo "no GPU visible on this runner: the sdopt container runs on CPU backends"
+    fi ;;
+  *) gpu_args=(--gpus "\"device=${INPUT_GPUS}\"") ;;
+esac
+# Modes comment and merge only render and post: they never need the GPU image.
+case "${INPUT_MODE:-gate}" in comment|merge) gpu_args=() ;; esac
+
 image="${INPUT_IMAGE:-}"
-if [ -z "$image" ]; then
+if [ "${SDOPT_PHASE:-}" = publish ] && [ -n "${SDOPT_IMAGE_READY:-}" ] \
+    && "$DOCKER" image inspect "$SDOPT_IMAGE_READY" >/dev/null 2>&1; then
+  # The publish step runs the image the run step just built or pulled.
+  image="$SDOPT_IMAGE_READY"
+elif [ -z "$image" ] && [[ "${SDOPT_ACTION_REF:-}" =~ ^v[0-9]+(\.[0-9]+){0,2}$ ]] \
+    && [ -n "${SDOPT_ACTION_REPOSITORY:-}" ]; then
+  # Used at a release tag: the images .github/workflows/release.yml pushed for that tag.
+  image="ghcr.io/${SDOPT_ACTION_REPOSITORY,,}:${SDOPT_ACTION_REF}"
+  if [ "${#gpu_args[@]}" = 0 ]; then image="${image}-cpu"; fi
+  echo "sdopt image of this action's release: ${image}"
+  "$DOCKER" pull "$image"
+elif [ -z "$image" ] || [ "$image" = build ]; then
   image="sdopt-action:local"
   echo "::group::Build the sdopt image from ${ACTION_PATH}/Dockerfile"
   build_args=()
@@ -53,19 +82,6 @@ else
   "$DOCKER" pull "$image"
 fi
 
-gpu_args=()
-case "${INPUT_GPUS:-auto}" in
-  none) ;;
-  all) gpu_args=(--gpus all) ;;
-  auto)
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-      gpu_args=(--gpus all)
-    else
-      echo "no GPU visible on this runner: the sdopt container runs on CPU backends"
-    fi ;;
-  *) gpu_args=(--gpus "\"device=${INPUT_GPUS}\"") ;;
-esac
-
 # The user the container runs as: the workspace's owner (not root, not whoever runs docker).
 owner="$(stat -c '%u:%g' "$GITHUB_WORKSPACE")"
 io="$(mktemp -d "${GITHUB_WORKSPACE}/.sdopt-action.XXXXXX")"
@@ -82,6 +98,29 @@ fi
 # The container user must write the output and summary files (when this script runs as root,
 # e.g. in a job container, the files would otherwise be root's).
 if [ "$(id -u)" = 0 ]; then chown -R "$owner" "$io"; fi
+
+# The cache input: one directory of the runner, mounted at its own path, as SDOPT_CACHE (the
+# decision cache and exports) and HF_HOME (downloaded models) under it.
+cache_args=()
+if [ -n "${INPUT_CACHE:-}" ] && [ "${SDOPT_PHASE:-}" != publish ]; then
+  cache="${INPUT_CACHE}"
+  case "$cache" in
+    *:*|*,*|*$'\n'*|*$'\r'*) bad_input "input 'cache': expected a directory path on the runner without ':', ',' or line breaks" ;;
+  esac
+  [[ "$cache" == /* ]] || cache="${GITHUB_WORKSPACE}/${cache}"
+  if [ -e "$cache" ] && [ ! -d "$cache" ]; then
+    bad_input "input 'cache': it is a file, expected a directory (created when missing)"
+  fi
+  mkdir -p "$cache" || bad_input "input 'cache': cannot create that directory on the runner"
+  cache="$(cd "$cache" && pwd -P)"
+  case "$cache" in
+    /|"$(cd "$GITHUB_WORKSPACE" && pwd -P)"|"${HOME:-/nonexistent}")
+      bad_input "input 'cache': expected a directory of its own, not the workspace, HOME or /" ;;
+  esac
+  if [ "$(id -u)" = 0 ]; then chown "$owner" "$cache"; fi
+  echo "sdopt cache: ${cache} (SDOPT_CACHE, and HF_HOME=${cache}/huggingface)"
+  cache_args=(-v "${cache}:${cache}" -e "SDOPT_CACHE=${cache}" -e "HF_HOME=${cache}/huggingface")
+fi
 
 env_args=()
 while read -r var; do
@@ -102,7 +141,7 @@ set +e
   -e GITHUB_OUTPUT="$io/output" -e GITHUB_STEP_SUMMARY="$io/summary.md" \
   -e GITHUB_EVENT_PATH="$io/event.json" -e GITHUB_ACTIONS=true \
   -v "${GITHUB_WORKSPACE}:${GITHUB_WORKSPACE}" -w "${GITHUB_WORKSPACE}" \
-  "$image"
+  "${cache_args[@]}" "$image"
 rc=$?
 set -e
 if status="$("$DOCKER" inspect --format '{{.State.ExitCode}}' "$name" 2>/dev/null)"; then
@@ -111,4 +150,5 @@ fi
 
 if [ -n "${GITHUB_OUTPUT:-}" ]; then cat "$io/output" >> "$GITHUB_OUTPUT"; else cat "$io/output"; fi
 if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then cat "$io/summary.md" >> "$GITHUB_STEP_SUMMARY"; fi
+if [ -n "${GITHUB_OUTPUT:-}" ]; then echo "image=${image}" >> "$GITHUB_OUTPUT"; fi
 exit "$rc"

