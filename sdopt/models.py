@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SdoptError
+from .logs import quiet_torchvision_notes
 
 # The same preset must give the same weights everywhere (a saved model records a weights hash).
 PRESET_SEED = 1234
@@ -158,8 +159,11 @@ PRESETS: dict[str, Preset] = {
 def build_preset(name: str, seed: int = PRESET_SEED):
     """Build a preset pipeline in memory (fp32, CPU) with deterministic random weights."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    with quiet_torchvision_notes():  # diffusers' pipelines import transformers' image processors
+        from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionPipeline,
+                               UNet2DConditionModel)
 
     if name not in PRESETS:
         raise SdoptError(f"unknown preset '{name}': expected one of {', '.join(PRESETS)}")
@@ -257,7 +261,8 @@ def load_pipeline(ref: str, revision: str | None = None, *, single_file_config: 
         pipe = build_preset(resolved.value)
         return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
 
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    with quiet_torchvision_notes():  # diffusers' pipelines import transformers' image processors
+        from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
     try:
         if resolved.kind == "folder":

@@ -25,6 +25,7 @@ import torch
 from ..deps import require
 from ..device import library_versions
 from ..identity import config_hash, weights_hash
+from ..logs import quiet_torchvision_notes
 from .base import UNetInputs
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def export_onnx(module: torch.nn.Module, args: tuple, directory: str | os.PathLi
             stale.unlink()
         try:
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), \
-                    contextlib.redirect_stdout(io.StringIO()):
+                    contextlib.redirect_stdout(io.StringIO()), quiet_torchvision_notes():
                 warnings.simplefilter("ignore")
                 runners[name](module.eval(), args, path, input_names, output_names, opset)
             if not path.is_file():

@@ -17,6 +17,7 @@ import os
 import click
 
 from ..errors import ExitCode, SdoptError
+from ..logs import silence_torchvision_notes
 from . import cache, gate, init, merge, optimize, report, reproduce
 
 # transformers warns on import about optional image processors a text-to-image run never uses.
@@ -104,6 +105,8 @@ def main() -> None:
     Exit status: 0 pass, 1 regression, 2 bad input, 3 not comparable. Every option can also be
     set as SDOPT_<COMMAND>_<OPTION>, e.g. SDOPT_BENCH_QUIET=1 or SDOPT_BASELINE_SAVE_RESULTS=DIR.
     """
+    # The process is sdopt's: torchvision notes (sdopt does not use torchvision) never print.
+    silence_torchvision_notes()
 
 
 COMMANDS = (optimize.optimize, optimize.demo, optimize.backends, optimize.models, gate.bench,
