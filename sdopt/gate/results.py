@@ -93,10 +93,13 @@ def _read_json(path: Path, what: str) -> Any:
         raise SdoptError(f"{what} '{path}' is not valid JSON: {exc}") from None
 
 
-def _refuse_constant(name: str):
-    """NaN and Infinity are not JSON (Python's reader takes them): no schema bound catches NaN,
-    which compares false with everything, so it is refused here."""
-    raise ValueError(f"it holds {name}, which JSON does not allow (sdopt writes null)")
+def _refuse_constant(name: str) -> float:
+    """Python's JSON reader takes NaN, which compares false with every schema bound: refused.
+    Infinity (older versions wrote it for identical images' PSNR) is left to the schema's
+    bounds."""
+    if name == "NaN":
+        raise ValueError("it holds NaN, which JSON does not allow (sdopt writes null)")
+    return float(name.replace("Infinity", "inf"))
 
 
 def validate(data: Any, kind: str, path: Path | str, what: str) -> dict[str, Any]:
