@@ -16,11 +16,11 @@ from pathlib import Path
 
 from ..errors import SdoptError
 from ..store import check_replaceable, has_marker
+from .git import find_repo_root
+from .results import read_results
 
 # The marker kind of a results directory (bench, gate, same-job and baseline outputs).
 RESULTS_OUTPUT = "results"
-from .git import find_repo_root
-from .results import read_results
 
 
 def made_by_sdopt(path: Path) -> bool:
