@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SdoptError
+from ..version import __version__
 
 CONFIG_NAME = "sdopt.toml"
 GATE_WORKFLOW = ".github/workflows/sdopt-gate.yml"
@@ -190,10 +191,18 @@ def _runs_on(labels: list[str]) -> str:
     return labels[0] if len(labels) == 1 else "[" + ", ".join(labels) + "]"
 
 
+def cache_version(o: InitOptions) -> str:
+    """What the cache key says about sdopt's version: the action's ref (its release image holds
+    that sdopt), or this sdopt's version for a local action (``./``)."""
+    ref = o.action.partition("@")[2]
+    return ref if ref else f"sdopt{__version__}"
+
+
 def render_gate_workflow(o: InitOptions) -> str:
     image = (f"          image: {o.image}\n" if o.image else
-             "          # image: ghcr.io/org/sdopt@sha256:<digest>   # prebuilt image, pinned: "
-             "skips building the Dockerfile\n")
+             "          # image: ghcr.io/org/sdopt-action@sha256:<digest>   # pinned: exactly "
+             "that image (default: the action's release image)\n")
+    key = f"sdopt-{cache_version(o)}-${{{{ runner.os }}}}-${{{{ runner.arch }}}}-"
     return f"""\
 # Pull request gate (written by `sdopt init`): optimize, benchmark, compare with the baseline,
 # comment on the PR, fail on a real regression. Fork PRs get a read-only token: this job then
@@ -202,8 +211,8 @@ def render_gate_workflow(o: InitOptions) -> str:
 # this workflow as the PR changed it) with docker, on the machines that measure your baseline:
 # require approval for workflows from fork pull requests (Settings > Actions > General), use
 # ephemeral runners (a fresh machine per job), keep the baseline job on a runner group pull
-# requests cannot use, and pin the image by digest (image: ghcr.io/org/sdopt@sha256:...; a tag
-# is pulled on every run). See "Self-hosted GPU runners" in sdopt's docs/action.md.
+# requests cannot use, and pin the image by digest (image: ghcr.io/org/sdopt-action@sha256:...;
+# a tag is pulled on every run). See "Self-hosted GPU runners" in sdopt's docs/action.md.
 name: sdopt gate
 on:
   pull_request:
@@ -225,17 +234,28 @@ jobs:
       - uses: actions/checkout@v4
         with:
           fetch-depth: 0                 # the PR's base commit: same_job (default auto) measures it beside the head
+      # Warm caches: sdopt's searches and exports (SDOPT_CACHE) and the downloaded models
+      # (HF_HOME), keyed on sdopt's version (the action's ref), the runner and the config (its
+      # model reference); saved even when the gate failed.
+      - id: cache
+        uses: actions/cache/restore@v4
+        with:
+          path: ${{{{ runner.temp }}}}/sdopt-cache
+          key: {key}${{{{ hashFiles('{CONFIG_NAME}') }}}}
+          restore-keys: {key}
       - id: sdopt
         uses: {o.action}
         with:
           config: {CONFIG_NAME}
           gpus: auto
-{image}      - uses: actions/upload-artifact@v4
-        if: always()
+          cache: ${{{{ runner.temp }}}}/sdopt-cache
+          comment: always                # or on-change, on-regression, never
+          artifact_name: sdopt-results   # uploaded by the action, linked from the comment
+{image}      - uses: actions/cache/save@v4
+        if: always() && steps.cache.outputs.cache-hit != 'true'
         with:
-          name: sdopt-results
-          path: sdopt-out/
-          include-hidden-files: true
+          path: ${{{{ runner.temp }}}}/sdopt-cache
+          key: ${{{{ steps.cache.outputs.cache-primary-key }}}}
       - if: always()
         env:  # values reach the shell as variables, never spliced into the script
           VERDICT: ${{{{ steps.sdopt.outputs.verdict }}}}
@@ -247,8 +267,8 @@ jobs:
 def render_comment_workflow(o: InitOptions) -> str:
     image = o.comment_image or o.image
     image_line = (f"          image: {image}\n" if image else
-                  "          # image: ghcr.io/org/sdopt:v1-cpu   # prebuilt image: skips building "
-                  "the Dockerfile\n")
+                  "          # image: ghcr.io/org/sdopt-action:v1-cpu   # default: the action's "
+                  "release image (CPU flavour)\n")
     return f"""\
 # Comments on fork PRs (written by `sdopt init`). The pull_request run of sdopt-gate.yml had a
 # read-only token; this workflow runs in the base repository with a write token once that run

@@ -92,7 +92,8 @@ def test_no_workflows_and_gpu_runner(repo):
                              image="ghcr.io/org/sdopt:v1"))
     job = yaml.safe_load(files[GATE_WORKFLOW])["jobs"]["gate"]
     assert job["runs-on"] == ["self-hosted", "linux", "gpu"]
-    assert job["steps"][1]["with"]["image"] == "ghcr.io/org/sdopt:v1"
+    step = next(s for s in job["steps"] if s.get("id") == "sdopt")
+    assert step["with"]["image"] == "ghcr.io/org/sdopt:v1"
 
 
 @pytest.mark.parametrize("model", ['a "quoted" \\ name', "line\nbreak", "tab\there\x7f", "ünï"])
