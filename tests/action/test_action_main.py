@@ -261,3 +261,59 @@ def test_the_action_keeps_no_copy_of_sdopt_names():
             if isinstance(node, ast.Constant) and node.value in names:
                 raise AssertionError(f"{path.name}:{node.lineno}: {node.value!r} is a copy of an "
                                      "sdopt name: import it from sdopt.gate.results")
+
+
+def pr_env(tmp_path, gh, **inputs):
+    """A same-repository pull_request run of PR 7 (the fake server's)."""
+    payload = {"number": 7, "pull_request": {"number": 7, "head": {
+        "sha": SHA, "repo": {"full_name": "octo/widgets"}}, "base": {"sha": "b" * 40}},
+        "repository": {"full_name": "octo/widgets"}}
+    env = runner_env(tmp_path, gh, **inputs)
+    (tmp_path / "event.json").write_text(json.dumps(payload))
+    env["GITHUB_EVENT_NAME"] = "pull_request"
+    return env
+
+
+def test_run_phase_leaves_the_comment_to_the_publish_phase(tmp_path, gh, capsys):
+    """action.yml's run step writes the summary only; its publish step (after the upload)
+    comments, linking the artifact, with the run's own report."""
+    out = tmp_path / "sdopt-out"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(results_doc()))
+    (out / "verdict.json").write_text(json.dumps(verdict_doc()))
+    (out / "report.md").write_text("the run's report")
+    env = pr_env(tmp_path, gh, out=out)
+    ctx = event.from_event(env)
+    inp = read_inputs({**env, "SDOPT_PHASE": "run"})
+    assert entry.publish(inp, env, ctx, out, None, None, "the run's report", phase="run") == ""
+    assert gh.state.requests == [] and "the run's report" in (tmp_path / "summary.md").read_text()
+    assert entry.wants_publish(inp, "run") == "true"
+    assert entry.wants_publish(read_inputs({"INPUT_COMMENT": "never"}), "run") == "false"
+
+    (tmp_path / "summary.md").write_text("")
+    url = "https://github.com/octo/widgets/actions/runs/1/artifacts/2"
+    publish_env = {**env, "SDOPT_PHASE": "publish", "INPUT_ARTIFACT_URL": url}
+    assert entry.main(env=publish_env) == 0
+    body = gh.state.comments[7][0].body
+    assert "the run's report" in body and f"[Download the results]({url})" in body
+    assert "<!-- sdopt-verdict:regression -->" in body
+    assert (tmp_path / "summary.md").read_text() == ""        # written once, by the run step
+    outputs = parse_github_output((tmp_path / "output").read_text())
+    assert outputs["comment_url"].endswith(f"#issuecomment-{gh.state.comments[7][0].id}")
+
+
+def test_publish_phase_follows_the_comment_policy(tmp_path, gh, capsys):
+    out = tmp_path / "sdopt-out"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(results_doc()))
+    (out / "verdict.json").write_text(json.dumps(verdict_doc("pass", ())))
+    (out / "report.md").write_text("all fine")
+    env = {**pr_env(tmp_path, gh, out=out, comment="on-regression"), "SDOPT_PHASE": "publish"}
+    assert entry.main(env=env) == 0
+    assert 7 not in gh.state.comments                          # a pass starts no comment
+    assert "left as it is" in capsys.readouterr().out
+
+
+def test_bad_phase_is_refused(tmp_path, gh, capsys):
+    assert entry.main(env={**runner_env(tmp_path, gh), "SDOPT_PHASE": "later"}) == 2
+    assert "SDOPT_PHASE" in capsys.readouterr().out
