@@ -30,6 +30,33 @@ if [ -n "${INPUT_TOKEN:-}" ]; then echo "::add-mask::${INPUT_TOKEN}"; fi
 
 bad_input() { echo "::error title=sdopt: bad input::$1"; exit 2; }
 
+# The user the container runs as: the workspace's owner (not root, not whoever runs docker).
+owner="$(stat -c '%u:%g' "$GITHUB_WORKSPACE")"
+
+# The cache input: one directory of the runner, mounted at its own path, as SDOPT_CACHE (the
+# decision cache and exports) and HF_HOME (downloaded models) under it.
+cache_args=()
+if [ -n "${INPUT_CACHE:-}" ] && [ "${SDOPT_PHASE:-}" != publish ]; then
+  cache="${INPUT_CACHE}"
+  case "$cache" in
+    *:*|*,*|*$'\n'*|*$'\r'*) bad_input "input 'cache': expected a directory path on the runner without ':', ',' or line breaks" ;;
+  esac
+  [[ "$cache" == /* ]] || cache="${GITHUB_WORKSPACE}/${cache}"
+  if [ -e "$cache" ] && [ ! -d "$cache" ]; then
+    bad_input "input 'cache': it is a file, expected a directory (created when missing)"
+  fi
+  mkdir -p "$cache" || bad_input "input 'cache': cannot create that directory on the runner"
+  cache="$(cd "$cache" && pwd -P)"
+  case "$cache" in
+    /|"$(cd "$GITHUB_WORKSPACE" && pwd -P)"|"${HOME:-/nonexistent}")
+      bad_input "input 'cache': expected a directory of its own, not the workspace, HOME or /" ;;
+  esac
+  if [ "$(id -u)" = 0 ]; then chown "$owner" "$cache"; fi
+  echo "sdopt cache: ${cache} (SDOPT_CACHE, and HF_HOME=${cache}/huggingface)"
+  cache_args=(-v "${cache}:${cache}" -e "SDOPT_CACHE=${cache}" -e "HF_HOME=${cache}/huggingface")
+fi
+
+
 # GPUs first: the default image's flavour depends on them.
 gpu_args=()
 case "${INPUT_GPUS:-auto}" in
@@ -82,8 +109,6 @@ else
   "$DOCKER" pull "$image"
 fi
 
-# The user the container runs as: the workspace's owner (not root, not whoever runs docker).
-owner="$(stat -c '%u:%g' "$GITHUB_WORKSPACE")"
 io="$(mktemp -d "${GITHUB_WORKSPACE}/.sdopt-action.XXXXXX")"
 name="sdopt-action-$(basename "$io" | tr -dc 'a-zA-Z0-9')-$$"
 # No `docker run --rm`: through podman's Docker-compatible API (4.x) it loses the container's
@@ -98,29 +123,6 @@ fi
 # The container user must write the output and summary files (when this script runs as root,
 # e.g. in a job container, the files would otherwise be root's).
 if [ "$(id -u)" = 0 ]; then chown -R "$owner" "$io"; fi
-
-# The cache input: one directory of the runner, mounted at its own path, as SDOPT_CACHE (the
-# decision cache and exports) and HF_HOME (downloaded models) under it.
-cache_args=()
-if [ -n "${INPUT_CACHE:-}" ] && [ "${SDOPT_PHASE:-}" != publish ]; then
-  cache="${INPUT_CACHE}"
-  case "$cache" in
-    *:*|*,*|*$'\n'*|*$'\r'*) bad_input "input 'cache': expected a directory path on the runner without ':', ',' or line breaks" ;;
-  esac
-  [[ "$cache" == /* ]] || cache="${GITHUB_WORKSPACE}/${cache}"
-  if [ -e "$cache" ] && [ ! -d "$cache" ]; then
-    bad_input "input 'cache': it is a file, expected a directory (created when missing)"
-  fi
-  mkdir -p "$cache" || bad_input "input 'cache': cannot create that directory on the runner"
-  cache="$(cd "$cache" && pwd -P)"
-  case "$cache" in
-    /|"$(cd "$GITHUB_WORKSPACE" && pwd -P)"|"${HOME:-/nonexistent}")
-      bad_input "input 'cache': expected a directory of its own, not the workspace, HOME or /" ;;
-  esac
-  if [ "$(id -u)" = 0 ]; then chown "$owner" "$cache"; fi
-  echo "sdopt cache: ${cache} (SDOPT_CACHE, and HF_HOME=${cache}/huggingface)"
-  cache_args=(-v "${cache}:${cache}" -e "SDOPT_CACHE=${cache}" -e "HF_HOME=${cache}/huggingface")
-fi
 
 env_args=()
 while read -r var; do

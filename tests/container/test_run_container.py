@@ -77,3 +77,26 @@ def test_the_container_runs_as_the_workspace_owner_with_an_allow_listed_environm
     assert "GITHUB_ENV" not in seen and "GITHUB_PATH" not in seen
     assert os.stat(ws / "written-by-container").st_uid == 1001
     assert not [p for p in ws.iterdir() if p.name.startswith(".sdopt-action")]
+
+
+def test_the_cache_input_is_mounted_as_sdopt_cache_and_hf_home(tmp_path, podman, env_image):
+    """``cache: .sdopt-cache`` (relative to the workspace): created, owned by the workspace's
+    owner (who saves it with actions/cache afterwards), and the container sees SDOPT_CACHE
+    there and HF_HOME under it, over the runner's own HF_HOME."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    os.chown(ws, 1001, 1001)
+    env = {"PATH": os.environ["PATH"], "GITHUB_WORKSPACE": str(ws), "SDOPT_DOCKER": podman,
+           "SDOPT_ACTION_PATH": str(ROOT), "GITHUB_OUTPUT": str(tmp_path / "output"),
+           "INPUT_IMAGE": env_image, "INPUT_GPUS": "none", "INPUT_CACHE": ".sdopt-cache",
+           "HF_HOME": "/runner/hf"}
+    proc = subprocess.run(["bash", str(ROOT / "action" / "run-container.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    seen = dict(line.split("=", 1) for line in proc.stdout.splitlines()
+                if "=" in line and not line.startswith("::"))
+    cache = ws / ".sdopt-cache"
+    assert seen["SDOPT_CACHE"] == str(cache)
+    assert seen["HF_HOME"] == str(cache / "huggingface")
+    assert cache.is_dir() and cache.stat().st_uid == 1001
+    assert "image=" + env_image in (tmp_path / "output").read_text()
