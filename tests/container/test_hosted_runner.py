@@ -79,7 +79,7 @@ def test_outputs_readable_and_git_usable_by_the_runner_user(
         runner_workspace, act, runner_image, docker_host):
     ws = runner_workspace
     env = {**os.environ, "DOCKER_HOST": docker_host}
-    proc = run([act, "pull_request", "-W", ".github/workflows/hosted-runner.yml",
+    proc = run([*act, "pull_request", "-W", ".github/workflows/hosted-runner.yml",
                 "-P", f"ubuntu-latest={runner_image}", "--pull=false", "--bind", "--rm",
                 "-e", str(ws / "event.json")], cwd=ws, env=env, timeout=1200)
     log = proc.stdout[-6000:] + proc.stderr[-3000:]
