@@ -92,6 +92,12 @@ elif [ -z "$image" ] || [ "$image" = build ]; then
   while IFS= read -r arg; do
     [ -n "$arg" ] && build_args+=(--build-arg "$arg")
   done <<< "${INPUT_BUILD_ARGS:-}"
+  # Modes comment and merge never run a model: the CPU flavour, unless build_args says otherwise.
+  if [ "${#gpu_args[@]}" = 0 ] && [[ "${INPUT_MODE:-gate}" =~ ^(comment|merge)$ ]] \
+      && [[ $'\n'"${INPUT_BUILD_ARGS:-}" != *$'\n'FLAVOR=* ]]; then
+    build_args+=(--build-arg FLAVOR=cpu)
+    image="sdopt-action:local-cpu"
+  fi
   "$DOCKER" build "${build_args[@]}" -t "$image" "$ACTION_PATH"
   echo "::endgroup::"
 elif [[ "$image" == *@sha256:* ]]; then
