@@ -98,6 +98,11 @@ class Backend(abc.ABC):
         """None when the variant can run here, else the precise reason it cannot."""
         return None
 
+    def build_activity(self, variant: Variant) -> str:
+        """What building ``variant`` spends its time on (compiling, exporting, calibrating), for
+        the search's progress line: a build can take minutes, and the user should see why."""
+        return "building"
+
     @abc.abstractmethod
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
         """Build the optimized module from the pipeline's UNet (which must stay unchanged)."""

@@ -227,6 +227,15 @@ class OnnxRuntime(Backend):
     name = "onnxruntime"
     aliases = ("ort", "onnx_runtime", "onnxruntime_cpu")
 
+    def build_activity(self, variant: Variant) -> str:
+        if variant.name == "int8-static":
+            return "exporting to ONNX and calibrating int8"
+        if variant.name == "int8-dynamic":
+            return "exporting to ONNX and quantizing int8"
+        if variant.name == "tensorrt-fp16":
+            return "exporting to ONNX and building the TensorRT engine"
+        return "exporting to ONNX"
+
     def variants(self, device: DeviceInfo) -> list[Variant]:
         return [
             Variant(self.name, "fp32", "fp32", options={"provider": "CPUExecutionProvider"},

@@ -182,6 +182,11 @@ class OpenVINO(Backend):
     name = "openvino"
     aliases = ("ov", "openvino_compiler")
 
+    def build_activity(self, variant: Variant) -> str:
+        if variant.options.get("quantizer"):
+            return "converting to OpenVINO and calibrating int8 (NNCF)"
+        return "converting to OpenVINO and compiling"
+
     def variants(self, device: DeviceInfo) -> list[Variant]:
         return [
             Variant(self.name, "fp32", "fp32", options={"hint": "f32"}, lossless=True,

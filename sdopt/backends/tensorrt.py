@@ -130,6 +130,9 @@ class TensorRT(Backend):
     name = "tensorrt"
     aliases = ("trt", "tensor_rt")
 
+    def build_activity(self, variant: Variant) -> str:
+        return "exporting to ONNX and building the TensorRT engine"
+
     def variants(self, device: DeviceInfo) -> list[Variant]:
         return [Variant(self.name, "fp16", "fp16", options={"workspace_gib": WORKSPACE_BYTES >> 30},
                         techniques=("tensorrt", "fp16", "engine cache"))]

@@ -48,6 +48,9 @@ class TorchCompile(Backend):
     name = "torch_compile"
     aliases = ("inductor", "torch.compile")
 
+    def build_activity(self, variant: Variant) -> str:
+        return "compiling (torch.compile; the first call compiles, often minutes)"
+
     def variants(self, device: DeviceInfo) -> list[Variant]:
         precisions = ("fp32", "bf16") + (("fp16",) if device.kind == "cuda" else ())
         freezing = ("freezing",) if device.kind == "cpu" else ()

@@ -72,6 +72,9 @@ class TorchInt8(Backend):
     name = "torch_int8"
     aliases = ("dynamic_quantization", "torch_dynamic_int8")
 
+    def build_activity(self, variant: Variant) -> str:
+        return "quantizing int8"
+
     def variants(self, device: DeviceInfo) -> list[Variant]:
         return [Variant(backend=self.name, name="dynamic-linear", precision="int8",
                         options={"layers": "Linear"}, techniques=("int8 dynamic (Linear)",))]

@@ -14,7 +14,7 @@ import click
 
 from ..errors import SdoptError
 from ..models import PRESETS
-from ..optimize.metrics import METRICS
+from ..optimize.metrics import DEFAULT_AGGREGATE, METRIC_AGGREGATES, METRICS
 from .options import out_option, overwrite_option
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,6 +35,13 @@ def _metric_drop_option(default: float | None):
                         show_default=default is not None,
                         help="Allowed quality drop (0..1) under --metric; omit for lossless "
                              "candidates only.")
+
+
+def _metric_aggregate_option():
+    return click.option("--metric-aggregate", type=click.Choice(METRIC_AGGREGATES),
+                        default=DEFAULT_AGGREGATE, show_default=True,
+                        help="max: every prompt's image within --metric-drop-ths; mean: only "
+                             "their average (a better prompt can pay for a worse one).")
 
 
 def _steps_option(default: int):
@@ -94,6 +101,23 @@ def read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str]
 _SPEEDUP_BASIS = {"unet_latency": "per UNet call", "e2e_latency": "per image, end to end"}
 
 
+_AGGREGATE_WORDS = {"max": "on every prompt", "mean": "on the mean over prompts"}
+
+
+def _quality(result) -> str:
+    """The pick's drop, mean and worst prompt, by the metric it was judged by (an image metric
+    for techniques: their UNet figures are not measured)."""
+    s = result.selected
+    if s.metric_drop is not None and not s.pipeline_techniques:
+        name, mean, worst = result.metric, s.metric_drop, s.metric_drop_max
+    else:
+        name, mean, worst = result.image_metric, s.image_metric_drop, s.image_metric_drop_max
+    if mean is None:
+        return "no drop measured"
+    text = f"{name} drop {mean:.4g} mean"
+    return text + (f", {worst:.4g} worst prompt" if worst is not None else "")
+
+
 def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, **kwargs) -> None:
     from ..optimize.api import optimize_model, save_model
     from ..store import exists_and_not_empty, write_json
@@ -107,7 +131,7 @@ def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, *
     write_json(saved / "optimization.json", result.to_dict())
     selected, basis = result.selected, _SPEEDUP_BASIS[result.selected_by]
     click.echo(f"\n{describe}: selected {selected.id} ({result.speedup:.2f}x {basis}, "
-               f"{result.metric} drop {selected.metric_drop:.4g})")
+               f"{_quality(result)})")
     click.echo(f"saved model:     {saved}  (load with sdopt.load_model('{saved}', pipe=pipe))")
     click.echo(f"search results:  {saved / 'optimization.json'}")
 
@@ -126,6 +150,7 @@ def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, *
               default="constrained", show_default=True,
               help="unconstrained also tries pipeline techniques (step caching, fewer steps...).")
 @_metric_drop_option(None)
+@_metric_aggregate_option()
 @click.option("--metric", type=click.Choice(list(METRICS)), default="numeric_precision",
               show_default=True, help="How the quality drop of a candidate is measured.")
 @_device_option()
@@ -145,8 +170,8 @@ def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, *
 @_fresh_search_option()
 @overwrite_option
 def optimize(model, revision, single_file_config, prompt, prompts, out, optimization_time,
-             metric_drop_ths, metric, device, backend, ignore_compiler, height, width, steps,
-             seed, repeats, time_budget, fresh_search, overwrite):
+             metric_drop_ths, metric_aggregate, metric, device, backend, ignore_compiler, height,
+             width, steps, seed, repeats, time_budget, fresh_search, overwrite):
     """Optimize a pipeline's UNet for the given prompts and save the result to --out."""
     from ..models import load_pipeline
 
@@ -154,7 +179,8 @@ def optimize(model, revision, single_file_config, prompt, prompts, out, optimiza
     pipe = load_pipeline(model, revision, single_file_config=single_file_config)
     _run_optimize(pipe, prompt_list, Path(out), overwrite=overwrite, describe=str(model),
                   optimization_time=optimization_time, metric_drop_ths=metric_drop_ths,
-                  metric=metric, device=device, backends=list(backend) or None,
+                  metric_aggregate=metric_aggregate, metric=metric, device=device,
+                  backends=list(backend) or None,
                   ignore_compilers=list(ignore_compiler) or None, height=height, width=width,
                   num_inference_steps=steps, seed=seed, repeats=repeats,
                   time_budget_s=time_budget, reuse_search=False if fresh_search else None)
@@ -167,12 +193,14 @@ def optimize(model, revision, single_file_config, prompt, prompts, out, optimiza
               help="Image side in pixels.")
 @out_option(OUT_HELP, default="demo-out", show_default=True)
 @_metric_drop_option(0.05)
+@_metric_aggregate_option()
 @_device_option()
 @_steps_option(4)
 @_repeats_option(3)
 @_backend_option()
 @_fresh_search_option()
-def demo(preset, size, out, metric_drop_ths, device, steps, repeats, backend, fresh_search):
+def demo(preset, size, out, metric_drop_ths, metric_aggregate, device, steps, repeats, backend,
+         fresh_search):
     """Build the offline model, optimize it, print the tables, save the model (the previous
     demo output is replaced)."""
     from ..models import build_preset
@@ -182,9 +210,11 @@ def demo(preset, size, out, metric_drop_ths, device, steps, repeats, backend, fr
     t0 = time.perf_counter()
     pipe = build_preset(preset)
     click.echo(f"built in {time.perf_counter() - t0:.1f} s; optimizing at {size}x{size} px "
-               f"with metric_drop_ths={metric_drop_ths} (previous demo output is replaced)")
+               f"with metric_drop_ths={metric_drop_ths} "
+               f"({_AGGREGATE_WORDS[metric_aggregate]}; previous demo output is replaced)")
     _run_optimize(pipe, list(DEMO_PROMPTS), Path(out), overwrite=True,
                   describe=f"demo ({preset}, {size} px)", metric_drop_ths=metric_drop_ths,
+                  metric_aggregate=metric_aggregate,
                   device=device, height=size, width=size, num_inference_steps=steps,
                   repeats=repeats, backends=list(backend) or None,
                   reuse_search=False if fresh_search else None)

@@ -271,6 +271,7 @@ def optimized_subject(config: Config, pipe, *, progress: bool = True,
     else:
         new = optimize_model(
             pipe, list(b.prompts), metric_drop_ths=opt.metric_drop_ths,
+            metric_aggregate=opt.metric_aggregate,
             optimization_time=opt.optimization_time, ignore_compilers=opt.ignore_compilers,
             ignore_compressors=opt.ignore_compressors, device=device, backends=opt.backends,
             height=b.height, width=b.width, num_inference_steps=opt.steps,

@@ -87,6 +87,8 @@ class OptimizeConfig(_Section):
     saved_model: Optional[str] = None  # a directory written by sdopt.save_model / sdopt optimize
     candidate: Optional[str] = None  # e.g. "torch_eager/bf16": built without a search
     metric_drop_ths: Optional[float] = Field(default=None, ge=0, le=1)
+    # "max": metric_drop_ths holds on every prompt's image; "mean": on their average.
+    metric_aggregate: Literal["max", "mean"] = "max"
     optimization_time: Literal["constrained", "unconstrained"] = "constrained"
     backends: Optional[list[str]] = None
     ignore_compilers: Optional[list[str]] = None

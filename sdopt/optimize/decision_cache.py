@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 SEARCH_CACHE_KIND = "search"
 # Bumped when the same inputs can lead to another pick (a new phase, a new rule), so that an
-# older decision is not reused. 2: the constrained search tries the bf16 VAE decoder.
-SEARCH_VERSION = 2
+# older decision is not reused. 2: the constrained search tries the bf16 VAE decoder. 3: the
+# threshold holds on the worst prompt by default (metric_aggregate, also in the key's settings).
+SEARCH_VERSION = 3
 RESULT_FILE = "result.json"
 MODEL_DIR = "model"
 

@@ -17,7 +17,7 @@ import torch
 from ..backends.base import Variant
 from ..device import DeviceInfo, detect
 from ..errors import SdoptError
-from .metrics import METRICS, Metric, resolve_metric, validate_threshold
+from .metrics import METRICS, Metric, resolve_metric, validate_aggregate, validate_threshold
 from .optimized import optimized_unet_of
 from .search import plan_candidates
 
@@ -30,6 +30,7 @@ SIDE_MULTIPLE = 8
 class SearchRequest:
     prompts: list[str]
     metric_drop_ths: float | None
+    metric_aggregate: str  # "max": every prompt within the threshold; "mean": their average
     metric: Metric  # what candidates are judged by (UNet outputs or images)
     image_metric: Metric  # what end-to-end (technique) candidates are judged by
     optimization_time: str
@@ -61,6 +62,7 @@ class SearchRequest:
                     time_budget_s=self.time_budget_s, variants=[v.id for v in self.variants],
                     metric=self.metric.name, image_metric=self.image_metric.name,
                     metric_drop_ths=self.metric_drop_ths,
+                    metric_aggregate=self.metric_aggregate,
                     optimization_time=self.optimization_time, end_to_end=self.end_to_end)
 
 
@@ -118,7 +120,8 @@ def _reuse_default(reuse_search: bool | None) -> bool:
         "0", "false", "no", "off")
 
 
-def build_request(model, input_data, *, metric_drop_ths, metric, optimization_time,
+def build_request(model, input_data, *, metric_drop_ths, metric_aggregate, metric,
+                  optimization_time,
                   dynamic_info, config_file, ignore_compilers, ignore_compressors, device,
                   backends, height, width, num_inference_steps, guidance_scale, seed, n_verify,
                   repeats, time_budget_s, image_metric, end_to_end,
@@ -127,6 +130,7 @@ def build_request(model, input_data, *, metric_drop_ths, metric, optimization_ti
     unet = check_pipe(model)
     prompts = check_prompts(input_data)
     ths = validate_threshold(metric_drop_ths)
+    aggregate = validate_aggregate(metric_aggregate)
     chosen, gate = _image_metrics(metric, image_metric)
     end_to_end = True if end_to_end is None else end_to_end
     if not end_to_end and (chosen.kind == "image" or optimization_time == "unconstrained"):
@@ -148,7 +152,8 @@ def build_request(model, input_data, *, metric_drop_ths, metric, optimization_ti
     variants = plan_candidates(dev, backends=backends, ignore_compilers=ignore_compilers,
                                ignore_compressors=ignore_compressors)
     return SearchRequest(
-        prompts=prompts, metric_drop_ths=ths, metric=chosen, image_metric=gate,
+        prompts=prompts, metric_drop_ths=ths, metric_aggregate=aggregate, metric=chosen,
+        image_metric=gate,
         optimization_time=optimization_time, device=dev, variants=variants,
         height=height, width=width, steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
         n_verify=n_verify, repeats=repeats, time_budget_s=time_budget_s,

@@ -11,10 +11,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..backends.base import Variant
+from ..backends.base import BACKENDS, Variant
 from ..backends.torch_eager import reference_module
 from ..errors import SdoptError
 from ..identity import config_hash
+from ..techniques import all_specs
 from . import endtoend
 from .capture import collect_samples
 from .optimized import assemble
@@ -33,6 +34,21 @@ def progress_bars(console, show: bool) -> Iterator:
                         console=console, transient=False, disable=not show)
     with progress:
         yield progress
+
+
+# The progress line's words for each phase of a backend candidate after its build.
+_PHASES = {"verify": "verifying on held-out UNet calls", "time": "timing",
+           "images": "making images end to end"}
+
+
+def candidate_line(variant: Variant, phase: str) -> str:
+    """The progress line of a backend candidate: which one, and what it is doing (a build says
+    why it is slow: compiling, exporting, calibrating)."""
+    if phase == "build":
+        return f"candidate {variant.id}: {BACKENDS[variant.backend].build_activity(variant)}"
+    if phase in _PHASES:
+        return f"candidate {variant.id}: {_PHASES[phase]}"
+    return f"candidate {variant.id}"
 
 
 class Search:
@@ -80,15 +96,16 @@ class Search:
         task = self.progress.add_task("candidates", total=len(req.variants))
 
         def on_candidate(variant: Variant, phase: str) -> None:
-            if phase == "start":
-                self.progress.update(task, description=f"candidate {variant.id}")
-            else:
+            if phase == "done":
                 self.progress.advance(task)
+            else:
+                self.progress.update(task, description=candidate_line(variant, phase))
 
         self.result, self.module = run_search(
             self.model.unet, samples, req.device, req.variants, metric=req.metric,
             metric_drop_ths=req.metric_drop_ths, optimization_time=req.optimization_time,
-            repeats=req.repeats, time_budget_s=req.time_budget_s, on_candidate=on_candidate,
+            metric_aggregate=req.metric_aggregate, repeats=req.repeats,
+            time_budget_s=req.time_budget_s, on_candidate=on_candidate,
             evaluate=self.evaluate if req.metric.kind == "image" else None)
         self.progress.update(task, description="candidates done")
         if self.module is None:  # the reference always completes, or run_search raised
@@ -114,23 +131,28 @@ class Search:
         lower-precision ones on the pick."""
         req, result = self.req, self.result
         constrained = req.optimization_time == "constrained"
-        task = self.progress.add_task(
-            "component precision (end to end)" if constrained else "techniques (end to end)",
-            total=None)
-
-        def on_technique(candidate_id: str, phase: str) -> None:
-            if phase == "start":
-                self.progress.update(task, description=f"technique {candidate_id}")
-            else:
-                self.progress.advance(task)
-
         bases = [(result.selected, self.module)]
         if not constrained:
             bases = [(result.original, reference_module(self.model.unet))] + \
                 (bases if result.selected is not result.original else [])
+        # Every setting alone on every base; the stacking attempts that follow (how many depends
+        # on which pass) raise the total as they start, so the line never reads "1/None".
+        planned = [len(bases) * len(all_specs(constrained_only=constrained)), 0]
+        task = self.progress.add_task(
+            "component precision (end to end)" if constrained else "techniques (end to end)",
+            total=planned[0])
+
+        def on_technique(candidate_id: str, phase: str) -> None:
+            if phase == "start":
+                planned[1] += 1
+                planned[0] = max(planned)
+                self.progress.update(task, description=f"technique {candidate_id} (images end "
+                                                       "to end)", total=planned[0])
+            else:
+                self.progress.advance(task)
         winner = run_technique_search(
             result, bases, req.device, metric_drop_ths=req.metric_drop_ths,
-            image_metric=req.image_metric.name,
+            image_metric=req.image_metric.name, metric_aggregate=req.metric_aggregate,
             evaluate=lambda base, specs, row: self.evaluate(base, row, specs),
             time_budget_s=req.time_budget_s, started=self.started, on_candidate=on_technique,
             constrained=constrained)

@@ -32,9 +32,9 @@ from ..errors import SdoptError
 from ..techniques import TECHNIQUES, all_specs, candidate_id, label
 from ..techniques import unavailable_reason as technique_unavailable
 from .capture import SampleSet
-from .metrics import LOSSLESS_TOLERANCE, METRICS, Metric
-from .selection import faster, fastest_end_to_end, select
-from .table import (REFERENCE_ID, STATUS_FAILED, STATUS_OK, STATUS_REJECTED, STATUS_SELECTED,
+from .metrics import DEFAULT_AGGREGATE, LOSSLESS_TOLERANCE, METRICS, Metric, per_prompt_drops
+from .selection import faster, fastest_end_to_end, judge, select
+from .table import (REFERENCE_ID, STATUS_FAILED, STATUS_OK, STATUS_SELECTED,
                     STATUS_SKIPPED, CandidateResult, OptimizationResult, set_e2e_speedup)
 from .timing import Timing, measure
 
@@ -138,7 +138,8 @@ def _build(unet, variant: Variant, ctx: BuildContext, row: CandidateResult) -> O
 
 def _verify(module: OptimizedModule, verification, metric: Metric, device: DeviceInfo,
             row: CandidateResult) -> None:
-    """The metric's drop against the original's outputs on every held-out UNet call."""
+    """The metric's drop against the original's outputs on every held-out UNet call: the mean
+    over the calls, and the worst prompt's (the mean of its calls)."""
     drops = []
     with torch.inference_mode():
         for s in verification:
@@ -146,31 +147,22 @@ def _verify(module: OptimizedModule, verification, metric: Metric, device: Devic
             out = module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
             drops.append(float(metric.fn(s.reference.to(out.device), out)))
     row.metric_drop = sum(drops) / len(drops)
-    row.metric_drop_max = max(drops)
+    row.metric_drop_max = max(per_prompt_drops(drops, [s.prompt_index for s in verification]))
     if not math.isfinite(row.metric_drop):
         raise FloatingPointError("non-finite outputs (NaN or inf) on verification inputs")
 
 
-def _judge(row: CandidateResult, metric: Metric, ths: float, image_gate: bool) -> None:
-    drop = row.image_metric_drop if image_gate else row.metric_drop
-    if image_gate and drop is not None and not math.isfinite(drop):
-        raise FloatingPointError("non-finite image metric (NaN or inf images)")
-    if drop > ths and row.id != REFERENCE_ID:
-        row.status = STATUS_REJECTED
-        row.reason = f"{metric.name} drop {drop:.4g} > threshold {ths:.4g}"
-    else:
-        row.status = STATUS_OK
-
-
 def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, variants: list[Variant],
                *, metric: Metric, metric_drop_ths: float | None, optimization_time: str,
-               warmup: int = 2, repeats: int = 5, max_seconds_per_candidate: float = 30.0,
+               metric_aggregate: str = DEFAULT_AGGREGATE, warmup: int = 2, repeats: int = 5,
+               max_seconds_per_candidate: float = 30.0,
                time_budget_s: float | None = None, cache_dir=None,
                on_candidate: Callable[[Variant, str], None] | None = None,
                evaluate: Callable[[OptimizedModule, CandidateResult], None] | None = None,
                ) -> tuple[OptimizationResult, OptimizedModule | None]:
     """Try every variant: skip (with the reason), build, verify, time, judge; a failing candidate
-    is recorded with its reason and the search goes on. Returns the table and the winning module
+    is recorded with its reason and the search goes on. ``on_candidate(variant, phase)`` is told
+    each phase ("start", "build", "verify", "time", "images", "done") for progress lines. Returns the table and the winning module
     (only it and the original stay in memory).
 
     ``evaluate(module, row)``, when given, fills the row's end-to-end latency and image metrics.
@@ -201,16 +193,20 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
         module = None
         if not row.reason:
             try:
+                notify(variant, "build")
                 module = _build(unet, variant, ctx, row)
+                notify(variant, "verify")
                 _verify(module, samples.verification, unet_metric, device, row)
+                notify(variant, "time")
                 timing = _time_module(module, timing_inputs, device.kind, warmup=warmup,
                                       repeats=repeats, max_seconds=max_seconds_per_candidate)
                 row.latency_s, row.latency_iqr_s = timing.median_s, timing.iqr_s
                 row.latency_samples_s = timing.samples_s
                 row.peak_memory_bytes = timing.peak_memory_bytes
                 if evaluate is not None:
+                    notify(variant, "images")
                     evaluate(module, row)
-                _judge(row, metric, ths, image_gate)
+                judge(row, metric.name, ths, metric_aggregate, images=image_gate)
             except Exception as exc:  # noqa: BLE001 - a failing candidate never stops the search
                 row.status, row.reason = STATUS_FAILED, _describe(exc)
                 if variant.id == REFERENCE_ID:
@@ -230,7 +226,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
         device=device.fingerprint(), metric=metric.name, metric_drop_ths=metric_drop_ths,
         optimization_time=optimization_time, samples=samples.describe(), candidates=rows,
         original=original, selected=None, wall_s=time.perf_counter() - started,
-        image_metric=metric.name if image_gate else None)
+        image_metric=metric.name if image_gate else None, metric_aggregate=metric_aggregate)
     if best:
         select(result, best[0])
     return result, (best[1] if best else None)
@@ -245,6 +241,7 @@ CONSTRAINED_MIN_GAIN = 0.03
 def run_technique_search(
         result: OptimizationResult, bases: list[tuple[CandidateResult, OptimizedModule]],
         device: DeviceInfo, *, metric_drop_ths: float | None, image_metric: str,
+        metric_aggregate: str = DEFAULT_AGGREGATE,
         evaluate: Callable[[OptimizedModule, list[dict], CandidateResult], None],
         time_budget_s: float | None = None, started: float | None = None,
         on_candidate: Callable[[str, str], None] | None = None,
@@ -259,16 +256,6 @@ def run_technique_search(
     started = time.perf_counter() if started is None else started
     ths = metric_drop_ths
     passing: list[tuple[CandidateResult, list[dict], int]] = []  # row, specs, base index
-
-    def gate(row: CandidateResult) -> None:
-        drop = row.image_metric_drop
-        if drop is None or not math.isfinite(drop):
-            raise FloatingPointError("non-finite image metric (NaN or inf images)")
-        if drop > ths:
-            row.status = STATUS_REJECTED
-            row.reason = f"{image_metric} drop {drop:.4g} > threshold {ths:.4g} (images)"
-        else:
-            row.status = STATUS_OK
 
     def attempt(base_index: int, specs: list[dict]) -> CandidateResult:
         base_row, base_module = bases[base_index]
@@ -300,7 +287,7 @@ def run_technique_search(
                 t0 = time.perf_counter()
                 evaluate(base_module, specs, row)
                 row.build_s = time.perf_counter() - t0 - sum(row.e2e_latency_samples_s)
-                gate(row)
+                judge(row, image_metric, ths, metric_aggregate, images=True, suffix=" (images)")
                 set_e2e_speedup(row, result.original)
                 if row.status == STATUS_OK:
                     passing.append((row, specs, base_index))

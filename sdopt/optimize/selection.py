@@ -1,15 +1,47 @@
-"""The one rule that picks: the fastest candidate within the threshold.
+"""The one rule that judges and the one that picks: within the threshold, then the fastest.
 
-The backend phase compares UNet calls (a candidate replaces the previous best only when it is
-faster), the technique phase compares whole images end to end; whichever phase decides, the
-winner is marked in the table here, so that "selected" means one thing everywhere.
+A candidate passes when its drop is within ``metric_drop_ths`` on the worst prompt
+(``metric_aggregate="max"``, the default) or on the mean over prompts (``"mean"``), for the UNet
+metric and for image metrics alike (:func:`judge`). The backend phase compares UNet calls (a
+candidate replaces the previous best only when it is faster), the technique phase compares whole
+images end to end; whichever phase decides, the winner is marked in the table here, so that
+"selected" means one thing everywhere.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from .table import STATUS_OK, STATUS_SELECTED, CandidateResult, OptimizationResult
+from .table import (REFERENCE_ID, STATUS_OK, STATUS_REJECTED, STATUS_SELECTED, CandidateResult,
+                    OptimizationResult)
+
+
+def judged_drops(row: CandidateResult, images: bool) -> tuple[float | None, float | None]:
+    """(mean, worst prompt) of the drop a row is judged by: its images' or its UNet outputs'."""
+    if images:
+        return row.image_metric_drop, row.image_metric_drop_max
+    return row.metric_drop, row.metric_drop_max
+
+
+def judge(row: CandidateResult, metric_name: str, ths: float, aggregate: str, *,
+          images: bool, suffix: str = "") -> None:
+    """Mark ``row`` ok or rejected by ``aggregate`` ("max": its worst prompt; "mean"); the
+    reason quotes both figures. The original is the reference and always passes."""
+    mean, worst = judged_drops(row, images)
+    drop = worst if aggregate == "max" and worst is not None else mean
+    if drop is None or not math.isfinite(drop):
+        raise FloatingPointError(f"non-finite {'image ' if images else ''}metric "
+                                 "(NaN or inf outputs)")
+    if drop > ths and row.id != REFERENCE_ID:
+        row.status = STATUS_REJECTED
+        if aggregate == "max":
+            row.reason = (f"{metric_name} drop {drop:.4g} on the worst prompt > threshold "
+                          f"{ths:.4g} (mean {mean:.4g}){suffix}")
+        else:
+            row.reason = f"{metric_name} mean drop {drop:.4g} > threshold {ths:.4g}{suffix}"
+    else:
+        row.status = STATUS_OK
 
 
 def faster(row: CandidateResult, best: CandidateResult | None) -> bool:

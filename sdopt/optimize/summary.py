@@ -1,4 +1,8 @@
-"""The terminal tables: Speedster's summary (original vs optimized) and every candidate."""
+"""The terminal tables: Speedster's summary (original vs optimized) and every candidate.
+
+A candidate's reason (why it was skipped, rejected or failed) is printed under the candidates
+table, one line each, not in a column: in a CI log (no terminal, 200 columns) the numeric columns
+left a reason column no width at all, and rich cut it away; a line wraps instead."""
 
 from __future__ import annotations
 
@@ -55,23 +59,28 @@ def summary_table(result: OptimizationResult) -> Table:
         text = f"{_drop(value['mean'])} drop"
         if value.get("db") is not None:
             text += f" ({value['db']:.1f} dB)"
+        if value.get("max") is not None:
+            text += f", worst image {_drop(value['max'])}"
         table.add_row(f"image {name}", "", text, "")
     size_change = ""
     if o.model_size_bytes and s.model_size_bytes:
         size_change = f"{(s.model_size_bytes / o.model_size_bytes - 1) * 100:+.0f}%"
     table.add_row("model size", _mb(o.model_size_bytes), _mb(s.model_size_bytes), size_change)
     if s.metric_drop is not None:
-        table.add_row("metric drop", "", f"{_drop(s.metric_drop)} ({result.metric})", "")
+        # Judged on images, the UNet outputs are still compared, with numeric_precision.
+        unet_metric = ("numeric_precision" if result.image_metric == result.metric
+                       else result.metric)
+        table.add_row("metric drop", "", f"{_drop(s.metric_drop)} mean, "
+                      f"{_drop(s.metric_drop_max)} worst prompt ({unet_metric})", "")
     table.add_row("techniques", "", ", ".join(s.techniques) or "none", "")
     return table
 
 
 def candidates_table(result: OptimizationResult) -> Table:
-    from rich.markup import escape
-
-    ths = "lossless" if result.metric_drop_ths is None else f"<= {result.metric_drop_ths:g}"
-    table = Table(title=f"All candidates (metric: {result.metric}, allowed drop {ths}; latency "
-                        "is the median of one UNet call, iqr its spread)", title_justify="left")
+    table = Table(title=f"All candidates (metric: {result.metric}, allowed drop "
+                        f"{allowed(result)}; latency is the median of one UNet call, iqr its "
+                        "spread; drops are mean / worst prompt; reasons below)",
+                  title_justify="left")
     image = result.image_metric or "psnr"
     columns = [
         ("candidate", lambda c: c.id),
@@ -81,7 +90,7 @@ def candidates_table(result: OptimizationResult) -> Table:
         ("latency", lambda c: _sec(c.latency_s)),
         ("iqr", lambda c: _sec(c.latency_iqr_s)),
         ("speedup", lambda c: "-" if c.speedup is None else f"{c.speedup:.2f}x"),
-        ("drop mean/max", lambda c: "-" if c.metric_drop is None
+        ("drop", lambda c: "-" if c.metric_drop is None
          else f"{_drop(c.metric_drop)} / {_drop(c.metric_drop_max)}"),
         ("peak mem", lambda c: _mb(c.peak_memory_bytes)),
     ]
@@ -90,17 +99,36 @@ def candidates_table(result: OptimizationResult) -> Table:
         columns += [
             ("e2e/image", lambda c: _sec(c.e2e_latency_s)),
             ("e2e speedup", lambda c: "-" if c.e2e_speedup is None else f"{c.e2e_speedup:.2f}x"),
-            (f"{image} drop", lambda c: _drop(c.image_metrics.get(image, {}).get("mean"))),
+            (f"{image} drop", lambda c: _mean_worst(c.image_metrics.get(image))),
             ("psnr dB", lambda c: _db(c.image_metrics.get("psnr", {}).get("db"))),
             ("ssim drop", lambda c: _drop(c.image_metrics.get("ssim", {}).get("mean"))),
         ]
     for header, _ in columns:
-        table.add_column(header, no_wrap=True)
-    table.add_column("reason", overflow="fold", ratio=1, min_width=30)
+        # A long candidate id (backend/variant+techniques) wraps rather than being cut.
+        table.add_column(header, no_wrap=header != "candidate", overflow="fold")
     for c in result.candidates:
-        # Reasons quote package specs like 'sdopt[gpu]', which rich would read as markup.
-        table.add_row(*[get(c) for _, get in columns], escape(c.reason or ""))
+        table.add_row(*[get(c) for _, get in columns])
     return table
+
+
+def reason_lines(result: OptimizationResult) -> list[str]:
+    """'candidate: reason' for every candidate that has one (printed under the table)."""
+    return [f"{c.id}: {c.reason}" for c in result.candidates if c.reason]
+
+
+def allowed(result: OptimizationResult) -> str:
+    """The threshold as the tables state it: on which prompts it held."""
+    if result.metric_drop_ths is None:
+        return "lossless"
+    where = ("on every prompt" if result.metric_aggregate == "max"
+             else "on the mean over prompts")
+    return f"<= {result.metric_drop_ths:g} {where}"
+
+
+def _mean_worst(value: dict | None) -> str:
+    if not value or value.get("mean") is None:
+        return "-"
+    return f"{_drop(value['mean'])} / {_drop(value.get('max'))}"
 
 
 def _db(x: float | None) -> str:
@@ -118,8 +146,16 @@ def make_console(**kwargs) -> Console:
 
 
 def print_summary(result: OptimizationResult, console: Console | None = None) -> None:
+    from rich.markup import escape
+
     console = console or make_console()
     console.print(candidates_table(result))
+    lines = reason_lines(result)
+    if lines:
+        console.print("reasons:")
+    for line in lines:
+        # Reasons quote package specs like 'sdopt[gpu]', which rich would read as markup.
+        console.print(f"  {escape(line)}", overflow="fold")
     console.print(summary_table(result))
     for note in getattr(result, "notes", []):
         console.print(f"note: {note}")

@@ -34,6 +34,8 @@ class CandidateResult:
     latency_samples_s: list[float] = field(default_factory=list)
     peak_memory_bytes: int | None = None
     model_size_bytes: int | None = None
+    # The metric's drop: the mean over the held-out calls, and the worst prompt's (the mean of
+    # its calls), which the default metric_aggregate="max" judges.
     metric_drop: float | None = None
     metric_drop_max: float | None = None
     speedup: float | None = None
@@ -43,8 +45,8 @@ class CandidateResult:
     e2e_latency_samples_s: list[float] = field(default_factory=list)
     e2e_speedup: float | None = None
     image_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    image_metric_drop: float | None = None
-    image_metric_drop_max: float | None = None
+    image_metric_drop: float | None = None  # the gate metric's mean over the prompts' images
+    image_metric_drop_max: float | None = None  # ... and its worst image
     # Technique specs ({"name": ..., params}) on top of the backend: what save_model records.
     pipeline_techniques: list[dict[str, Any]] = field(default_factory=list)
 
@@ -77,6 +79,8 @@ class OptimizationResult:
     end_to_end: dict[str, Any] = field(default_factory=dict)  # prompts, steps, size of e2e runs
     selected_by: str = "unet_latency"  # or "e2e_latency" (unconstrained searches)
     notes: list[str] = field(default_factory=list)
+    # How per-prompt drops met metric_drop_ths: "max" (every prompt) or "mean" (their average).
+    metric_aggregate: str = "max"
 
     @property
     def speedup(self) -> float | None:
@@ -93,6 +97,7 @@ class OptimizationResult:
         return {
             "device": self.device, "metric": self.metric, "metric_drop_ths": self.metric_drop_ths,
             "optimization_time": self.optimization_time, "samples": self.samples,
+            "metric_aggregate": self.metric_aggregate,
             "original": self.original.to_dict() if self.original else None,
             "selected": self.selected.to_dict() if self.selected else None,
             "speedup": self.speedup, "wall_s": self.wall_s, "image_metric": self.image_metric,
@@ -118,7 +123,9 @@ class OptimizationResult:
                    selected=row(data.get("selected")), wall_s=data.get("wall_s", 0.0),
                    image_metric=data.get("image_metric"), end_to_end=data.get("end_to_end", {}),
                    selected_by=data.get("selected_by", "unet_latency"),
-                   notes=list(data.get("notes", [])))
+                   notes=list(data.get("notes", [])),
+                   # Results written before the aggregate existed were judged by the mean.
+                   metric_aggregate=data.get("metric_aggregate", "mean"))
 
 
 

@@ -15,11 +15,18 @@ def sdopt_cli(*args, cwd=None):
 def test_demo_prints_the_tables_and_saves_a_loadable_model(tmp_path):
     out = tmp_path / "demo"
     proc = sdopt_cli("demo", "--preset", "tiny", "--size", "64", "--out", out, "--repeats", "2",
-                     "--backend", "torch_eager", "--backend", "torch_int8")
+                     "--backend", "torch_eager", "--backend", "torch_int8",
+                     "--metric-aggregate", "mean")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "All candidates" in proc.stdout and "sdopt results" in proc.stdout
     assert "Improvement" in proc.stdout and "saved model:" in proc.stdout
+    # Not a terminal (a CI log): reasons are lines under the table, never a cut column.
+    assert "reasons:" in proc.stdout and "torch_eager/fp16: fp16 is only tried on CUDA" in proc.stdout
+    assert "on the mean over prompts" in proc.stdout and "worst prompt" in proc.stdout
+    # Every progress line has its total; none says why torchvision is missing.
+    assert "/None" not in proc.stderr and "torchvision" not in proc.stderr + proc.stdout
     result = json.loads((out / "optimization.json").read_text())
+    assert result["metric_aggregate"] == "mean"
     assert result["selected"]["status"] == "selected"
     assert result["samples"]["sample_shape"] == [2, 4, 32, 32]
 
@@ -43,6 +50,7 @@ def test_optimize_from_a_prompts_file_and_a_folder(tmp_path):
                      "--steps", "3", "--repeats", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "opt" / "optimization.json").read_text())
+    assert result["metric_aggregate"] == "max", "the threshold holds on every prompt by default"
     scheduler = sdopt.models.build_preset("tiny").scheduler
     scheduler.set_timesteps(3)  # PNDM makes one UNet call more than it has steps
     assert result["samples"]["captured_calls"] == 2 * len(scheduler.timesteps)
@@ -92,6 +100,8 @@ def test_optimize_a_single_file_checkpoint(tmp_path):
     (["optimize", "--model", "tiny", "--prompt", "x", "--out", "{tmp}/full"],
      "already exists and is not empty"),
     (["models", "save", "huge", "{tmp}/m"], "PRESET: 'huge' is not one of"),
+    (["optimize", "--model", "tiny", "--prompt", "x", "--out", "{tmp}/o",
+      "--metric-aggregate", "worst"], "--metric-aggregate: 'worst' is not one of 'max', 'mean'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
     (tmp_path / "empty.txt").write_text("\n# nothing\n")

@@ -42,6 +42,8 @@ def _error(tmp_path, text: str) -> str:
      "saved_model and candidate are both set"),
     ('model = "  "\n', "field 'model'"),
     ('model = "tiny"\nroot = "/"\n', "unknown field 'root'"),
+    ('model = "tiny"\n[optimize]\nmetric_aggregate = "worst"\n',
+     "field 'optimize.metric_aggregate'"),
 ])
 def test_bad_configs_name_the_file_and_the_field(tmp_path, text, expected):
     message = _error(tmp_path, text)
@@ -70,3 +72,10 @@ def test_public_dict_carries_the_contract_fields():
                 "batch", "runs"):
         assert key in cfg
     assert cfg["seeds"] == [3, 4] and cfg["runs"] == 7
+
+
+def test_optimize_metric_aggregate_defaults_to_every_prompt(tmp_path):
+    (tmp_path / "sdopt.toml").write_text('model = "tiny"\n')
+    assert load_config(tmp_path).optimize.metric_aggregate == "max"
+    (tmp_path / "sdopt.toml").write_text('model = "tiny"\n[optimize]\nmetric_aggregate = "mean"\n')
+    assert load_config(tmp_path).optimize.metric_aggregate == "mean"
