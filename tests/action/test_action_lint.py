@@ -78,7 +78,7 @@ def test_every_input_reaches_the_container():
                 "${{ steps.upload.outputs.artifact-url || inputs.artifact_url }}"
         elif name != "cache":
             assert publish_env.get(f"INPUT_{name.upper()}") == f"${{{{ inputs.{name} }}}}", name
-    assert "env.ACT" in steps["upload"]["if"] and "always()" in steps["upload"]["if"]
+    assert "env.ACT" in steps["upload"]["if"] and "!cancelled()" in steps["upload"]["if"]
     assert steps["upload"]["uses"].startswith("actions/upload-artifact@v4")
     for name, spec in action["outputs"].items():
         if name == "comment_url":
