@@ -430,8 +430,8 @@ def config_from_results(results: dict, *, source: str = RESULTS_NAME,
                              f"techniques {names}, which a pinned candidate cannot carry: re-run "
                              "without --pin-candidate")
         opt = sections.setdefault("optimize", {})
-        for key in ("saved_model", "metric_drop_ths", "backends", "ignore_compilers",
-                    "ignore_compressors", "time_budget_s"):
+        for key in ("saved_model", "metric_drop_ths", "metric_aggregate", "backends",
+                    "ignore_compilers", "ignore_compressors", "time_budget_s"):
             opt.pop(key, None)
         opt["candidate"] = label
     table.update({k: v for k, v in sections.items() if v})

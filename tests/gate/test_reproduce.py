@@ -83,10 +83,12 @@ def test_artifact_one_level_down_and_pinned_candidate(ci_run, tmp_path):
     results, found, _ = read_artifact(tmp_path / "download")
     assert found.name == "sdopt-results"
     searched = json.loads(json.dumps(results))
-    searched["config"]["optimize"].update(candidate=None, metric_drop_ths=0.05)
+    searched["config"]["optimize"].update(candidate=None, metric_drop_ths=0.05,
+                                          metric_aggregate="mean")
     table = config_from_results(searched, pin_candidate=True)
     assert table["optimize"]["candidate"] == results["variants"]["optimized"]["label"]
     assert "metric_drop_ths" not in table["optimize"]
+    assert "metric_aggregate" not in table["optimize"], "a search setting, not a pinned one's"
     searched["optimization"] = {"selected": {"id": "openvino/bf16", "pipeline_techniques": []}}
     assert config_from_results(searched, pin_candidate=True)["optimize"]["candidate"] == \
         "openvino/bf16"
