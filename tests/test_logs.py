@@ -55,6 +55,11 @@ def test_only_the_torchvision_notes_are_dropped(index):
             self.records.append(record.getMessage())
 
     logger, handler = logging.getLogger(TORCHVISION_LOGGERS[index]), Keep()
+    # Other tests quiet these libraries' loggers (transformers' verbosity, sdopt's own quieting):
+    # this one is about the filter, so the logger must let warnings through while it runs.
+    level, disabled = logger.level, logger.disabled
+    logger.setLevel(logging.WARNING)
+    logger.disabled = False
     logger.addHandler(handler)
     try:
         with quiet_torchvision_notes():
@@ -63,5 +68,7 @@ def test_only_the_torchvision_notes_are_dropped(index):
             logger.warning("an unrelated warning")
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.disabled = disabled
     assert handler.records == ["an unrelated warning"]
     assert not logger.filters, "the filter is removed afterwards"

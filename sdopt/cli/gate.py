@@ -89,17 +89,15 @@ def _bench_into(config, config_path: str, out: Path, *, overwrite: bool, variant
                 same_job_base: str | None = None, quiet: bool = False) -> None:
     from ..gate.bench import bench_config, write_results
     from ..gate.outputs import RESULTS_OUTPUT, made_by_sdopt
-    from ..store import atomic_directory, remove_output
+    from ..store import atomic_directory
 
     protected = _check_free(out, "--out", overwrite, config.root)
     with _output_errors(out, "--out"):
         if same_job_base:
-            if overwrite:
-                remove_output(out, what="--out", protected=protected,
-                              made_by_sdopt=made_by_sdopt)
             from ..gate.same_job import bench_same_job
 
-            bench_same_job(config, config_path, same_job_base, out, progress=not quiet)
+            bench_same_job(config, config_path, same_job_base, out, progress=not quiet,
+                           overwrite=overwrite, protected=protected)
             return
         with atomic_directory(out, overwrite=overwrite, kind=RESULTS_OUTPUT,
                               protected=protected, made_by_sdopt=made_by_sdopt) as tmp:

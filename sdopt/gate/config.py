@@ -118,8 +118,8 @@ class GateConfig(_Section):
     # the gate learns how far from the baseline's history of runs (sdopt baseline save adds
     # one) once it holds min_history_runs; until then a run-to-run drift up to drift_allowance
     # is not a regression (measured here: benchmarks/results/gate_noise.md).
-    drift_allowance: float = Field(default=0.15, ge=0, le=10)
-    min_history_runs: int = Field(default=5, ge=3, le=1000)
+    drift_allowance: float = Field(default=0.20, ge=0, le=10)
+    min_history_runs: int = Field(default=10, ge=3, le=1000)
     # The absolute latency against a baseline of fewer runs: only a slowdown beyond this counts
     # (the drift of a whole run is unknown; same-job mode or a history catch smaller ones).
     absolute_drift_allowance: float = Field(default=1.0, ge=0, le=100)

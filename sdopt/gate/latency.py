@@ -164,6 +164,15 @@ def _history_test(history: Sequence[float], current: float, s: Settings) -> tupl
     return change, max(1.0 + s.tolerance, bound), p
 
 
+def _reference(history: Sequence[float], baseline: float) -> tuple[float, str]:
+    """The baseline's value for a short history: the median of its runs (a single run may have
+    landed high or low: identical runs here fall in two modes about 15% apart), else the
+    baseline run's own."""
+    if history:
+        return statistics.median(history), f"the median of {len(history)} baseline run(s)"
+    return baseline, "the baseline run"
+
+
 def ratio_check(baseline: dict, current: dict, variant: str, history_ratios: Sequence[float],
                 s: Settings) -> Check | None:
     """The in-run ratio check, or None when either side lacks the original pipeline."""
@@ -175,22 +184,24 @@ def ratio_check(baseline: dict, current: dict, variant: str, history_ratios: Seq
         regressed = change > allowed and p < s.alpha
         centre = cur_ratio / change
         return Check(IN_RUN_RATIO, CATCHES[IN_RUN_RATIO], centre, cur_ratio, "ratio", change,
-                     allowed, p, RUN_HISTORY, f"{len(history_ratios)} baseline runs", regressed, "allowed drift learnt from the baseline's runs")
-    change = cur_ratio / base_ratio
+                     allowed, p, RUN_HISTORY, f"{len(history_ratios)} baseline runs", regressed,
+                     "allowed drift learnt from the baseline's runs")
+    reference, what = _reference(history_ratios, base_ratio)
+    change = cur_ratio / reference
     allowed = 1.0 + max(s.tolerance, s.drift_allowance)
     bv, cv = baseline["variants"], current["variants"]
+    shift = math.log(reference / base_ratio)  # the baseline run's spread, around the reference
     p, test, regressed = _sample_test(
-        paired_log_ratios(bv[variant]["latency_s"]["samples"],
-                          bv[REFERENCE_VARIANT]["latency_s"]["samples"]),
+        [d + shift for d in paired_log_ratios(bv[variant]["latency_s"]["samples"],
+                                              bv[REFERENCE_VARIANT]["latency_s"]["samples"])],
         paired_log_ratios(cv[variant]["latency_s"]["samples"],
                           cv[REFERENCE_VARIANT]["latency_s"]["samples"]),
         change, allowed, s)
-    have = len(history_ratios)
-    return Check(IN_RUN_RATIO, CATCHES[IN_RUN_RATIO], base_ratio, cur_ratio, "ratio", change,
+    return Check(IN_RUN_RATIO, CATCHES[IN_RUN_RATIO], reference, cur_ratio, "ratio", change,
                  allowed, p, test, "samples (one run each)", regressed,
-                 f"run-to-run drift of the ratio allowed up to +{s.drift_allowance:.0%} "
-                 f"(gate.drift_allowance) until the baseline holds {s.min_history_runs} runs "
-                 f"(it holds {max(have, 1)})")
+                 f"against {what}; run-to-run drift of the ratio allowed up to "
+                 f"+{s.drift_allowance:.0%} (gate.drift_allowance) until the baseline holds "
+                 f"{s.min_history_runs} runs (it holds {max(len(history_ratios), 1)})")
 
 
 def absolute_check(baseline: Sequence[float], current: Sequence[float],
@@ -205,18 +216,20 @@ def absolute_check(baseline: Sequence[float], current: Sequence[float],
                      allowed, p, RUN_HISTORY, f"{len(history_medians)} baseline runs",
                      change > allowed and p < s.alpha,
                      "allowed drift learnt from the baseline's runs")
-    change = cur_med / base_med if base_med > 0 else math.inf
+    reference, what = _reference(history_medians, base_med)
+    change = cur_med / reference if reference > 0 else math.inf
     allowed = 1.0 + max(s.tolerance, s.absolute_drift_allowance)
-    p, test, regressed = _sample_test(baseline, current, change, allowed, s)
-    note = (f"the baseline holds {max(len(history_medians), 1)} run(s): until it holds "
-            f"{s.min_history_runs} (sdopt baseline save --update-baseline adds one) the machine's "
-            f"run-to-run drift is unknown, so only a slowdown beyond "
+    scale = reference / base_med if base_med > 0 else 1.0
+    p, test, regressed = _sample_test([v * scale for v in baseline], current, change, allowed, s)
+    note = (f"against {what}; the baseline holds {max(len(history_medians), 1)} run(s): until "
+            f"it holds {s.min_history_runs} (sdopt baseline save --update-baseline adds one) the "
+            f"machine's run-to-run drift is unknown, so only a slowdown beyond "
             f"+{s.absolute_drift_allowance:.0%} counts (gate.absolute_drift_allowance); same-job "
             "mode catches smaller shared slowdowns")
     if only_check:
         note += ("; the original pipeline is not in both results, so nothing else judges "
                  "latency: bench it too (bench.variants) for the in-run ratio")
-    return Check(ABSOLUTE, CATCHES[ABSOLUTE], base_med, cur_med, "s/image", change, allowed, p,
+    return Check(ABSOLUTE, CATCHES[ABSOLUTE], reference, cur_med, "s/image", change, allowed, p,
                  test, "samples (one run each)", regressed, note)
 
 

@@ -20,11 +20,13 @@ from .bench import BenchSettings, load_original, optimized_subject, run_bench, t
     write_results
 from .config import load_config
 from .git import run_git
+from .outputs import RESULTS_OUTPUT, made_by_sdopt
 from .results import IMAGES_DIR
 
 
 def bench_same_job(config, config_path: str | os.PathLike, base_ref: str,
-                   out_dir: str | os.PathLike, *, progress: bool = True, console=None) -> Path:
+                   out_dir: str | os.PathLike, *, progress: bool = True, console=None,
+                   overwrite: bool = False, protected=()) -> Path:
     """For a PR that changes the model itself: build the base revision's 'optimized' variant (its
     sdopt.toml, model folder and saved model as committed at ``base_ref``) and the working tree's,
     measure both interleaved in this process, and write ``out_dir`` (head, as the current results)
@@ -52,7 +54,9 @@ def bench_same_job(config, config_path: str | os.PathLike, base_ref: str,
                                                progress=progress, name="base")
             head, head_opt = optimized_subject(config, load_original(config), progress=progress,
                                                name="head")
-        with atomic_directory(out_dir, overwrite=False) as work:
+        # Replaced only once both sides are measured: a failed run keeps the old output.
+        with atomic_directory(out_dir, overwrite=overwrite, kind=RESULTS_OUTPUT,
+                              protected=protected, made_by_sdopt=made_by_sdopt) as work:
             job = uuid.uuid4().hex  # ties the two sides: compare judges them as one job's pair
             results = run_bench([base, head], BenchSettings.from_config(config), work,
                                 progress=progress, console=console,

@@ -130,3 +130,13 @@ def test_same_job_mode_measures_base_and_head_models_interleaved(tmp_path):
     assert verdict["latency"]["decided_by"] == ["same-job"]  # no drift allowance: one job
     assert verdict["baseline"]["environment_match"] is True
     assert not verdict["quality"]["regressed"]  # fp32 either way: same pixels (to rounding)
+    # --overwrite replaces the output only once both sides are measured: a run that fails keeps it.
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(SdoptError, match="no-such-ref"):
+        bench_same_job(config, repo / "sdopt.toml", "no-such-ref", out, progress=False,
+                       overwrite=True)
+    assert (out / "results.json").read_bytes() == before
+    with pytest.raises(SdoptError, match="already exists"):
+        bench_same_job(config, repo / "sdopt.toml", "main", out, progress=False)
+    bench_same_job(config, repo / "sdopt.toml", "main", out, progress=False, overwrite=True)
+    assert read_results(out)["config"]["same_job"]["job"] != job

@@ -29,9 +29,11 @@ RUNS = 10  # bench.runs default
 
 class Machine:
     """Runs of a drifting machine: per-run shift (sd ``run_sd`` in log space), per-variant
-    reaction to it (``react_sd``), per-sample noise (``noise``) and 5% spikes."""
+    reaction to it (``react_sd``), per-sample noise (``noise``) and 5% spikes. The defaults are
+    this machine's, measured by benchmarks/gate_noise.py (tiny preset): whole-run medians moved
+    with a log sd of 0.15, the optimized/original ratio with 0.05."""
 
-    def __init__(self, seed: int, run_sd=0.15, react_sd=0.03, noise=0.02):
+    def __init__(self, seed: int, run_sd=0.15, react_sd=0.035, noise=0.02):
         self.rng = np.random.default_rng(seed)
         self.run_sd, self.react_sd, self.noise = run_sd, react_sd, noise
 
@@ -91,16 +93,21 @@ def _flag_rate(machine: Machine, *, optimized=1.0, original=1.0, history_runs=0,
 
 
 def test_the_sample_test_across_runs_cries_wolf_under_run_drift():
-    """What the old simulations could not see: identical code, drifting runs."""
-    assert _flag_rate(Machine(1), settings=SAMPLES_ONLY) > 0.3
+    """What the old simulations could not see: identical code, drifting runs (on real runs of
+    this machine the old rule flagged 13 of 20, benchmarks/results/gate_noise.md)."""
+    assert _flag_rate(Machine(1), settings=SAMPLES_ONLY) > 0.2
 
 
 def test_identical_code_rarely_raises_a_false_alarm():
     assert _flag_rate(Machine(2)) <= 0.05
+    assert _flag_rate(Machine(2), history_runs=10) <= 0.05
 
 
 def test_a_30_percent_slowdown_of_the_optimized_pipeline_is_caught():
-    assert _flag_rate(Machine(3), optimized=1.3) >= 0.95
+    """With a history of runs the spread is known: caught nearly always. Against one baseline
+    run, whose own ratio may have drifted, most of the time: the verdict says so."""
+    assert _flag_rate(Machine(3), optimized=1.3, history_runs=10) >= 0.95
+    assert _flag_rate(Machine(3), optimized=1.3) >= 0.8
 
 
 def test_a_machine_that_is_slower_today_is_not_a_regression():
