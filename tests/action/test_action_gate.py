@@ -16,33 +16,21 @@ from action import main as entry  # noqa: E402
 from action.comment import ACTIONS_BOT, marker  # noqa: E402
 from tests.fake_github import FakeGitHub, State, Token  # noqa: E402
 from tests.action.test_action_workflow import parse_github_output  # noqa: E402
+from tests.tiny_config import tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.slow     # three end-to-end runs of the tiny pipeline
 
 SHA = "a" * 40
-CONFIG = """\
-model = "tiny"
-
-[bench]
-prompts = ["a photo of a cat"]
-seeds = [0]
-steps = 2
-runs = 5
-warmup = 1
-variants = ["optimized"]
-
-[optimize]
-candidate = "torch_eager/bf16"
-
+CONFIG = tiny_config(candidate="torch_eager/bf16", tail="""\
 [gate]
 # This test is about the action's wiring (pass, then an injected image regression), and the
 # baseline is timed minutes before the current run on a shared machine: only a gross slowdown
-# counts here. The latency statistics themselves are tested in test_compare.py / test_gate_cli.py.
+# counts here. The latency statistics themselves are tested in test_latency.py / test_gate_cli.py.
 latency_tolerance = 10.0
 
 [baseline]
 path = "baseline"
-"""
+""")
 
 
 def sdopt(*args, cwd):

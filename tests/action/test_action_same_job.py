@@ -16,24 +16,11 @@ from action.inputs import read_inputs  # noqa: E402
 from sdopt.errors import SdoptError  # noqa: E402
 from tests.action.test_action_workflow import parse_github_output  # noqa: E402
 from tests.fake_github import FakeGitHub, State, Token  # noqa: E402
+from tests.tiny_config import tiny_config  # noqa: E402
 
-CONFIG = """\
-model = "tiny"
 
-[bench]
-prompts = ["a photo of a cat"]
-seeds = [0]
-steps = 2
-runs = 5
-warmup = 1
-variants = ["optimized"]
-
-[optimize]
-candidate = "{candidate}"
-
-[baseline]
-path = "baseline"
-"""
+def _config(candidate: str) -> str:
+    return tiny_config(candidate=candidate, tail='[baseline]\npath = "baseline"\n')
 
 
 def _git(repo, *args) -> str:
@@ -47,11 +34,11 @@ def repo(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
     _git(root, "init", "-q", "-b", "main")
-    (root / "sdopt.toml").write_text(CONFIG.format(candidate="torch_eager/fp32"))
+    (root / "sdopt.toml").write_text(_config("torch_eager/fp32"))
     _git(root, "add", ".")
     _git(root, "commit", "-q", "-m", "base")
     base = _git(root, "rev-parse", "HEAD")
-    (root / "sdopt.toml").write_text(CONFIG.format(candidate="torch_eager/bf16"))
+    (root / "sdopt.toml").write_text(_config("torch_eager/bf16"))
     _git(root, "commit", "-q", "-am", "head")
     return root, base
 

@@ -25,6 +25,19 @@ IMAGE = os.environ.get("SDOPT_TEST_IMAGE", "localhost/sdopt:test")
 RUNNER_IMAGE = "localhost/sdopt-act-runner:test"
 
 
+def install_workflow(ws: Path, file_name: str) -> None:
+    """Copy workflows/``file_name`` into the workspace under a name of its own: act names its
+    job container and volumes after the workflow, so concurrent runs must not share one."""
+    lines = (HERE / "workflows" / file_name).read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("name: "):
+            lines[i] = f"{line.rstrip()[:-1]} {os.getpid()} {ws.name})\n" \
+                if line.rstrip().endswith(")") else f"{line.rstrip()} ({os.getpid()} {ws.name})\n"
+            break
+    (ws / ".github" / "workflows").mkdir(parents=True, exist_ok=True)
+    (ws / ".github" / "workflows" / file_name).write_text("".join(lines))
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "container: builds and runs the sdopt image with podman (minutes; needs "

@@ -17,25 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.container.conftest import UPLOAD_RAN
+from tests.container.conftest import UPLOAD_RAN, install_workflow
 from tests.container.test_container import PR_EVENT, run
 from tests.container.test_hosted_runner import RUNNER_UID, copy_action
+from tests.tiny_config import tiny_config
 
 pytestmark = pytest.mark.container
 
 HERE = Path(__file__).resolve().parent
 
-CONFIG = """\
-model = "tiny"
-
-[bench]
-prompts = ["a photo of a cat"]
-seeds = [0]
-steps = 2
-runs = 3
-warmup = 1
-variants = ["optimized"]
-"""
+CONFIG = tiny_config(runs=3)
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +35,7 @@ def cache_workspace(tmp_path_factory, podman, sdopt_image):
     os.chmod(ws.parent, 0o755)
     os.chmod(ws, 0o755)
     copy_action(ws)
-    (ws / ".github" / "workflows").mkdir(parents=True)
-    workflow = (HERE / "workflows" / "cache.yml").read_text()
-    workflow = workflow.replace("name: sdopt cache (container test)",
-                                f"name: sdopt cache ({os.getpid()} {ws.name})", 1)
-    (ws / ".github" / "workflows" / "cache.yml").write_text(workflow)
+    install_workflow(ws, "cache.yml")
     (ws / "sdopt.toml").write_text(CONFIG)
     (ws / ".gitignore").write_text("sdopt-out/\n.sdopt-cache/\nevent.json\n")
     git = ["git", "-C", str(ws), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]

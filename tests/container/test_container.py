@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.container.conftest import install_workflow
+
 from tests.action.test_action_gate import CONFIG
 
 pytestmark = pytest.mark.container
@@ -50,13 +52,7 @@ def workspace(tmp_path_factory, podman, sdopt_image):
     shutil.copy2(ROOT / "action.yml", ws / "action.yml")
     shutil.copytree(ROOT / "action", ws / "action",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    (ws / ".github" / "workflows").mkdir(parents=True)
-    # act names its job container and volumes after the workflow and job names: a unique
-    # workflow name keeps concurrent runs of this test (other checkouts) from colliding.
-    workflow = (HERE / "workflows" / "gate.yml").read_text()
-    workflow = workflow.replace("name: sdopt gate (container test)",
-                                f"name: sdopt gate (container test {os.getpid()} {ws.name})", 1)
-    (ws / ".github" / "workflows" / "gate.yml").write_text(workflow)
+    install_workflow(ws, "gate.yml")
     (ws / "sdopt.toml").write_text(CONFIG)
     proc = podman_run(podman, sdopt_image, ws, "-c",
                       "sdopt bench --config sdopt.toml --out base-run --quiet && "

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.action.test_action_gate import CONFIG
+from tests.container.conftest import install_workflow
 from tests.container.test_container import PR_EVENT, podman_run, run
 
 pytestmark = pytest.mark.container
@@ -55,11 +56,7 @@ def runner_workspace(tmp_path_factory, podman, sdopt_image):
     os.chmod(ws.parent, 0o755)               # the runner user must reach its workspace
     os.chmod(ws, 0o755)
     copy_action(ws)
-    (ws / ".github" / "workflows").mkdir(parents=True)
-    workflow = (HERE / "workflows" / "hosted-runner.yml").read_text()
-    workflow = workflow.replace("name: sdopt hosted runner (container test)",
-                                f"name: sdopt hosted runner ({os.getpid()} {ws.name})", 1)
-    (ws / ".github" / "workflows" / "hosted-runner.yml").write_text(workflow)
+    install_workflow(ws, "hosted-runner.yml")
     (ws / "sdopt.toml").write_text(CONFIG)
     proc = podman_run(podman, sdopt_image, ws, "-c",
                       "sdopt bench --config sdopt.toml --out base-run --quiet && "
