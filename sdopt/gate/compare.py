@@ -34,11 +34,9 @@ from ..optimize import metrics
 from . import latency
 from .config import GateConfig
 from .history import runs_like
-from .results import (NOT_COMPARABLE, PASS, REGRESSION, RESULTS_NAME, VERDICT_KIND,
-                      VERDICT_SCHEMA_VERSION)
+from .results import (DEVICE_KEYS, NOT_COMPARABLE, PASS, REGRESSION, RESULTS_NAME,
+                      VERDICT_KIND, VERDICT_SCHEMA_VERSION)
 
-# Device fields that must agree for timings to be comparable.
-_DEVICE_KEYS = ("kind", "name", "cores", "cuda_capability")
 
 
 def safe_join(root: Path, rel: str, what: str) -> Path:
@@ -96,7 +94,7 @@ def environment_differences(baseline: dict, current: dict) -> list[str]:
     a = (baseline.get("environment") or {}).get("device") or {}
     b = (current.get("environment") or {}).get("device") or {}
     out = []
-    for key in _DEVICE_KEYS:
+    for key in DEVICE_KEYS:
         if a.get(key) != b.get(key):
             out.append(f"device {key}: baseline {a.get(key)!r}, current {b.get(key)!r}")
     return out

@@ -15,11 +15,11 @@ from typing import Any
 
 from ..store import write_json
 from .latency import in_run_ratio
-from .results import HISTORY_KIND, HISTORY_NAME, HISTORY_SCHEMA_VERSION, read_history_file
+from .results import (DEVICE_KEYS, HISTORY_KIND, HISTORY_NAME, HISTORY_SCHEMA_VERSION,
+                      read_history_file)
 
 MAX_RUNS = 30
-# What must agree for two runs to be samples of one machine's spread.
-_DEVICE_KEYS = ("kind", "name", "cores", "cuda_capability")
+# With DEVICE_KEYS, what must agree for two runs to be samples of one machine's spread.
 _WORKLOAD_KEYS = ("model", "height", "width", "steps", "guidance_scale", "batch")
 
 
@@ -33,7 +33,7 @@ def run_summary(results: dict[str, Any]) -> dict[str, Any]:
     ratios = {name: r for name in variants if (r := in_run_ratio(results, name)) is not None}
     return {"created_unix": results.get("created_unix"),
             "sdopt_version": results.get("sdopt_version"),
-            "device": {k: device.get(k) for k in _DEVICE_KEYS},
+            "device": {k: device.get(k) for k in DEVICE_KEYS},
             "workload": {k: config.get(k) for k in _WORKLOAD_KEYS},
             "samples": max((len(v["latency_s"]["samples"]) for v in variants.values()), default=0),
             "medians_s": medians, "ratios": ratios}

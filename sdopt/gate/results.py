@@ -38,6 +38,10 @@ MERGED_SCHEMA_VERSION = 1
 HISTORY_KIND = "sdopt-baseline-history"
 HISTORY_SCHEMA_VERSION = 1
 
+# Device fields that must agree for two results' timings to be comparable (compare refuses other
+# machines; a baseline's history keeps only runs of the same machine).
+DEVICE_KEYS = ("kind", "name", "cores", "cuda_capability")
+
 PASS, REGRESSION, NOT_COMPARABLE = "pass", "regression", "not_comparable"
 VERDICTS = (PASS, REGRESSION, NOT_COMPARABLE)
 EXIT_FOR_VERDICT = {PASS: ExitCode.PASS, REGRESSION: ExitCode.REGRESSION,
