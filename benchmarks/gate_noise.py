@@ -341,10 +341,12 @@ READING = """\
   action): drift cancels, and a slowdown of original and optimized alike is caught.
 - A 10% slowdown is within this machine's run-to-run drift of the ratio: only same-job can
   see it reliably.
-- Not measured yet: the sd15 preset at 256 px (the second command in the script's docstring),
-  and a shared slowdown against a stored baseline (the absolute check with history allows
-  x1.57 here: whole runs moved x0.89-x1.30 between identical runs, so only same-job catches a
-  shared 30% on this machine).
+- sd15 at 256 px (fewer runs: 3 to 3.5 minutes each): its runs drifted less than the tiny
+  model's (identical code x0.92-x0.97 against the 1-run baseline, the in-run ratio x0.94-x0.99),
+  so even the old rule passed identical code there; every rule caught the 30% slowdown.
+- Not measured yet: a shared slowdown against a stored baseline (the absolute check with
+  history allows x1.57 here: whole runs moved x0.89-x1.30 between identical runs on tiny, so
+  only same-job catches a shared 30% on this machine).
 """
 
 
