@@ -187,6 +187,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def create_new_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file that must not exist yet (append-only stores: a history entry, a
+    pytest-benchmark storage file): written through a temporary sibling and linked into place, so
+    readers never see half of it and an existing file is never replaced (FileExistsError)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 

@@ -110,7 +110,7 @@ def main() -> None:
 
 
 COMMANDS = (optimize.optimize, optimize.demo, optimize.backends, optimize.models, gate.bench,
-            gate.baseline, gate.compare, gate.gate, cache.cache, init.init, merge.merge,
-            report.report, reproduce.reproduce)
+            gate.baseline, gate.compare, gate.gate, gate.history, cache.cache, init.init,
+            merge.merge, report.report, reproduce.reproduce)
 for _command in COMMANDS:
     main.add_command(_command)

@@ -28,6 +28,15 @@ from .options import (CommaList, allow_other_machine_option, baseline_option, co
                       same_job_base_option, set_option, threshold_options)
 
 
+def pytest_benchmark_storage_option(fn):
+    return click.option(
+        "--pytest-benchmark-storage", default=None,
+        type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+        help="Also add the run to this pytest-benchmark storage (e.g. .benchmarks) as "
+             "DIR/<machine>/NNNN_<commit>_<time>.json, where 'pytest-benchmark list' and "
+             "'compare' find it.")(fn)
+
+
 # --- helpers ------------------------------------------------------------------------------------
 
 def _load(path: str, overrides=()):
@@ -85,24 +94,57 @@ def _print_json(document: dict) -> None:
     click.echo(json.dumps(finite(document), indent=2))
 
 
+def _config_source(config_path: str) -> tuple[str, Path]:
+    """How the pytest-benchmark export names the config (its path in the repository: the same
+    on every checkout and runner, and distinct for two configs of one repository) and the folder
+    whose commit it records."""
+    from ..gate.config import DEFAULT_CONFIG_NAME
+    from ..gate.git import find_repo_root
+
+    path = Path(config_path)
+    path = (path / DEFAULT_CONFIG_NAME if path.is_dir() else path).resolve()
+    root = find_repo_root(path.parent)
+    if root is not None:
+        with contextlib.suppress(ValueError):
+            return path.relative_to(root.resolve()).as_posix(), path.parent
+    return path.name, path.parent
+
+
 def _bench_into(config, config_path: str, out: Path, *, overwrite: bool, variants=None,
-                same_job_base: str | None = None, quiet: bool = False) -> None:
+                same_job_base: str | None = None, quiet: bool = False,
+                storage: Path | None = None) -> None:
     from ..gate.bench import bench_config, write_results
     from ..gate.outputs import RESULTS_OUTPUT, made_by_sdopt
     from ..store import atomic_directory
 
     protected = _check_free(out, "--out", overwrite, config.root)
+    if storage is not None:
+        from ..gate.pytest_benchmark import check_storage
+
+        check_storage(storage)
     with _output_errors(out, "--out"):
         if same_job_base:
             from ..gate.same_job import bench_same_job
 
             bench_same_job(config, config_path, same_job_base, out, progress=not quiet,
                            overwrite=overwrite, protected=protected)
-            return
-        with atomic_directory(out, overwrite=overwrite, kind=RESULTS_OUTPUT,
-                              protected=protected, made_by_sdopt=made_by_sdopt) as tmp:
-            results = bench_config(config, tmp, variants=variants, progress=not quiet)
-            write_results(results, tmp)
+        else:
+            source, repo = _config_source(config_path)
+            with atomic_directory(out, overwrite=overwrite, kind=RESULTS_OUTPUT,
+                                  protected=protected, made_by_sdopt=made_by_sdopt) as tmp:
+                results = bench_config(config, tmp, variants=variants, progress=not quiet)
+                write_results(results, tmp, config_path=source, repo=repo)
+    if storage is not None:
+        _to_storage(out, storage)
+
+
+def _to_storage(out: Path, storage: Path) -> None:
+    """Add this run's pytest-benchmark twin to a pytest-benchmark storage, where
+    ``pytest-benchmark list`` and ``compare`` find it with no paths."""
+    from ..gate.pytest_benchmark import save_to_storage
+
+    document = json.loads((out / PYTEST_BENCHMARK_NAME).read_text(encoding="utf-8"))
+    click.echo(f"pytest-benchmark storage: {save_to_storage(document, storage)}")
 
 
 def _print_bench(out: Path) -> None:
@@ -126,8 +168,8 @@ def _compare(baseline_spec: str, current: Path, gate_config, *, clip_model,
                                allow_other_machine=allow_other_machine, clip_model=clip_model)
 
 
-def _report(results_dir: Path, inputs, verdict: dict, out: Path, templates: Path | None
-            ) -> list[str]:
+def _report(results_dir: Path, inputs, verdict: dict, out: Path, templates: Path | None,
+            history: list[dict] = ()) -> list[str]:
     """Write both reports; a report bug is a note, never a hidden verdict."""
     from ..report import render_reports
 
@@ -137,7 +179,7 @@ def _report(results_dir: Path, inputs, verdict: dict, out: Path, templates: Path
                                  html_path=out / REPORT_HTML_NAME,
                                  markdown_path=out / REPORT_MARKDOWN_NAME,
                                  artifact_url=os.environ.get("SDOPT_ARTIFACT_URL") or None,
-                                 templates_dir=templates)
+                                 templates_dir=templates, history=history)
     except SdoptError:
         raise
     except Exception as exc:  # noqa: BLE001 - a report bug must not hide the verdict
@@ -154,10 +196,11 @@ def _report(results_dir: Path, inputs, verdict: dict, out: Path, templates: Path
 @click.option("--variants", default=None, type=CommaList(BENCH_VARIANTS),
               help="Variants to measure (default: bench.variants of the config).")
 @same_job_base_option
+@pytest_benchmark_storage_option
 @set_option
 @overwrite_option
 @quiet_option
-def bench(config, out, variants, same_job_base, set, overwrite, quiet):
+def bench(config, out, variants, same_job_base, pytest_benchmark_storage, set, overwrite, quiet):
     """Run the pipeline end to end (fixed seeds, warm-up, interleaved variants) and write
     results.json, results.pytest-benchmark.json and the images."""
     settings = _load(config, collect_overrides(set))
@@ -167,7 +210,7 @@ def bench(config, out, variants, same_job_base, set, overwrite, quiet):
                          "leave out --variants")
     _bench_into(settings, config, out_path, overwrite=overwrite,
                 variants=list(variants) if variants else None, same_job_base=same_job_base,
-                quiet=quiet)
+                quiet=quiet, storage=pytest_benchmark_storage)
     _print_bench(out_path)
     if same_job_base:
         click.echo(f"base ({same_job_base}): {out_path / 'base'}; compare with "
@@ -265,18 +308,23 @@ def compare(baseline_spec, current, config, out, set, latency_tolerance, psnr_mi
 @out_option("Output directory (default: output_dir of the config).")
 @baseline_option
 @same_job_base_option
+@pytest_benchmark_storage_option
+@click.option("--history", type=click.Path(path_type=Path), multiple=True,
+              help="A results history directory ('sdopt history add') or earlier results "
+                   "directories for the report's trend chart (repeatable; read only).")
 @set_option
 @threshold_options
 @allow_other_machine_option
 @json_option
 @overwrite_option
 @quiet_option
-def gate(config, out, baseline, same_job_base, set, latency_tolerance, psnr_min_db, ssim_min,
-         allow_other_machine, json, overwrite, quiet):
+def gate(config, out, baseline, same_job_base, pytest_benchmark_storage, history, set,
+         latency_tolerance, psnr_min_db, ssim_min, allow_other_machine, json, overwrite, quiet):
     """Optimize (or load the saved model), bench, compare with the baseline, write the
     reports. Exit 0 pass, 1 regression, 2 bad input, 3 not comparable."""
     from ..gate.baseline import baseline_spec, inputs_for, open_baseline
     from ..gate.compare import compare_results, not_comparable_line, summary_text
+    from ..report import load_history
     from ..store import write_json
 
     overrides = collect_overrides(set, latency_tolerance=latency_tolerance,
@@ -284,6 +332,7 @@ def gate(config, out, baseline, same_job_base, set, latency_tolerance, psnr_min_
     settings = _load(config, overrides)
     out_path = Path(out) if out else settings.resolve(settings.output_dir)
     _check_free(out_path, "--out", overwrite, settings.root)
+    trend = load_history(history)  # before minutes of benchmarking: a bad one fails fast
     repo = Path(settings.root)
     if same_job_base:
         spec = str(out_path / "base")
@@ -295,7 +344,7 @@ def gate(config, out, baseline, same_job_base, set, latency_tolerance, psnr_min_
     templates = settings.resolve(settings.report.templates)
     with _human_output(json):
         _bench_into(settings, config, out_path, overwrite=overwrite,
-                    same_job_base=same_job_base, quiet=quiet)
+                    same_job_base=same_job_base, quiet=quiet, storage=pytest_benchmark_storage)
         # Compare and report while the baseline is open: a git baseline's images live in a
         # temporary checkout.
         with open_baseline(spec, repo=repo) as base:
@@ -304,7 +353,7 @@ def gate(config, out, baseline, same_job_base, set, latency_tolerance, psnr_min_
                                       allow_other_machine=allow_other_machine)
             with _output_errors(out_path, "--out"):
                 write_json(out_path / VERDICT_NAME, finite(verdict))
-                notes = _report(out_path, inputs, verdict, out_path, templates)
+                notes = _report(out_path, inputs, verdict, out_path, templates, trend)
         _print_bench(out_path)
         click.echo(summary_text(verdict))
         for note in notes:
@@ -315,3 +364,61 @@ def gate(config, out, baseline, same_job_base, set, latency_tolerance, psnr_min_
     if json:
         _print_json(verdict)
     sys.exit(exit_code(verdict))
+
+
+@click.group("history")
+def history() -> None:
+    """The results history behind the report's trend chart: one file per run, never rewritten,
+    at most --max-runs (the oldest go first)."""
+
+
+@history.command("add")
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--to", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The history directory (made on first use; sdopt writes only its own).")
+@click.option("--verdict", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help=f"The run's {VERDICT_NAME} (default: RESULTS/{VERDICT_NAME} when there).")
+@click.option("--repo", default=".", type=click.Path(file_okay=False, path_type=Path),
+              show_default=True,
+              help="A folder of the git repository whose checked-out commit the run belongs to.")
+@click.option("--max-runs", default=None, type=int,
+              help="Keep at most this many runs (default: 500).")
+def history_add(results, to, verdict, repo, max_runs):
+    """Add the run in RESULTS (a directory written by 'sdopt bench' or 'sdopt gate') to the
+    history, with its commit and verdict."""
+    from ..gate.results import read_verdict
+    from ..gate.results_history import DEFAULT_MAX_RUNS, add_results
+
+    document = read_results(results)
+    if verdict is None and Path(results).is_dir() and (Path(results) / VERDICT_NAME).is_file():
+        verdict = Path(results) / VERDICT_NAME
+    verdict_doc = read_verdict(verdict) if verdict is not None else None
+    with _output_errors(to, "--to"):
+        path, pruned = add_results(to, document, verdict=verdict_doc, repo=repo,
+                                   max_runs=DEFAULT_MAX_RUNS if max_runs is None else max_runs)
+    click.echo(f"history: added {path}" + (f" (removed the {len(pruned)} oldest)" if pruned
+                                          else ""))
+
+
+@history.command("show")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--last", default=20, show_default=True, type=click.IntRange(min=1),
+              help="How many of the newest runs to list.")
+def history_show(directory, last):
+    """List the newest runs of a history directory, oldest first."""
+    from ..gate.results_history import read_runs
+    from ..report.fmt import timestamp
+
+    runs = read_runs(directory, last=last)
+    if not runs:
+        click.echo(f"history '{directory}' holds no runs yet")
+    for run in runs:
+        commit = run.get("commit") or {}
+        medians = "  ".join(f"{name} {value * 1e3:.1f} ms"
+                            for name, value in (run.get("medians_s") or {}).items())
+        line = (f"{timestamp(run.get('created_unix'))}  {str(commit.get('id'))[:12]:12}  "
+                f"{str(commit.get('branch') or '')[:30]:30}  {medians}  "
+                f"{run.get('verdict') or '-'}")
+        # The files may come from a cache others can write: no terminal control characters.
+        click.echo("".join(c if c.isprintable() else "?" for c in line))

@@ -19,7 +19,8 @@ from ..errors import SdoptError
 @click.option("--verdict", type=click.Path(path_type=Path), default=None,
               help="verdict.json written by 'sdopt compare' or 'sdopt gate'.")
 @click.option("--history", type=click.Path(path_type=Path), multiple=True,
-              help="Earlier results directories for the trend chart (repeatable).")
+              help="A results history directory ('sdopt history add') or earlier results "
+                   "directories for the trend chart (repeatable; read only).")
 @click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the self-contained HTML report here.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -240,11 +240,14 @@ def _save_images(out_dir: Path, name: str, images, chunk, start: int, records: l
         records.append({"prompt": prompt, "seed": int(seed), "path": rel})
 
 
-def write_results(results: dict[str, Any], directory: str | os.PathLike) -> None:
-    """results.json and its pytest-benchmark twin, each written atomically."""
+def write_results(results: dict[str, Any], directory: str | os.PathLike, *,
+                  config_path: str | None = None, repo: str | os.PathLike | None = None) -> None:
+    """results.json and its pytest-benchmark twin, each written atomically (``config_path``,
+    ``repo``: see :func:`sdopt.gate.pytest_benchmark.pytest_benchmark_json`)."""
     directory = Path(directory)
     write_json(directory / RESULTS_NAME, finite(results))
-    write_json(directory / PYTEST_BENCHMARK_NAME, finite(pytest_benchmark_json(results)))
+    write_json(directory / PYTEST_BENCHMARK_NAME,
+               finite(pytest_benchmark_json(results, config_path=config_path, repo=repo)))
 
 
 # --- building the variants named in the config -------------------------------------------------

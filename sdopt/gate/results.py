@@ -37,6 +37,9 @@ MERGED_KIND = "sdopt-merged-results"
 MERGED_SCHEMA_VERSION = 1
 HISTORY_KIND = "sdopt-baseline-history"
 HISTORY_SCHEMA_VERSION = 1
+# One run in a results history directory (sdopt history; gate/results_history.py).
+RUN_ENTRY_KIND = "sdopt-run-history-entry"
+RUN_ENTRY_SCHEMA_VERSION = 1
 
 # Device fields that must agree for two results' timings to be comparable (compare refuses other
 # machines; a baseline's history keeps only runs of the same machine).
@@ -52,7 +55,8 @@ VERDICT_TITLE = {PASS: "pass", NOT_COMPARABLE: "not comparable", REGRESSION: "re
 
 _SCHEMAS = {RESULTS_KIND: ("results", RESULTS_SCHEMA_VERSION),
             VERDICT_KIND: ("verdict", VERDICT_SCHEMA_VERSION),
-            HISTORY_KIND: ("history", HISTORY_SCHEMA_VERSION)}
+            HISTORY_KIND: ("history", HISTORY_SCHEMA_VERSION),
+            RUN_ENTRY_KIND: ("run-history", RUN_ENTRY_SCHEMA_VERSION)}
 
 
 def exit_code(verdict: dict[str, Any] | None) -> ExitCode:
@@ -62,7 +66,7 @@ def exit_code(verdict: dict[str, Any] | None) -> ExitCode:
 
 @functools.lru_cache(maxsize=None)
 def schema(name: str) -> dict[str, Any]:
-    """A shipped JSON Schema (``results``, ``verdict`` or ``history``)."""
+    """A shipped JSON Schema (``results``, ``verdict``, ``history`` or ``run-history``)."""
     from importlib import resources
 
     return json.loads(resources.files("sdopt").joinpath(f"schemas/{name}.schema.json")
@@ -148,6 +152,12 @@ def read_history_file(path: str | os.PathLike) -> dict[str, Any]:
     """A baseline's history.json, validated (it sits in a committed, PR-editable folder)."""
     return validate(_read_json(Path(path), "baseline history"), HISTORY_KIND, path,
                     "baseline history")
+
+
+def read_run_entry(path: str | os.PathLike) -> dict[str, Any]:
+    """One run of a results history (a directory a cache or a branch brings back), validated."""
+    return validate(_read_json(Path(path), "results history entry"), RUN_ENTRY_KIND, path,
+                    "results history entry")
 
 
 def find_results_dir(path: str | os.PathLike, *, what: str = "baseline") -> Path:

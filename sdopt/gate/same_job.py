@@ -66,7 +66,7 @@ def bench_same_job(config, config_path: str | os.PathLike, base_ref: str,
                     results["variants"][name], work / IMAGES_DIR / name, target)}, optimization=opt)
                 doc["config"] = dict(doc["config"], same_job={"base_ref": base_ref, "side": name,
                                                               "job": job})
-                write_results(doc, target)
+                write_results(doc, target, config_path=cfg_rel, repo=root)
     return out_dir
 
 

@@ -111,25 +111,64 @@ def stages_chart(rows: list[tuple[str, dict, float | None]]) -> Chart:
 
 
 def trend_chart(points: list[dict]) -> Chart:
-    """``points``: results documents, oldest first; drawn when there are at least two."""
+    """``points``: runs oldest first, as :func:`sdopt.report.context.history_points` gives them
+    (``medians_s``, ``created_unix``, ``commit``, ``verdict``, ``role``); drawn from two."""
     chart = Chart("chart-trend", "Trend over history",
-                  caption="Median end-to-end latency per image of each results file given "
-                          "(history, baseline, this run).")
+                  caption="Median end-to-end latency per image of each run on this machine and "
+                          "workload: the results history (sdopt history add, --history), the "
+                          "baseline (dashed line) and this run (star); a red cross marks a run "
+                          "the gate judged a regression.")
     if len(points) < 2:
-        chart.note = "Give earlier results (--history) to see a trend."
+        chart.note = ("No earlier runs to draw a trend from: keep a results history "
+                      "('sdopt history add', the action's history input) and pass it with "
+                      "--history.")
         return chart
     fig = go.Figure()
     when = [datetime.fromtimestamp(p.get("created_unix") or 0, tz=timezone.utc).isoformat()
             for p in points]
-    for key in ("original", "optimized"):
-        ys = [((p.get("variants") or {}).get(key) or {}).get("latency_s", {}).get("median")
-              for p in points]
-        if any(isinstance(y, (int, float)) for y in ys):
-            fig.add_scatter(x=when, y=ys, mode="lines+markers", name=key,
-                            marker_color=VARIANT_COLOURS[key],
-                            hovertext=[str(p.get("label") or p.get("sdopt_version") or "")
-                                       for p in points])
+    hover = [_run_label(p) for p in points]
+    drawn = [key for key in ("original", "optimized")
+             if any(_median(p, key) is not None for p in points)]
+    for key in drawn:
+        fig.add_scatter(x=when, y=[_median(p, key) for p in points], mode="lines+markers",
+                        name=key, marker_color=VARIANT_COLOURS[key], hovertext=hover,
+                        connectgaps=True)
+    judged = drawn[-1] if drawn else "optimized"
+    marks = (("regression", "x", 14, "#cf222e", lambda p: p.get("verdict") == "regression"),
+             ("this run", "star", 16, "#0969da", lambda p: p.get("role") == "current"),
+             ("baseline", "diamond", 13, "#57606a", lambda p: p.get("role") == "baseline"))
+    for name, symbol, size, colour, chosen in marks:
+        rows = [(w, _median(p, judged), h) for w, p, h in zip(when, points, hover)
+                if chosen(p) and _median(p, judged) is not None]
+        if rows:
+            fig.add_scatter(x=[r[0] for r in rows], y=[r[1] for r in rows], mode="markers",
+                            name=name, hovertext=[r[2] for r in rows],
+                            marker=dict(symbol=symbol, size=size, color=colour,
+                                        line=dict(width=1, color=colour)))
+    base = next((p for p in points if p.get("role") == "baseline"), None)
+    if base is not None and _median(base, judged) is not None:
+        fig.add_hline(y=_median(base, judged), line_dash="dash", line_color="#57606a",
+                      annotation_text="baseline", annotation_position="top left")
     fig.update_layout(yaxis_title="seconds per image", yaxis_rangemode="tozero",
-                      xaxis_title="results created (UTC)")
+                      xaxis_title="run (UTC)")
     chart.spec = _spec(fig)
+    regressions = sum(1 for p in points if p.get("verdict") == "regression")
+    chart.extra = {"runs": len(points), "regressions": regressions}
     return chart
+
+
+def _median(point: dict, key: str) -> float | None:
+    value = (point.get("medians_s") or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+
+
+def _run_label(point: dict) -> str:
+    """Hover text of a run: its commit, branch and verdict. A branch name comes from files others
+    may write, and plotly.js reads tags (<a href>, <br>) in hover text: those characters go."""
+    commit = point.get("commit") or {}
+    bits = [str(commit.get("id") or "")[:12], str(commit.get("branch") or "")[:60],
+            str(point.get("verdict") or ""), {"current": "this run",
+                                               "baseline": "baseline"}.get(point.get("role"), "")]
+    text = " · ".join(b for b in bits if b)
+    return "".join(c for c in text if c.isprintable() and c not in "<>&")

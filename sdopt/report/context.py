@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..gate.history import same_kind
 from ..gate.results import (NOT_COMPARABLE, PASS, REGRESSION, VERDICT_TITLE, VERDICTS,
                             end_to_end_speedup, variant_median_s)
+from ..gate.results_history import as_run
 from . import charts, fmt
 from .images import HEAT_FULL_SCALE, compare, load_image
 from .markdown import safe_url
@@ -291,17 +293,25 @@ def image_rows(results: dict, results_dir: Path | None, baseline: dict | None,
     return rows
 
 
-def history_points(results: dict, baseline: dict | None, history) -> list[dict]:
-    """Distinct results documents, oldest first, for the trend chart."""
-    seen, points = set(), []
-    for doc in [*history, baseline, results]:
+def history_points(results: dict, baseline: dict | None, history,
+                   verdict: dict | None = None) -> list[dict]:
+    """The trend chart's runs, oldest first, each with its ``role`` (history, baseline, current):
+    the history's runs of this machine and workload (another size or machine is another trend),
+    the baseline and this run. A run given twice (the baseline's run is often in the history
+    too) is drawn once, in its most specific role."""
+    current = as_run(results, verdict)
+    points: dict[tuple, dict] = {}
+    for doc, role in [*((d, "history") for d in history), (baseline, "baseline"),
+                      (results, "current")]:
         if not isinstance(doc, dict):
             continue
-        key = (doc.get("created_unix"), repr(variant(doc, "optimized").get("latency_s")))
-        if key not in seen:
-            seen.add(key)
-            points.append(doc)
-    return sorted(points, key=lambda d: _num(d.get("created_unix")) or 0)
+        run = current if role == "current" else as_run(doc)
+        if role == "history" and not same_kind(run, current):
+            continue
+        key = (run.get("created_unix"), repr(sorted(_d(run.get("medians_s")).items())))
+        known = {k: v for k, v in points.get(key, {}).items() if v not in (None, {}, [])}
+        points[key] = {**run, **known, "role": role}
+    return sorted(points.values(), key=lambda d: _num(d.get("created_unix")) or 0)
 
 
 VERDICT_ICONS = {PASS: "✅", REGRESSION: "❌", NOT_COMPARABLE: "⚠️", "none": "ℹ️"}
@@ -360,7 +370,7 @@ def build_context(results: dict, results_dir: Path | None, *, baseline: dict | N
         context.update(
             charts=[charts.speedup_chart([c["raw"] for c in candidates]),
                     charts.latency_chart(series), charts.stages_chart(stage_rows),
-                    charts.trend_chart(history_points(results, baseline, list(history)))],
+                    charts.trend_chart(history_points(results, baseline, list(history), verdict))],
             image_rows=image_rows(results, results_dir, baseline, baseline_dir, verdict),
             environment=environment_rows(results, baseline),
             config_rows=config_rows(results), heat_full_scale=HEAT_FULL_SCALE)

@@ -1,4 +1,4 @@
-"""Reading what the report shows: results directories, verdict.json, history files.
+"""Reading what the report shows: results directories, verdict.json, results histories.
 
 Through sdopt.gate.results, the one reader: a report is often made from a downloaded artifact or
 a committed baseline that anyone could have edited, and it must refuse what the gate would refuse
@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..gate.results import read_results, read_verdict, results_file
+from ..gate.results_history import read_runs
+
+# The newest runs of a results history that the trend chart shows.
+TREND_RUNS = 200
 
 
 def load_results(path: str | os.PathLike, what: str = "results") -> tuple[dict[str, Any], Path]:
@@ -27,5 +31,12 @@ def load_verdict(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_history(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
-    """Earlier results for the trend chart: results directories or results.json files."""
-    return [load_results(p, "history results")[0] for p in paths]
+    """Earlier runs for the trend chart: results history directories (``sdopt history add``;
+    their newest TREND_RUNS runs), results directories or results.json files."""
+    runs: list[dict[str, Any]] = []
+    for path in map(Path, paths):
+        if path.is_dir() and not results_file(path).exists():
+            runs += read_runs(path, last=TREND_RUNS)
+        else:
+            runs.append(load_results(path, "history results")[0])
+    return runs

@@ -77,14 +77,14 @@ def test_pytest_benchmark_compare_reads_our_json(bench_dir, tmp_path):
     proc = subprocess.run([str(exe), "compare", str(path), "--columns", "min,median,max,rounds"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "sdopt[original]" in proc.stdout and "sdopt[optimized]" in proc.stdout
+    assert "-original-cpu]" in proc.stdout and "-optimized-cpu]" in proc.stdout
     # A second run compared against the first, as a user would after two CI runs.
     second = tmp_path / "0002_next.json"
     second.write_text(path.read_text())
     proc = subprocess.run([str(exe), "compare", str(path), str(second), "--group-by", "name"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("sdopt[original] (") == 2  # one row per file
+    assert proc.stdout.count("-original-cpu] (") == 2  # one row per file
 
 
 def _sleepy(pipe, seconds):

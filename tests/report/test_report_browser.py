@@ -68,3 +68,37 @@ def test_demo_report_in_headless_chromium(chromium, tmp_path):
     with Image.open(shot) as img:
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and img.width >= 1200 and img.height > 1500
         assert len(img.convert("L").getcolors(1 << 20) or []) > 50  # something was drawn
+
+
+TREND = """(() => {
+  const div = document.getElementById('chart-trend');
+  return JSON.stringify({
+    traces: div.data.map(t => [t.name, t.x.length]),
+    points: div.querySelectorAll('.scatterlayer path.point').length,
+    legend: [...div.querySelectorAll('.legendtext')].map(n => n.textContent),
+  });
+})()"""
+
+
+def test_a_24_run_history_draws_its_trend_with_the_regression_marked(chromium, tmp_path):
+    from tests.report.test_charts import history_of
+
+    current, cur_dir = load_results(DATA / "current")
+    baseline, base_dir = load_results(DATA / "baseline")
+    history = history_of(tmp_path / "history", 24, regression_at=17)
+    html = tmp_path / "report.html"
+    render_reports(current, cur_dir, baseline=baseline, baseline_dir=base_dir,
+                   verdict=load_verdict(DATA / "verdict-regression.json"), html_path=html,
+                   history=history)
+    with Browser(chromium) as browser:
+        browser.open(html.resolve().as_uri())
+        browser.wait_until("!!document.querySelector('#chart-trend svg.main-svg')", timeout=60)
+        state = json.loads(browser.evaluate(TREND))
+        errors = browser.console_errors()
+    traces = dict(state["traces"])
+    assert traces["optimized"] == traces["original"] == 26  # 24 runs, the baseline, this run
+    assert traces["regression"] == 2  # run 17, and this run (its verdict is a regression)
+    assert traces["this run"] == 1 and traces["baseline"] == 1
+    assert state["points"] >= 2 * 26 + 4
+    assert {"regression", "this run", "baseline"} <= set(state["legend"])
+    assert errors == [], errors
