@@ -123,3 +123,21 @@ def context_for_comment(artifact_dir: str | os.PathLike,
     head_repo = data.get("head_repository") if isinstance(data.get("head_repository"), str) else None
     return PullRequestContext(repository, number, head_sha if isinstance(head_sha, str) else None,
                               head_repo, env.get("GITHUB_EVENT_NAME", "workflow_run"))
+
+
+def history_refusal(env: Mapping[str, str]) -> str | None:
+    """Why this run may not be added to the results history (None: it may). Only a push to the
+    repository's default branch adds a run: a pull request's code (a fork's above all) must not
+    write what later runs read as the project's past, and other branches are not its line."""
+    event_name = env.get("GITHUB_EVENT_NAME", "")
+    if event_name != "push":
+        return (f"the event is {event_name or 'not known'}, and only pushes to the default "
+                "branch add to the history")
+    repository = load_payload(env).get("repository")
+    default = repository.get("default_branch") if isinstance(repository, dict) else None
+    ref = env.get("GITHUB_REF", "")
+    if not isinstance(default, str) or not default:
+        return "the push event names no default branch"
+    if ref != f"refs/heads/{default}":
+        return f"{ref or 'this ref'} is not the default branch ({default})"
+    return None

@@ -50,6 +50,9 @@ class ActionInputs:
     artifact_url: str | None = None
     gpus: str = "auto"
     fail_on: tuple[str, ...] = (REGRESSION, NOT_COMPARABLE)
+    # A results history directory (sdopt history): read for the report's trend chart on every
+    # run, added to only on pushes to the default branch (action/main.py history_refusal).
+    history: str | None = None
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -136,6 +139,10 @@ def read_inputs(env: Mapping[str, str] | None = None) -> ActionInputs:
             raise SdoptError(f"input 'fail_on' has '{bad[0]}': expected a comma-separated list of "
                              f"{REGRESSION}, {NOT_COMPARABLE} (or none)")
         inp.fail_on = tuple(x for x in items if x != "none")
+    inp.history = _get(env, "history")
+    if inp.history is not None and inp.mode not in ("gate", "optimize"):
+        raise SdoptError(f"input 'history' is set in mode '{inp.mode}': only modes gate and "
+                         "optimize measure a run to add to it")
     if inp.mode in ("comment", "merge") and not inp.artifact_dir:
         raise SdoptError(f"input 'artifact_dir' is required in mode '{inp.mode}': the directory "
                          "where the gate job's artifact(s) were downloaded")

@@ -388,6 +388,44 @@ def same_job_base(inp: ActionInputs, ctx: event.PullRequestContext) -> str | Non
     return None
 
 
+def history_dir(inp: ActionInputs) -> Path | None:
+    """The ``history`` input's directory, checked before the run (a link, a file or a directory
+    sdopt did not write is refused: sdopt writes only its own)."""
+    if not inp.history:
+        return None
+    from sdopt.gate.results_history import entry_files
+
+    path = Path(inp.history)
+    out = Path(inp.out).absolute()
+    if path.absolute() == out or path.absolute().is_relative_to(out):
+        raise SdoptError(f"input 'history' ('{inp.history}') is inside input 'out' "
+                         f"('{inp.out}'), which every run replaces: keep it beside it")
+    entry_files(path)
+    return path
+
+
+def history_args(history: Path | None) -> list[str]:
+    """What gives the report its trend chart: the history, once it exists (read on every event;
+    reading cannot change it)."""
+    return ["--history", str(history)] if history is not None and history.is_dir() else []
+
+
+def record_history(inp: ActionInputs, env: Mapping[str, str], out: Path) -> int:
+    """Add the published run to the results history when this event may write it
+    (event.history_refusal: pushes to the default branch only); 0, or the failing status."""
+    if not inp.history:
+        return 0
+    why = event.history_refusal(env)
+    if why:
+        print(workflow.neutralize(f"history: this run is not added ({why})"))
+        return 0
+    rc, errors = run_sdopt(["history", "add", str(out), "--to", inp.history, "--repo",
+                            str(Path(inp.config).absolute().parent)], env)
+    if rc != ExitCode.PASS:
+        return fail_unfinished("sdopt history add", rc, errors, inp.config)
+    return 0
+
+
 def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "gate") -> int:
     """One run of ``sdopt gate`` (or ``bench``) into a fresh directory; published only when sdopt
     finished (exit 0, 1 or 3), then moved to ``out``."""
@@ -395,8 +433,9 @@ def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "ga
     out = Path(inp.out)
     config_args = gate_args(inp)
     protected = check_out(inp)
+    history = history_dir(inp)
     with fresh_output(out) as staged:
-        args = ["--out", str(staged)]
+        args = ["--out", str(staged), *(history_args(history) if subcommand == "gate" else [])]
         base_ref = same_job_base(inp, ctx) if subcommand == "gate" else None
         if base_ref:
             args += ["--same-job-base", base_ref]
@@ -421,19 +460,21 @@ def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "ga
         if subcommand == "bench" and not plain_file(staged / REPORT_MARKDOWN_NAME):
             rc_report, errors = run_sdopt(["report", str(staged), "--html",
                                            str(staged / REPORT_HTML_NAME), "--markdown",
-                                           str(staged / REPORT_MARKDOWN_NAME)], env)
+                                           str(staged / REPORT_MARKDOWN_NAME),
+                                           *history_args(history)], env)
             if rc_report != ExitCode.PASS:
                 return fail_unfinished("sdopt report", rc_report, errors, inp.config)
         event.save_context(ctx, staged)
         body = report_markdown(results, verdict, staged, inp, trust_files=True)
         install(staged, out, protected)
     annotate(verdict, inp.config)
+    history_status = record_history(inp, env, out)
     phase = phase_of(env)
     url = publish(inp, env, ctx, out, results, verdict, body, phase=phase)
     outputs = outputs_for(inp, out, results, verdict, url)
     outputs["publish"] = wants_publish(inp, phase)
     workflow.set_outputs(outputs, env)
-    return exit_code(inp, verdict, rc)
+    return history_status or exit_code(inp, verdict, rc)
 
 
 def run_comment(inp: ActionInputs, env: Mapping[str, str]) -> int:

@@ -247,6 +247,12 @@ jobs:
         uses: {o.action}
         with:
           config: {CONFIG_NAME}
+          # Noise controls: the PR's base commit is measured beside the head in this job (needs
+          # fetch-depth: 0), so run-to-run drift cancels; true requires it, false never does it.
+          same_job: auto
+          # Where same-job mode cannot run, the stored baseline is read as committed on the PR's
+          # target branch, never from the PR's own tree (which the PR can edit).
+          config_overrides: baseline.git_ref = "origin/${{{{ github.base_ref }}}}"
           gpus: auto
           cache: ${{{{ runner.temp }}}}/sdopt-cache
           comment: always                # or on-change, on-regression, never

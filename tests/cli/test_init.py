@@ -166,3 +166,18 @@ def test_init_refuses_values_its_config_could_not_load(repo, args, flag):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and "Traceback" not in proc.stderr
     assert sorted(p.name for p in repo.iterdir()) == [".git"]
+
+
+def test_the_gate_workflow_turns_the_noise_controls_on():
+    """Same-job mode explicitly (with the full history it needs), and where it cannot run, the
+    baseline as committed on the PR's target branch rather than the PR's own copy."""
+    from action.inputs import parse_overrides
+
+    job = yaml.safe_load(plan(InitOptions(model="m"))[GATE_WORKFLOW])["jobs"]["gate"]
+    assert job["steps"][0]["with"]["fetch-depth"] == 0
+    step = next(s for s in job["steps"] if s.get("id") == "sdopt")
+    assert step["with"]["same_job"] == "auto"
+    line = step["with"]["config_overrides"]
+    assert line == 'baseline.git_ref = "origin/${{ github.base_ref }}"'
+    (override,) = parse_overrides(line.replace("${{ github.base_ref }}", "main"))
+    assert (override.key, override.value) == ("baseline.git_ref", "origin/main")
