@@ -96,11 +96,11 @@ def main(argv=None) -> int:
         print(f"  {row.id}: {row.e2e_latency_s:.2f} s/image, psnr drop {psnr:.4f},"
               f" ssim drop {row.image_metrics['ssim']['mean']:.3f}", flush=True)
 
-    winner = run_technique_search(
+    ranked = run_technique_search(
         result, [(original, reference_module(pipe.unet)), (base, base_module)], dev,
         metric_drop_ths=args.ths, image_metric="psnr", evaluate=evaluate,
         on_candidate=lambda cid, phase: phase == "start" and print(f"candidate {cid}", flush=True))
-    win_row, win_specs = winner
+    win_row, win_specs = ranked[0]
     win_module = base_module if win_row.id.startswith(args.base) else \
         reference_module(pipe.unet)
     win_pipe = assemble(pipe, win_module, win_specs, dev)

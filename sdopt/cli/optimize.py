@@ -60,6 +60,12 @@ def _backend_option():
                         help="Only try this backend (repeatable), e.g. torch_eager, openvino.")
 
 
+def _exhaustive_option():
+    return click.option("--exhaustive", is_flag=True,
+                        help="Build every candidate (none skipped by a bound, fixed order, no "
+                             "default time budget).")
+
+
 def _fresh_search_option():
     return click.option("--fresh-search", is_flag=True,
                         help="Search again even if the sdopt cache holds this search's decision.")
@@ -101,6 +107,10 @@ def read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str]
 _SPEEDUP_BASIS = {"unet_latency": "per UNet call", "e2e_latency": "per image, end to end"}
 
 
+# How that figure was measured (the search's own timings are sequential and drift).
+_SPEEDUP_SOURCE = {"paired": ", re-timed side by side with the original",
+                   "sequential": ", by the search's sequential timings"}
+
 _AGGREGATE_WORDS = {"max": "on every prompt", "mean": "on the mean over prompts"}
 
 
@@ -130,7 +140,8 @@ def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, *
     result = optimized.sdopt_result
     write_json(saved / "optimization.json", result.to_dict())
     selected, basis = result.selected, _SPEEDUP_BASIS[result.selected_by]
-    click.echo(f"\n{describe}: selected {selected.id} ({result.speedup:.2f}x {basis}, "
+    how = _SPEEDUP_SOURCE.get(result.speedup_source, "")
+    click.echo(f"\n{describe}: selected {selected.id} ({result.speedup:.2f}x {basis}{how}, "
                f"{_quality(result)})")
     click.echo(f"saved model:     {saved}  (load with sdopt.load_model('{saved}', pipe=pipe))")
     click.echo(f"search results:  {saved / 'optimization.json'}")
@@ -167,11 +178,12 @@ def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, *
 @_repeats_option(5)
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds after which the remaining candidates are skipped.")
+@_exhaustive_option()
 @_fresh_search_option()
 @overwrite_option
 def optimize(model, revision, single_file_config, prompt, prompts, out, optimization_time,
              metric_drop_ths, metric_aggregate, metric, device, backend, ignore_compiler, height,
-             width, steps, seed, repeats, time_budget, fresh_search, overwrite):
+             width, steps, seed, repeats, time_budget, exhaustive, fresh_search, overwrite):
     """Optimize a pipeline's UNet for the given prompts and save the result to --out."""
     from ..models import load_pipeline
 
@@ -183,7 +195,8 @@ def optimize(model, revision, single_file_config, prompt, prompts, out, optimiza
                   backends=list(backend) or None,
                   ignore_compilers=list(ignore_compiler) or None, height=height, width=width,
                   num_inference_steps=steps, seed=seed, repeats=repeats,
-                  time_budget_s=time_budget, reuse_search=False if fresh_search else None)
+                  time_budget_s=time_budget, exhaustive=exhaustive,
+                  reuse_search=False if fresh_search else None)
 
 
 @click.command()
@@ -198,9 +211,10 @@ def optimize(model, revision, single_file_config, prompt, prompts, out, optimiza
 @_steps_option(4)
 @_repeats_option(3)
 @_backend_option()
+@_exhaustive_option()
 @_fresh_search_option()
 def demo(preset, size, out, metric_drop_ths, metric_aggregate, device, steps, repeats, backend,
-         fresh_search):
+         exhaustive, fresh_search):
     """Build the offline model, optimize it, print the tables, save the model (the previous
     demo output is replaced)."""
     from ..models import build_preset
@@ -216,7 +230,7 @@ def demo(preset, size, out, metric_drop_ths, metric_aggregate, device, steps, re
                   describe=f"demo ({preset}, {size} px)", metric_drop_ths=metric_drop_ths,
                   metric_aggregate=metric_aggregate,
                   device=device, height=size, width=size, num_inference_steps=steps,
-                  repeats=repeats, backends=list(backend) or None,
+                  repeats=repeats, backends=list(backend) or None, exhaustive=exhaustive,
                   reuse_search=False if fresh_search else None)
 
 

@@ -279,7 +279,7 @@ def optimized_subject(config: Config, pipe, *, progress: bool = True,
             ignore_compressors=opt.ignore_compressors, device=device, backends=opt.backends,
             height=b.height, width=b.width, num_inference_steps=opt.steps,
             guidance_scale=b.guidance_scale, seed=b.seeds[0], repeats=opt.repeats,
-            time_budget_s=opt.time_budget_s, show=progress)
+            time_budget_s=opt.time_budget_s, exhaustive=opt.exhaustive, show=progress)
         optimization = new.sdopt_result.to_dict()
     variant = new.unet.variant
     return Subject(name, new, variant.id, variant.backend, list(variant.techniques)), optimization

@@ -96,6 +96,7 @@ class OptimizeConfig(_Section):
     steps: int = Field(default=10, ge=1, description="timesteps sampled for verification")
     repeats: int = Field(default=5, ge=1)
     time_budget_s: Optional[float] = Field(default=None, gt=0)
+    exhaustive: bool = False  # every candidate, none skipped by a bound, no default budget
 
     @model_validator(mode="after")
     def _one_source(self):

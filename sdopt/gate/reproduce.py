@@ -431,7 +431,7 @@ def config_from_results(results: dict, *, source: str = RESULTS_NAME,
                              "without --pin-candidate")
         opt = sections.setdefault("optimize", {})
         for key in ("saved_model", "metric_drop_ths", "metric_aggregate", "backends",
-                    "ignore_compilers", "ignore_compressors", "time_budget_s"):
+                    "ignore_compilers", "ignore_compressors", "time_budget_s", "exhaustive"):
             opt.pop(key, None)
         opt["candidate"] = label
     table.update({k: v for k, v in sections.items() if v})

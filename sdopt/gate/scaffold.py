@@ -167,7 +167,8 @@ device = "auto"                 # auto, cpu, cuda
 optimization_time = "constrained"   # or "unconstrained": also approximate techniques
 # backends = ["torch_eager", "torch_int8"]
 # ignore_compilers = ["torch_compile"]
-# time_budget_s = 600
+# time_budget_s = 600           # default: 600 constrained, 1800 unconstrained
+# exhaustive = true             # build every candidate (default: most promising first, bounds skip)
 
 [gate]
 latency_tolerance = {o.latency_tolerance!r}        # latency regresses only if median ratio > 1 + this ...

@@ -32,7 +32,7 @@ SEARCH_CACHE_KIND = "search"
 # Bumped when the same inputs can lead to another pick (a new phase, a new rule), so that an
 # older decision is not reused. 2: the constrained search tries the bf16 VAE decoder. 3: the
 # threshold holds on the worst prompt by default (metric_aggregate, also in the key's settings).
-SEARCH_VERSION = 3
+SEARCH_VERSION = 4
 RESULT_FILE = "result.json"
 MODEL_DIR = "model"
 

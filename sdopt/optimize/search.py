@@ -21,7 +21,7 @@ import gc
 import math
 import time
 import traceback
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -32,8 +32,10 @@ from ..errors import SdoptError
 from ..techniques import TECHNIQUES, all_specs, candidate_id, label
 from ..techniques import unavailable_reason as technique_unavailable
 from .capture import SampleSet
+from .ceiling import count_flops, gemm_rate
 from .metrics import DEFAULT_AGGREGATE, LOSSLESS_TOLERANCE, METRICS, Metric, per_prompt_drops
-from .selection import faster, fastest_end_to_end, judge, select
+from .ordering import Ceiling, Planner
+from .selection import fastest_two, judge, ranked_end_to_end, select
 from .table import (REFERENCE_ID, STATUS_FAILED, STATUS_OK, STATUS_SELECTED,
                     STATUS_SKIPPED, CandidateResult, OptimizationResult, set_e2e_speedup)
 from .timing import Timing, measure
@@ -78,6 +80,9 @@ def plan_candidates(device: DeviceInfo, *, backends=None, ignore_compilers=None,
     return [reference] + variants
 
 
+BUDGET_SPENT = "optimization time budget"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
@@ -107,7 +112,7 @@ def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult
                   "(lossless only): pass metric_drop_ths to allow it")
     if reason is None and time_budget_s is not None and spent_s > time_budget_s \
             and variant.id != REFERENCE_ID:
-        reason = f"optimization time budget ({time_budget_s:.0f} s) spent"
+        reason = f"{BUDGET_SPENT} ({time_budget_s:.0f} s) spent"
     parents = variant.options.get("fallback_of") or []
     if reason is None and parents:
         # A less aggressive fallback (partial int8) is tried only when the more aggressive
@@ -156,14 +161,17 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                *, metric: Metric, metric_drop_ths: float | None, optimization_time: str,
                metric_aggregate: str = DEFAULT_AGGREGATE, warmup: int = 2, repeats: int = 5,
                max_seconds_per_candidate: float = 30.0,
-               time_budget_s: float | None = None, cache_dir=None,
+               time_budget_s: float | None = None, started: float | None = None,
+               cache_dir=None, exhaustive: bool = False,
                on_candidate: Callable[[Variant, str], None] | None = None,
                evaluate: Callable[[OptimizedModule, CandidateResult], None] | None = None,
-               ) -> tuple[OptimizationResult, OptimizedModule | None]:
-    """Try every variant: skip (with the reason), build, verify, time, judge; a failing candidate
-    is recorded with its reason and the search goes on. ``on_candidate(variant, phase)`` is told
-    each phase ("start", "build", "verify", "time", "images", "done") for progress lines. Returns the table and the winning module
-    (only it and the original stay in memory).
+               ) -> SearchOutcome:
+    """Try the variants, most promising first (:mod:`.ordering`; ``exhaustive``: all of them, in
+    the given order): skip (with the reason: unavailable, lossy where only lossless is allowed,
+    time budget spent, bounded out), build, verify, time, judge; a failing candidate is recorded
+    with its reason and the search goes on. ``on_candidate(variant, phase)`` is told each phase
+    ("start", "build", "verify", "time", "images", "done") for progress lines. Returns the table,
+    the winning module and the runner-up (only they and the original stay in memory).
 
     ``evaluate(module, row)``, when given, fills the row's end-to-end latency and image metrics.
     An image metric (``metric.kind == "image"``) needs it: the UNet outputs are then compared with
@@ -173,15 +181,17 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
     if image_gate and evaluate is None:
         raise ValueError("an image metric needs evaluate= to make and compare images")
     unet_metric = METRICS["numeric_precision"] if image_gate else metric
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started  # the budget counts from it
     timing_inputs = [s.inputs.to(device.torch_device) for s in samples.verification[:3]]
     ctx = BuildContext(device=device, example=timing_inputs[0],
                        calibration=[s.inputs for s in samples.calibration], cache_dir=cache_dir)
     ths = LOSSLESS_TOLERANCE if metric_drop_ths is None else metric_drop_ths
     notify = on_candidate or (lambda variant, phase: None)
     rows: list[CandidateResult] = []
-    best: tuple[CandidateResult, OptimizedModule] | None = None
-    for variant in variants:
+    planner = Planner(variants, device, rows, exhaustive=exhaustive)
+    leaders: list[tuple[CandidateResult, OptimizedModule]] = []  # the two fastest passing
+    original: CandidateResult | None = None
+    for variant in planner:
         row = CandidateResult(variant.id, variant.backend, variant.name, variant.precision,
                               list(variant.techniques), STATUS_SKIPPED,
                               batch=int(timing_inputs[0].sample.shape[0]))
@@ -189,20 +199,28 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
         notify(variant, "start")
         row.reason = skip_reason(variant, device, rows, lossless_only=metric_drop_ths is None,
                                  time_budget_s=time_budget_s,
-                                 spent_s=time.perf_counter() - started) or ""
+                                 spent_s=time.perf_counter() - started) \
+            or planner.bound_reason(variant) or ""
         module = None
         if not row.reason:
             try:
                 notify(variant, "build")
                 module = _build(unet, variant, ctx, row)
-                notify(variant, "verify")
-                _verify(module, samples.verification, unet_metric, device, row)
+                if variant.id == REFERENCE_ID:
+                    # The held-out outputs were recorded from this very module: no drop, and
+                    # eight fp32 calls (18 s on sd15 at 256 px) saved.
+                    row.metric_drop = row.metric_drop_max = 0.0
+                else:
+                    notify(variant, "verify")
+                    _verify(module, samples.verification, unet_metric, device, row)
                 notify(variant, "time")
                 timing = _time_module(module, timing_inputs, device.kind, warmup=warmup,
                                       repeats=repeats, max_seconds=max_seconds_per_candidate)
                 row.latency_s, row.latency_iqr_s = timing.median_s, timing.iqr_s
                 row.latency_samples_s = timing.samples_s
                 row.peak_memory_bytes = timing.peak_memory_bytes
+                if original is not None:
+                    row.speedup = original.latency_s / row.latency_s
                 if evaluate is not None:
                     notify(variant, "images")
                     evaluate(module, row)
@@ -211,25 +229,44 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                 row.status, row.reason = STATUS_FAILED, _describe(exc)
                 if variant.id == REFERENCE_ID:
                     raise SdoptError(f"the original UNet failed to run: {row.reason}") from exc
-            if row.status == STATUS_OK and faster(row, best[0] if best else None):
-                best = (row, module)  # the previous best is released below
+            if variant.id == REFERENCE_ID and row.status == STATUS_OK:
+                original, row.speedup = row, 1.0
+                if not exhaustive:
+                    planner.ceiling = _ceiling(module, timing_inputs[0], device, row)
+            if row.status == STATUS_OK:
+                leaders = fastest_two(leaders, (row, module))  # the rest are released below
             del module
             gc.collect()
         notify(variant, "done")
 
-    original = next((r for r in rows if r.id == REFERENCE_ID and r.status == STATUS_OK), None)
     for row in rows:
-        if original and original.latency_s and row.latency_s:
-            row.speedup = original.latency_s / row.latency_s
         set_e2e_speedup(row, original)
     result = OptimizationResult(
         device=device.fingerprint(), metric=metric.name, metric_drop_ths=metric_drop_ths,
         optimization_time=optimization_time, samples=samples.describe(), candidates=rows,
         original=original, selected=None, wall_s=time.perf_counter() - started,
         image_metric=metric.name if image_gate else None, metric_aggregate=metric_aggregate)
-    if best:
-        select(result, best[0])
-    return result, (best[1] if best else None)
+    if any(r.reason.startswith(BUDGET_SPENT) for r in rows):
+        result.notes.append(f"the time budget ({time_budget_s:.0f} s) stopped the search: the "
+                            "pick is the best found until then")
+    if leaders:
+        select(result, leaders[0][0])
+    return SearchOutcome(result, leaders[0][1] if leaders else None,
+                         leaders[1] if len(leaders) > 1 else None)
+
+
+class SearchOutcome(NamedTuple):
+    result: OptimizationResult
+    module: OptimizedModule | None  # the pick's
+    runner_up: tuple[CandidateResult, OptimizedModule] | None  # the second fastest passing
+
+
+def _ceiling(module: OptimizedModule, inputs, device: DeviceInfo, row: CandidateResult) -> Ceiling:
+    """The roofline's inputs: the reference call's work, counted on one more call."""
+    flops = count_flops(lambda: module(inputs.sample, inputs.timestep,
+                                       inputs.encoder_hidden_states, **inputs.extra))
+    return Ceiling(flops, row.latency_s,
+                   lambda precision: gemm_rate(precision, device.torch_device))
 
 
 # The constrained phase keeps a lower-precision component only when the image gets this much
@@ -246,13 +283,13 @@ def run_technique_search(
         time_budget_s: float | None = None, started: float | None = None,
         on_candidate: Callable[[str, str], None] | None = None,
         constrained: bool = False,
-) -> tuple[CandidateResult, list[dict]] | None:
+) -> list[tuple[CandidateResult, list[dict]]]:
     """The technique phase: every technique setting alone on each base (unconstrained: the
     original and the best backend; constrained: the best backend, precision techniques only),
     then the best passing setting of each technique stacked greedily on the
     best base while the stack stays within the threshold and gets faster. Rows are appended to
-    ``result.candidates``; returns the fastest passing (row, specs) by end-to-end latency, bases
-    included, or None when no base has an end-to-end latency."""
+    ``result.candidates``; returns the passing (row, specs), bases included, fastest per image
+    first (empty when no base has an end-to-end latency)."""
     started = time.perf_counter() if started is None else started
     ths = metric_drop_ths
     passing: list[tuple[CandidateResult, list[dict], int]] = []  # row, specs, base index
@@ -279,7 +316,7 @@ def run_technique_search(
                       "metric_drop_ths is None (lossless only): pass metric_drop_ths to allow it")
         if reason is None and time_budget_s is not None \
                 and time.perf_counter() - started > time_budget_s:
-            reason = f"optimization time budget ({time_budget_s:.0f} s) spent"
+            reason = f"{BUDGET_SPENT} ({time_budget_s:.0f} s) spent"
         if reason:
             row.reason = reason
         else:
@@ -335,4 +372,4 @@ def run_technique_search(
                 kept.append(entry)
         passing = kept
     contenders += [(r, s) for r, s, _ in passing]
-    return fastest_end_to_end(contenders)
+    return ranked_end_to_end(contenders)

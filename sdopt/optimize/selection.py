@@ -44,16 +44,15 @@ def judge(row: CandidateResult, metric_name: str, ths: float, aggregate: str, *,
         row.status = STATUS_OK
 
 
-def faster(row: CandidateResult, best: CandidateResult | None) -> bool:
-    """Whether a passing row beats the best so far, per UNet call."""
-    return best is None or row.latency_s < best.latency_s
+def fastest_two(leaders: list[tuple[CandidateResult, Any]], entry: tuple[CandidateResult, Any]):
+    """The two fastest passing (row, payload) per UNet call among ``leaders`` and ``entry``,
+    fastest first: the pick and the runner-up the side-by-side re-timing may prefer."""
+    return sorted(leaders + [entry], key=lambda e: e[0].latency_s)[:2]
 
 
-def fastest_end_to_end(contenders: list[tuple[CandidateResult, Any]]):
-    """The (row, payload) with the lowest time per image, or None."""
-    if not contenders:
-        return None
-    return min(contenders, key=lambda entry: entry[0].e2e_latency_s)
+def ranked_end_to_end(contenders: list[tuple[CandidateResult, Any]]):
+    """The (row, payload) pairs by time per image, fastest first."""
+    return sorted(contenders, key=lambda entry: entry[0].e2e_latency_s)
 
 
 def select(result: OptimizationResult, row: CandidateResult) -> None:

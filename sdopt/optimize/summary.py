@@ -43,16 +43,24 @@ def summary_table(result: OptimizationResult) -> Table:
         table.add_row("status", "-", "no candidate completed", "")
         return table
     table.add_row("backend", "PyTorch fp32 (eager)", f"{s.backend} {s.variant}", "")
-    if s.latency_s:
+    unet = s.paired.get("unet")
+    if unet:  # the figures of the side-by-side rounds, not the search's sequential ones
+        table.add_row("latency", f"{_sec(unet['reference_latency_s'])}/batch",
+                      f"{_sec(unet['latency_s'])}/batch", _paired(unet))
+        table.add_row("throughput", f"{1 / unet['reference_latency_s']:.2f} batch/s",
+                      f"{1 / unet['latency_s']:.2f} batch/s", f"{unet['speedup']:.2f}x")
+    elif s.latency_s:
         speed = o.latency_s / s.latency_s
-        table.add_row("latency", f"{_sec(o.latency_s)}/batch", f"{_sec(s.latency_s)}/batch",
-                      f"[bold]{speed:.2f}x[/]")
-        table.add_row("throughput", f"{o.throughput:.2f} batch/s", f"{s.throughput:.2f} batch/s",
-                      f"{speed:.2f}x")
-    if o.e2e_latency_s and s.e2e_latency_s:
-        e2e = result.end_to_end
-        table.add_row(f"end to end ({e2e.get('steps')} steps, {e2e.get('width')}x"
-                      f"{e2e.get('height')})", f"{_sec(o.e2e_latency_s)}/image",
+        table.add_row("latency (search, sequential)", f"{_sec(o.latency_s)}/batch",
+                      f"{_sec(s.latency_s)}/batch", f"[bold]{speed:.2f}x[/]")
+    e2e, size = s.paired.get("e2e"), result.end_to_end
+    what = (f"end to end ({size.get('steps')} steps, {size.get('width')}x"
+            f"{size.get('height')})")
+    if e2e:
+        table.add_row(what, f"{_sec(e2e['reference_latency_s'])}/image",
+                      f"{_sec(e2e['latency_s'])}/image", _paired(e2e))
+    elif o.e2e_latency_s and s.e2e_latency_s:
+        table.add_row(what + " (search, sequential)", f"{_sec(o.e2e_latency_s)}/image",
                       f"{_sec(s.e2e_latency_s)}/image",
                       f"[bold]{o.e2e_latency_s / s.e2e_latency_s:.2f}x[/]")
     for name, value in s.image_metrics.items():
@@ -76,10 +84,18 @@ def summary_table(result: OptimizationResult) -> Table:
     return table
 
 
+def _paired(ratio: dict) -> str:
+    """A side-by-side speedup with its spread: what the rounds measured."""
+    return (f"[bold]{ratio['speedup']:.2f}x[/] (side by side, {ratio['rounds']} rounds, "
+            f"IQR {ratio['q1']:.2f}-{ratio['q3']:.2f}x)")
+
+
 def candidates_table(result: OptimizationResult) -> Table:
     table = Table(title=f"All candidates (metric: {result.metric}, allowed drop "
-                        f"{allowed(result)}; latency is the median of one UNet call, iqr its "
-                        "spread; drops are mean / worst prompt; reasons below)",
+                        f"{allowed(result)}; latency is the median of one UNet call in the "
+                        "search, candidates timed one after another (sequential), iqr its "
+                        "spread; 'side by side' re-timed alternating with the original; drops "
+                        "are mean / worst prompt; reasons below)",
                   title_justify="left")
     image = result.image_metric or "psnr"
     columns = [
@@ -89,7 +105,8 @@ def candidates_table(result: OptimizationResult) -> Table:
         ("build", lambda c: "-" if c.build_s is None else f"{c.build_s:.1f} s"),
         ("latency", lambda c: _sec(c.latency_s)),
         ("iqr", lambda c: _sec(c.latency_iqr_s)),
-        ("speedup", lambda c: "-" if c.speedup is None else f"{c.speedup:.2f}x"),
+        ("speedup (seq.)", lambda c: "-" if c.speedup is None else f"{c.speedup:.2f}x"),
+        ("side by side", lambda c: _side_by_side(c.paired)),
         ("drop", lambda c: "-" if c.metric_drop is None
          else f"{_drop(c.metric_drop)} / {_drop(c.metric_drop_max)}"),
         ("peak mem", lambda c: _mb(c.peak_memory_bytes)),
@@ -98,7 +115,8 @@ def candidates_table(result: OptimizationResult) -> Table:
     if any(c.e2e_latency_s is not None for c in result.candidates):
         columns += [
             ("e2e/image", lambda c: _sec(c.e2e_latency_s)),
-            ("e2e speedup", lambda c: "-" if c.e2e_speedup is None else f"{c.e2e_speedup:.2f}x"),
+            ("e2e speedup (seq.)",
+             lambda c: "-" if c.e2e_speedup is None else f"{c.e2e_speedup:.2f}x"),
             (f"{image} drop", lambda c: _mean_worst(c.image_metrics.get(image))),
             ("psnr dB", lambda c: _db(c.image_metrics.get("psnr", {}).get("db"))),
             ("ssim drop", lambda c: _drop(c.image_metrics.get("ssim", {}).get("mean"))),
@@ -109,6 +127,12 @@ def candidates_table(result: OptimizationResult) -> Table:
     for c in result.candidates:
         table.add_row(*[get(c) for _, get in columns])
     return table
+
+
+def _side_by_side(paired: dict) -> str:
+    parts = [f"{p['speedup']:.2f}x {'UNet' if level == 'unet' else 'e2e'}"
+             for level, p in paired.items()]
+    return ", ".join(parts) or "-"
 
 
 def reason_lines(result: OptimizationResult) -> list[str]:

@@ -49,6 +49,9 @@ class CandidateResult:
     image_metric_drop_max: float | None = None  # ... and its worst image
     # Technique specs ({"name": ..., params}) on top of the backend: what save_model records.
     pipeline_techniques: list[dict[str, Any]] = field(default_factory=list)
+    # Re-timed side by side with the original after the search (the figures users read):
+    # {"unet" | "e2e": PairedRatio.to_dict()}; the fields above are the search's sequential ones.
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float | None:
@@ -83,9 +86,32 @@ class OptimizationResult:
     metric_aggregate: str = "max"
 
     @property
+    def level(self) -> str:
+        """What the pick was compared on: "e2e" (per image) or "unet" (per UNet call)."""
+        return "e2e" if self.selected_by == "e2e_latency" else "unet"
+
+    @property
     def speedup(self) -> float | None:
+        """The pick's speedup over the original at :attr:`level`: the side-by-side figure when
+        the pick was re-timed so (it always is, unless it is the original), else the search's."""
+        s = self.selected
+        if s is not None and self.level in s.paired:
+            return s.paired[self.level]["speedup"]
+        return self.search_speedup
+
+    @property
+    def speedup_source(self) -> str | None:
+        """"paired" (re-timed side by side) or "sequential" (the search's own timings)."""
+        if self.speedup is None:
+            return None
+        s = self.selected
+        return "paired" if s is not None and self.level in s.paired else "sequential"
+
+    @property
+    def search_speedup(self) -> float | None:
+        """The search's sequential figure (candidates timed one after another)."""
         o, s = self.original, self.selected
-        if self.selected_by == "e2e_latency":
+        if self.level == "e2e":
             if o and s and o.e2e_latency_s and s.e2e_latency_s:
                 return o.e2e_latency_s / s.e2e_latency_s
             return None
@@ -100,7 +126,9 @@ class OptimizationResult:
             "metric_aggregate": self.metric_aggregate,
             "original": self.original.to_dict() if self.original else None,
             "selected": self.selected.to_dict() if self.selected else None,
-            "speedup": self.speedup, "wall_s": self.wall_s, "image_metric": self.image_metric,
+            "speedup": self.speedup, "speedup_source": self.speedup_source,
+            "search_speedup": self.search_speedup, "wall_s": self.wall_s,
+            "image_metric": self.image_metric,
             "end_to_end": self.end_to_end, "selected_by": self.selected_by, "notes": self.notes,
             "candidates": [c.to_dict() for c in self.candidates],
         }

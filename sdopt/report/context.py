@@ -352,7 +352,11 @@ def build_context(results: dict, results_dir: Path | None, *, baseline: dict | N
         "candidate_counts": ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none",
         "search_line": (f"metric {opt.get('metric', '?')}, allowed drop {allowed}"
                         f", search took {fmt.seconds(opt.get('wall_s'))}; latency is the median of "
-                        "one UNet call, speedup is against torch_eager/fp32 in the same search"),
+                        "one UNet call, speedup is against torch_eager/fp32 in the same search, "
+                        "candidates timed one after another (sequential)"
+                        + (f"; the pick re-timed side by side with the original: "
+                           f"{fmt.ratio(_num(opt.get('speedup')))}"
+                           if opt.get("speedup_source") == "paired" else "")),
         "environment_line": " · ".join(b for b in env_bits if b),
         "artifact_url": artifact_url or "", "has_baseline": baseline is not None,
         "prompts": [str(p) for p in _l(cfg.get("prompts"))],

@@ -117,8 +117,8 @@ def test_gpu_variants_are_listed_and_skipped_on_cpu(tiny_pipe, samples):
     dev = detect("cpu")
     variants = [v for v in plan_candidates(dev, backends=["onnxruntime", "tensorrt"])
                 if "fp16" in v.name or v.id == "torch_eager/fp32"]
-    result, _ = run_search(tiny_pipe.unet, samples, dev, variants, metric=resolve_metric(None),
-                           metric_drop_ths=0.1, optimization_time="constrained", repeats=1)
+    result = run_search(tiny_pipe.unet, samples, dev, variants, metric=resolve_metric(None),
+                        metric_drop_ths=0.1, optimization_time="constrained", repeats=1).result
     rows = {c.id: c for c in result.candidates}
     for cid in ("onnxruntime/cuda-fp16", "onnxruntime/tensorrt-fp16", "tensorrt/fp16"):
         assert rows[cid].status == "skipped" and "needs" in rows[cid].reason, rows[cid]

@@ -37,7 +37,11 @@ def test_unconstrained_picks_the_fastest_technique_end_to_end(unconstrained):
     assert bases == {"torch_eager/fp32", best_backend}, "alone and on the best backend"
     assert any(len(c.pipeline_techniques) > 1 for c in rows), "passing techniques are stacked"
     measured = [c for c in result.candidates if c.e2e_latency_s and c.status in ("ok", "selected")]
-    assert result.selected.e2e_latency_s == min(c.e2e_latency_s for c in measured)
+    fastest = min(measured, key=lambda c: c.e2e_latency_s)
+    # The search's fastest is the pick unless the side-by-side rounds put a close runner-up
+    # ahead of it, which the notes say.
+    assert result.selected is fastest or any("re-timed side by side (e2e)" in n
+                                             for n in result.notes)
     assert result.selected.pipeline_techniques, "a technique wins on the tiny model"
     assert result.selected.image_metric_drop <= 0.05
     assert optimized.unet.info["techniques"] == result.selected.pipeline_techniques
@@ -45,8 +49,10 @@ def test_unconstrained_picks_the_fastest_technique_end_to_end(unconstrained):
         if c.status in ("ok", "selected", "rejected"):
             assert c.e2e_latency_s > 0 and set(c.image_metrics) >= {"psnr", "ssim"}
             assert (c.status == "rejected") == (c.image_metric_drop > 0.05)
-    assert result.speedup == pytest.approx(result.original.e2e_latency_s
-                                           / result.selected.e2e_latency_s)
+    assert result.search_speedup == pytest.approx(result.original.e2e_latency_s
+                                                  / result.selected.e2e_latency_s)
+    assert result.speedup == result.selected.paired["e2e"]["speedup"]
+    assert result.speedup_source == "paired"
     assert any("CLIP metrics skipped" in n for n in result.notes)
     assert json.dumps(result.to_dict())
 
@@ -97,10 +103,10 @@ def _rows(image_drops_and_times):
     def evaluate(module, specs, row):
         row.e2e_latency_s, row.image_metric_drop = seconds, drop
 
-    winner = run_technique_search(result, [(base, object())], detect("cpu"),
+    ranked = run_technique_search(result, [(base, object())], detect("cpu"),
                                   metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
                                   constrained=True)
-    return winner, result.candidates[-1]
+    return ranked[0], result.candidates[-1]
 
 
 @pytest.mark.parametrize("drop, seconds, kept", [

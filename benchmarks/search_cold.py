@@ -1,0 +1,151 @@
+"""Cold search time, ordered and bounded (default) against exhaustive, and the two picks timed
+side by side.
+
+Each search runs as ``sdopt demo`` in its own process with an empty sdopt cache and an empty
+torch.compile cache (what a CI runner without a warm cache pays), one after another, never two
+at once. Then both saved picks are loaded into one pipeline and their UNets timed in alternation
+on the same inputs: the ordered search must pick a candidate at least as fast as the exhaustive
+one's. Writes the search times, the picks, the paired ratio and the CPU kind.
+
+    python benchmarks/search_cold.py --preset tiny
+    python benchmarks/search_cold.py --preset sd15 --size 256
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import bench_args  # this folder: scripts run as python benchmarks/NAME.py
+
+MODES = {"ordered": [], "exhaustive": ["--exhaustive"]}
+
+
+def cpu_kind() -> dict:
+    """The CPU's vendor family and model (Zen 4 and Zen 5 differ 2x per cycle in AVX-512)."""
+    out = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("vendor_id", "cpu family", "model", "model name") and key not in out:
+                out[key] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def run_demo(preset: str, size: int, mode: str, work: Path) -> dict:
+    cache, inductor, out = work / f"cache-{mode}", work / f"inductor-{mode}", work / f"out-{mode}"
+    cache.mkdir()
+    inductor.mkdir()
+    env = {**os.environ, "SDOPT_CACHE": str(cache), "TORCHINDUCTOR_CACHE_DIR": str(inductor),
+           "COLUMNS": "220"}
+    cmd = [sys.executable, "-m", "sdopt.cli", "demo", "--preset", preset, "--size", str(size),
+           "--out", str(out), "--fresh-search", *MODES[mode]]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    (work / f"demo-{mode}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode:
+        raise SystemExit(f"sdopt demo ({mode}) failed, exit {proc.returncode}:\n"
+                         f"{proc.stderr[-3000:]}")
+    result = json.loads((out / "optimization.json").read_text())
+    built = [c for c in result["candidates"] if c.get("build_s") is not None]
+    return {"process_wall_s": wall, "search_wall_s": result["wall_s"],
+            "selected": result["selected"]["id"], "speedup": result["speedup"],
+            "speedup_source": result.get("speedup_source"),
+            "candidates": len(result["candidates"]), "built": len(built),
+            "bounded_out": [c["id"] for c in result["candidates"]
+                            if "cannot beat" in (c.get("reason") or "")],
+            "build_s_total": sum(c["build_s"] for c in built), "out": str(out),
+            "table": [{k: c.get(k) for k in ("id", "status", "build_s", "latency_s", "speedup",
+                                             "reason")} for c in result["candidates"]]}
+
+
+def paired_picks(preset: str, size: int, outs: dict[str, str], rounds: int) -> dict:
+    """The two saved picks' UNets, alternating on the same captured inputs."""
+    import torch
+
+    import sdopt
+    from sdopt.optimize.capture import collect_samples
+    from sdopt.optimize.paired import interleave
+
+    pipe = sdopt.build_preset(preset)
+    inputs = collect_samples(pipe, ["a photo of an astronaut riding a horse on mars"],
+                             height=size, width=size, steps=3, guidance_scale=7.5,
+                             seed=0).samples
+    modules = {}
+    for mode, out in outs.items():
+        loaded = sdopt.load_model(out, pipe=sdopt.build_preset(preset))
+        modules[mode] = loaded.unet.module
+
+    def call_of(module):
+        def call(i):
+            inp = inputs[i % len(inputs)].inputs
+            module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
+        return call
+
+    with torch.inference_mode():
+        measured = interleave({m: call_of(mod) for m, mod in modules.items()}, rounds=rounds,
+                              warmup=1)
+    ratio = measured.ratio("ordered", "exhaustive")  # > 1: the ordered pick is faster
+    return {"ordered_over_exhaustive_speed": ratio.speedup, "q1": ratio.q1, "q3": ratio.q3,
+            "rounds": ratio.rounds,
+            "median_s": {m: statistics.median(s) for m, s in measured.samples_s.items()},
+            "samples_s": measured.samples_s}
+
+
+def main(argv=None) -> int:
+    parser = bench_args.parser(__doc__, "search_cold.json", steps=4, rounds=10,
+                               rounds_help="A/B rounds of the two picks", ths=None,
+                               device=False)
+    args = parser.parse_args(argv)
+    out_path = Path(args.out)
+    if out_path.name == "search_cold.json":
+        out_path = out_path.with_name(f"search_cold_{args.preset}.json")
+    work = Path(tempfile.mkdtemp(prefix="sdopt-search-cold-"))
+    runs = {}
+    for mode in MODES:
+        print(f"{args.preset} {args.size}px, {mode} search (cold caches) ...", flush=True)
+        runs[mode] = run_demo(args.preset, args.size, mode, work)
+        r = runs[mode]
+        print(f"  {r['search_wall_s']:.0f} s search ({r['process_wall_s']:.0f} s process), "
+              f"built {r['built']} of {r['candidates']}, picked {r['selected']} "
+              f"{r['speedup']:.2f}x ({r['speedup_source']})", flush=True)
+    same = runs["ordered"]["selected"] == runs["exhaustive"]["selected"]
+    pair = paired_picks(args.preset, args.size,
+                        {m: runs[m]["out"] for m in MODES}, args.rounds)
+    import sdopt
+    from sdopt.device import detect, library_versions
+    from sdopt.store import write_json
+
+    report = {
+        "benchmark": "search_cold", "preset": args.preset, "size": args.size,
+        "runs": runs, "same_pick": same, "picks_side_by_side": pair,
+        "search_time_ratio": runs["exhaustive"]["search_wall_s"]
+        / runs["ordered"]["search_wall_s"],
+        "environment": {"cpu": cpu_kind(), "device": detect("cpu").fingerprint(),
+                        "libraries": library_versions(), "sdopt": sdopt.__version__,
+                        "malloc_env": {k: v for k, v in os.environ.items()
+                                       if k.startswith("MALLOC_")}},
+        "unix_time": int(time.time()),
+    }
+    write_json(out_path, report)
+    print(f"ordered {runs['ordered']['search_wall_s']:.0f} s vs exhaustive "
+          f"{runs['exhaustive']['search_wall_s']:.0f} s "
+          f"({report['search_time_ratio']:.1f}x less time); picks "
+          f"{runs['ordered']['selected']} vs {runs['exhaustive']['selected']}: ordered pick "
+          f"{pair['ordered_over_exhaustive_speed']:.2f}x the exhaustive pick's speed, paired "
+          f"(IQR {pair['q1']:.2f}-{pair['q3']:.2f}); written to {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

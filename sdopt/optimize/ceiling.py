@@ -1,0 +1,49 @@
+"""What this machine can do at most: the work in one denoiser call and a large GEMM's rate.
+
+A candidate of a given precision cannot run a call faster than its arithmetic at the best rate the
+hardware reaches for that precision; the rate is measured here, on the machine present (a CPU's
+per-cycle rate differs between generations of the same vendor by 2x), not read from a table.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def count_flops(call: Callable[[], object]) -> int:
+    """Floating-point operations of one ``call()`` (convolutions, matmuls, attention), counted
+    by torch's own FlopCounterMode on a real call."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        call()
+    return int(counter.get_total_flops())
+
+
+def gemm_rate(precision: str, device: str = "cpu", *, side: int | None = None,
+              repeats: int = 3) -> float | None:
+    """FLOP/s of a large square matmul in ``precision`` on ``device`` (the best of a few), or
+    None where torch has no such GEMM (int8 on most builds). Takes well under a second."""
+    dtype = _DTYPES.get(precision)
+    if dtype is None:
+        return None
+    side = side or (8192 if device.startswith("cuda") else 2048)
+    a = torch.randn(side, side, device=device).to(dtype)
+    b = torch.randn(side, side, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    best = float("inf")
+    with torch.inference_mode():
+        torch.mm(a, b)  # first call: library dispatch, packing, clocks
+        sync()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+    return 2.0 * side ** 3 / best

@@ -1,0 +1,175 @@
+"""Which candidate the search tries next, and which it need not try at all.
+
+A cold search spent most of its time on candidates that could not win: the registry's order put
+torch first, so two torch.compile builds (65-77 s each on a 5 MB model) ran before the int8
+candidate that won at 6x. Here the candidates are tried most promising first (a prior speedup per
+device kind, backend and variant, refined by what this search has measured of the same backend),
+and a candidate is skipped, with the reason in the table, when a cheap bound says it cannot beat
+the best so far by :data:`SKIP_MARGIN`:
+
+- the precision's **roofline**: a call cannot take less than its floating-point work at the rate of
+  a large GEMM in that precision, measured on this machine, times :data:`ROOFLINE_HEADROOM` (other
+  runtimes' kernels, fused attention and cheaper convolution algorithms can beat torch's GEMM);
+- the **compile gain**: a compiler of torch code (torch.compile) speeds up the same precision's
+  eager module, measured earlier in this search, by at most :data:`MAX_COMPILE_GAIN`.
+
+``exhaustive=True`` keeps the registry's order and skips nothing by bound: the old search, for
+comparing picks and for users who want every row measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from ..backends.base import Variant
+from ..device import DeviceInfo
+from .table import REFERENCE_ID, STATUS_OK, STATUS_SELECTED, CandidateResult
+
+# A candidate is built only when it could beat the best so far by at least this much: the search's
+# own timings move by a few percent between runs, so a smaller gain could not be told from noise.
+SKIP_MARGIN = 0.05
+# How far a candidate may beat torch's large-GEMM rate in its precision (other libraries' kernels,
+# fused attention, cheaper convolution algorithms). Measured on sd15 at 256 px (343 GFLOP per
+# call, Zen 4, docs: DESIGN.md section 5): fp32 eager ran at 0.82 of torch's fp32 GEMM rate, the
+# best bf16 backends at 0.82 of the bf16 rate, ONNX Runtime fp32 (1.5x eager) at 1.23 of it.
+ROOFLINE_HEADROOM = 1.5
+# torch.compile over the eager module of the same precision: 1.2x for SD 1.5 on an H100 in
+# stable-fast's table (66.0 vs 54.5 it/s, max-autotune), 0.6-1.3x on this project's CPUs.
+MAX_COMPILE_GAIN = 2.0
+COMPILERS_OF_EAGER = {"torch_compile": "torch_eager"}
+
+# Expected UNet speedup over fp32 eager, per device kind and candidate id. CPU: the paired and
+# sequential figures of benchmarks/results/unet_speedup.json and compiler_backends.json (sd15,
+# 256 px, 2 Zen 4 cores). CUDA: fp16 eager about 3x fp32 eager on Hopper, torch.compile 1.2x
+# fp16 eager, TensorRT 1.9x (public SD 1.5 benchmarks). Only the order depends on them; a wrong
+# prior costs time, never the pick.
+PRIORS: dict[str, dict[str, float]] = {
+    "cpu": {
+        "openvino/int8": 4.7, "openvino/int8-inner": 4.7, "onnxruntime/int8-static": 3.1,
+        "openvino/int8-matmul": 3.05, "openvino/int8-conv": 3.0, "openvino/bf16": 2.8,
+        "torch_eager/bf16-channels_last": 2.08, "torch_eager/bf16": 2.0,
+        "torch_compile/bf16": 1.93, "onnxruntime/int8-dynamic": 1.75, "openvino/fp32": 1.45,
+        "onnxruntime/fp32": 1.36, "torch_int8/dynamic-linear": 1.2,
+        "torch_eager/fp32-channels_last": 0.96, "torch_compile/fp32": 0.64,
+    },
+    "cuda": {
+        "tensorrt/fp16": 5.7, "onnxruntime/tensorrt-fp16": 5.0, "torch_compile/fp16": 3.6,
+        "torch_compile/bf16": 3.5, "torch_eager/fp16-channels_last": 3.1,
+        "torch_eager/fp16": 3.0, "torch_eager/bf16-channels_last": 2.95,
+        "torch_eager/bf16": 2.9, "onnxruntime/cuda-fp16": 2.5, "torch_compile/fp32": 1.2,
+        "torch_eager/fp32-channels_last": 1.0,
+    },
+}
+# For a candidate the table does not know (a plugin backend): by its precision.
+PRECISION_PRIORS = {"int8": 3.0, "fp16": 2.5, "bf16": 2.0, "fp32": 1.0}
+
+
+def prior(variant: Variant, device_kind: str) -> float:
+    known = PRIORS.get(device_kind, {})
+    return known.get(variant.id, PRECISION_PRIORS.get(variant.precision, 1.0))
+
+
+@dataclass
+class Ceiling:
+    """The roofline's inputs: the reference call's work and GEMM rates measured on demand."""
+
+    flops: int
+    reference_latency_s: float
+    rate_of: Callable[[str], float | None]  # precision -> FLOP/s (measured once, cached)
+    rates: dict[str, float | None] = field(default_factory=dict)
+
+    def bound(self, precision: str) -> tuple[float, str] | None:
+        """(the highest speedup over the reference a ``precision`` candidate can reach, why)."""
+        if precision not in self.rates:
+            self.rates[precision] = self.rate_of(precision)
+        rate = self.rates[precision]
+        if not rate or not self.flops or not self.reference_latency_s:
+            return None
+        fastest_s = self.flops / (rate * ROOFLINE_HEADROOM)
+        speedup = self.reference_latency_s / fastest_s
+        return speedup, (f"{precision} roofline: {self.flops / 1e9:.1f} GFLOP per call at "
+                         f"{ROOFLINE_HEADROOM:g} x the {rate / 1e9:.0f} GFLOP/s of a large "
+                         f"{precision} GEMM here takes at least {fastest_s * 1e3:.1f} ms")
+
+
+class Planner:
+    """The search's order and bounds; :meth:`next_variant` is asked after every candidate."""
+
+    def __init__(self, variants: list[Variant], device: DeviceInfo, rows: list[CandidateResult],
+                 *, exhaustive: bool = False):
+        self.device = device
+        self.exhaustive = exhaustive
+        self.pending = list(variants)
+        self.ids = {v.id for v in variants}
+        self.rows = rows  # the search's table, appended to as candidates are tried
+        self.ceiling: Ceiling | None = None  # set once the reference has been measured
+
+    def __iter__(self) -> Iterator[Variant]:
+        while self.pending:
+            variant = self.next_variant()
+            self.pending.remove(variant)
+            yield variant
+
+    # -- order --------------------------------------------------------------------------------
+    def _waits_for(self, variant: Variant) -> set[str]:
+        """Ids that must be tried before ``variant``: the variants it is a fallback of, and the
+        eager module a compile bound reads."""
+        needs = {f"{variant.backend}/{p}" for p in variant.options.get("fallback_of") or ()}
+        eager = COMPILERS_OF_EAGER.get(variant.backend)
+        if eager:
+            needs.add(f"{eager}/{variant.name}")
+        return needs & self.ids
+
+    def expected(self, variant: Variant) -> float:
+        """The prior, scaled by how this search's measured candidates of the same backend
+        compared with theirs (geometric mean)."""
+        logs = [math.log(r.speedup / prior(self._variant_of(r), self.device.kind))
+                for r in self.rows if r.backend == variant.backend and r.speedup
+                and r.id != REFERENCE_ID]
+        scale = math.exp(sum(logs) / len(logs)) if logs else 1.0
+        return prior(variant, self.device.kind) * scale
+
+    def _variant_of(self, row: CandidateResult) -> Variant:
+        return Variant(row.backend, row.variant, row.precision)
+
+    def next_variant(self) -> Variant:
+        reference = next((v for v in self.pending if v.id == REFERENCE_ID), None)
+        if reference is not None or self.exhaustive:
+            return reference or self.pending[0]
+        pending_ids = {v.id for v in self.pending}
+        ready = [v for v in self.pending if not (self._waits_for(v) & pending_ids)]
+        candidates = ready or self.pending  # a cycle cannot happen, but never stall
+        return max(candidates, key=lambda v: self.expected(v))
+
+    # -- bounds -------------------------------------------------------------------------------
+    def bound_reason(self, variant: Variant) -> str | None:
+        """Why ``variant`` cannot beat the best so far (None: it might, or exhaustive)."""
+        if self.exhaustive or variant.id == REFERENCE_ID:
+            return None
+        best = max((r for r in self.rows if r.status in (STATUS_OK, STATUS_SELECTED)
+                    and r.speedup and r.id != REFERENCE_ID), key=lambda r: r.speedup,
+                   default=None)
+        if best is None:
+            return None
+        need = best.speedup * (1.0 + SKIP_MARGIN)
+        for at_most, why in self._bounds(variant):
+            if at_most < need:
+                return (f"cannot beat {best.id} ({best.speedup:.2f}x) by {SKIP_MARGIN:.0%}: "
+                        f"at most {at_most:.2f}x ({why})")
+        return None
+
+    def _bounds(self, variant: Variant) -> Iterator[tuple[float, str]]:
+        eager = COMPILERS_OF_EAGER.get(variant.backend)
+        if eager:
+            probe = next((r for r in self.rows if r.id == f"{eager}/{variant.name}"
+                          and r.speedup), None)
+            if probe is not None:
+                yield (probe.speedup * MAX_COMPILE_GAIN,
+                       f"{probe.id} measured {probe.speedup:.2f}x here and compiling gains at "
+                       f"most {MAX_COMPILE_GAIN:g}x over eager")
+        if self.ceiling is not None and variant.precision != "int8":
+            roof = self.ceiling.bound(variant.precision)
+            if roof is not None:
+                yield roof

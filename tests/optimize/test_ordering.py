@@ -1,0 +1,107 @@
+"""The search's order and bounds (#17): most promising first, fallbacks and compile probes after
+what they depend on, a candidate skipped when a bound says it cannot beat the best so far, every
+candidate in the registry's order when exhaustive."""
+
+import pytest
+
+from sdopt.backends import load_builtin_backends
+from sdopt.device import detect
+from sdopt.optimize import ordering
+from sdopt.optimize.ordering import Ceiling, Planner
+from sdopt.optimize.search import plan_candidates
+from sdopt.optimize.table import CandidateResult
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    load_builtin_backends()
+    return detect("cpu")
+
+
+def _row(variant, speedup, status="ok"):
+    return CandidateResult(variant.id, variant.backend, variant.name, variant.precision, [],
+                           status, latency_s=1.0 / speedup, speedup=speedup)
+
+
+def _order(planner, speedups=None):
+    """Run the planner as the search does, recording every candidate as measured at the given
+    speedups (the prior when not given)."""
+    out = []
+    for variant in planner:
+        out.append(variant.id)
+        speed = (speedups or {}).get(variant.id, ordering.prior(variant, "cpu"))
+        planner.rows.append(_row(variant, speed))
+    return out
+
+
+def test_reference_first_then_most_promising(cpu):
+    variants = plan_candidates(cpu)
+    order = _order(Planner(variants, cpu, []))
+    assert order[0] == "torch_eager/fp32"
+    assert sorted(order) == sorted(v.id for v in variants), "nothing lost, nothing repeated"
+    assert order[1] == "openvino/int8", "the highest CPU prior goes first"
+    # Fallbacks after what they fall back from, compile after the eager module it is bounded by.
+    assert order.index("openvino/int8-inner") > order.index("openvino/int8")
+    assert order.index("openvino/int8-matmul") > order.index("openvino/int8-inner")
+    assert order.index("torch_compile/bf16") > order.index("torch_eager/bf16")
+    assert order.index("torch_compile/fp32") > order.index("torch_eager/fp32-channels_last") \
+        or "torch_eager/fp32-channels_last" not in order
+
+
+def test_exhaustive_keeps_the_registry_order_and_bounds_nothing(cpu):
+    variants = plan_candidates(cpu)
+    planner = Planner(variants, cpu, [], exhaustive=True)
+    assert _order(planner) == [v.id for v in variants]
+    compile_bf16 = next(v for v in variants if v.id == "torch_compile/bf16")
+    assert planner.bound_reason(compile_bf16) is None
+
+
+def test_measured_speed_of_a_backend_reorders_its_other_variants(cpu):
+    variants = [v for v in plan_candidates(cpu)
+                if v.id in ("torch_eager/fp32", "openvino/bf16", "torch_eager/bf16",
+                            "openvino/fp32", "onnxruntime/int8-dynamic")]
+    # OpenVINO bf16 measured 4x slower than its prior: OpenVINO fp32 falls behind the others.
+    order = _order(Planner(variants, cpu, []), {"openvino/bf16": 0.7})
+    assert order.index("openvino/fp32") == len(order) - 1
+
+
+def test_compile_bound_skips_torch_compile_that_cannot_win(cpu):
+    variants = {v.id: v for v in plan_candidates(cpu)}
+    rows = [_row(variants["torch_eager/fp32"], 1.0), _row(variants["openvino/int8"], 6.0),
+            _row(variants["torch_eager/bf16"], 1.5)]
+    planner = Planner(list(variants.values()), cpu, rows)
+    reason = planner.bound_reason(variants["torch_compile/bf16"])
+    assert reason and "cannot beat openvino/int8 (6.00x)" in reason
+    assert "torch_eager/bf16 measured 1.50x" in reason and "at most 3.00x" in reason
+    rows[2].speedup = 4.0  # compiled it could reach 8x: it is tried
+    assert planner.bound_reason(variants["torch_compile/bf16"]) is None
+
+
+def test_roofline_bound_uses_the_measured_rate_of_the_precision(cpu):
+    variants = {v.id: v for v in plan_candidates(cpu)}
+    rows = [_row(variants["torch_eager/fp32"], 1.0), _row(variants["openvino/int8"], 3.0)]
+    planner = Planner(list(variants.values()), cpu, rows)
+    rates = {"fp32": 1e9, "bf16": 4e9}
+    asked = []
+
+    def rate_of(precision):
+        asked.append(precision)
+        return rates.get(precision)
+
+    # 1 GFLOP per call at 1.5 x 1 GFLOP/s: >= 0.667 s; the reference took 1 s: at most 1.5x.
+    planner.ceiling = Ceiling(flops=10**9, reference_latency_s=1.0, rate_of=rate_of)
+    reason = planner.bound_reason(variants["openvino/fp32"])
+    assert reason and "fp32 roofline" in reason and "at most 1.50x" in reason
+    assert planner.bound_reason(variants["openvino/bf16"]) is None, "bf16 could reach 6x"
+    assert planner.bound_reason(variants["openvino/int8-inner"]) is None, "no int8 roofline"
+    planner.bound_reason(variants["onnxruntime/fp32"])
+    assert asked == ["fp32", "bf16"], "each precision's rate is measured once"
+
+
+def test_nothing_is_bounded_before_a_candidate_passed(cpu):
+    variants = {v.id: v for v in plan_candidates(cpu)}
+    rows = [_row(variants["torch_eager/fp32"], 1.0),
+            _row(variants["openvino/int8"], 6.0, status="rejected")]
+    planner = Planner(list(variants.values()), cpu, rows)
+    planner.ceiling = Ceiling(flops=10**9, reference_latency_s=1.0, rate_of=lambda p: 1.0)
+    assert planner.bound_reason(variants["openvino/fp32"]) is None
