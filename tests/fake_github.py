@@ -13,15 +13,26 @@ server, which follows GitHub's documented contract for what the action uses:
   at most 100) and a ``Link`` header with next/last/first/prev as GitHub sends it;
 - ``POST`` there creates (201 and ``Location``); ``PATCH /repos/{o}/{r}/issues/comments/{id}``
   edits (200); a read-only token gets 403, a body over 65,536 characters 422 ``Validation Failed``;
-- every answer carries the ``X-RateLimit-*`` headers.
+- every answer carries the ``X-RateLimit-*`` headers;
+- the git data API (docs.github.com/rest/git), on a real object store (blob SHAs are git's):
+  ``POST /git/blobs`` (201), ``GET /git/commits/{sha}``, ``GET``/``POST /git/trees`` (nested
+  paths; ``base_tree``; an entry with ``"sha": null`` deletes, 422 when the path is absent),
+  ``POST /git/commits`` (201, 422 for an unknown tree or parent), ``GET /git/ref/{ref}`` (404),
+  ``POST /git/refs`` (201; 422 "Reference already exists"), ``PATCH /git/refs/{ref}`` (422
+  "Update is not a fast forward" unless ``force``; 422 "Reference does not exist"); 409 "Git
+  Repository is empty." on a repository with no commit; 403 for a read-only token;
+  ``State.before_ref_write`` runs once before the next ref write (a concurrent job's push).
 It keeps every request, so tests can assert what was (not) called.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import threading
+from typing import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -54,12 +65,75 @@ class State:
     tokens: dict[str, Token] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     next_id: int = 1000
+    # git data: objects by sha (blobs: bytes; trees: {name: (mode, type, sha)}; commits: dicts)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    trees: dict[str, dict] = field(default_factory=dict)
+    commits: dict[str, dict] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)      # "refs/heads/x" -> commit sha
+    git_empty: bool = False
+    before_ref_write: list[Callable[["State"], None]] = field(default_factory=list)
 
     def add_comment(self, number: int, body: str, login: str) -> Comment:
         self.next_id += 1
         c = Comment(self.next_id, body, login)
         self.comments.setdefault(number, []).append(c)
         return c
+
+
+    # -- git objects -------------------------------------------------------------------------
+    def put_blob(self, data: bytes) -> str:
+        sha = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        self.blobs[sha] = data
+        return sha
+
+    def put_tree(self, entries: dict) -> str:
+        raw = json.dumps(sorted(entries.items())).encode()
+        sha = hashlib.sha1(b"tree %d\0" % len(raw) + raw).hexdigest()
+        self.trees[sha] = dict(entries)
+        return sha
+
+    def flat(self, tree_sha: str, prefix: str = "") -> dict[str, tuple[str, str]]:
+        """Every blob under a tree: full path -> (mode, sha)."""
+        out = {}
+        for name, (mode, kind, sha) in self.trees[tree_sha].items():
+            if kind == "tree":
+                out.update(self.flat(sha, f"{prefix}{name}/"))
+            else:
+                out[prefix + name] = (mode, sha)
+        return out
+
+    def build(self, flat: dict[str, tuple[str, str]]) -> str:
+        children: dict[str, dict] = {}
+        entries = {}
+        for path, (mode, sha) in flat.items():
+            head, _, rest = path.partition("/")
+            if rest:
+                children.setdefault(head, {})[rest] = (mode, sha)
+            else:
+                entries[head] = (mode, "blob", sha)
+        for name, sub in children.items():
+            entries[name] = ("040000", "tree", self.build(sub))
+        return self.put_tree(entries)
+
+    def put_commit(self, tree: str, parents: list[str], message: str) -> str:
+        raw = json.dumps([tree, parents, message, len(self.commits)]).encode()
+        sha = hashlib.sha1(b"commit %d\0" % len(raw) + raw).hexdigest()
+        self.commits[sha] = {"tree": tree, "parents": list(parents), "message": message}
+        return sha
+
+    def ancestors(self, sha: str) -> set[str]:
+        seen, todo = set(), [sha]
+        while todo:
+            c = todo.pop()
+            if c not in seen:
+                seen.add(c)
+                todo += self.commits[c]["parents"]
+        return seen
+
+    def files(self, branch: str) -> dict[str, bytes]:
+        """What a checkout of ``branch`` would hold: path -> bytes."""
+        tree = self.commits[self.refs[f"refs/heads/{branch}"]]["tree"]
+        return {p: self.blobs[sha] for p, (_, sha) in self.flat(tree).items()}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -146,6 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, {"id": 1, "full_name": repo, "name": repo.split("/")[1],
                                     "owner": {"login": repo.split("/")[0]},
                                     "url": f"{self.base}/repos/{repo}"})
+        if rest.startswith("/git/"):
+            return self._git(method, rest[len("/git"):], token, parse_qs(url.query))
         if m2 := re.fullmatch(r"/pulls/(\d+)", rest):
             number = int(m2.group(1))
             if method != "GET" or number not in self.state.pulls:
@@ -192,6 +268,138 @@ class _Handler(BaseHTTPRequestHandler):
                 c.updated_at = "2026-01-02T00:00:00Z"
                 return self._send(200, self._comment_json(c, number))
         return self._error(404, "Not Found")
+
+    def _git(self, method: str, rest: str, token: Token, query: dict):
+        st, repo = self.state, self.state.repository
+        api = f"{self.base}/repos/{repo}/git"
+        if st.git_empty:
+            return self._error(409, "Git Repository is empty.")
+        if method != "GET" and not token.write:
+            return self._error(403, "Resource not accessible by integration")
+        body = self._read_body() if method != "GET" else {}
+        if body is None:
+            return self._error(400, "Problems parsing JSON")
+
+        def invalid(message):
+            return self._error(422, message)
+
+        if rest == "/blobs" and method == "POST":
+            if body.get("encoding") not in ("base64", "utf-8", None) or \
+                    not isinstance(body.get("content"), str):
+                return invalid("Invalid request.")
+            try:
+                data = base64.b64decode(body["content"], validate=True) \
+                    if body.get("encoding") == "base64" else body["content"].encode()
+            except ValueError:
+                return invalid("Invalid request.")
+            sha = st.put_blob(data)
+            return self._send(201, {"sha": sha, "url": f"{api}/blobs/{sha}"},
+                              {"Location": f"{api}/blobs/{sha}"})
+        if (m := re.fullmatch(r"/commits/([0-9a-f]{40})", rest)) and method == "GET":
+            c = st.commits.get(m.group(1))
+            if c is None:
+                return self._error(404, "Not Found")
+            return self._send(200, self._commit_json(m.group(1), c, api))
+        if (m := re.fullmatch(r"/trees/([0-9a-f]{40})", rest)) and method == "GET":
+            if m.group(1) not in st.trees:
+                return self._error(404, "Not Found")
+            if query.get("recursive"):
+                items = [{"path": p, "mode": mode, "type": "blob", "sha": sha}
+                         for p, (mode, sha) in sorted(st.flat(m.group(1)).items())]
+            else:
+                items = [{"path": n, "mode": mode, "type": kind, "sha": sha}
+                         for n, (mode, kind, sha) in sorted(st.trees[m.group(1)].items())]
+            return self._send(200, {"sha": m.group(1), "url": f"{api}/trees/{m.group(1)}",
+                                    "tree": items, "truncated": False})
+        if rest == "/trees" and method == "POST":
+            entries = body.get("tree")
+            if not isinstance(entries, list):
+                return invalid("Invalid tree info")
+            base = body.get("base_tree")
+            if base is not None and base not in st.trees:
+                return invalid("Invalid tree info")    # GitHub: 422 on an unknown base_tree
+            flat = st.flat(base) if base else {}
+            for e in entries:
+                path, sha = e.get("path") if isinstance(e, dict) else None, e.get("sha")
+                if not isinstance(path, str) or not path or path.startswith("/") or \
+                        ".." in path.split("/") or e.get("mode") not in (
+                            "100644", "100755", "040000", "160000", "120000"):
+                    return invalid("Invalid tree info")
+                if sha is None and "content" not in e:
+                    gone = [p for p in flat if p == path or p.startswith(path + "/")]
+                    if not gone:
+                        return invalid("GitRPC::BadObjectState")
+                    for p in gone:
+                        del flat[p]
+                elif e.get("type") == "blob":
+                    if "content" in e:
+                        sha = st.put_blob(str(e["content"]).encode())
+                    elif sha not in st.blobs:
+                        return invalid("Invalid tree info")
+                    flat[path] = (e["mode"], sha)
+                else:
+                    return invalid("Invalid tree info")
+            sha = st.build(flat)
+            return self._send(201, {"sha": sha, "url": f"{api}/trees/{sha}", "truncated": False,
+                                    "tree": [{"path": n, "mode": mo, "type": k, "sha": s}
+                                             for n, (mo, k, s) in sorted(st.trees[sha].items())]})
+        if rest == "/commits" and method == "POST":
+            parents = body.get("parents", [])
+            if body.get("tree") not in st.trees or not isinstance(body.get("message"), str) \
+                    or not isinstance(parents, list) or any(p not in st.commits for p in parents):
+                return invalid("Invalid request.")
+            sha = st.put_commit(body["tree"], parents, body["message"])
+            return self._send(201, self._commit_json(sha, st.commits[sha], api),
+                              {"Location": f"{api}/commits/{sha}"})
+        if (m := re.fullmatch(r"/ref/(.+)", rest)) and method == "GET":
+            ref = "refs/" + m.group(1)
+            if ref not in st.refs:
+                return self._error(404, "Not Found")
+            return self._send(200, self._ref_json(ref, api))
+        if rest == "/refs" and method == "POST":
+            ref, sha = body.get("ref"), body.get("sha")
+            if not isinstance(ref, str) or not ref.startswith("refs/") or ref.count("/") < 2:
+                return invalid("Reference name must start with 'refs/' and have at least two "
+                               "slashes.")
+            self._run_hooks()
+            if ref in st.refs:
+                return invalid("Reference already exists")
+            if sha not in st.commits:
+                return invalid("Object does not exist")
+            st.refs[ref] = sha
+            return self._send(201, self._ref_json(ref, api), {"Location": f"{api}/{ref}"})
+        if (m := re.fullmatch(r"/refs/(.+)", rest)) and method == "PATCH":
+            ref, sha = "refs/" + m.group(1), body.get("sha")
+            self._run_hooks()
+            if ref not in st.refs:
+                return invalid("Reference does not exist")
+            if sha not in st.commits:
+                return invalid("Object does not exist")
+            if not body.get("force") and st.refs[ref] not in st.ancestors(sha):
+                return invalid("Update is not a fast forward")
+            st.refs[ref] = sha
+            return self._send(200, self._ref_json(ref, api))
+        return self._error(404, "Not Found")
+
+    def _run_hooks(self):
+        hooks, self.state.before_ref_write[:] = list(self.state.before_ref_write), []
+        for hook in hooks:
+            hook(self.state)
+
+    def _ref_json(self, ref: str, api: str) -> dict:
+        sha = self.state.refs[ref]
+        return {"ref": ref, "node_id": "REF_" + sha[:8], "url": f"{api}/{ref}",
+                "object": {"type": "commit", "sha": sha, "url": f"{api}/commits/{sha}"}}
+
+    @staticmethod
+    def _commit_json(sha: str, c: dict, api: str) -> dict:
+        return {"sha": sha, "node_id": "C_" + sha[:8], "url": f"{api}/commits/{sha}",
+                "message": c["message"],
+                "tree": {"sha": c["tree"], "url": f"{api}/trees/{c['tree']}"},
+                "parents": [{"sha": p, "url": f"{api}/commits/{p}"} for p in c["parents"]],
+                "author": {"name": "fake", "email": "fake@example.invalid",
+                           "date": "2026-01-01T00:00:00Z"},
+                "verification": {"verified": False, "reason": "unsigned"}}
 
     def _writable_body(self, token):
         """(the request's JSON body, None), or (None, the error GitHub answers with)."""
