@@ -74,3 +74,37 @@ def test_bad_history_directories_are_one_error_line(tmp_path):
         assert code == 2 and out.startswith("error: ") and out.count("\n") == 1, (args, out)
         assert text in out, (args, out)
     assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["main.py"]
+
+
+def test_the_branch_recipe_of_the_docs_keeps_the_history_on_a_branch(tmp_path):
+    """docs/history.md's "On a branch" block, run as written (twice: the first run makes the
+    branch, the second fetches it) with a local bare repository as origin."""
+    import os
+    import subprocess
+    import sys
+
+    doc = (Path(__file__).parents[2] / "docs" / "history.md").read_text(encoding="utf-8")
+    section = doc.split("### On a branch instead of a cache", 1)[1]
+    script = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def sh(command, cwd):
+        proc = subprocess.run(["bash", "-ec", command], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    sh("git init -q --bare -b main origin.git && git clone -q origin.git work 2>/dev/null && "
+       "cd work && git commit -q --allow-empty -m init && git push -q origin main", tmp_path)
+    work = tmp_path / "work"
+    for _ in range(2):
+        shutil.rmtree(work / "sdopt-out", ignore_errors=True)
+        shutil.copytree(DATA / "current", work / "sdopt-out")
+        sh(script, work)
+        sh("git worktree remove --force history-branch", work)
+    sh("git clone -q -b sdopt-history origin.git check", tmp_path)
+    runs = read_runs(tmp_path / "check" / "runs")
+    head = sh("git rev-parse HEAD", work).strip()
+    assert [r["commit"]["id"] for r in runs] == [head, head]
