@@ -20,6 +20,7 @@ from sdopt.cli import main
 from sdopt.gate.pytest_benchmark import (PYTEST_BENCHMARK_VERSION, machine_id, machine_info,
                                          pytest_benchmark_json, save_to_storage)
 from sdopt.gate.results import PYTEST_BENCHMARK_NAME, read_results
+from sdopt.report import fmt
 from tests.tiny_config import tiny_config
 
 PYTEST_BENCHMARK = str(Path(sys.executable).with_name("pytest-benchmark"))
@@ -92,6 +93,10 @@ def test_compare_with_no_paths_prints_sdopts_medians_and_iqrs(project, tmp_path)
     assert len(rows) == 4  # two variants of two runs (the user's empty run adds none)
     for out, output in outputs:
         results = read_results(out)
+        report = tmp_path / f"{out.name}.md"
+        result = CliRunner().invoke(main, ["report", str(out), "--markdown", str(report)])
+        assert result.exit_code == 0, result.output
+        report_text = report.read_text(encoding="utf-8")
         for name, variant in results["variants"].items():
             lat = variant["latency_s"]
             fullname = f"gates/sdopt.toml::sdopt[tiny-64x64-2steps-{name}-cpu]"
@@ -105,6 +110,10 @@ def test_compare_with_no_paths_prints_sdopts_medians_and_iqrs(project, tmp_path)
             assert f"{lat['iqr'] * 1e3:,.4f}" in table
             assert f"{name:9} {variant['label']}: {lat['median'] * 1e3:.1f} ms/image median " \
                    f"(IQR {lat['iqr'] * 1e3:.1f} ms" in output
+            # sdopt's report shows what pytest-benchmark computed: its median ± IQR, formatted.
+            shown = f"{fmt.seconds(float(matches[0]['median']))} ± " \
+                    f"{fmt.seconds(float(matches[0]['iqr']))}"
+            assert shown in report_text, (shown, report_text[:2000])
 
 
 def test_the_document_follows_pytest_benchmark_531(project):
