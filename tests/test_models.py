@@ -223,3 +223,112 @@ def test_ldm_converter_refuses_what_it_cannot_name(tiny_pipe):
     vae["decoder.mid_block.attentions.0.rotary.weight"] = vae["quant_conv.weight"]
     with pytest.raises(LayoutError, match="rotary"):
         vae_to_ldm(vae)
+
+
+# --- other families (#18) ----------------------------------------------------------------------
+
+TINY_FAMILIES = ["sd2-tiny", "inpaint-tiny", "img2img-tiny", "sdxl-tiny", "sd3-tiny",
+                 "flux-tiny", "pixart-tiny"]
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_family_presets_make_deterministic_images(name):
+    import torch
+
+    from sdopt.models import FAMILIES, denoiser_of, pipeline_inputs
+
+    pipe, again = build_preset(name), build_preset(name)
+    assert type(pipe).__name__ == FAMILIES[PRESETS[name].family]
+    assert weights_hash(denoiser_of(pipe)) == weights_hash(denoiser_of(again))
+
+    def image(p):
+        out = p("a photo of a cat", **pipeline_inputs(p, 64, 64), num_inference_steps=3,
+                generator=torch.Generator().manual_seed(0))
+        return np.asarray(out.images[0], dtype=np.int16)
+
+    first = image(pipe)
+    assert first.shape == (64, 64, 3) and first.std() > 0
+    assert np.array_equal(first, image(again))
+
+
+def test_family_presets_have_their_familys_traits():
+    from transformers import CLIPTextModelWithProjection
+
+    sd2 = build_preset("sd2-tiny")
+    assert sd2.scheduler.config.prediction_type == "v_prediction"
+    assert sd2.unet.config.use_linear_projection
+    assert list(sd2.unet.config.attention_head_dim) == [2, 4]
+    inpaint = build_preset("inpaint-tiny")
+    assert (inpaint.unet.config.in_channels, inpaint.unet.config.out_channels) == (9, 4)
+    sdxl = build_preset("sdxl-tiny")
+    assert isinstance(sdxl.text_encoder_2, CLIPTextModelWithProjection)
+    assert sdxl.unet.config.addition_embed_type == "text_time"
+    assert sdxl.watermark is None
+    # What SDXL's _get_add_time_ids checks on every call.
+    assert sdxl.unet.add_embedding.linear_1.in_features == \
+        6 * sdxl.unet.config.addition_time_embed_dim + sdxl.text_encoder_2.config.projection_dim
+    assert sdxl.unet.config.cross_attention_dim == \
+        sdxl.text_encoder.config.hidden_size + sdxl.text_encoder_2.config.hidden_size
+
+
+def test_full_size_family_presets_have_the_real_architectures():
+    # Not built: the SDXL UNet alone is 10 GB in fp32.
+    sdxl = PRESETS["sdxl"]
+    assert sdxl.full_size and sdxl.family == "sdxl"
+    assert sdxl.unet["block_out_channels"] == (320, 640, 1280)
+    assert sdxl.unet["transformer_layers_per_block"] == (1, 2, 10)
+    assert sdxl.unet["cross_attention_dim"] == 2048
+    assert sdxl.unet["projection_class_embeddings_input_dim"] == 2816
+    assert sdxl.text_encoder_2["hidden_size"] == 1280 and \
+        sdxl.text_encoder_2["num_hidden_layers"] == 32
+    sd21 = PRESETS["sd21"]
+    assert sd21.scheduler["prediction_type"] == "v_prediction"
+    assert sd21.unet["attention_head_dim"] == (5, 10, 20, 20)
+    assert sd21.text_encoder["hidden_size"] == 1024
+    assert not any(p.full_size for n, p in PRESETS.items() if n in TINY_FAMILIES + ["tiny"])
+
+
+def test_saved_sdxl_preset_loads_as_a_diffusers_folder(tmp_path):
+    import torch
+
+    folder = save_preset("sdxl-tiny", tmp_path / "sdxl")
+    pipe = load_pipeline(str(folder))
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    gen = torch.Generator().manual_seed(0)
+    a = pipe("a cat", num_inference_steps=2, generator=gen, output_type="np").images[0]
+    gen = torch.Generator().manual_seed(0)
+    b = build_preset("sdxl-tiny")("a cat", num_inference_steps=2, generator=gen,
+                                  output_type="np").images[0]
+    # The same weights; transformers picks another attention kernel for a loaded text encoder
+    # (latents differ by ~1e-5).
+    assert np.abs(a - b).max() < 2e-3
+
+
+def test_default_images_for_image_pipelines():
+    from sdopt.models import pipeline_inputs
+
+    assert pipeline_inputs(build_preset("tiny"), 64, 48) == {"height": 64, "width": 48}
+    img2img = pipeline_inputs(build_preset("img2img-tiny"), 64, 48)
+    assert set(img2img) == {"image"} and img2img["image"].size == (48, 64)
+    inpaint = pipeline_inputs(build_preset("inpaint-tiny"), 64, 64)
+    assert set(inpaint) == {"height", "width", "image", "mask_image"}
+    assert pipeline_inputs(build_preset("pixart-tiny"), 64, 64)["clean_caption"] is False
+    assert inpaint["mask_image"].mode == "L"
+    assert np.array_equal(np.asarray(inpaint["image"]),
+                          np.asarray(pipeline_inputs(build_preset("inpaint-tiny"), 64, 64)["image"]))
+
+
+def test_dit_presets_hold_a_transformer_and_t5():
+    from transformers import T5EncoderModel
+
+    from sdopt.models import denoiser_name, make_t5_tokenizer
+
+    for name, t5_attr in (("sd3-tiny", "text_encoder_3"), ("flux-tiny", "text_encoder_2"),
+                          ("pixart-tiny", "text_encoder")):
+        pipe = build_preset(name)
+        assert denoiser_name(pipe) == "transformer" and getattr(pipe, "unet", None) is None
+        assert isinstance(getattr(pipe, t5_attr), T5EncoderModel)
+    tok = make_t5_tokenizer()
+    ids = tok("a photo of a cat").input_ids
+    assert ids[-1] == tok.eos_token_id and tok.unk_token_id not in ids
+    assert ids == make_t5_tokenizer()("a photo of a cat").input_ids

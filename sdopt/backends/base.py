@@ -57,9 +57,23 @@ class UNetInputs:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: str) -> "UNetInputs":
-        move = (lambda v: v.to(device) if isinstance(v, torch.Tensor) else v)
-        return UNetInputs(move(self.sample), move(self.timestep), move(self.encoder_hidden_states),
-                          {k: move(v) for k, v in self.extra.items()})
+        return UNetInputs(map_tensors(self.sample, lambda t: t.to(device)),
+                          map_tensors(self.timestep, lambda t: t.to(device)),
+                          map_tensors(self.encoder_hidden_states, lambda t: t.to(device)),
+                          map_tensors(self.extra, lambda t: t.to(device)))
+
+
+def map_tensors(value, fn):
+    """``fn`` applied to every tensor in ``value``, through dicts, lists and tuples: SDXL passes
+    its added conditions as a dict (``added_cond_kwargs``), and a copy or a move that missed them
+    would leave them behind on another device or alias the pipeline's buffers."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_tensors(v, fn) for v in value)
+    return value
 
 
 class OptimizedModule(torch.nn.Module):

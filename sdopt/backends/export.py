@@ -35,18 +35,65 @@ EXPORTERS = ("dynamo", "legacy")
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 UNET_OUTPUTS = ("out_sample",)
 ONNX_FILE = "model.onnx"
+# Extra denoiser inputs an export can take (SDXL passes 2, Flux 4).
+MAX_EXTRA_INPUTS = 8
 
 
 class UNetForExport(torch.nn.Module):
-    """Positional inputs and a plain tensor out: what exporters and converters trace best."""
+    """Positional inputs and a plain tensor out: what exporters and converters trace best.
 
-    def __init__(self, unet: torch.nn.Module):
+    The extra inputs a family passes (SDXL's ``added_cond_kwargs`` dict, a DiT's pooled
+    projections) arrive as more positional tensors, named as :func:`input_names` names them, and
+    are put back into the keyword structure the denoiser expects; non-tensor extras (flags) are
+    fixed at export time, as the run passed them."""
+
+    def __init__(self, unet: torch.nn.Module, extra_names: Sequence[str] = (),
+                 constants: dict[str, Any] | None = None):
         super().__init__()
+        if len(extra_names) > MAX_EXTRA_INPUTS:
+            raise NotImplementedError(f"the denoiser takes {len(extra_names)} extra tensors "
+                                      f"({', '.join(extra_names)}); exports take at most "
+                                      f"{MAX_EXTRA_INPUTS}")
         self.unet = unet
+        self.extra_names = tuple(extra_names)
+        self.constants = dict(constants or {})
 
-    def forward(self, sample, timestep, encoder_hidden_states):
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                         return_dict=False)[0]
+    # Named slots, not *args: converters name a graph's inputs from the signature (OpenVINO
+    # slices the parameter list to the number of example inputs).
+    def forward(self, sample, timestep, encoder_hidden_states, extra_0=None, extra_1=None,
+                extra_2=None, extra_3=None, extra_4=None, extra_5=None, extra_6=None,
+                extra_7=None):
+        extra = (extra_0, extra_1, extra_2, extra_3, extra_4, extra_5, extra_6, extra_7)
+        kwargs: dict[str, Any] = {}
+        for name, value in list(zip(self.extra_names, extra)) + list(self.constants.items()):
+            _nest(kwargs, name.split("."), value)
+        from .torch_module import sample_argument
+
+        return self.unet(**{sample_argument(self.unet): sample}, timestep=timestep,
+                         encoder_hidden_states=encoder_hidden_states, return_dict=False,
+                         **kwargs)[0]
+
+
+def _nest(target: dict, path: list[str], value) -> None:
+    for key in path[:-1]:
+        target = target.setdefault(key, {})
+    target[path[-1]] = value
+
+
+def extra_leaves(extra: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, value) of every leaf of a call's extra keyword arguments, in name order, so
+    that an exported graph's inputs have one stable order whatever order the pipeline used."""
+    out: list[tuple[str, Any]] = []
+    for key in sorted(extra):
+        value, name = extra[key], f"{prefix}{key}"
+        if isinstance(value, dict):
+            out += extra_leaves(value, name + ".")
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+            raise NotImplementedError(f"the denoiser input '{name}' is a list of tensors, which "
+                                      "exported graphs do not take")
+        else:
+            out.append((name, value))
+    return out
 
 
 class VaeDecoderForExport(torch.nn.Module):
@@ -74,10 +121,34 @@ def unet_timestep(timestep: torch.Tensor, batch: int) -> torch.Tensor:
     return t.expand(batch).contiguous() if t.numel() == 1 else t
 
 
-def unet_args(inputs: UNetInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def input_names(inputs: UNetInputs) -> tuple[str, ...]:
+    """The exported graph's input names for this call: the three UNet inputs, then every extra
+    tensor by its dotted name (``added_cond_kwargs.text_embeds``)."""
+    return UNET_INPUTS + tuple(n for n, v in extra_leaves(inputs.extra)
+                               if isinstance(v, torch.Tensor))
+
+
+def constant_inputs(inputs: UNetInputs) -> dict[str, Any]:
+    """The call's non-tensor extras (flags), which an exported graph keeps fixed."""
+    return {n: v for n, v in extra_leaves(inputs.extra) if not isinstance(v, torch.Tensor)}
+
+
+def _graph_input(tensor: torch.Tensor) -> torch.Tensor:
+    return (tensor.to(torch.float32) if tensor.is_floating_point() else tensor).contiguous()
+
+
+def unet_args(inputs: UNetInputs) -> tuple[torch.Tensor, ...]:
+    """The graph's inputs in :func:`input_names` order; floating ones in float32 (the graph is
+    exported from the fp32 module), integer ones (ids) unchanged."""
     sample = inputs.sample.to(torch.float32).contiguous()
+    extras = tuple(_graph_input(v) for _, v in extra_leaves(inputs.extra)
+                   if isinstance(v, torch.Tensor))
     return (sample, unet_timestep(inputs.timestep, sample.shape[0]),
-            inputs.encoder_hidden_states.to(torch.float32).contiguous())
+            inputs.encoder_hidden_states.to(torch.float32).contiguous()) + extras
+
+
+def named_args(inputs: UNetInputs) -> dict[str, torch.Tensor]:
+    return dict(zip(input_names(inputs), unet_args(inputs)))
 
 
 def calibration_hash(calibration: list[UNetInputs]) -> str:
@@ -93,15 +164,19 @@ def calibration_hash(calibration: list[UNetInputs]) -> str:
 
 
 def unet_shapes(inputs: UNetInputs) -> dict[str, list[int]]:
-    return {name: list(t.shape) for name, t in zip(UNET_INPUTS, unet_args(inputs))}
+    return {name: list(t.shape) for name, t in named_args(inputs).items()}
 
 
 def unet_key_parts(unet: torch.nn.Module, example: UNetInputs) -> dict[str, Any]:
     """What identifies an export of this UNet: weights, architecture, shapes, torch/diffusers."""
     versions = library_versions()
-    return {"weights": _weights_hash_memo(unet), "config": config_hash(unet),
-            "shapes": unet_shapes(example),
-            "libraries": {k: versions.get(k) for k in ("torch", "diffusers")}}
+    parts = {"weights": _weights_hash_memo(unet), "config": config_hash(unet),
+             "shapes": unet_shapes(example),
+             "libraries": {k: versions.get(k) for k in ("torch", "diffusers")}}
+    constants = constant_inputs(example)
+    if constants:  # fixed in the graph: another flag is another export
+        parts["constants"] = {k: repr(v) for k, v in constants.items()}
+    return parts
 
 
 _HASHES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -177,9 +252,15 @@ def export_onnx(module: torch.nn.Module, args: tuple, directory: str | os.PathLi
 
 
 def export_unet(unet: torch.nn.Module, example: UNetInputs, directory, **kw) -> dict[str, Any]:
-    info = export_onnx(UNetForExport(unet), unet_args(example), directory, UNET_INPUTS,
-                       UNET_OUTPUTS, **kw)
+    info = export_onnx(for_export(unet, example), unet_args(example), directory,
+                       input_names(example), UNET_OUTPUTS, **kw)
     return {**info, "inputs": unet_shapes(example)}
+
+
+def for_export(unet: torch.nn.Module, example: UNetInputs) -> UNetForExport:
+    """The export wrapper of ``unet`` for calls shaped like ``example``."""
+    names = input_names(example)
+    return UNetForExport(unet, names[len(UNET_INPUTS):], constant_inputs(example))
 
 
 def export_vae_decoder(vae: torch.nn.Module, latent_shape: Sequence[int], directory,

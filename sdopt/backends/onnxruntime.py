@@ -74,43 +74,57 @@ class OnnxRuntimeModule(OptimizedModule):
         out = self._session.get_outputs()[0]
         self._output = (out.name, list(out.shape), _NP_TYPES.get(out.type, "float32"))
 
-    def _check_shapes(self, tensors) -> None:
-        for (name, shape, _), tensor in zip(self._inputs, tensors):
+    def _feeds(self, sample, timestep, encoder_hidden_states, extra) -> list:
+        """The session's inputs, by name, from this call (an exporter may drop an input the
+        graph does not use: it is not fed)."""
+        from .export import named_args
+
+        given = named_args(UNetInputs(sample, timestep, encoder_hidden_states, extra))
+        missing = [name for name, _, _ in self._inputs if name not in given]
+        if missing:
+            raise NotImplementedError(f"{self.variant.id} was exported for the inputs "
+                                      f"{[n for n, _, _ in self._inputs]}; this call lacks "
+                                      f"{missing}")
+        feeds = []
+        for name, shape, dtype in self._inputs:
+            tensor = given[name]
             static = all(isinstance(d, int) for d in shape)
             if static and list(tensor.shape) != shape:
                 raise SdoptError(f"{self.variant.id} was exported for {name} of shape {shape}, "
                                  f"got {list(tensor.shape)}: optimize again at this height, "
                                  "width and batch")
+            feeds.append((name, dtype, tensor))
+        return feeds
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        from .export import unet_args
-
-        if extra:
-            raise NotImplementedError(f"{self.variant.id} was exported without the extra UNet "
-                                      f"inputs {sorted(extra)}")
-        tensors = unet_args(UNetInputs(sample, timestep, encoder_hidden_states))
-        self._check_shapes(tensors)
+        feeds = self._feeds(sample, timestep, encoder_hidden_states, extra)
         if self.device_kind == "cuda":
-            out = self._run_cuda(tensors, sample)
+            out = self._run_cuda(feeds, sample)
         else:
-            feeds = {name: t.detach().cpu().numpy().astype(dtype, copy=False)
-                     for (name, _, dtype), t in zip(self._inputs, tensors)}
-            out = torch.from_numpy(self._session.run([self._output[0]], feeds)[0])
+            arrays = {name: t.detach().cpu().numpy().astype(dtype, copy=False)
+                      if t.is_floating_point() else t.detach().cpu().numpy()
+                      for name, dtype, t in feeds}
+            out = torch.from_numpy(self._session.run([self._output[0]], arrays)[0])
         return out.to(device=sample.device, dtype=sample.dtype)
 
-    def _run_cuda(self, tensors, sample) -> torch.Tensor:
+    def _run_cuda(self, feeds, sample) -> torch.Tensor:
         import numpy as np
 
         binding = self._session.io_binding()
         device_id = sample.device.index or 0
         keep = []  # the bound tensors must outlive the run
-        for (name, _, dtype), tensor in zip(self._inputs, tensors):
-            t = tensor.to(device=f"cuda:{device_id}", dtype=_TORCH_TYPES[dtype]).contiguous()
+        for name, dtype, tensor in feeds:
+            t = tensor.to(device=f"cuda:{device_id}")
+            if t.is_floating_point():
+                t = t.to(_TORCH_TYPES[dtype])
+            t = t.contiguous()
             keep.append(t)
-            binding.bind_input(name, "cuda", device_id, np.dtype(dtype), list(t.shape),
-                               t.data_ptr())
-        name, _, dtype = self._output
-        out = torch.empty(tuple(tensors[0].shape), dtype=_TORCH_TYPES[dtype],
+            binding.bind_input(name, "cuda", device_id, np.dtype(str(t.dtype).replace(
+                "torch.", "")), list(t.shape), t.data_ptr())
+        name, shape, dtype = self._output
+        # The output's shape is the graph's (an inpainting UNet takes 9 channels, returns 4).
+        out_shape = shape if all(isinstance(d, int) for d in shape) else list(sample.shape)
+        out = torch.empty(tuple(out_shape), dtype=_TORCH_TYPES[dtype],
                           device=f"cuda:{device_id}")
         binding.bind_output(name, "cuda", device_id, np.dtype(dtype), list(out.shape),
                             out.data_ptr())
@@ -176,13 +190,13 @@ def _quantize_static(source: Path, calibration: list[UNetInputs], directory: Pat
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
 
-    from .export import ONNX_FILE, unet_args
+    from .export import ONNX_FILE, named_args
     from ..store import directory_size
 
     graph = onnx.load(str(_onnx_path(source)), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     names = [i.name for i in graph.input if i.name not in initializers]
-    items = [dict(zip(names, (t.numpy() for t in unet_args(c))))
+    items = [{n: t.numpy() for n, t in named_args(c).items() if n in names}
              for c in calibration[:STATIC_SUBSET_MAX]]
 
     class Reader(CalibrationDataReader):

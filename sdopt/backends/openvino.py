@@ -70,13 +70,14 @@ class OpenVINOModule(OptimizedModule):
         return request
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        from .export import unet_args
+        from .export import named_args
 
-        if extra:
-            raise NotImplementedError(f"{self.variant.id} was converted without the extra UNet "
-                                      f"inputs {sorted(extra)}")
-        arrays = [t.detach().cpu().numpy() for t in
-                  unet_args(UNetInputs(sample, timestep, encoder_hidden_states))]
+        given = named_args(UNetInputs(sample, timestep, encoder_hidden_states, extra))
+        missing = [name for name in self._names if name not in given]
+        if missing:
+            raise NotImplementedError(f"{self.variant.id} was converted for the inputs "
+                                      f"{self._names}; this call lacks {missing}")
+        arrays = [given[name].detach().cpu().numpy() for name in self._names]
         request = self._request_for(arrays)
         result = request.infer(dict(zip(self._names, arrays)))
         out = torch.from_numpy(next(iter(result.values())).copy())
@@ -89,12 +90,17 @@ class OpenVINOModule(OptimizedModule):
 def _convert(unet: torch.nn.Module, example: UNetInputs, directory: Path) -> dict[str, Any]:
     import openvino as ov
 
-    from .export import UNetForExport, unet_args
+    from .export import for_export, input_names, unet_args
 
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about diffusers' shape checks
-        model = ov.convert_model(UNetForExport(unet).eval(), example_input=unet_args(example))
-    for port, name in zip(model.inputs, ("sample", "timestep", "encoder_hidden_states")):
+        model = ov.convert_model(for_export(unet, example).eval(),
+                                 example_input=unet_args(example))
+    names = input_names(example)
+    if len(model.inputs) != len(names):
+        raise RuntimeError(f"openvino.convert_model gave {len(model.inputs)} inputs for the "
+                           f"{len(names)} the denoiser was called with ({', '.join(names)})")
+    for port, name in zip(model.inputs, names):
         port.get_tensor().set_names({name})
     # fp32 weights: compress_to_fp16 would make the "fp32" variant lossy.
     ov.save_model(model, str(directory / IR_XML), compress_to_fp16=False)
@@ -108,12 +114,13 @@ def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
     import nncf
     import openvino as ov
 
-    from .export import unet_args
+    from .export import named_args
 
     core = ov.Core()
     model = core.read_model(str(ir_dir / IR_XML))
     names = [p.get_any_name() for p in model.inputs]
-    items = [dict(zip(names, (t.numpy() for t in unet_args(c)))) for c in calibration]
+    items = [{n: t.numpy() for n, t in named_args(c).items() if n in names}
+             for c in calibration]
     subset = min(len(items), INT8_SUBSET_MAX)
     scope = nncf.IgnoredScope(types=list(ignored_types), patterns=list(ignored_patterns),
                               validate=False) if ignored_types or ignored_patterns else None

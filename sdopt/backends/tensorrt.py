@@ -98,14 +98,15 @@ class TensorRTModule(OptimizedModule):
                          if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        from .export import unet_args
+        from .export import named_args
 
-        if extra:
-            raise NotImplementedError(f"{self.variant.id} was built without the extra UNet "
-                                      f"inputs {sorted(extra)}")
+        given = named_args(UNetInputs(sample, timestep, encoder_hidden_states, extra))
+        missing = [name for name in self._inputs if name not in given]
+        if missing:
+            raise NotImplementedError(f"{self.variant.id} was built for the inputs "
+                                      f"{self._inputs}; this call lacks {missing}")
         device = sample.device if sample.device.type == "cuda" else torch.device("cuda")
-        tensors = [t.to(device).contiguous() for t in
-                   unet_args(UNetInputs(sample, timestep, encoder_hidden_states))]
+        tensors = [given[name].to(device).contiguous() for name in self._inputs]
         for name, tensor in zip(self._inputs, tensors):
             expected = tuple(self._engine.get_tensor_shape(name))
             if expected != tuple(tensor.shape):

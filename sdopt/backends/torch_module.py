@@ -39,14 +39,33 @@ class TorchUNetModule(OptimizedModule):
         if self.channels_last:
             sample = sample.contiguous(memory_format=torch.channels_last)
         encoder_hidden_states = encoder_hidden_states.to(self.run_dtype)
-        extra = {k: (v.to(self.run_dtype) if isinstance(v, torch.Tensor) and v.is_floating_point()
-                     else v) for k, v in extra.items()}
-        out = self._call_unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                              return_dict=False, **extra)[0]
+        extra = {k: _cast_extra(k, v, self.run_dtype) for k, v in extra.items()}
+        out = self._call_unet(**{sample_argument(self.unet): sample}, timestep=timestep,
+                              encoder_hidden_states=encoder_hidden_states, return_dict=False,
+                              **extra)[0]
         return out.to(out_dtype).contiguous()
 
     def _call_unet(self, *args, **kwargs):
         return self.unet(*args, **kwargs)
+
+
+def sample_argument(denoiser: torch.nn.Module) -> str:
+    """The name of the denoiser's latent input: ``sample`` for UNets, ``hidden_states`` for the
+    DiT transformers, whose second positional argument is not the timestep (Flux's is the text
+    embedding), so every call passes its inputs by name."""
+    import inspect
+
+    return next(iter(inspect.signature(denoiser.forward).parameters), "sample")
+
+
+def _cast_extra(name: str, value, dtype: torch.dtype):
+    """Extra inputs in the run dtype, except position ids (Flux's ``img_ids``: bf16 holds
+    integers exactly only up to 256) and nested dicts (SDXL's ``added_cond_kwargs``: the UNet
+    casts its added embedding itself, after computing the time-id embedding in fp32)."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and \
+            not name.endswith("_ids"):
+        return value.to(dtype)
+    return value
 
 
 def copy_unet(unet: torch.nn.Module, dtype: torch.dtype, channels_last: bool,

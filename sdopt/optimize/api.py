@@ -27,10 +27,11 @@ from ..techniques import (apply_pipeline_techniques, apply_unet_techniques, base
                           unavailable_reason, validate_specs)
 from . import decision_cache, runner
 from .capture import example_inputs
-from .manifest import (COMPONENT_DIR, MANIFEST_NAME, build_manifest, read_manifest,
-                       resolve_variant, write_manifest)
+from ..models import denoiser_name, denoiser_of
+from .manifest import (COMPONENT_DIR, MANIFEST_NAME, build_manifest, denoiser_component,
+                       read_manifest, resolve_variant, write_manifest)
 from .metrics import Metric
-from .optimized import OptimizedUNet, assemble, optimized_unet_of
+from .optimized import assemble, install, optimized_unet_of
 from .request import build_request, check_pipe
 from .summary import print_summary
 
@@ -108,7 +109,7 @@ def optimize_model(
         time_budget_s=time_budget_s, image_metric=image_metric, end_to_end=end_to_end,
         reuse_search=reuse_search)
     model.to(request.device.torch_device)
-    source_hash = weights_hash(model.unet)
+    source_hash = weights_hash(denoiser_of(model))
     key = decision_cache.decision_key(model, source_hash, device=request.device,
                                       **request.settings()) if request.reusable else None
     optimized = decision_cache.reuse(model, key, request.device, load_model) if key else None
@@ -167,7 +168,8 @@ def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Pa
         result = getattr(model, "sdopt_result", None)
         write_manifest(tmp, build_manifest(
             type(model).__name__, variant, artifact, wrapped.info, wrapped.dtype,
-            wrapped.device.type, result.to_dict() if result else None))
+            wrapped.device.type, result.to_dict() if result else None,
+            component=denoiser_name(model)))
     return target
 
 
@@ -184,7 +186,7 @@ def load_model(path: str | os.PathLike, pipe=None, *, device: str | None = None)
     if saved_kind == "cuda" and dev.kind != "cuda":
         raise SdoptError(f"'{path}' was optimized for a CUDA GPU "
                          f"({manifest['device'].get('name')}); this machine has none")
-    comp = manifest["components"]["unet"]
+    comp = denoiser_component(manifest, path / MANIFEST_NAME, denoiser_name(pipe))
     backend, variant = resolve_variant(comp, path / MANIFEST_NAME, dev)
     reason = backend.unavailable_reason(dev, variant)
     if reason:
@@ -209,7 +211,6 @@ def load_model(path: str | os.PathLike, pipe=None, *, device: str | None = None)
     info = {"source_hash": comp["source_hash"], "config_hash": comp.get("config_hash", ""),
             "samples": manifest.get("shapes", {}), **manifest.get("metrics", {}),
             "techniques": specs}
-    pipe.unet = OptimizedUNet(module, unet.config, dtype=unet.dtype,
-                              device=torch.device(dev.torch_device), info=info)
+    install(pipe, module, unet, dev, info)
     apply_pipeline_techniques(pipe, specs)
     return pipe

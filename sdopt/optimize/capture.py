@@ -9,11 +9,14 @@ that need data (int8).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 
-from ..backends.base import UNetInputs
+from ..errors import SdoptError
+from ..models import denoiser_name, denoiser_of, pipeline_inputs
+from ..backends.base import UNetInputs, map_tensors
 
 
 @dataclass
@@ -44,9 +47,11 @@ class SampleSet:
 
     def describe(self) -> dict:
         sample = self.samples[0].inputs
+        extra = _extra_shapes(sample.extra)
         return {
             "sample_shape": list(sample.sample.shape),
             "encoder_hidden_states_shape": list(sample.encoder_hidden_states.shape),
+            **({"extra_shapes": extra} if extra else {}),
             "height": self.height, "width": self.width, "steps": self.steps,
             "guidance_scale": self.guidance_scale, "captured_calls": len(self.samples),
             "verification_calls": len(self.verification),
@@ -54,11 +59,22 @@ class SampleSet:
         }
 
 
-_IGNORED_KWARGS = {"return_dict", "cross_attention_kwargs"}
+def _extra_shapes(extra: dict, prefix: str = "") -> dict[str, list[int]]:
+    """Shapes of the extra tensors a family passes (SDXL's added_cond_kwargs), by dotted name."""
+    out: dict[str, list[int]] = {}
+    for key, value in sorted(extra.items()):
+        if isinstance(value, dict):
+            out.update(_extra_shapes(value, f"{prefix}{key}."))
+        elif isinstance(value, torch.Tensor):
+            out[f"{prefix}{key}"] = list(value.shape)
+    return out
+
+
+_IGNORED_KWARGS = {"return_dict", "cross_attention_kwargs", "joint_attention_kwargs"}
 
 
 def _detach(value):
-    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+    return map_tensors(value, lambda t: t.detach().clone())
 
 
 def collect_samples(pipe, prompts: list[str], *, height: int, width: int, steps: int,
@@ -76,19 +92,21 @@ def collect_samples(pipe, prompts: list[str], *, height: int, width: int, steps:
         out = output[0] if isinstance(output, (tuple, list)) else output.sample
         outputs.append(out.detach().clone())
 
-    handles = [pipe.unet.register_forward_pre_hook(pre_hook, with_kwargs=True),
-               pipe.unet.register_forward_hook(post_hook, with_kwargs=True)]
+    denoiser = denoiser_of(pipe)
+    handles = [denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True),
+               denoiser.register_forward_hook(post_hook, with_kwargs=True)]
     samples: list[UNetSample] = []
     try:
         for p_index, prompt in enumerate(prompts):
             start = len(captured)
             generator = torch.Generator(device="cpu").manual_seed(seed + p_index)
             with torch.inference_mode():
-                pipe(prompt, height=height, width=width, num_inference_steps=steps,
+                pipe(prompt, **pipeline_inputs(pipe, height, width), num_inference_steps=steps,
                      guidance_scale=guidance_scale, generator=generator, output_type="latent")
             for step, ((args, kwargs), out) in enumerate(
                     zip(captured[start:], outputs[start:])):
-                samples.append(UNetSample(_to_inputs(args, kwargs), out, p_index, step))
+                samples.append(UNetSample(_to_inputs(denoiser, args, kwargs), out, p_index,
+                                          step))
             if progress is not None:
                 progress()
     finally:
@@ -100,18 +118,22 @@ def collect_samples(pipe, prompts: list[str], *, height: int, width: int, steps:
     return result
 
 
-def _to_inputs(args: tuple, kwargs: dict) -> UNetInputs:
-    names = ("sample", "timestep", "encoder_hidden_states")
-    values = dict(zip(names, args))
-    for name in names:
-        if name in kwargs:
-            values[name] = kwargs[name]
-    extra = {k: v for k, v in kwargs.items()
-             if k not in names and k not in _IGNORED_KWARGS and v is not None}
-    timestep = values["timestep"]
+def _to_inputs(denoiser, args: tuple, kwargs: dict) -> UNetInputs:
+    """One recorded call as UNetInputs, whatever mix of positional and keyword arguments the
+    pipeline used: they are bound to the denoiser's own signature (SD passes the latent and the
+    timestep positionally, DiT pipelines pass everything by name)."""
+    params = inspect.signature(denoiser.forward).parameters
+    positional = [n for n, p in params.items()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    values = dict(zip(positional, args))
+    values.update(kwargs)
+    first = positional[0] if positional else "sample"
+    timestep = values.pop("timestep")
     if not isinstance(timestep, torch.Tensor):
         timestep = torch.tensor(timestep)
-    return UNetInputs(values["sample"], timestep, values["encoder_hidden_states"], extra)
+    sample, ehs = values.pop(first), values.pop("encoder_hidden_states", None)
+    extra = {k: v for k, v in values.items() if k not in _IGNORED_KWARGS and v is not None}
+    return UNetInputs(sample, timestep, ehs, extra)
 
 
 def split_samples(samples: list[UNetSample], n_verify: int):
@@ -133,14 +155,47 @@ def split_samples(samples: list[UNetSample], n_verify: int):
 def example_inputs(model, height: int | None = None, width: int | None = None,
                    batch: int = 2) -> UNetInputs:
     """UNet inputs of the shapes the pipeline makes at height x width (CFG doubles the batch),
-    for backends that need an example to export or convert without a search."""
+    for backends that need an example to export or convert without a search. SDXL's UNet also
+    takes its added conditions (pooled text embedding and the six size/crop time ids). A DiT
+    transformer's inputs (pooled projections, guidance, position ids, masks) differ by family:
+    one real call of a one-step generation is recorded instead."""
+    if denoiser_name(model) != "unet":
+        height = height or native_side(model)
+        recorded = collect_samples(model, ["a photo of a cat"], height=height,
+                                   width=width or height, steps=1, guidance_scale=7.5, seed=0,
+                                   n_verify=1)
+        return recorded.samples[0].inputs
     unet = model.unet
     side = int(unet.config.sample_size * model.vae_scale_factor)
-    h, w = (height or side) // model.vae_scale_factor, (width or side) // model.vae_scale_factor
+    height, width = height or side, width or side
+    h, w = height // model.vae_scale_factor, width // model.vae_scale_factor
     generator = torch.Generator().manual_seed(0)
     text_len = getattr(getattr(model, "tokenizer", None), "model_max_length", 77)
+    extra = {}
+    cfg = unet.config
+    if cfg.get("addition_embed_type") == "text_time":
+        n_ids = 6  # original size, crop top-left, target size
+        pooled = cfg.projection_class_embeddings_input_dim - n_ids * cfg.addition_time_embed_dim
+        time_ids = torch.tensor([height, width, 0, 0, height, width], dtype=torch.float32)
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, generator=generator),
+            "time_ids": time_ids.repeat(batch, 1)}
+    elif cfg.get("addition_embed_type"):
+        raise SdoptError(f"the UNet's addition_embed_type '{cfg.addition_embed_type}' has no "
+                         "example inputs here: use optimize_model, which records real calls")
     return UNetInputs(
-        sample=torch.randn(batch, unet.config.in_channels, h, w, generator=generator),
+        sample=torch.randn(batch, cfg.in_channels, h, w, generator=generator),
         timestep=torch.tensor(999),
-        encoder_hidden_states=torch.randn(batch, text_len, unet.config.cross_attention_dim,
-                                          generator=generator))
+        encoder_hidden_states=torch.randn(batch, text_len, cfg.cross_attention_dim,
+                                          generator=generator), extra=extra)
+
+
+def native_side(model) -> int:
+    """The image side the pipeline makes by default: its denoiser's sample size in latents
+    (Flux's transformer has none: the pipeline's ``default_sample_size``) times the VAE's
+    scale factor."""
+    config = denoiser_of(model).config
+    sample = getattr(config, "sample_size", None) or getattr(model, "default_sample_size", None)
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0]
+    return int((sample or 64) * model.vae_scale_factor)

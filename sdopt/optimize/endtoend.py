@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..models import pipeline_inputs
 from .metrics import METRICS, Metric, clip_unavailable_reason, score_images
 from .table import CandidateResult
 
@@ -48,7 +49,8 @@ class EndToEnd:
     def run(self, pipe) -> ImageRun:
         def generate(prompt, index, steps):
             generator = torch.Generator(device="cpu").manual_seed(self.seed + index)
-            out = pipe(prompt, height=self.height, width=self.width, num_inference_steps=steps,
+            out = pipe(prompt, **pipeline_inputs(pipe, self.height, self.width),
+                       num_inference_steps=steps,
                        guidance_scale=self.guidance_scale, generator=generator, output_type="np")
             return out.images[0]
 

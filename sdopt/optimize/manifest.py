@@ -24,21 +24,23 @@ MANIFEST_NAME = "sdopt_manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 COMPONENT_DIR = "unet"
 # The figures of the search that a saved model carries (load_model puts them back in .info).
-METRIC_KEYS = ("metric", "metric_drop", "latency_s", "speedup", "e2e_latency_s",
-               "image_metric", "image_metric_drop", "image_metrics")
+METRIC_KEYS = ("metric", "metric_drop", "latency_s", "speedup", "speedup_source",
+               "e2e_latency_s", "image_metric", "image_metric_drop", "image_metrics")
 
 
 def build_manifest(pipeline_class: str, variant: Variant, artifact: dict[str, Any],
                    info: dict[str, Any], dtype, device_kind: str,
-                   search: dict[str, Any] | None) -> dict[str, Any]:
-    """The manifest of a model whose backend wrote ``artifact`` (what its ``load`` needs)."""
+                   search: dict[str, Any] | None, component: str = "unet") -> dict[str, Any]:
+    """The manifest of a model whose backend wrote ``artifact`` (what its ``load`` needs);
+    ``component``: the pipeline attribute the optimized denoiser replaces (``unet`` or
+    ``transformer``), where load_model puts it back."""
     backend = BACKENDS[variant.backend]
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "sdopt_version": __version__,
         "created_unix": int(time.time()),
         "pipeline_class": pipeline_class,
-        "components": {"unet": {
+        "components": {component: {
             "backend": variant.backend, "backend_version": backend.version,
             "variant": variant.name, "precision": variant.precision,
             "options": dict(variant.options), "techniques": list(variant.techniques),
@@ -65,7 +67,6 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read and structurally validate a saved model's manifest, naming the file on any problem."""
     """Read and structurally validate a saved model's manifest, naming the file on any problem."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -97,6 +98,18 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+
+
+def denoiser_component(manifest: dict[str, Any], path: Path, expected: str) -> dict[str, Any]:
+    """The manifest's entry for the pipeline's denoiser (``expected``: ``unet`` or
+    ``transformer``), refused when the model was saved from the other kind of pipeline."""
+    components = manifest["components"]
+    if expected not in components:
+        saved = ", ".join(sorted(components)) or "none"
+        raise SdoptError(f"'{path}' holds an optimized {saved}, the given pipe's denoiser is its "
+                         f"{expected}: pass a pipeline of the family the model was made from "
+                         f"({manifest.get('pipeline_class', 'unknown')})")
+    return components[expected]
 
 
 def resolve_variant(component: dict[str, Any], path: Path,

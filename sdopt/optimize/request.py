@@ -18,6 +18,8 @@ from ..backends.base import Variant
 from ..device import DeviceInfo, detect
 from ..errors import SdoptError
 from .metrics import METRICS, Metric, resolve_metric, validate_aggregate, validate_threshold
+from ..models import denoiser_of
+from .capture import native_side
 from .optimized import optimized_unet_of
 from .search import plan_candidates
 
@@ -67,13 +69,15 @@ class SearchRequest:
 
 
 def check_pipe(model, what: str = "model") -> torch.nn.Module:
-    """The pipeline's UNet, refusing what is not an original diffusers pipeline."""
+    """The pipeline's denoiser (UNet or transformer), refusing what is not an original
+    diffusers pipeline."""
     if optimized_unet_of(model) is not None:
         raise SdoptError(f"{what} already holds an sdopt-optimized UNet: pass the original pipeline")
-    unet = getattr(model, "unet", None)
+    unet = denoiser_of(model)
     if not isinstance(unet, torch.nn.Module) or not callable(model):
         raise SdoptError(f"{what} is a {type(model).__name__}: expected a diffusers Stable "
-                         "Diffusion pipeline (an object with a .unet, called with a prompt)")
+                         "Diffusion pipeline (an object with a .unet or a .transformer, called "
+                         "with a prompt)")
     return unet
 
 
@@ -147,7 +151,7 @@ def build_request(model, input_data, *, metric_drop_ths, metric_aggregate, metri
                       "height x width", stacklevel=3)
     dev = detect(device)
     _positive_ints(num_inference_steps=num_inference_steps, n_verify=n_verify, repeats=repeats)
-    native = int(unet.config.sample_size * model.vae_scale_factor)
+    native = native_side(model)
     height, width = _side("height", height or native), _side("width", width or native)
     variants = plan_candidates(dev, backends=backends, ignore_compilers=ignore_compilers,
                                ignore_compressors=ignore_compressors)

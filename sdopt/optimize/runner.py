@@ -15,6 +15,7 @@ from ..backends.base import BACKENDS, Variant
 from ..backends.torch_eager import reference_module
 from ..errors import SdoptError
 from ..identity import config_hash
+from ..models import denoiser_of
 from ..techniques import all_specs
 from . import endtoend
 from .capture import collect_samples
@@ -102,7 +103,7 @@ class Search:
                 self.progress.update(task, description=candidate_line(variant, phase))
 
         self.result, self.module = run_search(
-            self.model.unet, samples, req.device, req.variants, metric=req.metric,
+            denoiser_of(self.model), samples, req.device, req.variants, metric=req.metric,
             metric_drop_ths=req.metric_drop_ths, optimization_time=req.optimization_time,
             metric_aggregate=req.metric_aggregate, repeats=req.repeats,
             time_budget_s=req.time_budget_s, on_candidate=on_candidate,
@@ -122,7 +123,7 @@ class Search:
         for row in (result.original, result.selected):
             if row is not None and row.e2e_latency_s is None:
                 self.evaluate(self.module if row is result.selected
-                              else reference_module(self.model.unet), row)
+                              else reference_module(denoiser_of(self.model)), row)
         for row in result.candidates:
             set_e2e_speedup(row, result.original)
 
@@ -133,7 +134,7 @@ class Search:
         constrained = req.optimization_time == "constrained"
         bases = [(result.selected, self.module)]
         if not constrained:
-            bases = [(result.original, reference_module(self.model.unet))] + \
+            bases = [(result.original, reference_module(denoiser_of(self.model)))] + \
                 (bases if result.selected is not result.original else [])
         # Every setting alone on every base; the stacking attempts that follow (how many depends
         # on which pass) raise the total as they start, so the line never reads "1/None".
@@ -167,7 +168,8 @@ class Search:
     def assemble(self):
         """The chosen pipeline, carrying the figures a saved model keeps."""
         result, sel = self.result, self.result.selected
-        info = {"source_hash": self.source_hash, "config_hash": config_hash(self.model.unet),
+        info = {"source_hash": self.source_hash,
+                "config_hash": config_hash(denoiser_of(self.model)),
                 "samples": result.samples, "metric": result.metric,
                 "metric_drop": sel.metric_drop, "latency_s": sel.latency_s,
                 "speedup": result.speedup, "techniques": [dict(s) for s in self.specs],

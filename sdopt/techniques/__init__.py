@@ -18,6 +18,7 @@ import copy
 
 from ..backends.base import OptimizedModule
 from ..errors import SdoptError
+from ..models import denoiser_of
 from . import fewer_steps, step_cache, token_merge, vae_bf16
 from .base import Spec, Technique
 from .eager import base_module
@@ -73,7 +74,8 @@ def apply_pipeline_techniques(pipe, specs: list[Spec]) -> None:
         technique = technique_of(spec)
         if technique.level == "pipeline":
             technique.apply(pipe, params_of(spec))
-    caches = [m for m in pipe.unet.modules() if isinstance(m, step_cache.StepCacheModule)]
+    caches = [m for m in denoiser_of(pipe).modules()
+              if isinstance(m, step_cache.StepCacheModule)]
     if caches:
         if not any(s["name"] == fewer_steps.NAME for s in specs):
             pipe.scheduler = copy.deepcopy(pipe.scheduler)

@@ -24,9 +24,12 @@ def eager_unet(module: OptimizedModule):
     if not isinstance(unet, UNet2DConditionModel):
         return None, f"{base.variant.id} holds a {type(unet).__name__}, not a UNet2DConditionModel"
     cfg = unet.config
-    if unet.class_embedding is not None or cfg.addition_embed_type or cfg.center_input_sample \
-            or unet.encoder_hid_proj is not None:
-        return None, "the UNet uses class/added embeddings, which these techniques do not handle"
+    # SDXL's "text_time" added embedding is recomputed by step caching's shallow path (and
+    # token merging does not touch embeddings); the other kinds are not.
+    if unet.class_embedding is not None or cfg.addition_embed_type not in (None, "text_time") \
+            or cfg.center_input_sample or unet.encoder_hid_proj is not None:
+        return None, ("the UNet uses class embeddings, an image projection or added embeddings "
+                      f"of type '{cfg.addition_embed_type}', which these techniques do not handle")
     return unet, None
 
 

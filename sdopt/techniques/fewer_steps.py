@@ -21,17 +21,35 @@ def steps_for(requested: int, fraction: float) -> int:
     return max(1, int(round(requested * fraction)))
 
 
-def make_scheduler(config, fraction: float):
-    from diffusers import DPMSolverMultistepScheduler
+def make_scheduler(config, fraction: float, flow_matching: bool = False):
+    """``flow_matching``: SD3's and Flux's flow-matching Euler is kept (DPM-Solver++ would read
+    their velocity prediction as noise); only its number of steps shrinks."""
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
     with quiet_diffusers():  # "PNDM keys ignored" is expected here
-        scheduler = DPMSolverMultistepScheduler.from_config(
-            config, algorithm_type="dpmsolver++", solver_order=2)
+        if flow_matching:
+            scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+        else:
+            scheduler = DPMSolverMultistepScheduler.from_config(
+                config, algorithm_type="dpmsolver++", solver_order=2)
     original = scheduler.set_timesteps
 
-    def set_timesteps(num_inference_steps=None, device=None, **kwargs):
+    # sigmas/timesteps are named: pipelines look for them in the signature before passing them.
+    def set_timesteps(num_inference_steps=None, device=None, timesteps=None, sigmas=None,
+                      **kwargs):
         if num_inference_steps is not None:
             num_inference_steps = steps_for(int(num_inference_steps), fraction)
+        elif sigmas is not None:
+            # Flux passes its own evenly spaced sigmas instead of a step count.
+            import numpy as np
+
+            values = np.asarray(sigmas, dtype=np.float64)
+            sigmas = np.linspace(values[0], values[-1],
+                                 steps_for(len(values), fraction)).tolist()
+        if sigmas is not None:
+            kwargs["sigmas"] = sigmas
+        if timesteps is not None:
+            kwargs["timesteps"] = timesteps
         return original(num_inference_steps, device=device, **kwargs)
 
     scheduler.set_timesteps = set_timesteps
@@ -40,8 +58,9 @@ def make_scheduler(config, fraction: float):
 
 
 def apply_pipeline(pipe, params: dict) -> None:
+    flow = type(pipe.scheduler).__name__.startswith("FlowMatch")
     pipe.scheduler = make_scheduler(copy.deepcopy(dict(pipe.scheduler.config)),
-                                    float(params["fraction"]))
+                                    float(params["fraction"]), flow_matching=flow)
 
 
 TECHNIQUE = Technique(

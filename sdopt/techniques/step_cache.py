@@ -57,11 +57,15 @@ class StepCacheModule(OptimizedModule):
             self.reset()
             self._key = key
         self._last_t = t
-        use_cache = self._cached is not None and self._step % self.interval != 0 and not extra
+        # Only SDXL's added conditions are recomputed on the shallow path: any other extra
+        # input (a ControlNet residual...) makes every step a full one.
+        use_cache = self._cached is not None and self._step % self.interval != 0 and \
+            set(extra) <= {"added_cond_kwargs"}
         self._step += 1
         if use_cache:
             self.cached_calls += 1
-            return self._shallow(sample, timestep, encoder_hidden_states)
+            return self._shallow(sample, timestep, encoder_hidden_states,
+                                 extra.get("added_cond_kwargs"))
         self.full_calls += 1
         unet = self._unet[0]
         holder: dict = {}
@@ -77,7 +81,7 @@ class StepCacheModule(OptimizedModule):
         self._cached = holder.get("h")
         return out
 
-    def _shallow(self, sample, timestep, encoder_hidden_states):
+    def _shallow(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None):
         inner, unet = self.technique_inner, self._unet[0]
         base = inner
         while hasattr(base, "technique_inner"):
@@ -88,6 +92,10 @@ class StepCacheModule(OptimizedModule):
             x = x.contiguous(memory_format=torch.channels_last)
         ehs = encoder_hidden_states.to(base.run_dtype)
         emb = unet.time_embedding(unet.get_time_embed(sample=x, timestep=timestep), None)
+        if added_cond_kwargs is not None:  # SDXL: pooled text embedding and size/crop ids
+            aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=ehs,
+                                     added_cond_kwargs=added_cond_kwargs)
+            emb = emb + aug if aug is not None else emb
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
         x = unet.conv_in(x)
