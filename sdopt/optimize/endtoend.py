@@ -46,23 +46,24 @@ class EndToEnd:
     reference: ImageRun | None = None
     metrics: list[Metric] = field(default_factory=list)
 
-    def run(self, pipe) -> ImageRun:
-        def generate(prompt, index, steps):
-            generator = torch.Generator(device="cpu").manual_seed(self.seed + index)
-            out = pipe(prompt, **pipeline_inputs(pipe, self.height, self.width),
-                       num_inference_steps=steps,
-                       guidance_scale=self.guidance_scale, generator=generator, output_type="np")
-            return out.images[0]
+    def generate(self, pipe, index: int, steps: int | None = None) -> np.ndarray:
+        """Prompt ``index``'s image (its seed, this evaluation's size and steps)."""
+        generator = torch.Generator(device="cpu").manual_seed(self.seed + index)
+        out = pipe(self.prompts[index], **pipeline_inputs(pipe, self.height, self.width),
+                   num_inference_steps=steps or self.steps,
+                   guidance_scale=self.guidance_scale, generator=generator, output_type="np")
+        return out.images[0]
 
+    def run(self, pipe) -> ImageRun:
         images, latencies = [], []
         with torch.inference_mode():
             if self.warmup_steps:
-                generate(self.prompts[0], 0, min(self.warmup_steps, self.steps))
+                self.generate(pipe, 0, min(self.warmup_steps, self.steps))
             n = max(len(self.prompts), self.min_timed)
             for run in range(n):
                 index = run % len(self.prompts)
                 t0 = time.perf_counter()
-                image = generate(self.prompts[index], index, self.steps)
+                image = self.generate(pipe, index)
                 if torch.cuda.is_available() and torch.cuda.is_initialized():
                     torch.cuda.synchronize()
                 latencies.append(time.perf_counter() - t0)

@@ -24,6 +24,11 @@ from .optimized import optimized_unet_of
 from .search import plan_candidates
 
 OPTIMIZATION_TIMES = ("constrained", "unconstrained")
+# The time a search may take unless time_budget_s says otherwise (exhaustive searches: none). The
+# budget is checked before each candidate: the one running finishes, the rest are skipped, saying
+# so, and the best found so far is the pick. With the candidates ordered most promising first,
+# a cold constrained search of the sd15 architecture at 256 px needs well under half of it.
+DEFAULT_TIME_BUDGET_S = {"constrained": 600.0, "unconstrained": 1800.0}
 # diffusers' check_inputs demands image sides that are multiples of this.
 SIDE_MULTIPLE = 8
 
@@ -46,6 +51,7 @@ class SearchRequest:
     n_verify: int
     repeats: int
     time_budget_s: float | None
+    exhaustive: bool  # every candidate, in the registry's order, none skipped by a bound
     end_to_end: bool
     reuse_search: bool
 
@@ -61,7 +67,8 @@ class SearchRequest:
         return dict(prompts=self.prompts, height=self.height, width=self.width,
                     steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed,
                     n_verify=self.n_verify, repeats=self.repeats,
-                    time_budget_s=self.time_budget_s, variants=[v.id for v in self.variants],
+                    time_budget_s=self.time_budget_s, exhaustive=self.exhaustive,
+                    variants=[v.id for v in self.variants],
                     metric=self.metric.name, image_metric=self.image_metric.name,
                     metric_drop_ths=self.metric_drop_ths,
                     metric_aggregate=self.metric_aggregate,
@@ -117,6 +124,16 @@ def _side(name: str, value) -> int:
     return value
 
 
+def _budget(time_budget_s, optimization_time: str, exhaustive: bool) -> float | None:
+    if time_budget_s is not None:
+        if isinstance(time_budget_s, bool) or not isinstance(time_budget_s, (int, float)) \
+                or not time_budget_s > 0:
+            raise SdoptError(f"time_budget_s is {time_budget_s!r}: expected a positive number of "
+                             "seconds (or None: the default for optimization_time)")
+        return float(time_budget_s)
+    return None if exhaustive else DEFAULT_TIME_BUDGET_S[optimization_time]
+
+
 def _reuse_default(reuse_search: bool | None) -> bool:
     if reuse_search is not None:
         return bool(reuse_search)
@@ -129,7 +146,7 @@ def build_request(model, input_data, *, metric_drop_ths, metric_aggregate, metri
                   dynamic_info, config_file, ignore_compilers, ignore_compressors, device,
                   backends, height, width, num_inference_steps, guidance_scale, seed, n_verify,
                   repeats, time_budget_s, image_metric, end_to_end,
-                  reuse_search) -> SearchRequest:
+                  reuse_search, exhaustive=False) -> SearchRequest:
     """Check every argument of optimize_model (Speedster's and ours) and resolve the defaults."""
     unet = check_pipe(model)
     prompts = check_prompts(input_data)
@@ -160,5 +177,6 @@ def build_request(model, input_data, *, metric_drop_ths, metric_aggregate, metri
         image_metric=gate,
         optimization_time=optimization_time, device=dev, variants=variants,
         height=height, width=width, steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-        n_verify=n_verify, repeats=repeats, time_budget_s=time_budget_s,
+        n_verify=n_verify, repeats=repeats, exhaustive=bool(exhaustive),
+        time_budget_s=_budget(time_budget_s, optimization_time, exhaustive),
         end_to_end=end_to_end, reuse_search=_reuse_default(reuse_search))

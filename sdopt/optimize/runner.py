@@ -21,6 +21,7 @@ from . import endtoend
 from .capture import collect_samples
 from .optimized import assemble
 from .request import SearchRequest
+from .confirm import E2E_ROUNDS, E2E_SECONDS, UNET_ROUNDS, UNET_SECONDS, close_runner_up, confirm
 from .search import run_search, run_technique_search
 from .selection import select
 from .table import REFERENCE_ID, CandidateResult, OptimizationResult, set_e2e_speedup
@@ -64,6 +65,7 @@ class Search:
         self.result: OptimizationResult | None = None
         self.module = None
         self.specs: list[dict] = []
+        self.bases: list = []  # (row, module) the technique phase built on
 
     def evaluate(self, module, row: CandidateResult, specs=()) -> None:
         """Time ``module`` (with ``specs``) per image and score its images."""
@@ -102,15 +104,77 @@ class Search:
             else:
                 self.progress.update(task, description=candidate_line(variant, phase))
 
-        self.result, self.module = run_search(
+        self.result, self.module, runner_up = run_search(
             denoiser_of(self.model), samples, req.device, req.variants, metric=req.metric,
             metric_drop_ths=req.metric_drop_ths, optimization_time=req.optimization_time,
             metric_aggregate=req.metric_aggregate, repeats=req.repeats,
-            time_budget_s=req.time_budget_s, on_candidate=on_candidate,
+            time_budget_s=req.time_budget_s, started=self.started, exhaustive=req.exhaustive,
+            on_candidate=on_candidate,
             evaluate=self.evaluate if req.metric.kind == "image" else None)
         self.progress.update(task, description="candidates done")
         if self.module is None:  # the reference always completes, or run_search raised
             raise SdoptError("no candidate completed")
+        self.confirm_unet(samples, runner_up)
+
+    def confirm_unet(self, samples, runner_up) -> None:
+        """The pick (and a close runner-up) re-timed per UNet call, alternating with the
+        original: the figure the summary reports."""
+        result, pick = self.result, self.result.selected
+        if pick is result.original:
+            return
+        contenders = [(pick, self.module)]
+        if runner_up and close_runner_up(pick, runner_up[0], level="unet"):
+            contenders.append(runner_up)
+        device = self.req.device
+        inputs = [s.inputs.to(device.torch_device) for s in samples.verification[:3]]
+
+        def call_of(module):
+            def call(i):
+                inp = inputs[i % len(inputs)]
+                module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
+            return call
+
+        with self._rounds_task("UNet calls", UNET_ROUNDS) as tick:
+            _, self.module = confirm(result, reference_module(denoiser_of(self.model)), contenders,
+                                     call_of, level="unet", device_kind=device.kind,
+                                     rounds=UNET_ROUNDS, max_seconds=UNET_SECONDS, on_round=tick)
+
+    def confirm_end_to_end(self, runner_up) -> None:
+        """The chosen pipeline (and a close runner-up) re-timed per image, alternating with the
+        original pipeline."""
+        result, pick = self.result, self.result.selected
+        if pick is result.original and not self.specs:
+            return
+        entries = [(pick, (self.module, self.specs))]
+        if runner_up and close_runner_up(pick, runner_up[0], level="e2e"):
+            row, specs = runner_up
+            entries.append((row, (self._module_of(row), specs)))
+        device, e2e = self.req.device, self.e2e
+
+        def call_of(payload):
+            pipe = self.model if payload is None else assemble(self.model, payload[0],
+                                                               list(payload[1]), device)
+            return lambda i: e2e.generate(pipe, i % len(e2e.prompts))
+
+        with self._rounds_task("images", E2E_ROUNDS) as tick:
+            _, (self.module, self.specs) = confirm(
+                result, None, entries, call_of, level="e2e", device_kind=device.kind,
+                rounds=E2E_ROUNDS, max_seconds=E2E_SECONDS, on_round=tick)
+
+    @contextmanager
+    def _rounds_task(self, what: str, rounds: int):
+        """A progress line for the rounds; its total shrinks to the rounds done when the time
+        cap stopped them early."""
+        task = self.progress.add_task(f"re-timing the pick side by side with the original "
+                                      f"({what})", total=rounds)
+        done = [0]
+
+        def tick():
+            done[0] += 1
+            self.progress.advance(task)
+
+        yield tick
+        self.progress.update(task, total=done[0])
 
     def score_end_to_end(self) -> None:
         """The original and the pick, end to end (an image metric scored them already)."""
@@ -151,19 +215,26 @@ class Search:
                                                        "to end)", total=planned[0])
             else:
                 self.progress.advance(task)
-        winner = run_technique_search(
+        ranked = run_technique_search(
             result, bases, req.device, metric_drop_ths=req.metric_drop_ths,
             image_metric=req.image_metric.name, metric_aggregate=req.metric_aggregate,
             evaluate=lambda base, specs, row: self.evaluate(base, row, specs),
             time_budget_s=req.time_budget_s, started=self.started, on_candidate=on_technique,
             constrained=constrained)
         self.progress.update(task, description="techniques done")
+        self.bases = bases
+        winner = ranked[0] if ranked else None
         if not constrained or (winner is not None and winner[1]):
             result.selected_by = "e2e_latency"
         if winner is not None and winner[0] is not result.selected:
             row, self.specs = winner
-            self.module = next(m for r, m in bases if r.id == row.id.split("+")[0])
+            self.module = self._module_of(row)
             select(result, row)
+        self.confirm_end_to_end(ranked[1] if len(ranked) > 1 else None)
+
+    def _module_of(self, row: CandidateResult):
+        """The backend module a technique row (``<base id>+<techniques>``) runs on."""
+        return next(m for r, m in self.bases if r.id == row.id.split("+")[0])
 
     def assemble(self):
         """The chosen pipeline, carrying the figures a saved model keeps."""
@@ -172,7 +243,8 @@ class Search:
                 "config_hash": config_hash(denoiser_of(self.model)),
                 "samples": result.samples, "metric": result.metric,
                 "metric_drop": sel.metric_drop, "latency_s": sel.latency_s,
-                "speedup": result.speedup, "techniques": [dict(s) for s in self.specs],
+                "speedup": result.speedup, "speedup_source": result.speedup_source,
+                "techniques": [dict(s) for s in self.specs],
                 "e2e_latency_s": sel.e2e_latency_s, "image_metric": result.image_metric,
                 "image_metric_drop": sel.image_metric_drop, "image_metrics": sel.image_metrics}
         optimized = assemble(self.model, self.module, self.specs, self.req.device, info=info)
