@@ -28,6 +28,10 @@ COMMENT_ALIASES = {"true": "always", "false": "never"}
 # the PR comment to "publish", which runs after the composite action uploaded the results (so
 # the comment can link the artifact). Unset (a container run by hand): both at once.
 PHASES = ("run", "publish", "all")
+# Where the comment's sample images are hosted (docs/action.md, "Sample images"): branch (an
+# orphan branch of the repository, written with the token), url (the output directory is served
+# at image_base_url by the workflow), none.
+IMAGE_HOSTING = ("branch", "url", "none")
 
 
 
@@ -53,6 +57,10 @@ class ActionInputs:
     # A results history directory (sdopt history): read for the report's trend chart on every
     # run, added to only on pushes to the default branch (action/main.py history_refusal).
     history: str | None = None
+    image_hosting: str = "branch"
+    image_base_url: str | None = None
+    assets_branch: str = "sdopt-assets"
+    assets_keep_runs: int = 20
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -143,7 +151,36 @@ def read_inputs(env: Mapping[str, str] | None = None) -> ActionInputs:
     if inp.history is not None and inp.mode not in ("gate", "optimize"):
         raise SdoptError(f"input 'history' is set in mode '{inp.mode}': only modes gate and "
                          "optimize measure a run to add to it")
+    read_image_inputs(env, inp)
     if inp.mode in ("comment", "merge") and not inp.artifact_dir:
         raise SdoptError(f"input 'artifact_dir' is required in mode '{inp.mode}': the directory "
                          "where the gate job's artifact(s) were downloaded")
     return inp
+
+
+def read_image_inputs(env: Mapping[str, str], inp: ActionInputs) -> None:
+    """image_hosting, image_base_url, assets_branch, assets_keep_runs: checked here, before
+    anything runs, so that a typo is one error line and not a comment without images."""
+    from .assets import MAX_KEEP_RUNS, check_branch
+
+    hosting = (_get(env, "image_hosting") or inp.image_hosting).lower()
+    if hosting not in IMAGE_HOSTING:
+        raise SdoptError(f"input 'image_hosting' is '{hosting}': expected branch, url or none")
+    inp.image_hosting = hosting
+    inp.image_base_url = _get(env, "image_base_url")
+    if inp.image_base_url is not None:
+        url = inp.image_base_url
+        if not url.startswith(("https://", "http://")) or any(c.isspace() or c in "<>()\"'`"
+                                                              for c in url):
+            raise SdoptError(f"input 'image_base_url' is '{url}': expected an http(s) URL "
+                             "without spaces, quotes, brackets or parentheses")
+    if hosting == "url" and not inp.image_base_url:
+        raise SdoptError("input 'image_hosting' is url but 'image_base_url' is empty: set it to "
+                         "where the output directory's files are served")
+    inp.assets_branch = check_branch(_get(env, "assets_branch") or inp.assets_branch)
+    keep = _get(env, "assets_keep_runs")
+    if keep is not None:
+        if not keep.isdigit() or not 1 <= int(keep) <= MAX_KEEP_RUNS:
+            raise SdoptError(f"input 'assets_keep_runs' is '{keep}': expected a whole number "
+                             f"from 1 to {MAX_KEEP_RUNS}")
+        inp.assets_keep_runs = int(keep)

@@ -35,6 +35,7 @@ from sdopt.gate.results import (MERGED_NAME, NOT_COMPARABLE, PASS, REGRESSION, R
                                 read_verdict)
 from sdopt.report import build_context, render_markdown
 
+from . import assets
 from . import comment as comment_mod
 from . import event, workflow
 from .inputs import PHASES, ActionInputs, read_inputs
@@ -221,13 +222,64 @@ def install(staged: Path, out: Path, protected: list[Path]) -> None:
 
 
 def report_markdown(results: dict, verdict: dict | None, results_dir: Path,
-                    inp: ActionInputs, *, trust_files: bool) -> str:
-    """The run's own report.md when we made it, else one rendered from the JSON documents
-    (an artifact's markdown could be forged by a fork; its JSON was validated)."""
-    if trust_files and plain_file(results_dir / REPORT_MARKDOWN_NAME):
+                    inp: ActionInputs, *, trust_files: bool, images: dict | None = None,
+                    image_base_url: str | None = None) -> str:
+    """The run's own report.md when we made it and there are no image links to add, else one
+    rendered from the JSON documents (an artifact's markdown could be forged by a fork; its JSON
+    was validated): ``images`` are the hosted thumbnails' rows, ``image_base_url`` where the
+    results directory's own files are served."""
+    if trust_files and images is None and image_base_url is None \
+            and plain_file(results_dir / REPORT_MARKDOWN_NAME):
         return read_plain_text(results_dir / REPORT_MARKDOWN_NAME)
-    return render_markdown(build_context(results, results_dir, verdict=verdict,
-                                         artifact_url=inp.artifact_url, html=False))
+    context = build_context(results, results_dir, verdict=verdict, artifact_url=inp.artifact_url,
+                            image_base_url=image_base_url, html=False)
+    context.update(images or {})
+    return render_markdown(context)
+
+
+def host_images(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestContext,
+                results_dir: Path, results: dict, verdict: dict | None
+                ) -> tuple[dict | None, str | None]:
+    """The comment's sample images, as ``image_hosting`` says: (what report_markdown needs to
+    link them, None) or (None, one line saying why there are none). With ``branch`` they are
+    thumbnails made here from the results directory (a fork's artifact too: only pixels that
+    decoded within the limits are published, re-encoded) and written to the assets branch."""
+    from sdopt.report import thumbnails
+
+    if inp.image_hosting == "none":
+        return None, None
+    if inp.image_hosting == "url":
+        return {"image_base_url": inp.image_base_url}, None
+    selection = thumbnails.select(results, results_dir, verdict)
+    for note in selection.notes:
+        print(workflow.neutralize(f"comment images: {note}"))
+    if not selection.files:
+        return None, ("no sample image could be read from the results"
+                      + (f" ({selection.notes[0]})" if selection.notes else ""))
+    try:
+        done = assets.publish_images(
+            selection.files, token=inp.token or "", repository=ctx.repository,
+            folder=assets.run_folder(env.get("GITHUB_RUN_ID"), env.get("GITHUB_RUN_ATTEMPT"),
+                                     inp.comment_key),
+            branch=inp.assets_branch, keep_runs=inp.assets_keep_runs,
+            api_url=env.get("GITHUB_API_URL") or comment_mod.DEFAULT_API_URL,
+            server_url=env.get("GITHUB_SERVER_URL") or "https://github.com")
+    except assets.PublishError as exc:
+        return None, f"they could not be published to branch '{inp.assets_branch}': {exc}"
+    print(workflow.neutralize(
+        f"comment images: {len(selection.files)} files ({selection.total_bytes:,} bytes) in "
+        f"{done.folder} on branch {done.branch}"
+        + (f", {len(done.pruned)} older run(s) pruned" if done.pruned else "")))
+    return {"images": thumbnails.markdown_rows(selection, done.base_url)}, None
+
+
+def images_unavailable(body: str, why: str, artifact_url: str | None) -> str:
+    """The report with one line saying why it shows no images, linking where they are."""
+    from sdopt.report.markdown import escape, safe_url
+
+    where = f"[the results artifact]({safe_url(artifact_url)})" if artifact_url else \
+        "the results artifact (report.html)"
+    return f"{body.rstrip()}\n\nSample images not shown: {escape(why)}; they are in {where}.\n"
 
 
 def annotate(verdict: dict | None, config: str) -> None:
@@ -278,6 +330,15 @@ def publish(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestCon
     if not inp.token:
         workflow.warning("no token: the report is in the job summary only", title="sdopt")
         return ""
+    if results is not None:
+        update, why = host_images(inp, env, ctx, results_dir, results, verdict)
+        if update is not None:
+            body = report_markdown(results, verdict, results_dir, inp, trust_files=False,
+                                   **update)
+        elif why:
+            print(workflow.neutralize(f"no sample images in the PR comment: {why}"))
+            body = images_unavailable(artifact_link(body, inp.artifact_url), why,
+                                      inp.artifact_url)
     state = (verdict or {}).get("verdict") or "none"
     result = comment_mod.upsert_comment(
         token=inp.token, repository=ctx.repository, number=ctx.number,

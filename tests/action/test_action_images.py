@@ -1,0 +1,143 @@
+"""The PR comment's sample images through the entrypoint (action/main.py host_images): the
+workflow_run commenter publishes a fork's artifact's images to the assets branch of the fake
+GitHub (tests/fake_github.py), refuses what is not an image within the limits, and says why
+in one line when nothing can be published."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("github", reason="PyGithub is not installed (pip install PyGithub)")
+
+from action import main as entry  # noqa: E402
+from action.inputs import read_inputs  # noqa: E402
+from sdopt.errors import SdoptError  # noqa: E402
+from sdopt.report.markdown import MAX_CHARS  # noqa: E402
+from tests.action.test_action_main import artifact, gh, runner_env  # noqa: E402,F401
+
+
+def write_images(art, *, optimized=None):
+    rng = np.random.default_rng(0)
+    for label in ("original", "optimized"):
+        (art / "images" / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            art / "images" / label / "0.png")
+    if optimized is not None:
+        optimized(art / "images" / "optimized" / "0.png")
+
+
+def branch_files(gh):
+    return gh.state.files("sdopt-assets") if "refs/heads/sdopt-assets" in gh.state.refs else {}
+
+
+def test_fork_artifact_images_land_on_the_branch_and_in_one_comment(tmp_path, gh, artifact,
+                                                                      capsys):
+    write_images(artifact)
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact)
+    for run_id in ("101", "102"):
+        assert entry.main(env={**env, "GITHUB_RUN_ID": run_id}) == 0
+    comments = gh.state.comments[7]
+    assert len(comments) == 1                                   # updated, not a second one
+    body = comments[0].body
+    files = branch_files(gh)
+    folders = sorted({p.split("/")[0] for p in files})
+    assert len(folders) == 2 and all(re.fullmatch(r"\d{8}T\d{6}Z-10[12]-1", f) for f in folders)
+    head = gh.state.refs["refs/heads/sdopt-assets"]
+    for name in ("00-original.webp", "00-optimized.webp", "00-difference.webp"):
+        assert f"{folders[-1]}/{name}" in files
+        assert f"(https://github.com/octo/widgets/raw/{head}/{folders[-1]}/{name})" in body
+    assert "data:" not in body and len(body) < MAX_CHARS
+    assert "<script>" not in body and "@team" not in body       # the prompt, escaped, as alt
+    assert "rw" not in capsys.readouterr().out.replace("::add-mask::rw", "")
+
+
+@pytest.mark.parametrize("hostile, why", [
+    (lambda p: p.write_text("#!/bin/sh\necho pwned"), "not a readable PNG"),
+    (lambda p: (p.unlink(), os.symlink("/etc/passwd", p)), "symbolic link"),
+])
+def test_hostile_files_are_refused_and_never_published(tmp_path, gh, artifact, hostile, why,
+                                                       capsys):
+    write_images(artifact, optimized=hostile)
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact)
+    assert entry.main(env=env) == 0
+    out = capsys.readouterr().out
+    assert why in out
+    published = branch_files(gh)
+    assert b"pwned" not in b"".join(published.values()) and b"root:" not in b"".join(
+        published.values())
+    # The optimized image is the row's subject: without it the row, and so the comment's
+    # images, are left out, and the comment says why in one line with the artifact's link.
+    body = gh.state.comments[7][0].body
+    line = [ln for ln in body.splitlines() if ln.startswith("Sample images not shown")]
+    assert len(line) == 1 and "images/optimized/0.png" in line[0]
+
+
+def test_a_path_leaving_the_artifact_is_refused(tmp_path, gh, artifact, capsys):
+    write_images(artifact)
+    doc = json.loads((artifact / "results.json").read_text())
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "outside.png")   # a real image
+    doc["variants"]["optimized"]["images"][0]["path"] = "../outside.png"
+    (artifact / "results.json").write_text(json.dumps(doc))
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact)
+    assert entry.main(env=env) == 0
+    assert "leaves the results directory" in capsys.readouterr().out
+    assert branch_files(gh) == {}
+
+
+def test_an_oversized_image_is_refused(tmp_path, gh, artifact, capsys, monkeypatch):
+    from sdopt.report import thumbnails
+
+    write_images(artifact)
+    monkeypatch.setattr(thumbnails, "MAX_SOURCE_BYTES", 2000)
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact)
+    assert entry.main(env=env) == 0
+    assert "over the 2,000-byte limit" in capsys.readouterr().out
+    assert branch_files(gh) == {}
+
+
+def test_a_token_that_cannot_write_contents_says_why_and_links_the_artifact(
+        tmp_path, gh, artifact):
+    write_images(artifact)
+    gh.state.git_empty = True          # the git data API refuses (409) as on an empty repository
+    url = "https://github.com/octo/widgets/actions/runs/1/artifacts/2"
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact, artifact_url=url)
+    assert entry.main(env=env) == 0
+    body = gh.state.comments[7][0].body
+    line = [ln for ln in body.splitlines() if ln.startswith("Sample images not shown")]
+    assert len(line) == 1 and "409" in line[0] and f"[the results artifact]({url})" in line[0]
+
+
+def test_url_hosting_links_the_output_directory_and_writes_no_branch(tmp_path, gh, artifact):
+    write_images(artifact)
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact,
+                     image_hosting="url", image_base_url="https://pages.example/run1")
+    assert entry.main(env=env) == 0
+    body = gh.state.comments[7][0].body
+    assert "(https://pages.example/run1/images/optimized/0.png)" in body
+    assert branch_files(gh) == {} and not any("/git/" in p for _, p in gh.state.requests)
+
+
+def test_none_hosting_shows_no_images_and_says_nothing(tmp_path, gh, artifact):
+    write_images(artifact)
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact, image_hosting="none")
+    assert entry.main(env=env) == 0
+    body = gh.state.comments[7][0].body
+    assert "Sample images" not in body and branch_files(gh) == {}
+
+
+@pytest.mark.parametrize("inputs, field", [
+    ({"image_hosting": "s3"}, "image_hosting"),
+    ({"image_hosting": "url"}, "image_hosting"),
+    ({"image_base_url": "javascript:alert(1)"}, "image_base_url"),
+    ({"image_base_url": "https://x/a)b"}, "image_base_url"),
+    ({"assets_branch": "../main"}, "assets_branch"),
+    ({"assets_keep_runs": "0"}, "assets_keep_runs"),
+    ({"assets_keep_runs": "ten"}, "assets_keep_runs"),
+])
+def test_bad_image_inputs_name_the_input(inputs, field):
+    with pytest.raises(SdoptError, match=f"input '{field}'"):
+        read_inputs({f"INPUT_{k.upper()}": v for k, v in inputs.items()})
