@@ -250,7 +250,8 @@ def host_images(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullReques
         return None, None
     if inp.image_hosting == "url":
         return {"image_base_url": inp.image_base_url}, None
-    selection = thumbnails.select(results, results_dir, verdict)
+    selection = thumbnails.select(results, results_dir, verdict,
+                                  baseline_dir=same_job_base_dir(results, results_dir))
     for note in selection.notes:
         print(workflow.neutralize(f"comment images: {note}"))
     if not selection.files:
@@ -271,6 +272,19 @@ def host_images(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullReques
         f"{done.folder} on branch {done.branch}"
         + (f", {len(done.pruned)} older run(s) pruned" if done.pruned else "")))
     return {"images": thumbnails.markdown_rows(selection, done.base_url)}, None
+
+
+def same_job_base_dir(results: dict, results_dir: Path) -> Path | None:
+    """Where a same-job run keeps the base commit's results (``base/`` beside the head's, as
+    sdopt/gate/same_job.py writes them): the baseline images the verdict judged. A link there is
+    not followed."""
+    same_job = ((results.get("config") or {}).get("same_job") or {}) \
+        if isinstance(results.get("config"), dict) else {}
+    base = results_dir / "base"
+    if not isinstance(same_job, dict) or same_job.get("side") != "head" or base.is_symlink() \
+            or not base.is_dir():
+        return None
+    return base
 
 
 def images_unavailable(body: str, why: str, artifact_url: str | None) -> str:

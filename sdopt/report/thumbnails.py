@@ -140,12 +140,12 @@ def _records(results: dict, name: str) -> list[dict]:
 
 
 def select(results: dict, results_dir: Path, verdict: dict | None = None, *,
-           baseline_dir: Path | None = None, fmt: str = DEFAULT_FORMAT, side: int = THUMB_SIDE, budget: int = DEFAULT_BUDGET,
-           max_prompts: int = MAX_PROMPTS) -> Selection:
+           baseline_dir: Path | None = None, fmt: str = DEFAULT_FORMAT, side: int = THUMB_SIDE,
+           budget: int = DEFAULT_BUDGET, max_prompts: int = MAX_PROMPTS) -> Selection:
     """The comment's images, prompt by prompt in the results' order, until ``max_prompts`` or
     ``budget`` bytes. The difference map is of what the gate judged (optimized vs baseline) when
-    the verdict names a baseline image (read from ``baseline_dir``), else of optimized vs original; it is computed at full
-    size, then downscaled like the rest."""
+    the verdict names a baseline image (read from ``baseline_dir``), else of optimized vs
+    original; it is computed at full size, then downscaled like the rest."""
     out = Selection(fmt=fmt)
     ext = fmt
     originals = {(str(i.get("prompt")), i.get("seed")): i for i in _records(results, "original")}

@@ -3,6 +3,7 @@ workflow_run commenter publishes a fork's artifact's images to the assets branch
 GitHub (tests/fake_github.py), refuses what is not an image within the limits, and says why
 in one line when nothing can be published."""
 
+import io
 import json
 import os
 import re
@@ -141,3 +142,29 @@ def test_none_hosting_shows_no_images_and_says_nothing(tmp_path, gh, artifact):
 def test_bad_image_inputs_name_the_input(inputs, field):
     with pytest.raises(SdoptError, match=f"input '{field}'"):
         read_inputs({f"INPUT_{k.upper()}": v for k, v in inputs.items()})
+
+
+def test_a_same_job_run_shows_the_base_commits_image_it_judged(tmp_path, gh, artifact):
+    from tests.action.test_action_main import results_doc, verdict_doc
+
+    write_images(artifact)
+    doc = results_doc(prompt="a cat")
+    doc["config"]["same_job"] = {"base_ref": "b" * 40, "side": "head", "job": "j1"}
+    (artifact / "results.json").write_text(json.dumps(doc))
+    (artifact / "base" / "images" / "optimized").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (0, 0, 255)).save(
+        artifact / "base" / "images" / "optimized" / "0.png")
+    verdict = verdict_doc()
+    verdict["quality"]["images"] = [{"prompt": "a cat", "seed": 0, "psnr_db": 12.0, "ssim": 0.1,
+                                     "baseline_path": "images/optimized/0.png",
+                                     "current_path": "images/optimized/0.png",
+                                     "regressed": True}]
+    (artifact / "verdict.json").write_text(json.dumps(verdict))
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact)
+    assert entry.main(env=env) == 0
+    files = branch_files(gh)
+    baseline = [v for p, v in files.items() if p.endswith("00-baseline.webp")]
+    assert len(baseline) == 1
+    with Image.open(io.BytesIO(baseline[0])) as img:
+        assert img.convert("RGB").getpixel((0, 0)) == (0, 0, 255)
+    assert "00-baseline.webp)" in gh.state.comments[7][0].body
