@@ -57,7 +57,8 @@ def run_folder(run_id: str | None, attempt: str | None, key: str = "default",
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
     rid = run_id if run_id and run_id.isdigit() else "0"
     att = attempt if attempt and attempt.isdigit() else "1"
-    folder = f"{stamp}-{rid}-{att}" + ("" if key == "default" else f"-{key}")
+    # comment_key separates a matrix's legs; its first 64 characters are enough for that.
+    folder = f"{stamp}-{rid}-{att}" + ("" if key == "default" else f"-{key[:64]}")
     if not FOLDER.match(folder):
         raise SdoptError(f"comment_key '{key}' cannot name an assets folder")
     return folder

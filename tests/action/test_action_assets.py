@@ -147,3 +147,25 @@ def test_a_branch_that_keeps_moving_gives_up_after_a_few_attempts(gh):
         publish(gh, run_folder("2", "1", now=T0 + timedelta(minutes=1)))
     patches = [r for r in gh.state.requests if r[0] == "PATCH"]
     assert len(patches) == ATTEMPTS
+
+
+def test_the_fakes_blob_names_are_gits_own(gh, tmp_path):
+    """The stand-in's object store names blobs as git does, so a published file is the object
+    a clone of the branch holds (checked with the real git binary)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    done = publish(gh, run_folder("1", "1", now=T0))
+    tree = gh.state.commits[done.commit]["tree"]
+    for path, (_, sha) in gh.state.flat(tree).items():
+        (tmp_path / "f").write_bytes(gh.state.blobs[sha])
+        real = subprocess.run(["git", "hash-object", str(tmp_path / "f")], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        assert real == sha, path
+
+
+def test_a_long_comment_key_still_names_a_folder():
+    folder = run_folder("7", "2", "leg-" + "x" * 200, now=T0)
+    assert folder.startswith("20261130T120000Z-7-2-leg-") and len(folder) < 100
