@@ -1,4 +1,13 @@
-"""Native TensorRT: an fp16 engine built from the ONNX export, cached, locked to its GPU.
+"""Native TensorRT: an engine built from the fp16 ONNX export, cached, locked to its GPU.
+
+TensorRT 11 (the image pins tensorrt-cu13 11.4) builds strongly typed networks only: its
+bindings have no ``BuilderFlag.FP16``/``INT8``/``FP8``, so the precision is the ONNX graph's own,
+and the network is created with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` from the fp16
+export (the fp32 export of an SD 1.5 UNet is 3.4 GB and would also build an fp32 engine). The
+engine's inputs and outputs are bound by name in the dtypes the engine reports
+(``get_tensor_dtype``), never by position in fp32: a strongly typed engine takes what the graph
+declares. The calls are checked against the real bindings wheel by
+``tests/backends/test_tensorrt_api.py``.
 
 A TensorRT engine (plan) only runs on the GPU model and TensorRT version that built it, so the
 cache key and the saved model's artifact record both, and ``load`` refuses a mismatch with the
@@ -31,8 +40,23 @@ WORKSPACE_BYTES = 8 << 30
 def _lock_fields(device: DeviceInfo) -> dict[str, Any]:
     import tensorrt as trt
 
+    # trt.__version__, not a distribution's version: the module is the same whether it came
+    # from the `tensorrt` metapackage or from tensorrt-cu13 alone.
     return {"gpu": device.name, "capability": device.cuda_capability,
             "tensorrt": trt.__version__, "cuda": device.cuda_version}
+
+
+def _torch_dtype(trt_dtype) -> torch.dtype:
+    import tensorrt as trt
+
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+             trt.DataType.BF16: torch.bfloat16, trt.DataType.INT32: torch.int32,
+             trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool,
+             trt.DataType.INT8: torch.int8, trt.DataType.UINT8: torch.uint8}
+    if trt_dtype not in table:
+        raise SdoptError(f"the TensorRT engine has a tensor of type {trt_dtype}, which sdopt "
+                         "cannot bind")
+    return table[trt_dtype]
 
 
 def _logger():
@@ -48,14 +72,14 @@ def _build_engine(onnx_dir: Path, directory: Path, timing_dir: Path) -> dict[str
 
     logger = _logger()
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    # Strongly typed: the only mode TensorRT 11 builds; the fp16 export decides the precision.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_dir / ONNX_FILE)):  # reads the external data too
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError("TensorRT cannot parse the ONNX export: " + "; ".join(errors[:3]))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    config.set_flag(trt.BuilderFlag.FP16)
     timing_path = timing_dir / TIMING_CACHE
     timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file()
                                         else b"")
@@ -68,14 +92,16 @@ def _build_engine(onnx_dir: Path, directory: Path, timing_dir: Path) -> dict[str
     tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     tmp.replace(timing_path)
     CONVERSIONS["engine_build"] += 1
-    return {"builder": "tensorrt", "precision": "fp16", "workspace_bytes": WORKSPACE_BYTES}
+    return {"builder": "tensorrt", "precision": "fp16", "strongly_typed": True,
+            "workspace_bytes": WORKSPACE_BYTES}
 
 
 CONVERSIONS = {"engine_build": 0}
 
 
 class TensorRTModule(OptimizedModule):
-    """A deserialized engine with one execution context; inputs and output live on the GPU."""
+    """A deserialized engine with one execution context; inputs and outputs live on the GPU,
+    in the engine's own dtypes and shapes (an inpainting UNet takes 9 channels, returns 4)."""
 
     def __init__(self, engine_dir: Path, variant: Variant, build_info: dict[str, Any]):
         super().__init__()
@@ -96,31 +122,44 @@ class TensorRTModule(OptimizedModule):
                         if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names
                          if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._dtypes = {n: _torch_dtype(self._engine.get_tensor_dtype(n)) for n in names}
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
         from .export import named_args
 
         given = named_args(UNetInputs(sample, timestep, encoder_hidden_states, extra))
+        device = sample.device if sample.device.type == "cuda" else torch.device("cuda")
+        outputs, _keep = self._bind(given, device)
+        stream = torch.cuda.current_stream(device)
+        if not self._context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        return outputs[0].to(dtype=sample.dtype, device=sample.device)
+
+    def _bind(self, given: dict[str, torch.Tensor], device: torch.device):
+        """Set every input's and output's address by name; returns the output buffers (the
+        first is the UNet's prediction) and the converted inputs, which must outlive the run."""
         missing = [name for name in self._inputs if name not in given]
         if missing:
             raise NotImplementedError(f"{self.variant.id} was built for the inputs "
                                       f"{self._inputs}; this call lacks {missing}")
-        device = sample.device if sample.device.type == "cuda" else torch.device("cuda")
-        tensors = [given[name].to(device).contiguous() for name in self._inputs]
-        for name, tensor in zip(self._inputs, tensors):
+        keep = []
+        for name in self._inputs:
+            tensor = given[name].to(device=device, dtype=self._dtypes[name]).contiguous()
             expected = tuple(self._engine.get_tensor_shape(name))
             if expected != tuple(tensor.shape):
                 raise SdoptError(f"{self.variant.id} was built for {name} of shape "
                                  f"{list(expected)}, got {list(tensor.shape)}: optimize again "
                                  "at this height, width and batch")
             self._context.set_tensor_address(name, tensor.data_ptr())
-        out = torch.empty(tuple(self._engine.get_tensor_shape(self._outputs[0])),
-                          dtype=torch.float32, device=device)
-        self._context.set_tensor_address(self._outputs[0], out.data_ptr())
-        stream = torch.cuda.current_stream(device)
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        return out.to(dtype=sample.dtype, device=sample.device)
+            keep.append(tensor)
+        outputs = []
+        for name in self._outputs:
+            # The context's shape, once the inputs are set: the model's output, not the sample's.
+            out = torch.empty(tuple(self._context.get_tensor_shape(name)),
+                              dtype=self._dtypes[name], device=device)
+            self._context.set_tensor_address(name, out.data_ptr())
+            outputs.append(out)
+        return outputs, keep
 
     def size_bytes(self) -> int:
         return (self.engine_dir / ENGINE_FILE).stat().st_size
@@ -143,7 +182,8 @@ class TensorRT(Backend):
             return (f"TensorRT needs an NVIDIA GPU; the device is {device.kind} ({device.name}). "
                     "On a GPU machine: pip install 'sdopt[gpu]'")
         for module, why in (("tensorrt", "TensorRT"), ("onnx", "ONNX export"),
-                            ("onnxscript", "the dynamo ONNX exporter")):
+                            ("onnxscript", "the dynamo ONNX exporter"),
+                            ("onnxruntime", "the fp16 ONNX conversion")):
             reason = deps.unavailable_reason(module, why, extra="gpu")
             if reason:
                 return reason
@@ -151,13 +191,14 @@ class TensorRT(Backend):
 
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
         from ..cache import fetch_or_build, persistent_dir
-        from .onnxruntime import onnx_export_entry
+        from .onnxruntime import onnx_fp16_entry
 
         # Export on the CPU copy: the engine is built from the file, the GPU is not needed yet.
-        onnx = onnx_export_entry(unet, ctx)
+        onnx = onnx_fp16_entry(unet, ctx)
         lock = _lock_fields(ctx.device)
         timing_dir = persistent_dir("tensorrt-timing", lock, root=ctx.cache_dir)
         engine = fetch_or_build("tensorrt-engine", {"onnx": onnx.key, **lock, "precision": "fp16",
+                                                    "strongly_typed": True,
                                                     "workspace": WORKSPACE_BYTES},
                                 lambda tmp: _build_engine(onnx.path, tmp, timing_dir),
                                 root=ctx.cache_dir)
