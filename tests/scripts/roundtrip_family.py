@@ -10,6 +10,7 @@ import torch
 
 import sdopt
 from sdopt.models import pipeline_inputs
+from sdopt.optimize.optimized import optimized_unet_of
 
 PROMPT, SEED, STEPS = "a photo of a cat", 7, 4
 BACKENDS = ["torch_eager", "openvino"]
@@ -38,8 +39,9 @@ def main(step, directory, preset, how):
     else:
         optimized = sdopt.load_model(directory, pipe=pipe)
         np.save(f"{directory}.second.npy", image(optimized))
-    print(json.dumps({"variant": optimized.unet.variant.id,
-                      "techniques": optimized.unet.info.get("techniques", []), "rows": rows}))
+    denoiser = optimized_unet_of(optimized)  # pipe.unet, or pipe.transformer for the DiTs
+    print(json.dumps({"variant": denoiser.variant.id,
+                      "techniques": denoiser.info.get("techniques", []), "rows": rows}))
 
 
 if __name__ == "__main__":
