@@ -42,6 +42,10 @@ def _onnx_path(directory: Path) -> Path:
     return directory / ONNX_FILE
 
 
+def _provider_name(provider) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
+
+
 def _session_options():
     import onnxruntime as ort
 
@@ -67,8 +71,20 @@ class OnnxRuntimeModule(OptimizedModule):
         self.providers = providers
         self.build_info = build_info
         self.device_kind = device_kind
+        # enable_fallback=0: by default a provider that fails to initialise (TensorRT missing or
+        # of another major) makes ONNX Runtime retry silently on CUDA, and the row labelled
+        # tensorrt-fp16 would time the CUDA provider. The keyword is read by InferenceSession's
+        # constructor (onnxruntime_inference_collection.py); it also stops run() falling back.
         self._session = ort.InferenceSession(str(_onnx_path(self.model_dir)), _session_options(),
-                                             providers=providers)
+                                             providers=providers, enable_fallback=0)
+        asked = _provider_name(providers[0])
+        running = self._session.get_providers()
+        if not running or running[0] != asked:
+            # A provider that is not in this build is dropped with only a warning.
+            raise SdoptError(f"{variant.id} asked ONNX Runtime for {asked}, but the session "
+                             f"runs on {', '.join(running) or 'nothing'} (this onnxruntime has "
+                             f"{', '.join(ort.get_available_providers())}): {asked} could not "
+                             "be initialised here, see ONNX Runtime's log above")
         self._inputs = [(i.name, list(i.shape), _NP_TYPES.get(i.type, "float32"))
                         for i in self._session.get_inputs()]
         out = self._session.get_outputs()[0]

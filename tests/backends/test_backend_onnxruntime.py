@@ -156,3 +156,26 @@ def test_float16_conversion_for_the_cuda_path(tiny_pipe, samples, tmp_path):
                      (t.numpy() for t in unet_args(s.inputs))))
     out = torch.from_numpy(session.run(None, feeds)[0])
     assert 1e-5 < float(resolve_metric(None).fn(s.reference, out)) < 0.01
+
+
+def test_a_provider_that_did_not_load_fails_the_candidate(tiny_pipe, samples):
+    """ONNX Runtime drops a provider it cannot use with a warning and runs on the next one:
+    here, a CPU build asked for CUDA. The module refuses, naming both, instead of timing the CPU
+    provider under the CUDA row (the same check catches TensorRT falling back to CUDA)."""
+    from sdopt.backends.base import Variant
+
+    entry = ort_backend.onnx_export_entry(
+        tiny_pipe.unet, BuildContext(device=detect("cpu"), example=samples.verification[0].inputs))
+    variant = Variant("onnxruntime", "cuda-fp16", "fp16")
+    providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():  # pragma: no cover - GPU build
+        pytest.skip("this onnxruntime has the CUDA provider: nothing falls back here")
+    with pytest.raises(SdoptError, match="asked ONNX Runtime for CUDAExecutionProvider, but "
+                                         "the session runs on CPUExecutionProvider"):
+        ort_backend.OnnxRuntimeModule(entry.path, variant, providers, {}, "cuda")
+    module = ort_backend.OnnxRuntimeModule(entry.path, variant, ["CPUExecutionProvider"], {},
+                                           "cpu")
+    assert module._session.get_providers()[0] == "CPUExecutionProvider"
+    assert module._session._enable_fallback is False  # what enable_fallback=0 sets
