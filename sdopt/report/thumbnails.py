@@ -118,16 +118,19 @@ def read_untrusted_image(base_dir: Path, relative) -> np.ndarray:
 
 
 def encode_thumbnail(array: np.ndarray, fmt: str = DEFAULT_FORMAT,
-                     side: int = THUMB_SIDE) -> bytes:
-    """``array`` downscaled to ``side`` pixels on its longest side (never up) and encoded:
-    lossless WebP is a third the size of PNG on these images, and GitHub renders both."""
+                     side: int = THUMB_SIDE, *, lossless: bool = False) -> bytes:
+    """``array`` downscaled to ``side`` pixels on its longest side (never up) and encoded.
+    WebP at quality 90 keeps a photo-like thumbnail's look at a fraction of PNG's size (so
+    more prompts fit the budget); ``lossless`` is for the difference map, whose exact levels
+    are the information. GitHub renders both formats."""
     if fmt not in FORMATS:
         raise ValueError(f"image format '{fmt}': expected one of {', '.join(FORMATS)}")
     img = Image.fromarray(array)
     img.thumbnail((side, side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     if fmt == "webp":
-        img.save(buf, format="WEBP", lossless=True, method=4)
+        img.save(buf, format="WEBP", **({"lossless": True} if lossless else {"quality": 90}),
+                 method=4)
     else:
         img.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
@@ -187,7 +190,8 @@ def select(results: dict, results_dir: Path, verdict: dict | None = None, *,
         for kind in KINDS:
             if kind in arrays:
                 name = f"{len(out.rows):02d}-{kind}.{ext}"
-                files.append(Thumbnail(name, kind, encode_thumbnail(arrays[kind], fmt, side)))
+                files.append(Thumbnail(name, kind, encode_thumbnail(
+                    arrays[kind], fmt, side, lossless=kind == "difference")))
                 row.names[kind] = name
         size = sum(len(f.data) for f in files)
         if out.total_bytes + size > budget:
