@@ -46,6 +46,9 @@ class Token:
     login: str              # the author of the comments this token makes
     write: bool = True
     installation: bool = True   # GITHUB_TOKEN-like: cannot read GET /user
+    # permissions: contents: write (the git data API's writes); a workflow's default
+    # GITHUB_TOKEN often has pull-requests: write without it
+    contents_write: bool = True
 
 
 @dataclass
@@ -274,7 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
         api = f"{self.base}/repos/{repo}/git"
         if st.git_empty:
             return self._error(409, "Git Repository is empty.")
-        if method != "GET" and not token.write:
+        if method != "GET" and not (token.write and token.contents_write):
             return self._error(403, "Resource not accessible by integration")
         body = self._read_body() if method != "GET" else {}
         if body is None:

@@ -168,3 +168,39 @@ def test_a_same_job_run_shows_the_base_commits_image_it_judged(tmp_path, gh, art
     with Image.open(io.BytesIO(baseline[0])) as img:
         assert img.convert("RGB").getpixel((0, 0)) == (0, 0, 255)
     assert "00-baseline.webp)" in gh.state.comments[7][0].body
+
+
+def same_repo_publish(tmp_path, gh, **inputs):
+    from tests.action.test_action_main import pr_env, results_doc, verdict_doc
+
+    out = tmp_path / "sdopt-out"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(results_doc()))
+    (out / "verdict.json").write_text(json.dumps(verdict_doc()))
+    (out / "report.md").write_text("the run's report")
+    write_images(out)
+    return {**pr_env(tmp_path, gh, out=out, **inputs), "SDOPT_PHASE": "publish",
+            "INPUT_ARTIFACT_URL": "https://github.com/octo/widgets/actions/runs/1/artifacts/2"}
+
+
+def test_a_same_repository_pr_publishes_its_images_in_the_publish_phase(tmp_path, gh):
+    env = same_repo_publish(tmp_path, gh)
+    assert entry.main(env=env) == 0
+    body = gh.state.comments[7][0].body
+    head = gh.state.refs["refs/heads/sdopt-assets"]
+    assert f"(https://github.com/octo/widgets/raw/{head}/" in body
+    assert "](https://github.com/octo/widgets/actions/runs/1/artifacts/2)" in body
+
+
+def test_without_contents_write_the_comment_says_why_in_one_line(tmp_path, gh):
+    from tests.fake_github import Token
+
+    gh.state.tokens["pr-only"] = Token("github-actions[bot]", contents_write=False)
+    env = same_repo_publish(tmp_path, gh, token="pr-only")
+    assert entry.main(env=env) == 0
+    body = gh.state.comments[7][0].body                   # the comment itself is still posted
+    line = [ln for ln in body.splitlines() if ln.startswith("Sample images not shown")]
+    assert len(line) == 1 and "403" in line[0] and "contents: write" in line[0]
+    assert "[the results artifact](https://github.com/octo/widgets/actions/runs/1/artifacts/2)" \
+        in line[0]
+    assert "the run's report" in body and "refs/heads/sdopt-assets" not in gh.state.refs
