@@ -2,8 +2,13 @@
 #
 # GPU flavour (the default; what action.yml builds on GitHub): CUDA 13 runtime, torch 2.13.0
 # (PyPI's Linux wheel is built for CUDA 13.0), onnxruntime-gpu 1.31.1 (CUDA 13 build) and
-# TensorRT 11.4 for CUDA 13, so all three load the same CUDA major version. Without a GPU the
-# same image still runs, on sdopt's CPU backends.
+# TensorRT 11.4 for CUDA 13, so all three load the same CUDA major version. onnxruntime-gpu's
+# TensorRT provider links TensorRT 10 (libnvinfer.so.10, read from the wheel by
+# tests/backends/test_onnxruntime_libraries.py) and pip cannot install TensorRT 10 and 11 side by
+# side: in this image the native tensorrt backend is the TensorRT path, and
+# onnxruntime/tensorrt-fp16 is listed as unavailable with that reason (the CUDA provider works).
+# TENSORRT_VERSION is also the API that tests/backends/test_tensorrt_api.py checks sdopt against.
+# Without a GPU the same image still runs, on sdopt's CPU backends.
 #   docker build -t sdopt .
 # CPU flavour on a Debian base, offline except for PyPI (what the container tests build):
 #   podman build --build-arg BASE_IMAGE=localhost/sdopt-base --build-arg FLAVOR=cpu \

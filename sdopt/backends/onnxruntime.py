@@ -42,6 +42,68 @@ def _onnx_path(directory: Path) -> Path:
     return directory / ONNX_FILE
 
 
+def elf_needed(path: Path) -> list[str]:
+    """The shared libraries an ELF64 little-endian library links (its DT_NEEDED entries), read
+    from the file: no loader, no CUDA, no binutils needed."""
+    import struct
+
+    with open(path, "rb") as f:
+        header = f.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
+            raise ValueError(f"'{path}' is not a 64-bit little-endian ELF file")
+        shoff, = struct.unpack_from("<Q", header, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", header, 0x3A)
+        sections = []
+        for i in range(shnum):
+            f.seek(shoff + i * shentsize)
+            _, kind, _, _, offset, size, link = struct.unpack("<IIQQQQI", f.read(44))
+            sections.append((kind, offset, size, link))
+        names = []
+        for kind, offset, size, link in sections:
+            if kind != 6:  # SHT_DYNAMIC
+                continue
+            f.seek(sections[link][1])
+            strings = f.read(sections[link][2])
+            f.seek(offset)
+            table = f.read(size)
+            for tag, value in struct.iter_unpack("<qQ", table):
+                if tag == 0:  # DT_NULL
+                    break
+                if tag == 1:  # DT_NEEDED
+                    names.append(strings[value:strings.index(b"\0", value)].decode())
+        return names
+
+
+def tensorrt_provider_major(capi: Path) -> int | None:
+    """The libnvinfer major version onnxruntime's TensorRT provider library links (None: this
+    build has no TensorRT provider library)."""
+    library = capi / "libonnxruntime_providers_tensorrt.so"
+    if not library.is_file():
+        return None
+    for name in elf_needed(library):
+        if name.startswith("libnvinfer.so."):
+            return int(name.rsplit(".", 1)[1])
+    return None
+
+
+def tensorrt_provider_conflict(capi: Path, tensorrt: str | None,
+                               onnxruntime: str | None) -> str | None:
+    """Why the TensorRT provider in ``capi`` cannot load beside the installed TensorRT version
+    ``tensorrt``: its library links one libnvinfer major (onnxruntime-gpu 1.31's CUDA 13 build
+    links libnvinfer.so.10, the image's native TensorRT is 11), and ONNX Runtime would fail to
+    create the provider. None when they agree or either is unknown."""
+    try:
+        linked = tensorrt_provider_major(capi)
+    except (OSError, ValueError):
+        return None
+    if linked is None or tensorrt is None or int(tensorrt.split(".")[0]) == linked:
+        return None
+    return (f"the TensorRT provider of onnxruntime {onnxruntime} links libnvinfer.so.{linked} "
+            f"(TensorRT {linked}), but the installed TensorRT is {tensorrt} (another major: pip "
+            "cannot install both); use the native tensorrt backend, or an environment with "
+            f"TensorRT {linked}.x for this provider")
+
+
 def _provider_name(provider) -> str:
     return provider[0] if isinstance(provider, tuple) else provider
 
@@ -317,6 +379,10 @@ class OnnxRuntime(Backend):
             return (f"this onnxruntime build ({ort_version}) has no {provider} (it has "
                     f"{', '.join(available)}): install onnxruntime-gpu"
                     + (" and TensorRT" if "Tensorrt" in provider else ""))
+        if provider == "TensorrtExecutionProvider":
+            return tensorrt_provider_conflict(Path(ort.__file__).parent / "capi",
+                                              deps.version("tensorrt"),
+                                              deps.version("onnxruntime"))
         return None
 
     def _providers(self, variant: Variant, ctx_device: DeviceInfo, onnx_key: str,
