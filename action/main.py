@@ -234,7 +234,19 @@ def report_markdown(results: dict, verdict: dict | None, results_dir: Path,
     context = build_context(results, results_dir, verdict=verdict, artifact_url=inp.artifact_url,
                             image_base_url=image_base_url, html=False)
     context.update(images or {})
-    return render_markdown(context)
+    return render_markdown(context, templates_dir=report_templates(inp) if trust_files else None)
+
+
+def report_templates(inp: ActionInputs) -> Path | None:
+    """The config's ``[report] templates`` folder, so that a report this job re-renders (to add
+    image links) looks like the one sdopt wrote; a fork's artifact gets the built-in ones."""
+    from sdopt.gate.config import load_config
+
+    try:
+        settings = load_config(inp.config, inp.overrides)
+    except SdoptError:
+        return None
+    return settings.resolve(settings.report.templates)
 
 
 def host_images(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestContext,
@@ -326,9 +338,11 @@ def artifact_link(body: str, url: str | None) -> str:
 
 def publish(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestContext,
             results_dir: Path, results: dict | None, verdict: dict | None, body: str,
-            expected_head_sha: str | None = None, *, phase: str = "all") -> str:
+            expected_head_sha: str | None = None, *, phase: str = "all",
+            trusted: bool = True) -> str:
     """Job summary (phases run and all), and the PR comment where allowed and the ``comment``
-    policy asks for it (phases publish and all); returns the comment URL ('' if none)."""
+    policy asks for it (phases publish and all); returns the comment URL ('' if none).
+    ``trusted``: the results are this job's own run, not a downloaded (maybe a fork's) artifact."""
     if phase != "publish":
         workflow.write_summary(body, env)
     if inp.comment == "never" or phase == "run":
@@ -347,7 +361,7 @@ def publish(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestCon
     if results is not None:
         update, why = host_images(inp, env, ctx, results_dir, results, verdict)
         if update is not None:
-            body = report_markdown(results, verdict, results_dir, inp, trust_files=False,
+            body = report_markdown(results, verdict, results_dir, inp, trust_files=trusted,
                                    **update)
         elif why:
             print(workflow.neutralize(f"no sample images in the PR comment: {why}"))
@@ -562,7 +576,8 @@ def run_comment(inp: ActionInputs, env: Mapping[str, str]) -> int:
                          "gate job's output directory")
     body = report_markdown(results, verdict, artifact, inp, trust_files=False)
     url = publish(inp, env, ctx, artifact, results, verdict, body,
-                  expected_head_sha=ctx.head_sha if ctx.event_name == "workflow_run" else None)
+                  expected_head_sha=ctx.head_sha if ctx.event_name == "workflow_run" else None,
+                  trusted=False)
     workflow.set_outputs(outputs_for(inp, artifact, results, verdict, url), env)
     return 0
 

@@ -204,3 +204,18 @@ def test_without_contents_write_the_comment_says_why_in_one_line(tmp_path, gh):
     assert "[the results artifact](https://github.com/octo/widgets/actions/runs/1/artifacts/2)" \
         in line[0]
     assert "the run's report" in body and "refs/heads/sdopt-assets" not in gh.state.refs
+
+
+def test_the_re_rendered_comment_keeps_the_configs_own_templates(tmp_path, gh):
+    """Adding the image links re-renders the run's report: with the user's [report] templates,
+    as sdopt gate rendered it."""
+    from tests.tiny_config import tiny_config
+
+    ws = tmp_path / "ws"
+    (ws / "tpl").mkdir(parents=True)
+    (ws / "sdopt.toml").write_text(tiny_config(tail='\n[report]\ntemplates = "tpl"\n'))
+    (ws / "tpl" / "report.md.j2").write_text(
+        "CUSTOM{% for row in md_images %} {{ row.prompt }}:{{ row.cells|length }}{% endfor %}")
+    env = same_repo_publish(tmp_path, gh, config=ws / "sdopt.toml")
+    assert entry.main(env=env) == 0
+    assert "CUSTOM a cat:3" in gh.state.comments[7][0].body
