@@ -104,6 +104,29 @@ def tensorrt_provider_conflict(capi: Path, tensorrt: str | None,
             f"TensorRT {linked}.x for this provider")
 
 
+def output_shape(graph: list, sample: list[int]) -> list[int]:
+    """The IO-binding buffer for the UNet's output: the graph's shape, not the sample's (an
+    inpainting UNet takes 9 channels and returns 4); a dimension the export left symbolic
+    (batch, height, width) is the sample's at that position."""
+    return [d if isinstance(d, int) and d > 0 else sample[i] for i, d in enumerate(graph)]
+
+
+def tensorrt_version() -> str | None:
+    """TensorRT's version for cache keys, whichever wheel installed it: the `tensorrt`
+    metapackage, tensorrt-cu13 alone, or only the libraries wheel the provider loads."""
+    from importlib import metadata
+
+    found = deps.version("tensorrt")
+    for dist in ("tensorrt-cu13-libs", "tensorrt-cu12-libs", "tensorrt-libs"):
+        if found:
+            break
+        try:
+            found = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def _provider_name(provider) -> str:
     return provider[0] if isinstance(provider, tuple) else provider
 
@@ -200,8 +223,7 @@ class OnnxRuntimeModule(OptimizedModule):
             binding.bind_input(name, "cuda", device_id, np.dtype(str(t.dtype).replace(
                 "torch.", "")), list(t.shape), t.data_ptr())
         name, shape, dtype = self._output
-        # The output's shape is the graph's (an inpainting UNet takes 9 channels, returns 4).
-        out_shape = shape if all(isinstance(d, int) for d in shape) else list(sample.shape)
+        out_shape = output_shape(shape, list(sample.shape))
         out = torch.empty(tuple(out_shape), dtype=_TORCH_TYPES[dtype],
                           device=f"cuda:{device_id}")
         binding.bind_output(name, "cuda", device_id, np.dtype(dtype), list(out.shape),
@@ -381,7 +403,7 @@ class OnnxRuntime(Backend):
                     + (" and TensorRT" if "Tensorrt" in provider else ""))
         if provider == "TensorrtExecutionProvider":
             return tensorrt_provider_conflict(Path(ort.__file__).parent / "capi",
-                                              deps.version("tensorrt"),
+                                              tensorrt_version(),
                                               deps.version("onnxruntime"))
         return None
 
@@ -396,7 +418,7 @@ class OnnxRuntime(Backend):
 
         engines = persistent_dir("ort-tensorrt", {
             "onnx": onnx_key, "gpu": ctx_device.name, "capability": ctx_device.cuda_capability,
-            "onnxruntime": deps.version("onnxruntime"), "tensorrt": deps.version("tensorrt"),
+            "onnxruntime": deps.version("onnxruntime"), "tensorrt": tensorrt_version(),
             "precision": "fp16"}, root=cache_dir)
         return [("TensorrtExecutionProvider", {
                     "device_id": 0, "trt_fp16_enable": True,

@@ -79,3 +79,38 @@ def test_the_pinned_gpu_wheel_links_tensorrt_10_so_its_provider_is_reported_unav
     assert reason and "links libnvinfer.so.10" in reason and trt_version in reason
     # ...and with a TensorRT 10 (an environment of its own) it would be offered.
     assert tensorrt_provider_conflict(capi, "10.13.3.9", ort_version) is None
+
+
+def test_output_buffer_takes_the_models_shape_not_the_samples():
+    """Inpainting: 9 channels in, 4 out; symbolic dimensions come from the sample."""
+    from sdopt.backends.onnxruntime import output_shape
+
+    assert output_shape([2, 4, 8, 8], [2, 9, 8, 8]) == [2, 4, 8, 8]
+    assert output_shape(["batch", 4, "h", "w"], [2, 9, 16, 24]) == [2, 4, 16, 24]
+
+
+def test_tensorrt_provider_engine_cache_is_keyed_by_capability_and_versions(tmp_path,
+                                                                           monkeypatch):
+    from dataclasses import replace
+
+    from sdopt.backends import get_backend
+    from sdopt.backends import onnxruntime as ort_backend
+    from sdopt.device import detect
+
+    backend = get_backend("onnxruntime")
+    gpu = replace(detect("cpu"), kind="cuda", name="NVIDIA H200", cuda_capability="9.0")
+    variant = next(v for v in backend.variants(gpu) if v.name == "tensorrt-fp16")
+
+    def engines(device):
+        [(name, options), *_] = backend._providers(variant, device, "onnx-key", tmp_path)
+        assert name == "TensorrtExecutionProvider" and options["trt_fp16_enable"]
+        return options["trt_engine_cache_path"]
+
+    hopper = engines(gpu)
+    assert engines(gpu) == hopper
+    assert engines(replace(gpu, cuda_capability="8.0")) != hopper
+    # TensorRT's version, however it was installed (only tensorrt-cu13, only the libraries).
+    monkeypatch.setattr(ort_backend, "tensorrt_version", lambda: "10.13.3.9")
+    ten = engines(gpu)
+    monkeypatch.setattr(ort_backend, "tensorrt_version", lambda: "11.4.0.106")
+    assert len({hopper, ten, engines(gpu)}) >= 2 and ten != engines(gpu)
