@@ -8,9 +8,9 @@ disk are needed. The comment links each file at the commit that added it
 (``https://github.com/OWNER/REPO/raw/COMMIT/FOLDER/FILE``): that URL renders for everyone who
 can see the repository, and never changes under an old comment.
 
-The branch keeps the newest ``keep_runs`` folders (folder names start with the UTC time, so
-they sort by age): each run's tree deletes the older ones. Two jobs updating the branch at once
-is normal (a matrix, two PRs): the ref is only ever fast-forwarded, so the loser of a race gets
+The branch keeps the newest ``keep_runs`` folders, none older than ``keep_days`` when set
+(folder names start with the UTC time, so they sort by age): each run's tree deletes the rest.
+Two jobs updating the branch at once is normal (a matrix, two PRs): the ref is only ever fast-forwarded, so the loser of a race gets
 GitHub's 422 "Update is not a fast forward" (or 422 "Reference already exists" when both create
 the branch, 409 while GitHub is busy) and starts again from the new head, a few times.
 """
@@ -21,7 +21,7 @@ import base64
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
 from sdopt.deps import require
@@ -31,6 +31,7 @@ from sdopt.report.thumbnails import Thumbnail
 DEFAULT_BRANCH = "sdopt-assets"
 DEFAULT_KEEP_RUNS = 20
 MAX_KEEP_RUNS = 1000
+MAX_KEEP_DAYS = 3650
 ATTEMPTS = 4
 # A run's folder: "<UTC time>-<run id>-<attempt>[-<key>]", all made here from validated parts.
 FOLDER = re.compile(r"^\d{8}T\d{6}Z-\d+-\d+(?:-[A-Za-z0-9._-]{1,64})?$")
@@ -93,12 +94,19 @@ def _runs(call, repo: str, head: str | None) -> tuple[str | None, list[str]]:
                             if e.get("type") == "tree" and FOLDER.match(str(e.get("path"))))
 
 
+def _older_than(folder: str, days: int, now: datetime) -> bool:
+    stamp = datetime.strptime(folder[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return days > 0 and now - stamp > timedelta(days=days)
+
+
 def publish_images(files: Iterable[Thumbnail], *, token: str, repository: str, folder: str,
                    branch: str = DEFAULT_BRANCH, keep_runs: int = DEFAULT_KEEP_RUNS,
+                   keep_days: int = 0, now: datetime | None = None,
                    api_url: str = "https://api.github.com",
                    server_url: str = "https://github.com", sleep=time.sleep) -> Published:
     """Add ``files`` as ``folder`` on ``branch`` (created as an orphan when missing) and prune
-    the oldest folders beyond ``keep_runs``; PublishError says why not, in one line."""
+    the oldest folders beyond ``keep_runs``, and those older than ``keep_days`` (0: no age
+    limit); PublishError says why not, in one line."""
     from github import GithubException
 
     files = list(files)
@@ -132,6 +140,8 @@ def publish_images(files: Iterable[Thumbnail], *, token: str, repository: str, f
                 base_tree, runs = _runs(call, repository, head)
                 others = [r for r in runs if r != folder]
                 pruned = others[:max(0, len(others) - (keep_runs - 1))]
+                pruned += [r for r in others if r not in pruned
+                           and _older_than(r, keep_days, now or datetime.now(timezone.utc))]
                 entries = [{"path": f"{folder}/{name}", "mode": "100644", "type": "blob",
                             "sha": sha} for name, sha in blobs.items()]
                 entries += [{"path": r, "mode": "040000", "type": "tree", "sha": None}

@@ -61,6 +61,7 @@ class ActionInputs:
     image_base_url: str | None = None
     assets_branch: str = "sdopt-assets"
     assets_keep_runs: int = 20
+    assets_keep_days: int = 0           # 0: no age limit
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -159,9 +160,9 @@ def read_inputs(env: Mapping[str, str] | None = None) -> ActionInputs:
 
 
 def read_image_inputs(env: Mapping[str, str], inp: ActionInputs) -> None:
-    """image_hosting, image_base_url, assets_branch, assets_keep_runs: checked here, before
+    """image_hosting, image_base_url, assets_branch, assets_keep_runs/days: checked here, before
     anything runs, so that a typo is one error line and not a comment without images."""
-    from .assets import MAX_KEEP_RUNS, check_branch
+    from .assets import MAX_KEEP_DAYS, MAX_KEEP_RUNS, check_branch
 
     hosting = (_get(env, "image_hosting") or inp.image_hosting).lower()
     if hosting not in IMAGE_HOSTING:
@@ -184,3 +185,9 @@ def read_image_inputs(env: Mapping[str, str], inp: ActionInputs) -> None:
             raise SdoptError(f"input 'assets_keep_runs' is '{keep}': expected a whole number "
                              f"from 1 to {MAX_KEEP_RUNS}")
         inp.assets_keep_runs = int(keep)
+    days = _get(env, "assets_keep_days")
+    if days is not None:
+        if not days.isdigit() or int(days) > MAX_KEEP_DAYS:
+            raise SdoptError(f"input 'assets_keep_days' is '{days}': expected a whole number "
+                             f"from 0 (no age limit) to {MAX_KEEP_DAYS}")
+        inp.assets_keep_days = int(days)

@@ -275,6 +275,7 @@ def host_images(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullReques
             folder=assets.run_folder(env.get("GITHUB_RUN_ID"), env.get("GITHUB_RUN_ATTEMPT"),
                                      inp.comment_key),
             branch=inp.assets_branch, keep_runs=inp.assets_keep_runs,
+            keep_days=inp.assets_keep_days,
             api_url=env.get("GITHUB_API_URL") or comment_mod.DEFAULT_API_URL,
             server_url=env.get("GITHUB_SERVER_URL") or "https://github.com")
     except assets.PublishError as exc:

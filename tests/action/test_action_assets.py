@@ -169,3 +169,14 @@ def test_the_fakes_blob_names_are_gits_own(gh, tmp_path):
 def test_a_long_comment_key_still_names_a_folder():
     folder = run_folder("7", "2", "leg-" + "x" * 200, now=T0)
     assert folder.startswith("20261130T120000Z-7-2-leg-") and len(folder) < 100
+
+
+def test_folders_older_than_keep_days_are_pruned_too(gh):
+    old = run_folder("1", "1", now=T0 - timedelta(days=10))
+    recent = run_folder("2", "1", now=T0 - timedelta(days=2))
+    for f in (old, recent):
+        publish(gh, f)
+    mine = run_folder("3", "1", now=T0)
+    done = publish(gh, mine, keep_days=7, now=T0)
+    assert done.pruned == [old]
+    assert {p.split("/")[0] for p in gh.state.files("sdopt-assets")} == {recent, mine}

@@ -219,3 +219,9 @@ def test_the_re_rendered_comment_keeps_the_configs_own_templates(tmp_path, gh):
     env = same_repo_publish(tmp_path, gh, config=ws / "sdopt.toml")
     assert entry.main(env=env) == 0
     assert "CUSTOM a cat:3" in gh.state.comments[7][0].body
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "99999"])
+def test_bad_keep_days_names_the_input(value):
+    with pytest.raises(SdoptError, match="input 'assets_keep_days'"):
+        read_inputs({"INPUT_ASSETS_KEEP_DAYS": value})
