@@ -10,9 +10,10 @@ can see the repository, and never changes under an old comment.
 
 The branch keeps the newest ``keep_runs`` folders, none older than ``keep_days`` when set
 (folder names start with the UTC time, so they sort by age): each run's tree deletes the rest.
-Two jobs updating the branch at once is normal (a matrix, two PRs): the ref is only ever fast-forwarded, so the loser of a race gets
-GitHub's 422 "Update is not a fast forward" (or 422 "Reference already exists" when both create
-the branch, 409 while GitHub is busy) and starts again from the new head, a few times.
+Two jobs updating the branch at once is normal (a matrix, two PRs): the ref is only ever
+fast-forwarded, so the loser of a race gets GitHub's 422 "Update is not a fast forward" (or 422
+"Reference already exists" when both create the branch, 409 while GitHub is busy) and starts
+again from the new head, a few times.
 """
 
 from __future__ import annotations
