@@ -78,8 +78,12 @@ json.dump(api, sys.stdout)
 """
 
 
+_SKIPPED: list[str] = []  # the first reason, so that one missing download is not retried per test
+
+
 def _skip(reason: str):
-    pytest.skip(f"the real TensorRT {TENSORRT_VERSION} API cannot be read here: {reason}")
+    _SKIPPED.append(f"the real TensorRT {TENSORRT_VERSION} API cannot be read here: {reason}")
+    pytest.skip(_SKIPPED[0])
 
 
 def _wheel() -> Path:
@@ -161,6 +165,8 @@ def _stubs(extension: Path, directory: Path) -> list[Path]:
 def real_api() -> dict:
     """Every class, enum member and method (with its pybind11 docstring) of the real bindings;
     skips the calling test with the reason when they cannot be read here."""
+    if _SKIPPED:
+        pytest.skip(_SKIPPED[0])
     if not sys.platform.startswith("linux"):
         _skip("reading the Linux wheel's extension needs Linux")
     if shutil.which("readelf") is None:

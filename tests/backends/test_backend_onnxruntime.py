@@ -173,7 +173,8 @@ def test_a_provider_that_did_not_load_fails_the_candidate(tiny_pipe, samples):
     if "CUDAExecutionProvider" in ort.get_available_providers():  # pragma: no cover - GPU build
         pytest.skip("this onnxruntime has the CUDA provider: nothing falls back here")
     with pytest.raises(SdoptError, match="asked ONNX Runtime for CUDAExecutionProvider, but "
-                                         "the session runs on CPUExecutionProvider"):
+                                         "the session runs on CPUExecutionProvider"), \
+            pytest.warns(UserWarning, match="'CUDAExecutionProvider' is not in available"):
         ort_backend.OnnxRuntimeModule(entry.path, variant, providers, {}, "cuda")
     module = ort_backend.OnnxRuntimeModule(entry.path, variant, ["CPUExecutionProvider"], {},
                                            "cpu")
