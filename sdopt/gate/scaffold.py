@@ -220,7 +220,7 @@ on:
     # paths: ["sdopt.toml", "models/**"]   # run only when the model or its config changes
 
 permissions:
-  contents: read
+  contents: write           # the comment's images on the sdopt-assets branch (image_hosting: none keeps this read)
   pull-requests: write      # the PR comment (read-only on forks: see sdopt-comment.yml)
 
 concurrency:
@@ -293,6 +293,7 @@ on:
 
 permissions:
   actions: read             # download the other run's artifact
+  contents: write           # the fork PR's comment images on the sdopt-assets branch
   pull-requests: write      # the comment
 
 jobs:
