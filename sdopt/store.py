@@ -169,10 +169,9 @@ def remove_output(target: str | os.PathLike, *, what: str = "output",
         shutil.rmtree(target)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file through a temporary sibling and a rename, so readers never see half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_then(path: Path, text: str, place: Callable[[str, Path], None]) -> None:
+    """Write ``text`` to a temporary sibling of ``path`` (synced, the umask's mode), then
+    ``place(tmp, path)`` it; the temporary file never outlives the call."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
@@ -180,29 +179,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        place(tmp, path)
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file through a temporary sibling and a rename, so readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_then(path, text, os.replace)
 
 
 def create_new_text(path: str | os.PathLike, text: str) -> None:
     """Write a file that must not exist yet (append-only stores: a history entry, a
     pytest-benchmark storage file): written through a temporary sibling and linked into place, so
     readers never see half of it and an existing file is never replaced (FileExistsError)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.link(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    _write_then(Path(path), text, os.link)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
