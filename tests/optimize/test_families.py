@@ -84,12 +84,13 @@ def test_optimized_sdxl_unet_answers_what_the_pipeline_reads(sdxl_pipe, tmp_path
 
 
 @pytest.mark.parametrize("preset,how", [
-    ("sdxl-tiny", "constrained"),
-    ("sdxl-tiny", "unconstrained"),
+    # Whole searches: minutes each on 2 busy cores (the SDXL unconstrained one most).
+    pytest.param("sdxl-tiny", "constrained", marks=pytest.mark.slow),
+    pytest.param("sdxl-tiny", "unconstrained", marks=pytest.mark.slow),
     ("sdxl-tiny", "openvino/fp32"),
-    ("sd2-tiny", "constrained"),
-    ("inpaint-tiny", "constrained"),
-    ("img2img-tiny", "constrained"),
+    pytest.param("sd2-tiny", "constrained", marks=pytest.mark.slow),
+    pytest.param("inpaint-tiny", "constrained", marks=pytest.mark.slow),
+    pytest.param("img2img-tiny", "constrained", marks=pytest.mark.slow),
     ("sd3-tiny", "torch_eager/bf16"),
     ("sd3-tiny", "openvino/fp32"),
     ("flux-tiny", "torch_eager/bf16"),
