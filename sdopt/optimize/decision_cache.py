@@ -23,6 +23,7 @@ from ..errors import SdoptError
 from ..identity import config_hash, weights_hash
 from ..store import write_json
 from .metrics import clip_model_path, clip_unavailable_reason
+from ..models import denoiser_of
 from .optimized import with_unet
 from .search import OptimizationResult
 
@@ -32,6 +33,7 @@ SEARCH_CACHE_KIND = "search"
 # Bumped when the same inputs can lead to another pick (a new phase, a new rule), so that an
 # older decision is not reused. 2: the constrained search tries the bf16 VAE decoder. 3: the
 # threshold holds on the worst prompt by default (metric_aggregate, also in the key's settings).
+# 4: candidates ordered and bounded, the pick re-timed side by side (exhaustive in the settings).
 SEARCH_VERSION = 4
 RESULT_FILE = "result.json"
 MODEL_DIR = "model"
@@ -41,8 +43,13 @@ def decision_key(model, source_hash: str, *, device: DeviceInfo, **settings) -> 
     """Everything that can change what a search picks (the cache key of its decision)."""
     scheduler = {k: v for k, v in dict(model.scheduler.config).items() if not k.startswith("_")}
     clip = clip_model_path() if clip_unavailable_reason() is None else None
-    return {"unet": source_hash, "unet_config": config_hash(model.unet),
-            "vae": weights_hash(model.vae), "text_encoder": weights_hash(model.text_encoder),
+    # Every text tower (SDXL and SD3 have two or three) and the pipeline's class: the same weights
+    # as text-to-image and as image-to-image are different searches.
+    encoders = {name: weights_hash(module) for name, module in sorted(model.components.items())
+                if name.startswith("text_encoder") and module is not None}
+    return {"pipeline": type(model).__name__, "unet": source_hash,
+            "unet_config": config_hash(denoiser_of(model)),
+            "vae": weights_hash(model.vae), "text_encoders": encoders,
             "scheduler": [type(model.scheduler).__name__,
                           json.dumps(scheduler, sort_keys=True, default=str)],
             "clip_model": clip and str(Path(clip).resolve()),
@@ -61,7 +68,7 @@ def reuse(model, key: dict[str, Any], device: DeviceInfo, load: Callable):
         result = OptimizationResult.from_dict(
             json.loads((entry.path / RESULT_FILE).read_text(encoding="utf-8")))
         # Into a new pipeline sharing the user's components: the user's stays untouched.
-        optimized = load(entry.path / MODEL_DIR, pipe=with_unet(model, model.unet),
+        optimized = load(entry.path / MODEL_DIR, pipe=with_unet(model, denoiser_of(model)),
                          device=device.kind)
     except (OSError, ValueError, KeyError, SdoptError) as exc:
         log.warning("sdopt: the cached search %s cannot be reused (%s); searching again",
