@@ -23,8 +23,9 @@ from typing import Any
 from ..version import __version__
 from ..device import detect, library_versions
 from ..errors import SdoptError
-from ..models import load_pipeline
+from ..models import denoiser_of, load_pipeline, pipeline_inputs
 from ..optimize.api import apply_variant, load_model, optimize_model
+from ..optimize.capture import native_side
 from ..optimize.optimized import with_unet
 from ..optimize.timing import sample_stats
 from ..store import write_json
@@ -101,17 +102,15 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _native_side(pipe) -> int:
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
-
-
 def _generate(pipe, batch: list[tuple[str, int]], s: BenchSettings, height: int, width: int):
     import torch
 
     generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for _, seed in batch]
+    # Image-to-image and inpainting pipelines get the same default start image and mask as in
+    # the search (pipeline_inputs); text-to-image ones only the size.
     return pipe(prompt=[p for p, _ in batch], generator=generators,
-                num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=height,
-                width=width, output_type="pil").images
+                num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+                output_type="pil", **pipeline_inputs(pipe, height, width)).images
 
 
 def run_bench(subjects: list[Subject], settings: BenchSettings, out_dir: str | os.PathLike, *,
@@ -152,8 +151,8 @@ def _measure(subjects, settings, out_dir, device, env, *, progress, console, con
 
     names = [s.name for s in subjects]
     first = subjects[0].pipe
-    height = settings.height or _native_side(first)
-    width = settings.width or _native_side(first)
+    height = settings.height or native_side(first)
+    width = settings.width or native_side(first)
     images = settings.images()
     batches = _chunks(images, settings.batch)
     timer = StageTimer(device.kind)
@@ -268,7 +267,7 @@ def optimized_subject(config: Config, pipe, *, progress: bool = True,
     optimization = None
     if opt.saved_model:
         saved = config.resolve(opt.saved_model)
-        new = load_model(saved, pipe=with_unet(pipe, pipe.unet), device=device)
+        new = load_model(saved, pipe=with_unet(pipe, denoiser_of(pipe)), device=device)
     elif opt.candidate:
         new = apply_variant(pipe, opt.candidate, device, height=b.height, width=b.width)
     else:
@@ -281,7 +280,7 @@ def optimized_subject(config: Config, pipe, *, progress: bool = True,
             guidance_scale=b.guidance_scale, seed=b.seeds[0], repeats=opt.repeats,
             time_budget_s=opt.time_budget_s, exhaustive=opt.exhaustive, show=progress)
         optimization = new.sdopt_result.to_dict()
-    variant = new.unet.variant
+    variant = denoiser_of(new).variant
     return Subject(name, new, variant.id, variant.backend, list(variant.techniques)), optimization
 
 

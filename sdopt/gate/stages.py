@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from ..models import denoiser_of
 from ..optimize.timing import RssSampler
 
 STAGES = ("text_encoder", "unet", "vae_decode")
@@ -41,7 +42,7 @@ class StageTimer:
     def attach(self, pipe) -> None:
         vae = getattr(pipe, "vae", None)
         for stage, module in (("text_encoder", getattr(pipe, "text_encoder", None)),
-                              ("unet", getattr(pipe, "unet", None)),
+                              ("unet", denoiser_of(pipe)),  # the UNet or a DiT
                               ("vae_decode", getattr(vae, "post_quant_conv", None)),
                               ("vae_decode", getattr(vae, "decoder", None))):
             if module is None or id(module) in self._hooked or not hasattr(module,

@@ -135,3 +135,17 @@ def test_read_results_refuses_other_versions_and_other_files(tmp_path, bench_dir
         read_results(tmp_path)
     with pytest.raises(SdoptError, match="not found"):
         read_results(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("preset", ["img2img-tiny", "sd3-tiny"])
+def test_the_gate_benches_other_families(tmp_path, preset):
+    """Image-to-image gets the search's default start image, a DiT's transformer is the stage
+    timed as the denoiser, and the optimized variant is found where the pipeline keeps it."""
+    config = parse_config({"model": preset, "bench": {**BENCH, "seeds": [0], "runs": 1,
+                                                     "batch": 1},
+                           "optimize": {"candidate": "torch_eager/bf16"}})
+    results = bench_config(config, tmp_path, progress=False)
+    for name in ("original", "optimized"):
+        variant = results["variants"][name]
+        assert variant["stages_s"]["unet"] > 0 and variant["images"], name
+    assert results["variants"]["optimized"]["backend"] == "torch_eager"
