@@ -169,6 +169,18 @@ def remove_output(target: str | os.PathLike, *, what: str = "output",
         shutil.rmtree(target)
 
 
+def check_plain_directory(path: str | os.PathLike, what: str, expected: str) -> Path:
+    """Refuse, in one line, a path sdopt is to write a directory at that is a link or a file
+    (before minutes of work, and never writing through a link)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise SdoptError(f"{what} '{path}' is a symbolic link: sdopt does not write through "
+                         "links; choose a plain directory")
+    if path.exists() and not path.is_dir():
+        raise SdoptError(f"{what} '{path}' is a file: expected {expected}")
+    return path
+
+
 def _write_then(path: Path, text: str, place: Callable[[str, Path], None]) -> None:
     """Write ``text`` to a temporary sibling of ``path`` (synced, the umask's mode), then
     ``place(tmp, path)`` it; the temporary file never outlives the call."""

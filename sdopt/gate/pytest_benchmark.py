@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import SdoptError
 from ..optimize.timing import sample_stats
-from ..store import create_new_text
+from ..store import check_plain_directory, create_new_text
 from .git import enclosing_worktree, run_git
 
 # The pytest-benchmark release whose layout this follows.
@@ -208,12 +208,8 @@ def check_storage(storage: str | os.PathLike) -> Path:
     storage = Path(storage)
     folder = storage / machine_id()
     for path in (storage, folder):
-        if path.is_symlink():
-            raise SdoptError(f"--pytest-benchmark-storage '{path}' is a symbolic link: sdopt does "
-                             "not write through links; choose a plain directory")
-        if path.exists() and not path.is_dir():
-            raise SdoptError(f"--pytest-benchmark-storage '{path}' is a file: expected a "
-                             "directory (pytest-benchmark's storage, e.g. .benchmarks)")
+        check_plain_directory(path, "--pytest-benchmark-storage",
+                              "a directory (pytest-benchmark's storage, e.g. .benchmarks)")
     return folder
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SdoptError
-from ..store import MARKER_NAME, atomic_directory, create_new_text, marker_kind
+from ..store import (MARKER_NAME, atomic_directory, check_plain_directory, create_new_text,
+                     marker_kind)
 from .history import run_summary, same_kind
 from .pytest_benchmark import commit_info
 from .results import (RUN_ENTRY_KIND, RUN_ENTRY_SCHEMA_VERSION, VERDICTS, end_to_end_speedup,
@@ -66,12 +67,7 @@ def entry_for(results: dict[str, Any], *, commit: dict[str, Any],
 
 def _check_dir(directory: Path) -> None:
     """A results history directory is sdopt's: anything else is never written into."""
-    if directory.is_symlink():
-        raise SdoptError(f"history '{directory}' is a symbolic link: sdopt does not write "
-                         "through links; choose a plain directory")
-    if directory.exists() and not directory.is_dir():
-        raise SdoptError(f"history '{directory}' is a file: expected a directory written by "
-                         "'sdopt history add'")
+    check_plain_directory(directory, "history", "a directory written by 'sdopt history add'")
     if directory.is_dir() and any(directory.iterdir()):
         kind = marker_kind(directory)
         if kind != RUN_HISTORY_OUTPUT:
