@@ -183,24 +183,24 @@ _DIT_VAE_TINY = dict(block_out_channels=[32, 64], in_channels=3, out_channels=3,
                      up_block_types=["UpDecoderBlock2D"] * 2,
                      scaling_factor=1.5035, shift_factor=0.0609)
 
+# The tiny SD presets' components (each preset takes a copy and changes what its family needs).
+_UNET_TINY = dict(block_out_channels=(32, 64), layers_per_block=2, sample_size=32,
+                  in_channels=4, out_channels=4,
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
+_VAE_TINY = dict(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                 down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                 up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"])
+_TEXT_TINY = dict(hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+                  num_attention_heads=4, num_hidden_layers=5, projection_dim=32)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
         description="tiny SD-shaped pipeline for tests (8 MB, 64 px)",
-        unet=dict(
-            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
-            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-        ),
-        vae=dict(
-            block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        ),
-        text_encoder=dict(
-            hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
-            num_hidden_layers=5, projection_dim=32,
-        ),
+        unet=dict(_UNET_TINY),
+        vae=dict(_VAE_TINY),
+        text_encoder=dict(_TEXT_TINY),
         default_size=64,
         default_steps=4,
         scheduler=_SD_SCHEDULER,
@@ -235,21 +235,9 @@ PRESETS: dict[str, Preset] = {
     "sd2-tiny": Preset(
         name="sd2-tiny",
         description="tiny SD 2.x-shaped pipeline for tests (v-prediction, linear projection)",
-        unet=dict(
-            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
-            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-            attention_head_dim=(2, 4), use_linear_projection=True,
-        ),
-        vae=dict(
-            block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        ),
-        text_encoder=dict(
-            hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
-            num_hidden_layers=5, projection_dim=32, hidden_act="gelu",
-        ),
+        unet=dict(_UNET_TINY, attention_head_dim=(2, 4), use_linear_projection=True),
+        vae=dict(_VAE_TINY),
+        text_encoder=dict(_TEXT_TINY, hidden_act="gelu"),
         default_size=64,
         default_steps=4,
         scheduler=_SD2_SCHEDULER,
@@ -288,21 +276,9 @@ PRESETS: dict[str, Preset] = {
         name="inpaint-tiny",
         description="tiny SD 1.5-inpainting-shaped pipeline for tests (9 input channels)",
         family="sd-inpaint",
-        unet=dict(
-            block_out_channels=(32, 64), layers_per_block=2, sample_size=32,
-            in_channels=9,  # noisy latent 4 + mask 1 + masked image latent 4
-            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-        ),
-        vae=dict(
-            block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        ),
-        text_encoder=dict(
-            hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
-            num_hidden_layers=5, projection_dim=32,
-        ),
+        unet=dict(_UNET_TINY, in_channels=9),  # noisy latent 4 + mask 1 + masked image latent 4
+        vae=dict(_VAE_TINY),
+        text_encoder=dict(_TEXT_TINY),
         default_size=64,
         default_steps=4,
         scheduler=_SD_SCHEDULER,
@@ -311,20 +287,9 @@ PRESETS: dict[str, Preset] = {
         name="img2img-tiny",
         description="the tiny pipeline as image-to-image (StableDiffusionImg2ImgPipeline)",
         family="sd-img2img",
-        unet=dict(
-            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
-            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-        ),
-        vae=dict(
-            block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        ),
-        text_encoder=dict(
-            hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
-            num_hidden_layers=5, projection_dim=32,
-        ),
+        unet=dict(_UNET_TINY),
+        vae=dict(_VAE_TINY),
+        text_encoder=dict(_TEXT_TINY),
         default_size=64,
         default_steps=4,
         scheduler=_SD_SCHEDULER,
@@ -334,28 +299,15 @@ PRESETS: dict[str, Preset] = {
         description="tiny SDXL-shaped pipeline for tests (two text towers, text_time, 64 px)",
         family="sdxl",
         unet=dict(
-            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
-            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4), use_linear_projection=True,
+            _UNET_TINY, attention_head_dim=(2, 4), use_linear_projection=True,
             transformer_layers_per_block=(1, 2), addition_embed_type="text_time",
             addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=SDXL_TIME_IDS * 8 + 32,
             cross_attention_dim=64,  # both towers' hidden states, concatenated: 32 + 32
         ),
-        vae=dict(
-            block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], scaling_factor=0.13025,
-        ),
-        text_encoder=dict(
-            hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
-            num_hidden_layers=5, projection_dim=32,
-        ),
-        text_encoder_2=dict(
-            hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
-            num_hidden_layers=5, projection_dim=32, hidden_act="gelu",
-        ),
+        vae=dict(_VAE_TINY, scaling_factor=0.13025),
+        text_encoder=dict(_TEXT_TINY),
+        text_encoder_2=dict(_TEXT_TINY, hidden_act="gelu"),
         default_size=64,
         default_steps=4,
         scheduler=_SDXL_SCHEDULER,
