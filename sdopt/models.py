@@ -438,7 +438,8 @@ def build_preset(name: str, seed: int = PRESET_SEED):
             text_encoder_2 = CLIPTextModelWithProjection(
                 _text_config(preset.text_encoder_2, tokenizer))
     scheduler = getattr(diffusers, preset.scheduler_class)(**preset.scheduler)
-    pipeline_class = getattr(diffusers, FAMILIES[preset.family])
+    with quiet_torchvision_notes():  # diffusers imports a pipeline's module on first access
+        pipeline_class = getattr(diffusers, FAMILIES[preset.family])
     if preset.family == "sdxl":
         pipe = pipeline_class(
             unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
@@ -508,7 +509,8 @@ def _build_dit(preset: Preset, seed: int):
             torch.manual_seed(seed + 4)
             t5 = _t5_encoder(preset.text_encoder_3, t5_tok).eval()
     scheduler = getattr(diffusers, preset.scheduler_class)(**preset.scheduler)
-    pipeline_class = getattr(diffusers, FAMILIES[preset.family])
+    with quiet_torchvision_notes():  # diffusers imports a pipeline's module on first access
+        pipeline_class = getattr(diffusers, FAMILIES[preset.family])
     if preset.family == "sd3":
         return pipeline_class(transformer=transformer, scheduler=scheduler, vae=vae,
                               text_encoder=clip, tokenizer=clip_tok, text_encoder_2=clip_2,
