@@ -47,7 +47,8 @@ def run_demo(preset: str, size: int, mode: str, work: Path) -> dict:
     inductor.mkdir()
     env = {**os.environ, "SDOPT_CACHE": str(cache), "TORCHINDUCTOR_CACHE_DIR": str(inductor),
            "COLUMNS": "220"}
-    cmd = [sys.executable, "-m", "sdopt.cli", "demo", "--preset", preset, "--size", str(size),
+    sized = ["--size", str(size)] if size else []
+    cmd = [sys.executable, "-m", "sdopt.cli", "demo", "--preset", preset, *sized,
            "--out", str(out), "--fresh-search", *MODES[mode]]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -78,6 +79,10 @@ def paired_picks(preset: str, size: int, outs: dict[str, str], rounds: int) -> d
     from sdopt.optimize.paired import interleave
 
     pipe = sdopt.build_preset(preset)
+    from sdopt.cli.optimize import DEMO_SIZE
+    from sdopt.models import PRESETS
+
+    size = size or min(DEMO_SIZE, PRESETS[preset].default_size)
     inputs = collect_samples(pipe, ["a photo of an astronaut riding a horse on mars"],
                              height=size, width=size, steps=3, guidance_scale=7.5,
                              seed=0).samples
@@ -106,6 +111,7 @@ def main(argv=None) -> int:
     parser = bench_args.parser(__doc__, "search_cold.json", steps=4, rounds=10,
                                rounds_help="A/B rounds of the two picks", ths=None,
                                device=False)
+    parser.set_defaults(size=0)  # 0: the demo's own default for the preset
     args = parser.parse_args(argv)
     out_path = Path(args.out)
     if out_path.name == "search_cold.json":
