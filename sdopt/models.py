@@ -12,6 +12,7 @@ folders, so user models take the same path.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -283,17 +284,6 @@ PRESETS: dict[str, Preset] = {
         default_steps=4,
         scheduler=_SD_SCHEDULER,
     ),
-    "img2img-tiny": Preset(
-        name="img2img-tiny",
-        description="the tiny pipeline as image-to-image (StableDiffusionImg2ImgPipeline)",
-        family="sd-img2img",
-        unet=dict(_UNET_TINY),
-        vae=dict(_VAE_TINY),
-        text_encoder=dict(_TEXT_TINY),
-        default_size=64,
-        default_steps=4,
-        scheduler=_SD_SCHEDULER,
-    ),
     "sdxl-tiny": Preset(
         name="sdxl-tiny",
         description="tiny SDXL-shaped pipeline for tests (two text towers, text_time, 64 px)",
@@ -389,6 +379,10 @@ PRESETS: dict[str, Preset] = {
         text_encoder=_T5_TINY, default_size=256, default_steps=4, scheduler={},
         scheduler_class="DPMSolverMultistepScheduler"),
 }
+# The tiny pipeline's very models as image-to-image.
+PRESETS["img2img-tiny"] = dataclasses.replace(
+    PRESETS["tiny"], name="img2img-tiny", family="sd-img2img",
+    description="the tiny pipeline as image-to-image (StableDiffusionImg2ImgPipeline)")
 
 # The diffusers pipeline class each preset family builds.
 FAMILIES = {"sd": "StableDiffusionPipeline", "sd-img2img": "StableDiffusionImg2ImgPipeline",
