@@ -176,17 +176,21 @@ def test_int8_needs_calibration(tiny_pipe):
 
 
 def test_search_lists_openvino_and_picks_within_threshold(tiny_pipe, prompts):
+    # exhaustive: every variant is built (the default search may bound some out).
     optimized = sdopt.optimize_model(tiny_pipe, prompts, metric_drop_ths=0.1,
                                      backends=["openvino"], num_inference_steps=4, repeats=2,
-                                     show=False, end_to_end=False)
-    rows = {c.id: c for c in optimized.sdopt_result.candidates}
+                                     show=False, end_to_end=False, exhaustive=True)
+    result = optimized.sdopt_result
+    rows = {c.id: c for c in result.candidates}
     for name in ("fp32", "bf16", "int8"):
         assert rows[f"openvino/{name}"].status in ("ok", "selected", "rejected"), rows
         assert rows[f"openvino/{name}"].latency_s > 0
-    selected = optimized.sdopt_result.selected
+    selected = result.selected
     assert selected.metric_drop <= 0.1
-    assert selected.latency_s == min(c.latency_s for c in rows.values()
-                                     if c.status in ("ok", "selected"))
+    # The search's fastest is the pick unless the side-by-side rounds preferred the runner-up.
+    fastest = min(c.latency_s for c in rows.values() if c.status in ("ok", "selected"))
+    assert selected.latency_s == fastest or any("re-timed side by side" in n
+                                                for n in result.notes)
 
 
 def test_missing_package_gives_a_skipped_row(tiny_pipe, prompts, monkeypatch):
