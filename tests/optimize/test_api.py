@@ -40,7 +40,10 @@ def test_optimized_pipeline_is_used_like_the_original(tiny_pipe, prompts):
     assert result.selected is not None and result.selected.status == "selected"
     assert result.selected.metric_drop <= 0.05
     measured = [c for c in result.candidates if c.latency_s]
-    assert result.selected.latency_s == min(c.latency_s for c in measured if c.status in ("ok", "selected"))
+    fastest = min(c.latency_s for c in measured if c.status in ("ok", "selected"))
+    # The search's fastest, unless the side-by-side rounds preferred a close runner-up.
+    assert result.selected.latency_s == fastest or any("re-timed side by side" in n
+                                                       for n in result.notes)
     assert result.original.metric_drop == 0.0
     skipped = {c.id: c.reason for c in result.candidates if c.status == "skipped"}
     assert "CUDA" in skipped["torch_eager/fp16"]
