@@ -77,6 +77,7 @@ def paired_picks(preset: str, size: int, outs: dict[str, str], rounds: int) -> d
     import sdopt
     from sdopt.optimize.capture import collect_samples
     from sdopt.optimize.paired import interleave
+    from sdopt.optimize.search import cycling_call
 
     pipe = sdopt.build_preset(preset)
     from sdopt.cli.optimize import DEMO_SIZE
@@ -91,15 +92,10 @@ def paired_picks(preset: str, size: int, outs: dict[str, str], rounds: int) -> d
         loaded = sdopt.load_model(out, pipe=sdopt.build_preset(preset))
         modules[mode] = loaded.unet.module
 
-    def call_of(module):
-        def call(i):
-            inp = inputs[i % len(inputs)].inputs
-            module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
-        return call
-
+    calls = [s.inputs for s in inputs]
     with torch.inference_mode():
-        measured = interleave({m: call_of(mod) for m, mod in modules.items()}, rounds=rounds,
-                              warmup=1)
+        measured = interleave({m: cycling_call(mod, calls) for m, mod in modules.items()},
+                              rounds=rounds, warmup=1)
     ratio = measured.ratio("ordered", "exhaustive")  # > 1: the ordered pick is faster
     return {"ordered_over_exhaustive_speed": ratio.speedup, "q1": ratio.q1, "q3": ratio.q3,
             "rounds": ratio.rounds,

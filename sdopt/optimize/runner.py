@@ -22,7 +22,7 @@ from .capture import collect_samples
 from .optimized import assemble
 from .request import SearchRequest
 from .confirm import E2E_ROUNDS, E2E_SECONDS, UNET_ROUNDS, UNET_SECONDS, close_runner_up, confirm
-from .search import run_search, run_technique_search
+from .search import cycling_call, run_search, run_technique_search
 from .selection import select
 from .table import REFERENCE_ID, CandidateResult, OptimizationResult, set_e2e_speedup
 
@@ -128,16 +128,12 @@ class Search:
         device = self.req.device
         inputs = [s.inputs.to(device.torch_device) for s in samples.verification[:3]]
 
-        def call_of(module):
-            def call(i):
-                inp = inputs[i % len(inputs)]
-                module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
-            return call
-
         with self._rounds_task("UNet calls", UNET_ROUNDS) as tick:
-            _, self.module = confirm(result, reference_module(denoiser_of(self.model)), contenders,
-                                     call_of, level="unet", device_kind=device.kind,
-                                     rounds=UNET_ROUNDS, max_seconds=UNET_SECONDS, on_round=tick)
+            _, self.module = confirm(
+                result, reference_module(denoiser_of(self.model)), contenders,
+                lambda module: cycling_call(module, inputs), level="unet",
+                device_kind=device.kind, rounds=UNET_ROUNDS, max_seconds=UNET_SECONDS,
+                on_round=tick)
 
     def confirm_end_to_end(self, runner_up) -> None:
         """The chosen pipeline (and a close runner-up) re-timed per image, alternating with the

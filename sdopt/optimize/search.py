@@ -93,12 +93,18 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:300]}{where}"
 
 
-def _time_module(module: OptimizedModule, inputs: list, device_kind: str, **kwargs) -> Timing:
+def cycling_call(module, inputs: list) -> Callable[[int], object]:
+    """``call(i)``: ``module`` on the i-th of ``inputs`` (UNetInputs), cycling, as timings and
+    side-by-side rounds call it."""
     def call(i):
         inp = inputs[i % len(inputs)]
-        module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
+        return module(inp.sample, inp.timestep, inp.encoder_hidden_states, **inp.extra)
 
-    return measure(call, device_kind=device_kind, **kwargs)
+    return call
+
+
+def _time_module(module: OptimizedModule, inputs: list, device_kind: str, **kwargs) -> Timing:
+    return measure(cycling_call(module, inputs), device_kind=device_kind, **kwargs)
 
 
 def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult], *,
