@@ -2,31 +2,48 @@
 
 A comment can only show images by URL, and the only storage every workflow already has write
 access to is its own repository: the images go to a branch that shares no history with the code
-(default ``sdopt-assets``), one folder per run, written through the git data API (blobs, a tree,
-a commit, the ref) with the job's token, so no checkout, no git binary and no credentials on
-disk are needed. The comment links each file at the commit that added it
-(``https://github.com/OWNER/REPO/raw/COMMIT/FOLDER/FILE``): that URL renders for everyone who
-can see the repository, and never changes under an old comment.
+(default ``sdopt-assets``), one folder per run. The comment links each file at the commit that
+added it (``https://github.com/OWNER/REPO/raw/COMMIT/FOLDER/FILE``): that URL renders for
+everyone who can see the repository, and never changes under an old comment (the branch is only
+ever fast-forwarded, so that commit stays on it).
+
+Two transports write the same commit, and share everything but the writing (what files go
+where, which folders are pruned, the commit message, the retries, the links):
+- ``api`` (the default): the git data API (blobs, a tree, a commit, the ref) with the job's
+  token; no checkout, no git binary, no credentials on disk;
+- ``git``: the real ``git`` binary in a throwaway bare repository (never the workspace's
+  checkout): ``ls-remote``/``fetch --depth 1`` of the branch, ``hash-object``/``mktree``/
+  ``commit-tree``, a plain (never forced) ``push``. The token reaches git only as an
+  ``http.<server>/.extraheader`` in git's environment (GIT_CONFIG_COUNT), never as an argument,
+  a URL or a file; git runs with argument lists, no shell, no user or system config. ``auto``
+  picks it when the workspace is a checkout of this repository and git is installed.
 
 The branch keeps the newest ``keep_runs`` folders, none older than ``keep_days`` when set
-(folder names start with the UTC time, so they sort by age): each run's tree deletes the rest.
-Two jobs updating the branch at once is normal (a matrix, two PRs): the ref is only ever
-fast-forwarded, so the loser of a race gets GitHub's 422 "Update is not a fast forward" (or 422
-"Reference already exists" when both create the branch, 409 while GitHub is busy) and starts
-again from the new head, a few times.
+(folder names start with the UTC time, so they sort by age): each run's tree deletes the rest,
+and nothing else on the branch. Two jobs updating the branch at once is normal (a matrix, two
+PRs): the ref is only ever fast-forwarded, so the loser of a race is refused (the API's 422
+"Update is not a fast forward" or "Reference already exists", 409 while GitHub is busy; git's
+rejected non-fast-forward push) and builds its commit again on the new head (no rebase: the
+tree is made again from the new head's), a few times.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, Mapping
 
 from sdopt.deps import require
 from sdopt.errors import SdoptError
+from sdopt.gate.config import assets_branch_problem
 from sdopt.report.thumbnails import Thumbnail
 
 DEFAULT_BRANCH = "sdopt-assets"
@@ -34,22 +51,28 @@ DEFAULT_KEEP_RUNS = 20
 MAX_KEEP_RUNS = 1000
 MAX_KEEP_DAYS = 3650
 ATTEMPTS = 4
+TRANSPORTS = ("auto", "api", "git")
+GIT_TIMEOUT_S = 120
 # A run's folder: "<UTC time>-<run id>-<attempt>[-<key>]", all made here from validated parts.
 FOLDER = re.compile(r"^\d{8}T\d{6}Z-\d+-\d+(?:-[A-Za-z0-9._-]{1,64})?$")
-_FILE = re.compile(r"^\d{2}-[a-z]+\.(?:webp|png)$")
-# A branch name git and URLs both take as is (git check-ref-format, narrowed).
-_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+# "<row>-<kind>.<ext>", a matrix leg's prefixed "j<leg>-" (sdopt.report.thumbnails).
+_FILE = re.compile(r"^(?:j\d{2}-)?\d{2}-[a-z]+\.(?:webp|png)$")
+BOT_NAME = "github-actions[bot]"
+BOT_EMAIL = "41898282+github-actions[bot]@users.noreply.github.com"
 
 
 class PublishError(Exception):
     """Why the images were not published, in one line for the comment."""
 
 
+class _Conflict(Exception):
+    """Another job moved (or created) the branch first: build the commit again on its head."""
+
+
 def check_branch(name: str, *, what: str = "input 'assets_branch'") -> str:
-    if (len(name) > 100 or not _BRANCH.match(name) or ".." in name or name.endswith(".lock")
-            or name.endswith(".")):
-        raise SdoptError(f"{what} is '{name}': expected a branch name of letters, digits, "
-                         "'.', '_', '-' and '/' (no '..', at most 100 characters)")
+    problem = assets_branch_problem(name)
+    if problem:
+        raise SdoptError(f"{what} is '{name}': {problem}")
     return name
 
 
@@ -74,7 +97,105 @@ class Published:
     base_url: str                  # where the folder's files are, for the comment's links
     pruned: list[str] = field(default_factory=list)
     attempts: int = 1
+    transport: str = "api"
 
+
+# --- what every transport shares: the checks, the plan, the retries, the links -------------
+
+def _older_than(folder: str, days: int, now: datetime) -> bool:
+    stamp = datetime.strptime(folder[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return days > 0 and now - stamp > timedelta(days=days)
+
+
+def run_folders(names: Iterable[str]) -> list[str]:
+    """The run folders among the names at the branch's top level, oldest first (names we did
+    not make are kept and never counted, so nothing else on the branch is pruned)."""
+    return sorted(n for n in names if FOLDER.match(str(n)))
+
+
+def choose_pruned(runs: list[str], folder: str, keep_runs: int, keep_days: int,
+                  now: datetime) -> list[str]:
+    """The run folders this run's commit deletes: beyond the newest ``keep_runs`` (this run's
+    counted), and those older than ``keep_days`` (0: no age limit)."""
+    others = [r for r in run_folders(runs) if r != folder]
+    pruned = others[:max(0, len(others) - (keep_runs - 1))]
+    return pruned + [r for r in others if r not in pruned and _older_than(r, keep_days, now)]
+
+
+def commit_message(folder: str, pruned: list[str]) -> str:
+    return (f"sdopt: comment images of run {folder}"
+            + (f", pruned {len(pruned)} older" if pruned else ""))
+
+
+def _checked(files: Iterable[Thumbnail], folder: str, branch: str, keep_runs: int,
+             keep_days: int) -> list[Thumbnail]:
+    files = list(files)
+    for f in files:                     # names are ours; checked again so no path can escape
+        if not _FILE.match(f.name):
+            raise PublishError(f"refused to publish '{f.name}': not a thumbnail name sdopt makes")
+    if len({f.name for f in files}) != len(files):
+        raise PublishError("refused to publish two files of the same name")
+    if not FOLDER.match(folder):
+        raise PublishError(f"refused to publish into '{folder}': not a run folder sdopt makes")
+    check_branch(branch)
+    if not 1 <= keep_runs <= MAX_KEEP_RUNS:
+        raise SdoptError(f"input 'assets_keep_runs' is {keep_runs}: expected 1 to {MAX_KEEP_RUNS}")
+    if not 0 <= keep_days <= MAX_KEEP_DAYS:
+        raise SdoptError(f"input 'assets_keep_days' is {keep_days}: expected 0 to "
+                         f"{MAX_KEEP_DAYS}")
+    return files
+
+
+def _publish(writer, files: list[Thumbnail], *, repository: str, folder: str, branch: str,
+             keep_runs: int, keep_days: int, now: datetime | None, server_url: str,
+             sleep) -> Published:
+    """The one publishing loop: store the files, then read the head, plan, write; on a
+    concurrent update read the new head and plan again, up to ATTEMPTS times."""
+    try:
+        writer.store(files)
+    except _Conflict as exc:
+        raise PublishError(str(exc)) from None
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            head, names = writer.read()
+            pruned = choose_pruned(names, folder, keep_runs, keep_days,
+                                   now or datetime.now(timezone.utc))
+            commit = writer.write(head, folder, pruned, commit_message(folder, pruned))
+        except _Conflict as exc:
+            if attempt < ATTEMPTS:
+                sleep(0.5 * attempt)
+                continue
+            raise PublishError(str(exc)) from None
+        return Published(branch, folder, commit,
+                         f"{server_url.rstrip('/')}/{repository}/raw/{commit}/{folder}",
+                         pruned, attempt, writer.name)
+    raise AssertionError("unreachable")
+
+
+def publish_images(files: Iterable[Thumbnail], *, token: str, repository: str, folder: str,
+                   branch: str = DEFAULT_BRANCH, keep_runs: int = DEFAULT_KEEP_RUNS,
+                   keep_days: int = 0, now: datetime | None = None,
+                   api_url: str = "https://api.github.com",
+                   server_url: str = "https://github.com", sleep=time.sleep,
+                   transport: str = "api", remote: str | None = None) -> Published:
+    """Add ``files`` as ``folder`` on ``branch`` (created as an orphan when missing) and prune
+    the oldest folders beyond ``keep_runs``, and those older than ``keep_days`` (0: no age
+    limit), through ``transport`` (api, or git pushing to ``remote``, by default the
+    repository on ``server_url``); PublishError says why not, in one line."""
+    files = _checked(files, folder, branch, keep_runs, keep_days)
+    kw = dict(repository=repository, folder=folder, branch=branch, keep_runs=keep_runs,
+              keep_days=keep_days, now=now, server_url=server_url, sleep=sleep)
+    if transport == "git":
+        with _GitWriter(remote or f"{server_url.rstrip('/')}/{repository}.git", branch, token,
+                        server_url) as writer:
+            return _publish(writer, files, **kw)
+    if transport != "api":
+        raise SdoptError(f"assets transport '{transport}': expected api or git")
+    with _ApiWriter(token, api_url, repository, branch) as writer:
+        return _publish(writer, files, **kw)
+
+
+# --- transport: the GitHub git data API -----------------------------------------------------
 
 def _client(token: str, api_url: str):
     github = require("github", "publishing the comment's images")
@@ -83,99 +204,222 @@ def _client(token: str, api_url: str):
                          seconds_between_writes=None)
 
 
-def _runs(call, repo: str, head: str | None) -> tuple[str | None, list[str]]:
-    """The head commit's tree and the run folders in it (names we did not make are kept and
-    never counted, so nothing else on the branch is pruned)."""
-    if head is None:
-        return None, []
-    commit = call("GET", f"/repos/{repo}/git/commits/{head}")
-    tree_sha = commit["tree"]["sha"]
-    tree = call("GET", f"/repos/{repo}/git/trees/{tree_sha}")
-    return tree_sha, sorted(e["path"] for e in tree.get("tree", [])
-                            if e.get("type") == "tree" and FOLDER.match(str(e.get("path"))))
+class _ApiWriter:
+    name = "api"
+
+    def __init__(self, token: str, api_url: str, repository: str, branch: str):
+        self.repo, self.branch = repository, branch
+        self.gh = _client(token, api_url)
+        self.blobs: dict[str, str] = {}
+        self.base_tree: str | None = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.gh.close()
+
+    def _call(self, verb: str, url: str, body: dict | None = None, *,
+              missing_ok: bool = False) -> dict | None:
+        from github import GithubException
+
+        try:
+            _, data = self.gh.requester.requestJsonAndCheck(verb, url, input=body)
+            return data
+        except GithubException as exc:
+            if missing_ok and exc.status == 404:
+                return None
+            message = exc.data.get("message") if isinstance(exc.data, dict) else None
+            line = (f"GitHub API answered {exc.status} on branch '{self.branch}': "
+                    f"{message or 'no message'}")
+            # 422: another job moved or created the branch first (not a fast forward, reference
+            # already exists, or a pruned folder already gone); 409: GitHub is busy with the
+            # repository. Both: read the new head and do it again.
+            if exc.status in (409, 422):
+                raise _Conflict(line) from None
+            if exc.status in (403, 404):
+                line += " (the token needs 'contents: write'; a fork's pull request never has it)"
+            raise PublishError(line) from None
+
+    def store(self, files: list[Thumbnail]) -> None:
+        self.blobs = {f.name: self._call("POST", f"/repos/{self.repo}/git/blobs",
+                                         {"content": base64.b64encode(f.data).decode(),
+                                          "encoding": "base64"})["sha"] for f in files}
+
+    def read(self) -> tuple[str | None, list[str]]:
+        ref = self._call("GET", f"/repos/{self.repo}/git/ref/heads/{self.branch}",
+                         missing_ok=True)
+        if ref is None:
+            self.base_tree = None
+            return None, []
+        head = ref["object"]["sha"]
+        self.base_tree = self._call("GET", f"/repos/{self.repo}/git/commits/{head}")["tree"]["sha"]
+        tree = self._call("GET", f"/repos/{self.repo}/git/trees/{self.base_tree}")
+        return head, [str(e.get("path")) for e in tree.get("tree", []) if e.get("type") == "tree"]
+
+    def write(self, head: str | None, folder: str, pruned: list[str], message: str) -> str:
+        entries = [{"path": f"{folder}/{name}", "mode": "100644", "type": "blob", "sha": sha}
+                   for name, sha in self.blobs.items()]
+        entries += [{"path": r, "mode": "040000", "type": "tree", "sha": None} for r in pruned]
+        tree = self._call("POST", f"/repos/{self.repo}/git/trees",
+                          {"tree": entries,
+                           **({"base_tree": self.base_tree} if self.base_tree else {})})
+        commit = self._call("POST", f"/repos/{self.repo}/git/commits",
+                            {"message": message, "tree": tree["sha"],
+                             "parents": [head] if head else []})
+        if head:
+            self._call("PATCH", f"/repos/{self.repo}/git/refs/heads/{self.branch}",
+                       {"sha": commit["sha"], "force": False})
+        else:
+            self._call("POST", f"/repos/{self.repo}/git/refs",
+                       {"ref": f"refs/heads/{self.branch}", "sha": commit["sha"]})
+        return commit["sha"]
 
 
-def _older_than(folder: str, days: int, now: datetime) -> bool:
-    stamp = datetime.strptime(folder[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-    return days > 0 and now - stamp > timedelta(days=days)
+# --- transport: git itself, in a throwaway bare repository ------------------------------------
+
+def git_env(token: str | None, server_url: str, home: str,
+            base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """git's environment: no user or system config, no prompt, the bot's identity, and the
+    token only as an ``http.<server>/.extraheader`` (what actions/checkout configures, here
+    in the environment: never an argument, a URL or a file)."""
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if k in ("PATH", "LANG", "LC_ALL", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY",
+                    "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")}
+    env.update({"HOME": home, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
+                "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "",
+                "GIT_AUTHOR_NAME": BOT_NAME, "GIT_AUTHOR_EMAIL": BOT_EMAIL,
+                "GIT_COMMITTER_NAME": BOT_NAME, "GIT_COMMITTER_EMAIL": BOT_EMAIL,
+                "GIT_CONFIG_COUNT": "0", "GIT_ALLOW_PROTOCOL": "https:http:file"})
+    if token:
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        env.update({"GIT_CONFIG_COUNT": "1",
+                    "GIT_CONFIG_KEY_0": f"http.{server_url.rstrip('/')}/.extraheader",
+                    "GIT_CONFIG_VALUE_0": f"AUTHORIZATION: basic {basic}"})
+    return env
 
 
-def publish_images(files: Iterable[Thumbnail], *, token: str, repository: str, folder: str,
-                   branch: str = DEFAULT_BRANCH, keep_runs: int = DEFAULT_KEEP_RUNS,
-                   keep_days: int = 0, now: datetime | None = None,
-                   api_url: str = "https://api.github.com",
-                   server_url: str = "https://github.com", sleep=time.sleep) -> Published:
-    """Add ``files`` as ``folder`` on ``branch`` (created as an orphan when missing) and prune
-    the oldest folders beyond ``keep_runs``, and those older than ``keep_days`` (0: no age
-    limit); PublishError says why not, in one line."""
-    from github import GithubException
+def _last_line(text: str, secrets: Iterable[str]) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("hint:")]
+    line = lines[-1] if lines else "no message"
+    for secret in secrets:
+        if secret:
+            line = line.replace(secret, "***")
+    return line[:300]
 
-    files = list(files)
-    for f in files:                     # names are ours; checked again so no path can escape
-        if not _FILE.match(f.name):
-            raise PublishError(f"refused to publish '{f.name}': not a thumbnail name sdopt makes")
-    if not FOLDER.match(folder):
-        raise PublishError(f"refused to publish into '{folder}': not a run folder sdopt makes")
-    check_branch(branch)
-    if not 1 <= keep_runs <= MAX_KEEP_RUNS:
-        raise SdoptError(f"input 'assets_keep_runs' is {keep_runs}: expected 1 to {MAX_KEEP_RUNS}")
-    gh = _client(token, api_url)
 
-    def call(verb: str, url: str, body: dict | None = None) -> dict:
-        _, data = gh.requester.requestJsonAndCheck(verb, url, input=body)
-        return data
+class _GitWriter:
+    name = "git"
 
-    ref_url = f"/repos/{repository}/git/refs/heads/{branch}"
-    try:
-        blobs = {f.name: call("POST", f"/repos/{repository}/git/blobs",
-                              {"content": base64.b64encode(f.data).decode(),
-                               "encoding": "base64"})["sha"] for f in files}
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                head = call("GET", f"/repos/{repository}/git/ref/heads/{branch}")["object"]["sha"]
-            except GithubException as exc:
-                if exc.status != 404:
-                    raise
-                head = None
-            try:
-                base_tree, runs = _runs(call, repository, head)
-                others = [r for r in runs if r != folder]
-                pruned = others[:max(0, len(others) - (keep_runs - 1))]
-                pruned += [r for r in others if r not in pruned
-                           and _older_than(r, keep_days, now or datetime.now(timezone.utc))]
-                entries = [{"path": f"{folder}/{name}", "mode": "100644", "type": "blob",
-                            "sha": sha} for name, sha in blobs.items()]
-                entries += [{"path": r, "mode": "040000", "type": "tree", "sha": None}
-                            for r in pruned]
-                tree = call("POST", f"/repos/{repository}/git/trees",
-                            {"tree": entries, **({"base_tree": base_tree} if base_tree else {})})
-                commit = call("POST", f"/repos/{repository}/git/commits", {
-                    "message": f"sdopt: comment images of run {folder}"
-                               + (f", pruned {len(pruned)} older" if pruned else ""),
-                    "tree": tree["sha"], "parents": [head] if head else []})
-                if head:
-                    call("PATCH", ref_url, {"sha": commit["sha"], "force": False})
-                else:
-                    call("POST", f"/repos/{repository}/git/refs",
-                         {"ref": f"refs/heads/{branch}", "sha": commit["sha"]})
-            except GithubException as exc:
-                # 422: another job moved or created the branch first (not a fast forward,
-                # reference already exists, or a pruned folder already gone); 409: GitHub is
-                # busy with the repository. Both: read the new head and do it again.
-                if exc.status in (409, 422) and attempt < ATTEMPTS:
-                    sleep(0.5 * attempt)
-                    continue
-                raise
-            return Published(branch, folder, commit["sha"],
-                             f"{server_url.rstrip('/')}/{repository}/raw/{commit['sha']}/{folder}",
-                             pruned, attempt)
-        raise AssertionError("unreachable")
-    except GithubException as exc:
-        message = exc.data.get("message") if isinstance(exc.data, dict) else None
-        hint = ""
-        if exc.status in (403, 404):
-            hint = " (the token needs 'contents: write'; a fork's pull request never has it)"
-        raise PublishError(f"GitHub API answered {exc.status} on branch '{branch}': "
-                           f"{message or 'no message'}{hint}") from None
-    finally:
-        gh.close()
+    def __init__(self, remote: str, branch: str, token: str | None, server_url: str):
+        if shutil.which("git") is None:
+            raise PublishError("the git transport needs the git binary, which is not installed")
+        self.remote, self.branch, self.token = remote, branch, token
+        self.tmp = tempfile.TemporaryDirectory(prefix="sdopt-assets-")
+        self.git_dir = Path(self.tmp.name) / "repo.git"
+        self.env = git_env(token, server_url, self.tmp.name)
+        self.secrets = [token or "", base64.b64encode(f"x-access-token:{token}".encode())
+                        .decode() if token else ""]
+        self.folder_tree: str | None = None
+        self.entries: list[str] = []
+        try:
+            self._git("init", "--quiet", "--bare", str(self.git_dir), bare_init=True)
+        except BaseException:
+            self.tmp.cleanup()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.tmp.cleanup()
+
+    def _git(self, *args: str, stdin: bytes | None = None, check: bool = True,
+             bare_init: bool = False) -> subprocess.CompletedProcess:
+        cmd = ["git"] + ([] if bare_init else [f"--git-dir={self.git_dir}"]) + list(args)
+        try:
+            done = subprocess.run(cmd, input=stdin, capture_output=True, env=self.env,
+                                  timeout=GIT_TIMEOUT_S, cwd=self.tmp.name, check=False)
+        except subprocess.TimeoutExpired:
+            raise PublishError(f"git {args[0]} on branch '{self.branch}' took over "
+                               f"{GIT_TIMEOUT_S} s") from None
+        if check and done.returncode != 0:
+            raise PublishError(self._failure(args[0], done))
+        return done
+
+    def _failure(self, what: str, done: subprocess.CompletedProcess) -> str:
+        text = (done.stderr or b"").decode("utf-8", "replace")
+        line = (f"git {what} to branch '{self.branch}' failed: "
+                f"{_last_line(text, self.secrets)}")
+        if re.search(r"\b(403|401)\b|Authentication failed|Permission to .* denied|"
+                     r"could not read Username", text):
+            line += " (the token needs 'contents: write'; a fork's pull request never has it)"
+        return line
+
+    def store(self, files: list[Thumbnail]) -> None:
+        entries = []
+        for f in files:
+            sha = self._git("hash-object", "-w", "--stdin", stdin=f.data).stdout.decode().strip()
+            entries.append(f"100644 blob {sha}\t{f.name}")
+        self.folder_tree = self._mktree(entries)
+
+    def _mktree(self, entries: list[str]) -> str:
+        data = "".join(e + "\0" for e in entries).encode("utf-8", "surrogateescape")
+        return self._git("mktree", "-z", stdin=data).stdout.decode().strip()
+
+    def read(self) -> tuple[str | None, list[str]]:
+        ref = f"refs/heads/{self.branch}"
+        listed = self._git("ls-remote", "--", self.remote, ref).stdout.decode()
+        if not any(line.split("\t")[-1] == ref for line in listed.splitlines()):
+            self.entries = []
+            return None, []
+        self._git("fetch", "--quiet", "--no-tags", "--depth=1", "--", self.remote,
+                  f"+{ref}:refs/sdopt/head")
+        head = self._git("rev-parse", "--verify", "refs/sdopt/head^{commit}").stdout.decode() \
+            .strip()
+        listing = self._git("ls-tree", "-z", head).stdout.decode("utf-8", "surrogateescape")
+        self.entries = [e for e in listing.split("\0") if e]
+        return head, [e.split("\t", 1)[1] for e in self.entries if e.split(" ")[1] == "tree"]
+
+    def write(self, head: str | None, folder: str, pruned: list[str], message: str) -> str:
+        gone = set(pruned) | {folder}
+        root = [e for e in self.entries if e.split("\t", 1)[1] not in gone]
+        root.append(f"040000 tree {self.folder_tree}\t{folder}")
+        tree = self._mktree(root)
+        commit = self._git("commit-tree", tree, *(["-p", head] if head else []),
+                           stdin=message.encode()).stdout.decode().strip()
+        # Never forced: a push that is not a fast forward (someone else's run landed first, or
+        # created the branch) is refused by the remote, and the caller builds on the new head.
+        done = self._git("push", "--porcelain", "--quiet", "--", self.remote,
+                         f"{commit}:refs/heads/{self.branch}", check=False)
+        if done.returncode != 0:
+            out = (done.stdout or b"").decode("utf-8", "replace") + \
+                (done.stderr or b"").decode("utf-8", "replace")
+            if re.search(r"\[rejected\]|non-fast-forward|fetch first|\[remote rejected\].*"
+                         r"(cannot lock ref|failed to update ref)", out):
+                raise _Conflict(f"git push to branch '{self.branch}' was rejected: the branch "
+                                "kept moving (another job's images landed first)")
+            raise PublishError(self._failure("push", done))
+        return commit
+
+
+def git_remote(workspace: str | os.PathLike | None, server_url: str, repository: str,
+               base_env: Mapping[str, str] | None = None) -> str | None:
+    """The URL to push the assets branch to when ``workspace`` is a checkout of ``repository``
+    (its ``origin`` is the repository on ``server_url``) and git is installed; else None (the
+    API transport). Read with git's own config reader, nothing written."""
+    if not workspace or shutil.which("git") is None or not Path(workspace, ".git").exists():
+        return None
+    with tempfile.TemporaryDirectory(prefix="sdopt-git-") as home:
+        env = git_env(None, server_url, home, base_env)
+        try:
+            done = subprocess.run(["git", "-C", str(workspace), "config", "--get",
+                                   "remote.origin.url"], capture_output=True, env=env,
+                                  timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    url = done.stdout.decode("utf-8", "replace").strip() if done.returncode == 0 else ""
+    wanted = f"{server_url.rstrip('/')}/{repository}"
+    if url.removesuffix("/").removesuffix(".git").lower() == wanted.lower():
+        return wanted + ".git"
+    return None

@@ -62,6 +62,9 @@ class ActionInputs:
     assets_branch: str = "sdopt-assets"
     assets_keep_runs: int = 20
     assets_keep_days: int = 0           # 0: no age limit
+    # How the assets branch is written (action/assets.py): api, git, or auto (git when the
+    # workspace is a checkout of the repository and git is installed, else api).
+    assets_transport: str = "auto"
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -160,34 +163,56 @@ def read_inputs(env: Mapping[str, str] | None = None) -> ActionInputs:
 
 
 def read_image_inputs(env: Mapping[str, str], inp: ActionInputs) -> None:
-    """image_hosting, image_base_url, assets_branch, assets_keep_runs/days: checked here, before
-    anything runs, so that a typo is one error line and not a comment without images."""
-    from .assets import MAX_KEEP_DAYS, MAX_KEEP_RUNS, check_branch
+    """image_hosting, image_base_url, assets_branch, assets_keep_runs/days, assets_transport:
+    each input given wins over the config's ``[report]`` key of the same name (with
+    config_overrides applied), which wins over the default; checked here, before anything runs,
+    so that a typo is one error line and not a comment without images."""
+    from sdopt.gate.config import image_base_url_problem
 
-    hosting = (_get(env, "image_hosting") or inp.image_hosting).lower()
+    from .assets import MAX_KEEP_DAYS, MAX_KEEP_RUNS, TRANSPORTS, check_branch
+
+    report = config_report(inp)
+    hosting = (_get(env, "image_hosting") or report.image_hosting).lower()
     if hosting not in IMAGE_HOSTING:
         raise SdoptError(f"input 'image_hosting' is '{hosting}': expected branch, url or none")
     inp.image_hosting = hosting
-    inp.image_base_url = _get(env, "image_base_url")
-    if inp.image_base_url is not None:
-        url = inp.image_base_url
-        if not url.startswith(("https://", "http://")) or any(c.isspace() or c in "<>()\"'`"
-                                                              for c in url):
-            raise SdoptError(f"input 'image_base_url' is '{url}': expected an http(s) URL "
-                             "without spaces, quotes, brackets or parentheses")
+    url = _get(env, "image_base_url")
+    if url is not None and image_base_url_problem(url):
+        raise SdoptError(f"input 'image_base_url' is '{url}': {image_base_url_problem(url)}")
+    inp.image_base_url = url or report.image_base_url
     if hosting == "url" and not inp.image_base_url:
         raise SdoptError("input 'image_hosting' is url but 'image_base_url' is empty: set it to "
                          "where the output directory's files are served")
-    inp.assets_branch = check_branch(_get(env, "assets_branch") or inp.assets_branch)
+    inp.assets_branch = check_branch(_get(env, "assets_branch") or report.assets_branch)
     keep = _get(env, "assets_keep_runs")
-    if keep is not None:
-        if not keep.isdigit() or not 1 <= int(keep) <= MAX_KEEP_RUNS:
-            raise SdoptError(f"input 'assets_keep_runs' is '{keep}': expected a whole number "
-                             f"from 1 to {MAX_KEEP_RUNS}")
-        inp.assets_keep_runs = int(keep)
+    if keep is not None and (not keep.isdigit() or not 1 <= int(keep) <= MAX_KEEP_RUNS):
+        raise SdoptError(f"input 'assets_keep_runs' is '{keep}': expected a whole number "
+                         f"from 1 to {MAX_KEEP_RUNS}")
+    inp.assets_keep_runs = int(keep) if keep is not None else report.assets_keep_runs
     days = _get(env, "assets_keep_days")
-    if days is not None:
-        if not days.isdigit() or int(days) > MAX_KEEP_DAYS:
-            raise SdoptError(f"input 'assets_keep_days' is '{days}': expected a whole number "
-                             f"from 0 (no age limit) to {MAX_KEEP_DAYS}")
-        inp.assets_keep_days = int(days)
+    if days is not None and (not days.isdigit() or int(days) > MAX_KEEP_DAYS):
+        raise SdoptError(f"input 'assets_keep_days' is '{days}': expected a whole number "
+                         f"from 0 (no age limit) to {MAX_KEEP_DAYS}")
+    inp.assets_keep_days = int(days) if days is not None else report.assets_keep_days
+    transport = (_get(env, "assets_transport") or inp.assets_transport).lower()
+    if transport not in TRANSPORTS:
+        raise SdoptError(f"input 'assets_transport' is '{transport}': expected auto, api or git")
+    inp.assets_transport = transport
+
+
+def config_report(inp: ActionInputs):
+    """The config's ``[report]`` settings (with config_overrides) when the config file exists;
+    else the defaults with the ``report.*`` overrides (a commenter job without a checkout).
+    A config that exists but is wrong is an error naming the file and the field (exit 2)."""
+    from pathlib import Path
+
+    from sdopt.gate.config import DEFAULT_CONFIG_NAME, load_config, parse_config
+
+    path = Path(inp.config)
+    if path.is_dir():
+        path = path / DEFAULT_CONFIG_NAME
+    if path.exists():
+        return load_config(path, inp.overrides).report
+    return parse_config({"model": "unused"}, source="input 'config_overrides'",
+                        overrides=[o for o in inp.overrides
+                                   if o.key.startswith("report.")]).report

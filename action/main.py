@@ -269,22 +269,88 @@ def host_images(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullReques
     if not selection.files:
         return None, ("no sample image could be read from the results"
                       + (f" ({selection.notes[0]})" if selection.notes else ""))
-    try:
-        done = assets.publish_images(
-            selection.files, token=inp.token or "", repository=ctx.repository,
-            folder=assets.run_folder(env.get("GITHUB_RUN_ID"), env.get("GITHUB_RUN_ATTEMPT"),
-                                     inp.comment_key),
-            branch=inp.assets_branch, keep_runs=inp.assets_keep_runs,
-            keep_days=inp.assets_keep_days,
-            api_url=env.get("GITHUB_API_URL") or comment_mod.DEFAULT_API_URL,
-            server_url=env.get("GITHUB_SERVER_URL") or "https://github.com")
-    except assets.PublishError as exc:
-        return None, f"they could not be published to branch '{inp.assets_branch}': {exc}"
+    done, why = publish_thumbnails(inp, env, ctx, selection.files)
+    if done is None:
+        return None, why
     print(workflow.neutralize(
         f"comment images: {len(selection.files)} files ({selection.total_bytes:,} bytes) in "
         f"{done.folder} on branch {done.branch}"
         + (f", {len(done.pruned)} older run(s) pruned" if done.pruned else "")))
     return {"images": thumbnails.markdown_rows(selection, done.base_url)}, None
+
+
+def publish_thumbnails(inp: ActionInputs, env: Mapping[str, str],
+                       ctx: event.PullRequestContext, files: list
+                       ) -> tuple[assets.Published | None, str | None]:
+    """``files`` in this run's folder of the assets branch, through ``assets_transport`` (auto:
+    git when the workspace is a checkout of the repository, else the API): (what was
+    published, None) or (None, one line saying why not)."""
+    server_url = env.get("GITHUB_SERVER_URL") or "https://github.com"
+    transport, remote = inp.assets_transport, None
+    if transport in ("auto", "git"):
+        remote = assets.git_remote(env.get("GITHUB_WORKSPACE"), server_url,
+                                   ctx.repository)
+        transport = "git" if remote or transport == "git" else "api"
+    try:
+        done = assets.publish_images(
+            files, token=inp.token or "", repository=ctx.repository,
+            folder=assets.run_folder(env.get("GITHUB_RUN_ID"), env.get("GITHUB_RUN_ATTEMPT"),
+                                     inp.comment_key),
+            branch=inp.assets_branch, keep_runs=inp.assets_keep_runs,
+            keep_days=inp.assets_keep_days,
+            api_url=env.get("GITHUB_API_URL") or comment_mod.DEFAULT_API_URL,
+            server_url=server_url, transport=transport, remote=remote)
+    except assets.PublishError as exc:
+        return None, f"they could not be published to branch '{inp.assets_branch}': {exc}"
+    return done, None
+
+
+def host_merged_images(inp: ActionInputs, env: Mapping[str, str],
+                       ctx: event.PullRequestContext, leg_dirs: list[Path], verdict: dict | None
+                       ) -> tuple[str | None, str | None]:
+    """A matrix's merged comment with each job's sample images: (the merged markdown rendered
+    again with them, None) or (None, one line saying why there are none). With ``branch``
+    every job's thumbnails (a share of the budget each, names prefixed ``j01-``...) go in one
+    commit, this run's one folder; with ``url`` each job's images are linked under
+    ``image_base_url/<job directory>/`` (the downloaded legs, served as they are)."""
+    from urllib.parse import quote
+
+    from sdopt.gate.merge import load_legs
+    from sdopt.report import thumbnails
+    from sdopt.report.merged import merged_markdown
+
+    if inp.image_hosting == "none":
+        return None, None
+    legs = load_legs(leg_dirs)
+    extra: dict[str, dict] = {}
+    if inp.image_hosting == "url":
+        extra = {leg.name: {"image_base_url": f"{inp.image_base_url.rstrip('/')}/"
+                                              f"{quote(leg.name)}"} for leg in legs}
+    else:
+        selections, files = {}, []
+        for i, leg in enumerate(legs, 1):
+            selection = thumbnails.prefixed(thumbnails.select(
+                leg.results, leg.directory, leg.verdict,
+                baseline_dir=same_job_base_dir(leg.results, leg.directory),
+                budget=thumbnails.DEFAULT_BUDGET // len(legs),
+                max_prompts=max(1, thumbnails.MAX_PROMPTS // len(legs))), f"j{i:02d}-")
+            for note in selection.notes:
+                print(workflow.neutralize(f"comment images of {leg.name}: {note}"))
+            selections[leg.name] = selection
+            files += selection.files
+        if not files:
+            return None, "no sample image could be read from the jobs' results"
+        done, why = publish_thumbnails(inp, env, ctx, files)
+        if done is None:
+            return None, why
+        print(workflow.neutralize(
+            f"comment images: {len(files)} files of {len(legs)} jobs in {done.folder} on "
+            f"branch {done.branch}"
+            + (f", {len(done.pruned)} older run(s) pruned" if done.pruned else "")))
+        extra = {name: thumbnails.markdown_rows(sel, done.base_url)
+                 for name, sel in selections.items() if sel.files}
+    return merged_markdown(legs, verdict, templates_dir=report_templates(inp),
+                           leg_contexts=extra), None
 
 
 def same_job_base_dir(results: dict, results_dir: Path) -> Path | None:
@@ -343,7 +409,8 @@ def publish(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestCon
             trusted: bool = True) -> str:
     """Job summary (phases run and all), and the PR comment where allowed and the ``comment``
     policy asks for it (phases publish and all); returns the comment URL ('' if none).
-    ``trusted``: the results are this job's own run, not a downloaded (maybe a fork's) artifact."""
+    ``trusted``: the results are this job's own run, not a downloaded (maybe a fork's) artifact.
+    In mode merge the comment shows each job's images, from ``artifact_dir``."""
     if phase != "publish":
         workflow.write_summary(body, env)
     if inp.comment == "never" or phase == "run":
@@ -359,12 +426,18 @@ def publish(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestCon
     if not inp.token:
         workflow.warning("no token: the report is in the job summary only", title="sdopt")
         return ""
-    if results is not None:
-        update, why = host_images(inp, env, ctx, results_dir, results, verdict)
-        if update is not None:
-            body = report_markdown(results, verdict, results_dir, inp, trust_files=trusted,
-                                   **update)
-        elif why:
+    legs = merge_legs(Path(inp.artifact_dir)) if inp.mode == "merge" and results is None \
+        else None
+    if results is not None or legs:
+        if results is not None:
+            update, why = host_images(inp, env, ctx, results_dir, results, verdict)
+            if update is not None:
+                body = report_markdown(results, verdict, results_dir, inp, trust_files=trusted,
+                                       **update)
+        else:
+            merged, why = host_merged_images(inp, env, ctx, legs, verdict)
+            body = merged or body
+        if why:
             print(workflow.neutralize(f"no sample images in the PR comment: {why}"))
             body = images_unavailable(artifact_link(body, inp.artifact_url), why,
                                       inp.artifact_url)

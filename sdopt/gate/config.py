@@ -144,11 +144,62 @@ class BaselineConfig(_Section):
     git_ref: Optional[str] = None  # e.g. "origin/main": read `path` as committed there
 
 
+# A branch name git and URLs both take as is (git check-ref-format, narrowed).
+_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+
+
+def assets_branch_problem(name: str) -> str | None:
+    """Why ``name`` cannot be the PR comment's assets branch (None: it can)."""
+    if (len(name) > 100 or not _BRANCH.match(name) or ".." in name or name.endswith(".lock")
+            or name.endswith(".")):
+        return ("expected a branch name of letters, digits, '.', '_', '-' and '/' (no '..', "
+                "at most 100 characters)")
+    return None
+
+
+def image_base_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot prefix the comment's image links (None: it can)."""
+    if not url.startswith(("https://", "http://")) or any(c.isspace() or c in "<>()\"'`"
+                                                          for c in url):
+        return "expected an http(s) URL without spaces, quotes, brackets or parentheses"
+    return None
+
+
 class ReportConfig(_Section):
     """How the reports look: a folder of templates searched before the built-in ones (relative
-    to this file), so a team can restyle one partial without forking sdopt."""
+    to this file), so a team can restyle one partial without forking sdopt. Where the PR
+    comment's sample images are hosted (docs/action.md, "Sample images"; the action's inputs
+    of the same names override these)."""
 
     templates: Optional[str] = None
+    image_hosting: Literal["branch", "url", "none"] = "branch"
+    image_base_url: Optional[str] = None
+    assets_branch: str = "sdopt-assets"
+    assets_keep_runs: int = Field(default=20, ge=1, le=1000)
+    assets_keep_days: int = Field(default=0, ge=0, le=3650)      # 0: no age limit
+
+    @field_validator("image_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        problem = value is not None and image_base_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("assets_branch")
+    @classmethod
+    def _branch(cls, value: str) -> str:
+        problem = assets_branch_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _url_needs_base(self):
+        if self.image_hosting == "url" and not self.image_base_url:
+            raise ValueError("image_hosting is url but image_base_url is not set: set it to "
+                             "where the output directory's files are served")
+        return self
 
 
 class Config(_Section):

@@ -10,7 +10,7 @@ the level of detail that fits its share.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from ..gate.merge import Leg
 from ..gate.results import VERDICT_TITLE
@@ -31,7 +31,10 @@ def _seconds(value: float | None) -> str:
 
 def merged_markdown(legs: list[Leg], verdict: dict[str, Any] | None, *,
                     limit: int = markdown.MAX_CHARS,
-                    templates_dir: str | os.PathLike | None = None) -> str:
+                    templates_dir: str | os.PathLike | None = None,
+                    leg_contexts: Mapping[str, dict] | None = None) -> str:
+    """``leg_contexts``: per job name, what its report's context gains (the action's hosted
+    sample images: ``md_images``, or ``image_base_url``)."""
     rows = [{"name": leg.name, "device": leg.device,
              "original": _seconds(leg.median("original")),
              "optimized": _seconds(leg.median("optimized")),
@@ -48,9 +51,12 @@ def merged_markdown(legs: list[Leg], verdict: dict[str, Any] | None, *,
             context["bodies_left_out"] = True
         else:
             for leg, row in zip(legs, rows):
-                body = markdown.render(build_context(leg.results, leg.directory,
-                                                     verdict=leg.verdict, html=False),
-                                       limit=share, templates_dir=templates_dir)
+                extra = dict((leg_contexts or {}).get(leg.name) or {})
+                context_leg = build_context(leg.results, leg.directory, verdict=leg.verdict,
+                                            html=False,
+                                            image_base_url=extra.pop("image_base_url", None))
+                context_leg.update(extra)
+                body = markdown.render(context_leg, limit=share, templates_dir=templates_dir)
                 row["body"] = markdown.Safe(body.strip())
         text = template.render(**context).strip() + "\n"
     return markdown.cap(text, limit)

@@ -215,3 +215,12 @@ def markdown_rows(selection: Selection, base_url: str) -> dict:
              "cells": [safe_url(base_url, r.names[k]) if k in r.names else "" for k in columns]}
             for r in selection.rows]
     return {"md_images": rows, "md_image_columns": columns}
+
+
+def prefixed(selection: Selection, prefix: str) -> Selection:
+    """``selection`` with every file name prefixed (a matrix job's ``j01-``), so that several
+    jobs' images share one run folder."""
+    files = [Thumbnail(prefix + f.name, f.kind, f.data) for f in selection.files]
+    rows = [SampleRow(r.prompt, r.seed, {k: prefix + n for k, n in r.names.items()})
+            for r in selection.rows]
+    return Selection(rows, files, list(selection.notes), selection.fmt)
