@@ -545,20 +545,22 @@ def default_mask(height: int, width: int):
     return Image.fromarray(mask, "L")
 
 
-def pipeline_inputs(pipe, height: int, width: int) -> dict[str, Any]:
+def pipeline_inputs(pipe, height: int, width: int, *, image=None,
+                    mask_image=None) -> dict[str, Any]:
     """The keyword arguments besides the prompt that ``pipe`` needs to make a ``height`` x
     ``width`` image: the size where its ``__call__`` takes one, and for image-to-image and
-    inpainting pipelines (whose ``image`` is required) the default start image and mask.
-    Text-to-image pipelines get only the size, as before."""
+    inpainting pipelines (whose ``image`` is required) the given start image and mask, or the
+    default ones. Text-to-image pipelines get only the size, as before."""
     import inspect
 
     params = inspect.signature(type(pipe).__call__).parameters
     out: dict[str, Any] = {k: v for k, v in (("height", height), ("width", width))
                            if k in params}
     if "image" in params:
-        out["image"] = default_image(height, width)
+        out["image"] = image if image is not None else default_image(height, width)
     if "mask_image" in params:
-        out["mask_image"] = default_mask(height, width)
+        out["mask_image"] = mask_image if mask_image is not None else \
+            default_mask(height, width)
     if "clean_caption" in params:
         # PixArt's caption cleaning needs bs4 and ftfy, and says so on every call without them;
         # the original and every candidate get the same prompt text either way.

@@ -74,9 +74,11 @@ def _fresh_search_option():
 OUT_HELP = "Directory for the optimized model and optimization.json."
 
 
-def read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str]:
-    """Prompts from --prompt and/or a file: a JSON list of strings, or one prompt per line."""
-    out = list(prompt)
+def read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list:
+    """Prompts from --prompt and/or a file: a JSON list, or one prompt per line. A JSON item is
+    a prompt string or, for image-to-image and inpainting models, an object
+    ``{"prompt": ..., "image": PATH, "mask_image": PATH}`` (paths relative to the file)."""
+    out: list = list(prompt)
     if prompts_file:
         path = Path(prompts_file)
         try:
@@ -89,9 +91,11 @@ def read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str]
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise SdoptError(f"prompts file '{path}' is not valid JSON: {exc}") from None
-            if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
-                raise SdoptError(f"prompts file '{path}': expected a JSON list of strings")
-            out += [p for p in data if p.strip()]
+            if not isinstance(data, list) or not all(isinstance(p, (str, dict)) for p in data):
+                raise SdoptError(f"prompts file '{path}': expected a JSON list of prompt strings "
+                                 "or {\"prompt\", \"image\", \"mask_image\"} objects")
+            out += [_relative_to(p, path.parent) if isinstance(p, dict) else p
+                    for p in data if not isinstance(p, str) or p.strip()]
         else:
             out += [line.strip() for line in text.splitlines()
                     if line.strip() and not line.lstrip().startswith("#")]
@@ -100,6 +104,40 @@ def read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str]
                              "or a JSON list of strings")
     if not out:
         raise SdoptError("no prompt given: pass --prompt TEXT (repeatable) or --prompts FILE")
+    return out
+
+
+def _relative_to(entry: dict, folder: Path) -> dict:
+    """A prompts file's object with its image paths taken relative to the file."""
+    return {k: str(folder / v) if k in ("image", "mask_image") and isinstance(v, str) and
+            not Path(v).is_absolute() else v for k, v in entry.items()}
+
+
+def attach_images(entries: list, images: tuple[str, ...], masks: tuple[str, ...]) -> list:
+    """--start-image / --mask-image paired with the prompts: one for every prompt, or one per
+    prompt in order. Entries become ``{"prompt", "image", "mask_image"}`` objects, which
+    optimize_model checks against the pipeline (an image for a text-to-image model is refused
+    there)."""
+    if not images and not masks:
+        return entries
+    if masks and not images:
+        raise SdoptError("--mask-image given without --start-image: an inpainting mask needs its "
+                         "start image")
+    for option, values in (("--start-image", images), ("--mask-image", masks)):
+        if values and len(values) not in (1, len(entries)):
+            raise SdoptError(f"{option} given {len(values)} times for {len(entries)} prompts: "
+                             f"expected once (for every prompt) or once per prompt")
+    out = []
+    for i, entry in enumerate(entries):
+        item = dict(entry) if isinstance(entry, dict) else {"prompt": entry}
+        for key, values in (("image", images), ("mask_image", masks)):
+            if values:
+                if item.get(key) is not None:
+                    raise SdoptError(f"prompt {i + 1} has an {key} in the prompts file and "
+                                     f"from --{'start-image' if key == 'image' else 'mask-image'}"
+                                     ": give it once")
+                item[key] = values[0] if len(values) == 1 else values[i]
+        out.append(item)
     return out
 
 
@@ -157,7 +195,14 @@ def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, *
               help="Diffusers folder with the configs of a .safetensors single-file model.")
 @click.option("--prompt", multiple=True, help="A prompt to optimize for (repeatable).")
 @click.option("--prompts", type=click.Path(dir_okay=False), default=None,
-              help="File of prompts: one per line, or a JSON list of strings.")
+              help="File of prompts: one per line, or a JSON list of strings (or of "
+                   "{prompt, image, mask_image} objects for image-to-image and inpainting).")
+@click.option("--start-image", multiple=True, type=click.Path(dir_okay=False),
+              help="Start image of image-to-image and inpainting models: once for every "
+                   "prompt, or once per prompt in order (default: a fixed generated image).")
+@click.option("--mask-image", multiple=True, type=click.Path(dir_okay=False),
+              help="Inpainting mask (white is repainted), like --start-image (default: the "
+                   "centre half).")
 @out_option(OUT_HELP, required=True)
 @click.option("--optimization-time", type=click.Choice(["constrained", "unconstrained"]),
               default="constrained", show_default=True,
@@ -183,13 +228,14 @@ def _run_optimize(pipe, prompts, out: Path, *, overwrite: bool, describe: str, *
 @_exhaustive_option()
 @_fresh_search_option()
 @overwrite_option
-def optimize(model, revision, single_file_config, prompt, prompts, out, optimization_time,
+def optimize(model, revision, single_file_config, prompt, prompts, start_image, mask_image, out,
+             optimization_time,
              metric_drop_ths, metric_aggregate, metric, device, backend, ignore_compiler, height,
              width, steps, seed, repeats, time_budget, exhaustive, fresh_search, overwrite):
     """Optimize a pipeline's UNet for the given prompts and save the result to --out."""
     from ..models import load_pipeline
 
-    prompt_list = read_prompts(prompt, prompts)
+    prompt_list = attach_images(read_prompts(prompt, prompts), start_image, mask_image)
     pipe = load_pipeline(model, revision, single_file_config=single_file_config)
     _run_optimize(pipe, prompt_list, Path(out), overwrite=overwrite, describe=str(model),
                   optimization_time=optimization_time, metric_drop_ths=metric_drop_ths,

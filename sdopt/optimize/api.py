@@ -42,7 +42,7 @@ LATENCIES_FILE = "sdopt_latencies.json"
 
 def optimize_model(
     model,
-    input_data: Sequence[str],
+    input_data: Sequence[Union[str, tuple, dict]],
     metric_drop_ths: float | None = None,
     metric: Union[str, Callable, None] = None,
     optimization_time: str = "constrained",
@@ -72,6 +72,12 @@ def optimize_model(
 ):
     """Try every backend and precision that fits the device; return the pipeline with the
     fastest UNet whose metric drop stays within ``metric_drop_ths``.
+
+    ``input_data`` is a list of prompts. Image-to-image and inpainting pipelines also take
+    ``(prompt, image)`` pairs (inpainting: ``(prompt, image, mask_image)``, or a dict with those
+    keys); a plain prompt gets a fixed default start image (and mask). Images are PIL images,
+    arrays or file paths, brought to ``height`` x ``width`` (default: the first image's size);
+    see :mod:`sdopt.optimize.inputs`.
 
     ``metric_drop_ths=None`` allows only lossless candidates (fp32 arithmetic); the default metric
     is ``numeric_precision`` (see :mod:`sdopt.optimize.metrics`). ``num_inference_steps`` only sets how

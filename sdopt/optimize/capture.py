@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import SdoptError
-from ..models import denoiser_name, denoiser_of, pipeline_inputs
+from ..models import denoiser_name, denoiser_of
+from .inputs import PromptInput, as_input
 from ..backends.base import UNetInputs, map_tensors
 
 
@@ -77,10 +78,12 @@ def _detach(value):
     return map_tensors(value, lambda t: t.detach().clone())
 
 
-def collect_samples(pipe, prompts: list[str], *, height: int, width: int, steps: int,
-                    guidance_scale: float, seed: int, n_verify: int = 8,
+def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, width: int,
+                    steps: int, guidance_scale: float, seed: int, n_verify: int = 8,
                     progress=None) -> SampleSet:
-    """Run the original pipeline (latents only: the VAE is not needed) and record UNet calls."""
+    """Run the original pipeline (latents only: the VAE is not needed) and record UNet calls.
+    A prompt may be a PromptInput, with the start image (and mask) image-to-image and
+    inpainting pipelines are called with; plain prompts get their default ones."""
     captured: list[tuple[tuple, dict]] = []
     outputs: list[torch.Tensor] = []
 
@@ -97,11 +100,12 @@ def collect_samples(pipe, prompts: list[str], *, height: int, width: int, steps:
                denoiser.register_forward_hook(post_hook, with_kwargs=True)]
     samples: list[UNetSample] = []
     try:
-        for p_index, prompt in enumerate(prompts):
+        for p_index, entry in enumerate(map(as_input, prompts)):
             start = len(captured)
             generator = torch.Generator(device="cpu").manual_seed(seed + p_index)
             with torch.inference_mode():
-                pipe(prompt, **pipeline_inputs(pipe, height, width), num_inference_steps=steps,
+                pipe(entry.prompt, **entry.pipeline_kwargs(pipe, height, width),
+                     num_inference_steps=steps,
                      guidance_scale=guidance_scale, generator=generator, output_type="latent")
             for step, ((args, kwargs), out) in enumerate(
                     zip(captured[start:], outputs[start:])):

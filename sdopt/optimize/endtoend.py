@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..models import pipeline_inputs
+from .inputs import PromptInput, as_input
 from .metrics import METRICS, Metric, clip_unavailable_reason, score_images
 from .table import CandidateResult
 
@@ -45,11 +45,14 @@ class EndToEnd:
     min_timed: int = 3
     reference: ImageRun | None = None
     metrics: list[Metric] = field(default_factory=list)
+    # Each prompt's start image and mask (image-to-image, inpainting); None: the defaults.
+    inputs: list[PromptInput] | None = None
 
     def generate(self, pipe, index: int, steps: int | None = None) -> np.ndarray:
         """Prompt ``index``'s image (its seed, this evaluation's size and steps)."""
         generator = torch.Generator(device="cpu").manual_seed(self.seed + index)
-        out = pipe(self.prompts[index], **pipeline_inputs(pipe, self.height, self.width),
+        entry = self.inputs[index] if self.inputs else as_input(self.prompts[index])
+        out = pipe(entry.prompt, **entry.pipeline_kwargs(pipe, self.height, self.width),
                    num_inference_steps=steps or self.steps,
                    guidance_scale=self.guidance_scale, generator=generator, output_type="np")
         return out.images[0]
@@ -83,6 +86,7 @@ class EndToEnd:
 
 def end_to_end_for(prompts, height: int, width: int, steps: int, guidance_scale: float,
                    seed: int, gate: Metric) -> EndToEnd:
+    """``prompts``: strings, or PromptInputs carrying start images and masks."""
     """The evaluation every candidate of one search is scored by: PSNR and SSIM always, the
     CLIP metrics when a local CLIP model is configured, and the gate's own metric."""
     metrics = [METRICS["psnr"], METRICS["ssim"]]
@@ -90,7 +94,9 @@ def end_to_end_for(prompts, height: int, width: int, steps: int, guidance_scale:
         metrics += [METRICS["clip_cosine"], METRICS["clip_score"]]
     if gate.name not in {m.name for m in metrics}:
         metrics.append(gate)
-    return EndToEnd(list(prompts), height, width, steps, guidance_scale, seed, metrics=metrics)
+    inputs = [as_input(p) for p in prompts]
+    return EndToEnd([i.prompt for i in inputs], height, width, steps, guidance_scale, seed,
+                    metrics=metrics, inputs=inputs)
 
 
 def notes() -> list[str]:

@@ -20,6 +20,7 @@ from ..errors import SdoptError
 from .metrics import METRICS, Metric, resolve_metric, validate_aggregate, validate_threshold
 from ..models import denoiser_of
 from .capture import native_side
+from .inputs import PromptInput, check_input_data, first_image_size, fit, has_images
 from .optimized import optimized_unet_of
 from .search import plan_candidates
 
@@ -36,6 +37,7 @@ SIDE_MULTIPLE = 8
 @dataclass(frozen=True)
 class SearchRequest:
     prompts: list[str]
+    inputs: list[PromptInput]  # the prompts with their start images and masks (None: default)
     metric_drop_ths: float | None
     metric_aggregate: str  # "max": every prompt within the threshold; "mean": their average
     metric: Metric  # what candidates are judged by (UNet outputs or images)
@@ -63,8 +65,10 @@ class SearchRequest:
             m.name in METRICS and METRICS[m.name] is m for m in (self.metric, self.image_metric))
 
     def settings(self) -> dict[str, Any]:
-        """What the decision cache keys on, besides the models and the machine."""
-        return dict(prompts=self.prompts, height=self.height, width=self.width,
+        """What the decision cache keys on, besides the models and the machine (the given start
+        images and masks by content; none given: the key is the one of plain prompts)."""
+        images = {"images": [i.digest() for i in self.inputs]} if has_images(self.inputs) else {}
+        return dict(prompts=self.prompts, **images, height=self.height, width=self.width,
                     steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed,
                     n_verify=self.n_verify, repeats=self.repeats,
                     time_budget_s=self.time_budget_s, exhaustive=self.exhaustive,
@@ -89,6 +93,7 @@ def check_pipe(model, what: str = "model") -> torch.nn.Module:
 
 
 def check_prompts(input_data) -> list[str]:
+    """Plain prompts (text-to-image): input_data checked without a pipeline."""
     if isinstance(input_data, str):
         input_data = [input_data]
     if not isinstance(input_data, (list, tuple)):
@@ -149,7 +154,7 @@ def build_request(model, input_data, *, metric_drop_ths, metric_aggregate, metri
                   reuse_search, exhaustive=False) -> SearchRequest:
     """Check every argument of optimize_model (Speedster's and ours) and resolve the defaults."""
     unet = check_pipe(model)
-    prompts = check_prompts(input_data)
+    inputs = check_input_data(input_data, model)
     ths = validate_threshold(metric_drop_ths)
     aggregate = validate_aggregate(metric_aggregate)
     chosen, gate = _image_metrics(metric, image_metric)
@@ -169,12 +174,16 @@ def build_request(model, input_data, *, metric_drop_ths, metric_aggregate, metri
     dev = detect(device)
     _positive_ints(num_inference_steps=num_inference_steps, n_verify=n_verify, repeats=repeats)
     native = native_side(model)
-    height, width = _side("height", height or native), _side("width", width or native)
+    # Start images given: their size by default (img2img makes images of its input's size).
+    given = first_image_size(inputs) or (None, None)
+    height = _side("height", height or given[0] or native)
+    width = _side("width", width or given[1] or native)
+    inputs = fit(inputs, height, width)
     variants = plan_candidates(dev, backends=backends, ignore_compilers=ignore_compilers,
                                ignore_compressors=ignore_compressors)
     return SearchRequest(
-        prompts=prompts, metric_drop_ths=ths, metric_aggregate=aggregate, metric=chosen,
-        image_metric=gate,
+        prompts=[i.prompt for i in inputs], inputs=inputs, metric_drop_ths=ths,
+        metric_aggregate=aggregate, metric=chosen, image_metric=gate,
         optimization_time=optimization_time, device=dev, variants=variants,
         height=height, width=width, steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
         n_verify=n_verify, repeats=repeats, exhaustive=bool(exhaustive),

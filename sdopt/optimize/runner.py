@@ -80,7 +80,7 @@ class Search:
         task = self.progress.add_task("capturing UNet inputs (original pipeline)",
                                       total=len(req.prompts))
         return collect_samples(
-            self.model, req.prompts, height=req.height, width=req.width, steps=req.steps,
+            self.model, req.inputs, height=req.height, width=req.width, steps=req.steps,
             guidance_scale=req.guidance_scale, seed=req.seed, n_verify=req.n_verify,
             progress=lambda: self.progress.advance(task))
 
@@ -88,7 +88,7 @@ class Search:
         req = self.req
         if not req.end_to_end:
             return
-        self.e2e = endtoend.end_to_end_for(req.prompts, req.height, req.width, req.steps,
+        self.e2e = endtoend.end_to_end_for(req.inputs, req.height, req.width, req.steps,
                                            req.guidance_scale, req.seed, req.image_metric)
         task = self.progress.add_task("original pipeline end to end", total=1)
         self.e2e.run_reference(self.model)
