@@ -8,7 +8,7 @@ mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 PY=${PYTHON:-python3}
 # STEPS picks a subset, e.g. STEPS="pytest bench" to rerun only those.
-want() { [[ " ${STEPS:-pytest backends unet bench gate techniques constrained} " == *" $1 "* ]]; }
+want() { [[ " ${STEPS:-pytest backends unet bench gate techniques constrained peers} " == *" $1 "* ]]; }
 SDOPT=("$PY" -c 'import sys; from sdopt.cli import main; sys.argv[0] = "sdopt"; main()')
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
@@ -52,4 +52,9 @@ opt = sdopt.optimize_model(pipe, ["a photo of an astronaut riding a horse on mar
 json.dump(opt.sdopt_result.to_dict(), open(sys.argv[1], "w"), indent=1, default=str)
 print("selected", opt.sdopt_result.selected.id, "techniques", opt.unet.info["techniques"])
 PYEOF
+# sdopt against diffusers fp16 eager, diffusers' compile recipe and DeepCache, end to end, one
+# process (#16); writes a first result before the recipe's max-autotune compile.
+want peers && timeout "${PEERS_TIMEOUT:-540}" "$PY" benchmarks/gpu_peers.py \
+    --deadline-s "${PEERS_DEADLINE:-420}" --out "$OUT/gpu_peers_sd15_512.json" ${PEERS_ARGS:-} 2>&1 \
+    | grep -v -E "Warning|warn\(" | tail -60
 ls -la "$OUT"

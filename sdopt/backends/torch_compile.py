@@ -1,10 +1,18 @@
-"""torch.compile (inductor) of the UNet, fp32 and reduced precision.
+"""torch.compile (inductor) of the UNet, fp32 and reduced precision, and on CUDA the fast recipes.
 
 On CPU, inductor only pays with weight freezing (constant-folded, prepacked oneDNN weights):
 measured for the SD 1.5 UNet at 256 px, 0.81x without it, 1.19x with it in fp32 and 2.22x in
-bf16. A compiled graph has no portable safe format, so a saved model keeps the weights
-(safetensors) and compiles again on the first call after load_model (about 85 s for SD 1.5 on
-2 CPU cores).
+bf16. On CUDA the default mode left the SD 1.5 UNet at 13.3 ms per call on an H200 (13% of the
+chip's bf16 peak): most of the rest is kernel launches and unfused layouts, which diffusers'
+fast-diffusion recipe (channels_last, fused QKV projections, max-autotune with its inductor flags)
+and CUDA graphs remove. Those are the ``fp16-cudagraphs`` (cheap to compile) and
+``fp16-max-autotune`` (the recipe, minutes to compile) variants.
+
+A compiled graph has no portable safe format: torch serialises its compile cache with pickle,
+which sdopt never loads from a model directory (a saved model may come from anywhere). So a saved
+model keeps the weights (safetensors) and compiles again on the first call after load_model
+(about 85 s for SD 1.5 on 2 CPU cores); inductor's own on-disk cache (TORCHINDUCTOR_CACHE_DIR) makes
+that fast on a machine that compiled the same graph before.
 """
 
 from __future__ import annotations
@@ -26,6 +34,39 @@ from .base import Backend, BuildContext, OptimizedModule, Variant, register
 # warning (with a source excerpt) is noise in the search output.
 warnings.filterwarnings("ignore", message=r"Dynamo detected a call to a `functools.lru_cache`")
 
+# diffusers' fast-diffusion recipe (docs: tutorials/fast_diffusion), the inductor flags it sets
+# for UNets: 1x1 convolutions as matmuls, coordinate-descent tuning of the generated kernels, no
+# epilogue fusion (it blocks the autotuned GEMM templates).
+RECIPE_FLAGS = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
+                "epilogue_fusion": False, "coordinate_descent_check_all_directions": True}
+# Inductor options per CUDA mode; "" is inductor's default.
+CUDA_MODES: dict[str, dict[str, Any]] = {
+    "": {},
+    "cudagraphs": {"triton.cudagraphs": True},
+    "max-autotune": {"max_autotune": True, "triton.cudagraphs": True, **RECIPE_FLAGS},
+}
+
+
+def inductor_options(device_kind: str, mode: str) -> dict[str, Any]:
+    if device_kind == "cpu":
+        return {"freezing": True}
+    return dict(CUDA_MODES[mode])
+
+
+def fuse_qkv(unet: torch.nn.Module) -> bool:
+    """One GEMM for the query, key and value projections (diffusers' ``fuse_qkv_projections``);
+    False where the denoiser has no such method."""
+    fuse = getattr(unet, "fuse_qkv_projections", None)
+    if fuse is None:
+        return False
+    fuse()
+    return True
+
+
+# Parameters the fused projections add beside the originals: never saved, so a saved model loads
+# into an unfused copy of the pipeline's UNet and is fused again.
+_FUSED_KEYS = (".to_qkv.", ".to_kv.", ".to_added_qkv.")
+
 
 class CompiledModule(TorchUNetModule):
     """The UNet through torch.compile: one graph, so its blocks cannot be called alone."""
@@ -35,12 +76,36 @@ class CompiledModule(TorchUNetModule):
     def __init__(self, unet: torch.nn.Module, variant: Variant, dtype: torch.dtype,
                  channels_last: bool, device_kind: str):
         super().__init__(unet, variant, dtype, channels_last)
-        options = {"freezing": True} if device_kind == "cpu" else {}
+        options = inductor_options(device_kind, variant.options.get("mode", ""))
+        self.cudagraphs = bool(options.get("triton.cudagraphs"))
         # Kept beside, not instead of, the module: save_model needs the plain weights.
-        object.__setattr__(self, "_compiled", torch.compile(unet, options=options, dynamic=False))
+        object.__setattr__(self, "_compiled", torch.compile(
+            unet, options=options, dynamic=False, fullgraph=bool(variant.options.get("fullgraph"))))
 
     def _call_unet(self, *args, **kwargs):
-        return self._compiled(*args, **kwargs)
+        if not self.cudagraphs:
+            return self._compiled(*args, **kwargs)
+        # CUDA graph outputs live in buffers the next replay overwrites: a new step begins here,
+        # and the caller (a scheduler, a step cache keeping features) gets its own copy.
+        torch.compiler.cudagraph_mark_step_begin()
+        out = self._compiled(*args, **kwargs)
+        return tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in out)
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.unet.state_dict().items()
+                if not any(f in k for f in _FUSED_KEYS)}
+
+
+def _clone(unet: torch.nn.Module, variant: Variant, device: DeviceInfo,
+           directory: Path | None = None) -> torch.nn.Module:
+    dtype = DTYPES[variant.precision]
+    channels_last = bool(variant.options.get("channels_last"))
+    clone = (load_weights_into_copy(directory, unet, dtype, channels_last, device.torch_device)
+             if directory is not None else
+             copy_unet(unet, dtype, channels_last, device.torch_device))
+    if variant.options.get("fuse_qkv"):
+        fuse_qkv(clone)
+    return clone
 
 
 @register
@@ -49,15 +114,27 @@ class TorchCompile(Backend):
     aliases = ("inductor", "torch.compile")
 
     def build_activity(self, variant: Variant) -> str:
+        if variant.options.get("mode") == "max-autotune":
+            return "compiling (torch.compile max-autotune: benchmarks kernel choices, minutes)"
         return "compiling (torch.compile; the first call compiles, often minutes)"
 
     def variants(self, device: DeviceInfo) -> list[Variant]:
         precisions = ("fp32", "bf16") + (("fp16",) if device.kind == "cuda" else ())
         freezing = ("freezing",) if device.kind == "cpu" else ()
-        return [Variant(backend=self.name, name=p, precision=p, options={},
-                        lossless=p == "fp32",
-                        techniques=("inductor",) + freezing + ((f"{p} weights",) if p != "fp32" else ()))
-                for p in precisions]
+        out = [Variant(backend=self.name, name=p, precision=p, options={},
+                       lossless=p == "fp32",
+                       techniques=("inductor",) + freezing + ((f"{p} weights",) if p != "fp32" else ()))
+               for p in precisions]
+        if device.kind == "cuda":
+            recipe = {"channels_last": True, "fuse_qkv": True, "fullgraph": True}
+            for mode in ("cudagraphs", "max-autotune"):
+                out.append(Variant(
+                    backend=self.name, name=f"fp16-{mode}", precision="fp16",
+                    options={**recipe, "mode": mode},
+                    techniques=("inductor", "fp16 weights", "channels_last", "fused QKV",
+                                "CUDA graphs") + (("max-autotune",) if mode == "max-autotune"
+                                                  else ())))
+        return out
 
     def unavailable_reason(self, device: DeviceInfo, variant: Variant) -> str | None:
         if device.kind == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
@@ -71,14 +148,16 @@ class TorchCompile(Backend):
         return None
 
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
-        clone = copy_unet(unet, DTYPES[variant.precision], False, ctx.device.torch_device)
-        return CompiledModule(clone, variant, DTYPES[variant.precision], False, ctx.device.kind)
+        clone = _clone(unet, variant, ctx.device)
+        return CompiledModule(clone, variant, DTYPES[variant.precision],
+                              bool(variant.options.get("channels_last")), ctx.device.kind)
 
     def save(self, module: OptimizedModule, directory: Path) -> dict[str, Any]:
-        return {**save_weights(module.unet, directory), "rebuild_on_load": "torch.compile"}
+        return {**save_weights(module.unet, directory, state=module.saved_state()),
+                "rebuild_on_load": "torch.compile"}
 
     def load(self, directory: Path, unet: torch.nn.Module, variant: Variant, info: dict[str, Any],
              device: DeviceInfo) -> OptimizedModule:
-        dtype = DTYPES[variant.precision]
-        clone = load_weights_into_copy(directory, unet, dtype, False, device.torch_device)
-        return CompiledModule(clone, variant, dtype, False, device.kind)
+        clone = _clone(unet, variant, device, directory)
+        return CompiledModule(clone, variant, DTYPES[variant.precision],
+                              bool(variant.options.get("channels_last")), device.kind)

@@ -36,7 +36,7 @@ class TorchUNetModule(OptimizedModule):
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
         out_dtype = sample.dtype
         sample = sample.to(self.run_dtype)
-        if self.channels_last:
+        if self.channels_last and sample.dim() == 4:  # Flux's latents are packed tokens (3-D)
             sample = sample.contiguous(memory_format=torch.channels_last)
         encoder_hidden_states = encoder_hidden_states.to(self.run_dtype)
         extra = {k: _cast_extra(k, v, self.run_dtype) for k, v in extra.items()}
@@ -79,10 +79,14 @@ def copy_unet(unet: torch.nn.Module, dtype: torch.dtype, channels_last: bool,
     return clone
 
 
-def save_weights(unet: torch.nn.Module, directory: Path) -> dict[str, Any]:
+def save_weights(unet: torch.nn.Module, directory: Path,
+                 state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """``state``: the tensors to keep, when not the whole state dict (fused projections that are
+    rebuilt on load)."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu()
+             for k, v in (unet.state_dict() if state is None else state).items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     return {"weights": WEIGHTS_FILE}
 

@@ -38,12 +38,27 @@ ROOFLINE_HEADROOM = 1.5
 # torch.compile over the eager module of the same precision: 1.2x for SD 1.5 on an H100 in
 # stable-fast's table (66.0 vs 54.5 it/s, max-autotune), 0.6-1.3x on this project's CPUs.
 MAX_COMPILE_GAIN = 2.0
+# With CUDA graphs the launches go too, which for small calls can be half of eager's time.
+MAX_CUDAGRAPH_GAIN = 3.0
 COMPILERS_OF_EAGER = {"torch_compile": "torch_eager"}
+
+
+def eager_counterpart(variant: Variant) -> tuple[str, float] | None:
+    """(the eager variant a compiled ``variant`` is bounded by, the most compiling gains)."""
+    eager = COMPILERS_OF_EAGER.get(variant.backend)
+    if not eager:
+        return None
+    opts = variant.options or {}
+    if "mode" not in opts:
+        return f"{eager}/{variant.name}", MAX_COMPILE_GAIN
+    layout = "-channels_last" if opts.get("channels_last") else ""
+    return f"{eager}/{variant.precision}{layout}", MAX_CUDAGRAPH_GAIN
 
 # Expected UNet speedup over fp32 eager, per device kind and candidate id. CPU: the paired and
 # sequential figures of benchmarks/results/unet_speedup.json and compiler_backends.json (sd15,
 # 256 px, 2 Zen 4 cores). CUDA: fp16 eager about 3x fp32 eager on Hopper, torch.compile 1.2x
-# fp16 eager, TensorRT 1.9x (public SD 1.5 benchmarks). Only the order depends on them; a wrong
+# fp16 eager, TensorRT 1.9x (public SD 1.5 benchmarks); CUDA graphs and diffusers' recipe 1.5-1.9x
+# fp16 eager (stable-fast's table), the cheap-to-compile CUDA graphs variant first. Only the order depends on them; a wrong
 # prior costs time, never the pick.
 PRIORS: dict[str, dict[str, float]] = {
     "cpu": {
@@ -55,7 +70,9 @@ PRIORS: dict[str, dict[str, float]] = {
         "torch_eager/fp32-channels_last": 0.96, "torch_compile/fp32": 0.64,
     },
     "cuda": {
-        "tensorrt/fp16": 5.7, "onnxruntime/tensorrt-fp16": 5.0, "torch_compile/fp16": 3.6,
+        "tensorrt/fp16": 5.7, "onnxruntime/tensorrt-fp16": 5.0,
+        "torch_compile/fp16-cudagraphs": 4.4, "torch_compile/fp16-max-autotune": 4.3,
+        "torch_compile/fp16": 3.6,
         "torch_compile/bf16": 3.5, "torch_eager/fp16-channels_last": 3.1,
         "torch_eager/fp16": 3.0, "torch_eager/bf16-channels_last": 2.95,
         "torch_eager/bf16": 2.9, "onnxruntime/cuda-fp16": 2.5, "torch_compile/fp32": 1.2,
@@ -117,9 +134,9 @@ class Planner:
         """Ids that must be tried before ``variant``: the variants it is a fallback of, and the
         eager module a compile bound reads."""
         needs = {f"{variant.backend}/{p}" for p in variant.options.get("fallback_of") or ()}
-        eager = COMPILERS_OF_EAGER.get(variant.backend)
-        if eager:
-            needs.add(f"{eager}/{variant.name}")
+        counterpart = eager_counterpart(variant)
+        if counterpart:
+            needs.add(counterpart[0])
         return needs & self.ids
 
     def expected(self, variant: Variant) -> float:
@@ -161,14 +178,14 @@ class Planner:
         return None
 
     def _bounds(self, variant: Variant) -> Iterator[tuple[float, str]]:
-        eager = COMPILERS_OF_EAGER.get(variant.backend)
-        if eager:
-            probe = next((r for r in self.rows if r.id == f"{eager}/{variant.name}"
-                          and r.speedup), None)
+        counterpart = eager_counterpart(variant)
+        if counterpart:
+            eager_id, gain = counterpart
+            probe = next((r for r in self.rows if r.id == eager_id and r.speedup), None)
             if probe is not None:
-                yield (probe.speedup * MAX_COMPILE_GAIN,
+                yield (probe.speedup * gain,
                        f"{probe.id} measured {probe.speedup:.2f}x here and compiling gains at "
-                       f"most {MAX_COMPILE_GAIN:g}x over eager")
+                       f"most {gain:g}x over eager")
         if self.ceiling is not None and variant.precision != "int8":
             roof = self.ceiling.bound(variant.precision)
             if roof is not None:

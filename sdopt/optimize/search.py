@@ -52,6 +52,25 @@ def _canonical_list(names, what: str) -> set[str]:
     return out
 
 
+def _included(names, device: DeviceInfo) -> tuple[set[str], set[str]]:
+    """The ``backends`` list: whole backends by name, or single variants by id
+    (``torch_compile/fp16-cudagraphs``) for a search that should try only those."""
+    whole, ids = [], set()
+    for name in names:
+        text = str(name).strip()
+        if "/" not in text:
+            whole.append(text)
+            continue
+        backend_name, variant_name = text.split("/", 1)
+        backend = BACKENDS[next(iter(_canonical_list([backend_name], "backends")))]
+        known = {v.name for v in backend.variants(device)}
+        if variant_name not in known:
+            raise SdoptError(f"backends: '{text}' is not a variant of {backend.name} on "
+                             f"{device.kind} (it has: {', '.join(sorted(known))})")
+        ids.add(f"{backend.name}/{variant_name}")
+    return _canonical_list(whole, "backends"), ids
+
+
 _COMPRESSORS = {"int8": "int8", "quantization": "int8", "dynamic_quantization": "int8",
                 "fp16": "fp16", "bf16": "bf16", "half": "fp16"}
 
@@ -60,7 +79,7 @@ def plan_candidates(device: DeviceInfo, *, backends=None, ignore_compilers=None,
                     ignore_compressors=None) -> list[Variant]:
     """Every variant of every registered backend, filtered by the user's include/ignore lists."""
     load_builtin_backends()
-    include = _canonical_list(backends, "backends") if backends else None
+    include, include_ids = _included(backends, device) if backends else (None, set())
     ignored = _canonical_list(ignore_compilers, "ignore_compilers")
     ignored_precisions = set()
     for name in ignore_compressors or ():
@@ -74,8 +93,8 @@ def plan_candidates(device: DeviceInfo, *, backends=None, ignore_compilers=None,
         for variant in backend.variants(device):
             if variant.id == REFERENCE_ID:
                 reference = variant  # always measured, first: everything is compared with it
-            elif name not in ignored and (include is None or name in include) \
-                    and variant.precision not in ignored_precisions:
+            elif name not in ignored and variant.precision not in ignored_precisions and (
+                    include is None or name in include or variant.id in include_ids):
                 variants.append(variant)
     return [reference] + variants
 
