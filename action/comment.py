@@ -88,7 +88,7 @@ class CommentResult:
     reason: str = ""
 
 
-def _github(token: str, api_url: str):
+def github_client(token: str, api_url: str):
     github = require("github", "commenting on pull requests")
     Auth, Github = github.Auth, github.Github
     # Retries only delay a failure that our caller turns into a warning anyway; a run makes a
@@ -129,7 +129,7 @@ def upsert_comment(*, token: str, repository: str, number: int, body: str, key: 
     back as ``skipped`` with why, a comment the policy leaves alone as ``kept``."""
     from github import GithubException
 
-    gh = _github(token, api_url)
+    gh = github_client(token, api_url)
     mark = marker(key)
     if body.startswith(mark):
         body = body[len(mark):].lstrip("\n")

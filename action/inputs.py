@@ -50,6 +50,10 @@ class ActionInputs:
     comment: str = "always"
     comment_key: str = "default"
     comment_author: str | None = None
+    # A check run with the verdict (action/checks.py): on by default; where the token cannot
+    # create one (no checks: write, a fork's read-only token) one line says why and the verdict
+    # stays in the annotations and the job summary.
+    check_run: bool = True
     artifact_dir: str | None = None
     artifact_url: str | None = None
     gpus: str = "auto"
@@ -137,6 +141,7 @@ def read_inputs(env: Mapping[str, str] | None = None) -> ActionInputs:
         raise SdoptError(f"input 'comment_key' is '{inp.comment_key}': expected letters, digits, "
                          "'-', '_' or '.'")
     inp.comment_author = _get(env, "comment_author")
+    inp.check_run = _bool(env, "check_run", inp.check_run)
     inp.artifact_dir = _get(env, "artifact_dir")
     inp.artifact_url = _get(env, "artifact_url")
     inp.gpus = (_get(env, "gpus") or inp.gpus).lower()

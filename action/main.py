@@ -36,6 +36,7 @@ from sdopt.gate.results import (MERGED_NAME, NOT_COMPARABLE, PASS, REGRESSION, R
 from sdopt.report import build_context, render_markdown
 
 from . import assets
+from . import checks
 from . import comment as comment_mod
 from . import event, workflow
 from .inputs import PHASES, ActionInputs, read_inputs
@@ -459,9 +460,100 @@ def publish(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestCon
     return result.url or ""
 
 
+def run_url(env: Mapping[str, str]) -> str | None:
+    """This workflow run's page (the check run's details link when no artifact is linked)."""
+    server, repo, run_id = (env.get("GITHUB_SERVER_URL") or "https://github.com",
+                            env.get("GITHUB_REPOSITORY"), env.get("GITHUB_RUN_ID"))
+    return f"{server.rstrip('/')}/{repo}/actions/runs/{run_id}" \
+        if repo and run_id and run_id.isdigit() else None
+
+
+def triggered_by_fork(env: Mapping[str, str]) -> bool | None:
+    """For a workflow_run event: whether the triggering run was a fork's (its head repository is
+    not this one), from the event payload (not the artifact); None when the payload cannot say."""
+    payload = event.load_payload(env)
+    run = payload.get("workflow_run")
+    head = run.get("head_repository") if isinstance(run, dict) else None
+    name = head.get("full_name") if isinstance(head, dict) else None
+    repository = env.get("GITHUB_REPOSITORY") or \
+        ((payload.get("repository") or {}).get("full_name")
+         if isinstance(payload.get("repository"), dict) else None)
+    if not isinstance(name, str) or not repository:
+        return None
+    return name != repository
+
+
+def publish_check(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestContext,
+                  results: dict | None, verdict: dict | None, body: str, *,
+                  annotated: bool, trusted: bool = True) -> str:
+    """The check run with the verdict and the report (action/checks.py), when ``check_run`` is
+    on; returns its URL ('' if none). Where it cannot be created, ``check_fallback``.
+    ``annotated``: this job already made the verdict's annotations (modes gate, optimize, merge);
+    ``trusted``: the results are this job's own run, not a downloaded (maybe a fork's) artifact."""
+    if not inp.check_run:
+        return ""
+    state = (verdict or {}).get("verdict") or "none"
+    reasons = [" ".join(str(r).split()) for r in (verdict or {}).get("reasons") or []]
+    if not trusted and triggered_by_fork(env) is False:
+        print("no check run from the artifact: the pull request is not from a fork, so its "
+              "gate job made the check run itself")
+        return ""
+    why = None
+    if ctx.is_fork and ctx.event_name in ("pull_request", ""):
+        why = ("pull request from a fork: its token is read-only; the workflow_run commenter "
+               "(examples/workflows/sdopt-comment.yml) creates the check run from the artifact")
+    elif not inp.token:
+        why = "no token"
+    elif not ctx.head_sha:
+        why = f"the {ctx.event_name or 'unknown'} event names no commit to put it on"
+    if why is None:
+        result = checks.create_check_run(
+            token=inp.token, repository=ctx.repository, head_sha=ctx.head_sha,
+            name=checks.check_name(inp.comment_key),
+            conclusion=checks.conclusion(state, inp.fail_on, trusted=trusted),
+            title=checks.title(state, end_to_end_speedup(results) if results else None,
+                               reasons, trusted=trusted),
+            summary=checks.summary(state, reasons, body, trusted=trusted,
+                                   artifact_url=inp.artifact_url),
+            text=checks.details(config=inp.config, key=inp.comment_key, run_url=run_url(env),
+                                artifact_url=inp.artifact_url, head_sha=ctx.head_sha),
+            details_url=inp.artifact_url or run_url(env),
+            api_url=env.get("GITHUB_API_URL") or comment_mod.DEFAULT_API_URL)
+        if result.created:
+            print(workflow.neutralize(f"check run created: {result.url}"))
+            return result.url or ""
+        why = result.reason
+    check_fallback(state, reasons, why, annotated=annotated, env=env)
+    return ""
+
+
+def check_fallback(state: str, reasons: list[str], why: str, *, annotated: bool,
+                   env: Mapping[str, str]) -> None:
+    """No check run: one line saying why (in the log and the job summary), and the verdict as
+    annotations (a regression's and a "not comparable"'s were made already where ``annotated``;
+    a pass gets a notice, so every verdict shows on the run's page)."""
+    from sdopt.report.markdown import escape
+
+    print(workflow.neutralize(f"no check run: {why}; the verdict is in the annotations and "
+                              "the job summary"))
+    workflow.write_summary(f"\n> sdopt: no check run ({escape(why, limit=500)}); the verdict is "
+                           "in this summary and the annotations.\n", env)
+    if state == REGRESSION and not annotated:
+        for reason in reasons or ["verdict: regression"]:
+            workflow.error(reason, title="sdopt: performance regression")
+    elif state == NOT_COMPARABLE and not annotated:
+        for reason in reasons or ["verdict: not comparable"]:
+            workflow.warning(reason, title="sdopt: not comparable with the baseline")
+    elif state not in (REGRESSION, NOT_COMPARABLE):
+        words = PASS if state == PASS else "no verdict (no baseline compared)"
+        workflow.notice(f"verdict: {words}; the report is in the job summary",
+                        title=f"sdopt: {words}")
+
+
 def run_publish(inp: ActionInputs, env: Mapping[str, str]) -> int:
-    """Phase publish (action.yml's last step, after the upload): the PR comment for the output
-    directory the run phase installed, linking the artifact; sets ``comment_url``."""
+    """Phase publish (action.yml's last step, after the upload): the PR comment and the check
+    run for the output directory the run phase installed, linking the artifact; sets
+    ``comment_url`` and ``check_url``."""
     out = Path(inp.out)
     results, verdict = read_outputs(out)
     if inp.mode == "merge" or results is None:
@@ -471,19 +563,22 @@ def run_publish(inp: ActionInputs, env: Mapping[str, str]) -> int:
         body = read_plain_text(out / REPORT_MARKDOWN_NAME)
     else:
         body = report_markdown(results, verdict, out, inp, trust_files=True)
-    url = publish(inp, env, event.from_event(env), out, results, verdict, body, phase="publish")
-    workflow.set_outputs({"comment_url": url}, env)
+    ctx = event.from_event(env)
+    url = publish(inp, env, ctx, out, results, verdict, body, phase="publish")
+    check_url = publish_check(inp, env, ctx, results, verdict, artifact_link(body, inp.artifact_url),
+                              annotated=True)
+    workflow.set_outputs({"comment_url": url, "check_url": check_url}, env)
     return 0
 
 
 def wants_publish(inp: ActionInputs, phase: str) -> str:
     """The ``publish`` output of the run phase: whether action.yml's publish step has a
-    comment to consider."""
-    return "true" if phase == "run" and inp.comment != "never" else "false"
+    comment or a check run to consider."""
+    return "true" if phase == "run" and (inp.comment != "never" or inp.check_run) else "false"
 
 
 def outputs_for(inp: ActionInputs, results_dir: Path, results: dict | None,
-                verdict: dict | None, comment_url: str) -> dict[str, str]:
+                verdict: dict | None, comment_url: str, check_url: str = "") -> dict[str, str]:
     ratio = end_to_end_speedup(results)
 
     # Absolute paths: in the container the workspace is mounted at its own path, so they are
@@ -506,6 +601,7 @@ def outputs_for(inp: ActionInputs, results_dir: Path, results: dict | None,
         "report_html": existing(REPORT_HTML_NAME),
         "report_markdown": existing(REPORT_MARKDOWN_NAME),
         "comment_url": comment_url,
+        "check_url": check_url,
     }
 
 
@@ -634,7 +730,10 @@ def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "ga
     history_status = record_history(inp, env, out)
     phase = phase_of(env)
     url = publish(inp, env, ctx, out, results, verdict, body, phase=phase)
-    outputs = outputs_for(inp, out, results, verdict, url)
+    check_url = publish_check(inp, env, ctx, results, verdict,
+                              artifact_link(body, inp.artifact_url), annotated=True) \
+        if phase != "run" else ""
+    outputs = outputs_for(inp, out, results, verdict, url, check_url)
     outputs["publish"] = wants_publish(inp, phase)
     workflow.set_outputs(outputs, env)
     return history_status or exit_code(inp, verdict, rc)
@@ -652,7 +751,10 @@ def run_comment(inp: ActionInputs, env: Mapping[str, str]) -> int:
     url = publish(inp, env, ctx, artifact, results, verdict, body,
                   expected_head_sha=ctx.head_sha if ctx.event_name == "workflow_run" else None,
                   trusted=False)
-    workflow.set_outputs(outputs_for(inp, artifact, results, verdict, url), env)
+    check_url = publish_check(inp, env, ctx, results, verdict,
+                              artifact_link(body, inp.artifact_url), annotated=False,
+                              trusted=False)
+    workflow.set_outputs(outputs_for(inp, artifact, results, verdict, url, check_url), env)
     return 0
 
 
@@ -693,8 +795,11 @@ def run_merge(inp: ActionInputs, env: Mapping[str, str]) -> int:
         install(staged, out, protected)
     annotate(verdict, inp.config)
     phase = phase_of(env)
-    url = publish(inp, env, event.from_event(env), out, None, verdict, body, phase=phase)
-    outputs = outputs_for(inp, out, None, verdict, url)
+    ctx = event.from_event(env)
+    url = publish(inp, env, ctx, out, None, verdict, body, phase=phase)
+    check_url = publish_check(inp, env, ctx, None, verdict, artifact_link(body, inp.artifact_url),
+                              annotated=True) if phase != "run" else ""
+    outputs = outputs_for(inp, out, None, verdict, url, check_url)
     outputs["speedup"] = ""
     outputs["publish"] = wants_publish(inp, phase)
     workflow.set_outputs(outputs, env)

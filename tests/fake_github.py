@@ -21,7 +21,15 @@ server, which follows GitHub's documented contract for what the action uses:
   ``POST /git/refs`` (201; 422 "Reference already exists"), ``PATCH /git/refs/{ref}`` (422
   "Update is not a fast forward" unless ``force``; 422 "Reference does not exist"); 409 "Git
   Repository is empty." on a repository with no commit; 403 for a read-only token;
-  ``State.before_ref_write`` runs once before the next ref write (a concurrent job's push).
+  ``State.before_ref_write`` runs once before the next ref write (a concurrent job's push);
+- the checks API (docs.github.com/rest/checks/runs): ``POST /repos/{o}/{r}/check-runs`` creates
+  a check run (201 and ``Location``); ``name`` and ``head_sha`` are required, ``conclusion``
+  with ``status: completed``, ``output.title`` and ``output.summary`` with ``output``, and
+  ``summary``/``text`` hold at most 65,535 characters (422 otherwise); a commit the repository
+  does not have is 422 "No commit found for SHA: ..."; only a GitHub App's installation token
+  with ``checks: write`` may create one: a personal token gets 403 "You must authenticate via a
+  GitHub App.", an installation token without the permission (a fork's read-only token) 403
+  "Resource not accessible by integration"; ``GET /repos/{o}/{r}/check-runs/{id}``.
 It keeps every request, so tests can assert what was (not) called.
 """
 
@@ -49,6 +57,9 @@ class Token:
     # permissions: contents: write (the git data API's writes); a workflow's default
     # GITHUB_TOKEN often has pull-requests: write without it
     contents_write: bool = True
+    # permissions: checks: write (check runs); a workflow that lists its permissions without it
+    # gets 403 on POST /check-runs
+    checks_write: bool = True
 
 
 @dataclass
@@ -75,6 +86,9 @@ class State:
     refs: dict[str, str] = field(default_factory=dict)      # "refs/heads/x" -> commit sha
     git_empty: bool = False
     before_ref_write: list[Callable[["State"], None]] = field(default_factory=list)
+    check_runs: list[dict] = field(default_factory=list)
+    # commits a check run may be put on, besides the pull requests' heads
+    commit_shas: set[str] = field(default_factory=set)
 
     def add_comment(self, number: int, body: str, login: str) -> Comment:
         self.next_id += 1
@@ -225,6 +239,8 @@ class _Handler(BaseHTTPRequestHandler):
                                     "url": f"{self.base}/repos/{repo}"})
         if rest.startswith("/git/"):
             return self._git(method, rest[len("/git"):], token, parse_qs(url.query))
+        if rest == "/check-runs" or rest.startswith("/check-runs/"):
+            return self._checks(method, rest, token)
         if m2 := re.fullmatch(r"/pulls/(\d+)", rest):
             number = int(m2.group(1))
             if method != "GET" or number not in self.state.pulls:
@@ -383,6 +399,74 @@ class _Handler(BaseHTTPRequestHandler):
             st.refs[ref] = sha
             return self._send(200, self._ref_json(ref, api))
         return self._error(404, "Not Found")
+
+    def _checks(self, method: str, rest: str, token: Token):
+        st, repo = self.state, self.state.repository
+        if (m := re.fullmatch(r"/check-runs/(\d+)", rest)) and method == "GET":
+            found = [r for r in st.check_runs if r["id"] == int(m.group(1))]
+            return self._send(200, found[0]) if found else self._error(404, "Not Found")
+        if rest != "/check-runs" or method != "POST":
+            return self._error(404, "Not Found")
+        docs = "https://docs.github.com/rest/checks/runs#create-a-check-run"
+        if not token.installation:
+            return self._send(403, {"message": "You must authenticate via a GitHub App.",
+                                    "documentation_url": docs, "status": "403"})
+        if not (token.write and token.checks_write):
+            return self._send(403, {"message": "Resource not accessible by integration",
+                                    "documentation_url": docs, "status": "403"})
+        body = self._read_body()
+        if body is None:
+            return self._error(400, "Problems parsing JSON")
+
+        def invalid(message):
+            return self._send(422, {"message": f"Invalid request.\n\n{message}",
+                                    "documentation_url": docs, "status": "422"})
+
+        for key in ("name", "head_sha"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                return invalid(f"\"{key}\" wasn't supplied.")
+        status = body.get("status", "queued")
+        if status not in ("queued", "in_progress", "completed", "waiting", "requested",
+                          "pending"):
+            return invalid(f"{status!r} is not a member of the status enum.")
+        conclusions = ("action_required", "cancelled", "failure", "neutral", "success",
+                       "skipped", "stale", "timed_out")
+        if status == "completed" and body.get("conclusion") not in conclusions:
+            return invalid("\"conclusion\" wasn't supplied.")
+        output = body.get("output")
+        if output is not None:
+            if not isinstance(output, dict):
+                return invalid("For 'properties/output', it is not an object.")
+            for key in ("title", "summary"):
+                if not isinstance(output.get(key), str):
+                    return invalid(f"\"{key}\" wasn't supplied.")
+            for key in ("summary", "text"):
+                value = output.get(key)
+                if isinstance(value, str) and len(value) > 65535:
+                    return invalid(f"Only 65535 characters are allowed; {len(value)} were "
+                                   "supplied.")
+        if body["head_sha"] not in set(st.pulls.values()) | st.commit_shas:
+            return self._send(422, {"message": f"No commit found for SHA: {body['head_sha']}",
+                                    "documentation_url": docs, "status": "422"})
+        st.next_id += 1
+        run_id = st.next_id
+        out = output or {}
+        run = {"id": run_id, "node_id": f"CR_{run_id}", "head_sha": body["head_sha"],
+               "external_id": body.get("external_id", ""), "name": body["name"],
+               "url": f"{self.base}/repos/{repo}/check-runs/{run_id}",
+               "html_url": f"https://github.com/{repo}/runs/{run_id}",
+               "details_url": body.get("details_url"), "status": status,
+               "conclusion": body.get("conclusion") if status == "completed" else None,
+               "started_at": "2026-01-01T00:00:00Z",
+               "completed_at": "2026-01-01T00:00:00Z" if status == "completed" else None,
+               "output": {"title": out.get("title"), "summary": out.get("summary"),
+                          "text": out.get("text"), "annotations_count": 0,
+                          "annotations_url": f"{self.base}/repos/{repo}/check-runs/{run_id}"
+                                             "/annotations"},
+               "check_suite": {"id": 1}, "pull_requests": [],
+               "app": {"slug": "github-actions", "name": "GitHub Actions"}}
+        st.check_runs.append(run)
+        return self._send(201, run, {"Location": run["url"]})
 
     def _run_hooks(self):
         hooks, self.state.before_ref_write[:] = list(self.state.before_ref_write), []

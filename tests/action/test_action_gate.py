@@ -86,4 +86,8 @@ def test_gate_pass_then_injected_regression(workspace, tmp_path, capsys):
         assert outputs["verdict"] == "regression"
         assert len(state.comments[7]) == 1                 # updated, not duplicated
         assert "regression" in state.comments[7][0].body.lower()
+        # one check run per run, on the PR's head: the pass, then the regression (issue #19)
+        assert [(r["name"], r["head_sha"], r["conclusion"]) for r in state.check_runs] == \
+            [("sdopt", SHA, "success"), ("sdopt", SHA, "failure")]
+        assert state.check_runs[1]["output"]["summary"].startswith("**Verdict: REGRESSION**")
         assert "regression" in (tmp_path / "summary.md").read_text().lower()

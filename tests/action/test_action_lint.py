@@ -81,8 +81,8 @@ def test_every_input_reaches_the_container():
     assert "env.ACT" in steps["upload"]["if"] and "!cancelled()" in steps["upload"]["if"]
     assert steps["upload"]["uses"].startswith("actions/upload-artifact@v4")
     for name, spec in action["outputs"].items():
-        if name == "comment_url":
-            expected = "${{ steps.publish.outputs.comment_url || steps.sdopt.outputs.comment_url }}"
+        if name in ("comment_url", "check_url"):    # set by the publish step, or the run step
+            expected = f"${{{{ steps.publish.outputs.{name} || steps.sdopt.outputs.{name} }}}}"
         elif name == "artifact_url":
             expected = "${{ steps.upload.outputs.artifact-url }}"
         else:

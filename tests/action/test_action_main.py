@@ -288,7 +288,10 @@ def test_run_phase_leaves_the_comment_to_the_publish_phase(tmp_path, gh, capsys)
     assert entry.publish(inp, env, ctx, out, None, None, "the run's report", phase="run") == ""
     assert gh.state.requests == [] and "the run's report" in (tmp_path / "summary.md").read_text()
     assert entry.wants_publish(inp, "run") == "true"
-    assert entry.wants_publish(read_inputs({"INPUT_COMMENT": "never"}), "run") == "false"
+    # comment: never still publishes the check run; with check_run: false nothing is left
+    assert entry.wants_publish(read_inputs({"INPUT_COMMENT": "never"}), "run") == "true"
+    assert entry.wants_publish(read_inputs({"INPUT_COMMENT": "never", "INPUT_CHECK_RUN": "false"}),
+                               "run") == "false"
 
     (tmp_path / "summary.md").write_text("")
     url = "https://github.com/octo/widgets/actions/runs/1/artifacts/2"
