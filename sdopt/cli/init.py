@@ -10,10 +10,13 @@ import click
 from ..errors import SdoptError
 
 
-# The settings init writes into sdopt.toml: (flag, default, type, help).
+# The settings init writes into sdopt.toml: (flag, default, type, help). Steps and runs default
+# to what fits the runner's job timeout (sdopt/gate/workload.py).
 _SETTINGS = (
-    ("--steps", 20, int, "Denoising steps of each benchmarked image (bench.steps)."),
-    ("--runs", 10, int, "Timed repetitions, the latency samples (bench.runs)."),
+    ("--steps", None, int, "Denoising steps of each benchmarked image (bench.steps). Default: "
+                           "the most that fit the runner's 60-minute job timeout."),
+    ("--runs", None, int, "Timed repetitions, the latency samples (bench.runs). Default: 5 on a "
+                          "CPU runner, 10 on a GPU runner."),
     ("--metric-drop-ths", 0.05, float,
      "Quality drop the search may accept (optimize.metric_drop_ths)."),
     ("--latency-tolerance", 0.10, float,
@@ -23,7 +26,8 @@ _SETTINGS = (
 
 def _setting_options(fn):
     for flag, default, kind, text in reversed(_SETTINGS):
-        fn = click.option(flag, default=default, show_default=True, type=kind, help=text)(fn)
+        fn = click.option(flag, default=default, show_default=default is not None, type=kind,
+                          help=text)(fn)
     return fn
 
 
@@ -58,12 +62,16 @@ def _validate(model: str, prompts: list[str], **settings) -> None:
               help="The action to use in the workflows (OWNER/REPO@REF).")
 @click.option("--runs-on", default="ubuntu-latest", show_default=True,
               help="Runner labels of the gate job, comma separated (e.g. self-hosted,linux,gpu).")
+@click.option("--runner-kind", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+              show_default=True,
+              help="What the runner is, for the workload and timeout init writes; auto: gpu when "
+                   "a label names one (gpu, cuda, nvidia, t4, l4, a100, h100...).")
 @click.option("--image", default=None,
               help="Prebuilt sdopt image for the workflows (default: build the Dockerfile).")
 @click.option("--no-workflows", is_flag=True, help="Write only sdopt.toml.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 def init(model, dir, prompt, steps, runs, candidate, metric_drop_ths, latency_tolerance, action,
-         runs_on, image, no_workflows, overwrite):
+         runs_on, runner_kind, image, no_workflows, overwrite):
     """Write a commented sdopt.toml and the PR gate + fork-safe commenter workflows."""
     from ..gate.scaffold import DEFAULT_ACTION, DEFAULT_PROMPTS, InitOptions, plan, write
 
@@ -79,13 +87,18 @@ def init(model, dir, prompt, steps, runs, candidate, metric_drop_ths, latency_to
         candidate=candidate, metric_drop_ths=metric_drop_ths,
         latency_tolerance=latency_tolerance, action=action or DEFAULT_ACTION,
         runs_on=[label.strip() for label in runs_on.split(",") if label.strip()],
-        image=image)
+        image=image, runner_kind=runner_kind)
     root = Path(dir)
     if not root.is_dir():
         raise SdoptError(f"--dir '{dir}' is not a directory: expected your repository root")
     written = write(root, plan(options, workflows=not no_workflows), overwrite=overwrite)
     for path in written:
         click.echo(f"wrote {path}")
+    workload = options.workload()
+    click.echo(f"workload for {workload.kind.upper()} runners ({','.join(options.runs_on)}): "
+               f"{f'{workload.size} px, ' if workload.size else ''}{workload.steps} steps, "
+               f"{workload.runs} runs; estimated {workload.minutes():.0f} min of the "
+               f"{workload.timeout_minutes()}-minute job timeout (see the top of sdopt.toml)")
     click.echo("next: measure and commit a baseline on the machine type CI uses, e.g.\n"
                "  sdopt bench --config sdopt.toml --out sdopt-out\n"
                "  sdopt baseline save --config sdopt.toml --results sdopt-out\n"

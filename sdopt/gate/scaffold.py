@@ -4,6 +4,8 @@ The texts follow ``examples/sdopt.toml`` and ``examples/workflows/sdopt-{gate,co
 (``tests/test_init.py`` checks that they agree on every setting and permission), but live here
 because an installed sdopt has no ``examples/`` folder. Every value put into them is validated
 or escaped first: a model name or runner label must not be able to change the file's structure.
+The workload (image size, steps, runs, search budget) and the job's timeout are chosen for the
+runner the gate job runs on (``sdopt/gate/workload.py``), and both files say so in comments.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from ..errors import SdoptError
 from ..version import __version__
+from .workload import RUNNER_KINDS, Workload, describe, plan_workload, runner_kind
 
 CONFIG_NAME = "sdopt.toml"
 GATE_WORKFLOW = ".github/workflows/sdopt-gate.yml"
@@ -83,8 +86,8 @@ def dumps_toml(table: dict) -> str:
 class InitOptions:
     model: str
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    steps: int = 20
-    runs: int = 10
+    steps: int | None = None        # None: chosen for the runner (workload.plan_workload)
+    runs: int | None = None
     candidate: str | None = None
     metric_drop_ths: float = 0.05
     latency_tolerance: float = 0.10
@@ -92,6 +95,13 @@ class InitOptions:
     runs_on: list[str] = field(default_factory=lambda: ["ubuntu-latest"])
     image: str | None = None
     comment_image: str | None = None
+    runner_kind: str = "auto"       # auto (from the runs_on labels), cpu or gpu
+
+    def workload(self) -> Workload:
+        """What the config asks of the gate job's runner, and the timeout that fits it."""
+        kind = runner_kind(self.runs_on, self.runner_kind)
+        return plan_workload(self.model, kind, len(self.prompts), steps=self.steps,
+                             runs=self.runs, searches=not self.candidate)
 
     def validate(self) -> "InitOptions":
         if not self.model.strip():
@@ -114,13 +124,27 @@ class InitOptions:
             raise SdoptError(f"--metric-drop-ths {self.metric_drop_ths}: expected 0 to 1")
         if self.latency_tolerance < 0:
             raise SdoptError(f"--latency-tolerance {self.latency_tolerance}: expected >= 0")
-        if self.steps < 1 or self.runs < 1:
+        if (self.steps is not None and self.steps < 1) or (self.runs is not None
+                                                           and self.runs < 1):
             raise SdoptError("--steps and --runs: expected at least 1")
+        if self.runner_kind not in ("auto", *RUNNER_KINDS):
+            raise SdoptError(f"--runner-kind '{self.runner_kind}': expected auto, cpu or gpu")
         return self
 
 
+def _comment(lines: list[str], indent: str = "") -> str:
+    return "".join(f"{indent}# {line}\n" for line in lines)
+
+
 def render_config(o: InitOptions) -> str:
+    w = o.workload()
     prompts = ",\n    ".join(toml_string(p) for p in o.prompts)
+    if w.size:
+        size = (f"{f'height = {w.size}':<32}# sized for the runner (see the top of this file)\n"
+                f"width = {w.size}")
+    else:
+        size = ("# height = 512                  # default: the model's native size (multiple of 8)\n"
+                "# width = 512")
     if o.candidate:
         optimize = (f"candidate = {toml_string(o.candidate)}   # built without a search "
                     "(`sdopt backends` lists them)\n"
@@ -132,14 +156,15 @@ def render_config(o: InitOptions) -> str:
                     f"metric_drop_ths = {o.metric_drop_ths!r}"
                     "          # search, keeping the fastest candidate within this drop")
     min_samples = 5
-    runs_note = ("" if o.runs >= min_samples else
+    runs_note = ("" if w.runs >= min_samples else
                  f"   # fewer than gate.min_samples = {min_samples}: latency judged on the ratio "
                  "alone")
     return f"""\
 # sdopt.toml: what the CI gate measures and when it fails (written by `sdopt init`).
 # Relative paths are relative to this file. Every field is optional except `model`.
 # Reference: examples/sdopt.toml and docs/gate.md in the sdopt repository.
-
+#
+{_comment(describe(w))}
 model = {toml_string(o.model)}   # preset (tiny, sd15), a diffusers folder, a .safetensors file, or org/name
 # revision = "main"             # hub revision
 # single_file_config = "configs/sd15"   # diffusers folder with the configs of a .safetensors model
@@ -150,12 +175,11 @@ prompts = [
     {prompts},
 ]
 seeds = [0]                     # every prompt x seed pair is one image, compared with the baseline's
-# height = 512                  # default: the model's native size (multiple of 8)
-# width = 512
-steps = {o.steps}
+{size}
+steps = {w.steps}
 guidance_scale = 7.5
 batch = 1                       # images per pipeline call
-runs = {o.runs}{runs_note}
+runs = {w.runs}{runs_note}
 warmup = 1                      # untimed repetitions of every variant first
 variants = ["original", "optimized"]    # measured interleaved: original, optimized, original, ...
 device = "auto"                 # auto, cpu, cuda
@@ -167,7 +191,7 @@ device = "auto"                 # auto, cpu, cuda
 optimization_time = "constrained"   # or "unconstrained": also approximate techniques
 # backends = ["torch_eager", "torch_int8"]
 # ignore_compilers = ["torch_compile"]
-# time_budget_s = 600           # default: 600 constrained, 1800 unconstrained
+time_budget_s = {w.time_budget_s}             # the search's budget, counted in the runner estimate above
 # exhaustive = true             # build every candidate (default: most promising first, bounds skip)
 
 [gate]
@@ -200,6 +224,7 @@ def cache_version(o: InitOptions) -> str:
 
 
 def render_gate_workflow(o: InitOptions) -> str:
+    w = o.workload()
     image = (f"          image: {o.image}\n" if o.image else
              "          # image: ghcr.io/org/sdopt-action@sha256:<digest>   # pinned: exactly "
              "that image (default: the action's release image)\n")
@@ -222,6 +247,7 @@ on:
 permissions:
   contents: write           # the comment's images on the sdopt-assets branch (image_hosting: none keeps this read)
   pull-requests: write      # the PR comment (read-only on forks: see sdopt-comment.yml)
+  checks: write             # the check run with the verdict (check_run: false needs none)
 
 concurrency:
   group: sdopt-${{{{ github.event.pull_request.number }}}}
@@ -230,7 +256,7 @@ concurrency:
 jobs:
   gate:
     runs-on: {_runs_on(o.runs_on)}   # a GPU runner: [self-hosted, linux, gpu]; else CPU backends
-    timeout-minutes: 60
+{_comment(describe(w), "    ")}    timeout-minutes: {w.timeout_minutes()}
     steps:
       - uses: actions/checkout@v4
         with:
@@ -295,6 +321,7 @@ permissions:
   actions: read             # download the other run's artifact
   contents: write           # the fork PR's comment images on the sdopt-assets branch
   pull-requests: write      # the comment
+  checks: write             # the fork PR's check run (its own run's token could not create it)
 
 jobs:
   comment:

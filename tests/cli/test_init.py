@@ -133,7 +133,8 @@ def test_scaffold_agrees_with_the_examples():
         assert set(ours[section]) == set(example[section]), section
     assert ours["gate"] == example["gate"]
     assert ours["baseline"] == example["baseline"]
-    assert set(ours["optimize"]) <= set(example["optimize"]) | {"candidate"}
+    # candidate, and the search budget counted in init's runner estimate (sdopt/gate/workload.py)
+    assert set(ours["optimize"]) <= set(example["optimize"]) | {"candidate", "time_budget_s"}
 
     files = plan(InitOptions(model="tiny"))
     for rel, name in ((GATE_WORKFLOW, "sdopt-gate.yml"), (COMMENT_WORKFLOW, "sdopt-comment.yml")):
