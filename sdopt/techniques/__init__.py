@@ -8,13 +8,15 @@ Each technique is one module declaring one :class:`~sdopt.techniques.base.Techni
 registry lists them (the one place to add one) and applies a list of technique specs
 (``{"name": ..., **params}``, what the manifest stores) to a backend module and to a pipeline.
 UNet-level techniques (step caching, token merging) wrap or patch the backend's module and need
-its UNet in eager PyTorch; pipeline-level ones (fewer steps, bf16 VAE decoder) replace a pipeline
-component with a private copy and work with any backend.
+its denoiser in eager PyTorch (a UNet, or a DiT's transformer blocks); pipeline-level ones (fewer
+steps, bf16 VAE decoder) replace a pipeline component with a private copy and work with any
+backend.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 
 from ..backends.base import OptimizedModule
 from ..errors import SdoptError
@@ -75,12 +77,14 @@ def apply_pipeline_techniques(pipe, specs: list[Spec]) -> None:
         if technique.level == "pipeline":
             technique.apply(pipe, params_of(spec))
     caches = [m for m in denoiser_of(pipe).modules()
-              if isinstance(m, step_cache.StepCacheModule)]
+              if isinstance(m, step_cache.CACHE_TYPES)]
     if caches:
         if not any(s["name"] == fewer_steps.NAME for s in specs):
             pipe.scheduler = copy.deepcopy(pipe.scheduler)
         original = pipe.scheduler.set_timesteps
 
+        # wraps: pipelines read set_timesteps' signature (Flux's passes sigmas when it has them).
+        @functools.wraps(original)
         def set_timesteps(*args, **kwargs):
             for cache in caches:
                 cache.reset()

@@ -4,6 +4,7 @@ eager PyTorch, so that they can call its blocks one by one or swap its attention
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 
@@ -17,7 +18,8 @@ def eager_unet(module: OptimizedModule):
 
     base = base_module(module)
     if not isinstance(base, TorchUNetModule):
-        return None, f"{base.variant.id} does not run the diffusers UNet in eager PyTorch"
+        return None, (f"{base.variant.id} does not run the diffusers denoiser (UNet or "
+                      "transformer) in eager PyTorch")
     if not base.runs_eager:
         return None, f"{base.variant.id} runs a compiled graph, whose blocks cannot be called alone"
     unet = base.unet
@@ -33,6 +35,34 @@ def eager_unet(module: OptimizedModule):
     return unet, None
 
 
+# The DiT families' transformer block lists (SD3 and PixArt: transformer_blocks; Flux also
+# single_transformer_blocks, after the double-stream ones).
+DIT_BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+
+
+def eager_dit(module: OptimizedModule):
+    """The diffusers DiT transformer (SD3, Flux, PixArt) that ``module`` runs eagerly, or
+    (None, why not)."""
+    base = base_module(module)
+    if not isinstance(base, TorchUNetModule):
+        return None, f"{base.variant.id} does not run the diffusers transformer in eager PyTorch"
+    if not base.runs_eager:
+        return None, f"{base.variant.id} runs a compiled graph, whose blocks cannot be called alone"
+    model = base.unet
+    if not dit_blocks(model):
+        return None, (f"{base.variant.id} holds a {type(model).__name__}, which has no "
+                      "transformer_blocks")
+    return model, None
+
+
+def dit_blocks(model) -> list[torch.nn.Module]:
+    """Every transformer block of a DiT, in the order its forward runs them."""
+    blocks: list[torch.nn.Module] = []
+    for name in DIT_BLOCK_LISTS:
+        blocks += list(getattr(model, name, None) or [])
+    return blocks
+
+
 def base_module(module: OptimizedModule) -> OptimizedModule:
     """The backend's own module under any technique wrappers (what the backend saves)."""
     while hasattr(module, "technique_inner"):
@@ -41,10 +71,11 @@ def base_module(module: OptimizedModule) -> OptimizedModule:
 
 
 def private_copy(module: OptimizedModule, original_unet: torch.nn.Module) -> OptimizedModule:
-    """A module whose UNet may be patched: the fp32 reference shares the user's UNet, so it is
-    copied first (the user's pipeline must stay untouched)."""
-    if getattr(module, "unet", None) is not original_unet:
-        return module
-    clone = copy.deepcopy(original_unet).eval()
-    clone.requires_grad_(False)
-    return TorchUNetModule(clone, module.variant, module.run_dtype, module.channels_last)
+    """A copy of ``module`` whose attention processors may be swapped: every module object is
+    new, every weight is shared (no memory for them). The fp32 reference holds the user's UNet,
+    and the other candidates of a search share a backend module: patching either in place would
+    leave the patch in the user's pipeline, or in candidates that were not meant to carry it."""
+    shared = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    clone = copy.deepcopy(module, shared)
+    clone.eval()
+    return clone

@@ -1,5 +1,7 @@
 """Step caching (DeepCache, Ma et al. 2023): reuse the UNet's deep features between neighbouring
-denoising steps.
+denoising steps. DiT denoisers (SD3, Flux, PixArt) have no deep UNet path: the same technique
+(the same spec, ``step_cache`` with its ``interval``) reuses their transformer blocks' outputs
+instead, as FORA does (:mod:`.dit_cache`).
 
 The high-level features that the deep part of the UNet (every block below the first down block
 and above the last up block) hands to the last up block change little from one step to the next.
@@ -22,7 +24,9 @@ import torch
 
 from ..backends.base import OptimizedModule
 from .base import Param, Technique
-from .eager import eager_unet
+from .dit_cache import DiTStepCacheModule
+from .dit_cache import incompatible_reason as dit_incompatible_reason
+from .eager import base_module, dit_blocks, eager_unet
 
 NAME = "step_cache"
 INTERVALS = (2, 3, 5)
@@ -119,16 +123,29 @@ class StepCacheModule(OptimizedModule):
         return unet.conv_out(h).to(out_dtype).contiguous()
 
 
+# What apply_pipeline_techniques resets when a new generation starts.
+CACHE_TYPES = (StepCacheModule, DiTStepCacheModule)
+
+
+def _is_dit(module: OptimizedModule) -> bool:
+    return bool(dit_blocks(getattr(base_module(module), "unet", None)))
+
+
 def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModule:
+    if _is_dit(module):
+        return DiTStepCacheModule(module, int(params["interval"]))
     return StepCacheModule(module, int(params["interval"]))
 
 
 def incompatible_reason(module: OptimizedModule, device=None) -> str | None:
+    if _is_dit(module):
+        return dit_incompatible_reason(module, device)
     return eager_unet(module)[1]
 
 
 TECHNIQUE = Technique(
     NAME, "unet", (Param("interval", int, 1, 50),), tuple({"interval": n} for n in INTERVALS),
     lambda p: f"step_cache(every {p['interval']})",
-    "reuse deep UNet features between neighbouring steps (DeepCache)", apply,
+    "reuse deep UNet features (DeepCache) or DiT block outputs (FORA) between neighbouring "
+    "steps", apply,
     unavailable_reason=incompatible_reason, order=1)

@@ -13,6 +13,12 @@ swaps the attention *processor* of the chosen self-attention layers of the backe
 interface diffusers keeps stable) and leaves the weights, and so the saved artifacts, unchanged.
 Attention costs grow with the square of the tokens, so the gain is large at 512 px and above and
 small at 256 px, where the highest-resolution blocks have 1024 tokens.
+
+DiTs: PixArt's blocks have a self-attention over the image tokens alone (``attn1``, then a
+cross-attention to the text), all at one resolution (the patch grid): the same processor merges
+tokens before every block's self-attention. SD3's and Flux's blocks attend jointly over text and
+image tokens (MMDiT): there is no self-attention over image tokens to merge in, and the technique
+is skipped for them, saying so.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 
 from ..backends.base import OptimizedModule
 from .base import Param, Technique
-from .eager import eager_unet, private_copy
+from .eager import dit_blocks, eager_dit, eager_unet, private_copy
 
 NAME = "token_merge"
 RATIOS = (0.3, 0.5)
@@ -141,18 +147,60 @@ def _self_attentions(unet, levels: int = 1):
     return out
 
 
+def _image_self_attentions(model) -> list:
+    """A DiT's self-attention layers over image tokens alone (PixArt's ``attn1``), or none."""
+    out = []
+    for block in dit_blocks(model):
+        attn = getattr(block, "attn1", None)
+        if attn is None or getattr(attn, "is_cross_attention", True) or \
+                getattr(block, "only_cross_attention", False) or \
+                not hasattr(attn, "set_processor"):
+            return []
+        out.append(attn)
+    return out
+
+
+def _dit_reason(model) -> str | None:
+    """Why token merging does not apply to this DiT (None: it does, like PixArt's)."""
+    if not _image_self_attentions(model):
+        return (f"{type(model).__name__}'s blocks attend jointly over text and image tokens "
+                "(MMDiT): token merging merges image tokens before a self-attention over image "
+                "tokens alone, which these blocks do not have")
+    if getattr(model, "pos_embed", None) is None or \
+            not hasattr(model.pos_embed, "patch_size"):
+        return (f"{type(model).__name__} has no patch embedding whose grid token merging could "
+                "follow")
+    return None
+
+
+def _target(module: OptimizedModule):
+    """(the eager model, its self-attention layers, the module the grid comes from) or
+    (None, why not, None)."""
+    unet, why = eager_unet(module)
+    if unet is not None:
+        return unet, None, unet.conv_in
+    model, dit_why = eager_dit(module)
+    if model is None:
+        return None, why, None
+    reason = _dit_reason(model)
+    if reason:
+        return None, reason, None
+    return model, _image_self_attentions(model), model.pos_embed
+
+
 def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModule:
     module = private_copy(module, original_unet)
-    unet, why = eager_unet(module)
-    if unet is None:
-        raise ValueError(f"token merging cannot patch this module: {why}")
+    model, layers, grid_source = _target(module)
+    if model is None:
+        raise ValueError(f"token merging cannot patch this module: {layers}")
     grid: dict = {}
 
     def record(mod, args):
         grid["hw"] = tuple(args[0].shape[-2:])
 
-    unet.conv_in.register_forward_pre_hook(record)
-    layers = _self_attentions(unet, int(params.get("levels", 1)))
+    grid_source.register_forward_pre_hook(record)
+    if layers is None:  # a UNet: the highest resolution's self-attention
+        layers = _self_attentions(model, int(params.get("levels", 1)))
     if not layers:
         raise ValueError("the UNet has no self-attention layers to merge tokens in")
     for attn in layers:
@@ -161,11 +209,14 @@ def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModu
 
 
 def incompatible_reason(module: OptimizedModule, device=None) -> str | None:
-    return eager_unet(module)[1]
+    model, why, _ = _target(module)
+    return why if model is None else None
 
 
 def processors(module: OptimizedModule) -> list[TokenMergeProcessor]:
     unet, _ = eager_unet(module)
+    if unet is None:
+        unet, _ = eager_dit(module)
     if unet is None:
         return []
     return [m.processor for m in unet.modules()
@@ -175,5 +226,6 @@ def processors(module: OptimizedModule) -> list[TokenMergeProcessor]:
 TECHNIQUE = Technique(
     NAME, "unet", (Param("ratio", float, 0.0, 0.9),), tuple({"ratio": r} for r in RATIOS),
     lambda p: f"token_merge({p['ratio']:g})",
-    "merge similar tokens before self-attention at the highest resolution (ToMe for SD)", apply,
+    "merge similar tokens before self-attention at the highest resolution (ToMe for SD; every "
+    "block of PixArt)", apply,
     unavailable_reason=incompatible_reason, order=0)

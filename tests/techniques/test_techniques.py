@@ -101,6 +101,16 @@ def test_token_merge_attends_fewer_tokens(original, reference):
     assert not processors(sdopt.apply_variant(original, "torch_eager/fp32").unet.module)
 
 
+def test_token_merge_leaves_the_backend_module_it_is_tried_on_unchanged(original):
+    """The candidates of a search share one backend module: token merging patches a copy of it
+    (new module objects, the same weights), so the next candidate on that base runs without."""
+    base = sdopt.apply_variant(original, "torch_eager/fp32-channels_last").unet.module
+    assert base.unet is not original.unet  # a backend's own copy, not the reference
+    merged = apply_unet_techniques(base, [{"name": "token_merge", "ratio": 0.5}], original.unet)
+    assert processors(merged) and not processors(base)
+    assert all(a is b for a, b in zip(merged.unet.parameters(), base.unet.parameters()))
+
+
 def test_token_merge_at_ratio_zero_is_exact_and_merge_unmerge_round_trips(original, reference):
     pipe, _ = _pipeline(original, [{"name": "token_merge", "ratio": 0.0}])
     assert all(np.array_equal(a, b) for a, b in zip(_images(pipe), reference))
