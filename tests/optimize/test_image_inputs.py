@@ -223,3 +223,23 @@ def test_cli_refuses_an_image_for_a_text_to_image_model(tmp_path):
     assert result.exit_code == 2
     assert "input_data[0] gives an image, but StableDiffusionPipeline takes none" in \
         result.output
+
+
+def test_cli_optimizes_from_a_prompts_file_with_start_images(tmp_path):
+    from click.testing import CliRunner
+
+    from sdopt.cli import main
+
+    Image.fromarray(stripes(48, 40)).save(tmp_path / "start.png")
+    (tmp_path / "prompts.json").write_text(json.dumps(
+        [{"prompt": "a cat", "image": "start.png"}, "a dog"]))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [
+        "optimize", "--model", "img2img-tiny", "--prompts", str(tmp_path / "prompts.json"),
+        "--out", str(out), "--backend", "torch_eager", "--steps", "2", "--repeats", "1",
+        "--fresh-search"])
+    assert result.exit_code == 0, result.output[-2000:]
+    saved = json.loads((out / "optimization.json").read_text())
+    # The search ran at the start image's size (48 x 40), not the preset's 64 px default.
+    assert (saved["samples"]["height"], saved["samples"]["width"]) == (48, 40)
+    assert saved["end_to_end"]["prompts"] == 2
