@@ -47,8 +47,13 @@ class DiTStepCacheModule(OptimizedModule):
         self.reset()
 
     def reset(self) -> None:
-        self._residuals: list | None = None
+        # One list of block residuals per pass of a step: a pipeline that calls the transformer
+        # twice per step (Flux's true CFG: the prompt, then the negative prompt) reuses each
+        # pass's own.
+        self._residuals: dict[int, list] = {}
         self._step = 0
+        self._pass = 0
+        self._reuse = False
         self._last_t: float | None = None
         self._key = None
 
@@ -58,17 +63,23 @@ class DiTStepCacheModule(OptimizedModule):
         if self._last_t is None or t > self._last_t or key != self._key:
             self.reset()
             self._key = key
+        if self._last_t is not None and t == self._last_t:
+            self._pass += 1  # another pass of the same step
+        else:
+            self._pass = 0
+            self._reuse = bool(self._residuals) and self._step % self.interval != 0
+            self._step += 1
         self._last_t = t
-        reuse = self._residuals is not None and self._step % self.interval != 0
-        self._step += 1
+        reuse = self._reuse and self._pass in self._residuals
         if reuse:
             self.cached_calls += 1
         else:
             self.full_calls += 1
-            self._residuals = [None] * len(self._blocks)
+            self._residuals[self._pass] = [None] * len(self._blocks)
+        residuals = self._residuals[self._pass]
         saved = [block.__dict__.get("forward") for block in self._blocks]
         for index, block in enumerate(self._blocks):
-            block.forward = self._patched(index, block, saved[index] or type(block).forward
+            block.forward = self._patched(index, residuals, saved[index] or type(block).forward
                                           .__get__(block), reuse)
         try:
             return self.technique_inner(sample, timestep, encoder_hidden_states, **extra)
@@ -79,9 +90,7 @@ class DiTStepCacheModule(OptimizedModule):
                 else:
                     block.forward = previous
 
-    def _patched(self, index: int, block, forward, reuse: bool):
-        residuals = self._residuals
-
+    def _patched(self, index: int, residuals: list, forward, reuse: bool):
         def run(*args, **kwargs):
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
             context = kwargs.get("encoder_hidden_states")

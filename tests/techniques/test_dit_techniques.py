@@ -76,6 +76,27 @@ def test_step_cache_reuses_the_transformer_blocks_every_other_step(dit):
     assert all(np.array_equal(a, b) for a, b in zip(_images(pipe), reference))
 
 
+def test_step_cache_keeps_each_pass_of_a_step_apart():
+    """Flux's true CFG calls the transformer twice per step (the prompt, then the negative
+    prompt): a cached step reuses each pass's own block outputs, not the other pass's."""
+    pipe = sdopt.build_preset("flux-tiny")
+
+    def images(p):
+        return [np.asarray(p("a photo of a cat", negative_prompt="a blurry photo",
+                             true_cfg_scale=4.0, **pipeline_inputs(p, 64, 64),
+                             num_inference_steps=STEPS,
+                             generator=torch.Generator().manual_seed(0)).images[0])]
+
+    reference = images(pipe)
+    cached = assemble(pipe, reference_module(denoiser_of(pipe)),
+                      [{"name": "step_cache", "interval": 2}], DEVICE)
+    wrapper = denoiser_of(cached).module
+    got = images(cached)
+    assert (wrapper.full_calls, wrapper.cached_calls) == (STEPS, STEPS)  # 2 passes x 3 + 3
+    assert sorted(wrapper._residuals) == [0, 1]
+    assert psnr_db(reference[0], got[0]) > 30
+
+
 def test_step_cache_interval_one_is_exact(dit):
     _, pipe = dit
     module = reference_module(denoiser_of(pipe))
