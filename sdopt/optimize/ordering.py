@@ -38,8 +38,10 @@ ROOFLINE_HEADROOM = 1.5
 # torch.compile over the eager module of the same precision: 1.2x for SD 1.5 on an H100 in
 # stable-fast's table (66.0 vs 54.5 it/s, max-autotune), 0.6-1.3x on this project's CPUs.
 MAX_COMPILE_GAIN = 2.0
-# With CUDA graphs the launches go too, which for small calls can be half of eager's time.
-MAX_CUDAGRAPH_GAIN = 3.0
+# With CUDA graphs the launches go too, which for small calls can be half of eager's time:
+# fp16-cudagraphs ran the SD 1.5 UNet (512 px, batch 2) at 2.96x fp16-channels_last eager on an
+# H200 (7.26 vs 21.5 ms, benchmarks/results/gpu/gpu_peers_sd15_512.json).
+MAX_CUDAGRAPH_GAIN = 4.0
 COMPILERS_OF_EAGER = {"torch_compile": "torch_eager"}
 
 
@@ -79,6 +81,20 @@ PRIORS: dict[str, dict[str, float]] = {
         "torch_eager/fp32-channels_last": 1.0,
     },
 }
+# Cold build times long enough to matter against a time budget, per device kind and candidate
+# id. torch.compile max-autotune of the SD 1.5 UNet at 512 px on an H200 (16 CPU cores)
+# autotunes every GEMM and convolution: diffusers' recipe (UNet and VAE decoder) had not finished
+# after 310 s, nor after another 265 s with the first try's autotune cache
+# (benchmarks/results/gpu/gpu_peers_sd15_512.json, 2026-12-01), against 44 s for fp16-cudagraphs.
+BUILD_S: dict[str, dict[str, float]] = {
+    "cuda": {"torch_compile/fp16-max-autotune": 600.0},
+}
+
+
+def expected_build_s(variant: Variant, device_kind: str) -> float | None:
+    return BUILD_S.get(device_kind, {}).get(variant.id)
+
+
 # For a candidate the table does not know (a plugin backend): by its precision.
 PRECISION_PRIORS = {"int8": 3.0, "fp16": 2.5, "bf16": 2.0, "fp32": 1.0}
 

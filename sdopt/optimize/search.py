@@ -34,7 +34,7 @@ from ..techniques import unavailable_reason as technique_unavailable
 from .capture import SampleSet
 from .ceiling import count_flops, gemm_rate
 from .metrics import DEFAULT_AGGREGATE, LOSSLESS_TOLERANCE, METRICS, Metric, per_prompt_drops
-from .ordering import Ceiling, Planner
+from .ordering import Ceiling, Planner, expected_build_s
 from .selection import fastest_two, judge, ranked_end_to_end, select
 from .table import (REFERENCE_ID, STATUS_FAILED, STATUS_OK, STATUS_SELECTED,
                     STATUS_SKIPPED, CandidateResult, OptimizationResult, set_e2e_speedup)
@@ -138,6 +138,13 @@ def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult
     if reason is None and time_budget_s is not None and spent_s > time_budget_s \
             and variant.id != REFERENCE_ID:
         reason = f"{BUDGET_SPENT} ({time_budget_s:.0f} s) spent"
+    build_s = expected_build_s(variant, device.kind)
+    if reason is None and time_budget_s is not None and build_s is not None \
+            and spent_s + build_s > time_budget_s:
+        reason = (f"does not fit the {BUDGET_SPENT}: building it takes about {build_s:.0f} s "
+                  f"cold, more than the "
+                  f"{max(0.0, time_budget_s - spent_s):.0f} s left of {time_budget_s:.0f} s "
+                  "(raise time_budget_s or search exhaustively to try it)")
     parents = variant.options.get("fallback_of") or []
     if reason is None and parents:
         # A less aggressive fallback (partial int8) is tried only when the more aggressive

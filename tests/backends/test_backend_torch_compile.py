@@ -97,3 +97,19 @@ def test_fused_qkv_channels_last_fullgraph_matches_eager_and_round_trips(tiny_pi
     with torch.inference_mode():
         again = loaded(x.sample, x.timestep, x.encoder_hidden_states)
     assert torch.allclose(again, got, atol=1e-5)
+
+
+def test_a_compile_longer_than_the_budget_left_is_skipped_with_the_reason(monkeypatch):
+    from sdopt.optimize.search import skip_reason
+
+    dev = _cuda_like()
+    # as on a GPU machine, where triton is installed
+    monkeypatch.setattr(TorchCompile, "unavailable_reason", lambda self, device, variant: None)
+    variants = {v.name: v for v in TorchCompile().variants(dev)}
+    reason = skip_reason(variants["fp16-max-autotune"], dev, [], lossless_only=False,
+                         time_budget_s=600, spent_s=100)
+    assert reason and "about 600 s cold" in reason and "500 s left of 600 s" in reason
+    assert skip_reason(variants["fp16-max-autotune"], dev, [], lossless_only=False,
+                       time_budget_s=None, spent_s=100) is None  # exhaustive: no budget
+    assert skip_reason(variants["fp16-cudagraphs"], dev, [], lossless_only=False,
+                       time_budget_s=600, spent_s=100) is None
