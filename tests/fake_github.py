@@ -182,9 +182,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _error(self, status: int, message: str, **extra):
+    def _error(self, status: int, message: str, **extra) -> bool:
+        """Answer with GitHub's error body; True, so that ``refused = ...; if refused: return``
+        stops the handler (GitHub changes nothing on an error)."""
         self._send(status, {"message": message, "documentation_url": DOCS, "status": str(status),
                             **extra})
+        return True
 
     def _token(self) -> Token | None:
         auth = self.headers.get("Authorization", "")
