@@ -16,7 +16,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..errors import SdoptError
 from ..models import denoiser_of, load_pipeline, pipeline_inputs
 from ..optimize.api import apply_variant, load_model, optimize_model
 from ..optimize.capture import native_side
+from ..optimize.inputs import PromptInput, first_image_size, fit, load_image, takes
 from ..optimize.optimized import with_unet
 from ..optimize.timing import sample_stats
 from ..store import write_json
@@ -64,15 +65,86 @@ class BenchSettings:
     warmup: int
     device: str = "auto"
     threads: int | None = None
+    # One per prompt: its start image and mask (bench.start_image/mask_image), fitted to
+    # height x width; empty: every prompt gets the default image and mask.
+    inputs: tuple[PromptInput, ...] = ()
 
     @classmethod
-    def from_config(cls, config: Config) -> "BenchSettings":
+    def from_config(cls, config: Config, pipe=None) -> "BenchSettings":
+        """The bench settings, with the configured start images and masks read and fitted
+        (checked against ``pipe``'s inputs when given); the size defaults to the first start
+        image's, as in the search."""
         b = config.bench
-        return cls(tuple(b.prompts), tuple(b.seeds), b.height, b.width, b.steps,
-                   b.guidance_scale, b.batch, b.runs, b.warmup, b.device, b.threads)
+        inputs, height, width = bench_inputs(config, pipe)
+        return cls(tuple(b.prompts), tuple(b.seeds), height, width, b.steps,
+                   b.guidance_scale, b.batch, b.runs, b.warmup, b.device, b.threads,
+                   tuple(inputs))
 
     def images(self) -> list[tuple[str, int]]:
         return [(prompt, seed) for prompt in self.prompts for seed in self.seeds]
+
+    def image_kwargs(self, pipe, start: int, count: int, height: int,
+                     width: int) -> dict[str, Any]:
+        """What ``pipe`` is called with besides the prompts for images ``start`` to
+        ``start + count - 1`` of :meth:`images`: the size, and each image's start image and mask
+        (the defaults where none is configured, as in the search)."""
+        if not self.inputs:
+            return pipeline_inputs(pipe, height, width)
+        items = [self.inputs[(start + k) // len(self.seeds)] for k in range(count)]
+        if count == 1:  # as the search calls it: one image, not a list of one
+            return items[0].pipeline_kwargs(pipe, height, width)
+        each = [item.pipeline_kwargs(pipe, height, width) for item in items]
+        out = dict(each[0])
+        for key in ("image", "mask_image"):
+            if key in out:
+                out[key] = [kwargs[key] for kwargs in each]
+        return out
+
+
+def bench_inputs(config: Config, pipe=None) -> tuple[list[PromptInput], int | None, int | None]:
+    """The prompts with the start images and masks of ``bench.start_image``/``mask_image``
+    (empty when neither is set), and the bench's height and width (None: the pipeline's own).
+    Paths are the config's (sdopt.gate.config.Config.local_file: inside its folder unless
+    allowed); a bad file, or an image for a pipeline that takes none, is one line naming the
+    file and the field. The images are fitted to the size, which defaults to the first start
+    image's (sdopt.optimize.inputs.first_image_size, as optimize_model does)."""
+    b = config.bench
+    height, width = b.height, b.width
+    if b.start_image is None and b.mask_image is None:
+        return [], height, width
+    if pipe is not None:
+        has_image, has_mask = takes(pipe)
+        for name, ok in (("start_image", has_image), ("mask_image", has_mask)):
+            if getattr(b, name) is not None and not ok:
+                raise SdoptError(f"{config.source}: field 'bench.{name}': "
+                                 f"{type(pipe).__name__} takes no "
+                                 f"{'start image' if name == 'start_image' else 'mask'}: "
+                                 "remove it (only image-to-image and inpainting pipelines do)")
+    loaded: dict[tuple[str, str], Any] = {}
+
+    def read(name: str, index: int, relative: str | None):
+        if relative is None:
+            return None
+        listed = isinstance(getattr(b, name), list)
+        field = f"bench.{name}[{index}]" if listed else f"bench.{name}"
+        if (name, relative) not in loaded:
+            path = config.local_file(relative, field, allow_outside=b.allow_outside_paths)
+            loaded[(name, relative)] = load_image(
+                path, f"{config.source}: field '{field}': '{relative}'",
+                mask=name == "mask_image")
+        return loaded[(name, relative)]
+
+    inputs = [PromptInput(prompt, read("start_image", i, image), read("mask_image", i, mask))
+              for i, (prompt, image, mask) in enumerate(zip(
+                  b.prompts, b.image_paths("start_image"), b.image_paths("mask_image")))]
+    size = first_image_size(inputs)
+    if size is not None:
+        height, width = height or size[0], width or size[1]
+    if height is None or width is None:
+        if pipe is None:
+            return inputs, height, width  # fitted once the pipeline's own size is known
+        height, width = height or native_side(pipe), width or native_side(pipe)
+    return fit(inputs, height, width), height, width
 
 
 def summarize(samples: list[float]) -> dict[str, float | list[float]]:
@@ -102,15 +174,18 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _generate(pipe, batch: list[tuple[str, int]], s: BenchSettings, height: int, width: int):
+def _generate(pipe, batch: list[tuple[str, int]], s: BenchSettings, height: int, width: int,
+              start: int = 0):
+    """Images ``start`` to ``start + len(batch) - 1`` of ``s.images()``."""
     import torch
 
     generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for _, seed in batch]
-    # Image-to-image and inpainting pipelines get the same default start image and mask as in
-    # the search (pipeline_inputs); text-to-image ones only the size.
+    # Image-to-image and inpainting pipelines get the configured start images and masks, else
+    # the same default ones as in the search (pipeline_inputs); text-to-image ones only the size.
     return pipe(prompt=[p for p, _ in batch], generator=generators,
                 num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
-                output_type="pil", **pipeline_inputs(pipe, height, width)).images
+                output_type="pil",
+                **s.image_kwargs(pipe, start, len(batch), height, width)).images
 
 
 def run_bench(subjects: list[Subject], settings: BenchSettings, out_dir: str | os.PathLike, *,
@@ -153,6 +228,8 @@ def _measure(subjects, settings, out_dir, device, env, *, progress, console, con
     first = subjects[0].pipe
     height = settings.height or native_side(first)
     width = settings.width or native_side(first)
+    if settings.inputs:  # every call at one size (a no-op for images fitted already)
+        settings = replace(settings, inputs=tuple(fit(list(settings.inputs), height, width)))
     images = settings.images()
     batches = _chunks(images, settings.batch)
     timer = StageTimer(device.kind)
@@ -179,9 +256,10 @@ def _measure(subjects, settings, out_dir, device, env, *, progress, console, con
         with bar, torch.inference_mode():
             warm = bar.add_task("warm-up", total=calls * settings.warmup)
             for _ in range(settings.warmup):
-                for chunk in batches:
+                for index, chunk in enumerate(batches):
                     for subject in subjects:
-                        _generate(subject.pipe, chunk, settings, height, width)
+                        _generate(subject.pipe, chunk, settings, height, width,
+                                  index * settings.batch)
                         bar.advance(warm)
             task = bar.add_task(f"benchmark ({' / '.join(names)} interleaved)",
                                 total=calls * settings.runs)
@@ -191,7 +269,8 @@ def _measure(subjects, settings, out_dir, device, env, *, progress, console, con
                         timer.reset()
                         with PeakMemory(device.kind) as mem:
                             t0 = time.perf_counter()
-                            out = _generate(subject.pipe, chunk, settings, height, width)
+                            out = _generate(subject.pipe, chunk, settings, height, width,
+                                            index * settings.batch)
                             if device.kind == "cuda":
                                 torch.cuda.synchronize()
                             elapsed = time.perf_counter() - t0
@@ -265,18 +344,22 @@ def optimized_subject(config: Config, pipe, *, progress: bool = True,
     opt, b = config.optimize, config.bench
     device = None if b.device == "auto" else b.device
     optimization = None
+    inputs, height, width = bench_inputs(config, pipe)
     if opt.saved_model:
         saved = config.resolve(opt.saved_model)
         new = load_model(saved, pipe=with_unet(pipe, denoiser_of(pipe)), device=device)
     elif opt.candidate:
-        new = apply_variant(pipe, opt.candidate, device, height=b.height, width=b.width)
+        new = apply_variant(pipe, opt.candidate, device, height=height, width=width)
     else:
+        # The search gets the bench's start images and masks (the same pixels).
+        prompts = [{"prompt": i.prompt, "image": i.image, "mask_image": i.mask_image}
+                   for i in inputs] or list(b.prompts)
         new = optimize_model(
-            pipe, list(b.prompts), metric_drop_ths=opt.metric_drop_ths,
+            pipe, prompts, metric_drop_ths=opt.metric_drop_ths,
             metric_aggregate=opt.metric_aggregate,
             optimization_time=opt.optimization_time, ignore_compilers=opt.ignore_compilers,
             ignore_compressors=opt.ignore_compressors, device=device, backends=opt.backends,
-            height=b.height, width=b.width, num_inference_steps=opt.steps,
+            height=height, width=width, num_inference_steps=opt.steps,
             guidance_scale=b.guidance_scale, seed=b.seeds[0], repeats=opt.repeats,
             time_budget_s=opt.time_budget_s, exhaustive=opt.exhaustive, show=progress)
         optimization = new.sdopt_result.to_dict()
@@ -296,7 +379,9 @@ def bench_config(config: Config, out_dir: str | os.PathLike, *, variants: list[s
     if unknown:  # the CLI and the config check names; a Python caller may pass anything
         raise SdoptError(f"variants: unknown variant '{unknown[0]}': expected "
                          f"{' and/or '.join(BENCH_VARIANTS)}")
+    bench_inputs(config)  # a bad start image fails before the model loads
     pipe = load_original(config)
+    settings = BenchSettings.from_config(config, pipe)
     subjects, optimization = [], None
     if "original" in wanted:
         subjects.append(original_subject(pipe))
@@ -305,5 +390,5 @@ def bench_config(config: Config, out_dir: str | os.PathLike, *, variants: list[s
             subject, optimization = optimized_subject(config, pipe, progress=progress)
         subjects.append(subject)
     subjects.sort(key=lambda s: wanted.index(s.name))
-    return run_bench(subjects, BenchSettings.from_config(config), out_dir, progress=progress,
+    return run_bench(subjects, settings, out_dir, progress=progress,
                      console=console, config=config.public_dict(), optimization=optimization)

@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, NamedTuple, Optional, Sequence
+from typing import Annotated, Any, Iterable, Literal, NamedTuple, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -64,6 +64,16 @@ class BenchConfig(_Section):
     # torch intra-op threads (None: torch's default). On a shared runner fewer threads than cores
     # can be far steadier: oversubscribed OpenMP threads spin and stall each other.
     threads: Optional[int] = Field(default=None, ge=1, le=1024)
+    # Image-to-image and inpainting models: the start image and the mask (white is repainted),
+    # image files relative to this file; one path for every prompt, or a list of one per prompt
+    # in order (as `sdopt optimize --start-image/--mask-image`). Unset: sdopt's fixed default
+    # start image and mask. The search gets the same images.
+    start_image: Optional[Union[str, list[str]]] = None
+    mask_image: Optional[Union[str, list[str]]] = None
+    # Image paths must stay inside this file's folder: no absolute path, and no '..' or symbolic
+    # link that leads out of it (a pull request's sdopt.toml must not make the gate read, and
+    # publish, files elsewhere on the runner). true allows both.
+    allow_outside_paths: bool = False
 
     @field_validator("prompts")
     @classmethod
@@ -72,6 +82,38 @@ class BenchConfig(_Section):
             if not prompt.strip():
                 raise ValueError(f"prompt {i} is blank: expected non-empty text")
         return value
+
+    @field_validator("start_image", "mask_image", mode="before")
+    @classmethod
+    def _image_paths(cls, value):
+        if value is None:
+            return value
+        paths = value if isinstance(value, list) else [value]
+        if not paths or not all(isinstance(p, str) and p.strip() for p in paths):
+            raise ValueError("expected an image file path (relative to this file) or a list of "
+                             "one path per prompt")
+        return value
+
+    @model_validator(mode="after")
+    def _images_per_prompt(self):
+        if self.mask_image is not None and self.start_image is None:
+            raise ValueError("mask_image is set without start_image: an inpainting mask needs "
+                             "its start image")
+        for name in ("start_image", "mask_image"):
+            value = getattr(self, name)
+            if isinstance(value, list) and len(value) not in (1, len(self.prompts)):
+                raise ValueError(f"{name} lists {len(value)} paths for {len(self.prompts)} "
+                                 "prompts: expected one path (for every prompt) or one per "
+                                 "prompt")
+        return self
+
+    def image_paths(self, name: str) -> list[str | None]:
+        """``start_image`` or ``mask_image`` as one entry per prompt (None: the default)."""
+        value = getattr(self, name)
+        if value is None:
+            return [None] * len(self.prompts)
+        paths = value if isinstance(value, list) else [value]
+        return paths * len(self.prompts) if len(paths) == 1 else list(paths)
 
     @field_validator("variants")
     @classmethod
@@ -214,6 +256,8 @@ class Config(_Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     # Directory the relative paths above are resolved against (set by load_config, not the file).
     root: str = Field(default=".", exclude=True)
+    # What errors call the file (set by load_config/parse_config, not the file).
+    source: str = Field(default=DEFAULT_CONFIG_NAME, exclude=True)
 
     @field_validator("model")
     @classmethod
@@ -229,6 +273,30 @@ class Config(_Section):
             return None
         path = Path(relative).expanduser()
         return path if path.is_absolute() else Path(self.root) / path
+
+    def local_file(self, relative: str, field: str, *, allow_outside: bool = False) -> Path:
+        """An existing file the config names, resolved against the file's directory. Unless
+        ``allow_outside``, it must stay inside that directory: an absolute path, or a '..' or
+        symbolic link that leads out of it, is refused (one line naming the file and field)."""
+        where = f"{self.source}: field '{field}'"
+        path = Path(relative)
+        root = Path(self.root).resolve()
+        if not allow_outside:
+            if path.is_absolute() or relative.startswith("~"):
+                raise SdoptError(f"{where}: '{relative}' is not relative to the config's folder "
+                                 f"'{root}': expected a path inside it (or set "
+                                 "bench.allow_outside_paths = true)")
+            target = (root / path).resolve()
+            if not target.is_relative_to(root):
+                raise SdoptError(f"{where}: '{relative}' leads outside the config's folder "
+                                 f"'{root}' (through '..' or a symbolic link): expected a path "
+                                 "inside it (or set bench.allow_outside_paths = true)")
+        else:
+            target = self.resolve(relative)
+        if not target.is_file():
+            raise SdoptError(f"{where}: '{relative}' is not a file (looked for '{target}'): "
+                             "expected an image file")
+        return target
 
     def model_ref(self) -> str:
         """The model reference with a relative folder made absolute (presets/hub ids as given)."""
@@ -350,11 +418,13 @@ def parse_config(data: dict, *, source: str = DEFAULT_CONFIG_NAME, root: str | o
     ``source`` and the field (and the override that set it)."""
     if not isinstance(data, dict):
         raise SdoptError(f"{source}: expected a TOML table at the top level")
-    if "root" in data:
-        raise SdoptError(f"{source}: unknown field 'root': check its spelling (see docs/gate.md)")
+    for internal in ("root", "source"):
+        if internal in data:
+            raise SdoptError(f"{source}: unknown field '{internal}': check its spelling (see "
+                             "docs/gate.md)")
     data = apply_overrides(data, overrides, source=source)
     try:
-        return Config.model_validate({**data, "root": str(root)})
+        return Config.model_validate({**data, "root": str(root), "source": str(source)})
     except ValidationError as exc:
         raise SdoptError(_describe(exc, source, overrides)) from None
 

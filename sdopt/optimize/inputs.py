@@ -122,6 +122,12 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def load_image(value, where: str, *, mask: bool = False):
+    """A PIL image (RGB, or L for a mask) from a PIL image, an array or a file path; an
+    SdoptError starting with ``where`` when it is none of them or cannot be read."""
+    return _load(value, where, mask=mask)
+
+
 def _load(value, where: str, *, mask: bool):
     """A PIL image (RGB, or L for a mask) from what the user gave."""
     import numpy as np
