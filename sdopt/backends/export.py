@@ -279,6 +279,30 @@ def export_text_encoder(text_encoder: torch.nn.Module, batch: int, seq_len: int,
     return {**info, "inputs": {"input_ids": [batch, seq_len]}}
 
 
+@contextlib.contextmanager
+def classic_attention(module: torch.nn.Module):
+    """Export ``module``'s attention layers with diffusers' classic processor (matmul, softmax,
+    matmul) instead of SDPA, then put every layer's own processor back. ONNX Runtime's Stable
+    Diffusion optimizer fuses attention from that pattern (its demo deletes
+    ``F.scaled_dot_product_attention`` for the export); the exporters decompose SDPA into one its
+    fusion does not match. Only SDPA processors (``AttnProcessor2_0``) are replaced; yields how
+    many."""
+    try:
+        from diffusers.models.attention_processor import Attention, AttnProcessor
+    except ImportError:  # pragma: no cover - diffusers is a dependency
+        yield 0
+        return
+    saved = [(m, m.processor) for m in module.modules()
+             if isinstance(m, Attention) and type(m.processor).__name__ == "AttnProcessor2_0"]
+    try:
+        for layer, _ in saved:
+            layer.set_processor(AttnProcessor())
+        yield len(saved)
+    finally:
+        for layer, processor in saved:
+            layer.set_processor(processor)
+
+
 def copy_artifact(src: Path, dst: Path, names: Sequence[str] | None = None) -> None:
     """Copy a cached artifact directory's files. Never hard links: onnx refuses external data
     with several links (its guard against hard-link attacks)."""

@@ -157,9 +157,12 @@ def test_save_and_load_refuse_another_gpu(trt, inpainting_unet, tmp_path):
     backend, variant, gpu, module = _build(unet, inputs, tmp_path)
     info = backend.save(module, tmp_path / "saved")
     info = json.loads(json.dumps(info))  # what the manifest stores
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["unet.plan"]
     loaded = backend.load(tmp_path / "saved", unet, variant, info, gpu)
+    assert loaded.build_info["engine"]["strongly_typed"] is True
     outputs, _ = loaded._bind(_given(inputs), torch.device("cpu"))
     assert outputs[0].shape == (2, 4, 8, 8)
+    assert loaded._context.execute_async_v3(0) and torch.all(outputs[0] == trt.FILL)
     with pytest.raises(SdoptError, match="built for capability '9.0'"):
         backend.load(tmp_path / "saved", unet, variant, info,
                      replace(gpu, cuda_capability="8.9"))
