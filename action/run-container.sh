@@ -92,10 +92,23 @@ elif [ -z "$image" ] || [ "$image" = build ]; then
   while IFS= read -r arg; do
     [ -n "$arg" ] && build_args+=(--build-arg "$arg")
   done <<< "${INPUT_BUILD_ARGS:-}"
-  # Modes comment and merge never run a model: the CPU flavour, unless build_args says otherwise.
-  if [ "${#gpu_args[@]}" = 0 ] && [[ "${INPUT_MODE:-gate}" =~ ^(comment|merge)$ ]] \
-      && [[ $'\n'"${INPUT_BUILD_ARGS:-}" != *$'\n'FLAVOR=* ]]; then
-    build_args+=(--build-arg FLAVOR=cpu)
+  # Without a GPU (no GPU on the runner, gpus: none, or modes comment and merge, which never run
+  # a model) the CPU flavour, as the release's -cpu image: CPU torch on Debian with OpenVINO,
+  # NNCF and ONNX Runtime, so the runner's best backend (openvino/int8-inner) can run, without
+  # gigabytes of CUDA libraries. Unless build_args sets FLAVOR; a build arg it sets wins.
+  # These values are .github/workflows/release.yml's cpu leg (a test checks that they agree).
+  if [ "${#gpu_args[@]}" = 0 ] && [[ $'\n'"${INPUT_BUILD_ARGS:-}" != *$'\n'FLAVOR=* ]]; then
+    cpu_build_args=(
+      "FLAVOR=cpu"
+      "BASE_IMAGE=debian:bookworm-slim"
+      "TORCH_VERSION=2.13.0+cpu"
+      "TORCH_PIP_ARGS=--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple"
+    )
+    for arg in "${cpu_build_args[@]}"; do
+      if [[ $'\n'"${INPUT_BUILD_ARGS:-}" != *$'\n'"${arg%%=*}="* ]]; then
+        build_args+=(--build-arg "$arg")
+      fi
+    done
     image="sdopt-action:local-cpu"
   fi
   "$DOCKER" build "${build_args[@]}" -t "$image" "$ACTION_PATH"

@@ -25,6 +25,8 @@ PACKAGES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "nncf": (("nncf",), "cpu"),
     "tensorrt": (("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), "gpu"),
     "triton": (("triton",), None),
+    # NVML: the device memory a candidate adds (optimize/timing.py); cudaMemGetInfo without it.
+    "pynvml": (("nvidia-ml-py", "pynvml"), "gpu"),
     "github": (("PyGithub",), "action"),
     "docker": (("docker",), "reproduce"),
     "DeepCache": (("DeepCache",), "peers"),

@@ -93,3 +93,90 @@ def test_cuda_graph_variant_runs_in_the_pipeline_and_round_trips(fresh_tiny_pipe
     sdopt.save_model(optimized, tmp_path / "saved")
     loaded = sdopt.load_model(tmp_path / "saved", pipe=sdopt.build_preset("tiny"))
     assert np.abs(before - _image(loaded)).max() <= 2
+
+
+def _driver_alloc(nbytes: int):
+    """``nbytes`` of device memory from the CUDA driver, outside torch's allocator (as TensorRT
+    and ONNX Runtime allocate); returns the function that frees it."""
+    import ctypes
+
+    cuda = ctypes.CDLL("libcuda.so.1")
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")  # the primary context current on this thread
+    ptr = ctypes.c_uint64()
+    assert cuda.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(nbytes)) == 0
+    return lambda: cuda.cuMemFree_v2(ptr)
+
+
+def test_device_memory_counts_memory_outside_torchs_allocator():
+    """Issue #16, item 5a: NVML (or cudaMemGetInfo) sees what torch's allocator does not."""
+    from sdopt.optimize.timing import DeviceMemory, measure, memory_baseline
+
+    memory = DeviceMemory.open()
+    print("device memory from", memory.source, "as", memory.kind)
+    assert memory.kind in ("cuda_process", "cuda_device")
+    baseline = memory_baseline(memory)
+    torch_before = torch.cuda.memory_allocated()
+    free = []
+    x = torch.randn(64, 64, device="cuda")
+
+    def call(i):
+        if not free:
+            free.append(_driver_alloc(512 * 2**20))  # an "engine" allocated at the first call
+        return x @ x
+
+    try:
+        timing = measure(call, device_kind="cuda", warmup=1, repeats=3, memory=baseline)
+    finally:
+        for f in free:
+            f()
+    assert timing.memory_kind == memory.kind
+    assert timing.peak_memory_bytes >= 500 * 2**20, timing.peak_memory_bytes
+    # torch's allocator never saw it
+    assert torch.cuda.max_memory_allocated() - torch_before < 100 * 2**20
+
+
+def test_search_reports_each_candidates_device_memory(fresh_tiny_pipe, prompts):
+    from sdopt.optimize.summary import candidates_table
+
+    optimized = sdopt.optimize_model(fresh_tiny_pipe, prompts, metric_drop_ths=0.05,
+                                     device="cuda", backends=["torch_eager"],
+                                     num_inference_steps=4, show=False, end_to_end=False)
+    rows = {c.id: c for c in optimized.sdopt_result.candidates if c.latency_s is not None}
+    kinds = {c.memory_kind for c in rows.values()}
+    assert len(kinds) == 1 and kinds <= {"cuda_process", "cuda_device"}, kinds
+    # fp16 makes a copy of the weights: it adds memory; the original's were there before.
+    assert rows["torch_eager/fp16"].peak_memory_bytes > 0
+    headers = [str(c.header) for c in candidates_table(optimized.sdopt_result).columns]
+    assert any(h.startswith("peak mem (GPU") for h in headers), headers
+
+
+def test_stage_timer_records_events_and_synchronises_once_per_image(fresh_tiny_pipe,
+                                                                    monkeypatch):
+    """Issue #16, item 5b: no synchronisation inside the pipeline; one per image, by the bench."""
+    from sdopt.gate.stages import StageTimer
+
+    pipe = fresh_tiny_pipe.to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    timer = StageTimer("cuda")
+    timer.attach(pipe)
+    syncs = []
+    real_sync = torch.cuda.synchronize
+    try:
+        _image(pipe)  # warm-up
+        real_sync()
+        timer.reset()
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: syncs.append(1))
+        import time
+
+        t0 = time.perf_counter()
+        _image(pipe)
+        monkeypatch.setattr(torch.cuda, "synchronize", real_sync)
+        real_sync()
+        wall = time.perf_counter() - t0
+        assert syncs == []
+        totals = dict(timer.totals)
+        assert all(totals[s] > 0 for s in ("text_encoder", "unet", "vae_decode")), totals
+        assert sum(totals.values()) <= wall * 1.05, (totals, wall)
+    finally:
+        timer.detach()

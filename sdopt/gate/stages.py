@@ -3,6 +3,14 @@
 A pipeline call is one number to the gate; split into stages it tells a reviewer whether a
 regression is the UNet's or, say, a VAE that fell back to fp32. Forward hooks add each stage's
 wall time to the current call's totals, and the call's peak memory is sampled alongside.
+
+On CUDA a hook must not synchronise: two ``torch.cuda.synchronize()`` per UNet call stall the
+CPU until the GPU is idle, so the next kernels are launched late, and the end-to-end figure
+(which the gate compares) loses the CPU/GPU overlap it has without the hooks (on an H200, 15.3
+ms per step in the pipeline against 13.3 ms for the UNet alone). The hooks record CUDA events
+on the current stream instead; the bench synchronises once per image, after which the events'
+elapsed times are summed (the GPU time from the stage's first to its last kernel, idle gaps
+inside it included).
 """
 
 from __future__ import annotations
@@ -28,16 +36,39 @@ class StageTimer:
         self._cuda = device_kind == "cuda"
         self._handles: list = []
         self._hooked: set[int] = set()
-        self._starts: dict[str, float] = {}
+        self._starts: dict[str, object] = {}  # a perf_counter() value, or a CUDA event
         self._depth = dict.fromkeys(STAGES, 0)
-        self.totals = dict.fromkeys(STAGES, 0.0)
+        self._totals = dict.fromkeys(STAGES, 0.0)
+        self._spans: list[tuple[str, object, object]] = []  # CUDA: (stage, start, end) events
+        self._free: list = []  # CUDA events whose time has been read, for reuse
 
-    def _now(self) -> float:
+    @property
+    def totals(self) -> dict[str, float]:
+        """Seconds per stage since the last :meth:`reset`. On CUDA, read it after the image's
+        synchronisation: the events recorded since are then complete (each is waited for)."""
+        if self._spans:
+            for stage, start, end in self._spans:
+                end.synchronize()  # returns at once once the image has been synchronised
+                self._totals[stage] += start.elapsed_time(end) / 1000.0  # ms -> s
+                self._free += (start, end)
+            self._spans.clear()
+        return self._totals
+
+    def _now(self):
         if self._cuda:
+            return self._record()
+        return time.perf_counter()
+
+    def _record(self):
+        """A CUDA event recorded on the current stream: no synchronisation."""
+        if self._free:
+            event = self._free.pop()
+        else:
             import torch
 
-            torch.cuda.synchronize()
-        return time.perf_counter()
+            event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     def attach(self, pipe) -> None:
         vae = getattr(pipe, "vae", None)
@@ -65,11 +96,18 @@ class StageTimer:
         def hook(_module, _args, _output):
             self._depth[stage] = max(0, self._depth[stage] - 1)
             if self._depth[stage] == 0 and stage in self._starts:
-                self.totals[stage] += self._now() - self._starts.pop(stage)
+                start = self._starts.pop(stage)
+                if self._cuda:
+                    self._spans.append((stage, start, self._record()))
+                else:
+                    self._totals[stage] += self._now() - start
         return hook
 
     def reset(self) -> None:
-        self.totals = dict.fromkeys(STAGES, 0.0)
+        for _stage, start, end in self._spans:
+            self._free += (start, end)
+        self._spans.clear()
+        self._totals = dict.fromkeys(STAGES, 0.0)
         self._depth = dict.fromkeys(STAGES, 0)
         self._starts.clear()
 

@@ -38,7 +38,7 @@ from .ordering import Ceiling, Planner, expected_build_s
 from .selection import fastest_two, judge, ranked_end_to_end, select
 from .table import (REFERENCE_ID, STATUS_FAILED, STATUS_OK, STATUS_SELECTED,
                     STATUS_SKIPPED, CandidateResult, OptimizationResult, set_e2e_speedup)
-from .timing import Timing, measure
+from .timing import DeviceMemory, Timing, measure, memory_baseline
 
 def _canonical_list(names, what: str) -> set[str]:
     out = set()
@@ -223,6 +223,8 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
     planner = Planner(variants, device, rows, exhaustive=exhaustive)
     leaders: list[tuple[CandidateResult, OptimizedModule]] = []  # the two fastest passing
     original: CandidateResult | None = None
+    # On CUDA: the device memory each candidate adds, TensorRT's and ONNX Runtime's included.
+    device_memory = DeviceMemory.open() if device.kind == "cuda" else None
     for variant in planner:
         row = CandidateResult(variant.id, variant.backend, variant.name, variant.precision,
                               list(variant.techniques), STATUS_SKIPPED,
@@ -237,6 +239,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
         if not row.reason:
             try:
                 notify(variant, "build")
+                memory = memory_baseline(device_memory) if device_memory is not None else None
                 module = _build(unet, variant, ctx, row)
                 if variant.id == REFERENCE_ID:
                     # The held-out outputs were recorded from this very module: no drop, and
@@ -247,10 +250,12 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                     _verify(module, samples.verification, unet_metric, device, row)
                 notify(variant, "time")
                 timing = _time_module(module, timing_inputs, device.kind, warmup=warmup,
-                                      repeats=repeats, max_seconds=max_seconds_per_candidate)
+                                      repeats=repeats, max_seconds=max_seconds_per_candidate,
+                                      memory=memory)
                 row.latency_s, row.latency_iqr_s = timing.median_s, timing.iqr_s
                 row.latency_samples_s = timing.samples_s
                 row.peak_memory_bytes = timing.peak_memory_bytes
+                row.memory_kind = timing.memory_kind
                 if original is not None:
                     row.speedup = original.latency_s / row.latency_s
                 if evaluate is not None:

@@ -109,7 +109,7 @@ def candidates_table(result: OptimizationResult) -> Table:
         ("side by side", lambda c: _side_by_side(c.paired)),
         ("drop", lambda c: "-" if c.metric_drop is None
          else f"{_drop(c.metric_drop)} / {_drop(c.metric_drop_max)}"),
-        ("peak mem", lambda c: _mb(c.peak_memory_bytes)),
+        _memory_column(result.candidates),
     ]
     # End-to-end columns only when something was measured end to end (end_to_end=False: none).
     if any(c.e2e_latency_s is not None for c in result.candidates):
@@ -183,3 +183,23 @@ def print_summary(result: OptimizationResult, console: Console | None = None) ->
     console.print(summary_table(result))
     for note in getattr(result, "notes", []):
         console.print(f"note: {note}")
+
+
+def _memory_column(candidates) -> tuple:
+    """("peak mem", cell): the kind in the header when every candidate has the same one (on
+    CUDA the device memory each adds, TensorRT's and ONNX Runtime's too), else in each cell."""
+    from .timing import MEMORY_LABELS
+
+    kinds = {c.memory_kind for c in candidates if c.peak_memory_bytes is not None}
+    labels = {k: MEMORY_LABELS.get(k) for k in kinds}
+    if len(kinds) <= 1:
+        label = next(iter(labels.values()), None)
+        return (f"peak mem ({label})" if label else "peak mem",
+                lambda c: _mb(c.peak_memory_bytes))
+
+    def cell(c) -> str:
+        label = labels.get(c.memory_kind)
+        text = _mb(c.peak_memory_bytes)
+        return f"{text} ({label})" if label and c.peak_memory_bytes is not None else text
+
+    return "peak mem", cell

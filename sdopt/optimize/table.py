@@ -33,6 +33,7 @@ class CandidateResult:
     latency_iqr_s: float | None = None
     latency_samples_s: list[float] = field(default_factory=list)
     peak_memory_bytes: int | None = None
+    memory_kind: str | None = None  # what peak_memory_bytes counts: optimize.timing.MEMORY_KINDS
     model_size_bytes: int | None = None
     # The metric's drop: the mean over the held-out calls, and the worst prompt's (the mean of
     # its calls), which the default metric_aggregate="max" judges.

@@ -183,6 +183,17 @@ def summary_rows(results: dict) -> list[dict[str, str]]:
     return rows
 
 
+def _memory(candidate: dict) -> str:
+    """A candidate's peak memory, labelled when it is not the process's RSS (on CUDA: the
+    device memory it adds, sdopt.optimize.timing.MEMORY_KINDS)."""
+    from ..optimize.timing import MEMORY_LABELS
+
+    size = fmt.size(candidate.get("peak_memory_bytes"))
+    label = MEMORY_LABELS.get(candidate.get("memory_kind"))
+    return f"{size} ({label})" if label and candidate.get("peak_memory_bytes") is not None \
+        else size
+
+
 def candidate_rows(results: dict) -> list[dict[str, Any]]:
     rows = []
     for c in _l(_d(results.get("optimization")).get("candidates")):
@@ -194,7 +205,7 @@ def candidate_rows(results: dict) -> list[dict[str, Any]]:
             "build": fmt.seconds(c.get("build_s")), "latency": fmt.seconds(c.get("latency_s")),
             "iqr": fmt.seconds(c.get("latency_iqr_s")), "speedup": fmt.ratio(c.get("speedup")),
             "drop": fmt.DASH if drop is None else f"{fmt.number(drop)} / {fmt.number(worst)}",
-            "memory": fmt.size(c.get("peak_memory_bytes")),
+            "memory": _memory(c),
             "size": fmt.size(c.get("model_size_bytes")),
             "raw": c,
         })
