@@ -25,7 +25,8 @@ MANIFEST_SCHEMA_VERSION = 1
 COMPONENT_DIR = "unet"
 # The figures of the search that a saved model carries (load_model puts them back in .info).
 METRIC_KEYS = ("metric", "metric_drop", "latency_s", "speedup", "speedup_source",
-               "e2e_latency_s", "image_metric", "image_metric_drop", "image_metrics")
+               "e2e_latency_s", "image_metric", "image_metric_drop", "image_metrics",
+               "peak_rss_bytes")  # the search's peak resident memory
 
 
 def build_manifest(pipeline_class: str, variant: Variant, artifact: dict[str, Any],

@@ -19,6 +19,7 @@ from ..models import denoiser_of
 from ..techniques import all_specs
 from . import endtoend
 from .capture import collect_samples
+from .memory import PeakRss
 from .optimized import assemble
 from .request import SearchRequest
 from .confirm import E2E_ROUNDS, E2E_SECONDS, UNET_ROUNDS, UNET_SECONDS, close_runner_up, confirm
@@ -242,7 +243,8 @@ class Search:
                 "speedup": result.speedup, "speedup_source": result.speedup_source,
                 "techniques": [dict(s) for s in self.specs],
                 "e2e_latency_s": sel.e2e_latency_s, "image_metric": result.image_metric,
-                "image_metric_drop": sel.image_metric_drop, "image_metrics": sel.image_metrics}
+                "image_metric_drop": sel.image_metric_drop, "image_metrics": sel.image_metrics,
+                "peak_rss_bytes": result.peak_rss_bytes}
         optimized = assemble(self.model, self.module, self.specs, self.req.device, info=info)
         optimized.sdopt_result = result
         return optimized
@@ -252,11 +254,14 @@ def run(model, request: SearchRequest, progress, source_hash: str, *, started: f
     """The optimized pipeline of one full search (its table as ``.sdopt_result``); ``started``:
     when optimize_model was called (``time.perf_counter()``)."""
     search = Search(model, request, progress, source_hash, started)
-    samples = search.capture()
-    search.reference_end_to_end()
-    search.backends(samples)
-    del samples
-    if search.e2e is not None:
-        search.score_end_to_end()
-        search.techniques()
+    with PeakRss() as memory:  # the whole search's peak resident memory, for the table
+        samples = search.capture()
+        search.reference_end_to_end()
+        search.backends(samples)
+        del samples
+        if search.e2e is not None:
+            search.score_end_to_end()
+            search.techniques()
+    search.result.peak_rss_bytes = memory.peak
+    search.result.peak_rss_scope = "search" if memory.exact else "process"
     return search.assemble()

@@ -38,6 +38,7 @@ from .ordering import Ceiling, Planner, expected_build_s
 from .selection import fastest_two, judge, ranked_end_to_end, select
 from .table import (REFERENCE_ID, STATUS_FAILED, STATUS_OK, STATUS_SELECTED,
                     STATUS_SKIPPED, CandidateResult, OptimizationResult, set_e2e_speedup)
+from .memory import PeakRss
 from .timing import DeviceMemory, Timing, measure, memory_baseline
 
 def _canonical_list(names, what: str) -> set[str]:
@@ -237,6 +238,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
             or planner.bound_reason(variant) or ""
         module = None
         if not row.reason:
+            span = PeakRss().start()  # the candidate's peak memory, build to images
             try:
                 notify(variant, "build")
                 memory = memory_baseline(device_memory) if device_memory is not None else None
@@ -266,6 +268,8 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                 row.status, row.reason = STATUS_FAILED, _describe(exc)
                 if variant.id == REFERENCE_ID:
                     raise SdoptError(f"the original UNet failed to run: {row.reason}") from exc
+            finally:
+                row.peak_rss_bytes = span.stop()
             if variant.id == REFERENCE_ID and row.status == STATUS_OK:
                 original, row.speedup = row, 1.0
                 if not exhaustive:
@@ -357,6 +361,7 @@ def run_technique_search(
         if reason:
             row.reason = reason
         else:
+            span = PeakRss().start()
             try:
                 t0 = time.perf_counter()
                 evaluate(base_module, specs, row)
@@ -368,6 +373,7 @@ def run_technique_search(
             except Exception as exc:  # noqa: BLE001 - a failing candidate never stops the search
                 row.status = STATUS_FAILED
                 row.reason = _describe(exc)
+            row.peak_rss_bytes = span.stop()
             gc.collect()
         if on_candidate:
             on_candidate(row.id, "done")

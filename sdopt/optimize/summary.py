@@ -81,7 +81,20 @@ def summary_table(result: OptimizationResult) -> Table:
         table.add_row("metric drop", "", f"{_drop(s.metric_drop)} mean, "
                       f"{_drop(s.metric_drop_max)} worst prompt ({unet_metric})", "")
     table.add_row("techniques", "", ", ".join(s.techniques) or "none", "")
+    if result.peak_rss_bytes:
+        table.add_row(*peak_rss_row(result))
     return table
+
+
+def peak_rss_row(result: OptimizationResult) -> tuple[str, str, str, str]:
+    """The search's peak resident memory, against the machine's RAM."""
+    from .memory import total_memory
+
+    scope = ("process peak since start (could not be measured for the search alone)"
+             if result.peak_rss_scope == "process" else "whole search")
+    ram = total_memory()
+    share = f"{result.peak_rss_bytes / ram * 100:.0f}% of {ram / 2**30:.0f} GiB RAM" if ram else ""
+    return "peak RSS (search)", "", f"{_mb(result.peak_rss_bytes)} ({scope})", share
 
 
 def _paired(ratio: dict) -> str:
@@ -95,7 +108,9 @@ def candidates_table(result: OptimizationResult) -> Table:
                         f"{allowed(result)}; latency is the median of one UNet call in the "
                         "search, candidates timed one after another (sequential), iqr its "
                         "spread; 'side by side' re-timed alternating with the original; drops "
-                        "are mean / worst prompt; reasons below)",
+                        "are mean / worst prompt; peak mem: during the timed calls; peak RSS: "
+                        "the process's while the candidate was built, checked and timed; "
+                        "reasons below)",
                   title_justify="left")
     image = result.image_metric or "psnr"
     columns = [
@@ -110,6 +125,7 @@ def candidates_table(result: OptimizationResult) -> Table:
         ("drop", lambda c: "-" if c.metric_drop is None
          else f"{_drop(c.metric_drop)} / {_drop(c.metric_drop_max)}"),
         _memory_column(result.candidates),
+        ("peak RSS", lambda c: _mb(c.peak_rss_bytes)),
     ]
     # End-to-end columns only when something was measured end to end (end_to_end=False: none).
     if any(c.e2e_latency_s is not None for c in result.candidates):

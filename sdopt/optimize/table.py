@@ -34,6 +34,9 @@ class CandidateResult:
     latency_samples_s: list[float] = field(default_factory=list)
     peak_memory_bytes: int | None = None
     memory_kind: str | None = None  # what peak_memory_bytes counts: optimize.timing.MEMORY_KINDS
+    # The process's peak resident memory while the candidate was built, verified, timed and
+    # scored (sdopt.optimize.memory; None where the peak cannot be reset per candidate).
+    peak_rss_bytes: int | None = None
     model_size_bytes: int | None = None
     # The metric's drop: the mean over the held-out calls, and the worst prompt's (the mean of
     # its calls), which the default metric_aggregate="max" judges.
@@ -85,6 +88,11 @@ class OptimizationResult:
     notes: list[str] = field(default_factory=list)
     # How per-prompt drops met metric_drop_ths: "max" (every prompt) or "mean" (their average).
     metric_aggregate: str = "max"
+    # The process's peak resident memory during the whole search (capture, candidates,
+    # techniques, side-by-side rounds): "search" when measured over the search alone, "process"
+    # when only the process's peak since it started was available (an upper bound).
+    peak_rss_bytes: int | None = None
+    peak_rss_scope: str | None = None
 
     @property
     def level(self) -> str:
@@ -131,6 +139,7 @@ class OptimizationResult:
             "search_speedup": self.search_speedup, "wall_s": self.wall_s,
             "image_metric": self.image_metric,
             "end_to_end": self.end_to_end, "selected_by": self.selected_by, "notes": self.notes,
+            "peak_rss_bytes": self.peak_rss_bytes, "peak_rss_scope": self.peak_rss_scope,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
@@ -153,6 +162,8 @@ class OptimizationResult:
                    image_metric=data.get("image_metric"), end_to_end=data.get("end_to_end", {}),
                    selected_by=data.get("selected_by", "unet_latency"),
                    notes=list(data.get("notes", [])),
+                   peak_rss_bytes=data.get("peak_rss_bytes"),
+                   peak_rss_scope=data.get("peak_rss_scope"),
                    # Results written before the aggregate existed were judged by the mean.
                    metric_aggregate=data.get("metric_aggregate", "mean"))
 

@@ -362,7 +362,10 @@ def build_context(results: dict, results_dir: Path | None, *, baseline: dict | N
         "summary": summary_rows(results), "candidates": candidates,
         "candidate_counts": ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none",
         "search_line": (f"metric {opt.get('metric', '?')}, allowed drop {allowed}"
-                        f", search took {fmt.seconds(opt.get('wall_s'))}; latency is the median of "
+                        f", search took {fmt.seconds(opt.get('wall_s'))}"
+                        + (f" (peak RSS {fmt.size(_num(opt.get('peak_rss_bytes')))})"
+                           if _num(opt.get("peak_rss_bytes")) else "")
+                        + "; latency is the median of "
                         "one UNet call, speedup is against torch_eager/fp32 in the same search, "
                         "candidates timed one after another (sequential)"
                         + (f"; the pick re-timed side by side with the original: "
