@@ -28,6 +28,9 @@ DEEPCACHE_PARAMS = {"cache_interval": 3, "cache_branch_id": 0}  # DeepCache's RE
 
 
 def _rss_peak() -> int:
+    memory = sys.modules.get("sdopt.optimize.memory")
+    if memory is not None:  # an sdopt search resets the kernel's mark; sdopt kept the peak
+        return memory.process_peak_rss()
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -24,6 +24,7 @@ _STATUS = "/proc/self/status"
 _HWM = re.compile(r"^VmHWM:\s+(\d+)\s+kB", re.MULTILINE)
 _lock = threading.Lock()
 _open: list["PeakRss"] = []
+_before_resets = 0  # the highest mark read before a reset: the process's peak survives them
 
 
 def _high_water_mark() -> int | None:
@@ -51,13 +52,23 @@ def _fold(value: int | None) -> None:
 
 def _reset() -> bool:
     """Fold the mark into the open spans, then reset it (False: it cannot be reset here)."""
-    _fold(_high_water_mark())
+    global _before_resets
+    mark = _high_water_mark()
+    _fold(mark)
+    _before_resets = max(_before_resets, mark or 0)
     try:
         with open(_CLEAR_REFS, "w", encoding="ascii") as f:
             f.write("5")
         return True
     except OSError:
         return False
+
+
+def process_peak_rss() -> int | None:
+    """The process's peak RSS since it started, in bytes, across the resets the spans made
+    (``ru_maxrss`` alone would only go back to the last reset)."""
+    with _lock:
+        return max(_before_resets, _high_water_mark() or 0) or None
 
 
 def current_rss() -> int | None:
