@@ -634,6 +634,11 @@ class OnnxRuntime(Backend):
         else:
             reason = None
         entry = onnx_export_entry(unet, ctx)
+        if ctx.device.kind == "cpu":
+            # Every CPU variant (and the static calibration) runs this graph's float attention.
+            from .onnx_memory import check_activations_fit
+
+            check_activations_fit(_onnx_path(entry.path), variant.id)
         info = {"onnx": {"hit": entry.hit, "key": entry.key, **entry.built}}
         if reason:
             info["sd_fusions"] = {"applied": False, "reason": reason}

@@ -45,3 +45,19 @@ def test_too_little_memory_refuses_in_one_line(tiny_unet_onnx):
     text = str(err.value)
     assert "\n" not in text and text.startswith("onnxruntime/int8-static needs at least")
     assert node in text and "smaller height/width" in text
+
+
+def test_the_search_records_the_refusal_and_goes_on(tiny_pipe, prompts, monkeypatch):
+    """On a machine with too little memory for ONNX Runtime's attention the row says why, and
+    another backend is picked."""
+    import sdopt
+    from sdopt.backends import onnx_memory
+
+    monkeypatch.setattr(onnx_memory, "FIT_FRACTION", 1e-12)  # as if almost nothing were free
+    result = sdopt.optimize_model(tiny_pipe, prompts, metric_drop_ths=0.05, device="cpu",
+                                  backends=["onnxruntime/fp32", "torch_eager/bf16"],
+                                  num_inference_steps=2, repeats=2, show=False,
+                                  end_to_end=False, reuse_search=False).sdopt_result
+    row = next(c for c in result.candidates if c.id == "onnxruntime/fp32")
+    assert row.status == "failed" and "GiB of activations" in row.reason, row.reason
+    assert result.selected.id != "onnxruntime/fp32"
