@@ -391,8 +391,11 @@ def read_artifact(directory: str | os.PathLike) -> tuple[dict, Path, dict | None
     return results, found, verdict
 
 
+# start_image/mask_image are relative to the config's folder, where the reconstructed config is
+# written (reconstructed_config), so they name the same files as in CI.
 _BENCH_KEYS = ("prompts", "seeds", "height", "width", "steps", "guidance_scale", "batch", "runs",
-               "warmup", "variants", "device", "threads")
+               "warmup", "variants", "device", "threads", "start_image", "mask_image",
+               "allow_outside_paths")
 
 
 def config_from_results(results: dict, *, source: str = RESULTS_NAME,
