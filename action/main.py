@@ -273,12 +273,15 @@ def host_images(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullReques
     done, why = publish_thumbnails(inp, env, ctx, selection.files)
     if done is None:
         return None, why
-    print(workflow.neutralize(
-        f"comment images: {len(selection.files)} files ({selection.total_bytes:,} bytes) in "
-        f"{done.folder} on branch {done.branch}"
-        + (f", {len(done.pruned)} older run(s) pruned" if done.pruned else "")))
+    print(workflow.neutralize(_published_line(
+        f"{len(selection.files)} files ({selection.total_bytes:,} bytes)", done)))
     return {"images": thumbnails.markdown_rows(selection, done.base_url)}, None
 
+
+def _published_line(what: str, done) -> str:
+    """The log line for images published on the assets branch."""
+    return (f"comment images: {what} in {done.folder} on branch {done.branch}"
+            + (f", {len(done.pruned)} older run(s) pruned" if done.pruned else ""))
 
 def publish_thumbnails(inp: ActionInputs, env: Mapping[str, str],
                        ctx: event.PullRequestContext, files: list
@@ -344,10 +347,8 @@ def host_merged_images(inp: ActionInputs, env: Mapping[str, str],
         done, why = publish_thumbnails(inp, env, ctx, files)
         if done is None:
             return None, why
-        print(workflow.neutralize(
-            f"comment images: {len(files)} files of {len(legs)} jobs in {done.folder} on "
-            f"branch {done.branch}"
-            + (f", {len(done.pruned)} older run(s) pruned" if done.pruned else "")))
+        print(workflow.neutralize(_published_line(f"{len(files)} files of {len(legs)} jobs",
+                                                  done)))
         extra = {name: thumbnails.markdown_rows(sel, done.base_url)
                  for name, sel in selections.items() if sel.files}
     return merged_markdown(legs, verdict, templates_dir=report_templates(inp),

@@ -55,3 +55,20 @@ class Technique:
     def check(self, spec: Spec, where: str) -> None:
         for param in self.params:
             param.check(spec.get(param.name), where)
+
+
+class StepCacheBase(OptimizedModule):
+    """What the UNet and the DiT step caches share: the wrapped module, the interval and the
+    call counters tests and the table read."""
+
+    def __init__(self, inner: OptimizedModule, interval: int, model, why: str | None):
+        super().__init__()
+        if model is None:
+            raise ValueError(f"step caching cannot wrap this module: {why}")
+        if interval < 1:
+            raise ValueError(f"step cache interval is {interval}: expected an integer >= 1")
+        self.technique_inner = inner
+        self.variant = inner.variant
+        self.interval = int(interval)
+        self.full_calls = 0
+        self.cached_calls = 0

@@ -25,23 +25,15 @@ from __future__ import annotations
 import torch
 
 from ..backends.base import OptimizedModule
+from .base import StepCacheBase
 from .eager import dit_blocks, eager_dit
 
 
-class DiTStepCacheModule(OptimizedModule):
+class DiTStepCacheModule(StepCacheBase):
     def __init__(self, inner: OptimizedModule, interval: int):
-        super().__init__()
         model, why = eager_dit(inner)
-        if model is None:
-            raise ValueError(f"step caching cannot wrap this module: {why}")
-        if interval < 1:
-            raise ValueError(f"step cache interval is {interval}: expected an integer >= 1")
-        self.technique_inner = inner
-        self.variant = inner.variant
-        self.interval = int(interval)
+        super().__init__(inner, interval, model, why)
         self._blocks = dit_blocks(model)  # a plain list: not registered again as submodules
-        self.full_calls = 0
-        self.cached_calls = 0
         self.blocks_run = 0  # blocks really computed (what tests count)
         self.blocks_reused = 0
         self.reset()

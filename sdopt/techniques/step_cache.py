@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..backends.base import OptimizedModule
-from .base import Param, Technique
+from .base import Param, StepCacheBase, Technique
 from .dit_cache import DiTStepCacheModule
 from .dit_cache import incompatible_reason as dit_incompatible_reason
 from .eager import base_module, dit_blocks, eager_unet
@@ -32,20 +32,11 @@ NAME = "step_cache"
 INTERVALS = (2, 3, 5)
 
 
-class StepCacheModule(OptimizedModule):
+class StepCacheModule(StepCacheBase):
     def __init__(self, inner: OptimizedModule, interval: int):
-        super().__init__()
         unet, why = eager_unet(inner)
-        if unet is None:
-            raise ValueError(f"step caching cannot wrap this module: {why}")
-        if interval < 1:
-            raise ValueError(f"step cache interval is {interval}: expected an integer >= 1")
-        self.technique_inner = inner
-        self.variant = inner.variant
-        self.interval = int(interval)
+        super().__init__(inner, interval, unet, why)
         self._unet = [unet]  # a list: not registered twice as a submodule
-        self.full_calls = 0
-        self.cached_calls = 0
         self.reset()
 
     def reset(self) -> None:
