@@ -39,6 +39,6 @@ def test_a_ci_log_shows_every_cell_whole():
     assert max(len(line) for line in text.splitlines()) <= 200
     for cid in IDS:
         assert text.count(cid) >= 2, cid  # the candidates table and the end-to-end table
-    for cell in ("0.002565 / 0.002585", "0.01256 / 0.01259", "23,", "12.345 s", "12.50x",
+    for cell in ("0.002565 / 0.002585", "0.01256 / 0.01259", "22,370.1 MB", "12.345 s", "12.50x",
                  "13.20x UNet, 12.40x e2e", "38.2"):
         assert cell in text, cell
