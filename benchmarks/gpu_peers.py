@@ -39,8 +39,6 @@ import torch
 PROMPTS = ["a photo of an astronaut riding a horse on mars",
            "a watercolor painting of a city at night"]
 DEEPCACHE_PARAMS = {"cache_interval": 3, "cache_branch_id": 0}  # DeepCache's README example
-RECIPE_FLAGS = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
-                "epilogue_fusion": False, "coordinate_descent_check_all_directions": True}
 T0 = time.perf_counter()
 
 
@@ -78,6 +76,8 @@ def half_copy(pipe, dtype):
 def build_recipe(pipe, device: str):
     """diffusers' fast-diffusion recipe (docs: tutorials/fast_diffusion) on an fp16 copy."""
     from torch._inductor import list_mode_options
+
+    from sdopt.backends.torch_compile import RECIPE_FLAGS
 
     pipe.fuse_qkv_projections()
     pipe.unet.to(memory_format=torch.channels_last)

@@ -72,3 +72,15 @@ class StepCacheBase(OptimizedModule):
         self.interval = int(interval)
         self.full_calls = 0
         self.cached_calls = 0
+
+    def _generation_timestep(self, sample, timestep, encoder_hidden_states) -> float:
+        """The call's timestep; a call that starts a new generation (the timestep went up, or
+        other shapes or device) resets the cache first (subclasses define ``reset``)."""
+        import torch
+
+        t = float(timestep.float().reshape(-1)[0]) if torch.is_tensor(timestep) else float(timestep)
+        key = (tuple(sample.shape), tuple(encoder_hidden_states.shape), sample.device)
+        if self._last_t is None or t > self._last_t or key != self._key:
+            self.reset()
+            self._key = key
+        return t

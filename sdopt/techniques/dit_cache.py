@@ -50,11 +50,7 @@ class DiTStepCacheModule(StepCacheBase):
         self._key = None
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        t = float(timestep.float().reshape(-1)[0]) if torch.is_tensor(timestep) else float(timestep)
-        key = (tuple(sample.shape), tuple(encoder_hidden_states.shape), sample.device)
-        if self._last_t is None or t > self._last_t or key != self._key:
-            self.reset()
-            self._key = key
+        t = self._generation_timestep(sample, timestep, encoder_hidden_states)
         if self._last_t is not None and t == self._last_t:
             self._pass += 1  # another pass of the same step
         else:

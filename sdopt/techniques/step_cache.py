@@ -46,11 +46,7 @@ class StepCacheModule(StepCacheBase):
         self._key = None
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        t = float(timestep.float().reshape(-1)[0]) if torch.is_tensor(timestep) else float(timestep)
-        key = (tuple(sample.shape), tuple(encoder_hidden_states.shape), sample.device)
-        if self._last_t is None or t > self._last_t or key != self._key:
-            self.reset()
-            self._key = key
+        t = self._generation_timestep(sample, timestep, encoder_hidden_states)
         self._last_t = t
         # Only SDXL's added conditions are recomputed on the shallow path: any other extra
         # input (a ControlNet residual...) makes every step a full one.
