@@ -34,6 +34,11 @@ def test_unconstrained_picks_the_fastest_technique_end_to_end(unconstrained):
     plain = [c for c in result.candidates if not c.pipeline_techniques and c.latency_s
              and c.status in ("ok", "selected")]
     best_backend = min(plain, key=lambda c: c.latency_s).id
+    # The base is the constrained pick: the sequential fastest, unless the side-by-side rounds
+    # put a close runner-up ahead of it (then the notes say so and name it).
+    overtaken = [n for n in result.notes if n.startswith("re-timed side by side (unet), ")]
+    if overtaken:
+        best_backend = overtaken[0].split(", ", 1)[1].split(" ", 1)[0]
     assert bases == {"torch_eager/fp32", best_backend}, "alone and on the best backend"
     assert any(len(c.pipeline_techniques) > 1 for c in rows), "passing techniques are stacked"
     measured = [c for c in result.candidates if c.e2e_latency_s and c.status in ("ok", "selected")]
