@@ -21,6 +21,17 @@ from .metrics import METRICS, Metric, clip_unavailable_reason, score_images
 from .table import CandidateResult
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so a wall-clock interval covers it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A pipeline's float image in [0, 1] as the 8-bit pixels every image metric compares."""
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 @dataclass
 class ImageRun:
     images: list[np.ndarray]
@@ -57,25 +68,34 @@ class EndToEnd:
                    guidance_scale=self.guidance_scale, generator=generator, output_type="np")
         return out.images[0]
 
-    def run(self, pipe) -> ImageRun:
-        images, latencies = [], []
-        with torch.inference_mode():
-            if self.warmup_steps:
+    def warmup(self, pipe) -> None:
+        """One short untimed generation: first-call allocations stay out of the timings."""
+        if self.warmup_steps:
+            with torch.inference_mode():
                 self.generate(pipe, 0, min(self.warmup_steps, self.steps))
+
+    def run(self, pipe, done: ImageRun | None = None) -> ImageRun:
+        """Every prompt's image and at least ``min_timed`` timed generations; ``done``: the
+        first generations, already made (after a warmup) by the same pipeline, not repeated."""
+        images, latencies = (list(done.images), list(done.latencies_s)) if done else ([], [])
+        if not done:
+            self.warmup(pipe)
+        with torch.inference_mode():
             n = max(len(self.prompts), self.min_timed)
-            for run in range(n):
+            for run in range(len(latencies), n):
                 index = run % len(self.prompts)
                 t0 = time.perf_counter()
                 image = self.generate(pipe, index)
-                if torch.cuda.is_available() and torch.cuda.is_initialized():
-                    torch.cuda.synchronize()
+                synchronize()
                 latencies.append(time.perf_counter() - t0)
                 if run < len(self.prompts):
-                    images.append(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8))
+                    images.append(to_uint8(image))
         return ImageRun(images, latencies)
 
-    def run_reference(self, pipe) -> ImageRun:
-        self.reference = self.run(pipe)
+    def run_reference(self, pipe, captured: ImageRun | None = None) -> ImageRun:
+        """The original's images and latency; ``captured``: the capture run's (same prompts,
+        seeds, size and steps, decoded and timed after :meth:`warmup`)."""
+        self.reference = self.run(pipe, captured)
         return self.reference
 
     def score(self, run: ImageRun) -> dict[str, dict[str, float]]:
@@ -86,9 +106,9 @@ class EndToEnd:
 
 def end_to_end_for(prompts, height: int, width: int, steps: int, guidance_scale: float,
                    seed: int, gate: Metric) -> EndToEnd:
-    """``prompts``: strings, or PromptInputs carrying start images and masks."""
     """The evaluation every candidate of one search is scored by: PSNR and SSIM always, the
-    CLIP metrics when a local CLIP model is configured, and the gate's own metric."""
+    CLIP metrics when a local CLIP model is configured, and the gate's own metric.
+    ``prompts``: strings, or PromptInputs carrying start images and masks."""
     metrics = [METRICS["psnr"], METRICS["ssim"]]
     if clip_unavailable_reason() is None:
         metrics += [METRICS["clip_cosine"], METRICS["clip_score"]]

@@ -35,9 +35,14 @@ SKIP_MARGIN = 0.05
 # call, Zen 4, docs: DESIGN.md section 5): fp32 eager ran at 0.82 of torch's fp32 GEMM rate, the
 # best bf16 backends at 0.82 of the bf16 rate, ONNX Runtime fp32 (1.5x eager) at 1.23 of it.
 ROOFLINE_HEADROOM = 1.5
-# torch.compile over the eager module of the same precision: 1.2x for SD 1.5 on an H100 in
-# stable-fast's table (66.0 vs 54.5 it/s, max-autotune), 0.6-1.3x on this project's CPUs.
-MAX_COMPILE_GAIN = 2.0
+# torch.compile over the eager module of the same precision, per device kind. CUDA: 1.2x for
+# SD 1.5 on an H100 in stable-fast's table (66.0 vs 54.5 it/s, max-autotune), bounded at 2x.
+# CPU: 0.6-1.3x on this project's CPUs; on the sd15 UNet at 256 px (Intel AMX, 2026-12-01,
+# results/search_cold_sd15.json) compiling was slower than eager in every case (bf16 0.50x and
+# 0.75x, fp32 0.86x), on tiny 1.05-1.08x (results/search_cold_tiny.json). A bound of 1.5x keeps
+# a 100 s compile out of a search whose best already beats eager by that much.
+MAX_COMPILE_GAIN = {"cuda": 2.0, "cpu": 1.5}
+DEFAULT_COMPILE_GAIN = 2.0  # another device kind: the loosest bound
 # With CUDA graphs the launches go too, which for small calls can be half of eager's time:
 # fp16-cudagraphs ran the SD 1.5 UNet (512 px, batch 2) at 2.96x fp16-channels_last eager on an
 # H200 (7.26 vs 21.5 ms, benchmarks/results/gpu/gpu_peers_sd15_512.json).
@@ -45,14 +50,15 @@ MAX_CUDAGRAPH_GAIN = 4.0
 COMPILERS_OF_EAGER = {"torch_compile": "torch_eager"}
 
 
-def eager_counterpart(variant: Variant) -> tuple[str, float] | None:
-    """(the eager variant a compiled ``variant`` is bounded by, the most compiling gains)."""
+def eager_counterpart(variant: Variant, device_kind: str) -> tuple[str, float] | None:
+    """(the eager variant a compiled ``variant`` is bounded by, the most compiling gains on
+    ``device_kind``)."""
     eager = COMPILERS_OF_EAGER.get(variant.backend)
     if not eager:
         return None
     opts = variant.options or {}
     if "mode" not in opts:
-        return f"{eager}/{variant.name}", MAX_COMPILE_GAIN
+        return f"{eager}/{variant.name}", MAX_COMPILE_GAIN.get(device_kind, DEFAULT_COMPILE_GAIN)
     layout = "-channels_last" if opts.get("channels_last") else ""
     return f"{eager}/{variant.precision}{layout}", MAX_CUDAGRAPH_GAIN
 
@@ -150,7 +156,7 @@ class Planner:
         """Ids that must be tried before ``variant``: the variants it is a fallback of, and the
         eager module a compile bound reads."""
         needs = {f"{variant.backend}/{p}" for p in variant.options.get("fallback_of") or ()}
-        counterpart = eager_counterpart(variant)
+        counterpart = eager_counterpart(variant, self.device.kind)
         if counterpart:
             needs.add(counterpart[0])
         return needs & self.ids
@@ -194,7 +200,7 @@ class Planner:
         return None
 
     def _bounds(self, variant: Variant) -> Iterator[tuple[float, str]]:
-        counterpart = eager_counterpart(variant)
+        counterpart = eager_counterpart(variant, self.device.kind)
         if counterpart:
             eager_id, gain = counterpart
             probe = next((r for r in self.rows if r.id == eager_id and r.speedup), None)

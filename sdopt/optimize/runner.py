@@ -77,23 +77,26 @@ class Search:
         endtoend.fill_row(row, run, self.e2e, self.req.image_metric)
 
     def capture(self):
+        """The UNet's recorded calls; with end-to-end scoring, the same run (warmed up, decoded
+        and timed) is the original's end-to-end reference too."""
         req = self.req
-        task = self.progress.add_task("capturing UNet inputs (original pipeline)",
-                                      total=len(req.prompts))
-        return collect_samples(
+        if req.end_to_end:
+            self.e2e = endtoend.end_to_end_for(req.inputs, req.height, req.width, req.steps,
+                                               req.guidance_scale, req.seed, req.image_metric)
+            self.e2e.warmup(self.model)
+        task = self.progress.add_task(
+            "capturing UNet inputs (original pipeline" + (", images timed)" if req.end_to_end
+                                                          else ")"), total=len(req.prompts))
+        samples = collect_samples(
             self.model, req.inputs, height=req.height, width=req.width, steps=req.steps,
             guidance_scale=req.guidance_scale, seed=req.seed, n_verify=req.n_verify,
-            progress=lambda: self.progress.advance(task))
-
-    def reference_end_to_end(self) -> None:
-        req = self.req
-        if not req.end_to_end:
-            return
-        self.e2e = endtoend.end_to_end_for(req.inputs, req.height, req.width, req.steps,
-                                           req.guidance_scale, req.seed, req.image_metric)
-        task = self.progress.add_task("original pipeline end to end", total=1)
-        self.e2e.run_reference(self.model)
-        self.progress.advance(task)
+            progress=lambda: self.progress.advance(task), decode=req.end_to_end)
+        if self.e2e is not None:
+            task = self.progress.add_task("original pipeline end to end", total=1)
+            self.e2e.run_reference(self.model, endtoend.ImageRun(samples.images,
+                                                                 samples.latencies_s))
+            self.progress.advance(task)
+        return samples
 
     def backends(self, samples) -> None:
         req = self.req
@@ -256,7 +259,6 @@ def run(model, request: SearchRequest, progress, source_hash: str, *, started: f
     search = Search(model, request, progress, source_hash, started)
     with PeakRss() as memory:  # the whole search's peak resident memory, for the table
         samples = search.capture()
-        search.reference_end_to_end()
         search.backends(samples)
         del samples
         if search.e2e is not None:

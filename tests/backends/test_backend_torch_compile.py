@@ -60,9 +60,17 @@ def test_backends_accepts_single_variants_by_id():
 
 def test_cuda_graph_variant_is_bounded_by_its_eager_counterpart():
     variants = {v.name: v for v in TorchCompile().variants(_cuda_like())}
-    assert eager_counterpart(variants["fp16-max-autotune"]) == \
+    assert eager_counterpart(variants["fp16-max-autotune"], "cuda") == \
         ("torch_eager/fp16-channels_last", MAX_CUDAGRAPH_GAIN)
-    assert eager_counterpart(variants["fp16"])[0] == "torch_eager/fp16"
+    assert eager_counterpart(variants["fp16"], "cuda") == ("torch_eager/fp16", 2.0)
+
+
+def test_compile_gain_bound_is_tighter_on_cpu():
+    """On CPU torch.compile never beat eager by 1.3x in this project's measurements: the bound is
+    1.5x there, 2x on CUDA (stable-fast's 1.2x)."""
+    variants = {v.name: v for v in TorchCompile().variants(detect("cpu"))}
+    assert eager_counterpart(variants["bf16"], "cpu") == ("torch_eager/bf16", 1.5)
+    assert eager_counterpart(variants["bf16"], "cuda")[1] == 2.0
 
 
 @pytest.mark.slow

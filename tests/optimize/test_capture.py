@@ -30,3 +30,28 @@ def test_reference_outputs_are_what_the_unet_returns(tiny_pipe, prompts):
                                encoder_hidden_states=s.inputs.encoder_hidden_states,
                                return_dict=False)[0]
     assert torch.equal(again, s.reference)
+
+
+def test_decoded_capture_is_the_end_to_end_reference(tiny_pipe, prompts):
+    """The capture run, decoded and timed, gives the same images as a separate end-to-end run
+    of the original (the search uses it as the reference instead of generating them again) and
+    the same recorded calls as a latents-only capture."""
+    import numpy as np
+    import torch
+
+    from sdopt.optimize.endtoend import EndToEnd, ImageRun
+
+    kwargs = dict(height=64, width=64, steps=3, guidance_scale=7.5, seed=5, n_verify=2)
+    latents_only = collect_samples(tiny_pipe, prompts[:2], **kwargs)
+    decoded = collect_samples(tiny_pipe, prompts[:2], decode=True, **kwargs)
+    assert not latents_only.images and not latents_only.latencies_s
+    assert len(decoded.images) == 2 and all(t > 0 for t in decoded.latencies_s)
+    assert decoded.images[0].dtype == np.uint8
+    for a, b in zip(latents_only.samples, decoded.samples):
+        assert torch.equal(a.reference, b.reference)
+    e2e = EndToEnd(list(prompts[:2]), 64, 64, 3, 7.5, 5, min_timed=3)
+    separate = e2e.run(tiny_pipe)
+    merged = e2e.run_reference(tiny_pipe, ImageRun(decoded.images, decoded.latencies_s))
+    assert all(np.array_equal(x, y) for x, y in zip(separate.images, merged.images))
+    # Two prompts captured, three timed generations wanted: one more is made, none repeated.
+    assert len(merged.latencies_s) == 3 and merged.latencies_s[:2] == decoded.latencies_s

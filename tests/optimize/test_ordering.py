@@ -72,9 +72,12 @@ def test_compile_bound_skips_torch_compile_that_cannot_win(cpu):
     planner = Planner(list(variants.values()), cpu, rows)
     reason = planner.bound_reason(variants["torch_compile/bf16"])
     assert reason and "cannot beat openvino/int8 (6.00x)" in reason
-    assert "torch_eager/bf16 measured 1.50x" in reason and "at most 3.00x" in reason
-    rows[2].speedup = 4.0  # compiled it could reach 8x: it is tried
+    # CPU: compiling gains at most 1.5x over eager (never above 1.3x measured here).
+    assert "torch_eager/bf16 measured 1.50x" in reason and "at most 2.25x" in reason
+    rows[2].speedup = 4.4  # compiled it could reach 6.6x, above 6.0x by 5%: it is tried
     assert planner.bound_reason(variants["torch_compile/bf16"]) is None
+    rows[2].speedup = 4.0  # 6.0x at most: it cannot beat 6.0x by 5%
+    assert planner.bound_reason(variants["torch_compile/bf16"]) is not None
 
 
 def test_roofline_bound_uses_the_measured_rate_of_the_precision(cpu):
