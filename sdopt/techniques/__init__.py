@@ -1,8 +1,8 @@
 """Pipeline-level techniques: the registry. The approximate ones (they change the algorithm) are
 tried only with ``optimization_time="unconstrained"``; the ``constrained`` ones only lower the
-precision of a component the UNet backends leave in fp32 (the bf16 VAE decoder), like a UNet
-precision variant, so the constrained search tries them too, under the same threshold, judged on
-images.
+precision of a component the UNet backends leave in fp32 (the VAE decoder in bf16, or compiled
+with OpenVINO), like a UNet precision variant, so the constrained search tries them too, under
+the same threshold, judged on images.
 
 Each technique is one module declaring one :class:`~sdopt.techniques.base.Technique`; this
 registry lists them (the one place to add one) and applies a list of technique specs
@@ -21,12 +21,13 @@ import functools
 from ..backends.base import OptimizedModule
 from ..errors import SdoptError
 from ..models import denoiser_of
-from . import fewer_steps, step_cache, token_merge, vae_bf16
+from . import fewer_steps, step_cache, text_encoder_openvino, token_merge, vae_bf16, vae_openvino
 from .base import Spec, Technique
 from .eager import base_module
 
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
-    step_cache.TECHNIQUE, token_merge.TECHNIQUE, fewer_steps.TECHNIQUE, vae_bf16.TECHNIQUE)}
+    step_cache.TECHNIQUE, token_merge.TECHNIQUE, fewer_steps.TECHNIQUE, vae_bf16.TECHNIQUE,
+    vae_openvino.TECHNIQUE, text_encoder_openvino.TECHNIQUE)}
 
 
 def technique_of(spec: Spec) -> Technique:
@@ -55,7 +56,24 @@ def all_specs(constrained_only: bool = False) -> list[Spec]:
 
 def unavailable_reason(spec: Spec, module: OptimizedModule, device) -> str | None:
     """Why ``spec`` cannot be used with this backend module on this device (None: it can)."""
-    return technique_of(spec).unavailable_reason(module, device)
+    technique = technique_of(spec)
+    return technique.unavailable_reason(module, device) or \
+        technique.setting_reason(params_of(spec), device)
+
+
+def conflict_reason(specs: list[Spec]) -> str | None:
+    """Why ``specs`` cannot stack: two of them replace the same pipeline component (the VAE in
+    bf16 and the VAE compiled with OpenVINO); None when they can."""
+    owners: dict[str, Spec] = {}
+    for spec in specs:
+        component = technique_of(spec).component
+        if component is None:
+            continue
+        if component in owners:
+            return (f"{label(owners[component])} and {label(spec)} both replace the pipeline's "
+                    f"{component}: they cannot stack")
+        owners[component] = spec
+    return None
 
 
 def apply_unet_techniques(module: OptimizedModule, specs: list[Spec],
@@ -72,6 +90,9 @@ def apply_pipeline_techniques(pipe, specs: list[Spec]) -> None:
     """Replace (private copies of) ``pipe``'s components for the pipeline-level techniques, and
     make every new generation reset the step caches. ``pipe`` shares its components with the
     user's pipeline, so nothing shared is modified."""
+    conflict = conflict_reason(specs)
+    if conflict:
+        raise SdoptError(conflict)
     for spec in specs:
         technique = technique_of(spec)
         if technique.level == "pipeline":
@@ -102,9 +123,12 @@ def validate_specs(specs, where: str) -> list[Spec]:
             raise SdoptError(f"{where}: techniques[{i}] is {spec!r}: expected an object with a "
                              f"'name' among {', '.join(TECHNIQUES)}")
         TECHNIQUES[spec["name"]].check(spec, f"{where}: techniques[{i}]")
+    conflict = conflict_reason(specs)
+    if conflict:
+        raise SdoptError(f"{where}: {conflict}")
     return specs
 
 
 __all__ = ["TECHNIQUES", "Technique", "Spec", "all_specs", "label", "candidate_id",
            "unavailable_reason", "apply_unet_techniques", "apply_pipeline_techniques",
-           "base_module", "validate_specs", "technique_of"]
+           "base_module", "validate_specs", "technique_of", "conflict_reason"]

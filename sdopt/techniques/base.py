@@ -35,6 +35,20 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """A parameter naming one of a few settings (a precision), checked like a :class:`Param`
+    when a saved spec is read back."""
+
+    name: str
+    values: tuple[str, ...]
+
+    def check(self, value, where: str) -> None:
+        if value not in self.values:
+            raise SdoptError(f"{where}.{self.name} is {value!r}: expected one of "
+                             f"{', '.join(map(repr, self.values))}")
+
+
+@dataclass(frozen=True)
 class Technique:
     """``level`` "unet": ``apply(module, params, original_unet) -> module`` wraps or patches the
     backend's module; "pipeline": ``apply(pipe, params)`` replaces a pipeline component with a
@@ -42,7 +56,7 @@ class Technique:
 
     name: str
     level: str
-    params: tuple[Param, ...]
+    params: tuple[Param | Choice, ...]
     settings: tuple[Spec, ...]  # what the search tries
     label: Callable[[Spec], str]
     doc: str
@@ -51,6 +65,12 @@ class Technique:
     unavailable_reason: Callable[[OptimizedModule, Any], str | None] = lambda module, device: None
     constrained: bool = False  # a precision change, not an approximation: constrained mode too
     order: int = 0
+    # Why one setting (its params) cannot run on this device, on top of ``unavailable_reason``
+    # (an fp32 setting meant only for CPUs without bf16 units, say).
+    setting_reason: Callable[[Spec, Any], str | None] = lambda params, device: None
+    # The pipeline component a pipeline-level technique replaces ("vae", "text_encoder"): two
+    # techniques replacing the same one cannot stack (the second would wrap the first's copy).
+    component: str | None = None
 
     def check(self, spec: Spec, where: str) -> None:
         for param in self.params:

@@ -52,4 +52,5 @@ def apply_pipeline(pipe, params: dict) -> None:
 
 
 TECHNIQUE = Technique(NAME, "pipeline", (), ({},), lambda p: "vae_bf16", "VAE decoder in bf16",
-                      apply_pipeline, unavailable_reason=unavailable_reason, constrained=True)
+                      apply_pipeline, unavailable_reason=unavailable_reason, constrained=True,
+                      component="vae")

@@ -1,0 +1,99 @@
+"""What the OpenVINO pipeline-component techniques share (the VAE decoder, the text encoders):
+one conversion per torch module and process, and a graph compiled lazily per input shape.
+
+The UNet backend (:mod:`sdopt.backends.openvino`) converts with ``openvino.convert_model`` and
+compiles with the ``INFERENCE_PRECISION_HINT`` of the precision (``f32`` or ``bf16``; the IR
+keeps fp32 weights, so one conversion serves both); these components follow it. A converted
+model keeps dynamic dimensions (batch, latent height and width) and is compiled for each static
+shape it is called with, which OpenVINO runs faster than a dynamic compile; a search evaluating
+the same component several times (alone, stacked, the final pipeline) converts it once: the
+conversion is remembered per source module, weakly, for the life of the process. Nothing is
+written to disk: a loaded model re-applies the technique and converts again.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+import weakref
+from typing import Any, Callable
+
+import torch
+
+HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+# source torch module -> {conversion key: openvino.Model}; weak, so that a dropped pipeline's
+# components are not kept alive by a conversion (the IR does not share their weights).
+_CONVERTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def converted(source: torch.nn.Module, key: str, make: Callable[[], tuple[torch.nn.Module, dict]]):
+    """The ``openvino.Model`` converted from ``make()`` (the module to trace, and the
+    ``convert_model`` keyword arguments), once per ``source`` module and ``key``."""
+    import openvino as ov
+
+    cache = _CONVERTED.setdefault(source, {})
+    if key not in cache:
+        module, kwargs = make()
+        if any(p.dtype != torch.float32 for p in module.parameters()):
+            module = copy.deepcopy(module).float()  # fp32 IR; the hint sets the precision
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about diffusers' shape checks
+            # share_weights=False: the IR owns its weights, independent of the torch module's.
+            cache[key] = ov.convert_model(module.eval(), share_weights=False, **kwargs)
+        CONVERSIONS[key.split(":")[0]] = CONVERSIONS.get(key.split(":")[0], 0) + 1
+    return cache[key]
+
+
+# Conversions this process really ran, per component kind: tests assert reuse by counting.
+CONVERSIONS: dict[str, int] = {}
+
+
+class CompiledGraph:
+    """An ``openvino.Model`` compiled for CPU with one precision hint, once per input shapes."""
+
+    def __init__(self, model, precision: str):
+        import openvino as ov
+
+        self.precision = precision
+        self.hint = HINTS[precision]
+        self._core = ov.Core()
+        self._model = model
+        self._names = [p.get_any_name() for p in model.inputs]
+        self._requests: dict[tuple, Any] = {}
+
+    def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Run on CPU tensors (given in the model's input order); the outputs as torch tensors
+        in the model's output order."""
+        arrays = [t.detach().cpu().numpy() for t in tensors]
+        shapes = tuple(tuple(a.shape) for a in arrays)
+        request = self._requests.get(shapes)
+        if request is None:
+            model = self._model.clone()
+            model.reshape({name: list(shape) for name, shape in zip(self._names, shapes)})
+            compiled = self._core.compile_model(model, "CPU",
+                                                {"INFERENCE_PRECISION_HINT": self.hint})
+            request = self._requests[shapes] = compiled.create_infer_request()
+        request.infer(dict(zip(self._names, arrays)))
+        return [torch.from_numpy(request.get_output_tensor(i).data.copy())
+                for i in range(len(self._model.outputs))]
+
+
+def unavailable_reason(device, purpose: str) -> str | None:
+    """Why ``purpose`` (an OpenVINO component technique) cannot run on ``device``."""
+    from .. import deps
+
+    if getattr(device, "kind", "cpu") != "cpu":
+        return (f"sdopt runs OpenVINO on CPU only; the device is {device.kind} "
+                "(OpenVINO's GPU plugin is for Intel GPUs)")
+    return deps.unavailable_reason("openvino", purpose)
+
+
+def setting_reason(params: dict, device) -> str | None:
+    """bf16 needs the CPU's bf16 units; fp32 is the setting for CPUs without them (where they
+    exist, the bf16 setting is tried instead)."""
+    if params.get("precision") == "bf16":
+        return device.precision_unavailable_reason("bf16")
+    if device.precision_unavailable_reason("bf16") is None:
+        return "this CPU has bf16 units: the bf16 setting is tried instead"
+    return None
