@@ -305,11 +305,14 @@ def classic_attention(module: torch.nn.Module):
 
 def copy_artifact(src: Path, dst: Path, names: Sequence[str] | None = None) -> None:
     """Copy a cached artifact directory's files. Never hard links: onnx refuses external data
-    with several links (its guard against hard-link attacks)."""
+    with several links (its guard against hard-link attacks). Not the cache's own marker
+    (store.MARKER_NAME): whether ``dst`` is sdopt's, and of which kind, is its writer's to say."""
     import shutil
+
+    from ..store import MARKER_NAME
 
     dst.mkdir(parents=True, exist_ok=True)
     for item in sorted(src.iterdir()):
         if item.is_file() and (names is None or item.name in names) and \
-                not item.name.startswith("sdopt_cache"):
+                not item.name.startswith("sdopt_cache") and item.name != MARKER_NAME:
             shutil.copy2(item, dst / item.name)

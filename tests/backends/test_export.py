@@ -64,3 +64,27 @@ def test_every_exporter_failing_says_why(tmp_path):
 def test_unet_timestep_is_a_batch_vector():
     assert export.unet_timestep(torch.tensor(999), 2).tolist() == [999.0, 999.0]
     assert export.unet_timestep(torch.tensor([5, 7]), 2).tolist() == [5.0, 7.0]
+
+
+def test_copying_a_cached_artifact_leaves_the_caches_marker_behind(tmp_path):
+    """A cache entry carries sdopt's marker (the cache made that directory); a saved model is
+    marked by save_model's own atomic write, never by a marker copied from the cache."""
+    from sdopt.cache import ENTRY_FILE, fetch_or_build
+    from sdopt.store import MARKER_NAME, atomic_directory, marker_kind
+
+    def build(directory):
+        (directory / export.ONNX_FILE).write_bytes(b"graph")
+        (directory / "weights.bin").write_bytes(b"weights")
+
+    entry = fetch_or_build("artifact-test", {"n": 1}, build, root=tmp_path / "cache")
+    assert {MARKER_NAME, ENTRY_FILE} <= {p.name for p in entry.path.iterdir()}
+    plain = tmp_path / "plain" / "unet"
+    export.copy_artifact(entry.path, plain)
+    assert sorted(p.name for p in plain.iterdir()) == sorted([export.ONNX_FILE, "weights.bin"])
+    export.copy_artifact(entry.path, tmp_path / "named", (export.ONNX_FILE, MARKER_NAME))
+    assert [p.name for p in (tmp_path / "named").iterdir()] == [export.ONNX_FILE]
+    # Into a directory sdopt is writing as another kind of output: its own marker stays.
+    with atomic_directory(tmp_path / "model", kind="model") as directory:
+        export.copy_artifact(entry.path, directory)
+    assert marker_kind(tmp_path / "model") == "model"
+    assert (tmp_path / "model" / export.ONNX_FILE).read_bytes() == b"graph"
