@@ -58,15 +58,20 @@ class OpenVINOModule(OptimizedModule):
         self._names = [p.get_any_name() for p in self._model.inputs]
         self._compiled: dict[tuple, Any] = {}
 
+    def compile_for(self, shapes, config: dict[str, Any] | None = None):
+        """The IR compiled for static input ``shapes`` (one per input, in the IR's order) as
+        the UNet's call compiles it; ``config`` adds CPU properties (sdopt.backends.openvino_ops
+        reads the runtime graph of it)."""
+        model = self._model.clone()
+        model.reshape({name: list(shape) for name, shape in zip(self._names, shapes)})
+        return self._core.compile_model(model, "CPU",
+                                        {"INFERENCE_PRECISION_HINT": self.hint, **(config or {})})
+
     def _request_for(self, arrays):
         shapes = tuple(tuple(a.shape) for a in arrays)
         request = self._compiled.get(shapes)
         if request is None:
-            model = self._model.clone()
-            model.reshape({name: list(shape) for name, shape in zip(self._names, shapes)})
-            compiled = self._core.compile_model(model, "CPU",
-                                                {"INFERENCE_PRECISION_HINT": self.hint})
-            request = self._compiled[shapes] = compiled.create_infer_request()
+            request = self._compiled[shapes] = self.compile_for(shapes).create_infer_request()
         return request
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):

@@ -1,0 +1,83 @@
+"""How OpenVINO's CPU plugin runs the UNet's attention, per openvino variant, on the tiny preset.
+
+What is true (OpenVINO 2026.4, checked here): the converted IR has one ScaledDotProductAttention
+op per attention; the CPU plugin keeps its own SDPA kernel for LLMs (SDPA fed by a KV cache) and
+decomposes every other SDPA while compiling, and its Snippets MHA tokenizer fuses the decomposed
+attention back into one ``Subgraph`` node (a generated brgemm kernel). So the runtime graph has no
+SDPA node, no MatMul and no Softmax node: exactly one fused Subgraph per SDPA op of the IR, in
+every variant. NNCF's int8 (FakeQuantize on Q and K) keeps that fusion and runs it in i8.
+``SNIPPETS_MODE=DISABLE`` shows the decomposed form (two MatMul and one Softmax per attention):
+the test of the counter fails when fusion is off.
+
+The tokenizer skips an attention whose batch x heads (2 x 8 here) is below the thread count and
+whose rows cannot be split per thread; the compile pins 2 threads so that a many-core runner
+checks the same graph as this 2-core machine.
+"""
+
+import pytest
+
+from ..conftest import build_variant
+
+pytest.importorskip("openvino", reason="the openvino package is not installed")
+
+from sdopt.backends import get_backend  # noqa: E402
+from sdopt.backends.openvino_ops import module_attention_report  # noqa: E402
+from sdopt.device import detect  # noqa: E402
+
+THREADS = {"INFERENCE_NUM_THREADS": 2}
+VARIANTS = [v.name for v in get_backend("openvino").variants(detect("cpu"))]
+RUNTIME_PRECISION = {"fp32": "f32", "bf16": "bf16"}  # int8 variants: i8 (QK^T quantized)
+
+
+@pytest.fixture(scope="module")
+def modules(tiny_pipe, samples):
+    return {}
+
+
+def _report(tiny_pipe, samples, modules, name, config=None):
+    if name not in modules:
+        modules[name] = build_variant(tiny_pipe, "openvino", name, samples)
+    return module_attention_report(modules[name], samples.verification[0].inputs,
+                                   {**THREADS, **(config or {})})
+
+
+def test_variants_cover_the_four_named_ones():
+    assert {"fp32", "bf16", "int8", "int8-inner"} <= set(VARIANTS)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_sdpa_runs_as_one_fused_subgraph(tiny_pipe, samples, modules, name):
+    report = _report(tiny_pipe, samples, modules, name)
+    n = report["ir"]["ScaledDotProductAttention"]
+    assert n == 12, "the tiny UNet: 6 transformer blocks, self- and cross-attention"
+    assert report["ir"]["Softmax"] == 0, "convert_model gave SDPA ops, no decomposed softmax"
+    assert report["attention"]["ir_sdpa"] == n
+    assert report["attention"]["execution"] == {"sdpa": 0, "fused_subgraph": n,
+                                                "decomposed": 0, "unmapped": 0}
+    # no decomposed attention anywhere in the runtime graph (the tiny UNet's other matmuls are
+    # Linear layers: FullyConnected)
+    assert report["runtime"]["MatMul"] == 0 and report["runtime"]["Softmax"] == 0
+    assert report["runtime"]["ScaledDotProductAttention"] == 0, "the LLM-only kernel"
+    precision = RUNTIME_PRECISION.get(name, "i8")
+    assert report["attention"]["nodes"] == {f"Subgraph:{precision}": n}
+
+
+@pytest.mark.parametrize("name", ["int8", "int8-inner"])
+def test_int8_quantizes_q_and_k_and_keeps_the_fusion(tiny_pipe, samples, modules, name):
+    report = _report(tiny_pipe, samples, modules, name)
+    n = report["ir"]["ScaledDotProductAttention"]
+    assert report["ir"]["FakeQuantize"] > 0
+    # NNCF's SDPA scope override: symmetric int8 on the Q and K inputs, V left in float
+    assert report["ir_sdpa_inputs_quantized"] == {"q": n, "k": n, "v": 0}
+    assert report["attention"]["execution"]["fused_subgraph"] == n
+
+
+@pytest.mark.parametrize("name", ["fp32", "int8"])
+def test_the_counter_sees_decomposed_attention(tiny_pipe, samples, modules, name):
+    report = _report(tiny_pipe, samples, modules, name, {"SNIPPETS_MODE": "DISABLE"})
+    n = report["ir"]["ScaledDotProductAttention"]
+    assert report["attention"]["execution"]["decomposed"] == n
+    assert report["attention"]["execution"]["fused_subgraph"] == 0
+    assert report["runtime"]["Softmax"] == n and report["runtime"]["MatMul"] == 2 * n
+    if name == "int8":  # QK^T in int8, softmax(QK^T) V in bf16
+        assert report["runtime_precisions"]["MatMul:i8"] == n
