@@ -34,8 +34,8 @@ from ..optimize import metrics
 from . import latency
 from .config import GateConfig
 from .history import runs_like
-from .results import (DEVICE_KEYS, NOT_COMPARABLE, PASS, REGRESSION, RESULTS_NAME,
-                      VERDICT_KIND, VERDICT_SCHEMA_VERSION)
+from .results import (DEVICE_KEYS, IMAGE_HASH_KEYS, NOT_COMPARABLE, PASS, REGRESSION,
+                      RESULTS_NAME, VERDICT_KIND, VERDICT_SCHEMA_VERSION)
 
 
 
@@ -98,6 +98,43 @@ def environment_differences(baseline: dict, current: dict) -> list[str]:
         if a.get(key) != b.get(key):
             out.append(f"device {key}: baseline {a.get(key)!r}, current {b.get(key)!r}")
     return out
+
+
+def input_image_differences(baseline_config: dict, current_config: dict) -> list[str]:
+    """Why two results' start images or masks differ (empty when the same, or when neither
+    records any: text-to-image). Like another image size, other start images make other
+    pictures, which the quality check would read as a regression of the code: such a pair is
+    not comparable. A baseline that records no hashes (saved before sdopt recorded them) against
+    results with a configured image: not comparable either, as nothing says its images are the
+    same. No hashes and a list of defaults only are the same (sdopt's fixed default images)."""
+    prompts = current_config.get("prompts") or []
+    out = []
+    for key, field in IMAGE_HASH_KEYS.items():
+        a, b = _hashes_of(baseline_config, key), _hashes_of(current_config, key)
+        if a == b:
+            continue
+        which = ""
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            changed = [repr(prompts[i]) if i < len(prompts) else f"#{i + 1}"
+                       for i, (x, y) in enumerate(zip(a, b)) if x != y]
+            which = f" for prompt{'s' if len(changed) > 1 else ''} {', '.join(changed)}"
+        same = "not known to be the same" if a is None or b is None else "not the same"
+        out.append(f"config {key} differs{which}: baseline {_hashes_text(a)}, current "
+                   f"{_hashes_text(b)} (the bench.{field} pixels are {same}, so the images "
+                   "cannot be compared: save a new baseline made with these images)")
+    return out
+
+
+def _hashes_of(config: dict, key: str) -> list | None:
+    """``config[key]``; None for none recorded or only default images (the same pictures)."""
+    hashes = config.get(key)
+    return hashes if isinstance(hashes, list) and any(h is not None for h in hashes) else None
+
+
+def _hashes_text(hashes) -> str:
+    if not isinstance(hashes, list):
+        return "none (default images, or saved before sdopt recorded them)"
+    return "[" + ", ".join("default" if h is None else str(h)[:12] for h in hashes) + "]"
 
 
 def _library_changes(baseline: dict, current: dict) -> list[str]:
@@ -186,6 +223,8 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
         if bc.get(key) != cc.get(key):
             not_comparable.append(f"config {key} differs: baseline {bc.get(key)}, current "
                                   f"{cc.get(key)}")
+    inputs_differ = input_image_differences(bc, cc)
+    not_comparable += inputs_differ
     for key in ("model", "steps", "guidance_scale", "batch"):
         if bc.get(key) != cc.get(key):
             reasons.append(f"note: config {key} changed: baseline {bc.get(key)!r}, current "
@@ -200,7 +239,8 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
     images, quality_regressed = [], False
     base_images = {(r["prompt"], int(r["seed"])): r for r in bv.get("images", [])}
     matched = 0
-    for rec in cv.get("images", []):
+    # Images made from other start images or masks are other pictures: not judged.
+    for rec in [] if inputs_differ else cv.get("images", []):
         key = (rec["prompt"], int(rec["seed"]))
         ref = base_images.get(key)
         if ref is None:
@@ -230,7 +270,10 @@ def compare_results(inputs: Inputs, gate: GateConfig | None = None, *,
             reasons.append(f"quality regression: prompt {key[0]!r} seed {key[1]}: PSNR "
                            f"{_db_text(psnr)} (min {gate.psnr_min_db:g}), SSIM {ssim:.3f} "
                            f"(min {gate.ssim_min:g}){clip_text} vs the baseline image")
-    if not matched and cv.get("images") and base_images:
+    if inputs_differ:
+        reasons.append("note: image quality not compared: the baseline's images were made from "
+                       "other start images or masks")
+    elif not matched and cv.get("images") and base_images:
         reasons.append("warning: no image shares a prompt and seed with the baseline: quality "
                        "not compared")
 

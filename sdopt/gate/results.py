@@ -45,6 +45,11 @@ RUN_ENTRY_SCHEMA_VERSION = 1
 # machines; a baseline's history keeps only runs of the same machine).
 DEVICE_KEYS = ("kind", "name", "cores", "cuda_capability")
 
+# The config keys of a results document that identify its start images and masks (a sha256 of
+# each prompt's pixels; gate/bench.py input_image_hashes), with the sdopt.toml field each comes
+# from. Absent in text-to-image results. Results whose hashes differ are not comparable.
+IMAGE_HASH_KEYS = {"start_image_sha256": "start_image", "mask_image_sha256": "mask_image"}
+
 PASS, REGRESSION, NOT_COMPARABLE = "pass", "regression", "not_comparable"
 VERDICTS = (PASS, REGRESSION, NOT_COMPARABLE)
 EXIT_FOR_VERDICT = {PASS: ExitCode.PASS, REGRESSION: ExitCode.REGRESSION,

@@ -214,7 +214,18 @@ def has_images(inputs: list[PromptInput]) -> bool:
     return any(item.image is not None for item in inputs)
 
 
-def _pixels_hash(image) -> str:
+def image_sha256(image) -> str:
+    """The sha256 (hex) of a decoded image: its mode, its size and its pixel bytes.
+
+    The pixels, not the file: the same picture re-saved (other PNG compression, metadata, JPEG
+    header fields, a copy made by git or an artifact store) hashes the same, an image given as
+    an array or a PIL image (no file at all) hashes too, and any change a pipeline would see
+    (one pixel, the size, RGB vs L) changes it. Hash the image as the pipeline gets it (after
+    :func:`fit`): that is what makes two runs' pictures comparable."""
     digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
     digest.update(image.tobytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def _pixels_hash(image) -> str:
+    return image_sha256(image)[:16]

@@ -57,6 +57,8 @@ def test_results_follow_the_published_schema(bench_dir):
     assert results["environment"]["device"]["kind"] == "cpu"
     assert results["environment"]["env"]["torch_threads"] == 1
     assert results["config"]["height"] == 64 and results["config"]["model"] == "tiny"
+    # Text-to-image: no start image or mask hashes (#18), as before they were recorded.
+    assert not {"start_image_sha256", "mask_image_sha256"} & set(results["config"])
 
 
 def test_fixed_seeds_make_an_fp32_variant_draw_the_same_images(bench_dir):

@@ -3,6 +3,7 @@ benched (and searched) on the configured images, read as untrusted paths inside 
 folder; a bad one is one line naming the file and the field (exit 2 from the CLI)."""
 
 import functools
+import json
 import os
 
 import numpy as np
@@ -13,8 +14,11 @@ from PIL import Image
 import sdopt
 from sdopt.cli import main
 from sdopt.errors import SdoptError
-from sdopt.gate.bench import bench_config, bench_inputs
+from sdopt.gate.bench import bench_config, bench_inputs, write_results
+from sdopt.gate.compare import Inputs, compare_results
 from sdopt.gate.config import load_config
+from sdopt.gate.results import NOT_COMPARABLE, exit_code, read_results
+from sdopt.optimize.inputs import image_sha256
 
 BENCH = ('prompts = ["a cat", "a dog"]\nseeds = [0]\nsteps = 2\nruns = 1\nwarmup = 0\n'
          'batch = 1\nthreads = 1\n')
@@ -80,6 +84,10 @@ def test_a_bench_of_an_img2img_model_uses_each_prompts_start_image_and_its_size(
     assert all(np.array_equal(image, stripes(48, 40)) for _, image, _ in cats)
     assert all(np.array_equal(image, 255 - stripes(48, 40)) for _, image, _ in dogs)
     assert results["config"]["start_image"] == ["img/cat.png", "img/dog.png"]
+    # The pixels each prompt's pipeline calls got, by hash (#18); no mask for img2img.
+    assert results["config"]["start_image_sha256"] == [
+        image_sha256(Image.fromarray(a)) for a in (stripes(48, 40), 255 - stripes(48, 40))]
+    assert results["config"]["mask_image_sha256"] == [None, None]
     for name in ("original", "optimized"):
         image = Image.open(tmp_path / "out" / results["variants"][name]["images"][0]["path"])
         assert image.size == (40, 48)
@@ -106,14 +114,57 @@ def test_an_inpainting_bench_batches_the_start_image_and_mask_of_every_prompt(
         assert all(np.array_equal(i, start) for i in images)
         assert all(np.array_equal(m, mask) for m in masks)
     assert len(results["variants"]["optimized"]["images"]) == 2
+    # The hashes are of the fitted pixels, the same for both prompts (one path for every prompt).
+    assert results["config"]["start_image_sha256"] == [image_sha256(Image.fromarray(start))] * 2
+    assert results["config"]["mask_image_sha256"] == [image_sha256(Image.fromarray(mask))] * 2
 
 
 def test_without_start_images_the_bench_keeps_the_default_image(tmp_path, monkeypatch):
     path = _config(tmp_path, "img2img-tiny", "")
     seen = _spy(monkeypatch, "img2img-tiny")
-    bench_config(load_config(path), tmp_path / "out", progress=False)
+    results = bench_config(load_config(path), tmp_path / "out", progress=False)
     default = np.asarray(sdopt.models.default_image(64, 64))
     assert seen and all(np.array_equal(image, default) for _, image, _ in seen)
+    # The fixed default images: no hashes, as in text-to-image results.
+    assert not {"start_image_sha256", "mask_image_sha256"} & set(results["config"])
+
+
+def test_the_gate_refuses_a_baseline_made_from_another_start_image(tmp_path):
+    """#18: the same start image (even re-saved as another file) is comparable; another start
+    image is "not comparable" naming the field and the prompt (exit 3), never a quality
+    regression; results written without the hashes still load."""
+    Image.fromarray(stripes(32, 32)).save(tmp_path / "start.png", compress_level=0)
+    path = _config(tmp_path, "img2img-tiny",
+                   'start_image = "start.png"\nvariants = ["optimized"]\n')
+
+    def bench(name):
+        out = tmp_path / name
+        results = bench_config(load_config(path), out, progress=False)
+        write_results(results, out)
+        return read_results(out), out
+
+    base, base_dir = bench("base")
+    Image.fromarray(stripes(32, 32)).save(tmp_path / "start.png", compress_level=9)
+    same, same_dir = bench("same")
+    Image.fromarray(255 - stripes(32, 32)).save(tmp_path / "start.png")
+    other, other_dir = bench("other")
+    verdict = compare_results(Inputs(base, base_dir, same, same_dir))
+    assert verdict["verdict"] != NOT_COMPARABLE
+    assert not verdict["quality"]["regressed"]
+    verdict = compare_results(Inputs(base, base_dir, other, other_dir))
+    assert verdict["verdict"] == NOT_COMPARABLE and exit_code(verdict) == 3
+    assert verdict["reasons"][0].startswith("not comparable: config start_image_sha256 differs "
+                                            "for prompts 'a cat', 'a dog'")
+    assert not any(r.startswith("quality regression") for r in verdict["reasons"])
+    # A baseline written before the hashes were recorded: it loads, and cannot vouch for its
+    # start image.
+    old = json.loads((base_dir / "results.json").read_text())
+    for key in ("start_image_sha256", "mask_image_sha256"):
+        del old["config"][key]
+    (base_dir / "results.json").write_text(json.dumps(old))
+    verdict = compare_results(Inputs(read_results(base_dir), base_dir, same, same_dir))
+    assert verdict["verdict"] == NOT_COMPARABLE
+    assert "baseline none (" in verdict["reasons"][0]
 
 
 def _error(path) -> str:

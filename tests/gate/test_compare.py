@@ -9,7 +9,8 @@ from PIL import Image
 
 import math
 
-from sdopt.gate.compare import Inputs, compare_results, image_quality, summary_text
+from sdopt.gate.compare import (Inputs, compare_results, image_quality, not_comparable_line,
+                                summary_text)
 from sdopt.gate.results import NOT_COMPARABLE, PASS, REGRESSION, exit_code
 from sdopt.gate.config import GateConfig
 from sdopt.errors import SdoptError
@@ -19,11 +20,13 @@ def _png(path, array):
     Image.fromarray(array.astype(np.uint8)).save(path)
 
 
-def _results(root, samples, image, device_name="cpu-A", height=64, prompt="a cat"):
+def _results(root, samples, image, device_name="cpu-A", height=64, prompt="a cat",
+             config=None):
     _png(root / "images" / "optimized" / "0.png", image)
     doc = {"schema_version": 1, "kind": "sdopt-bench-results", "created_unix": 0,
            "sdopt_version": "0", "config": {"model": "tiny", "height": height, "width": 64,
-                                            "steps": 4, "guidance_scale": 7.5, "batch": 1},
+                                            "steps": 4, "guidance_scale": 7.5, "batch": 1,
+                                            **(config or {})},
            "environment": {"device": {"kind": "cpu", "name": device_name, "cores": 2},
                            "libraries": {"torch": "2.13.0"}},
            "variants": {"optimized": {"latency_s": {"samples": samples}, "images": [
@@ -131,3 +134,57 @@ def test_image_paths_outside_the_results_directory_are_refused(tmp_path, picture
     cur["variants"]["optimized"]["images"][0]["path"] = "../base/images/optimized/0.png"
     with pytest.raises(SdoptError, match="outside its directory"):
         compare_results(Inputs(base, tmp_path / "base", cur, tmp_path / "cur"))
+
+
+CAT, DOG = "1" * 64, "2" * 64  # start images' sha256 as bench records them
+
+
+def _hashes(start, mask=None):
+    return {"prompts": ["a cat"], "start_image_sha256": [start], "mask_image_sha256": [mask]}
+
+
+def test_the_same_start_image_is_comparable(tmp_path, picture):
+    s = [1.0] * 6
+    verdict = _compare(tmp_path, dict(samples=s, image=picture, config=_hashes(CAT, DOG)),
+                       dict(samples=s, image=picture, config=_hashes(CAT, DOG)))
+    assert verdict["verdict"] == PASS
+
+
+def test_another_start_image_or_mask_is_not_comparable_instead_of_a_quality_regression(
+        tmp_path, picture):
+    """Another start image makes another picture: the gate says the pair cannot be compared
+    (exit 3, naming the field and the prompt), as for another image size, not that the
+    quality dropped."""
+    s = [1.0] * 6
+    other = np.clip(255 - picture, 0, 255)
+    for base_cfg, cur_cfg, key in ((_hashes(CAT), _hashes(DOG), "start_image_sha256"),
+                                   (_hashes(CAT, CAT), _hashes(CAT, DOG), "mask_image_sha256")):
+        verdict = _compare(tmp_path, dict(samples=s, image=picture, config=base_cfg),
+                           dict(samples=s, image=other, config=cur_cfg))
+        assert verdict["verdict"] == NOT_COMPARABLE and exit_code(verdict) == 3
+        first = verdict["reasons"][0]
+        assert first.startswith(f"not comparable: config {key} differs for prompt 'a cat'")
+        assert "save a new baseline" in first
+        assert [r for r in verdict["reasons"] if key in r] == [first]
+        # The other pictures are not judged: no quality regression is claimed.
+        assert not verdict["quality"]["regressed"] and verdict["quality"]["images"] == []
+        assert not any(r.startswith("quality regression") for r in verdict["reasons"])
+        assert any(r.startswith("note: image quality not compared") for r in verdict["reasons"])
+        line = not_comparable_line(verdict, "base", "cur")
+        assert "\n" not in line and key in line and "111111111111" in line
+
+
+def test_text_to_image_results_and_old_baselines_without_hashes(tmp_path, picture):
+    """Text-to-image results record no hashes and compare as before; a baseline saved before
+    the hashes were recorded cannot vouch for its start images: not comparable."""
+    s = [1.0] * 6
+    verdict = _compare(tmp_path, dict(samples=s, image=picture), dict(samples=s, image=picture))
+    assert verdict["verdict"] == PASS
+    assert not any("sha256" in r for r in verdict["reasons"])
+    verdict = _compare(tmp_path, dict(samples=s, image=picture),
+                       dict(samples=s, image=picture, config=_hashes(CAT)))
+    assert verdict["verdict"] == NOT_COMPARABLE
+    assert "start_image_sha256 differs: baseline none (" in verdict["reasons"][0]
+    assert "not known to be the same" in verdict["reasons"][0]
+    # No hashes and a list of default masks are the same masks.
+    assert not any("mask_image_sha256" in r for r in verdict["reasons"])

@@ -78,3 +78,18 @@ def test_exit_codes_are_the_documented_ones():
     assert exit_code({"verdict": REGRESSION}) == ExitCode.REGRESSION
     assert exit_code({"verdict": NOT_COMPARABLE}) == ExitCode.NOT_COMPARABLE
     assert SdoptError("x").exit_code == ExitCode.BAD_INPUT
+
+
+def test_start_image_and_mask_hashes_follow_the_schema(tmp_path):
+    """#18: results of an image-to-image bench record one sha256 per prompt (null: the default
+    image); results without them (text-to-image, or written before) load as before."""
+    data = json.loads((DATA / "current" / "results.json").read_text())
+    prompts = len(data["config"]["prompts"])
+    data["config"]["start_image_sha256"] = ["0123456789abcdef" * 4] * prompts
+    data["config"]["mask_image_sha256"] = [None] * prompts
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    assert read_results(tmp_path)["config"]["mask_image_sha256"] == [None] * prompts
+    data["config"]["start_image_sha256"][0] = "not a hash"
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    with pytest.raises(SdoptError, match=r"config\.start_image_sha256\.0"):
+        read_results(tmp_path)

@@ -19,7 +19,7 @@ import sdopt
 from sdopt.cli.optimize import attach_images, read_prompts
 from sdopt.errors import SdoptError
 from sdopt.optimize.capture import collect_samples
-from sdopt.optimize.inputs import PromptInput, check_input_data
+from sdopt.optimize.inputs import PromptInput, check_input_data, image_sha256
 from sdopt.optimize.request import build_request
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "roundtrip_images.py"
@@ -243,3 +243,32 @@ def test_cli_optimizes_from_a_prompts_file_with_start_images(tmp_path):
     # The search ran at the start image's size (48 x 40), not the preset's 64 px default.
     assert (saved["samples"]["height"], saved["samples"]["width"]) == (48, 40)
     assert saved["end_to_end"]["prompts"] == 2
+
+
+def test_an_images_hash_is_of_its_pixels_not_of_its_file(tmp_path, img2img):
+    """The hash results.json records for a start image: the same picture from another file
+    (other compression, metadata) or from an array hashes the same; one pixel, the size or the
+    mode changes it. The decision cache's key uses the same hash, shortened."""
+    pixels = stripes(48, 40)
+    Image.fromarray(pixels).save(tmp_path / "a.png", compress_level=0)
+    Image.fromarray(pixels).save(tmp_path / "b.png", compress_level=9, pnginfo=_text_chunk())
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
+    a, b, c = (check_input_data([("a cat", x)], img2img)[0]
+               for x in (str(tmp_path / "a.png"), str(tmp_path / "b.png"), pixels))
+    digest = image_sha256(a.image)
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert image_sha256(b.image) == image_sha256(c.image) == digest
+    assert a.digest()[0] == digest[:16]
+    changed = pixels.copy()
+    changed[0, 0, 0] ^= 1
+    assert image_sha256(Image.fromarray(changed)) != digest
+    assert image_sha256(Image.fromarray(pixels).resize((32, 32))) != digest
+    assert image_sha256(Image.fromarray(pixels).convert("L")) != digest
+
+
+def _text_chunk():
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "saved again")
+    return info
