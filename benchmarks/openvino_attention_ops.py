@@ -7,11 +7,18 @@ Softmax / FakeQuantize counts, which SDPA inputs NNCF quantized, and what the co
 model (``get_runtime_model()``) executes for each SDPA op: the plugin's own SDPA node, one fused
 Snippets ``Subgraph``, or decomposed MatMul + Softmax nodes, with each node's runtime precision.
 ``--snippets-off`` adds each variant compiled with ``SNIPPETS_MODE=DISABLE`` (attention
-decomposed), the "before" of a per-op comparison. Writes JSON with the CPU kind.
+decomposed), the "before" of a per-op comparison; ``--int8-sdpa-float`` adds an int8 build with
+the SDPA ops left out of NNCF's scope (QK^T in bf16 instead of i8). ``--perf-counters N`` times
+each row with OpenVINO's per-node counters (median of N inferences: total, attention's share, time
+per layer type): a timing, for a quiet machine only. Writes JSON with the CPU kind.
 
     python benchmarks/openvino_attention_ops.py                        # tiny, 64 px, seconds
     flock /tmp/sdopt-heavy.lock .venv/bin/python benchmarks/openvino_attention_ops.py \\
         --preset sd15 --size 256 --snippets-off                        # minutes (conversion, NNCF)
+    # quiet machine: per-op time of attention, fused vs decomposed, int8 QK^T vs bf16
+    flock /tmp/sdopt-heavy.lock .venv/bin/python benchmarks/openvino_attention_ops.py \
+        --preset sd15 --size 512 --variants bf16,int8-inner --int8-sdpa-float --snippets-off \
+        --perf-counters 5
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ def main(argv=None) -> int:
                         help="comma-separated variant names (default: every openvino variant)")
     parser.add_argument("--snippets-off", action="store_true",
                         help="also compile each variant with SNIPPETS_MODE=DISABLE")
+    parser.add_argument("--int8-sdpa-float", action="store_true",
+                        help="also build int8 with the ScaledDotProductAttention ops left out")
+    parser.add_argument("--perf-counters", type=int, default=0, metavar="N",
+                        help="time each row with PERF_COUNT over N inferences (quiet machine)")
     parser.add_argument("--out", default=None, help="JSON file (default: results/"
                         "openvino_attention_ops_<preset>_<size>.json)")
     args = parser.parse_args(argv)
@@ -44,8 +55,8 @@ def main(argv=None) -> int:
 
     import sdopt
     from sdopt.backends import get_backend
-    from sdopt.backends.base import BuildContext
-    from sdopt.backends.openvino_ops import module_attention_report
+    from sdopt.backends.base import BuildContext, Variant
+    from sdopt.backends.openvino_ops import module_attention_report, module_perf_counters
     from sdopt.device import detect, library_versions
     from sdopt.optimize.capture import collect_samples
     from sdopt.store import write_json
@@ -60,10 +71,13 @@ def main(argv=None) -> int:
     backend = get_backend("openvino")
     wanted = args.variants.split(",") if args.variants else None
     configs = [None] + ([{"SNIPPETS_MODE": "DISABLE"}] if args.snippets_off else [])
+    variants = [v for v in backend.variants(device) if not wanted or v.name in wanted]
+    if args.int8_sdpa_float:
+        variants.append(Variant("openvino", "int8-sdpa-float", "int8",
+                                options={"quantizer": "nncf",
+                                         "ignored_types": ["ScaledDotProductAttention"]}))
     rows = []
-    for variant in backend.variants(device):
-        if wanted and variant.name not in wanted:
-            continue
+    for variant in variants:
         reason = backend.unavailable_reason(device, variant)
         if reason:
             rows.append({"variant": variant.id, "skipped": reason})
@@ -72,11 +86,17 @@ def main(argv=None) -> int:
             module = backend.build(pipe.unet, variant, ctx)
         for config in configs:
             report = module_attention_report(module, example, config)
+            if args.perf_counters:
+                report["perf"] = module_perf_counters(module, example, args.perf_counters, config)
             rows.append(report)
             att = report["attention"]
             print(f"{variant.id:22s} {json.dumps(config or {}):28s} IR {report['ir']}  "
                   f"runtime {report['runtime']}  attention {att['execution']} {att['nodes']}",
                   flush=True)
+            if "perf" in report:
+                perf = report["perf"]
+                print(f"    {perf['total_ms']:.1f} ms per call, attention {perf['attention_ms']:.1f}"
+                      f" ms ({perf['attention_share']:.0%})", flush=True)
     out = args.out or str(bench_args.RESULTS /
                           f"openvino_attention_ops_{args.preset}_{args.size}.json")
     write_json(out, {"preset": args.preset, "size": args.size, "rows": rows,

@@ -141,3 +141,66 @@ def module_attention_report(module, example, config: dict[str, Any] | None = Non
     compiled = module.compile_for(shapes, config)
     return {"variant": module.variant.id, "hint": module.hint, "config": dict(config or {}),
             "shapes": [list(s) for s in shapes], **attention_report(model, compiled)}
+
+
+def attention_node_names(model, compiled) -> set[str]:
+    """Names of the runtime nodes that execute attention: those naming an SDPA op of ``model``,
+    the Subgraphs holding a Softmax, and the MatMul/Softmax nodes (decomposed attention; in a
+    UNet every softmax and every MatMul left after Linear layers became FullyConnected is
+    attention's)."""
+    names = {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == SDPA}
+    out = set()
+    for op in compiled.get_runtime_model().get_ops():
+        kind, original = _rt(op, "layerType"), _rt(op, "originalLayersNames")
+        if (names.intersection(original.split(",")) or kind in ("MatMul", "Softmax", SDPA)
+                or (kind == "Subgraph" and "Softmax" in original)):
+            out.add(op.get_friendly_name())
+    return out
+
+
+def module_perf_counters(module, example, runs: int = 3, config: dict[str, Any] | None = None
+                         ) -> dict[str, Any]:
+    """OpenVINO's per-node counters (``PERF_COUNT``) of ``module`` compiled for ``example``'s
+    shapes, one warm-up then ``runs`` inferences: per run the total, the attention nodes' time
+    (:func:`attention_node_names`) and the time per ``layerType:execType``; medians over runs.
+    A timing: run it on a quiet machine only."""
+    import statistics
+
+    import openvino as ov
+
+    from .export import named_args
+    from .openvino import IR_XML
+
+    model = ov.Core().read_model(str(module.ir_dir / IR_XML))
+    given = named_args(example)
+    names = [port.get_any_name() for port in model.inputs]
+    arrays = {name: given[name].detach().cpu().numpy() for name in names}
+    compiled = module.compile_for([a.shape for a in arrays.values()],
+                                  {**(config or {}), "PERF_COUNT": True})
+    attention = attention_node_names(model, compiled)
+    request = compiled.create_infer_request()
+    request.infer(arrays)
+    per_run = []
+    for _ in range(runs):
+        request.infer(arrays)
+        by_type: Counter = Counter()
+        total = att = 0.0
+        for info in request.get_profiling_info():
+            if info.status != ov.ProfilingInfo.Status.EXECUTED:
+                continue
+            ms = info.real_time.total_seconds() * 1e3
+            total += ms
+            by_type[f"{info.node_type}:{info.exec_type}"] += ms
+            if info.node_name in attention:
+                att += ms
+        per_run.append((total, att, by_type))
+    keys = set().union(*(r[2] for r in per_run))
+    by_type_ms = {k: statistics.median(r[2].get(k, 0.0) for r in per_run) for k in keys}
+    total_ms = statistics.median(r[0] for r in per_run)
+    attention_ms = statistics.median(r[1] for r in per_run)
+    return {"runs": runs, "config": dict(config or {}), "total_ms": round(total_ms, 3),
+            "attention_ms": round(attention_ms, 3),
+            "attention_share": round(attention_ms / total_ms, 4) if total_ms else None,
+            "attention_nodes": len(attention),
+            "by_type_ms": {k: round(v, 3) for k, v in
+                           sorted(by_type_ms.items(), key=lambda kv: -kv[1])}}

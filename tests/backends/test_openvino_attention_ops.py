@@ -81,3 +81,42 @@ def test_the_counter_sees_decomposed_attention(tiny_pipe, samples, modules, name
     assert report["runtime"]["Softmax"] == n and report["runtime"]["MatMul"] == 2 * n
     if name == "int8":  # QK^T in int8, softmax(QK^T) V in bf16
         assert report["runtime_precisions"]["MatMul:i8"] == n
+
+
+def test_int8_with_sdpa_ignored_runs_attention_in_bf16(tiny_pipe, samples):
+    """The benchmark's --int8-sdpa-float row: NNCF's IgnoredScope(types=[SDPA]) leaves Q and K
+    unquantized, and the fused Subgraph runs in bf16 (the numerics stay those of int8)."""
+    import torch
+
+    from sdopt.backends.base import BuildContext, Variant
+
+    from ..conftest import verification_drops
+
+    variant = Variant("openvino", "int8-sdpa-float", "int8",
+                      options={"quantizer": "nncf", "ignored_types": ["ScaledDotProductAttention"]})
+    ctx = BuildContext(device=detect("cpu"), example=samples.verification[0].inputs,
+                       calibration=[s.inputs for s in samples.calibration])
+    with torch.inference_mode():
+        module = get_backend("openvino").build(tiny_pipe.unet, variant, ctx)
+    report = module_attention_report(module, samples.verification[0].inputs, THREADS)
+    n = report["ir"]["ScaledDotProductAttention"]
+    assert report["ir_sdpa_inputs_quantized"] == {"q": 0, "k": 0, "v": 0}
+    assert report["attention"]["nodes"] == {"Subgraph:bf16": n}
+    assert max(verification_drops(module, samples)) <= 0.15  # test_backend_openvino's int8 bound
+
+
+def test_perf_counters_attribute_the_attention_nodes(tiny_pipe, samples, modules):
+    """Not a timing: the counters run, and the attention's nodes are the fused Subgraphs (or the
+    decomposed MatMul/Softmax nodes), a part of the call's total."""
+    from sdopt.backends.openvino_ops import module_perf_counters
+
+    _report(tiny_pipe, samples, modules, "fp32")
+    example = samples.verification[0].inputs
+    fused = module_perf_counters(modules["fp32"], example, runs=1, config=THREADS)
+    assert fused["attention_nodes"] == 12
+    assert 0 < fused["attention_ms"] < fused["total_ms"]
+    assert any(k.startswith("Subgraph:") for k in fused["by_type_ms"])
+    decomposed = module_perf_counters(modules["fp32"], example, runs=1,
+                                      config={**THREADS, "SNIPPETS_MODE": "DISABLE"})
+    assert decomposed["attention_nodes"] == 36  # MatMul, Softmax, MatMul per attention
+    assert any(k.startswith("Softmax:") for k in decomposed["by_type_ms"])
