@@ -96,12 +96,13 @@ def local_clip(tmp_path_factory):
 
 def build_variant(pipe, backend_name: str, variant_name: str, samples):
     """A backend variant built from the recorded samples, as the search builds it (so its cache
-    keys are the search's)."""
+    keys are the search's), from the pipeline's denoiser (its UNet or its DiT transformer)."""
     import torch
 
     from sdopt.backends import get_backend
     from sdopt.backends.base import BuildContext
     from sdopt.device import detect
+    from sdopt.models import denoiser_of
 
     dev = detect("cpu")
     backend = get_backend(backend_name)
@@ -110,7 +111,7 @@ def build_variant(pipe, backend_name: str, variant_name: str, samples):
     ctx = BuildContext(device=dev, example=samples.verification[0].inputs,
                        calibration=[s.inputs for s in samples.calibration])
     with torch.inference_mode():
-        return backend.build(pipe.unet, variant, ctx)
+        return backend.build(denoiser_of(pipe), variant, ctx)
 
 
 def verification_drops(module, samples) -> list[float]:

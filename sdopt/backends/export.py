@@ -220,6 +220,21 @@ def _export_legacy(module, args, path: Path, input_names, output_names, opset: i
                     location=ONNX_FILE + ".data", size_threshold=1024)
 
 
+def check_graph(path: Path) -> None:
+    """Refuse an exported graph that ONNX's own checker and strict shape inference reject, so
+    that the next exporter is tried instead of every runtime failing to load it. The dynamo
+    exporter (torch 2.13) writes ``aten.squeeze.dim`` on a dimension that is not 1 (a no-op in
+    torch; PixArt's transformer squeezes its 256 tokens) as an ONNX ``Squeeze``, which ONNX
+    Runtime then refuses to load; the TorchScript exporter drops it. The check reads the model by
+    path (external data stays on disk; milliseconds for the tiny presets)."""
+    onnx = require("onnx", "ONNX export")
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # noqa: BLE001 - ValidationError, InferenceError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RuntimeError(f"the exported graph is invalid ({first[:300]})") from exc
+
+
 def export_onnx(module: torch.nn.Module, args: tuple, directory: str | os.PathLike,
                 input_names: Sequence[str], output_names: Sequence[str], *, opset: int = OPSET,
                 exporters: Sequence[str] = EXPORTERS) -> dict[str, Any]:
@@ -241,6 +256,7 @@ def export_onnx(module: torch.nn.Module, args: tuple, directory: str | os.PathLi
                 runners[name](module.eval(), args, path, input_names, output_names, opset)
             if not path.is_file():
                 raise RuntimeError(f"{ONNX_FILE} was not written")
+            check_graph(path)
             return {"exporter": name, "opset": opset if name == "dynamo" else min(opset, 20),
                     "failed": errors, "file": ONNX_FILE}
         except Exception as exc:  # noqa: BLE001 - the next exporter may work

@@ -29,6 +29,22 @@ IR_XML, IR_BIN = "unet.xml", "unet.bin"
 INT8_SUBSET_MAX = 64
 # The UNet's first and last convolutions, as named in the IR converted from diffusers' UNet.
 INT8_EDGE_PATTERNS = (".*conv_in.*", ".*conv_out.*")
+# A DiT transformer's ends (SD3, Flux, PixArt), as named in its IR: the patch embedding (SD3's and
+# PixArt's ``pos_embed.proj`` convolution, Flux's ``x_embedder`` linear) and the final projection
+# with its modulation (``proj_out``, ``norm_out.linear``). Anchored on the export wrapper's
+# ``unet.`` so that the attention blocks' own ``proj_out`` layers stay int8.
+DIT_EDGE_PATTERNS = (r".*\.unet\.pos_embed\.proj/.*", r".*\.unet\.x_embedder/.*",
+                     r".*\.unet\.norm_out\.linear/.*", r".*\.unet\.proj_out/.*")
+
+
+def edge_patterns(denoiser: torch.nn.Module, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """The ignored scope of ``int8-inner`` for this denoiser: a transformer has no conv_in or
+    conv_out (the UNet's patterns would match nothing and leave the variant full int8), so its
+    own first and last layers are kept in floating point instead. Other scopes are unchanged."""
+    if tuple(patterns) == INT8_EDGE_PATTERNS and \
+            not isinstance(getattr(denoiser, "conv_in", None), torch.nn.Module):
+        return DIT_EDGE_PATTERNS
+    return tuple(patterns)
 
 
 def _hint_for(variant: Variant, device: DeviceInfo) -> str:
@@ -251,7 +267,7 @@ class OpenVINO(Backend):
             from ..cache import fetch_or_build
 
             ignored = tuple(variant.options.get("ignored_types", ()))
-            patterns = tuple(variant.options.get("ignored_patterns", ()))
+            patterns = edge_patterns(unet, tuple(variant.options.get("ignored_patterns", ())))
             preset = variant.options.get("preset")
             parts = {"source": ir.key, "calibration": calibration_hash(ctx.calibration),
                      "subset_max": INT8_SUBSET_MAX, "model_type": "TRANSFORMER",
@@ -264,7 +280,8 @@ class OpenVINO(Backend):
             if preset:
                 parts["preset"] = preset
             q = None
-            if (ignored or patterns) and not preset:
+            # A DiT's ends include linear layers (MatMul), which are never derivable.
+            if (ignored or patterns) and not preset and patterns != DIT_EDGE_PATTERNS:
                 q = _derived_partial(ir, parts, ignored, patterns, ctx)
             if q is None:
                 q = fetch_or_build("openvino-int8", parts,

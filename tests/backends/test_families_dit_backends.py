@@ -1,0 +1,157 @@
+"""Every backend on the DiT families' tiny presets (#18): SD3, Flux and PixArt-Sigma hold a
+transformer (``pipe.transformer``) whose calls carry more than a UNet's (pooled projections,
+Flux's guidance and position ids, PixArt's text mask), so every export and converter must take
+them as graph inputs, named as the pipeline passes them, or the candidate fails instead of
+running. Built from the recorded calls, as the search builds them, and checked against the
+recorded references."""
+
+import importlib.util
+import re
+
+import pytest
+import torch
+
+import sdopt
+from sdopt.backends.export import input_names
+from sdopt.optimize.capture import collect_samples
+from sdopt.optimize.metrics import resolve_metric
+
+from ..conftest import PROMPTS, build_variant
+
+FAMILIES = ["sd3-tiny", "flux-tiny", "pixart-tiny"]
+# The graph inputs each family's pipeline passes, in export order (the three UNet inputs, then
+# the extra tensors by name).
+INPUTS = {
+    "sd3-tiny": ("pooled_projections",),
+    "flux-tiny": ("guidance", "img_ids", "pooled_projections", "txt_ids"),
+    "pixart-tiny": ("encoder_attention_mask",),
+}
+_OPENVINO = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                               reason="openvino is not installed")
+_NNCF = pytest.mark.skipif(importlib.util.find_spec("nncf") is None,
+                           reason="nncf is not installed")
+_ORT = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
+                          reason="onnxruntime is not installed")
+# (backend, variant, the worst numeric_precision drop allowed on the tiny models, marks).
+# Measured worst drops (2026-12-01): bf16 0.053 (Flux eager), OpenVINO bf16 0.055 (Flux),
+# OpenVINO int8 0.24 (PixArt: its patch-embedding convolution in int8 alone gives 0.24; the
+# int8 variants run the rest with the bf16 hint), ONNX Runtime dynamic int8 0.014, static 0.024
+# (SD3, Flux).
+BACKENDS = [
+    ("torch_eager", "bf16", 0.1, ()),
+    ("torch_int8", "dynamic-linear", 0.1, ()),
+    ("openvino", "fp32", 1e-4, (_OPENVINO,)),
+    ("openvino", "bf16", 0.1, (_OPENVINO,)),
+    # Full int8 is built by the int8-inner test below for SD3 and Flux.
+    ("openvino", "int8", 0.3, (_OPENVINO, _NNCF, pytest.mark.slow)),
+    ("openvino", "int8-inner", 0.3, (_OPENVINO, _NNCF)),
+    ("onnxruntime", "fp32", 1e-4, (_ORT,)),
+    ("onnxruntime", "int8-dynamic", 0.1, (_ORT,)),
+    ("onnxruntime", "int8-static", 0.1, (_ORT,)),
+    # torch.compile takes 30-70 s per build here (freezing, 2 busy cores).
+    ("torch_compile", "fp32", 1e-4, (pytest.mark.slow,)),
+    ("torch_compile", "bf16", 0.1, (pytest.mark.slow,)),
+]
+# ONNX Runtime's static int8 (QDQ, MinMax ranges) quantizes every Conv and MatMul of PixArt,
+# its patch embedding included (that layer's int8 alone gave OpenVINO 0.24): worst 1.09 on the
+# first step, 0.02 on the last. It runs; the search's threshold rejects it. Keeping the DiT's
+# ends out of it, as OpenVINO's int8-inner does, is not done yet.
+LOOSER = {("pixart-tiny", "onnxruntime", "int8-static"): 2.0}
+
+
+def _cases():
+    for family in FAMILIES:
+        for backend, variant, tolerance, marks in BACKENDS:
+            yield pytest.param(family, backend, variant,
+                               LOOSER.get((family, backend, variant), tolerance), marks=marks,
+                               id=f"{family}-{backend}-{variant}")
+
+
+_RECORDED: dict = {}
+
+
+def recorded(family: str):
+    """The family's pipeline and its recorded transformer calls (64 px, 4 steps; PixArt's
+    resolution binning makes its latents 32 x 32), built once per test session."""
+    if family not in _RECORDED:
+        pipe = sdopt.build_preset(family)
+        samples = collect_samples(pipe, PROMPTS, height=64, width=64, steps=4,
+                                  guidance_scale=7.5, seed=0, n_verify=4)
+        _RECORDED[family] = (pipe, samples)
+    return _RECORDED[family]
+
+
+def _call(module, inputs, **changed):
+    extra = {**inputs.extra, **changed}
+    with torch.inference_mode():
+        return module(inputs.sample, inputs.timestep, inputs.encoder_hidden_states, **extra)
+
+
+def _drops(module, samples) -> list[float]:
+    metric = resolve_metric(None)
+    return [float(metric.fn(s.reference, _call(module, s.inputs))) for s in samples.verification]
+
+
+def _changed_condition(family: str, inputs) -> dict:
+    """Another value of one extra input: the output must change if it reaches the graph."""
+    if family == "pixart-tiny":  # attend to the padding tokens too
+        return {"encoder_attention_mask": torch.ones_like(inputs.extra["encoder_attention_mask"])}
+    return {"pooled_projections": inputs.extra["pooled_projections"] + 1}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_inputs_are_the_pipelines_extra_inputs(family):
+    _, samples = recorded(family)
+    assert input_names(samples.samples[0].inputs) == \
+        ("sample", "timestep", "encoder_hidden_states") + INPUTS[family]
+
+
+@pytest.mark.parametrize("family,backend,variant,tolerance", list(_cases()))
+def test_dit_runs_on_every_backend(family, backend, variant, tolerance):
+    pipe, samples = recorded(family)
+    module = build_variant(pipe, backend, variant, samples)
+    drops = _drops(module, samples)
+    assert max(drops) <= tolerance, drops
+    # The extra inputs really reach the graph: another condition, another output.
+    inputs = samples.verification[0].inputs
+    assert not torch.allclose(_call(module, inputs),
+                              _call(module, inputs, **_changed_condition(family, inputs)))
+
+
+def _edge_ops(xml) -> dict[str, set[str]]:
+    """The kinds of node feeding each of the transformer's first and last layers in an IR."""
+    import openvino as ov
+
+    from sdopt.backends.openvino import DIT_EDGE_PATTERNS
+
+    patterns = [re.compile(p) for p in DIT_EDGE_PATTERNS]
+    out = {}
+    for op in ov.Core().read_model(str(xml)).get_ops():
+        if op.get_type_name() in ("MatMul", "Convolution") and \
+                any(p.match(op.get_friendly_name()) for p in patterns):
+            out[op.get_friendly_name()] = {op.input(i).get_source_output().get_node()
+                                           .get_type_name() for i in range(op.get_input_size())}
+    return out
+
+
+@_OPENVINO
+@_NNCF
+@pytest.mark.parametrize("family", ["sd3-tiny", "flux-tiny"])
+def test_int8_inner_keeps_the_patch_embedding_and_final_projection_in_float(family):
+    """As the UNet's conv_in/conv_out: int8-inner leaves a DiT's first layer (the patch
+    embedding) and its last (proj_out, with norm_out's modulation) out of int8; full int8
+    quantizes them."""
+    from sdopt.backends.openvino import DIT_EDGE_PATTERNS, IR_XML
+
+    pipe, samples = recorded(family)
+    full = build_variant(pipe, "openvino", "int8", samples)
+    inner = build_variant(pipe, "openvino", "int8-inner", samples)
+    assert inner.build_info["int8"]["ignored_patterns"] == list(DIT_EDGE_PATTERNS)
+    full_edges, inner_edges = _edge_ops(full.ir_dir / IR_XML), _edge_ops(inner.ir_dir / IR_XML)
+    first = "pos_embed.proj" if family == "sd3-tiny" else "x_embedder"
+    assert any(first in name for name in inner_edges) and \
+        any("unet.proj_out/" in name for name in inner_edges), sorted(inner_edges)
+    assert any("FakeQuantize" in kinds for kinds in full_edges.values()), full_edges
+    assert not any("FakeQuantize" in kinds for kinds in inner_edges.values()), inner_edges
+    # The attention blocks' own projections stay int8.
+    assert inner_edges.keys() == full_edges.keys()
