@@ -158,12 +158,13 @@ def attention_node_names(model, compiled) -> set[str]:
     return out
 
 
-def module_perf_counters(module, example, runs: int = 3, config: dict[str, Any] | None = None
-                         ) -> dict[str, Any]:
+def module_perf_counters(module, example, runs: int = 3, config: dict[str, Any] | None = None,
+                         top: int = 20) -> dict[str, Any]:
     """OpenVINO's per-node counters (``PERF_COUNT``) of ``module`` compiled for ``example``'s
     shapes, one warm-up then ``runs`` inferences: per run the total, the attention nodes' time
-    (:func:`attention_node_names`) and the time per ``layerType:execType``; medians over runs.
-    A timing: run it on a quiet machine only."""
+    (:func:`attention_node_names`), the time per ``layerType:execType`` and the ``top`` slowest
+    nodes (their names tell self-attention ``attn1`` from cross-attention ``attn2``); medians over
+    runs. A timing: run it on a quiet machine only."""
     import statistics
 
     import openvino as ov
@@ -171,6 +172,7 @@ def module_perf_counters(module, example, runs: int = 3, config: dict[str, Any] 
     from .export import named_args
     from .openvino import IR_XML
 
+    runs = max(1, runs)
     model = ov.Core().read_model(str(module.ir_dir / IR_XML))
     given = named_args(example)
     names = [port.get_any_name() for port in model.inputs]
@@ -184,6 +186,7 @@ def module_perf_counters(module, example, runs: int = 3, config: dict[str, Any] 
     for _ in range(runs):
         request.infer(arrays)
         by_type: Counter = Counter()
+        by_node: dict[tuple[str, str, str], float] = {}
         total = att = 0.0
         for info in request.get_profiling_info():
             if info.status != ov.ProfilingInfo.Status.EXECUTED:
@@ -191,16 +194,22 @@ def module_perf_counters(module, example, runs: int = 3, config: dict[str, Any] 
             ms = info.real_time.total_seconds() * 1e3
             total += ms
             by_type[f"{info.node_type}:{info.exec_type}"] += ms
+            by_node[(info.node_name, info.node_type, info.exec_type)] = ms
             if info.node_name in attention:
                 att += ms
-        per_run.append((total, att, by_type))
+        per_run.append((total, att, by_type, by_node))
     keys = set().union(*(r[2] for r in per_run))
     by_type_ms = {k: statistics.median(r[2].get(k, 0.0) for r in per_run) for k in keys}
     total_ms = statistics.median(r[0] for r in per_run)
     attention_ms = statistics.median(r[1] for r in per_run)
+    nodes = {k: statistics.median(r[3].get(k, 0.0) for r in per_run) for k in per_run[0][3]}
+    slowest = sorted(nodes.items(), key=lambda kv: -kv[1])[:top]
     return {"runs": runs, "config": dict(config or {}), "total_ms": round(total_ms, 3),
             "attention_ms": round(attention_ms, 3),
             "attention_share": round(attention_ms / total_ms, 4) if total_ms else None,
             "attention_nodes": len(attention),
             "by_type_ms": {k: round(v, 3) for k, v in
-                           sorted(by_type_ms.items(), key=lambda kv: -kv[1])}}
+                           sorted(by_type_ms.items(), key=lambda kv: -kv[1])},
+            "top_nodes": [{"name": name, "type": kind, "exec": exec_type, "ms": round(ms, 3),
+                           "attention": name in attention}
+                          for (name, kind, exec_type), ms in slowest]}

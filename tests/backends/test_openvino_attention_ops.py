@@ -112,10 +112,11 @@ def test_perf_counters_attribute_the_attention_nodes(tiny_pipe, samples, modules
 
     _report(tiny_pipe, samples, modules, "fp32")
     example = samples.verification[0].inputs
-    fused = module_perf_counters(modules["fp32"], example, runs=1, config=THREADS)
+    fused = module_perf_counters(modules["fp32"], example, runs=1, config=THREADS, top=10_000)
     assert fused["attention_nodes"] == 12
     assert 0 < fused["attention_ms"] < fused["total_ms"]
     assert any(k.startswith("Subgraph:") for k in fused["by_type_ms"])
+    assert any(node["attention"] and "attn" in node["name"] for node in fused["top_nodes"])
     decomposed = module_perf_counters(modules["fp32"], example, runs=1,
                                       config={**THREADS, "SNIPPETS_MODE": "DISABLE"})
     assert decomposed["attention_nodes"] == 36  # MatMul, Softmax, MatMul per attention
