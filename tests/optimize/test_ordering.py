@@ -96,7 +96,7 @@ def test_roofline_bound_uses_the_measured_rate_of_the_precision(cpu):
     reason = planner.bound_reason(variants["openvino/fp32"])
     assert reason and "fp32 roofline" in reason and "at most 1.50x" in reason
     assert planner.bound_reason(variants["openvino/bf16"]) is None, "bf16 could reach 6x"
-    assert planner.bound_reason(variants["openvino/int8-inner"]) is None, "no int8 roofline"
+    assert planner.bound_reason(variants["onnxruntime/int8-static"]) is None, "no int8 roofline"
     planner.bound_reason(variants["onnxruntime/fp32"])
     assert asked == ["fp32", "bf16"], "each precision's rate is measured once"
 
@@ -108,3 +108,40 @@ def test_nothing_is_bounded_before_a_candidate_passed(cpu):
     planner = Planner(list(variants.values()), cpu, rows)
     planner.ceiling = Ceiling(flops=10**9, reference_latency_s=1.0, rate_of=lambda p: 1.0)
     assert planner.bound_reason(variants["openvino/fp32"]) is None
+
+
+def test_a_fallback_is_bounded_by_its_parents_measured_speed(cpu):
+    variants = {v.id: v for v in plan_candidates(cpu)}
+    rows = [_row(variants["torch_eager/fp32"], 1.0),
+            _row(variants["openvino/int8"], 6.0, status="rejected"),
+            _row(variants["openvino/bf16"], 6.5)]
+    planner = Planner(list(variants.values()), cpu, rows)
+    reason = planner.bound_reason(variants["openvino/int8-inner"])
+    assert reason and "cannot beat openvino/bf16 (6.50x)" in reason
+    assert "less aggressive fallback of openvino/int8, which measured 6.00x" in reason
+    rows[2].speedup = 5.0  # full int8 ran at 6x: its fallback might still beat 5x by 5%
+    assert planner.bound_reason(variants["openvino/int8-inner"]) is None
+
+
+def test_probe_decides_the_full_calibration(cpu):
+    variants = {v.id: v for v in plan_candidates(cpu)}
+    rows = [_row(variants["torch_eager/fp32"], 1.0)]
+    planner = Planner(list(variants.values()), cpu, rows)
+    assert not planner.wants_probe(variants["onnxruntime/int8-static"], True), \
+        "nothing to beat yet: the full build runs"
+    rows.append(_row(variants["openvino/int8-inner"], 5.0))
+    assert planner.wants_probe(variants["onnxruntime/int8-static"], True)
+    assert not planner.wants_probe(variants["onnxruntime/int8-static"], False)
+    reason = planner.probe_reason(3.4, "(built with 1 of 8 calibration samples in 12 s)")
+    assert reason and "cannot beat openvino/int8-inner (5.00x)" in reason and "3.40x" in reason
+    assert planner.probe_reason(5.3, "x") is None, "5.3x beats 5x by 5%: calibrate fully"
+    assert not Planner(list(variants.values()), cpu, rows, exhaustive=True).wants_probe(
+        variants["onnxruntime/int8-static"], True)
+
+
+def test_backends_probe_only_calibrated_variants_whose_graph_is_fixed(cpu):
+    from sdopt.backends.base import BACKENDS
+
+    probed = {v.id for v in plan_candidates(cpu)
+              if BACKENDS[v.backend].calibration_probe(v)}
+    assert probed == {"onnxruntime/int8-static", "openvino/int8"}
