@@ -1,5 +1,6 @@
 """optimization_time: "unconstrained" tries the techniques end to end and may pick one;
-"constrained" tries only the lower-precision ones (bf16 VAE decoder) and keeps one only for a
+"constrained" tries only the lower-precision ones (the VAE decoder in bf16 or compiled with
+OpenVINO, the text encoders compiled with OpenVINO) and keeps one only for a
 measurable gain; a zero threshold rejects every approximate technique."""
 
 import json
@@ -27,7 +28,8 @@ def test_unconstrained_picks_the_fastest_technique_end_to_end(unconstrained):
     assert result.selected_by == "e2e_latency" and result.image_metric == "psnr"
     rows = [c for c in result.candidates if c.pipeline_techniques]
     names = {s["name"] for c in rows for s in c.pipeline_techniques}
-    assert names == {"step_cache", "token_merge", "fewer_steps", "vae_bf16"}
+    assert names == {"step_cache", "token_merge", "fewer_steps", "vae_bf16", "vae_openvino",
+                     "text_encoder_openvino"}
     bases = {c.id.split("+")[0] for c in rows}
     # Which backend is fastest per UNet call on a busy machine is not ours to assert: the
     # techniques are tried alone (on fp32) and on whichever backend the constrained search chose.
@@ -63,33 +65,56 @@ def test_unconstrained_picks_the_fastest_technique_end_to_end(unconstrained):
 
 
 def test_constrained_tries_only_precision_techniques(tiny_pipe):
+    from sdopt.techniques import all_specs
+
     optimized = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.05, **FAST)
     result = optimized.sdopt_result
     rows = [c for c in result.candidates if c.pipeline_techniques]
-    assert [c.pipeline_techniques for c in rows] == [[{"name": "vae_bf16"}]]
-    vae = rows[0]
-    base = next(c for c in result.candidates if c.id == vae.id.split("+")[0])
-    # The UNet is the base's: its per-call figures are the base's, the image is measured anew.
-    assert vae.latency_s == base.latency_s and vae.metric_drop == base.metric_drop
-    assert vae.e2e_latency_s and "psnr" in vae.image_metrics
-    if result.selected is vae:
+    # Each component-precision setting alone (the bf16 VAE, the VAE and the text encoders
+    # compiled with OpenVINO), then stacks of the passing ones.
+    constrained = all_specs(constrained_only=True)
+    assert {s["name"] for s in constrained} == {"vae_bf16", "vae_openvino",
+                                                 "text_encoder_openvino"}
+    singles = rows[:len(constrained)]
+    assert [c.pipeline_techniques for c in singles] == [[s] for s in constrained]
+    assert all(len(c.pipeline_techniques) > 1 for c in rows[len(constrained):])
+    base = next(c for c in result.candidates if c.id == rows[0].id.split("+")[0])
+    tried = [c for c in singles if c.status != "skipped"]
+    assert tried, "at least one setting runs on this CPU (bf16 or fp32)"
+    for row in rows:
+        # The UNet is the base's: its per-call figures are the base's, the image is measured
+        # anew.
+        assert row.latency_s == base.latency_s and row.metric_drop == base.metric_drop
+        if row.status == "skipped":
+            assert row.reason
+        elif row.status != "failed":
+            assert row.e2e_latency_s and {"psnr", "ssim"} <= set(row.image_metrics)
+        else:  # only two replacements of one component stacked
+            assert "both replace the pipeline's vae" in row.reason
+    if result.selected in rows:
+        picked = result.selected
         assert result.selected_by == "e2e_latency"
-        assert optimized.unet.info["techniques"] == [{"name": "vae_bf16"}]
-        assert vae.e2e_latency_s <= base.e2e_latency_s * (1 - CONSTRAINED_MIN_GAIN)
+        assert optimized.unet.info["techniques"] == picked.pipeline_techniques
+        assert picked.e2e_latency_s <= base.e2e_latency_s * (1 - CONSTRAINED_MIN_GAIN)
     else:
         assert result.selected_by == "unet_latency" and not optimized.unet.info["techniques"]
-        assert vae.status == "rejected" or vae.e2e_latency_s > base.e2e_latency_s * (
-            1 - CONSTRAINED_MIN_GAIN), "a passing, faster lower precision must be picked"
+        assert all(c.status in ("rejected", "skipped", "failed") or c.e2e_latency_s >
+                   base.e2e_latency_s * (1 - CONSTRAINED_MIN_GAIN) for c in rows), \
+            "a passing, faster lower precision must be picked"
     # the summary still gains images metrics and an end-to-end latency for the chosen one
     assert result.original.e2e_latency_s and result.selected.e2e_latency_s
     assert "psnr" in result.selected.image_metrics
 
 
 def test_constrained_lossless_only_skips_the_precision_technique(tiny_pipe):
+    from sdopt.techniques import all_specs
+
     result = sdopt.optimize_model(tiny_pipe, PROMPTS, **FAST).sdopt_result
     rows = [c for c in result.candidates if c.pipeline_techniques]
-    assert len(rows) == 1 and rows[0].status == "skipped"
-    assert rows[0].reason.startswith("lower precision and metric_drop_ths is None")
+    assert len(rows) == len(all_specs(constrained_only=True))
+    assert all(c.status == "skipped" for c in rows)
+    # Settings this CPU cannot run say so; the others are lossy, hence not tried.
+    assert any(c.reason.startswith("lower precision and metric_drop_ths is None") for c in rows)
     assert not result.selected.pipeline_techniques
 
 
@@ -111,7 +136,8 @@ def _rows(image_drops_and_times):
     ranked = run_technique_search(result, [(base, object())], detect("cpu"),
                                   metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
                                   constrained=True)
-    return ranked[0], result.candidates[-1]
+    tried = next(c for c in result.candidates if c.pipeline_techniques == [{"name": "vae_bf16"}])
+    return ranked[0], tried
 
 
 @pytest.mark.parametrize("drop, seconds, kept", [
@@ -125,8 +151,9 @@ def test_constrained_precision_must_pay_for_itself(drop, seconds, kept):
     if detect("cpu").supports_bf16()[0] is False:
         pytest.skip("this CPU has no bf16: the technique is skipped before the rule applies")
     (row, specs), tried = _rows((drop, seconds))
-    assert tried.pipeline_techniques == [{"name": "vae_bf16"}]
-    assert (specs == [{"name": "vae_bf16"}]) is kept and (row is tried) is kept
+    # Every setting got the same figures: one of them (or a stack) is kept, or none.
+    assert bool(specs) is kept and row.pipeline_techniques == specs
+    assert tried.status == ("rejected" if drop > 0.05 else "ok")
     if not kept and drop < 0.05:
         assert "gain that a lower precision must buy" in tried.reason
     if drop > 0.05:
