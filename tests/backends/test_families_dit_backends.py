@@ -52,11 +52,11 @@ BACKENDS = [
     ("torch_compile", "fp32", 1e-4, (pytest.mark.slow,)),
     ("torch_compile", "bf16", 0.1, (pytest.mark.slow,)),
 ]
-# ONNX Runtime's static int8 (QDQ, MinMax ranges) quantizes every Conv and MatMul of PixArt,
-# its patch embedding included (that layer's int8 alone gave OpenVINO 0.24): worst 1.09 on the
-# first step, 0.02 on the last. It runs; the search's threshold rejects it. Keeping the DiT's
-# ends out of it, as OpenVINO's int8-inner does, is not done yet.
-LOOSER = {("pixart-tiny", "onnxruntime", "int8-static"): 2.0}
+# ONNX Runtime's static int8 (QDQ, per-tensor MinMax activation ranges), PixArt: worst 1.09 on
+# the first step with every Conv and MatMul in int8, 0.62 with the patch embedding and proj_out
+# in float (SD3 0.014 -> 0.003); the rest is in the blocks (keeping the timestep and caption
+# embedders in float changed nothing). It runs; the search's threshold rejects it.
+LOOSER = {("pixart-tiny", "onnxruntime", "int8-static"): 1.0}
 
 
 def _cases():
@@ -112,6 +112,13 @@ def test_dit_runs_on_every_backend(family, backend, variant, tolerance):
     module = build_variant(pipe, backend, variant, samples)
     drops = _drops(module, samples)
     assert max(drops) <= tolerance, drops
+    if backend == "onnxruntime":
+        # PixArt's dynamo export is invalid (a no-op squeeze of 256 tokens as an ONNX Squeeze):
+        # refused by onnx's checker, it falls back to the TorchScript exporter, saying why.
+        onnx_info = module.build_info["onnx"]
+        assert onnx_info["exporter"] == "dynamo" or "invalid" in onnx_info["failed"]["dynamo"]
+    if variant == "int8-static":  # at least the patch embedding and proj_out stay float
+        assert len(module.build_info["int8"]["float_nodes"]) >= 2, module.build_info["int8"]
     # The extra inputs really reach the graph: another condition, another output.
     inputs = samples.verification[0].inputs
     assert not torch.allclose(_call(module, inputs),
@@ -155,3 +162,22 @@ def test_int8_inner_keeps_the_patch_embedding_and_final_projection_in_float(fami
     assert not any("FakeQuantize" in kinds for kinds in inner_edges.values()), inner_edges
     # The attention blocks' own projections stay int8.
     assert inner_edges.keys() == full_edges.keys()
+
+
+def test_onnx_nodes_are_traced_to_their_module_under_both_exporters():
+    onnx = pytest.importorskip("onnx")
+    from sdopt.backends.export import dit_edge_nodes, node_module
+
+    legacy = onnx.helper.make_node("MatMul", ["a", "b"], ["c"], name="/unet/proj_out/MatMul")
+    inner = onnx.helper.make_node("MatMul", ["a", "b"], ["d"],
+                                  name="/unet/transformer_blocks.0/attn/to_out.0/MatMul")
+    dynamo = onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="node_conv2d")
+    entry = dynamo.metadata_props.add()
+    entry.key, entry.value = ("pkg.torch.onnx.name_scopes",
+                              "['', 'unet', 'unet.pos_embed', 'unet.pos_embed.proj', 'conv2d']")
+    assert node_module(legacy) == "unet.proj_out"
+    assert node_module(inner) == "unet.transformer_blocks.0.attn.to_out.0"
+    assert node_module(dynamo) == "unet.pos_embed.proj"
+    graph = onnx.helper.make_graph([legacy, inner, dynamo], "g", [], [])
+    assert dit_edge_nodes(graph, ("Conv", "MatMul")) == ["/unet/proj_out/MatMul", "node_conv2d"]
+    assert dit_edge_nodes(graph, ("MatMul",)) == ["/unet/proj_out/MatMul"]
