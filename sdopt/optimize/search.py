@@ -30,7 +30,7 @@ from ..backends import FOREIGN_COMPILERS, load_builtin_backends
 from ..backends.base import BACKENDS, BuildContext, OptimizedModule, Variant, canonical_backend_name
 from ..device import DeviceInfo
 from ..errors import SdoptError
-from ..techniques import TECHNIQUES, all_specs, candidate_id, label
+from ..techniques import TECHNIQUES, all_specs, candidate_id, conflict_reason, label
 from ..techniques import unavailable_reason as technique_unavailable
 from .capture import SampleSet
 from .ceiling import count_flops, gemm_rate
@@ -428,6 +428,8 @@ def run_technique_search(
     if len(ordered) >= 2:
         stack_row, stack = ordered[0][0], [ordered[0][1]]
         for _, spec in ordered[1:]:
+            if conflict_reason(stack + [spec]):
+                continue  # it replaces a component the stack already replaced (the VAE)
             row = attempt(best_base, stack + [spec])
             if row.status == STATUS_OK and row.e2e_latency_s < stack_row.e2e_latency_s:
                 stack_row, stack = row, stack + [spec]
