@@ -1,16 +1,17 @@
-"""The CLIP text encoder(s) compiled with OpenVINO (bf16, or fp32 on CPUs without bf16 units).
+"""The text encoder(s) compiled with OpenVINO (bf16, or fp32 on CPUs without bf16 units).
 
 The text encoder runs once per image (2% of an sd15 image at 256 px in fp32, more with few steps
-and a compiled UNet); SDXL has two (the second with a projection). Each CLIP text encoder of the
-pipeline (``text_encoder``, ``text_encoder_2``, ``text_encoder_3`` when a CLIP model; T5 stays in
-torch) is converted with ``openvino.convert_model`` into a graph from token ids to every output
+and a compiled UNet); SDXL has two (the second with a projection), SD3 three (two CLIP, one T5),
+Flux a CLIP and a T5, PixArt a T5. Each CLIP or T5 encoder of the pipeline (``text_encoder``,
+``text_encoder_2``, ``text_encoder_3``) is converted with ``openvino.convert_model`` into a graph
+from token ids (and, for T5, the attention mask PixArt passes with its padding) to every output
 the pipelines read: the model's first outputs (``last_hidden_state`` and ``pooler_output``, or
 ``text_embeds`` and ``last_hidden_state`` with a projection) and all hidden states (SDXL and
 ``clip_skip`` read ``hidden_states[-2]`` and deeper). The pipeline gets a private copy of each
 encoder (new module objects sharing the weights, so ``config``, ``dtype``, ``device`` and
 ``text_model.final_layer_norm`` are the original's) whose ``forward`` runs the graph and
 rebuilds the same output type, honouring ``output_hidden_states`` and ``return_dict``. A call
-the graph was not converted for (an attention mask with padding, position ids, attentions
+the graph was not converted for (a CLIP attention mask with padding, position ids, attentions
 requested) runs the torch forward on the same weights instead: never a wrong answer.
 """
 
@@ -30,6 +31,10 @@ NAME = "text_encoder_openvino"
 PRECISIONS = ("bf16", "fp32")
 COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 EXAMPLE_TOKENS = 77
+# The encoder classes converted, and whether their graph takes the attention mask (CLIP's
+# pipelines pass none: its graph is traced without, and a padded mask runs in torch).
+TAKES_MASK = {"CLIPTextModel": False, "CLIPTextModelWithProjection": False,
+              "T5EncoderModel": True}
 
 
 class _AllOutputs(torch.nn.Module):
@@ -39,14 +44,15 @@ class _AllOutputs(torch.nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, input_ids):
-        out = self.encoder(input_ids, output_hidden_states=True, return_dict=True)
+    def forward(self, input_ids, attention_mask=None):
+        out = self.encoder(input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                           return_dict=True)
         firsts = [v for k, v in out.items() if k != "hidden_states"]
         return (*firsts, *out.hidden_states)
 
 
-def is_clip(module) -> bool:
-    return type(module).__name__ in ("CLIPTextModel", "CLIPTextModelWithProjection")
+def is_supported(module) -> bool:
+    return type(module).__name__ in TAKES_MASK
 
 
 def _layout(encoder):
@@ -57,7 +63,7 @@ def _layout(encoder):
     return type(out), [k for k in out.keys() if k != "hidden_states"], len(out.hidden_states)
 
 
-def _compiled_forward(graph: CompiledGraph, layout):
+def _compiled_forward(graph: CompiledGraph, layout, takes_mask: bool):
     out_type, fields, _ = layout
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
@@ -67,15 +73,19 @@ def _compiled_forward(graph: CompiledGraph, layout):
         return_dict = kwargs.pop("return_dict", None)
         return_dict = getattr(config, "return_dict", True) if return_dict is None \
             else return_dict
-        masked = attention_mask is not None and not bool(torch.all(attention_mask != 0))
+        masked = not takes_mask and attention_mask is not None and \
+            not bool(torch.all(attention_mask != 0))
         if input_ids is None or masked or position_ids is not None or \
                 kwargs.get("output_attentions") or kwargs.get("inputs_embeds") is not None:
             return type(self).forward(self, input_ids, attention_mask=attention_mask,
                                       position_ids=position_ids, output_hidden_states=hidden,
                                       return_dict=return_dict, **kwargs)
         self.sdopt_graph_calls += 1
-        outputs = [t.to(input_ids.device, self.dtype)
-                   for t in graph(input_ids.to(torch.int64))]
+        inputs = [input_ids.to(torch.int64)]
+        if takes_mask:
+            inputs.append(torch.ones_like(inputs[0]) if attention_mask is None
+                          else attention_mask.to(torch.int64))
+        outputs = [t.to(input_ids.device, self.dtype) for t in graph(*inputs)]
         values = dict(zip(fields, outputs))
         if hidden:
             values["hidden_states"] = tuple(outputs[len(fields):])
@@ -89,13 +99,17 @@ def openvino_text_encoder(encoder, precision: str):
     """A private copy of ``encoder`` (new modules, the same weights) whose forward runs OpenVINO
     at ``precision``; the user's encoder is untouched."""
     layout = _layout(encoder)
+    takes_mask = TAKES_MASK[type(encoder).__name__]
 
     def make():
         import openvino as ov
 
         example = torch.zeros(1, EXAMPLE_TOKENS, dtype=torch.long)
-        return _AllOutputs(encoder), {"example_input": example,
-                                      "input": [(ov.PartialShape([-1, -1]), ov.Type.i64)]}
+        dynamic = (ov.PartialShape([-1, -1]), ov.Type.i64)
+        if takes_mask:
+            return _AllOutputs(encoder), {"example_input": (example, torch.ones_like(example)),
+                                          "input": [dynamic, dynamic]}
+        return _AllOutputs(encoder), {"example_input": example, "input": [dynamic]}
 
     model = converted(encoder, "text_encoder", make)
     if len(model.outputs) != len(layout[1]) + layout[2]:
@@ -104,8 +118,8 @@ def openvino_text_encoder(encoder, precision: str):
     shared = {id(t): t for t in itertools.chain(encoder.parameters(), encoder.buffers())}
     clone = copy.deepcopy(encoder, memo=shared).eval()
     clone.sdopt_graph_calls = 0  # tests count that the compiled graph, not torch, encoded
-    clone.forward = types.MethodType(_compiled_forward(CompiledGraph(model, precision), layout),
-                                     clone)
+    clone.forward = types.MethodType(
+        _compiled_forward(CompiledGraph(model, precision), layout, takes_mask), clone)
     clone.sdopt_technique = NAME
     return clone
 
@@ -115,9 +129,9 @@ def unavailable_reason(module, device) -> str | None:
 
 
 def apply_pipeline(pipe, params: dict) -> None:
-    names = [n for n in COMPONENTS if is_clip(getattr(pipe, n, None))]
+    names = [n for n in COMPONENTS if is_supported(getattr(pipe, n, None))]
     if not names:
-        raise NotImplementedError("the pipeline has no CLIP text encoder to compile")
+        raise NotImplementedError("the pipeline has no CLIP or T5 text encoder to compile")
     for name in names:
         setattr(pipe, name, openvino_text_encoder(getattr(pipe, name), params["precision"]))
 
@@ -125,6 +139,6 @@ def apply_pipeline(pipe, params: dict) -> None:
 TECHNIQUE = Technique(
     NAME, "pipeline", (Choice("precision", PRECISIONS),),
     tuple({"precision": p} for p in PRECISIONS), lambda p: f"te_ov_{p['precision']}",
-    "CLIP text encoder(s) compiled with OpenVINO", apply_pipeline,
+    "text encoder(s) (CLIP, T5) compiled with OpenVINO", apply_pipeline,
     unavailable_reason=unavailable_reason, constrained=True, setting_reason=setting_reason,
     component="text_encoder")

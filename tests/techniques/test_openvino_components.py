@@ -1,4 +1,4 @@
-"""The VAE decoder and the CLIP text encoders compiled with OpenVINO (issue #20), on the tiny
+"""The VAE decoder and the text encoders compiled with OpenVINO (issue #20), on the tiny
 presets: the compiled component matches torch fp32 (tightly in fp32, loosely in bf16), runs in
 place of torch (counted, never timed), keeps what the pipeline reads (config, dtype, device,
 output types), leaves the user's components untouched, and cannot stack with the bf16 VAE."""
@@ -88,6 +88,21 @@ def test_openvino_text_encoders_match_torch_fp32(sdxl, precision):
             masked = original(ids, attention_mask=mask)
         assert torch.equal(encoder(ids, attention_mask=mask)[0], masked[0])
         assert encoder.sdopt_graph_calls == 3
+
+
+def test_openvino_t5_takes_the_padding_mask():
+    """PixArt's T5 is called with its padding mask: the graph takes it (no torch fallback)."""
+    pipe = sdopt.build_preset("pixart-tiny")
+    original = pipe.text_encoder
+    encoder = openvino_text_encoder(original, "fp32")
+    ids = torch.randint(0, 100, (2, 20), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, 8:] = 0
+    for kwargs in ({"attention_mask": mask}, {}):
+        with torch.no_grad():
+            expected = original(ids, **kwargs)[0]
+        assert (encoder(ids, **kwargs)[0] - expected).abs().max() < TOLERANCE["fp32"]
+    assert encoder.sdopt_graph_calls == 2
 
 
 def test_the_pipeline_runs_with_both_compiled(tiny):
