@@ -44,7 +44,8 @@ BACKENDS = [
     ("openvino", "bf16", 0.1, (_OPENVINO,)),
     # Full int8 is built by the int8-inner test below for SD3 and Flux.
     ("openvino", "int8", 0.3, (_OPENVINO, _NNCF, pytest.mark.slow)),
-    ("openvino", "int8-inner", 0.3, (_OPENVINO, _NNCF)),
+    # The ends in float: PixArt's worst 0.24 -> 0.047 (SD3 0.028 -> 0.027, Flux 0.039 -> 0.034).
+    ("openvino", "int8-inner", 0.1, (_OPENVINO, _NNCF)),
     ("onnxruntime", "fp32", 1e-4, (_ORT,)),
     ("onnxruntime", "int8-dynamic", 0.1, (_ORT,)),
     ("onnxruntime", "int8-static", 0.1, (_ORT,)),
