@@ -14,7 +14,6 @@ written to disk: a loaded model re-applies the technique and converts again.
 from __future__ import annotations
 
 import copy
-import warnings
 import weakref
 from typing import Any, Callable
 
@@ -30,17 +29,16 @@ _CONVERTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def converted(source: torch.nn.Module, key: str, make: Callable[[], tuple[torch.nn.Module, dict]]):
     """The ``openvino.Model`` converted from ``make()`` (the module to trace, and the
     ``convert_model`` keyword arguments), once per ``source`` module and ``key``."""
-    import openvino as ov
+    from ..backends.openvino import convert_torch
 
     cache = _CONVERTED.setdefault(source, {})
     if key not in cache:
         module, kwargs = make()
         if any(p.dtype != torch.float32 for p in module.parameters()):
             module = copy.deepcopy(module).float()  # fp32 IR; the hint sets the precision
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings about diffusers' shape checks
-            # share_weights=False: the IR owns its weights, independent of the torch module's.
-            cache[key] = ov.convert_model(module.eval(), share_weights=False, **kwargs)
+        # share_weights=False: the IR owns its weights, independent of the torch module's.
+        cache[key] = convert_torch(module, kwargs.pop("example_input"), share_weights=False,
+                                   **kwargs)
         CONVERSIONS[key.split(":")[0]] = CONVERSIONS.get(key.split(":")[0], 0) + 1
     return cache[key]
 
