@@ -117,13 +117,6 @@ class Backend(abc.ABC):
         the search's progress line: a build can take minutes, and the user should see why."""
         return "building"
 
-    def calibration_probe(self, variant: Variant) -> bool:
-        """True when ``variant``'s build calibrates on ``ctx.calibration`` and its speed does not
-        depend on the ranges found (the same quantized graph whatever the data): built with one
-        calibration sample, it times like the full build, so the search can tell in seconds
-        whether minutes of calibration could win."""
-        return False
-
     @abc.abstractmethod
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
         """Build the optimized module from the pipeline's UNet (which must stay unchanged)."""

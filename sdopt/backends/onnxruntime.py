@@ -540,9 +540,6 @@ class OnnxRuntime(Backend):
     name = "onnxruntime"
     aliases = ("ort", "onnx_runtime", "onnxruntime_cpu")
 
-    def calibration_probe(self, variant: Variant) -> bool:
-        return variant.name == "int8-static"  # MinMax ranges change scales, not the QDQ graph
-
     def build_activity(self, variant: Variant) -> str:
         if variant.name == "int8-static":
             return "exporting to ONNX and calibrating int8"

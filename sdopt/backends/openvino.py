@@ -225,12 +225,6 @@ class OpenVINO(Backend):
     name = "openvino"
     aliases = ("ov", "openvino_compiler")
 
-    def calibration_probe(self, variant: Variant) -> bool:
-        # NNCF's ranges, SmoothQuant scales and bias corrections change constants, not the graph.
-        # A fallback (partial int8) is bounded by its parent's measured speed instead, and is
-        # usually derived from the parent's calibrated model in seconds.
-        return bool(variant.options.get("quantizer")) and not variant.options.get("fallback_of")
-
     def build_activity(self, variant: Variant) -> str:
         if variant.options.get("quantizer"):
             return "converting to OpenVINO and calibrating int8 (NNCF)"

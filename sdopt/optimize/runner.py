@@ -40,8 +40,7 @@ def progress_bars(console, show: bool) -> Iterator:
 
 
 # The progress line's words for each phase of a backend candidate after its build.
-_PHASES = {"probe": "probing (calibrated on one sample, timed, before the full calibration)",
-           "verify": "verifying on held-out UNet calls", "time": "timing",
+_PHASES = {"verify": "verifying on held-out UNet calls", "time": "timing",
            "images": "making images end to end"}
 
 

@@ -17,7 +17,6 @@ fifth of the image at 512 px), on the best backend alone.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import math
 import time
@@ -175,30 +174,6 @@ def _build(unet, variant: Variant, ctx: BuildContext, row: CandidateResult) -> O
     return module
 
 
-def _probe(unet, variant: Variant, ctx: BuildContext, timing_inputs: list, device: DeviceInfo,
-           planner: Planner, original: CandidateResult, row: CandidateResult) -> str | None:
-    """Build ``variant`` calibrated on one sample and time it: the reason to skip its full
-    calibration, or None (build it; also when the probe itself fails, so that the full build
-    reports the error). The probe's seconds count in the row's build time."""
-    scratch = CandidateResult(variant.id, variant.backend, variant.name, variant.precision,
-                              [], STATUS_SKIPPED)
-    t0 = time.perf_counter()
-    try:
-        module = _build(unet, variant, dataclasses.replace(ctx, calibration=ctx.calibration[:1]),
-                        scratch)
-        timing = _time_module(module, timing_inputs, device.kind, warmup=1, repeats=3,
-                              max_seconds=10.0)
-    except Exception:  # noqa: BLE001 - the full build runs and reports it
-        return None
-    finally:
-        row.build_s = time.perf_counter() - t0
-    del module
-    gc.collect()
-    return planner.probe_reason(
-        original.latency_s / timing.median_s,
-        f"(built with 1 of {len(ctx.calibration)} calibration samples in {row.build_s:.0f} s)")
-
-
 def _verify(module: OptimizedModule, verification, metric: Metric, device: DeviceInfo,
             row: CandidateResult) -> None:
     """The metric's drop against the original's outputs on every held-out UNet call: the mean
@@ -228,7 +203,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
     the given order): skip (with the reason: unavailable, lossy where only lossless is allowed,
     time budget spent, bounded out), build, verify, time, judge; a failing candidate is recorded
     with its reason and the search goes on. ``on_candidate(variant, phase)`` is told each phase
-    ("start", "probe", "build", "verify", "time", "images", "done") for progress lines. Returns
+    ("start", "build", "verify", "time", "images", "done") for progress lines. Returns
     the table, the winning module and the runner-up (only they and the original stay in
     memory).
 
@@ -262,12 +237,6 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                                  time_budget_s=time_budget_s,
                                  spent_s=time.perf_counter() - started) \
             or planner.bound_reason(variant) or ""
-        if not row.reason and original is not None and len(ctx.calibration) > 1 and \
-                planner.wants_probe(variant, BACKENDS[variant.backend].calibration_probe(variant)):
-            notify(variant, "probe")
-            row.reason = _probe(unet, variant, ctx, timing_inputs, device, planner, original,
-                                row) or ""
-        probe_s = row.build_s or 0.0  # a probe that did not rule the full build out
         module = None
         if not row.reason:
             span = PeakRss().start()  # the candidate's peak memory, build to images
@@ -275,7 +244,6 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                 notify(variant, "build")
                 memory = memory_baseline(device_memory) if device_memory is not None else None
                 module = _build(unet, variant, ctx, row)
-                row.build_s += probe_s
                 if variant.id == REFERENCE_ID:
                     # The held-out outputs were recorded from this very module: no drop, and
                     # eight fp32 calls (18 s on sd15 at 256 px) saved.

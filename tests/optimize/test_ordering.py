@@ -122,26 +122,3 @@ def test_a_fallback_is_bounded_by_its_parents_measured_speed(cpu):
     rows[2].speedup = 5.0  # full int8 ran at 6x: its fallback might still beat 5x by 5%
     assert planner.bound_reason(variants["openvino/int8-inner"]) is None
 
-
-def test_probe_decides_the_full_calibration(cpu):
-    variants = {v.id: v for v in plan_candidates(cpu)}
-    rows = [_row(variants["torch_eager/fp32"], 1.0)]
-    planner = Planner(list(variants.values()), cpu, rows)
-    assert not planner.wants_probe(variants["onnxruntime/int8-static"], True), \
-        "nothing to beat yet: the full build runs"
-    rows.append(_row(variants["openvino/int8-inner"], 5.0))
-    assert planner.wants_probe(variants["onnxruntime/int8-static"], True)
-    assert not planner.wants_probe(variants["onnxruntime/int8-static"], False)
-    reason = planner.probe_reason(3.4, "(built with 1 of 8 calibration samples in 12 s)")
-    assert reason and "cannot beat openvino/int8-inner (5.00x)" in reason and "3.40x" in reason
-    assert planner.probe_reason(5.3, "x") is None, "5.3x beats 5x by 5%: calibrate fully"
-    assert not Planner(list(variants.values()), cpu, rows, exhaustive=True).wants_probe(
-        variants["onnxruntime/int8-static"], True)
-
-
-def test_backends_probe_only_calibrated_variants_whose_graph_is_fixed(cpu):
-    from sdopt.backends.base import BACKENDS
-
-    probed = {v.id for v in plan_candidates(cpu)
-              if BACKENDS[v.backend].calibration_probe(v)}
-    assert probed == {"onnxruntime/int8-static", "openvino/int8"}
