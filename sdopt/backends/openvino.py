@@ -11,6 +11,7 @@ the fp32 and bf16 variants: only the compile hint differs) and the quantized IR 
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ import torch
 from .. import deps
 from ..device import DeviceInfo
 from ..errors import SdoptError
-from .export import calibration_hash  # noqa: F401 - part of this module's interface
+# calibration_hash is part of this module's interface.
+from .export import DIT_EDGE_MODULES, calibration_hash, is_transformer  # noqa: F401
 from .base import Backend, BuildContext, OptimizedModule, UNetInputs, Variant, register
 
 IR_XML, IR_BIN = "unet.xml", "unet.bin"
@@ -29,20 +31,17 @@ IR_XML, IR_BIN = "unet.xml", "unet.bin"
 INT8_SUBSET_MAX = 64
 # The UNet's first and last convolutions, as named in the IR converted from diffusers' UNet.
 INT8_EDGE_PATTERNS = (".*conv_in.*", ".*conv_out.*")
-# A DiT transformer's ends (SD3, Flux, PixArt), as named in its IR: the patch embedding (SD3's and
-# PixArt's ``pos_embed.proj`` convolution, Flux's ``x_embedder`` linear) and the final projection
-# with its modulation (``proj_out``, ``norm_out.linear``). Anchored on the export wrapper's
-# ``unet.`` so that the attention blocks' own ``proj_out`` layers stay int8.
-DIT_EDGE_PATTERNS = (r".*\.unet\.pos_embed\.proj/.*", r".*\.unet\.x_embedder/.*",
-                     r".*\.unet\.norm_out\.linear/.*", r".*\.unet\.proj_out/.*")
+# A DiT transformer's first and last layers (export.DIT_EDGE_MODULES) as named in its IR (module
+# path, then "/" and the op), anchored on a "." before the export wrapper's ``unet.`` so that
+# the attention blocks' own ``proj_out`` layers stay int8.
+DIT_EDGE_PATTERNS = tuple(rf".*\.{re.escape(module)}/.*" for module in DIT_EDGE_MODULES)
 
 
 def edge_patterns(denoiser: torch.nn.Module, patterns: tuple[str, ...]) -> tuple[str, ...]:
     """The ignored scope of ``int8-inner`` for this denoiser: a transformer has no conv_in or
     conv_out (the UNet's patterns would match nothing and leave the variant full int8), so its
     own first and last layers are kept in floating point instead. Other scopes are unchanged."""
-    if tuple(patterns) == INT8_EDGE_PATTERNS and \
-            not isinstance(getattr(denoiser, "conv_in", None), torch.nn.Module):
+    if tuple(patterns) == INT8_EDGE_PATTERNS and is_transformer(denoiser):
         return DIT_EDGE_PATTERNS
     return tuple(patterns)
 
@@ -57,9 +56,43 @@ def _hint_for(variant: Variant, device: DeviceInfo) -> str:
     return "bf16" if device.supports_bf16()[0] else "f32"
 
 
+class CompiledPerShape:
+    """An ``openvino.Model`` compiled for CPU with one precision hint (``INFERENCE_PRECISION_HINT``),
+    once per static input shapes: a converted IR keeps dynamic shapes, and a compile for the
+    run's static shapes runs faster. The UNet backend and the component techniques (VAE decoder,
+    text encoders) run their graphs through it."""
+
+    def __init__(self, model, hint: str):
+        import openvino as ov
+
+        self.model = model
+        self.hint = hint
+        self.names = [p.get_any_name() for p in model.inputs]
+        self._core = ov.Core()
+        self._requests: dict[tuple, Any] = {}
+
+    def compile_for(self, shapes, config: dict[str, Any] | None = None):
+        """The model compiled for static input ``shapes`` (one per input, in the model's order)
+        as a call compiles it; ``config`` adds CPU properties (sdopt.backends.openvino_ops reads
+        the runtime graph of it)."""
+        model = self.model.clone()
+        model.reshape({name: list(shape) for name, shape in zip(self.names, shapes)})
+        return self._core.compile_model(model, "CPU",
+                                        {"INFERENCE_PRECISION_HINT": self.hint, **(config or {})})
+
+    def infer(self, arrays):
+        """Run on ``arrays`` (numpy, in the model's input order); the infer request holding the
+        outputs, compiled on the first call with these shapes."""
+        shapes = tuple(tuple(a.shape) for a in arrays)
+        request = self._requests.get(shapes)
+        if request is None:
+            request = self._requests[shapes] = self.compile_for(shapes).create_infer_request()
+        request.infer(dict(zip(self.names, arrays)))
+        return request
+
+
 class OpenVINOModule(OptimizedModule):
-    """A compiled OpenVINO model behind the UNet's call; recompiled once per new input shape
-    (the IR keeps dynamic shapes, compiling for the run's static shapes is faster)."""
+    """A compiled OpenVINO model behind the UNet's call (:class:`CompiledPerShape`)."""
 
     def __init__(self, ir_dir: Path, variant: Variant, hint: str, build_info: dict[str, Any]):
         super().__init__()
@@ -69,39 +102,19 @@ class OpenVINOModule(OptimizedModule):
         self.hint = hint
         self.ir_dir = Path(ir_dir)
         self.build_info = build_info
-        self._core = ov.Core()
-        self._model = self._core.read_model(str(self.ir_dir / IR_XML))
-        self._names = [p.get_any_name() for p in self._model.inputs]
-        self._compiled: dict[tuple, Any] = {}
-
-    def compile_for(self, shapes, config: dict[str, Any] | None = None):
-        """The IR compiled for static input ``shapes`` (one per input, in the IR's order) as
-        the UNet's call compiles it; ``config`` adds CPU properties (sdopt.backends.openvino_ops
-        reads the runtime graph of it)."""
-        model = self._model.clone()
-        model.reshape({name: list(shape) for name, shape in zip(self._names, shapes)})
-        return self._core.compile_model(model, "CPU",
-                                        {"INFERENCE_PRECISION_HINT": self.hint, **(config or {})})
-
-    def _request_for(self, arrays):
-        shapes = tuple(tuple(a.shape) for a in arrays)
-        request = self._compiled.get(shapes)
-        if request is None:
-            request = self._compiled[shapes] = self.compile_for(shapes).create_infer_request()
-        return request
+        self.graph = CompiledPerShape(ov.Core().read_model(str(self.ir_dir / IR_XML)), hint)
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
         from .export import named_args
 
         given = named_args(UNetInputs(sample, timestep, encoder_hidden_states, extra))
-        missing = [name for name in self._names if name not in given]
+        names = self.graph.names
+        missing = [name for name in names if name not in given]
         if missing:
             raise NotImplementedError(f"{self.variant.id} was converted for the inputs "
-                                      f"{self._names}; this call lacks {missing}")
-        arrays = [given[name].detach().cpu().numpy() for name in self._names]
-        request = self._request_for(arrays)
-        result = request.infer(dict(zip(self._names, arrays)))
-        out = torch.from_numpy(next(iter(result.values())).copy())
+                                      f"{names}; this call lacks {missing}")
+        request = self.graph.infer([given[name].detach().cpu().numpy() for name in names])
+        out = torch.from_numpy(request.get_output_tensor(0).data.copy())
         return out.to(device=sample.device, dtype=sample.dtype)
 
     def size_bytes(self) -> int:

@@ -130,15 +130,12 @@ def module_attention_report(module, example, config: dict[str, Any] | None = Non
     """:func:`attention_report` of an :class:`~sdopt.backends.openvino.OpenVINOModule` compiled
     as its UNet call compiles it for the shapes of ``example`` (a UNetInputs); ``config`` adds CPU
     properties (``{"SNIPPETS_MODE": "DISABLE"}``: attention decomposed, for a before/after)."""
-    import openvino as ov
-
     from .export import named_args
-    from .openvino import IR_XML
 
-    model = ov.Core().read_model(str(module.ir_dir / IR_XML))
+    model = module.graph.model
     given = named_args(example)
-    shapes = [tuple(given[port.get_any_name()].shape) for port in model.inputs]
-    compiled = module.compile_for(shapes, config)
+    shapes = [tuple(given[name].shape) for name in module.graph.names]
+    compiled = module.graph.compile_for(shapes, config)
     return {"variant": module.variant.id, "hint": module.hint, "config": dict(config or {}),
             "shapes": [list(s) for s in shapes], **attention_report(model, compiled)}
 
@@ -170,15 +167,13 @@ def module_perf_counters(module, example, runs: int = 3, config: dict[str, Any] 
     import openvino as ov
 
     from .export import named_args
-    from .openvino import IR_XML
 
     runs = max(1, runs)
-    model = ov.Core().read_model(str(module.ir_dir / IR_XML))
+    model = module.graph.model
     given = named_args(example)
-    names = [port.get_any_name() for port in model.inputs]
-    arrays = {name: given[name].detach().cpu().numpy() for name in names}
-    compiled = module.compile_for([a.shape for a in arrays.values()],
-                                  {**(config or {}), "PERF_COUNT": True})
+    arrays = {name: given[name].detach().cpu().numpy() for name in module.graph.names}
+    compiled = module.graph.compile_for([a.shape for a in arrays.values()],
+                                        {**(config or {}), "PERF_COUNT": True})
     attention = attention_node_names(model, compiled)
     request = compiled.create_infer_request()
     request.infer(arrays)

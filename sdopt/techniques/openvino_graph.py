@@ -1,9 +1,9 @@
 """What the OpenVINO pipeline-component techniques share (the VAE decoder, the text encoders):
 one conversion per torch module and process, and a graph compiled lazily per input shape.
 
-The UNet backend (:mod:`sdopt.backends.openvino`) converts with ``openvino.convert_model`` and
-compiles with the ``INFERENCE_PRECISION_HINT`` of the precision (``f32`` or ``bf16``; the IR
-keeps fp32 weights, so one conversion serves both); these components follow it. A converted
+The UNet backend's (:mod:`sdopt.backends.openvino`) ``convert_torch`` converts them and its
+``CompiledPerShape`` compiles them with the ``INFERENCE_PRECISION_HINT`` of the precision (``f32``
+or ``bf16``; the IR keeps fp32 weights, so one conversion serves both). A converted
 model keeps dynamic dimensions (batch, latent height and width) and is compiled for each static
 shape it is called with, which OpenVINO runs faster than a dynamic compile; a search evaluating
 the same component several times (alone, stacked, the final pipeline) converts it once: the
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -48,33 +48,22 @@ CONVERSIONS: dict[str, int] = {}
 
 
 class CompiledGraph:
-    """An ``openvino.Model`` compiled for CPU with one precision hint, once per input shapes."""
+    """A converted component compiled per input shapes at one precision
+    (:class:`~sdopt.backends.openvino.CompiledPerShape`), called with torch tensors."""
 
     def __init__(self, model, precision: str):
-        import openvino as ov
+        # Imported here: importing the backend module registers it, out of the registry's order.
+        from ..backends.openvino import CompiledPerShape
 
         self.precision = precision
-        self.hint = HINTS[precision]
-        self._core = ov.Core()
-        self._model = model
-        self._names = [p.get_any_name() for p in model.inputs]
-        self._requests: dict[tuple, Any] = {}
+        self._graph = CompiledPerShape(model, HINTS[precision])
 
     def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         """Run on CPU tensors (given in the model's input order); the outputs as torch tensors
         in the model's output order."""
-        arrays = [t.detach().cpu().numpy() for t in tensors]
-        shapes = tuple(tuple(a.shape) for a in arrays)
-        request = self._requests.get(shapes)
-        if request is None:
-            model = self._model.clone()
-            model.reshape({name: list(shape) for name, shape in zip(self._names, shapes)})
-            compiled = self._core.compile_model(model, "CPU",
-                                                {"INFERENCE_PRECISION_HINT": self.hint})
-            request = self._requests[shapes] = compiled.create_infer_request()
-        request.infer(dict(zip(self._names, arrays)))
+        request = self._graph.infer([t.detach().cpu().numpy() for t in tensors])
         return [torch.from_numpy(request.get_output_tensor(i).data.copy())
-                for i in range(len(self._model.outputs))]
+                for i in range(len(self._graph.model.outputs))]
 
 
 def unavailable_reason(device, purpose: str) -> str | None:
