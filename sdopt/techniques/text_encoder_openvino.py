@@ -25,7 +25,7 @@ import torch
 
 from .base import Choice, Technique
 from .openvino_graph import CompiledGraph, converted, setting_reason
-from .openvino_graph import unavailable_reason as _openvino_reason
+from .openvino_graph import unavailable_reason as openvino_unavailable_reason
 
 NAME = "text_encoder_openvino"
 PRECISIONS = ("bf16", "fp32")
@@ -125,7 +125,7 @@ def openvino_text_encoder(encoder, precision: str):
 
 
 def unavailable_reason(module, device) -> str | None:
-    return _openvino_reason(device, "the OpenVINO text encoder")
+    return openvino_unavailable_reason(device, "the OpenVINO text encoder")
 
 
 def apply_pipeline(pipe, params: dict) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from .base import Choice, Technique
 from .openvino_graph import CompiledGraph, converted, setting_reason
-from .openvino_graph import unavailable_reason as _openvino_reason
+from .openvino_graph import unavailable_reason as openvino_unavailable_reason
 
 NAME = "vae_openvino"
 PRECISIONS = ("bf16", "fp32")
@@ -94,7 +94,7 @@ def openvino_decoder_vae(vae, precision: str):
 
 
 def unavailable_reason(module, device) -> str | None:
-    return _openvino_reason(device, "the OpenVINO VAE decoder")
+    return openvino_unavailable_reason(device, "the OpenVINO VAE decoder")
 
 
 def apply_pipeline(pipe, params: dict) -> None:

@@ -25,26 +25,21 @@ TOLERANCE = {"fp32": 1e-4, "bf16": 0.1}
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return sdopt.build_preset("tiny")
-
-
-@pytest.fixture(scope="module")
 def sdxl():
     return sdopt.build_preset("sdxl-tiny")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_openvino_vae_decodes_like_torch_fp32(tiny, precision):
-    vae = openvino_decoder_vae(tiny.vae, precision)
-    assert isinstance(vae.decoder, OpenVINODecoder) and vae is not tiny.vae
-    assert type(tiny.vae.decoder).__name__ == "Decoder", "the user's VAE keeps its decoder"
+def test_openvino_vae_decodes_like_torch_fp32(tiny_pipe, precision):
+    vae = openvino_decoder_vae(tiny_pipe.vae, precision)
+    assert isinstance(vae.decoder, OpenVINODecoder) and vae is not tiny_pipe.vae
+    assert type(tiny_pipe.vae.decoder).__name__ == "Decoder", "the user's VAE keeps its decoder"
     assert (vae.dtype, vae.device, dict(vae.config)) == \
-        (tiny.vae.dtype, tiny.vae.device, dict(tiny.vae.config))
+        (tiny_pipe.vae.dtype, tiny_pipe.vae.device, dict(tiny_pipe.vae.config))
     for shape in [(1, 4, 8, 8), (2, 4, 12, 16)]:  # another latent size: compiled per shape
         z = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            expected = tiny.vae.decode(z).sample
+            expected = tiny_pipe.vae.decode(z).sample
         got = vae.decode(z).sample
         assert got.shape == expected.shape and got.dtype == torch.float32
         assert (got - expected).abs().max() < TOLERANCE[precision]
@@ -52,10 +47,10 @@ def test_openvino_vae_decodes_like_torch_fp32(tiny, precision):
     assert vae.decoder.calls == 4
 
 
-def test_openvino_vae_is_converted_once_per_vae(tiny):
-    openvino_decoder_vae(tiny.vae, "bf16")
+def test_openvino_vae_is_converted_once_per_vae(tiny_pipe):
+    openvino_decoder_vae(tiny_pipe.vae, "bf16")
     before = CONVERSIONS.get("vae_decoder", 0)
-    openvino_decoder_vae(tiny.vae, "fp32")
+    openvino_decoder_vae(tiny_pipe.vae, "fp32")
     assert CONVERSIONS["vae_decoder"] == before, "the fp32 IR serves every precision"
 
 
@@ -105,20 +100,20 @@ def test_openvino_t5_takes_the_padding_mask():
     assert encoder.sdopt_graph_calls == 2
 
 
-def test_the_pipeline_runs_with_both_compiled(tiny):
+def test_the_pipeline_runs_with_both_compiled(tiny_pipe):
     """fp32 everywhere: the image is the torch pipeline's up to rounding."""
     specs = [{"name": "vae_openvino", "precision": "fp32"},
              {"name": "text_encoder_openvino", "precision": "fp32"}]
-    pipe = with_unet(tiny, tiny.unet)
+    pipe = with_unet(tiny_pipe, tiny_pipe.unet)
     apply_pipeline_techniques(pipe, specs)
     images = []
-    for p in (tiny, pipe):
+    for p in (tiny_pipe, pipe):
         gen = torch.Generator().manual_seed(0)
         images.append(np.asarray(p("a photo of a cat", num_inference_steps=4,
                                    generator=gen).images[0]))
     assert pipe.vae.decoder.calls == 1 and pipe.text_encoder.sdopt_graph_calls >= 1
     assert psnr_db(images[0], images[1]) > 45
-    assert tiny.vae is not pipe.vae and tiny.text_encoder is not pipe.text_encoder
+    assert tiny_pipe.vae is not pipe.vae and tiny_pipe.text_encoder is not pipe.text_encoder
 
 
 def test_reasons_and_conflicts():
@@ -149,7 +144,7 @@ print(json.dumps([loaded.unet.info["techniques"], type(loaded.vae.decoder).__nam
 """
 
 
-def test_saved_then_loaded_in_a_new_process_gives_the_same_image(tmp_path, tiny):
+def test_saved_then_loaded_in_a_new_process_gives_the_same_image(tmp_path, tiny_pipe):
     """The manifest records the specs; load_model converts and compiles again (nothing of
     OpenVINO is saved) and gives the same image."""
     import json
@@ -162,8 +157,8 @@ def test_saved_then_loaded_in_a_new_process_gives_the_same_image(tmp_path, tiny)
     precision = "bf16" if cpu.precision_unavailable_reason("bf16") is None else "fp32"
     specs = [{"name": "vae_openvino", "precision": precision},
              {"name": "text_encoder_openvino", "precision": precision}]
-    base = sdopt.apply_variant(tiny, "torch_eager/fp32")
-    optimized = assemble(tiny, base.unet.module, specs, cpu,
+    base = sdopt.apply_variant(tiny_pipe, "torch_eager/fp32")
+    optimized = assemble(tiny_pipe, base.unet.module, specs, cpu,
                          info={**base.unet.info, "techniques": specs})
     directory = tmp_path / "saved"
     sdopt.save_model(optimized, directory)
