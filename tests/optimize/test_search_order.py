@@ -44,10 +44,14 @@ def bf16():
         pytest.skip(f"this CPU has no bf16 ({why}): no lossy torch candidate to pick")
 
 
-def test_pick_is_retimed_side_by_side_and_reported(tiny_pipe, tmp_path, bf16):
-    optimized = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.05, **FAST)
+def test_pick_is_retimed_side_by_side_and_reported(tiny_pipe, tmp_path):
+    # On the tiny UNet a torch precision change may not beat fp32 eager (the CI runner's did
+    # not); OpenVINO's compiled graph removes the per-module Python overhead that dominates a
+    # 5 MB model, so the pick is another candidate on any CPU.
+    optimized = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.05,
+                                     **{**FAST, "backends": ["openvino/fp32"]})
     result = optimized.sdopt_result
-    assert result.selected is not result.original
+    assert result.selected is not result.original, [(c.id, c.latency_s) for c in result.candidates]
     paired = result.selected.paired["unet"]
     assert paired["rounds"] >= 3 and paired["q1"] <= paired["speedup"] <= paired["q3"]
     assert result.speedup == paired["speedup"] and result.speedup_source == "paired"
