@@ -211,7 +211,7 @@ class _ApiWriter:
         self.repo, self.branch = repository, branch
         self.gh = _client(token, api_url)
         self.blobs: dict[str, str] = {}
-        self.base_tree: str | None = None
+        self.root: list[dict] = []        # the head's top-level entries
 
     def __enter__(self):
         return self
@@ -250,20 +250,27 @@ class _ApiWriter:
         ref = self._call("GET", f"/repos/{self.repo}/git/ref/heads/{self.branch}",
                          missing_ok=True)
         if ref is None:
-            self.base_tree = None
+            self.root = []
             return None, []
         head = ref["object"]["sha"]
-        self.base_tree = self._call("GET", f"/repos/{self.repo}/git/commits/{head}")["tree"]["sha"]
-        tree = self._call("GET", f"/repos/{self.repo}/git/trees/{self.base_tree}")
-        return head, [str(e.get("path")) for e in tree.get("tree", []) if e.get("type") == "tree"]
+        root = self._call("GET", f"/repos/{self.repo}/git/commits/{head}")["tree"]["sha"]
+        tree = self._call("GET", f"/repos/{self.repo}/git/trees/{root}")
+        if tree.get("truncated"):
+            raise PublishError(f"branch '{self.branch}' has too many entries at its top level "
+                               "for GitHub to list (truncated)")
+        self.root = [{k: e.get(k) for k in ("path", "mode", "type", "sha")}
+                     for e in tree.get("tree", [])]
+        return head, [str(e["path"]) for e in self.root if e["type"] == "tree"]
 
     def write(self, head: str | None, folder: str, pruned: list[str], message: str) -> str:
-        entries = [{"path": f"{folder}/{name}", "mode": "100644", "type": "blob", "sha": sha}
-                   for name, sha in self.blobs.items()]
-        entries += [{"path": r, "mode": "040000", "type": "tree", "sha": None} for r in pruned]
-        tree = self._call("POST", f"/repos/{self.repo}/git/trees",
-                          {"tree": entries,
-                           **({"base_tree": self.base_tree} if self.base_tree else {})})
+        # The whole top level, as the git transport's mktree: the head's entries but the pruned
+        # folders, then this run's files. No base_tree, so whatever is not listed is deleted
+        # (GitHub's documented "sha": null deletes a file, not a folder).
+        gone = set(pruned) | {folder}
+        entries = [e for e in self.root if e["path"] not in gone]
+        entries += [{"path": f"{folder}/{name}", "mode": "100644", "type": "blob", "sha": sha}
+                    for name, sha in self.blobs.items()]
+        tree = self._call("POST", f"/repos/{self.repo}/git/trees", {"tree": entries})
         commit = self._call("POST", f"/repos/{self.repo}/git/commits",
                             {"message": message, "tree": tree["sha"],
                              "parents": [head] if head else []})

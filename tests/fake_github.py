@@ -16,7 +16,9 @@ server, which follows GitHub's documented contract for what the action uses:
 - every answer carries the ``X-RateLimit-*`` headers;
 - the git data API (docs.github.com/rest/git), on a real object store (blob SHAs are git's):
   ``POST /git/blobs`` (201), ``GET /git/commits/{sha}``, ``GET``/``POST /git/trees`` (nested
-  paths; ``base_tree``; an entry with ``"sha": null`` deletes, 422 when the path is absent),
+  paths; ``base_tree``; an entry's type and mode must agree; ``"type": "tree"`` with a tree's
+  sha places that tree; ``"sha": null`` deletes the *file* at the path, 422 when no file is
+  there, a folder's path included: the documented contract deletes files, not folders),
   ``POST /git/commits`` (201, 422 for an unknown tree or parent), ``GET /git/ref/{ref}`` (404),
   ``POST /git/refs`` (201; 422 "Reference already exists"), ``PATCH /git/refs/{ref}`` (422
   "Update is not a fast forward" unless ``force``; 422 "Reference does not exist"); 409 "Git
@@ -47,6 +49,9 @@ from urllib.parse import parse_qs, urlparse
 
 DOCS = "https://docs.github.com/rest"
 BODY_LIMIT = 65536
+# (type, mode) pairs a tree entry may have (docs.github.com/rest/git/trees#create-a-tree)
+TREE_KINDS = {("blob", "100644"), ("blob", "100755"), ("blob", "120000"), ("tree", "040000"),
+              ("commit", "160000")}
 
 
 @dataclass
@@ -342,24 +347,34 @@ class _Handler(BaseHTTPRequestHandler):
                 return invalid("Invalid tree info")    # GitHub: 422 on an unknown base_tree
             flat = st.flat(base) if base else {}
             for e in entries:
-                path, sha = e.get("path") if isinstance(e, dict) else None, e.get("sha")
+                if not isinstance(e, dict):
+                    return invalid("Invalid tree info")
+                path, sha, kind, mode = e.get("path"), e.get("sha"), e.get("type"), e.get("mode")
                 if not isinstance(path, str) or not path or path.startswith("/") or \
-                        ".." in path.split("/") or e.get("mode") not in (
-                            "100644", "100755", "040000", "160000", "120000"):
+                        path.endswith("/") or {".", "..", ""} & set(path.split("/")) or \
+                        (kind, mode) not in TREE_KINDS or ("content" in e and sha is not None):
                     return invalid("Invalid tree info")
                 if sha is None and "content" not in e:
-                    gone = [p for p in flat if p == path or p.startswith(path + "/")]
-                    if not gone:
+                    # "If the value is null then the file will be deleted" and "Returns an
+                    # error if you try to delete a file that does not exist": a file, never a
+                    # folder (GitHub answers 422 to a null sha on a folder's path too).
+                    if kind != "blob" or path not in flat:
                         return invalid("GitRPC::BadObjectState")
-                    for p in gone:
-                        del flat[p]
-                elif e.get("type") == "blob":
+                    del flat[path]
+                    continue
+                for p in [p for p in flat if p == path or p.startswith(path + "/")]:
+                    del flat[p]             # an entry replaces whatever was at its path
+                if kind == "tree":
+                    if sha not in st.trees:
+                        return invalid("Invalid tree info")
+                    flat.update(st.flat(sha, path + "/"))
+                elif kind == "blob":
                     if "content" in e:
                         sha = st.put_blob(str(e["content"]).encode())
                     elif sha not in st.blobs:
                         return invalid("Invalid tree info")
-                    flat[path] = (e["mode"], sha)
-                else:
+                    flat[path] = (mode, sha)
+                else:                       # submodules: not kept by this object store
                     return invalid("Invalid tree info")
             sha = st.build(flat)
             return self._send(201, {"sha": sha, "url": f"{api}/trees/{sha}", "truncated": False,

@@ -104,6 +104,26 @@ def test_other_files_on_the_branch_are_never_pruned(gh):
         "README.md", f"{last}/00-difference.webp", f"{last}/00-original.webp"}
 
 
+def test_pruning_never_deletes_a_folder_by_a_null_sha(gh):
+    """GitHub documents a null sha as deleting a *file*; the API transport lists the top level
+    it keeps instead (no base_tree, so a pruned folder is simply not in the new tree), and the
+    other entries (a nested file, a symlink, a file) survive with their modes and objects."""
+    st = gh.state
+    blob, link = st.put_blob(b"readme"), st.put_blob(b"README.md")
+    st.refs["refs/heads/sdopt-assets"] = st.put_commit(st.build({
+        "README.md": ("100644", blob), "latest": ("120000", link),
+        "notes/keep.md": ("100644", blob)}), [], "by hand")
+    folders = [run_folder(str(i), "1", now=T0 + timedelta(minutes=i)) for i in range(3)]
+    for f in folders:
+        publish(gh, f, keep_runs=1)
+    assert st.flat(st.commits[st.refs["refs/heads/sdopt-assets"]]["tree"]) == {
+        "README.md": ("100644", blob), "latest": ("120000", link),
+        "notes/keep.md": ("100644", blob),
+        f"{folders[2]}/00-original.webp": ("100644", st.put_blob(b"RIFF" + folders[2].encode())),
+        f"{folders[2]}/00-difference.webp":
+            ("100644", st.put_blob(b"RIFF-d" + folders[2].encode()))}
+
+
 def test_read_only_token_says_why_in_one_line(gh):
     with pytest.raises(PublishError, match="403.*contents: write") as info:
         publish(gh, run_folder("1", "1", now=T0), token="ro")

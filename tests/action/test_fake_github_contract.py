@@ -41,3 +41,48 @@ def test_a_refused_comment_changes_nothing(gh, token, data, status):
     assert gh.state.comments.get(7, []) == []
     assert _post(gh, "rw", json.dumps({"body": "hello"}).encode())[0] == 201
     assert [c.body for c in gh.state.comments[7]] == ["hello"]
+
+
+def _tree(gh, body: dict):
+    req = urllib.request.Request(f"{gh.url}/repos/octo/widgets/git/trees",
+                                 data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": "token rw",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_null_sha_deletes_a_file_never_a_folder(gh):
+    """POST /git/trees as documented (docs.github.com/rest/git/trees#create-a-tree): "If the
+    value is null then the file will be deleted", and "Returns an error if you try to delete a
+    file that does not exist"; a folder is not a file (GitHub answers 422 to that too)."""
+    st = gh.state
+    blob = st.put_blob(b"x")
+    base = st.build({"run/a.webp": ("100644", blob), "run/b.webp": ("100644", blob),
+                     "README.md": ("100644", blob)})
+    status, _ = _tree(gh, {"base_tree": base, "tree": [
+        {"path": "run", "mode": "040000", "type": "tree", "sha": None}]})
+    assert status == 422
+    status, _ = _tree(gh, {"base_tree": base, "tree": [
+        {"path": "gone.md", "mode": "100644", "type": "blob", "sha": None}]})
+    assert status == 422
+    status, body = _tree(gh, {"base_tree": base, "tree": [
+        {"path": "run/a.webp", "mode": "100644", "type": "blob", "sha": None}]})
+    assert status == 201 and set(st.flat(body["sha"])) == {"run/b.webp", "README.md"}
+
+
+def test_a_tree_entry_places_a_tree_and_no_base_tree_keeps_only_what_is_listed(gh):
+    st = gh.state
+    blob = st.put_blob(b"x")
+    run = st.build({"a.webp": ("100644", blob)})
+    status, body = _tree(gh, {"tree": [
+        {"path": "old", "mode": "040000", "type": "tree", "sha": run},
+        {"path": "new/b.webp", "mode": "100644", "type": "blob", "sha": blob}]})
+    assert status == 201 and set(st.flat(body["sha"])) == {"old/a.webp", "new/b.webp"}
+    for bad in ({"path": "x", "mode": "100644", "type": "tree", "sha": run},   # mode vs type
+                {"path": "../x", "mode": "100644", "type": "blob", "sha": blob},
+                {"path": "x", "mode": "040000", "type": "tree", "sha": "0" * 40}):
+        assert _tree(gh, {"tree": [bad]})[0] == 422
