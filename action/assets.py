@@ -11,12 +11,11 @@ Two transports write the same commit, and share everything but the writing (what
 where, which folders are pruned, the commit message, the retries, the links):
 - ``api`` (the default): the git data API (blobs, a tree, a commit, the ref) with the job's
   token; no checkout, no git binary, no credentials on disk;
-- ``git``: the real ``git`` binary in a throwaway bare repository (never the workspace's
-  checkout): ``ls-remote``/``fetch --depth 1`` of the branch, ``hash-object``/``mktree``/
-  ``commit-tree``, a plain (never forced) ``push``. The token reaches git only as an
-  ``http.<server>/.extraheader`` in git's environment (GIT_CONFIG_COUNT), never as an argument,
-  a URL or a file; git runs with argument lists, no shell, no user or system config. ``auto``
-  picks it when the workspace is a checkout of this repository and git is installed.
+- ``git``: the real ``git`` binary in a throwaway bare repository, through action/gitbranch.py
+  (shared with the results history's branch): ``ls-remote``/``fetch --depth 1`` of the branch,
+  ``hash-object``/``mktree``/``commit-tree``, a plain (never forced) ``push``, the token only in
+  git's environment. ``auto`` picks it when the workspace is a checkout of this repository and
+  git is installed.
 
 The branch keeps the newest ``keep_runs`` folders, none older than ``keep_days`` when set
 (folder names start with the UTC time, so they sort by age): each run's tree deletes the rest,
@@ -30,43 +29,35 @@ tree is made again from the new head's), a few times.
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from sdopt.deps import require
 from sdopt.errors import SdoptError
 from sdopt.gate.config import assets_branch_problem
 from sdopt.report.thumbnails import Thumbnail
 
+from .gitbranch import (ATTEMPTS, BOT_EMAIL, BOT_NAME, TOKEN_HINT, BranchError, Conflict,
+                        GitBranch, git_env, git_remote, repository_remote, retry)
+
 DEFAULT_BRANCH = "sdopt-assets"
 DEFAULT_KEEP_RUNS = 20
 MAX_KEEP_RUNS = 1000
 MAX_KEEP_DAYS = 3650
-ATTEMPTS = 4
 TRANSPORTS = ("auto", "api", "git")
-GIT_TIMEOUT_S = 120
 # A run's folder: "<UTC time>-<run id>-<attempt>[-<key>]", all made here from validated parts.
 FOLDER = re.compile(r"^\d{8}T\d{6}Z-\d+-\d+(?:-[A-Za-z0-9._-]{1,64})?$")
 # "<row>-<kind>.<ext>", a matrix leg's prefixed "j<leg>-" (sdopt.report.thumbnails).
 _FILE = re.compile(r"^(?:j\d{2}-)?\d{2}-[a-z]+\.(?:webp|png)$")
-BOT_NAME = "github-actions[bot]"
-BOT_EMAIL = "41898282+github-actions[bot]@users.noreply.github.com"
-
-
-class PublishError(Exception):
-    """Why the images were not published, in one line for the comment."""
-
-
-class _Conflict(Exception):
-    """Another job moved (or created) the branch first: build the commit again on its head."""
+# Why the images were not published, in one line for the comment; another job moved (or
+# created) the branch first (both transports; action/gitbranch.py retries on it).
+PublishError = BranchError
+_Conflict = Conflict
+__all__ = ["ATTEMPTS", "BOT_EMAIL", "BOT_NAME", "PublishError", "git_env", "git_remote",
+           "publish_images", "run_folder"]
 
 
 def check_branch(name: str, *, what: str = "input 'assets_branch'") -> str:
@@ -155,21 +146,17 @@ def _publish(writer, files: list[Thumbnail], *, repository: str, folder: str, br
         writer.store(files)
     except _Conflict as exc:
         raise PublishError(str(exc)) from None
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            head, names = writer.read()
-            pruned = choose_pruned(names, folder, keep_runs, keep_days,
-                                   now or datetime.now(timezone.utc))
-            commit = writer.write(head, folder, pruned, commit_message(folder, pruned))
-        except _Conflict as exc:
-            if attempt < ATTEMPTS:
-                sleep(0.5 * attempt)
-                continue
-            raise PublishError(str(exc)) from None
-        return Published(branch, folder, commit,
-                         f"{server_url.rstrip('/')}/{repository}/raw/{commit}/{folder}",
-                         pruned, attempt, writer.name)
-    raise AssertionError("unreachable")
+
+    def step() -> tuple[str, list[str]]:
+        head, names = writer.read()
+        pruned = choose_pruned(names, folder, keep_runs, keep_days,
+                               now or datetime.now(timezone.utc))
+        return writer.write(head, folder, pruned, commit_message(folder, pruned)), pruned
+
+    (commit, pruned), attempt = retry(step, sleep=sleep)
+    return Published(branch, folder, commit,
+                     f"{server_url.rstrip('/')}/{repository}/raw/{commit}/{folder}",
+                     pruned, attempt, writer.name)
 
 
 def publish_images(files: Iterable[Thumbnail], *, token: str, repository: str, folder: str,
@@ -186,7 +173,7 @@ def publish_images(files: Iterable[Thumbnail], *, token: str, repository: str, f
     kw = dict(repository=repository, folder=folder, branch=branch, keep_runs=keep_runs,
               keep_days=keep_days, now=now, server_url=server_url, sleep=sleep)
     if transport == "git":
-        with _GitWriter(remote or f"{server_url.rstrip('/')}/{repository}.git", branch, token,
+        with _GitWriter(remote or repository_remote(server_url, repository), branch, token,
                         server_url) as writer:
             return _publish(writer, files, **kw)
     if transport != "api":
@@ -238,7 +225,7 @@ class _ApiWriter:
             if exc.status in (409, 422):
                 raise _Conflict(line) from None
             if exc.status in (403, 404):
-                line += " (the token needs 'contents: write'; a fork's pull request never has it)"
+                line += TOKEN_HINT
             raise PublishError(line) from None
 
     def store(self, files: list[Thumbnail]) -> None:
@@ -283,150 +270,33 @@ class _ApiWriter:
         return commit["sha"]
 
 
-# --- transport: git itself, in a throwaway bare repository ------------------------------------
-
-def git_env(token: str | None, server_url: str, home: str,
-            base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """git's environment: no user or system config, no prompt, the bot's identity, and the
-    token only as an ``http.<server>/.extraheader`` (what actions/checkout configures, here
-    in the environment: never an argument, a URL or a file)."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if k in ("PATH", "LANG", "LC_ALL", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY",
-                    "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")}
-    env.update({"HOME": home, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-                "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "",
-                "GIT_AUTHOR_NAME": BOT_NAME, "GIT_AUTHOR_EMAIL": BOT_EMAIL,
-                "GIT_COMMITTER_NAME": BOT_NAME, "GIT_COMMITTER_EMAIL": BOT_EMAIL,
-                "GIT_CONFIG_COUNT": "0", "GIT_ALLOW_PROTOCOL": "https:http:file"})
-    if token:
-        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        env.update({"GIT_CONFIG_COUNT": "1",
-                    "GIT_CONFIG_KEY_0": f"http.{server_url.rstrip('/')}/.extraheader",
-                    "GIT_CONFIG_VALUE_0": f"AUTHORIZATION: basic {basic}"})
-    return env
-
-
-def _last_line(text: str, secrets: Iterable[str]) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("hint:")]
-    line = lines[-1] if lines else "no message"
-    for secret in secrets:
-        if secret:
-            line = line.replace(secret, "***")
-    return line[:300]
-
+# --- transport: git itself, in a throwaway bare repository (action/gitbranch.py) ----------------
 
 class _GitWriter:
     name = "git"
 
     def __init__(self, remote: str, branch: str, token: str | None, server_url: str):
-        if shutil.which("git") is None:
-            raise PublishError("the git transport needs the git binary, which is not installed")
-        self.remote, self.branch, self.token = remote, branch, token
-        self.tmp = tempfile.TemporaryDirectory(prefix="sdopt-assets-")
-        self.git_dir = Path(self.tmp.name) / "repo.git"
-        self.env = git_env(token, server_url, self.tmp.name)
-        self.secrets = [token or "", base64.b64encode(f"x-access-token:{token}".encode())
-                        .decode() if token else ""]
+        self.repo = GitBranch(remote, branch, token, server_url, what="images")
         self.folder_tree: str | None = None
-        self.entries: list[str] = []
-        try:
-            self._git("init", "--quiet", "--bare", str(self.git_dir), bare_init=True)
-        except BaseException:
-            self.tmp.cleanup()
-            raise
+        self.entries: list = []
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.tmp.cleanup()
-
-    def _git(self, *args: str, stdin: bytes | None = None, check: bool = True,
-             bare_init: bool = False) -> subprocess.CompletedProcess:
-        cmd = ["git"] + ([] if bare_init else [f"--git-dir={self.git_dir}"]) + list(args)
-        try:
-            done = subprocess.run(cmd, input=stdin, capture_output=True, env=self.env,
-                                  timeout=GIT_TIMEOUT_S, cwd=self.tmp.name, check=False)
-        except subprocess.TimeoutExpired:
-            raise PublishError(f"git {args[0]} on branch '{self.branch}' took over "
-                               f"{GIT_TIMEOUT_S} s") from None
-        if check and done.returncode != 0:
-            raise PublishError(self._failure(args[0], done))
-        return done
-
-    def _failure(self, what: str, done: subprocess.CompletedProcess) -> str:
-        text = (done.stderr or b"").decode("utf-8", "replace")
-        line = (f"git {what} to branch '{self.branch}' failed: "
-                f"{_last_line(text, self.secrets)}")
-        if re.search(r"\b(403|401)\b|Authentication failed|Permission to .* denied|"
-                     r"could not read Username", text):
-            line += " (the token needs 'contents: write'; a fork's pull request never has it)"
-        return line
+        self.repo.close()
 
     def store(self, files: list[Thumbnail]) -> None:
-        entries = []
-        for f in files:
-            sha = self._git("hash-object", "-w", "--stdin", stdin=f.data).stdout.decode().strip()
-            entries.append(f"100644 blob {sha}\t{f.name}")
-        self.folder_tree = self._mktree(entries)
-
-    def _mktree(self, entries: list[str]) -> str:
-        data = "".join(e + "\0" for e in entries).encode("utf-8", "surrogateescape")
-        return self._git("mktree", "-z", stdin=data).stdout.decode().strip()
+        self.folder_tree = self.repo.mktree(f"100644 blob {self.repo.blob(f.data)}\t{f.name}"
+                                            for f in files)
 
     def read(self) -> tuple[str | None, list[str]]:
-        ref = f"refs/heads/{self.branch}"
-        listed = self._git("ls-remote", "--", self.remote, ref).stdout.decode()
-        if not any(line.split("\t")[-1] == ref for line in listed.splitlines()):
-            self.entries = []
-            return None, []
-        self._git("fetch", "--quiet", "--no-tags", "--depth=1", "--", self.remote,
-                  f"+{ref}:refs/sdopt/head")
-        head = self._git("rev-parse", "--verify", "refs/sdopt/head^{commit}").stdout.decode() \
-            .strip()
-        listing = self._git("ls-tree", "-z", head).stdout.decode("utf-8", "surrogateescape")
-        self.entries = [e for e in listing.split("\0") if e]
-        return head, [e.split("\t", 1)[1] for e in self.entries if e.split(" ")[1] == "tree"]
+        head = self.repo.fetch_head()
+        self.entries = self.repo.ls_tree(head) if head else []
+        return head, [e.name for e in self.entries if e.type == "tree"]
 
     def write(self, head: str | None, folder: str, pruned: list[str], message: str) -> str:
         gone = set(pruned) | {folder}
-        root = [e for e in self.entries if e.split("\t", 1)[1] not in gone]
+        root = [e.line for e in self.entries if e.name not in gone]
         root.append(f"040000 tree {self.folder_tree}\t{folder}")
-        tree = self._mktree(root)
-        commit = self._git("commit-tree", tree, *(["-p", head] if head else []),
-                           stdin=message.encode()).stdout.decode().strip()
-        # Never forced: a push that is not a fast forward (someone else's run landed first, or
-        # created the branch) is refused by the remote, and the caller builds on the new head.
-        done = self._git("push", "--porcelain", "--quiet", "--", self.remote,
-                         f"{commit}:refs/heads/{self.branch}", check=False)
-        if done.returncode != 0:
-            out = (done.stdout or b"").decode("utf-8", "replace") + \
-                (done.stderr or b"").decode("utf-8", "replace")
-            if re.search(r"\[rejected\]|non-fast-forward|fetch first|\[remote rejected\].*"
-                         r"(cannot lock ref|failed to update ref)", out):
-                raise _Conflict(f"git push to branch '{self.branch}' was rejected: the branch "
-                                "kept moving (another job's images landed first)")
-            raise PublishError(self._failure("push", done))
-        return commit
-
-
-def git_remote(workspace: str | os.PathLike | None, server_url: str, repository: str,
-               base_env: Mapping[str, str] | None = None) -> str | None:
-    """The URL to push the assets branch to when ``workspace`` is a checkout of ``repository``
-    (its ``origin`` is the repository on ``server_url``) and git is installed; else None (the
-    API transport). Read with git's own config reader, nothing written."""
-    if not workspace or shutil.which("git") is None or not Path(workspace, ".git").exists():
-        return None
-    with tempfile.TemporaryDirectory(prefix="sdopt-git-") as home:
-        env = git_env(None, server_url, home, base_env)
-        try:
-            done = subprocess.run(["git", "-C", str(workspace), "config", "--get",
-                                   "remote.origin.url"], capture_output=True, env=env,
-                                  timeout=30, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-    url = done.stdout.decode("utf-8", "replace").strip() if done.returncode == 0 else ""
-    wanted = f"{server_url.rstrip('/')}/{repository}"
-    if url.removesuffix("/").removesuffix(".git").lower() == wanted.lower():
-        return wanted + ".git"
-    return None
+        return self.repo.commit_and_push(self.repo.mktree(root), head, message)

@@ -17,7 +17,7 @@ import pytest
 if shutil.which("git") is None:
     pytest.skip("git is not installed", allow_module_level=True)
 
-from action import assets  # noqa: E402
+from action import assets, gitbranch  # noqa: E402
 from action.assets import PublishError, publish_images, run_folder  # noqa: E402
 from sdopt.report.thumbnails import Thumbnail  # noqa: E402
 from tests.action.test_action_assets import T0  # noqa: E402
@@ -185,7 +185,7 @@ def test_the_token_is_never_an_argument_and_never_printed(bare, monkeypatch):
         seen.append((cmd, kw.get("env") or {}))
         return real_run(cmd, *a, **kw)
 
-    monkeypatch.setattr(assets.subprocess, "run", run)
+    monkeypatch.setattr(gitbranch.subprocess, "run", run)
     publish(bare, run_folder("1", "1", now=T0))
     basic = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
     assert any("push" in cmd for cmd, _ in seen) and any("ls-remote" in cmd for cmd, _ in seen)
