@@ -26,14 +26,15 @@ from ..errors import SdoptError
 from ..models import denoiser_of, load_pipeline, pipeline_inputs
 from ..optimize.api import apply_variant, load_model, optimize_model
 from ..optimize.capture import native_side
-from ..optimize.inputs import PromptInput, first_image_size, fit, image_sha256, load_image, takes
+from ..optimize.inputs import (PromptInput, first_image_size, fit, input_image_hashes, load_image,
+                               takes)
 from ..optimize.optimized import with_unet
 from ..optimize.timing import sample_stats
 from ..store import write_json
 from .config import BENCH_VARIANTS, Config
 from .pytest_benchmark import pytest_benchmark_json
-from .results import IMAGE_HASH_KEYS, IMAGES_DIR, PYTEST_BENCHMARK_NAME, RESULTS_KIND, \
-    RESULTS_NAME, RESULTS_SCHEMA_VERSION, finite
+from .results import IMAGES_DIR, PYTEST_BENCHMARK_NAME, RESULTS_KIND, RESULTS_NAME, \
+    RESULTS_SCHEMA_VERSION, finite
 from .stages import STAGES, PeakMemory, StageTimer
 
 # Environment variables that change timings (allocator, thread pools): recorded with the results.
@@ -145,24 +146,6 @@ def bench_inputs(config: Config, pipe=None) -> tuple[list[PromptInput], int | No
             return inputs, height, width  # fitted once the pipeline's own size is known
         height, width = height or native_side(pipe), width or native_side(pipe)
     return fit(inputs, height, width), height, width
-
-
-def input_image_hashes(inputs) -> dict[str, list[str | None]]:
-    """The ``config`` entries that identify the start images and masks of a bench: for each,
-    one sha256 per prompt of the pixels the pipeline was called with (after fitting; see
-    :func:`sdopt.optimize.inputs.image_sha256`), None where the prompt got the default. Nothing
-    when no image is configured (text-to-image, or sdopt's fixed default images): such results
-    read as before. The gate refuses to compare results whose hashes differ
-    (:func:`sdopt.gate.compare.input_image_differences`)."""
-    if not inputs:
-        return {}
-
-    def hashes(images) -> list[str | None]:
-        return [None if image is None else image_sha256(image) for image in images]
-
-    start_key, mask_key = IMAGE_HASH_KEYS
-    return {start_key: hashes(i.image for i in inputs),
-            mask_key: hashes(i.mask_image for i in inputs)}
 
 
 def summarize(samples: list[float]) -> dict[str, float | list[float]]:

@@ -3,8 +3,9 @@
 Samples of one run cannot tell how far the next run will drift (they share the run's state), so
 the gate learns the spread from whole runs: every ``sdopt baseline save`` appends a one-line
 summary of its run (medians, in-run ratios) to ``history.json`` next to the baseline, keeping
-only runs of the same machine and workload, newest last, at most ``MAX_RUNS``. The latency
-checks (:mod:`sdopt.gate.latency`) treat each summary as one observation.
+only runs of the same machine and workload (size, steps, ... and the start images and masks:
+:func:`workload`), newest last, at most ``MAX_RUNS``. The latency checks
+(:mod:`sdopt.gate.latency`) treat each summary as one observation.
 """
 
 from __future__ import annotations
@@ -16,11 +17,28 @@ from typing import Any
 from ..store import write_json
 from .latency import in_run_ratio
 from .results import (DEVICE_KEYS, HISTORY_KIND, HISTORY_NAME, HISTORY_SCHEMA_VERSION,
-                      read_history_file)
+                      IMAGE_HASH_KEYS, read_history_file)
 
 MAX_RUNS = 30
 # With DEVICE_KEYS, what must agree for two runs to be samples of one machine's spread.
 _WORKLOAD_KEYS = ("model", "height", "width", "steps", "guidance_scale", "batch")
+# A start image's or mask's hash in a workload: the first characters of results.json's sha256
+# (as the decision cache's key shortens it), enough to tell pictures apart, small in an entry.
+_IMAGE_HASH_CHARS = 16
+
+
+def workload(config: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs' timings one series: the workload keys, and the start images and
+    masks (IMAGE_HASH_KEYS) when a run was given any. Other pictures are another workload, as
+    compare refuses to compare them (compare.input_image_differences). A run without given
+    images (text-to-image, or sdopt's default images only) has no image keys, so its workload
+    reads as it did before sdopt recorded them."""
+    out = {k: config.get(k) for k in _WORKLOAD_KEYS}
+    for key in IMAGE_HASH_KEYS:
+        hashes = config.get(key)
+        if isinstance(hashes, list) and any(isinstance(h, str) for h in hashes):
+            out[key] = [h[:_IMAGE_HASH_CHARS] if isinstance(h, str) else None for h in hashes]
+    return out
 
 
 def run_summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +52,7 @@ def run_summary(results: dict[str, Any]) -> dict[str, Any]:
     return {"created_unix": results.get("created_unix"),
             "sdopt_version": results.get("sdopt_version"),
             "device": {k: device.get(k) for k in DEVICE_KEYS},
-            "workload": {k: config.get(k) for k in _WORKLOAD_KEYS},
+            "workload": workload(config),
             "samples": max((len(v["latency_s"]["samples"]) for v in variants.values()), default=0),
             "medians_s": medians, "ratios": ratios}
 

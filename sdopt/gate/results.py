@@ -46,8 +46,9 @@ RUN_ENTRY_SCHEMA_VERSION = 1
 DEVICE_KEYS = ("kind", "name", "cores", "cuda_capability")
 
 # The config keys of a results document that identify its start images and masks (a sha256 of
-# each prompt's pixels; gate/bench.py input_image_hashes), with the sdopt.toml field each comes
-# from. Absent in text-to-image results. Results whose hashes differ are not comparable.
+# each prompt's pixels; sdopt.optimize.inputs.input_image_hashes, whose names these are), with the
+# sdopt.toml field each comes from. Absent in text-to-image results. Results whose hashes differ
+# are not comparable, and are not one workload in the histories (gate/history.py run_summary).
 IMAGE_HASH_KEYS = {"start_image_sha256": "start_image", "mask_image_sha256": "mask_image"}
 
 PASS, REGRESSION, NOT_COMPARABLE = "pass", "regression", "not_comparable"

@@ -27,6 +27,7 @@ from ..techniques import (apply_pipeline_techniques, apply_unet_techniques, base
                           unavailable_reason, validate_specs)
 from . import decision_cache, runner
 from .capture import example_inputs
+from .inputs import input_image_hashes, takes
 from ..models import denoiser_name, denoiser_of
 from .manifest import (COMPONENT_DIR, MANIFEST_NAME, build_manifest, denoiser_component,
                        read_manifest, resolve_variant, write_manifest)
@@ -135,6 +136,9 @@ def optimize_model(
         with runner.progress_bars(console, show) as progress:
             optimized = runner.run(model, request, progress, source_hash, started=started)
     optimized.sdopt_result.wall_s = time.perf_counter() - started
+    # Which start images and masks the pick was judged on (kept by save_model's manifest).
+    optimized.sdopt_result.input_images = (input_image_hashes(request.inputs)
+                                           if takes(model)[0] else {})
     if searched and key:
         decision_cache.remember(key, optimized, save_model)
     if show:

@@ -229,3 +229,27 @@ def image_sha256(image) -> str:
 
 def _pixels_hash(image) -> str:
     return image_sha256(image)[:16]
+
+
+# The names under which a run records its start images' and masks' hashes: results.json's
+# ``config`` (sdopt.gate.results.IMAGE_HASH_KEYS), a search's result and a saved model's manifest.
+START_IMAGE_HASH, MASK_IMAGE_HASH = "start_image_sha256", "mask_image_sha256"
+
+
+def input_image_hashes(inputs) -> dict[str, list[str | None]]:
+    """What identifies the start images and masks ``inputs`` were run with: for each, one
+    :func:`image_sha256` per prompt of the pixels the pipeline was called with (after
+    :func:`fit`), None where the prompt got sdopt's default. Nothing for no inputs.
+
+    The one record of them everywhere: results.json's ``config`` (sdopt.gate.bench), which the
+    gate compares (sdopt.gate.compare.input_image_differences) and the histories key their runs
+    on (sdopt.gate.history.run_summary), and a search's result, which a saved model's manifest
+    keeps (``search.input_images``)."""
+    if not inputs:
+        return {}
+
+    def hashes(images) -> list[str | None]:
+        return [None if image is None else image_sha256(image) for image in images]
+
+    return {START_IMAGE_HASH: hashes(i.image for i in inputs),
+            MASK_IMAGE_HASH: hashes(i.mask_image for i in inputs)}

@@ -34,7 +34,10 @@ def build_manifest(pipeline_class: str, variant: Variant, artifact: dict[str, An
                    search: dict[str, Any] | None, component: str = "unet") -> dict[str, Any]:
     """The manifest of a model whose backend wrote ``artifact`` (what its ``load`` needs);
     ``component``: the pipeline attribute the optimized denoiser replaces (``unet`` or
-    ``transformer``), where load_model puts it back."""
+    ``transformer``), where load_model puts it back. ``search``: the search's table
+    (OptimizationResult.to_dict), with what it ran on: sizes and steps (``end_to_end``,
+    ``samples``) and, for a pipeline that takes images, the start images' and masks' sha256
+    (``input_images``, as results.json's config records them)."""
     backend = BACKENDS[variant.backend]
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,

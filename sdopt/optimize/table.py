@@ -93,6 +93,11 @@ class OptimizationResult:
     # when only the process's peak since it started was available (an upper bound).
     peak_rss_bytes: int | None = None
     peak_rss_scope: str | None = None
+    # The start images and masks the search ran on, for pipelines that take images:
+    # {"start_image_sha256": [...], "mask_image_sha256": [...]}, one sha256 of the pixels per
+    # prompt, None for sdopt's default image (sdopt.optimize.inputs.input_image_hashes; the names
+    # and values of results.json's config). Empty for text-to-image pipelines.
+    input_images: dict[str, list[str | None]] = field(default_factory=dict)
 
     @property
     def level(self) -> str:
@@ -140,6 +145,7 @@ class OptimizationResult:
             "image_metric": self.image_metric,
             "end_to_end": self.end_to_end, "selected_by": self.selected_by, "notes": self.notes,
             "peak_rss_bytes": self.peak_rss_bytes, "peak_rss_scope": self.peak_rss_scope,
+            "input_images": self.input_images,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
@@ -164,6 +170,7 @@ class OptimizationResult:
                    notes=list(data.get("notes", [])),
                    peak_rss_bytes=data.get("peak_rss_bytes"),
                    peak_rss_scope=data.get("peak_rss_scope"),
+                   input_images=dict(data.get("input_images") or {}),
                    # Results written before the aggregate existed were judged by the mean.
                    metric_aggregate=data.get("metric_aggregate", "mean"))
 

@@ -307,7 +307,8 @@ def image_rows(results: dict, results_dir: Path | None, baseline: dict | None,
 def history_points(results: dict, baseline: dict | None, history,
                    verdict: dict | None = None) -> list[dict]:
     """The trend chart's runs, oldest first, each with its ``role`` (history, baseline, current):
-    the history's runs of this machine and workload (another size or machine is another trend),
+    the history's runs of this machine and workload (another size, start image or machine is
+    another trend),
     the baseline and this run. A run given twice (the baseline's run is often in the history
     too) is drawn once, in its most specific role."""
     current = as_run(results, verdict)

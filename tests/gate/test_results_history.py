@@ -130,6 +130,54 @@ def test_a_trend_compares_only_the_same_machine_and_workload(tmp_path):
     assert len(runs) == 4 and len(runs_like(runs, run(9))) == 3
 
 
+def _with_images(doc: dict, start: list, mask: list | None = None) -> dict:
+    doc["config"]["start_image_sha256"] = start
+    doc["config"]["mask_image_sha256"] = mask or [None] * len(start)
+    return doc
+
+
+def test_runs_on_other_start_images_are_another_trend(tmp_path):
+    """#18: results.json records the start images' and masks' hashes; runs made from other
+    pictures are not one series (compare refuses them too), in the results history and in the
+    baseline's history. Runs without given images keep the workload they had before."""
+    from sdopt.gate.history import run_summary, with_run
+
+    cat, dog = "c" * 64, "d" * 64
+    history = tmp_path / "history"
+    add_run(history, entry_for(run(0), commit=COMMIT))  # text-to-image, or default images only
+    add_run(history, entry_for(_with_images(run(1), [None, None]), commit=COMMIT))
+    for i in (2, 3):
+        add_run(history, entry_for(_with_images(run(i), [cat, None]), commit=COMMIT))
+    add_run(history, entry_for(_with_images(run(4), [dog, None]), commit=COMMIT))
+    add_run(history, entry_for(_with_images(run(5), [cat, None], [None, dog]), commit=COMMIT))
+    runs = read_runs(history)
+    assert len(runs) == 6
+    # Only default images: the workload of a run that records none (as written before #18).
+    assert "start_image_sha256" not in runs[0]["workload"]
+    assert runs[1]["workload"] == runs[0]["workload"]
+    assert len(runs_like(runs, run(9))) == 2
+    same_cat = runs_like(runs, _with_images(run(9), [cat, None]))
+    assert [r["created_unix"] for r in same_cat] == [runs[2]["created_unix"],
+                                                    runs[3]["created_unix"]]
+    assert same_cat[0]["workload"]["start_image_sha256"] == [cat[:16], None]
+    assert len(runs_like(runs, _with_images(run(9), [dog, None]))) == 1
+    assert len(runs_like(runs, _with_images(run(9), [cat, None], [None, dog]))) == 1
+    # The baseline's history keeps only the runs of the new run's pictures.
+    baseline_runs = [run_summary(_with_images(run(i), [cat, None])) for i in range(2)]
+    kept = with_run(baseline_runs, _with_images(run(2), [dog, None]))
+    assert len(kept) == 1 and kept[0]["workload"]["start_image_sha256"] == [dog[:16], None]
+
+
+def test_the_trend_chart_draws_only_runs_of_the_same_start_images(tmp_path):
+    from sdopt.report.context import history_points
+
+    cat, dog = "c" * 64, "d" * 64
+    history = [_with_images(run(i), [cat]) for i in range(3)] + [
+        _with_images(run(i), [dog]) for i in range(3, 5)]
+    points = history_points(_with_images(run(9), [dog]), None, history)
+    assert [p["role"] for p in points] == ["history", "history", "current"]
+
+
 def test_the_commit_is_read_from_git_as_pytest_benchmark_reads_it(tmp_path):
     import subprocess
 

@@ -165,6 +165,33 @@ def test_every_pipeline_call_of_the_search_gets_the_given_images(preset, monkeyp
                    for _, _, m in dogs)
 
 
+def test_a_saved_model_records_the_start_images_and_masks_it_was_judged_on(img2img, tmp_path):
+    """#18: the manifest's search keeps the sha256 of each prompt's start image and mask (the
+    pixels the pipeline got, after fitting; None for sdopt's default), named and computed as
+    results.json's config records them, so a saved model says which pictures picked it."""
+    from sdopt.gate.results import IMAGE_HASH_KEYS
+    from sdopt.optimize.inputs import MASK_IMAGE_HASH, START_IMAGE_HASH, fit
+    from sdopt.optimize.manifest import MANIFEST_NAME
+    from sdopt.optimize.table import OptimizationResult
+
+    assert tuple(IMAGE_HASH_KEYS) == (START_IMAGE_HASH, MASK_IMAGE_HASH)
+    optimized = sdopt.optimize_model(img2img, [("a cat", stripes(72, 64)), "a dog"],
+                                     metric_drop_ths=0.05, height=64, width=64,
+                                     backends=["torch_eager/fp32-channels_last"],
+                                     num_inference_steps=2, repeats=1, end_to_end=False,
+                                     show=False, reuse_search=False)
+    fitted = fit([PromptInput("a cat", Image.fromarray(stripes(72, 64)))], 64, 64)[0].image
+    expected = {START_IMAGE_HASH: [image_sha256(fitted), None], MASK_IMAGE_HASH: [None, None]}
+    assert optimized.sdopt_result.input_images == expected
+    manifest = json.loads((sdopt.save_model(optimized, tmp_path / "m") / MANIFEST_NAME)
+                          .read_text())
+    assert manifest["search"]["input_images"] == expected
+    assert OptimizationResult.from_dict(manifest["search"]).input_images == expected
+    # A result written before the field existed reads as "none recorded".
+    del manifest["search"]["input_images"]
+    assert OptimizationResult.from_dict(manifest["search"]).input_images == {}
+
+
 def _run(*args) -> dict:
     proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
                           text=True, timeout=600)
