@@ -25,6 +25,7 @@ never the comment.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from sdopt.deps import require
 from sdopt.gate.results import NOT_COMPARABLE, REGRESSION
@@ -120,21 +121,21 @@ def _our_login(gh, configured: str | None) -> str:
     return login if isinstance(login, str) and login else ACTIONS_BOT
 
 
-def upsert_comment(*, token: str, repository: str, number: int, body: str, key: str = "default",
+def upsert_comment(*, token: str, repository: str, number: int, body: str | Callable[[], str],
+                   key: str = "default",
                    api_url: str = DEFAULT_API_URL, author: str | None = None,
                    expected_head_sha: str | None = None,
                    artifact_url: str | None = None, policy: str = "always",
                    verdict: str = "none") -> CommentResult:
     """Create or update our comment as ``policy`` says (``decide``); GitHub API refusals come
-    back as ``skipped`` with why, a comment the policy leaves alone as ``kept``."""
+    back as ``skipped`` with why, a comment the policy leaves alone as ``kept``. ``body`` may be
+    a function making it: called only once the comment is known to be written (the action
+    publishes the comment's images there, so a comment left alone adds nothing to the assets
+    branch)."""
     from github import GithubException
 
     gh = github_client(token, api_url)
     mark = marker(key)
-    if body.startswith(mark):
-        body = body[len(mark):].lstrip("\n")
-    text = cap_body(f"{mark}\n{verdict_marker(verdict)}\n{body}", key=key,
-                    artifact_url=artifact_url)
     try:
         repo = gh.get_repo(repository)
         if expected_head_sha:
@@ -155,6 +156,12 @@ def upsert_comment(*, token: str, repository: str, number: int, body: str, key: 
                      ours is not None)
         if why:
             return CommentResult("kept", ours.html_url if ours else None, reason=why)
+        if callable(body):
+            body = body()
+        if body.startswith(mark):
+            body = body[len(mark):].lstrip("\n")
+        text = cap_body(f"{mark}\n{verdict_marker(verdict)}\n{body}", key=key,
+                        artifact_url=artifact_url)
         if ours is not None:
             ours.edit(text)
             return CommentResult("updated", ours.html_url)

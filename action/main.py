@@ -430,24 +430,31 @@ def publish(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestCon
         return ""
     legs = merge_legs(Path(inp.artifact_dir)) if inp.mode == "merge" and results is None \
         else None
-    if results is not None or legs:
-        if results is not None:
-            update, why = host_images(inp, env, ctx, results_dir, results, verdict)
-            if update is not None:
-                body = report_markdown(results, verdict, results_dir, inp, trust_files=trusted,
-                                       **update)
-        else:
-            merged, why = host_merged_images(inp, env, ctx, legs, verdict)
-            body = merged or body
-        if why:
-            print(workflow.neutralize(f"no sample images in the PR comment: {why}"))
-            body = images_unavailable(artifact_link(body, inp.artifact_url), why,
-                                      inp.artifact_url)
+
+    def comment_body() -> str:
+        """The comment with its sample images: called only when the policy writes the comment,
+        so a comment left as it is (or refused) adds no folder to the assets branch."""
+        text = body
+        if results is not None or legs:
+            if results is not None:
+                update, why = host_images(inp, env, ctx, results_dir, results, verdict)
+                if update is not None:
+                    text = report_markdown(results, verdict, results_dir, inp,
+                                           trust_files=trusted, **update)
+            else:
+                merged, why = host_merged_images(inp, env, ctx, legs, verdict)
+                text = merged or text
+            if why:
+                print(workflow.neutralize(f"no sample images in the PR comment: {why}"))
+                text = images_unavailable(artifact_link(text, inp.artifact_url), why,
+                                          inp.artifact_url)
+        return artifact_link(text, inp.artifact_url)
+
     state = (verdict or {}).get("verdict") or "none"
     result = comment_mod.upsert_comment(
         token=inp.token, repository=ctx.repository, number=ctx.number,
-        body=artifact_link(body, inp.artifact_url),
-        key=inp.comment_key, api_url=env.get("GITHUB_API_URL") or comment_mod.DEFAULT_API_URL,
+        body=comment_body, key=inp.comment_key,
+        api_url=env.get("GITHUB_API_URL") or comment_mod.DEFAULT_API_URL,
         author=inp.comment_author, expected_head_sha=expected_head_sha,
         artifact_url=inp.artifact_url, policy=inp.comment, verdict=state)
     if result.action == "skipped":

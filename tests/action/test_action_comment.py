@@ -149,3 +149,21 @@ def test_on_change_updates_only_when_the_verdict_changes(gh):
     assert upsert(gh, "v2", policy="on-change", verdict="pass").action == "kept"
     assert upsert(gh, "v3", policy="on-change", verdict="regression").action == "updated"
     assert gh.state.comments[PR][0].body.endswith("v3")
+
+
+def test_a_body_function_is_called_only_when_the_comment_is_written(gh):
+    """The action makes the comment's body (publishing its images) only once the head check and
+    the policy say the comment will be written (a token GitHub then refuses is known only when
+    the comment is written; a fork's pull_request run never gets this far)."""
+    calls = []
+
+    def body(text):
+        return lambda: calls.append(text) or text
+
+    assert upsert(gh, body("pass"), policy="on-regression", verdict="pass").action == "kept"
+    assert upsert(gh, body("moved"), expected_head_sha="0" * 40).action == "skipped"
+    assert calls == []
+    assert upsert(gh, body("slower"), policy="on-change", verdict="regression").action == \
+        "created"
+    assert upsert(gh, body("still"), policy="on-change", verdict="regression").action == "kept"
+    assert calls == ["slower"] and gh.state.comments[PR][0].body.endswith("slower")

@@ -150,20 +150,54 @@ def test_a_re_run_publishes_its_images_and_updates_the_comment(tmp_path, gh):
     assert strip.sub("/raw/X/", first) == strip.sub("/raw/X/", second)
 
 
-def test_a_kept_comments_links_still_resolve_after_later_runs(tmp_path, gh):
-    """comment: on-change leaves the comment alone while the verdict is unchanged. Its images
-    are linked at the commit that added them, which stays on the (only fast-forwarded)
-    branch: later runs, and pruning their folders from the branch's tip, never break them."""
-    env = same_repo_publish(tmp_path, gh, comment="on-change", assets_keep_runs="1")
+def test_a_comment_left_as_it_is_publishes_no_images(tmp_path, gh, capsys):
+    """comment: on-change leaves the comment alone while the verdict is unchanged: the policy
+    is applied before the images are published, so such a run adds nothing to the assets
+    branch (no blob, no commit), and the comment is untouched."""
+    env = same_repo_publish(tmp_path, gh, comment="on-change")
     assert entry.main(env={**env, "GITHUB_RUN_ID": "1"}) == 0
-    body = gh.state.comments[7][0].body
+    body, head = gh.state.comments[7][0].body, gh.state.refs["refs/heads/sdopt-assets"]
+    gh.state.requests.clear()
     for run in ("2", "3"):
         assert entry.main(env={**env, "GITHUB_RUN_ID": run}) == 0
     assert gh.state.comments[7][0].body == body                  # kept, as the policy says
+    assert gh.state.refs["refs/heads/sdopt-assets"] == head      # the branch did not grow
+    assert not [r for r in gh.state.requests if "/git/" in r[1]]
+    assert "PR comment left as it is" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("inputs", [{"comment": "on-regression"}, {"comment": "never"}])
+def test_a_comment_never_posted_publishes_no_images(tmp_path, gh, inputs):
+    """A pass under on-regression starts no comment, and comment: never posts none: no image
+    is published for a comment nobody will see (the artifact has them)."""
+    from tests.action.test_action_main import verdict_doc
+
+    env = same_repo_publish(tmp_path, gh, **inputs)
+    (tmp_path / "sdopt-out" / "verdict.json").write_text(json.dumps(verdict_doc("pass", ())))
+    assert entry.main(env=env) == 0
+    assert 7 not in gh.state.comments
+    assert "refs/heads/sdopt-assets" not in gh.state.refs and not gh.state.blobs
+
+
+def test_a_kept_comments_links_still_resolve_after_later_runs(tmp_path, gh):
+    """A comment left alone keeps linking its images at the commit that added them, which
+    stays on the (only fast-forwarded) branch: later runs that publish (here another config's
+    comment on the same pull request), and pruning the kept comment's folder from the branch's
+    tip, never break them."""
+    env = same_repo_publish(tmp_path, gh, comment="on-change", assets_keep_runs="1")
+    assert entry.main(env={**env, "GITHUB_RUN_ID": "1"}) == 0
+    body = gh.state.comments[7][0].body
+    other = {**env, "INPUT_COMMENT": "always", "INPUT_COMMENT_KEY": "other"}
+    for run in ("2", "3"):
+        assert entry.main(env={**other, "GITHUB_RUN_ID": run}) == 0
+        assert entry.main(env={**env, "GITHUB_RUN_ID": run}) == 0  # on-change: kept
+    assert gh.state.comments[7][0].body == body
+    assert len(gh.state.comments[7]) == 2
     links = re.findall(r"/raw/([0-9a-f]{40})/([^/)]+)/([^/)]+)\)", body)
     assert links
     head = gh.state.refs["refs/heads/sdopt-assets"]
     tip = gh.state.files("sdopt-assets")
+    assert {p.split("/")[0].split("Z", 1)[1] for p in tip} == {"-3-1-other"}
     for commit, folder, name in links:
         assert commit in gh.state.ancestors(head)
         flat = gh.state.flat(gh.state.commits[commit]["tree"])
