@@ -18,12 +18,13 @@ from ..identity import config_hash
 from ..models import denoiser_of
 from ..techniques import all_specs
 from . import endtoend
+from .budget import LaterStages
 from .capture import collect_samples
 from .memory import PeakRss
 from .optimized import assemble
 from .request import SearchRequest
 from .confirm import E2E_ROUNDS, E2E_SECONDS, UNET_ROUNDS, UNET_SECONDS, close_runner_up, confirm
-from .search import cycling_call, run_search, run_technique_search
+from .search import cycling_call, planned_settings, run_search, run_technique_search
 from .selection import select
 from .table import REFERENCE_ID, CandidateResult, OptimizationResult, set_e2e_speedup
 
@@ -113,12 +114,29 @@ class Search:
             metric_drop_ths=req.metric_drop_ths, optimization_time=req.optimization_time,
             metric_aggregate=req.metric_aggregate, repeats=req.repeats,
             time_budget_s=req.time_budget_s, started=self.started, exhaustive=req.exhaustive,
-            on_candidate=on_candidate,
+            later=self.later_stages(samples), on_candidate=on_candidate,
             evaluate=self.evaluate if req.metric.kind == "image" else None)
         self.progress.update(task, description="candidates done")
         if self.module is None:  # the reference always completes, or run_search raised
             raise SdoptError("no candidate completed")
         self.confirm_unet(samples, runner_up)
+
+    def later_stages(self, samples) -> LaterStages | None:
+        """What the technique (or component precision) phase and the side-by-side rounds will
+        need, for the UNet stage to leave them their share of the budget; None without a
+        budget or without end-to-end images (nothing runs after the UNet stage then)."""
+        req = self.req
+        if self.e2e is None or self.e2e.reference is None or req.time_budget_s is None \
+                or req.exhaustive:
+            return None
+        constrained = req.optimization_time == "constrained"
+        return LaterStages(
+            settings=planned_settings(req.device, constrained=constrained,
+                                      bases=1 if constrained else 2),
+            images_per_setting=max(len(req.prompts), self.e2e.min_timed),
+            image_s=self.e2e.reference.median_s,
+            unet_calls_per_image=max(1, round(len(samples.samples) / len(req.prompts))),
+            confirm_s=UNET_SECONDS + E2E_SECONDS)
 
     def confirm_unet(self, samples, runner_up) -> None:
         """The pick (and a close runner-up) re-timed per UNet call, alternating with the

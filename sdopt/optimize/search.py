@@ -29,8 +29,9 @@ from ..backends import FOREIGN_COMPILERS, load_builtin_backends
 from ..backends.base import BACKENDS, BuildContext, OptimizedModule, Variant, canonical_backend_name
 from ..device import DeviceInfo
 from ..errors import SdoptError
-from ..techniques import TECHNIQUES, all_specs, candidate_id, conflict_reason, label
+from ..techniques import TECHNIQUES, all_specs, candidate_id, conflict_reason, label, params_of
 from ..techniques import unavailable_reason as technique_unavailable
+from .budget import LaterStages
 from .capture import SampleSet
 from .ceiling import count_flops, gemm_rate
 from .metrics import DEFAULT_AGGREGATE, LOSSLESS_TOLERANCE, METRICS, Metric, per_prompt_drops
@@ -128,23 +129,27 @@ def _time_module(module: OptimizedModule, inputs: list, device_kind: str, **kwar
 
 
 def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult], *,
-                lossless_only: bool, time_budget_s: float | None, spent_s: float) -> str | None:
+                lossless_only: bool, time_budget_s: float | None, spent_s: float,
+                reserved_s: float = 0.0) -> str | None:
     """Why ``variant`` is not tried (None: it is): it cannot run here, it is lossy and only
-    lossless candidates are allowed, the time budget is spent, or it is a fallback of a variant
-    that already passed."""
+    lossless candidates are allowed, the time budget is spent (``reserved_s`` of it is kept for
+    the stages after the UNet's), or it is a fallback of a variant that already passed."""
     reason = BACKENDS[variant.backend].unavailable_reason(device, variant)
     if reason is None and lossless_only and not variant.lossless:
         reason = (f"{variant.precision} changes results and metric_drop_ths is None "
                   "(lossless only): pass metric_drop_ths to allow it")
-    if reason is None and time_budget_s is not None and spent_s > time_budget_s \
+    kept = (f", {reserved_s:.0f} s of it kept for the stages after the UNet's"
+            if reserved_s >= 0.5 else "")
+    if reason is None and time_budget_s is not None and spent_s > time_budget_s - reserved_s \
             and variant.id != REFERENCE_ID:
-        reason = f"{BUDGET_SPENT} ({time_budget_s:.0f} s) spent"
+        reason = f"{BUDGET_SPENT} ({time_budget_s:.0f} s{kept}) spent"
     build_s = expected_build_s(variant, device.kind)
     if reason is None and time_budget_s is not None and build_s is not None \
-            and spent_s + build_s > time_budget_s:
+            and spent_s + build_s > time_budget_s - reserved_s:
         reason = (f"does not fit the {BUDGET_SPENT}: building it takes about {build_s:.0f} s "
                   f"cold, more than the "
-                  f"{max(0.0, time_budget_s - spent_s):.0f} s left of {time_budget_s:.0f} s "
+                  f"{max(0.0, time_budget_s - reserved_s - spent_s):.0f} s left of "
+                  f"{time_budget_s:.0f} s{kept} "
                   "(raise time_budget_s or search exhaustively to try it)")
     parents = variant.options.get("fallback_of") or []
     if reason is None and parents:
@@ -195,7 +200,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                metric_aggregate: str = DEFAULT_AGGREGATE, warmup: int = 2, repeats: int = 5,
                max_seconds_per_candidate: float = 30.0,
                time_budget_s: float | None = None, started: float | None = None,
-               cache_dir=None, exhaustive: bool = False,
+               cache_dir=None, exhaustive: bool = False, later: LaterStages | None = None,
                on_candidate: Callable[[Variant, str], None] | None = None,
                evaluate: Callable[[OptimizedModule, CandidateResult], None] | None = None,
                ) -> SearchOutcome:
@@ -206,6 +211,9 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
     ("start", "build", "verify", "time", "images", "done") for progress lines. Returns
     the table, the winning module and the runner-up (only they and the original stay in
     memory).
+
+    ``later``: what runs after this stage; the time it needs with the best pick so far is kept
+    out of this stage's share of ``time_budget_s``.
 
     ``evaluate(module, row)``, when given, fills the row's end-to-end latency and image metrics.
     An image metric (``metric.kind == "image"``) needs it: the UNet outputs are then compared with
@@ -229,13 +237,19 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
     device_memory = DeviceMemory.open() if device.kind == "cuda" else None
     for variant in planner:
         row = CandidateResult(variant.id, variant.backend, variant.name, variant.precision,
-                              list(variant.techniques), STATUS_SKIPPED,
+                              list(BACKENDS[variant.backend].techniques_for(variant, unet)),
+                              STATUS_SKIPPED,
                               batch=int(timing_inputs[0].sample.shape[0]))
         rows.append(row)
         notify(variant, "start")
+        reserved_s = 0.0
+        if later is not None and time_budget_s is not None and original is not None and leaders:
+            reserved_s = later.reserve_s(original.latency_s, leaders[0][0].latency_s,
+                                         time_budget_s)
         row.reason = skip_reason(variant, device, rows, lossless_only=metric_drop_ths is None,
                                  time_budget_s=time_budget_s,
-                                 spent_s=time.perf_counter() - started) \
+                                 spent_s=time.perf_counter() - started,
+                                 reserved_s=reserved_s) \
             or planner.bound_reason(variant) or ""
         module = None
         if not row.reason:
@@ -315,6 +329,14 @@ def _ceiling(module: OptimizedModule, inputs, device: DeviceInfo, row: Candidate
 # faster: at 512 px the bf16 VAE decoder saves about 7 s of 60, on a tiny test pipeline nothing
 # but noise.
 CONSTRAINED_MIN_GAIN = 0.03
+
+
+def planned_settings(device: DeviceInfo, *, constrained: bool, bases: int) -> int:
+    """How many rows :func:`run_technique_search` will evaluate at most: each setting that can
+    run on this device once per base, then one stack per further technique."""
+    runnable = [s for s in all_specs(constrained_only=constrained)
+                if TECHNIQUES[s["name"]].setting_reason(params_of(s), device) is None]
+    return bases * len(runnable) + max(0, len({s["name"] for s in runnable}) - 1)
 
 
 def run_technique_search(
