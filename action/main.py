@@ -37,6 +37,7 @@ from sdopt.report import build_context, render_markdown
 
 from . import assets
 from . import checks
+from . import history_branch as hbranch
 from . import comment as comment_mod
 from . import event, workflow
 from .inputs import PHASES, ActionInputs, read_inputs
@@ -677,19 +678,99 @@ def history_args(history: Path | None) -> list[str]:
     return ["--history", str(history)] if history is not None and history.is_dir() else []
 
 
+def history_remote(env: Mapping[str, str]) -> tuple[str, str]:
+    """(the repository's git URL, the server's URL) for ``history_branch``: this workflow's own
+    repository (a fork's pull request reads the base repository's history)."""
+    from .gitbranch import repository_remote
+
+    repository = env.get("GITHUB_REPOSITORY") or ""
+    if not repository or "/" not in repository:
+        raise SdoptError("input 'history_branch' is set but GITHUB_REPOSITORY names no "
+                         "repository to keep it in")
+    server_url = env.get("GITHUB_SERVER_URL") or "https://github.com"
+    return repository_remote(server_url, repository), server_url
+
+
+def fetch_history_branch(inp: ActionInputs, env: Mapping[str, str], directory: Path
+                         ) -> Path | None:
+    """The ``history_branch``'s runs copied into ``directory`` for the report's trend chart
+    (None when there are none yet). A branch that cannot be fetched is a warning, not a failed
+    gate: the report then has no trend (a push still tries again when it adds its run); an
+    entry on it that does not follow the schema is bad input (exit 2), as in a directory."""
+    remote, server_url = history_remote(env)
+    try:
+        with hbranch.open_branch(remote, inp.history_branch, inp.token, server_url) as repo:
+            got = hbranch.read_history(repo, directory)
+    except hbranch.BranchError as exc:
+        workflow.warning(f"history: branch '{inp.history_branch}' could not be read, so the "
+                         f"report has no trend: {exc}", title="sdopt: history unavailable",
+                         file=inp.config)
+        return None
+    for name in got.skipped:
+        print(workflow.neutralize(f"history: '{hbranch.RUNS_FOLDER}/{name}' on branch "
+                                  f"'{inp.history_branch}' is not an entry sdopt writes: "
+                                  "not read"))
+    if got.head is None:
+        print(workflow.neutralize(f"history: branch '{inp.history_branch}' does not exist yet "
+                                  "(the first push to the default branch creates it)"))
+    else:
+        print(workflow.neutralize(f"history: {len(got.runs)} run(s) read from branch "
+                                  f"'{inp.history_branch}' at {got.head[:12]}"))
+    return directory if got.runs else None
+
+
+@contextlib.contextmanager
+def history_source(inp: ActionInputs, env: Mapping[str, str]) -> Iterator[Path | None]:
+    """The history directory the report draws: the ``history`` input's, or a copy of the
+    ``history_branch``'s runs in a temporary directory removed after the run."""
+    if not inp.history_branch:
+        yield history_dir(inp)
+        return
+    with tempfile.TemporaryDirectory(prefix="sdopt-history-") as tmp:
+        yield fetch_history_branch(inp, env, Path(tmp) / "runs")
+
+
 def record_history(inp: ActionInputs, env: Mapping[str, str], out: Path) -> int:
     """Add the published run to the results history when this event may write it
     (event.history_refusal: pushes to the default branch only); 0, or the failing status."""
-    if not inp.history:
+    if not inp.history and not inp.history_branch:
         return 0
     why = event.history_refusal(env)
     if why:
         print(workflow.neutralize(f"history: this run is not added ({why})"))
         return 0
-    rc, errors = run_sdopt(["history", "add", str(out), "--to", inp.history, "--repo",
-                            str(Path(inp.config).absolute().parent)], env)
-    if rc != ExitCode.PASS:
-        return fail_unfinished("sdopt history add", rc, errors, inp.config)
+    repo_dir = str(Path(inp.config).absolute().parent)
+    if not inp.history_branch:
+        rc, errors = run_sdopt(["history", "add", str(out), "--to", inp.history, "--repo",
+                                repo_dir, "--max-runs", str(inp.history_max_runs)], env)
+        if rc != ExitCode.PASS:
+            return fail_unfinished("sdopt history add", rc, errors, inp.config)
+        return 0
+    # The entry is made by the same command into an empty directory of its own (the child sees
+    # no token), then pushed as it is: names, schema and bound are sdopt's (results_history.py).
+    from sdopt.gate.results_history import entry_files
+
+    with tempfile.TemporaryDirectory(prefix="sdopt-history-entry-") as tmp:
+        rc, errors = run_sdopt(["history", "add", str(out), "--to", str(Path(tmp) / "new"),
+                                "--repo", repo_dir], env)
+        if rc != ExitCode.PASS:
+            return fail_unfinished("sdopt history add", rc, errors, inp.config)
+        (entry,) = entry_files(Path(tmp) / "new")
+        remote, server_url = history_remote(env)
+        try:
+            with hbranch.open_branch(remote, inp.history_branch, inp.token, server_url) as repo:
+                done = hbranch.append_entry(repo, entry.name, entry.read_bytes(),
+                                            max_runs=inp.history_max_runs)
+        except hbranch.BranchError as exc:
+            workflow.error(f"history: this run could not be added to branch "
+                           f"'{inp.history_branch}': {exc}", title="sdopt: history not written",
+                           file=inp.config)
+            return 1
+    print(workflow.neutralize(
+        f"history: added {hbranch.RUNS_FOLDER}/{done.name} to branch '{inp.history_branch}' "
+        f"({done.commit[:12]}" + (f", {len(done.pruned)} older run(s) pruned" if done.pruned
+                                  else "")
+        + (f", after {done.attempts} attempts" if done.attempts > 1 else "") + ")"))
     return 0
 
 
@@ -697,10 +778,16 @@ def run_gate(inp: ActionInputs, env: Mapping[str, str], *, subcommand: str = "ga
     """One run of ``sdopt gate`` (or ``bench``) into a fresh directory; published only when sdopt
     finished (exit 0, 1 or 3), then moved to ``out``."""
     ctx = event.from_event(env)
-    out = Path(inp.out)
     config_args = gate_args(inp)
     protected = check_out(inp)
-    history = history_dir(inp)
+    with history_source(inp, env) as history:
+        return _run_gate(inp, env, ctx, config_args, protected, history, subcommand=subcommand)
+
+
+def _run_gate(inp: ActionInputs, env: Mapping[str, str], ctx: event.PullRequestContext,
+              config_args: list[str], protected: list[Path], history: Path | None, *,
+              subcommand: str) -> int:
+    out = Path(inp.out)
     with fresh_output(out) as staged:
         args = ["--out", str(staged), *(history_args(history) if subcommand == "gate" else [])]
         base_ref = same_job_base(inp, ctx) if subcommand == "gate" else None

@@ -117,6 +117,13 @@ class Backend(abc.ABC):
         the search's progress line: a build can take minutes, and the user should see why."""
         return "building"
 
+    def techniques_for(self, variant: Variant, denoiser: torch.nn.Module) -> tuple[str, ...]:
+        """What ``variant`` does to ``denoiser``, in the words of the search's table, the
+        bench's results and a saved manifest: ``variant.techniques``, unless what the variant
+        does depends on the model's family (OpenVINO's ``int8-inner``). Only a label: never
+        part of the variant's id, its options or any cache key."""
+        return variant.techniques
+
     @abc.abstractmethod
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
         """Build the optimized module from the pipeline's UNet (which must stay unchanged)."""

@@ -37,6 +37,12 @@ INT8_EDGE_PATTERNS = (".*conv_in.*", ".*conv_out.*")
 DIT_EDGE_PATTERNS = tuple(rf".*\.{re.escape(module)}/.*" for module in DIT_EDGE_MODULES)
 
 
+# int8-inner's label: the layers its ignored scope keeps in floating point (the compile hint's
+# precision, bf16) on a UNet, and on a DiT transformer (Backend.techniques_for).
+UNET_EDGE_LABEL = "conv_in/conv_out bf16"
+DIT_EDGE_LABEL = "patch embedding/final projection bf16"
+
+
 def edge_patterns(denoiser: torch.nn.Module, patterns: tuple[str, ...]) -> tuple[str, ...]:
     """The ignored scope of ``int8-inner`` for this denoiser: a transformer has no conv_in or
     conv_out (the UNet's patterns would match nothing and leave the variant full int8), so its
@@ -258,7 +264,7 @@ class OpenVINO(Backend):
                     options={"quantizer": "nncf", "ignored_patterns": list(INT8_EDGE_PATTERNS),
                              "fallback_of": ["int8"]},
                     techniques=("openvino", "int8 post-training (NNCF, calibrated)",
-                                "conv_in/conv_out bf16")),
+                                UNET_EDGE_LABEL)),
             # Then only one kind of layer in int8, the other in bf16.
             Variant(self.name, "int8-matmul", "int8",
                     options={"quantizer": "nncf", "ignored_types": ["Convolution"],
@@ -271,6 +277,17 @@ class OpenVINO(Backend):
                     techniques=("openvino", "int8 convolutions (NNCF, calibrated)",
                                 "bf16 MatMul")),
         ]
+
+    def techniques_for(self, variant: Variant, denoiser: torch.nn.Module) -> tuple[str, ...]:
+        """int8-inner keeps a DiT's patch embedding and final layers (export.DIT_EDGE_MODULES:
+        pos_embed.proj or x_embedder, norm_out.linear, proj_out) in floating point, not the
+        UNet's conv_in/conv_out (edge_patterns, which the build uses): the label says which.
+        The variant, its options and its cache keys stay the same for every family."""
+        patterns = tuple(variant.options.get("ignored_patterns", ()))
+        if patterns and edge_patterns(denoiser, patterns) == DIT_EDGE_PATTERNS:
+            return tuple(DIT_EDGE_LABEL if t == UNET_EDGE_LABEL else t
+                         for t in variant.techniques)
+        return variant.techniques
 
     def unavailable_reason(self, device: DeviceInfo, variant: Variant) -> str | None:
         if device.kind != "cpu":

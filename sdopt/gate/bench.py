@@ -23,6 +23,7 @@ from typing import Any
 from ..version import __version__
 from ..device import detect, library_versions
 from ..errors import SdoptError
+from ..backends import get_backend
 from ..models import denoiser_of, load_pipeline, pipeline_inputs
 from ..optimize.api import apply_variant, load_model, optimize_model
 from ..optimize.capture import native_side
@@ -366,7 +367,8 @@ def optimized_subject(config: Config, pipe, *, progress: bool = True,
             time_budget_s=opt.time_budget_s, exhaustive=opt.exhaustive, show=progress)
         optimization = new.sdopt_result.to_dict()
     variant = denoiser_of(new).variant
-    return Subject(name, new, variant.id, variant.backend, list(variant.techniques)), optimization
+    techniques = get_backend(variant.backend).techniques_for(variant, denoiser_of(pipe))
+    return Subject(name, new, variant.id, variant.backend, list(techniques)), optimization
 
 
 def original_subject(pipe) -> Subject:

@@ -187,7 +187,7 @@ def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Pa
         write_manifest(tmp, build_manifest(
             type(model).__name__, variant, artifact, wrapped.info, wrapped.dtype,
             wrapped.device.type, result.to_dict() if result else None,
-            component=denoiser_name(model)))
+            component=denoiser_name(model), denoiser=wrapped))
     return target
 
 

@@ -31,14 +31,18 @@ METRIC_KEYS = ("metric", "metric_drop", "latency_s", "speedup", "speedup_source"
 
 def build_manifest(pipeline_class: str, variant: Variant, artifact: dict[str, Any],
                    info: dict[str, Any], dtype, device_kind: str,
-                   search: dict[str, Any] | None, component: str = "unet") -> dict[str, Any]:
+                   search: dict[str, Any] | None, component: str = "unet",
+                   denoiser=None) -> dict[str, Any]:
     """The manifest of a model whose backend wrote ``artifact`` (what its ``load`` needs);
     ``component``: the pipeline attribute the optimized denoiser replaces (``unet`` or
     ``transformer``), where load_model puts it back. ``search``: the search's table
     (OptimizationResult.to_dict), with what it ran on: sizes and steps (``end_to_end``,
     ``samples``) and, for a pipeline that takes images, the start images' and masks' sha256
-    (``input_images``, as results.json's config records them)."""
+    (``input_images``, as results.json's config records them). ``denoiser``: the model it was
+    made from, whose family the techniques' words describe (Backend.techniques_for)."""
     backend = BACKENDS[variant.backend]
+    techniques = (variant.techniques if denoiser is None
+                  else backend.techniques_for(variant, denoiser))
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "sdopt_version": __version__,
@@ -47,7 +51,7 @@ def build_manifest(pipeline_class: str, variant: Variant, artifact: dict[str, An
         "components": {component: {
             "backend": variant.backend, "backend_version": backend.version,
             "variant": variant.name, "precision": variant.precision,
-            "options": dict(variant.options), "techniques": list(variant.techniques),
+            "options": dict(variant.options), "techniques": list(techniques),
             "path": COMPONENT_DIR, "artifact": artifact,
             "source_hash": info.get("source_hash", ""),
             "config_hash": info.get("config_hash", ""),

@@ -165,6 +165,49 @@ def test_int8_inner_keeps_the_patch_embedding_and_final_projection_in_float(fami
     assert inner_edges.keys() == full_edges.keys()
 
 
+def test_int8_inner_is_labelled_by_the_layers_it_keeps_in_float_on_each_family(tiny_pipe):
+    """int8-inner keeps a UNet's conv_in/conv_out in float and a DiT's patch embedding and final
+    projection (edge_patterns): the techniques the search's table, the bench's results and the
+    manifest show say which, for the model at hand. Only a label: the variant (id, options)
+    is the same for every family, so no cache key changes."""
+    from sdopt.backends import get_backend
+    from sdopt.backends.openvino import DIT_EDGE_LABEL, INT8_EDGE_PATTERNS, UNET_EDGE_LABEL
+    from sdopt.device import detect
+
+    backend = get_backend("openvino")
+    variants = {v.name: v for v in backend.variants(detect("cpu"))}
+    inner = variants["int8-inner"]
+    assert inner.options["ignored_patterns"] == list(INT8_EDGE_PATTERNS)
+    assert backend.techniques_for(inner, tiny_pipe.unet) == inner.techniques
+    assert UNET_EDGE_LABEL in inner.techniques
+    for family in FAMILIES:
+        pipe, _ = recorded(family)
+        words = backend.techniques_for(inner, pipe.transformer)
+        assert DIT_EDGE_LABEL in words and "conv_in" not in " ".join(words), (family, words)
+        assert words[:2] == inner.techniques[:2]
+        # The other variants' words do not depend on the family.
+        for name in ("fp32", "bf16", "int8", "int8-matmul", "int8-conv"):
+            assert backend.techniques_for(variants[name], pipe.transformer) == \
+                variants[name].techniques
+    # The variant itself is untouched: its id and options are every family's.
+    assert inner == variants["int8-inner"] and inner.options["ignored_patterns"] == \
+        list(INT8_EDGE_PATTERNS)
+
+
+def test_the_search_table_shows_int8_inners_dit_words_on_a_dit():
+    """The search's row for int8-inner on PixArt (skipped here: no metric drop allowed) names
+    the DiT's float layers."""
+    from sdopt.backends.openvino import DIT_EDGE_LABEL, UNET_EDGE_LABEL
+
+    pipe, _ = recorded("pixart-tiny")
+    optimized = sdopt.optimize_model(pipe, ["a photo of a cat"], metric_drop_ths=None,
+                                     backends=["openvino/int8-inner"], height=64, width=64,
+                                     num_inference_steps=2, repeats=1, n_verify=1,
+                                     end_to_end=False, show=False, reuse_search=False)
+    row = next(c for c in optimized.sdopt_result.candidates if c.id == "openvino/int8-inner")
+    assert DIT_EDGE_LABEL in row.techniques and UNET_EDGE_LABEL not in row.techniques, row
+
+
 def test_onnx_nodes_are_traced_to_their_module_under_both_exporters():
     onnx = pytest.importorskip("onnx")
     from sdopt.backends.export import dit_edge_nodes, node_module
