@@ -61,6 +61,10 @@ class ActionInputs:
     # A results history directory (sdopt history): read for the report's trend chart on every
     # run, added to only on pushes to the default branch (action/main.py history_refusal).
     history: str | None = None
+    # The same history kept on an orphan branch of the repository (action/history_branch.py):
+    # fetched for the chart on every run, pushed to only where ``history`` would be added to.
+    history_branch: str | None = None
+    history_max_runs: int = 500         # both kinds: the oldest entries beyond it are deleted
     image_hosting: str = "branch"
     image_base_url: str | None = None
     assets_branch: str = "sdopt-assets"
@@ -156,15 +160,39 @@ def read_inputs(env: Mapping[str, str] | None = None) -> ActionInputs:
             raise SdoptError(f"input 'fail_on' has '{bad[0]}': expected a comma-separated list of "
                              f"{REGRESSION}, {NOT_COMPARABLE} (or none)")
         inp.fail_on = tuple(x for x in items if x != "none")
-    inp.history = _get(env, "history")
-    if inp.history is not None and inp.mode not in ("gate", "optimize"):
-        raise SdoptError(f"input 'history' is set in mode '{inp.mode}': only modes gate and "
-                         "optimize measure a run to add to it")
+    read_history_inputs(env, inp)
     read_image_inputs(env, inp)
+    if inp.history_branch and inp.image_hosting == "branch" \
+            and inp.history_branch == inp.assets_branch:
+        raise SdoptError(f"input 'history_branch' is '{inp.history_branch}', the branch of the "
+                         "comment's images (assets_branch): choose another (sdopt-history)")
     if inp.mode in ("comment", "merge") and not inp.artifact_dir:
         raise SdoptError(f"input 'artifact_dir' is required in mode '{inp.mode}': the directory "
                          "where the gate job's artifact(s) were downloaded")
     return inp
+
+
+def read_history_inputs(env: Mapping[str, str], inp: ActionInputs) -> None:
+    """history (a directory) or history_branch (an orphan branch), and history_max_runs."""
+    from sdopt.gate.results_history import DEFAULT_MAX_RUNS, MAX_RUNS_LIMIT
+
+    from .assets import check_branch
+
+    inp.history = _get(env, "history")
+    branch = _get(env, "history_branch")
+    if inp.history is not None and branch is not None:
+        raise SdoptError(f"input 'history_branch' is '{branch}' and input 'history' is "
+                         f"'{inp.history}': set one of them (a branch, or a directory)")
+    inp.history_branch = check_branch(branch, what="input 'history_branch'") if branch else None
+    for name in ("history", "history_branch"):
+        if _get(env, name) is not None and inp.mode not in ("gate", "optimize"):
+            raise SdoptError(f"input '{name}' is set in mode '{inp.mode}': only modes gate and "
+                             "optimize measure a run to add to it")
+    keep = _get(env, "history_max_runs")
+    if keep is not None and (not keep.isdigit() or not 1 <= int(keep) <= MAX_RUNS_LIMIT):
+        raise SdoptError(f"input 'history_max_runs' is '{keep}': expected a whole number from 1 "
+                         f"to {MAX_RUNS_LIMIT}")
+    inp.history_max_runs = int(keep) if keep is not None else DEFAULT_MAX_RUNS
 
 
 def read_image_inputs(env: Mapping[str, str], inp: ActionInputs) -> None:

@@ -119,20 +119,39 @@ def entry_name(entry: dict[str, Any]) -> str:
             f"{secrets.token_hex(4)}.json")
 
 
+def check_max_runs(max_runs: int, what: str = "--max-runs") -> int:
+    if not 1 <= max_runs <= MAX_RUNS_LIMIT:
+        raise SdoptError(f"{what} is {max_runs}: expected 1 to {MAX_RUNS_LIMIT}")
+    return max_runs
+
+
+def entry_text(entry: dict[str, Any]) -> str:
+    """An entry's file contents, checked against the schema before anything is written."""
+    text = json.dumps(finite(entry), indent=2) + "\n"
+    validate(json.loads(text), RUN_ENTRY_KIND, "(new entry)", "results history entry")
+    return text
+
+
+def pruned_names(names: list[str], max_runs: int) -> list[str]:
+    """The entries among ``names`` (a history's file names, the new one included) that the bound
+    deletes: the oldest beyond ``max_runs``. Names that are not entries are never counted nor
+    deleted. The one rule for a directory and for a branch (action/history_branch.py)."""
+    entries = sorted(n for n in names if ENTRY_NAME.fullmatch(n))
+    return entries[:max(0, len(entries) - check_max_runs(max_runs))]
+
+
 def add_run(directory: str | os.PathLike, entry: dict[str, Any], *,
             max_runs: int = DEFAULT_MAX_RUNS) -> tuple[Path, list[Path]]:
     """Write ``entry`` as a new file in ``directory`` (made, with sdopt's marker, when missing
     or empty), then delete the oldest entries beyond ``max_runs``. Returns the new file and the
     deleted ones."""
-    if not 1 <= max_runs <= MAX_RUNS_LIMIT:
-        raise SdoptError(f"--max-runs is {max_runs}: expected 1 to {MAX_RUNS_LIMIT}")
+    check_max_runs(max_runs)
     directory = Path(directory)
     _check_dir(directory)
     if not directory.is_dir() or not any(directory.iterdir()):
         with atomic_directory(directory, kind=RUN_HISTORY_OUTPUT):
             pass
-    text = json.dumps(finite(entry), indent=2) + "\n"
-    validate(json.loads(text), RUN_ENTRY_KIND, "(new entry)", "results history entry")
+    text = entry_text(entry)
     for _ in range(10):
         target = directory / entry_name(entry)
         try:
@@ -142,11 +161,31 @@ def add_run(directory: str | os.PathLike, entry: dict[str, Any], *,
             continue
     else:
         raise SdoptError(f"history '{directory}': no free entry name")
-    files = entry_files(directory)
-    pruned = files[:max(0, len(files) - max_runs)]
+    gone = set(pruned_names([p.name for p in entry_files(directory)], max_runs))
+    pruned = [p for p in entry_files(directory) if p.name in gone]
     for old in pruned:
         old.unlink(missing_ok=True)
     return target, pruned
+
+
+def copy_entries(directory: str | os.PathLike, files: dict[str, bytes], *, source: str
+                 ) -> list[dict[str, Any]]:
+    """A new history ``directory`` (sdopt's marker) holding ``files``, a history kept elsewhere
+    (a branch: ``source`` names it), each checked as :func:`read_runs` checks a directory's;
+    returns the runs. Only entry names are written, each file at most MAX_ENTRY_BYTES."""
+    for name, data in files.items():
+        if not ENTRY_NAME.fullmatch(name):
+            raise SdoptError(f"{source}: '{name}' is not a results history entry name")
+        if len(data) > MAX_ENTRY_BYTES:
+            raise SdoptError(f"{source}: entry '{name}' is {len(data)} bytes, more than any "
+                             f"entry sdopt writes ({MAX_ENTRY_BYTES}): refused unread")
+    with atomic_directory(directory, kind=RUN_HISTORY_OUTPUT) as staged:
+        for name, data in files.items():
+            (staged / name).write_bytes(data)
+    try:
+        return read_runs(directory)
+    except SdoptError as exc:
+        raise SdoptError(f"{source}: {exc}") from None
 
 
 def add_results(directory: str | os.PathLike, results: dict[str, Any], *,
