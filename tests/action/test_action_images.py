@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from action.inputs import read_inputs  # noqa: E402
 from sdopt.errors import SdoptError  # noqa: E402
 from sdopt.report.markdown import MAX_CHARS  # noqa: E402
 from tests.action.test_action_main import artifact, gh, runner_env  # noqa: E402,F401
+from tests.report.test_thumbnails import run  # noqa: E402,F401
 
 
 def write_images(art, *, optimized=None):
@@ -225,3 +227,89 @@ def test_the_re_rendered_comment_keeps_the_configs_own_templates(tmp_path, gh):
 def test_bad_keep_days_names_the_input(value):
     with pytest.raises(SdoptError, match="input 'assets_keep_days'"):
         read_inputs({"INPUT_ASSETS_KEEP_DAYS": value})
+
+
+def test_the_worst_comment_stays_under_the_limit_with_whole_links(run):
+    """The most a comment can hold: MAX_PROMPTS prompts, each thousands of characters of
+    markdown-active text, every kind of image. The posted body (with the action's markers)
+    is at most 65,536 characters and every image link in it is whole (a row is shortened or
+    dropped, never a link cut in half)."""
+    from action.comment import cap_body, verdict_marker
+    from sdopt.report import build_context, render_markdown
+    from sdopt.report import thumbnails
+    from sdopt.report.thumbnails import select
+    from tests.report.test_thumbnails import _load
+
+    results = _load("current/results.json")
+    n = thumbnails.MAX_PROMPTS
+    prompts = [f"{i} " + "|*_<a>[x](javascript:y) " * 200 for i in range(n)]
+    results["config"]["prompts"] = prompts
+    for label in ("original", "optimized"):
+        results["variants"][label]["images"] = [
+            {"prompt": p, "seed": 0, "path": f"images/{label}/{i}.png"}
+            for i, p in enumerate(prompts)]
+        for i in range(2, n):
+            shutil.copyfile(run / "images" / label / "0.png", run / "images" / label / f"{i}.png")
+    sel = select(results, run, budget=10**9)
+    assert len(sel.rows) == n
+    base = "https://github.com/octo/widgets/raw/" + "f" * 40 + "/20261130T120000Z-1-1"
+    context = build_context(results, run, html=False,
+                            artifact_url="https://github.com/octo/widgets/actions/runs/1")
+    context.update(thumbnails.markdown_rows(sel, base))
+    body = cap_body(f"{verdict_marker('pass')}\n{render_markdown(context)}")
+    assert len(body) <= MAX_CHARS and "data:" not in body
+    links = re.findall(r"\]\((https://github\.com/octo/widgets/raw/[^)\s]*)\)", body)
+    names = {f.name for f in sel.files}
+    assert len(links) == len(sel.files) == 3 * n          # each prompt's every image, whole
+    assert all(link.startswith(base + "/") and link[len(base) + 1:] in names for link in links)
+
+
+def test_every_hostile_input_at_once_one_line_each_and_only_the_run_folder(
+        tmp_path, gh, artifact, capsys, monkeypatch):
+    """A fork's artifact with one good prompt and, for four others, a script named .png, an
+    image over the size limit, a path out of the artifact and a symbolic link: each is refused
+    with exactly one log line naming it, the good prompt's images are published, and the
+    branch holds nothing but this run's folder with sdopt's own file names."""
+    from sdopt.report import thumbnails
+
+    prompts = ["good", "script", "oversized", "escape", "link"]
+    doc = json.loads((artifact / "results.json").read_text())
+    doc["config"]["prompts"] = prompts
+    rng = np.random.default_rng(1)
+    for label in ("original", "optimized"):
+        (artifact / "images" / label).mkdir(parents=True)
+        doc["variants"][label]["images"] = [
+            {"prompt": p, "seed": 0, "path": f"images/{label}/{i}.png"}
+            for i, p in enumerate(prompts)]
+        for i in range(len(prompts)):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                artifact / "images" / label / f"{i}.png")
+    opt = artifact / "images" / "optimized"
+    (opt / "1.png").write_text("#!/bin/sh\necho pwned")
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(opt / "2.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    doc["variants"]["optimized"]["images"][3]["path"] = "../outside.png"
+    (opt / "4.png").unlink()
+    os.symlink("/etc/passwd", opt / "4.png")
+    (artifact / "results.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(thumbnails, "MAX_SOURCE_BYTES", 50_000)   # 32 px passes, 256 px not
+    env = runner_env(tmp_path, gh, mode="comment", artifact_dir=artifact)
+    assert entry.main(env={**env, "GITHUB_RUN_ID": "77"}) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("comment images: ")]
+    for path, why in (("images/optimized/1.png", "not a readable"),
+                      ("images/optimized/2.png", "50,000-byte limit"),
+                      ("../outside.png", "leaves the results directory"),
+                      ("images/optimized/4.png", "symbolic link")):
+        mine = [ln for ln in out.splitlines() if path in ln]
+        assert len(mine) == 1 and why in mine[0] and mine[0] in lines, (path, out)
+    files = branch_files(gh)
+    assert {p.split("/")[0] for p in files} == {next(iter(files)).split("/")[0]}
+    assert next(iter(files)).split("/")[0].endswith("-77-1")
+    assert all(p.count("/") == 1 for p in files)
+    assert sorted(p.split("/")[1] for p in files) == [
+        "00-difference.webp", "00-optimized.webp", "00-original.webp"]
+    blob = b"".join(files.values())
+    assert b"pwned" not in blob and b"root:" not in blob
+    body = gh.state.comments[7][0].body
+    assert "00-optimized.webp)" in body and "Sample images not shown" not in body
