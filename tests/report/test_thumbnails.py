@@ -117,4 +117,3 @@ def test_the_comment_embeds_the_links_and_stays_under_the_limit(run):
     assert len(body) < MAX_CHARS and "data:" not in body
     for f in sel.files:
         assert f"(https://github.com/octo/w/raw/sdopt-assets/r1/{f.name})" in body
-
