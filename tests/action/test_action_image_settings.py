@@ -203,3 +203,31 @@ def test_a_kept_comments_links_still_resolve_after_later_runs(tmp_path, gh):
         flat = gh.state.flat(gh.state.commits[commit]["tree"])
         assert f"{folder}/{name}" in flat                         # resolves at its commit
         assert f"{folder}/{name}" not in tip                      # though pruned at the tip
+
+
+def test_every_commenting_example_job_may_write_the_assets_branch():
+    """image_hosting: branch (the default) writes with the job's token, which needs contents:
+    write beside pull-requests: write; a job that comments with less shows no images (every
+    comment would carry the one-line reason). Checked on every example job that runs the
+    action and comments (a job's permissions replace the workflow's)."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "workflows"
+    commenting = []
+    for path in sorted(root.glob("*.yml")):
+        doc = yaml.safe_load(path.read_text())
+        for name, job in doc["jobs"].items():
+            for step in job.get("steps", []):
+                if "sdopt-action" not in str(step.get("uses", "")):
+                    continue
+                inputs = step.get("with") or {}
+                if inputs.get("comment", "always") == "never" or \
+                        inputs.get("image_hosting", "branch") != "branch":
+                    continue
+                perms = job.get("permissions", doc.get("permissions"))
+                assert perms.get("contents") == "write", (path.name, name)
+                assert perms.get("pull-requests") == "write", (path.name, name)
+                commenting.append(f"{path.stem}:{name}")
+    assert len(commenting) >= 3, commenting           # the gate, the commenter, the merge

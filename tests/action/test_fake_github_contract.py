@@ -43,16 +43,50 @@ def test_a_refused_comment_changes_nothing(gh, token, data, status):
     assert [c.body for c in gh.state.comments[7]] == ["hello"]
 
 
-def _tree(gh, body: dict):
-    req = urllib.request.Request(f"{gh.url}/repos/octo/widgets/git/trees",
-                                 data=json.dumps(body).encode(), method="POST",
-                                 headers={"Authorization": "token rw",
+def _git(gh, method: str, path: str, body: dict, token: str = "rw"):
+    req = urllib.request.Request(f"{gh.url}/repos/octo/widgets/git{path}",
+                                 data=json.dumps(body).encode(), method=method,
+                                 headers={"Authorization": f"token {token}",
                                           "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def _tree(gh, body: dict):
+    return _git(gh, "POST", "/trees", body)
+
+
+def test_ref_conflicts_are_githubs_and_change_nothing(gh):
+    """The branch ref's documented refusals (docs.github.com/rest/git/refs), each with GitHub's
+    error body and the ref left as it was: 422 "Reference already exists" (two jobs creating
+    the branch), 422 "Update is not a fast forward" (another job moved it), 409 "Git Repository
+    is empty.", 403 for a token without contents: write."""
+    st = gh.state
+    blob = st.put_blob(b"x")
+    first = st.put_commit(st.build({"a": ("100644", blob)}), [], "first")
+    st.refs["refs/heads/sdopt-assets"] = first
+    unrelated = st.put_commit(st.build({"b": ("100644", blob)}), [], "unrelated")
+    child = st.put_commit(st.build({"c": ("100644", blob)}), [first], "child")
+    cases = [
+        ("POST", "/refs", {"ref": "refs/heads/sdopt-assets", "sha": child}, "rw", 422,
+         "Reference already exists"),
+        ("PATCH", "/refs/heads/sdopt-assets", {"sha": unrelated, "force": False}, "rw", 422,
+         "Update is not a fast forward"),
+        ("PATCH", "/refs/heads/sdopt-assets", {"sha": child}, "ro", 403,
+         "Resource not accessible by integration"),
+    ]
+    for method, path, body, token, status, message in cases:
+        got, answer = _git(gh, method, path, body, token)
+        assert (got, answer["message"]) == (status, message) and answer["documentation_url"]
+        assert st.refs["refs/heads/sdopt-assets"] == first
+    assert _git(gh, "PATCH", "/refs/heads/sdopt-assets", {"sha": child})[0] == 200
+    assert st.refs["refs/heads/sdopt-assets"] == child            # a fast forward is taken
+    st.git_empty = True
+    got, answer = _git(gh, "POST", "/blobs", {"content": "eA==", "encoding": "base64"})
+    assert (got, answer["message"]) == (409, "Git Repository is empty.")
 
 
 def test_a_null_sha_deletes_a_file_never_a_folder(gh):
