@@ -299,8 +299,8 @@ def test_the_workspace_checkout_picks_the_git_transport(tmp_path):
 def test_the_action_pushes_with_git_from_a_checkout_and_updates_one_comment(tmp_path, bare):
     """Through the entrypoint: the workspace is a checkout of the repository, so the default
     assets_transport (auto) pushes with git (here to the bare repository, the server being a
-    file:// URL); the API's git data endpoints are not used; a second run updates the one
-    comment with its own folder's links."""
+    file:// URL); the API's git data endpoints are not used; later runs update the one comment
+    with their own folder's links, and the oldest run beyond assets_keep_runs is pruned."""
     pytest.importorskip("github", reason="PyGithub is not installed")
     from action import main as entry
     from tests.action.test_action_images import same_repo_publish
@@ -311,15 +311,15 @@ def test_the_action_pushes_with_git_from_a_checkout_and_updates_one_comment(tmp_
     git("init", "--quiet", str(ws))
     git("remote", "add", "origin", f"{server}/{REPO}", cwd=ws)
     with FakeGitHub(State(tokens={"rw": Token("github-actions[bot]")})) as gh:
-        env = same_repo_publish(tmp_path, gh)
+        env = same_repo_publish(tmp_path, gh, assets_keep_runs="2")
         env.update({"GITHUB_WORKSPACE": str(ws), "GITHUB_SERVER_URL": server})
-        for run_id in ("11", "12"):
+        for run_id in ("11", "12", "13"):
             assert entry.main(env={**env, "GITHUB_RUN_ID": run_id}) == 0
         assert not [r for r in gh.state.requests if "/git/" in r[1]]
         assert len(gh.state.comments[7]) == 1
         body = gh.state.comments[7][0].body
     files = branch_files(bare)
     folders = sorted({p.split("/")[0] for p in files})
-    assert len(folders) == 2 and folders[-1].endswith("-12-1")
+    assert [f[-5:] for f in folders] == ["-12-1", "-13-1"]           # run 11 pruned
     assert f"({server}/{REPO}/raw/{head(bare)}/{folders[-1]}/00-optimized.webp)" in body
     assert git("status", "--porcelain", cwd=ws) == ""               # the checkout untouched
