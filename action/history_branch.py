@@ -25,6 +25,7 @@ from typing import Any
 
 from sdopt.gate.results_history import (ENTRY_NAME, MAX_ENTRY_BYTES, copy_entries,
                                         pruned_names)
+from sdopt.store import MARKER_NAME
 
 from .gitbranch import BranchError, GitBranch, TreeEntry, retry
 
@@ -65,13 +66,14 @@ def _runs(repo: GitBranch, head: str | None) -> tuple[list[TreeEntry], list[Tree
 def read_history(repo: GitBranch, directory: str | Path) -> Fetched:
     """The branch's history copied into ``directory`` (which must not exist; not made when the
     branch has no entry). Entries that are not regular files of an entry's name and size (a
-    link, a folder, something larger than sdopt writes) are skipped and named in ``skipped``;
+    link, a folder, something larger than sdopt writes) are skipped and named in ``skipped``
+    (sdopt's marker, which ``sdopt history add`` on a worktree of the branch leaves, is not);
     an entry that does not follow the schema is one SdoptError line naming the branch."""
     head = repo.fetch_head()
     _, runs = _runs(repo, head)
     wanted = [e for e in runs if e.type == "blob" and e.mode == "100644"
               and ENTRY_NAME.fullmatch(e.name) and (e.size or 0) <= MAX_ENTRY_BYTES]
-    skipped = [e.name for e in runs if e not in wanted]
+    skipped = [e.name for e in runs if e not in wanted and e.name != MARKER_NAME]
     if not wanted:
         return Fetched(head, [], skipped)
     data = repo.blobs(e.sha for e in wanted)

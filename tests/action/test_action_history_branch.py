@@ -180,6 +180,25 @@ def test_links_and_forged_entries_on_the_branch(bare, tmp_path):
         str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_branch_the_command_line_recipe_made_is_read_and_appended_to(bare, tmp_path):
+    """docs/history.md's command-line recipe commits ``sdopt history add``'s directory as it is
+    (its marker too): the action reads it without a word about the marker, and keeps it."""
+    from sdopt.gate.results_history import add_run
+    from sdopt.store import MARKER_NAME
+
+    work = tmp_path / "work"
+    git("init", "-q", "-b", BRANCH, str(work))
+    add_run(work / "runs", entry_for(run(0), commit=COMMIT))
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "by hand", cwd=work)
+    git("push", "-q", str(bare), BRANCH, cwd=work)
+    with branch(bare) as repo:
+        got = history_branch.read_history(repo, tmp_path / "h")
+    assert len(got.runs) == 1 and got.skipped == []
+    append(bare, 1)
+    assert len(files_on(bare)) == 3 and f"runs/{MARKER_NAME}" in files_on(bare)
+
+
 # --- the action: which events write, what the report draws, bad inputs ----------------------
 
 def _env(tmp_path, bare, event: tuple, **inputs) -> dict[str, str]:

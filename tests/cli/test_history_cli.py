@@ -77,14 +77,14 @@ def test_bad_history_directories_are_one_error_line(tmp_path):
 
 
 def test_the_branch_recipe_of_the_docs_keeps_the_history_on_a_branch(tmp_path):
-    """docs/history.md's "On a branch" block, run as written (twice: the first run makes the
-    branch, the second fetches it) with a local bare repository as origin."""
+    """docs/history.md's "Outside the action" block, run as written (twice: the first run makes
+    the branch, the second fetches it) with a local bare repository as origin."""
     import os
     import subprocess
     import sys
 
     doc = (Path(__file__).parents[2] / "docs" / "history.md").read_text(encoding="utf-8")
-    section = doc.split("### On a branch instead of a cache", 1)[1]
+    section = doc.split("### Outside the action: a branch with the command line", 1)[1]
     script = section.split("```bash\n", 1)[1].split("```", 1)[0]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
