@@ -90,6 +90,8 @@ class State:
     commits: dict[str, dict] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)      # "refs/heads/x" -> commit sha
     git_empty: bool = False
+    # GET /git/trees answers "truncated": true (GitHub's answer past its listing limits)
+    trees_truncated: bool = False
     before_ref_write: list[Callable[["State"], None]] = field(default_factory=list)
     check_runs: list[dict] = field(default_factory=list)
     # commits a check run may be put on, besides the pull requests' heads
@@ -337,7 +339,8 @@ class _Handler(BaseHTTPRequestHandler):
                 items = [{"path": n, "mode": mode, "type": kind, "sha": sha}
                          for n, (mode, kind, sha) in sorted(st.trees[m.group(1)].items())]
             return self._send(200, {"sha": m.group(1), "url": f"{api}/trees/{m.group(1)}",
-                                    "tree": items, "truncated": False})
+                                    "tree": items,
+                                    "truncated": st.trees_truncated})
         if rest == "/trees" and method == "POST":
             entries = body.get("tree")
             if not isinstance(entries, list):

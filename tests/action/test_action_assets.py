@@ -124,6 +124,18 @@ def test_pruning_never_deletes_a_folder_by_a_null_sha(gh):
             ("100644", st.put_blob(b"RIFF-d" + folders[2].encode()))}
 
 
+def test_a_truncated_top_level_listing_is_refused_in_one_line(gh):
+    """GitHub truncates a tree listing past its limits; the API transport rebuilds the whole
+    top level from that listing, so a truncated one would delete what it did not list: refused,
+    the branch left as it was."""
+    publish(gh, run_folder("1", "1", now=T0))
+    head = gh.state.refs["refs/heads/sdopt-assets"]
+    gh.state.trees_truncated = True
+    with pytest.raises(PublishError, match="truncated") as info:
+        publish(gh, run_folder("2", "1", now=T0 + timedelta(minutes=1)))
+    assert "\n" not in str(info.value) and gh.state.refs["refs/heads/sdopt-assets"] == head
+
+
 def test_read_only_token_says_why_in_one_line(gh):
     with pytest.raises(PublishError, match="403.*contents: write") as info:
         publish(gh, run_folder("1", "1", now=T0), token="ro")
