@@ -305,3 +305,15 @@ def test_the_action_end_to_end_push_then_fork_pull_request(bare, tmp_path, capsy
     assert files_on(bare) == [path]
     html = (root / "sdopt-out" / "report.html").read_text(encoding="utf-8")
     assert 'data-chart="chart-trend"' in html
+
+
+def test_history_max_runs_bounds_a_history_directory_too(tmp_path, bare, capsys):
+    (tmp_path / "repo").mkdir()
+    env = _env(tmp_path, bare, PUSH_MAIN, history_max_runs="1")
+    del env["INPUT_HISTORY_BRANCH"]
+    env["INPUT_HISTORY"] = str(tmp_path / "h")
+    inp = read_inputs(env)
+    for _ in range(2):
+        assert entry.record_history(inp, env, DATA / "current") == 0
+    assert "--max-runs 1" in capsys.readouterr().out
+    assert len(read_runs(tmp_path / "h")) == 1
