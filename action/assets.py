@@ -220,7 +220,7 @@ class _ApiWriter:
             line = (f"GitHub API answered {exc.status} on branch '{self.branch}': "
                     f"{message or 'no message'}")
             # 422: another job moved or created the branch first (not a fast forward, reference
-            # already exists, or a pruned folder already gone); 409: GitHub is busy with the
+            # already exists); 409: GitHub is busy with the
             # repository. Both: read the new head and do it again.
             if exc.status in (409, 422):
                 raise _Conflict(line) from None
