@@ -313,3 +313,21 @@ def test_every_hostile_input_at_once_one_line_each_and_only_the_run_folder(
     assert b"pwned" not in blob and b"root:" not in blob
     body = gh.state.comments[7][0].body
     assert "00-optimized.webp)" in body and "Sample images not shown" not in body
+
+
+def test_a_fork_pull_requests_gate_publishes_no_image_and_keeps_them_for_the_artifact(
+        tmp_path, gh, capsys):
+    """The gate job of a fork's pull request has a read-only token: it tries no write (no git
+    data request, no comment) and leaves the images in the output directory that action.yml
+    uploads as the artifact, for the workflow_run commenter to publish."""
+    env = same_repo_publish(tmp_path, gh)
+    payload = json.loads((tmp_path / "event.json").read_text())
+    payload["pull_request"]["head"]["repo"] = {"full_name": "mallory/widgets"}
+    (tmp_path / "event.json").write_text(json.dumps(payload))
+    assert entry.main(env=env) == 0
+    assert not [r for r in gh.state.requests if "/git/" in r[1] or "/comments" in r[1]]
+    assert "refs/heads/sdopt-assets" not in gh.state.refs and 7 not in gh.state.comments
+    assert "fork" in capsys.readouterr().out
+    out = tmp_path / "sdopt-out"
+    assert (out / "images" / "optimized" / "0.png").is_file()
+    assert (out / "images" / "original" / "0.png").is_file()
