@@ -37,9 +37,9 @@ from sdopt.report import build_context, render_markdown
 
 from . import assets
 from . import checks
-from . import history_branch as hbranch
 from . import comment as comment_mod
 from . import event, workflow
+from . import history_branch as hbranch
 from .inputs import PHASES, ActionInputs, read_inputs
 
 # How the sdopt command line is started (the same interpreter as the action).

@@ -217,7 +217,7 @@ def test_pushes_to_the_default_branch_add_runs_and_pull_requests_only_read(
     assert entry.record_history(inp, push, DATA / "baseline") == 0
     assert entry.record_history(inp, push, DATA / "current") == 0
     out = capsys.readouterr().out
-    assert out.count(f"history: added runs/") == 2 and f"to branch '{BRANCH}'" in out
+    assert out.count("history: added runs/") == 2 and f"to branch '{BRANCH}'" in out
     assert len(files_on(bare)) == 2
 
     for event in (FORK_PR, PUSH_OTHER):
