@@ -307,6 +307,10 @@ def publish_thumbnails(inp: ActionInputs, env: Mapping[str, str],
             server_url=server_url, transport=transport, remote=remote)
     except assets.PublishError as exc:
         return None, f"they could not be published to branch '{inp.assets_branch}': {exc}"
+    except OSError as exc:     # the network (requests' errors are OSErrors too): no comment lost
+        detail = " ".join(str(exc).split())[:200]
+        return None, (f"they could not be published to branch '{inp.assets_branch}': "
+                      f"{type(exc).__name__}: {detail or 'no message'}")
     return done, None
 
 

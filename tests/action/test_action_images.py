@@ -331,3 +331,25 @@ def test_a_fork_pull_requests_gate_publishes_no_image_and_keeps_them_for_the_art
     out = tmp_path / "sdopt-out"
     assert (out / "images" / "optimized" / "0.png").is_file()
     assert (out / "images" / "original" / "0.png").is_file()
+
+
+def test_a_network_failure_while_publishing_still_posts_the_comment(tmp_path, gh, monkeypatch):
+    """GitHub unreachable while the images are written (PyGithub lets requests' connection
+    errors through): the comment is still posted, with one line saying why it has no images,
+    and the step does not fail."""
+    import requests
+
+    from action import assets
+
+    def unreachable(self, files):
+        raise requests.exceptions.ConnectionError(
+            "HTTPSConnectionPool(host='api.github.com', port=443): Max retries exceeded\n"
+            "(Caused by NewConnectionError: Connection refused)")
+
+    monkeypatch.setattr(assets._ApiWriter, "store", unreachable)
+    env = same_repo_publish(tmp_path, gh, assets_transport="api")
+    assert entry.main(env=env) == 0
+    body = gh.state.comments[7][0].body
+    line = [ln for ln in body.splitlines() if ln.startswith("Sample images not shown")]
+    assert len(line) == 1 and "ConnectionError" in line[0] and "Connection refused" in line[0]
+    assert "the run's report" in body
