@@ -30,6 +30,7 @@ DEFAULT_FORMAT = "webp"
 THUMB_SIDE = 256                  # longest side of a thumbnail, pixels
 DEFAULT_BUDGET = 1_500_000        # bytes of images per comment
 MAX_PROMPTS = 8
+READ_FACTOR = 2                   # prompts read at most: READ_FACTOR * max_prompts
 # A source image larger than this is refused before it is read (sdopt writes PNGs of a few
 # hundred KB at 512 px; 16 MB is a 2048 px image with room to spare).
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
@@ -146,7 +147,9 @@ def select(results: dict, results_dir: Path, verdict: dict | None = None, *,
            baseline_dir: Path | None = None, fmt: str = DEFAULT_FORMAT, side: int = THUMB_SIDE,
            budget: int = DEFAULT_BUDGET, max_prompts: int = MAX_PROMPTS) -> Selection:
     """The comment's images, prompt by prompt in the results' order, until ``max_prompts`` or
-    ``budget`` bytes. The difference map is of what the gate judged (optimized vs baseline) when
+    ``budget`` bytes; at most ``READ_FACTOR * max_prompts`` prompts are read at all, so that an
+    artifact listing thousands of refused or oversized images costs a bounded amount of
+    reading (and of log lines). The difference map is of what the gate judged (optimized vs baseline) when
     the verdict names a baseline image (read from ``baseline_dir``), else of optimized vs
     original; it is computed at full size, then downscaled like the rest."""
     out = Selection(fmt=fmt)
@@ -159,11 +162,12 @@ def select(results: dict, results_dir: Path, verdict: dict | None = None, *,
         judged = {(str(i.get("prompt")), i.get("seed")): i for i in quality["images"]
                   if isinstance(i, dict)}
     current = optimized or list(originals.values())
-    left_out = 0
+    left_out = read = 0
     for rec in current:
-        if len(out.rows) >= max_prompts:
+        if len(out.rows) >= max_prompts or read >= READ_FACTOR * max_prompts:
             left_out += 1
             continue
+        read += 1
         key = (str(rec.get("prompt", "")), rec.get("seed"))
         arrays: dict[str, np.ndarray] = {}
         sources = {"optimized" if optimized else "original": rec.get("path")}
@@ -201,7 +205,8 @@ def select(results: dict, results_dir: Path, verdict: dict | None = None, *,
         out.files.extend(files)
     if left_out:
         out.notes.append(f"{left_out} prompt(s) not shown: at most {max_prompts} prompts and "
-                         f"{budget:,} bytes of images per comment")
+                         f"{budget:,} bytes of images per comment, of the first "
+                         f"{READ_FACTOR * max_prompts} prompts read")
     return out
 
 

@@ -117,3 +117,22 @@ def test_the_comment_embeds_the_links_and_stays_under_the_limit(run):
     assert len(body) < MAX_CHARS and "data:" not in body
     for f in sel.files:
         assert f"(https://github.com/octo/w/raw/sdopt-assets/r1/{f.name})" in body
+
+
+def test_an_artifact_of_thousands_of_refused_images_is_read_only_so_far(run, monkeypatch):
+    """A fork's artifact may list any number of images that are refused (or do not fit the
+    budget): at most READ_FACTOR * max_prompts prompts are read, so the reading and the log
+    lines it makes are bounded, and the rest is one note."""
+    results = _load("current/results.json")
+    for label in ("original", "optimized"):
+        results["variants"][label]["images"] = [
+            {"prompt": f"p{i}", "seed": 0, "path": f"images/{label}/missing-{i}.png"}
+            for i in range(1000)]
+    opened = []
+    real = thumbnails.read_untrusted_image
+    monkeypatch.setattr(thumbnails, "read_untrusted_image",
+                        lambda d, rel: opened.append(rel) or real(d, rel))
+    sel = select(results, run, max_prompts=3)
+    assert not sel.rows and len(opened) == 2 * thumbnails.READ_FACTOR * 3
+    assert len(sel.notes) == thumbnails.READ_FACTOR * 3 * 2 + 1
+    assert sel.notes[-1].startswith(f"{1000 - thumbnails.READ_FACTOR * 3} prompt(s) not shown")
