@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,6 +25,8 @@ from typing import Any, Callable, Iterator
 
 from .errors import SdoptError
 from .store import atomic_directory, directory_size, write_json
+
+log = logging.getLogger(__name__)
 
 CACHE_ENV = "SDOPT_CACHE"
 ENTRY_FILE = "sdopt_cache_entry.json"
@@ -86,16 +89,27 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"cache kind {kind!r} must be letters, digits, '-' or '_'")
 
 
+# Whether a complete entry may be served: (its directory, its description) -> True, or False to
+# build it again under the same key. It may add to the description's "built" (kept with the hit).
+Validator = Callable[[Path, dict], bool]
+
+
 def fetch_or_build(kind: str, parts: dict[str, Any], build: Callable[[Path], dict | None], *,
-                   root: str | os.PathLike | None = None) -> CacheEntry:
+                   root: str | os.PathLike | None = None,
+                   valid: Validator | None = None) -> CacheEntry:
     """The entry for ``parts``; on a miss ``build(tmpdir)`` writes the artifact files into
-    ``tmpdir`` (returning a JSON-safe description) and the directory becomes the entry."""
+    ``tmpdir`` (returning a JSON-safe description) and the directory becomes the entry.
+    ``valid``: checked on a hit; an entry it refuses is built again (an artifact a fixed builder
+    would no longer write, under a key that did not change: see :func:`made_after`)."""
     _check_kind(kind)
     base = cache_root(root)
     key = make_key({"kind": kind, **parts})
     target = base / kind / key
     with _locked(base / kind / f".{key}.lock"):
         meta = _read_entry(target)
+        if meta is not None and valid is not None and not valid(target, meta):
+            log.warning("sdopt: cached %s %s is not valid any more: building it again", kind, key)
+            meta = None
         if meta is not None:
             meta["last_used_unix"] = time.time()
             with contextlib.suppress(OSError):  # a read-only cache still serves hits
@@ -112,6 +126,15 @@ def fetch_or_build(kind: str, parts: dict[str, Any], build: Callable[[Path], dic
     with contextlib.suppress(OSError):
         (base / kind / f".{key}.lock").unlink()
     return CacheEntry(kind, key, target, False, meta)
+
+
+def made_after(source: CacheEntry) -> Validator:
+    """The validity of an entry derived from ``source`` and keyed by ``source.key`` (a
+    quantization of an export, an engine built from it): made after ``source`` was. A source
+    rebuilt under its key (refused by its own check) makes what was derived from the old one
+    stale, though the derived key is the same."""
+    made = source.meta.get("created_unix") or 0
+    return lambda path, meta: (meta.get("created_unix") or 0) >= made
 
 
 def peek(kind: str, parts: dict[str, Any], *,

@@ -274,6 +274,26 @@ def check_graph(path: Path) -> None:
         raise RuntimeError(f"the exported graph is invalid ({first[:300]})") from exc
 
 
+def checked_export(directory: Path, meta: dict) -> bool:
+    """Whether a cached export (a cache entry's directory and description) may be served: its
+    graph passed :func:`check_graph`. Exports cached before the check existed kept their key
+    (PixArt's dynamo export, whose invalid Squeeze ONNX Runtime cannot load, made every ONNX
+    Runtime variant of PixArt fail from the cache): such an entry is checked once, and built
+    again, with the exporter fallback, when the check refuses it. Use as the cache's ``valid``."""
+    built = meta.get("built")
+    if not isinstance(built, dict):
+        return False
+    if built.get("checked"):
+        return True
+    try:
+        check_graph(directory / str(built.get("file") or ONNX_FILE))
+    except RuntimeError as exc:
+        log.warning("sdopt: cached ONNX export %s refused: %s", directory, exc)
+        return False
+    built["checked"] = True  # kept with the hit's description: not checked again
+    return True
+
+
 def export_onnx(module: torch.nn.Module, args: tuple, directory: str | os.PathLike,
                 input_names: Sequence[str], output_names: Sequence[str], *, opset: int = OPSET,
                 exporters: Sequence[str] = EXPORTERS) -> dict[str, Any]:
@@ -297,7 +317,7 @@ def export_onnx(module: torch.nn.Module, args: tuple, directory: str | os.PathLi
                 raise RuntimeError(f"{ONNX_FILE} was not written")
             check_graph(path)
             return {"exporter": name, "opset": opset if name == "dynamo" else min(opset, 20),
-                    "failed": errors, "file": ONNX_FILE}
+                    "failed": errors, "file": ONNX_FILE, "checked": True}
         except Exception as exc:  # noqa: BLE001 - the next exporter may work
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             errors[name] = f"{type(exc).__name__}: {first[:300]}"

@@ -346,7 +346,7 @@ def onnx_export_entry(unet: torch.nn.Module, ctx: BuildContext):
     """The cache entry holding the fp32 ONNX export of this UNet at the run's shapes."""
     from ..cache import fetch_or_build
     from ..device import library_versions
-    from .export import OPSET, export_unet
+    from .export import OPSET, checked_export, export_unet
 
     versions = library_versions()
 
@@ -358,19 +358,20 @@ def onnx_export_entry(unet: torch.nn.Module, ctx: BuildContext):
     parts = {**_unet_parts(unet, ctx), "opset": OPSET,
              "libraries": {k: versions.get(k) for k in ("torch", "diffusers", "onnx")},
              "onnxscript": deps.version("onnxscript"), "precision": "fp32"}
-    return fetch_or_build("onnx-unet", parts, build, root=ctx.cache_dir)
+    return fetch_or_build("onnx-unet", parts, build, root=ctx.cache_dir, valid=checked_export)
 
 
 def onnx_fp16_entry(unet: torch.nn.Module, ctx: BuildContext):
     """The cache entry holding the fp16 conversion of the fp32 export: what the CUDA provider
     runs and what the TensorRT paths build from (TensorRT 11 takes the precision from the
     graph; the fp32 export of an SD 1.5 UNet is 3.4 GB)."""
-    from ..cache import fetch_or_build
+    from ..cache import fetch_or_build, made_after
 
     source = onnx_export_entry(unet, ctx)
     entry = fetch_or_build("onnx-unet-fp16", {
         "source": source.key, "onnxruntime": deps.version("onnxruntime")},
-        lambda tmp: _to_float16(source.path, tmp), root=ctx.cache_dir)
+        lambda tmp: _to_float16(source.path, tmp), root=ctx.cache_dir,
+        valid=made_after(source))
     return entry
 
 
@@ -397,7 +398,7 @@ def onnx_sd_export_entry(unet: torch.nn.Module, ctx: BuildContext):
     dynamo exporter's GroupNorm and SDPA), the dynamo exporter where the TorchScript one fails."""
     from ..cache import fetch_or_build
     from ..device import library_versions
-    from .export import OPSET, classic_attention, export_unet
+    from .export import OPSET, checked_export, classic_attention, export_unet
 
     versions = library_versions()
 
@@ -411,14 +412,15 @@ def onnx_sd_export_entry(unet: torch.nn.Module, ctx: BuildContext):
              "attention": "AttnProcessor",
              "libraries": {k: versions.get(k) for k in ("torch", "diffusers", "onnx")},
              "onnxscript": deps.version("onnxscript"), "precision": "fp32"}
-    return fetch_or_build("onnx-unet-sd", parts, build, root=ctx.cache_dir)
+    return fetch_or_build("onnx-unet-sd", parts, build, root=ctx.cache_dir,
+                          valid=checked_export)
 
 
 def onnx_ort_cuda_entry(unet: torch.nn.Module, ctx: BuildContext):
     """The graph the CUDA provider runs: the SD export fused by ONNX Runtime's optimizer for
     CUDA, then fp16 (inputs and outputs too, as the demo). Returns the export's cache entry and
     the optimized graph's."""
-    from ..cache import fetch_or_build
+    from ..cache import fetch_or_build, made_after
 
     source = onnx_sd_export_entry(unet, ctx)
     options = sd_fusion_options(cuda=True)
@@ -426,7 +428,7 @@ def onnx_ort_cuda_entry(unet: torch.nn.Module, ctx: BuildContext):
         "source": source.key, "fusions": _fusion_flags(options), "float16": True,
         "keep_io_types": False, "onnxruntime": deps.version("onnxruntime")},
         lambda tmp: optimize_sd_unet(source.path, tmp, options, float16=True),
-        root=ctx.cache_dir)
+        root=ctx.cache_dir, valid=made_after(source))
 
 
 def optimize_sd_unet(source: Path, directory: Path, options, *, float16: bool) -> dict:
@@ -620,7 +622,7 @@ class OnnxRuntime(Backend):
                 ("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
 
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
-        from ..cache import fetch_or_build
+        from ..cache import fetch_or_build, made_after
 
         if variant.name == "cuda-fp16" and variant.options.get("sd_fusions"):
             try:
@@ -653,7 +655,8 @@ class OnnxRuntime(Backend):
             entry = fetch_or_build("onnxruntime-int8", {
                 "source": source.key, "ops": list(INT8_OPS), "weight_type": "QInt8",
                 "onnxruntime": deps.version("onnxruntime")},
-                lambda tmp: _quantize_int8(source.path, tmp), root=ctx.cache_dir)
+                lambda tmp: _quantize_int8(source.path, tmp), root=ctx.cache_dir,
+                valid=made_after(source))
             info["int8"] = {"hit": entry.hit, "key": entry.key, **entry.built}
         elif variant.name == "int8-static":
             if not ctx.calibration:
@@ -669,7 +672,7 @@ class OnnxRuntime(Backend):
                 "onnxruntime": deps.version("onnxruntime"),
                 **({"float": "dit_edges"} if edges else {})},  # UNet keys unchanged
                 lambda tmp: _quantize_static(source.path, ctx.calibration, tmp, edges),
-                root=ctx.cache_dir)
+                root=ctx.cache_dir, valid=made_after(source))
             info["int8"] = {"hit": entry.hit, "key": entry.key, **entry.built}
         elif variant.name in ("cuda-fp16", "tensorrt-fp16"):
             # The TensorRT provider: the plain fp16 conversion (TensorRT has no kernels for ONNX

@@ -190,7 +190,7 @@ class TensorRT(Backend):
         return None
 
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
-        from ..cache import fetch_or_build, persistent_dir
+        from ..cache import fetch_or_build, made_after, persistent_dir
         from .onnxruntime import onnx_fp16_entry
 
         # Export on the CPU copy: the engine is built from the file, the GPU is not needed yet.
@@ -201,7 +201,7 @@ class TensorRT(Backend):
                                                     "strongly_typed": True,
                                                     "workspace": WORKSPACE_BYTES},
                                 lambda tmp: _build_engine(onnx.path, tmp, timing_dir),
-                                root=ctx.cache_dir)
+                                root=ctx.cache_dir, valid=made_after(onnx))
         info = {"onnx": {"hit": onnx.hit, "key": onnx.key, **onnx.built},
                 "engine": {"hit": engine.hit, "key": engine.key, **engine.built},
                 "lock": lock}

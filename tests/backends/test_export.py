@@ -88,3 +88,87 @@ def test_copying_a_cached_artifact_leaves_the_caches_marker_behind(tmp_path):
         export.copy_artifact(entry.path, directory)
     assert marker_kind(tmp_path / "model") == "model"
     assert (tmp_path / "model" / export.ONNX_FILE).read_bytes() == b"graph"
+
+
+class _NoOpSqueeze(torch.nn.Module):
+    """squeeze(1) of a dimension that is not 1: a no-op in torch, an invalid ONNX Squeeze from
+    the dynamo exporter (as PixArt's transformer, which squeezes its 256 tokens)."""
+
+    def forward(self, x):
+        return x.squeeze(1) * 2
+
+
+def test_a_cached_export_made_before_the_graph_check_is_built_again(tmp_path):
+    """An export cached before sdopt checked graphs keeps its key: served as it was, ONNX
+    Runtime could not load it and every ONNX Runtime variant of PixArt failed from the cache.
+    The cache checks such an entry once and builds it again, with the exporter fallback, and
+    what was derived from the stale export (a quantization, an engine) follows."""
+    pytest.importorskip("onnx")
+    from sdopt import cache
+
+    module, args = _NoOpSqueeze(), (torch.ones(2, 3),)
+    parts = {"weights": "w", "shapes": [2, 3]}
+
+    def stale(tmp):  # what an older sdopt cached: the dynamo export, unchecked
+        export._export_dynamo(module, args, tmp / export.ONNX_FILE, ["x"], ["y"], export.OPSET)
+        return {"exporter": "dynamo", "opset": export.OPSET, "failed": {},
+                "file": export.ONNX_FILE}
+
+    def fixed(tmp):
+        return export.export_onnx(module, args, tmp, ["x"], ["y"])
+
+    def never(tmp):
+        raise AssertionError("a valid entry is served, not built")
+
+    old = cache.fetch_or_build("onnx-unet", parts, stale, root=tmp_path)
+    with pytest.raises(RuntimeError, match="graph is invalid"):
+        export.check_graph(old.path / export.ONNX_FILE)
+    derived = cache.fetch_or_build("onnxruntime-int8", {"source": old.key},
+                                   lambda tmp: {"from": "stale"}, root=tmp_path)
+    new = cache.fetch_or_build("onnx-unet", parts, fixed, root=tmp_path,
+                               valid=export.checked_export)
+    assert not new.hit and (new.key, new.path) == (old.key, old.path)
+    assert new.built["exporter"] == "legacy" and new.built["checked"] is True
+    assert "invalid" in new.built["failed"]["dynamo"]
+    np.testing.assert_array_equal(_run(new.path, {"x": np.ones((2, 3), np.float32)}),
+                                  np.full((2, 3), 2, np.float32))
+    again = cache.fetch_or_build("onnxruntime-int8", {"source": new.key},
+                                 lambda tmp: {"from": "rebuilt"}, root=tmp_path,
+                                 valid=cache.made_after(new))
+    assert not again.hit and again.key == derived.key and again.built == {"from": "rebuilt"}
+    # From then on both are served from the cache.
+    hit = cache.fetch_or_build("onnx-unet", parts, never, root=tmp_path,
+                               valid=export.checked_export)
+    assert hit.hit and hit.built["exporter"] == "legacy"
+    assert cache.fetch_or_build("onnxruntime-int8", {"source": hit.key}, never, root=tmp_path,
+                                valid=cache.made_after(hit)).hit
+
+
+def test_a_valid_export_cached_before_the_check_is_served_and_checked_once(tmp_path,
+                                                                          monkeypatch):
+    pytest.importorskip("onnx")
+    import json
+
+    from sdopt import cache
+
+    def legacy(tmp):  # a valid graph, cached without the "checked" mark
+        export._export_legacy(torch.nn.Linear(3, 2), (torch.ones(1, 3),),
+                              tmp / export.ONNX_FILE, ["x"], ["y"], export.OPSET)
+        return {"exporter": "legacy", "failed": {}, "file": export.ONNX_FILE}
+
+    def never(tmp):
+        raise AssertionError("a valid entry is served, not built")
+
+    parts = {"weights": "linear"}
+    first = cache.fetch_or_build("onnx-unet", parts, legacy, root=tmp_path)
+    assert "checked" not in first.built
+    hit = cache.fetch_or_build("onnx-unet", parts, never, root=tmp_path,
+                               valid=export.checked_export)
+    assert hit.hit and hit.built["checked"] is True
+    meta = json.loads((hit.path / cache.ENTRY_FILE).read_text())
+    assert meta["built"]["checked"] is True  # kept: the next hit does not check again
+    calls = []
+    monkeypatch.setattr(export, "check_graph", lambda path: calls.append(path))
+    assert cache.fetch_or_build("onnx-unet", parts, never, root=tmp_path,
+                                valid=export.checked_export).hit
+    assert calls == []
