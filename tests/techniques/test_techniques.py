@@ -186,6 +186,7 @@ def test_registry_labels_and_manifest_validation():
     ("torch_eager/bf16", [{"name": "step_cache", "interval": 3}, {"name": "vae_bf16"}]),
     ("torch_eager/fp32", [{"name": "token_merge", "ratio": 0.5},
                           {"name": "fewer_steps", "fraction": 0.5}]),
+    ("openvino/fp32", [{"name": "step_cache", "interval": 2}]),
 ])
 def test_saved_techniques_give_the_same_images_in_a_new_process(tmp_path, variant, specs):
     import json

@@ -1,0 +1,123 @@
+"""Step caching (DeepCache) on a UNet compiled by OpenVINO (#20): the search's CPU pick is an
+OpenVINO graph (int8 or bf16), whose blocks cannot be called one by one as
+:mod:`.step_cache` does with an eager UNet, so until now step caching could not stack on it.
+
+The compiled graph is split instead, as DeepCache splits the UNet: a *full* model, the backend's
+own graph with one more output (the deep feature: what the deep part of the UNet hands to the
+last up block), and a *shallow* model, the same graph with that feature turned into an input,
+so that everything only the deep part needed drops out of it (time embedding, ``conv_in``, the
+first down block, the last up block and ``conv_out`` remain). Both are cut from the backend's
+own ``openvino.Model``, quantized or not: the same weights and the same int8 ranges, no second
+conversion or calibration. Every ``interval``-th step runs the full model and keeps the feature;
+the steps in between run the shallow one.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..backends.base import OptimizedModule, UNetInputs
+from .base import StepCacheBase
+from .eager import base_module
+
+DEEP_FEATURE = "deep_feature"  # the shallow model's extra input
+
+
+class NotSplittable(ValueError):
+    """The graph has no recognisable last up block to cut at."""
+
+
+def deep_feature_output(model):
+    """The output (of an ``openvino.Model`` converted from a diffusers UNet) that the last up
+    block receives from the deep part: the first input of that block's first skip Concat (the
+    UNet's ``torch.cat([hidden_states, res_hidden_states])``), found by the module path the
+    converter writes into node names (``...up_blocks.<last>/aten::cat/Concat``)."""
+    ops = model.get_ordered_ops()
+    indices = [int(m.group(1)) for op in ops
+               for m in [re.search(r"\.up_blocks\.(\d+)[./]", op.get_friendly_name())] if m]
+    if not indices:
+        raise NotSplittable("no up_blocks in the graph's node names (not a diffusers UNet)")
+    last = max(indices)
+    inside = f".up_blocks.{last}"
+    for op in ops:
+        name = op.get_friendly_name()
+        if op.get_type_name() == "Concat" and f"{inside}/" in name and "aten::cat" in name:
+            source = op.input(0).get_source_output()
+            if inside in source.get_node().get_friendly_name():
+                break  # a concat inside the block: the block's first one was not found
+            return source
+    raise NotSplittable(f"no skip concatenation at the start of up_blocks.{last}")
+
+
+def split(model):
+    """(full, shallow): ``model`` with the deep feature as a second output, and ``model`` with
+    the deep feature as an input named :data:`DEEP_FEATURE` (the deep part dropped). Both are
+    clones: ``model`` is left as it was."""
+    import openvino as ov
+
+    full = model.clone()
+    full.add_outputs([deep_feature_output(full)])
+    shallow_graph = model.clone()
+    deep = deep_feature_output(shallow_graph)
+    feature = ov.op.Parameter(deep.get_element_type(), deep.get_partial_shape())
+    feature.set_friendly_name(DEEP_FEATURE)
+    deep.replace(feature.output(0))  # every consumer now reads the input instead
+    # After replace(), which hands the replaced tensor's names over to the new one.
+    feature.output(0).get_tensor().set_names({DEEP_FEATURE})
+    shallow = ov.Model(shallow_graph.get_results(),
+                       list(shallow_graph.get_parameters()) + [feature], "unet_shallow")
+    return full, shallow
+
+
+def incompatible_reason(module: OptimizedModule) -> str | None:
+    """Why this OpenVINO module's graph cannot be split (None: it can)."""
+    graph = getattr(base_module(module), "graph", None)
+    if graph is None:
+        return f"{module.variant.id} has no OpenVINO graph"
+    try:
+        deep_feature_output(graph.model)
+    except NotSplittable as exc:
+        return f"step caching cannot split {module.variant.id}'s graph: {exc}"
+    return None
+
+
+class OpenVINOStepCacheModule(StepCacheBase):
+    """The backend's OpenVINO graph as a full and a shallow compiled model, switched per step."""
+
+    def __init__(self, inner: OptimizedModule, interval: int):
+        from ..backends.openvino import CompiledPerShape
+
+        base = base_module(inner)
+        full, shallow = split(base.graph.model)
+        super().__init__(inner, interval, full, None)
+        self.full = CompiledPerShape(full, base.hint)
+        self.shallow = CompiledPerShape(shallow, base.hint)
+        self.reset()
+
+    def reset(self) -> None:
+        self._cached = None
+        self._step = 0
+        self._last_t: float | None = None
+        self._key = None
+
+    def forward(self, sample, timestep, encoder_hidden_states, **extra):
+        from ..backends.export import named_args
+
+        t = self._generation_timestep(sample, timestep, encoder_hidden_states)
+        self._last_t = t
+        given = {name: tensor.detach().cpu().numpy() for name, tensor in
+                 named_args(UNetInputs(sample, timestep, encoder_hidden_states, extra)).items()}
+        use_cache = self._cached is not None and self._step % self.interval != 0
+        self._step += 1
+        if use_cache:
+            self.cached_calls += 1
+            given[DEEP_FEATURE] = self._cached
+            request = self.shallow.infer([given[name] for name in self.shallow.names])
+        else:
+            self.full_calls += 1
+            request = self.full.infer([given[name] for name in self.full.names])
+            self._cached = request.get_output_tensor(1).data.copy()
+        out = torch.from_numpy(request.get_output_tensor(0).data.copy())
+        return out.to(device=sample.device, dtype=sample.dtype)
