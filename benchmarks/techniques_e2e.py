@@ -39,6 +39,9 @@ def main(argv=None) -> int:
                         help="a saved constrained model (save_model folder) as the base instead, "
                              "e.g. the peers benchmark's optimize_model pick; its UNet is the "
                              "base, its own techniques are searched again like the others")
+    parser.add_argument("--base-only", action="store_true",
+                        help="search the techniques on the constrained base only (not on fp32 "
+                             "as well): half the rows, for a quick look at the base's")
     args = parser.parse_args(argv)
 
     import torch
@@ -75,6 +78,9 @@ def main(argv=None) -> int:
         base_module = unwrap(saved.unet.module)
         args.base = base_module.variant.id
         base_pipe = assemble(pipe, base_module, [], dev)  # the UNet alone, no techniques
+    elif "int8" in args.base.partition("/")[2] and args.base.startswith("openvino/"):
+        base_module = calibrated_base(pipe, args, prompts, dev)
+        base_pipe = assemble(pipe, base_module, [], dev)
     else:
         base_pipe = sdopt.apply_variant(pipe, args.base, device=args.device, height=args.size,
                                         width=args.size)
@@ -96,8 +102,10 @@ def main(argv=None) -> int:
         print(f"  {row.id}: {row.e2e_latency_s:.2f} s/image, psnr drop {psnr:.4f},"
               f" ssim drop {row.image_metrics['ssim']['mean']:.3f}", flush=True)
 
+    bases = [(base, base_module)] if args.base_only else \
+        [(original, reference_module(pipe.unet)), (base, base_module)]
     ranked = run_technique_search(
-        result, [(original, reference_module(pipe.unet)), (base, base_module)], dev,
+        result, bases, dev,
         metric_drop_ths=args.ths, image_metric="psnr", evaluate=evaluate,
         on_candidate=lambda cid, phase: phase == "start" and print(f"candidate {cid}", flush=True))
     win_row, win_specs = ranked[0]
@@ -149,6 +157,28 @@ def main(argv=None) -> int:
           f"{args.rounds} rounds: {out['unconstrained_vs_constrained_ratio_of_medians']:.2f}x "
           f"(median paired {paired:.2f}x); written to {args.out}")
     return 0
+
+
+def calibrated_base(pipe, args, prompts, dev):
+    """An OpenVINO int8 base calibrated as the search calibrates it: on UNet calls recorded
+    from the original pipeline with the benchmark's prompts, size and steps."""
+    import torch
+
+    from sdopt.backends import load_builtin_backends
+    from sdopt.backends.base import BACKENDS, BuildContext
+    from sdopt.optimize.capture import collect_samples
+
+    load_builtin_backends()
+
+    samples = collect_samples(pipe, prompts, height=args.size, width=args.size,
+                              steps=args.steps, guidance_scale=7.5, seed=0)
+    backend = BACKENDS["openvino"]
+    variant = next(v for v in backend.variants(dev) if v.id == args.base)
+    ctx = BuildContext(device=dev, example=samples.verification[0].inputs,
+                       calibration=[s.inputs for s in samples.calibration])
+    print(f"calibrating {args.base} on {len(ctx.calibration)} recorded UNet calls", flush=True)
+    with torch.inference_mode():
+        return backend.build(pipe.unet, variant, ctx).eval()
 
 
 if __name__ == "__main__":
