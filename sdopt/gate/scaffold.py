@@ -280,9 +280,10 @@ jobs:
           # Where same-job mode cannot run, the stored baseline is read as committed on the PR's
           # target branch, never from the PR's own tree (which the PR can edit).
           config_overrides: baseline.git_ref = "origin/${{{{ github.base_ref }}}}"
-          # history: .sdopt-history      # a results history for the report's trend chart, kept
-          #                              # with actions/cache; only pushes to the default branch
-          #                              # add runs (sdopt's docs/history.md)
+          # history_branch: sdopt-history   # the report's trend chart from a results history on
+          #                                 # this orphan branch; add `push: branches: [main]` to
+          #                                 # `on:` (only pushes to the default branch add runs;
+          #                                 # pull requests only read it; sdopt's docs/history.md)
           gpus: auto
           cache: ${{{{ runner.temp }}}}/sdopt-cache
           comment: always                # or on-change, on-regression, never
