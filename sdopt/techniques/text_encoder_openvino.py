@@ -12,7 +12,9 @@ encoder (new module objects sharing the weights, so ``config``, ``dtype``, ``dev
 ``text_model.final_layer_norm`` are the original's) whose ``forward`` runs the graph and
 rebuilds the same output type, honouring ``output_hidden_states`` and ``return_dict``. A call
 the graph was not converted for (a CLIP attention mask with padding, position ids, attentions
-requested) runs the torch forward on the same weights instead: never a wrong answer.
+requested) runs the torch forward on the same weights instead: never a wrong answer. The
+converted IR is kept in sdopt's cache (:mod:`sdopt.techniques.openvino_graph`): another process
+(a loaded model) reads it instead of converting.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def openvino_text_encoder(encoder, precision: str):
                                           "input": [dynamic, dynamic]}
         return _AllOutputs(encoder), {"example_input": example, "input": [dynamic]}
 
-    model = converted(encoder, "text_encoder", make)
+    model = converted(encoder, "text_encoder", make, encoder.config)
     if len(model.outputs) != len(layout[1]) + layout[2]:
         raise RuntimeError(f"openvino.convert_model gave {len(model.outputs)} outputs for the "
                            f"{len(layout[1]) + layout[2]} of {type(encoder).__name__}")

@@ -8,7 +8,8 @@ the compiled graph and whose ``post_quant_conv`` is folded into it. diffusers' o
 still runs around it (slicing, tiling, ``return_dict``, ``DecoderOutput``), and the copy keeps
 the original's encoder, config, dtype and device, so the pipeline sees the VAE it had. Latent
 sizes vary with the requested image size: the graph keeps dynamic spatial dimensions and is
-compiled once per shape (:mod:`sdopt.techniques.openvino_graph`).
+compiled once per shape; the converted IR is kept in sdopt's cache, so another process (a loaded
+model) reads it instead of converting (:mod:`sdopt.techniques.openvino_graph`).
 
 Judged like the bf16 VAE: on the final images, under the search's threshold. int8 is not offered:
 post-training int8 needs calibration latents and NNCF minutes, and weight-only int8 does not
@@ -79,7 +80,7 @@ def openvino_decoder_vae(vae, precision: str):
         return _PostQuantDecoder(pqc, vae.decoder), {
             "example_input": example, "input": [ov.PartialShape([-1, channels, -1, -1])]}
 
-    model = converted(vae.decoder, f"vae_decoder:{channels}", make)
+    model = converted(vae.decoder, f"vae_decoder:{channels}", make, vae.config)
     # Share (do not copy) the modules the graph replaces, then drop them from the copy.
     shared = {id(vae.decoder): vae.decoder}
     if pqc is not None:

@@ -15,7 +15,8 @@ from sdopt.optimize.metrics import psnr_db  # noqa: E402
 from sdopt.optimize.optimized import with_unet  # noqa: E402
 from sdopt.techniques import (apply_pipeline_techniques, unavailable_reason,  # noqa: E402
                               validate_specs)
-from sdopt.techniques.openvino_graph import CONVERSIONS  # noqa: E402
+from sdopt.techniques.openvino_graph import (CONVERSIONS, _CONVERTED,  # noqa: E402
+                                              ir_key_parts)
 from sdopt.techniques.text_encoder_openvino import openvino_text_encoder  # noqa: E402
 from sdopt.techniques.vae_openvino import OpenVINODecoder, openvino_decoder_vae  # noqa: E402
 
@@ -52,6 +53,53 @@ def test_openvino_vae_is_converted_once_per_vae(tiny_pipe):
     before = CONVERSIONS.get("vae_decoder", 0)
     openvino_decoder_vae(tiny_pipe.vae, "fp32")
     assert CONVERSIONS["vae_decoder"] == before, "the fp32 IR serves every precision"
+
+
+def test_another_process_reads_the_converted_ir_from_the_cache(tiny_pipe, sdxl):
+    """The in-process memo cleared (as in a new process): the IR comes from sdopt's cache, no
+    conversion runs, and the graph gives the same output as before."""
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    first = openvino_decoder_vae(tiny_pipe.vae, "fp32").decode(z).sample
+    ids = sdxl.tokenizer(["a cat"], padding="max_length", max_length=77,
+                         return_tensors="pt").input_ids
+    encoded = openvino_text_encoder(sdxl.text_encoder_2, "fp32")(ids, output_hidden_states=True)
+    before = dict(CONVERSIONS)
+    assert before.get("vae_decoder", 0) >= 1 and before.get("text_encoder", 0) >= 1
+    _CONVERTED.pop(tiny_pipe.vae.decoder)
+    _CONVERTED.pop(sdxl.text_encoder_2)
+    again = openvino_decoder_vae(tiny_pipe.vae, "fp32").decode(z).sample
+    encoded_again = openvino_text_encoder(sdxl.text_encoder_2, "fp32")(
+        ids, output_hidden_states=True)
+    assert CONVERSIONS == before, "a cache hit: nothing converted again"
+    assert torch.equal(first, again)
+    assert torch.equal(encoded.text_embeds, encoded_again.text_embeds)
+    assert all(torch.equal(a, b) for a, b in zip(encoded.hidden_states,
+                                                 encoded_again.hidden_states))
+
+
+def test_the_cache_key_follows_weights_config_and_shapes(tiny_pipe):
+    """Other weights, another config or other traced shapes: another IR."""
+    import copy
+
+    import openvino as ov
+
+    from sdopt.cache import make_key
+    from sdopt.techniques.vae_openvino import _PostQuantDecoder
+
+    vae = tiny_pipe.vae
+    module = _PostQuantDecoder(vae.post_quant_conv, vae.decoder)
+    kwargs = {"example_input": torch.zeros(1, 4, 8, 8),
+              "input": [ov.PartialShape([-1, 4, -1, -1])]}
+    key = make_key(ir_key_parts(module, "vae_decoder:4", kwargs, vae.config))
+    assert key == make_key(ir_key_parts(module, "vae_decoder:4", dict(kwargs), vae.config))
+    other = copy.deepcopy(module)
+    with torch.no_grad():
+        other.decoder.conv_out.bias.add_(1)
+    assert key != make_key(ir_key_parts(other, "vae_decoder:4", kwargs, vae.config))
+    config = {**dict(vae.config), "scaling_factor": 0.5}
+    assert key != make_key(ir_key_parts(module, "vae_decoder:4", kwargs, config))
+    wider = {**kwargs, "example_input": torch.zeros(1, 4, 16, 16)}
+    assert key != make_key(ir_key_parts(module, "vae_decoder:4", wider, vae.config))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -139,14 +187,16 @@ loaded = sdopt.load_model(sys.argv[1], pipe=sdopt.build_preset("tiny"))
 gen = torch.Generator().manual_seed(7)
 np.save(sys.argv[2], np.asarray(loaded("a photo of a cat", num_inference_steps=4,
                                        generator=gen).images[0]))
+from sdopt.techniques.openvino_graph import CONVERSIONS
 print(json.dumps([loaded.unet.info["techniques"], type(loaded.vae.decoder).__name__,
-                  loaded.text_encoder.sdopt_graph_calls]))
+                  loaded.text_encoder.sdopt_graph_calls, CONVERSIONS]))
 """
 
 
 def test_saved_then_loaded_in_a_new_process_gives_the_same_image(tmp_path, tiny_pipe):
-    """The manifest records the specs; load_model converts and compiles again (nothing of
-    OpenVINO is saved) and gives the same image."""
+    """The manifest records the specs; load_model applies them again (nothing of OpenVINO is
+    saved), reading the converted IRs from sdopt's cache (no conversion in the new process), and
+    gives the same image."""
     import json
     import subprocess
     import sys
@@ -169,6 +219,8 @@ def test_saved_then_loaded_in_a_new_process_gives_the_same_image(tmp_path, tiny_
     proc = subprocess.run([sys.executable, "-c", LOAD, str(directory), str(tmp_path / "b.npy")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    techniques, decoder, graph_calls = json.loads(proc.stdout.strip().splitlines()[-1])
+    techniques, decoder, graph_calls, conversions = json.loads(
+        proc.stdout.strip().splitlines()[-1])
     assert techniques == specs and decoder == "OpenVINODecoder" and graph_calls >= 1
+    assert conversions == {}, "the new process read both IRs from the cache"
     assert np.array_equal(first, np.load(tmp_path / "b.npy"))
