@@ -2,7 +2,9 @@
 
 diffusers warns that fp16 modules should stay fp32 for training, and that a scheduler config
 has keys another scheduler ignores; ONNX Runtime's quantizer advises pre-processing through the
-root logger. Each is expected when sdopt does what it does, so it is silenced for that call only,
+root logger; transformers says "`loss_type=None` was set in the config but it is unrecognized"
+when OpenVINO's tracer (``torch.jit.trace`` looking for exported methods) reads every attribute
+of a text encoder, ``loss_function`` (a training-only property) included. Each is expected when sdopt does what it does, so it is silenced for that call only,
 and the previous level is always restored.
 
 Without torchvision (sdopt does not need it), torch's ONNX exporter logs "torchvision is not
@@ -82,3 +84,21 @@ def quiet_diffusers() -> Iterator[None]:
         yield
     finally:
         diffusers_logging.set_verbosity(previous)
+
+
+# transformers' logger that reports an unrecognized ``loss_type`` when ``loss_function`` is read.
+TRANSFORMERS_MODELING_LOGGER = "transformers.modeling_utils"
+
+
+@contextlib.contextmanager
+def quiet_transformers_modeling() -> Iterator[None]:
+    """transformers' ``modeling_utils`` logger at error level (its notes about training-only
+    attributes of a model sdopt only traces for inference); transformers' other loggers keep
+    their level."""
+    logger = logging.getLogger(TRANSFORMERS_MODELING_LOGGER)
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)

@@ -224,3 +224,42 @@ def test_saved_then_loaded_in_a_new_process_gives_the_same_image(tmp_path, tiny_
     assert techniques == specs and decoder == "OpenVINODecoder" and graph_calls >= 1
     assert conversions == {}, "the new process read both IRs from the cache"
     assert np.array_equal(first, np.load(tmp_path / "b.npy"))
+
+
+LOSS_NOTE = "`loss_type=None` was set in the config but it is unrecognized"
+
+
+def test_converting_a_text_encoder_prints_no_loss_type_note(tiny_pipe, tmp_path, monkeypatch):
+    """OpenVINO's tracer reads every attribute of the encoder, transformers' training-only
+    ``loss_function`` too, whose note about ``loss_type`` is silenced for that call only. The
+    output is captured by a handler on the logger that says it (transformers' own handler writes
+    to the stream it found at import time, which pytest's fd capture does not see), with
+    transformers at its default verbosity (the test session runs it at error level)."""
+    import copy
+    import io
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    monkeypatch.setenv("SDOPT_CACHE", str(tmp_path / "cache"))  # a real conversion, not a hit
+    encoder = copy.deepcopy(tiny_pipe.text_encoder)
+    logger = logging.getLogger("transformers.modeling_utils")
+    printed = io.StringIO()
+    handler = logging.StreamHandler(printed)
+    logger.addHandler(handler)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_warning()
+    try:
+        transformers_logging.warning_once.cache_clear()  # the note is printed once per process
+        before = CONVERSIONS.get("text_encoder", 0)
+        openvino_text_encoder(encoder, "fp32")
+        assert CONVERSIONS["text_encoder"] == before + 1
+        assert LOSS_NOTE not in printed.getvalue()
+        assert logger.level == logging.NOTSET, "the level is restored"
+        # Outside sdopt's conversion transformers still says it (the capture would have seen it).
+        transformers_logging.warning_once.cache_clear()  # the silenced call was remembered
+        encoder.loss_function
+        assert LOSS_NOTE in printed.getvalue()
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        logger.removeHandler(handler)
