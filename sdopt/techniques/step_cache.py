@@ -12,7 +12,8 @@ about 3.4x cheaper here. The DeepCache package (0.1.1) runs with diffusers 0.42,
 ``pipe.unet`` itself and cannot sit on a backend's converted UNet copy or be saved as ours; this
 module is the same uniform-interval scheme on the backend's own module. On an OpenVINO graph
 (the CPU pick), the graph itself is split into a full and a shallow model
-(:mod:`.step_cache_openvino`).
+(:mod:`.step_cache_openvino`; a DiT's graph at its transformer blocks:
+:mod:`.dit_cache_openvino`).
 
 State (the cached feature and the step counter) lives in the module and is reset when a new
 generation starts: when the pipeline calls ``scheduler.set_timesteps`` (hooked by
@@ -25,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..backends.base import OptimizedModule
-from . import step_cache_openvino
+from . import dit_cache_openvino, step_cache_openvino
 from .base import Param, StepCacheBase, Technique
 from .dit_cache import DiTStepCacheModule
 from .dit_cache import incompatible_reason as dit_incompatible_reason
@@ -41,12 +42,6 @@ class StepCacheModule(StepCacheBase):
         super().__init__(inner, interval, unet, why)
         self._unet = [unet]  # a list: not registered twice as a submodule
         self.reset()
-
-    def reset(self) -> None:
-        self._cached: torch.Tensor | None = None
-        self._step = 0
-        self._last_t: float | None = None
-        self._key = None
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
         t = self._generation_timestep(sample, timestep, encoder_hidden_states)
@@ -115,7 +110,8 @@ class StepCacheModule(StepCacheBase):
 
 # What apply_pipeline_techniques resets when a new generation starts.
 CACHE_TYPES = (StepCacheModule, DiTStepCacheModule,
-               step_cache_openvino.OpenVINOStepCacheModule)
+               step_cache_openvino.OpenVINOStepCacheModule,
+               dit_cache_openvino.OpenVINODiTStepCacheModule)
 
 
 def _is_dit(module: OptimizedModule) -> bool:
@@ -128,8 +124,16 @@ def _runs_openvino(module: OptimizedModule) -> bool:
     return isinstance(base_module(module), OpenVINOModule)
 
 
+def _openvino_dit(module: OptimizedModule) -> bool:
+    """An OpenVINO graph converted from a DiT (its own splitting: :mod:`.dit_cache_openvino`)."""
+    graph = getattr(base_module(module), "graph", None)
+    return graph is not None and dit_cache_openvino.is_dit_graph(graph.model)
+
+
 def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModule:
     if _runs_openvino(module):
+        if _openvino_dit(module):
+            return dit_cache_openvino.OpenVINODiTStepCacheModule(module, int(params["interval"]))
         return step_cache_openvino.OpenVINOStepCacheModule(module, int(params["interval"]))
     if _is_dit(module):
         return DiTStepCacheModule(module, int(params["interval"]))
@@ -141,6 +145,8 @@ def incompatible_reason(module: OptimizedModule, device=None) -> str | None:
         if base_module(module) is not module:
             return (f"{module.variant.id} is wrapped by another technique: step caching splits "
                     "the OpenVINO graph itself")
+        if _openvino_dit(module):
+            return dit_cache_openvino.incompatible_reason(module)
         return step_cache_openvino.incompatible_reason(module)
     if _is_dit(module):
         return dit_incompatible_reason(module, device)

@@ -51,24 +51,38 @@ def deep_feature_output(model):
     raise NotSplittable(f"no skip concatenation at the start of up_blocks.{last}")
 
 
+def with_output(model, output_of):
+    """A clone of ``model`` with one more output: ``output_of(clone)``, an output port of the
+    clone (an existing tensor, or a node built on it). ``model`` is left as it was."""
+    full = model.clone()
+    full.add_outputs([output_of(full)])
+    return full
+
+
+def with_input(model, target_of, name: str, value_of=None, model_name: str = "shallow"):
+    """A clone of ``model`` in which the tensor ``target_of(clone)`` is replaced by what
+    ``value_of(clone, parameter)`` builds on a new input named ``name`` (by default the input
+    itself), so that whatever only that tensor needed drops out of the graph. ``model`` is left
+    as it was."""
+    import openvino as ov
+
+    graph = model.clone()
+    target = target_of(graph)
+    parameter = ov.op.Parameter(target.get_element_type(), target.get_partial_shape())
+    parameter.set_friendly_name(name)
+    value = parameter.output(0) if value_of is None else value_of(graph, parameter.output(0))
+    target.replace(value)  # every consumer now reads the new value
+    # After replace(), which hands the replaced tensor's names over to the new one.
+    parameter.output(0).get_tensor().set_names({name})
+    return ov.Model(graph.get_results(), list(graph.get_parameters()) + [parameter], model_name)
+
+
 def split(model):
     """(full, shallow): ``model`` with the deep feature as a second output, and ``model`` with
     the deep feature as an input named :data:`DEEP_FEATURE` (the deep part dropped). Both are
     clones: ``model`` is left as it was."""
-    import openvino as ov
-
-    full = model.clone()
-    full.add_outputs([deep_feature_output(full)])
-    shallow_graph = model.clone()
-    deep = deep_feature_output(shallow_graph)
-    feature = ov.op.Parameter(deep.get_element_type(), deep.get_partial_shape())
-    feature.set_friendly_name(DEEP_FEATURE)
-    deep.replace(feature.output(0))  # every consumer now reads the input instead
-    # After replace(), which hands the replaced tensor's names over to the new one.
-    feature.output(0).get_tensor().set_names({DEEP_FEATURE})
-    shallow = ov.Model(shallow_graph.get_results(),
-                       list(shallow_graph.get_parameters()) + [feature], "unet_shallow")
-    return full, shallow
+    return (with_output(model, deep_feature_output),
+            with_input(model, deep_feature_output, DEEP_FEATURE, model_name="unet_shallow"))
 
 
 def incompatible_reason(module: OptimizedModule) -> str | None:
@@ -86,21 +100,19 @@ def incompatible_reason(module: OptimizedModule) -> str | None:
 class OpenVINOStepCacheModule(StepCacheBase):
     """The backend's OpenVINO graph as a full and a shallow compiled model, switched per step."""
 
+    # (full, shallow) from the backend's openvino.Model: the DiT module
+    # (:mod:`.dit_cache_openvino`) cuts elsewhere.
+    split = staticmethod(split)
+
     def __init__(self, inner: OptimizedModule, interval: int):
         from ..backends.openvino import CompiledPerShape
 
         base = base_module(inner)
-        full, shallow = split(base.graph.model)
+        full, shallow = self.split(base.graph.model)
         super().__init__(inner, interval, full, None)
         self.full = CompiledPerShape(full, base.hint)
         self.shallow = CompiledPerShape(shallow, base.hint)
         self.reset()
-
-    def reset(self) -> None:
-        self._cached = None
-        self._step = 0
-        self._last_t: float | None = None
-        self._key = None
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
         from ..backends.export import named_args

@@ -104,10 +104,15 @@ def test_step_caching_stacks_on_the_int8_pick_and_its_images_stay_close(tiny, tm
     assert not all(np.array_equal(r, i) for r, i in zip(reference, images))
 
 
-def test_a_dit_graph_says_why_it_cannot_be_split(tmp_path):
-    pipe = sdopt.build_preset("sd3-tiny")
+def test_a_dit_graph_is_split_at_its_transformer_blocks_not_as_a_unet(tmp_path):
+    """A DiT's graph has no up blocks to cut at: step caching splits it at its transformer
+    blocks instead (:mod:`sdopt.techniques.dit_cache_openvino`, tested there)."""
     from sdopt.optimize.capture import example_inputs
+    from sdopt.techniques import step_cache_openvino
+    from sdopt.techniques.dit_cache_openvino import OpenVINODiTStepCacheModule
 
-    module = _build(pipe.transformer, "fp32", example_inputs(pipe, None, None), tmp_path)
-    why = unavailable_reason(SPEC, module, detect("cpu"))
-    assert why and "no up_blocks" in why
+    pipe = sdopt.build_preset("sd3-tiny")
+    module = _build(pipe.transformer, "fp32", example_inputs(pipe, 64, 64), tmp_path)
+    assert "no up_blocks" in step_cache_openvino.incompatible_reason(module)
+    assert unavailable_reason(SPEC, module, detect("cpu")) is None
+    assert isinstance(step_cache.apply(module, SPEC, pipe.transformer), OpenVINODiTStepCacheModule)
