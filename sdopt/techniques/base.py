@@ -93,6 +93,13 @@ class StepCacheBase(OptimizedModule):
         self.full_calls = 0
         self.cached_calls = 0
 
+    def reset(self) -> None:
+        """A new generation: nothing cached, step 0 (a subclass caching more overrides it)."""
+        self._cached = None
+        self._step = 0
+        self._last_t: float | None = None
+        self._key = None
+
     def _generation_timestep(self, sample, timestep, encoder_hidden_states) -> float:
         """The call's timestep; a call that starts a new generation (the timestep went up, or
         other shapes or device) resets the cache first (subclasses define ``reset``)."""

@@ -26,28 +26,14 @@ from action.inputs import read_inputs  # noqa: E402
 from sdopt.errors import SdoptError  # noqa: E402
 from sdopt.gate.results_history import (ENTRY_NAME, entry_for, entry_text,  # noqa: E402
                                         read_runs)
+# The bare repository standing in for the one on GitHub, and git without the user's config.
+from tests.action.test_action_assets_git import bare, git  # noqa: E402,F401
 from tests.action.test_action_history import FORK_PR, PUSH_MAIN, PUSH_OTHER  # noqa: E402
 from tests.gate.test_results_history import COMMIT, run  # noqa: E402
 
 DATA = Path(__file__).parents[1] / "data" / "report"
 BRANCH = "sdopt-history"
 REPO = "octo/widgets"
-
-
-def git(*args, cwd=None) -> str:
-    env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", "GIT_CONFIG_NOSYSTEM": "1",
-           "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          check=True).stdout
-
-
-@pytest.fixture
-def bare(tmp_path):
-    path = tmp_path / "remote" / "octo" / "widgets.git"
-    path.parent.mkdir(parents=True)
-    git("init", "--quiet", "--bare", str(path))
-    return path
 
 
 def name(i: int) -> str:
