@@ -43,12 +43,6 @@ class StepCacheModule(StepCacheBase):
         self._unet = [unet]  # a list: not registered twice as a submodule
         self.reset()
 
-    def reset(self) -> None:
-        self._cached: torch.Tensor | None = None
-        self._step = 0
-        self._last_t: float | None = None
-        self._key = None
-
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
         t = self._generation_timestep(sample, timestep, encoder_hidden_states)
         self._last_t = t

@@ -114,12 +114,6 @@ class OpenVINOStepCacheModule(StepCacheBase):
         self.shallow = CompiledPerShape(shallow, base.hint)
         self.reset()
 
-    def reset(self) -> None:
-        self._cached = None
-        self._step = 0
-        self._last_t: float | None = None
-        self._key = None
-
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
         from ..backends.export import named_args
 
