@@ -165,3 +165,20 @@ def test_a_graph_without_the_anchors_says_why(dit):
         fake = SimpleNamespace(graph=SimpleNamespace(model=model), variant=module.variant)
         why = dit_cache_openvino.incompatible_reason(fake)
         assert why and "cannot split" in why and "0 layer norms" in why, why
+
+
+def test_a_saved_openvino_dit_with_step_caching_loads_with_it(dit, tmp_path):
+    name, pipe, _, module = dit
+    if name != "pixart-tiny":
+        pytest.skip("one family is enough: saving does not depend on it")
+    specs = [SPEC]
+    optimized = assemble(pipe, module, specs, DEVICE,
+                         info={"variant": module.variant.id, "build": module.build_info,
+                               "techniques": specs})
+    first = _images(optimized, seeds=(3,))
+    sdopt.save_model(optimized, tmp_path / "saved")
+    loaded = sdopt.load_model(tmp_path / "saved", pipe=sdopt.build_preset(name))
+    cache = denoiser_of(loaded).module
+    assert isinstance(cache, OpenVINODiTStepCacheModule)
+    assert np.array_equal(_images(loaded, seeds=(3,))[0], first[0])
+    assert cache.cached_calls == STEPS // 2
