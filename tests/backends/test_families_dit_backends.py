@@ -5,7 +5,6 @@ them as graph inputs, named as the pipeline passes them, or the candidate fails 
 running. Built from the recorded calls, as the search builds them, and checked against the
 recorded references."""
 
-import importlib.util
 import re
 
 import pytest
@@ -13,10 +12,9 @@ import torch
 
 import sdopt
 from sdopt.backends.export import input_names
-from sdopt.optimize.capture import collect_samples
-from sdopt.optimize.metrics import resolve_metric
 
-from ..conftest import PROMPTS, build_variant
+from ..conftest import build_variant
+from .families import NNCF, OPENVINO, ORT, call, drops, recorded
 
 FAMILIES = ["sd3-tiny", "flux-tiny", "pixart-tiny"]
 # The graph inputs each family's pipeline passes, in export order (the three UNet inputs, then
@@ -26,12 +24,6 @@ INPUTS = {
     "flux-tiny": ("guidance", "img_ids", "pooled_projections", "txt_ids"),
     "pixart-tiny": ("encoder_attention_mask",),
 }
-_OPENVINO = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
-                               reason="openvino is not installed")
-_NNCF = pytest.mark.skipif(importlib.util.find_spec("nncf") is None,
-                           reason="nncf is not installed")
-_ORT = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
-                          reason="onnxruntime is not installed")
 # (backend, variant, the worst numeric_precision drop allowed on the tiny models, marks).
 # Measured worst drops (2026-12-01): bf16 0.053 (Flux eager), OpenVINO bf16 0.055 (Flux),
 # OpenVINO int8 0.24 (PixArt: its patch-embedding convolution in int8 alone gives 0.24; the
@@ -40,15 +32,20 @@ _ORT = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
 BACKENDS = [
     ("torch_eager", "bf16", 0.1, ()),
     ("torch_int8", "dynamic-linear", 0.1, ()),
-    ("openvino", "fp32", 1e-4, (_OPENVINO,)),
-    ("openvino", "bf16", 0.1, (_OPENVINO,)),
+    ("openvino", "fp32", 1e-4, (OPENVINO,)),
+    ("openvino", "bf16", 0.1, (OPENVINO,)),
     # Full int8 is built by the int8-inner test below for SD3 and Flux.
-    ("openvino", "int8", 0.3, (_OPENVINO, _NNCF, pytest.mark.slow)),
+    ("openvino", "int8", 0.3, (OPENVINO, NNCF, pytest.mark.slow)),
     # The ends in float: PixArt's worst 0.24 -> 0.047 (SD3 0.028 -> 0.027, Flux 0.039 -> 0.034).
-    ("openvino", "int8-inner", 0.1, (_OPENVINO, _NNCF)),
-    ("onnxruntime", "fp32", 1e-4, (_ORT,)),
-    ("onnxruntime", "int8-dynamic", 0.1, (_ORT,)),
-    ("onnxruntime", "int8-static", 0.1, (_ORT,)),
+    ("openvino", "int8-inner", 0.1, (OPENVINO, NNCF)),
+    # One kind of layer in int8, the other in bf16. Worst drops: int8-matmul 0.028 (SD3), 0.039
+    # (Flux), 0.047 (PixArt); int8-conv 0.028 (SD3), 0.035 (Flux: it has no convolution, so
+    # nothing is int8: the bf16 hint's drop), 0.24 (PixArt: its patch embedding in int8, as int8).
+    ("openvino", "int8-matmul", 0.1, (OPENVINO, NNCF)),
+    ("openvino", "int8-conv", 0.3, (OPENVINO, NNCF)),
+    ("onnxruntime", "fp32", 1e-4, (ORT,)),
+    ("onnxruntime", "int8-dynamic", 0.1, (ORT,)),
+    ("onnxruntime", "int8-static", 0.1, (ORT,)),
     # torch.compile takes 30-70 s per build here (freezing, 2 busy cores).
     ("torch_compile", "fp32", 1e-4, (pytest.mark.slow,)),
     ("torch_compile", "bf16", 0.1, (pytest.mark.slow,)),
@@ -66,31 +63,6 @@ def _cases():
             yield pytest.param(family, backend, variant,
                                LOOSER.get((family, backend, variant), tolerance), marks=marks,
                                id=f"{family}-{backend}-{variant}")
-
-
-_RECORDED: dict = {}
-
-
-def recorded(family: str):
-    """The family's pipeline and its recorded transformer calls (64 px, 4 steps; PixArt's
-    resolution binning makes its latents 32 x 32), built once per test session."""
-    if family not in _RECORDED:
-        pipe = sdopt.build_preset(family)
-        samples = collect_samples(pipe, PROMPTS, height=64, width=64, steps=4,
-                                  guidance_scale=7.5, seed=0, n_verify=4)
-        _RECORDED[family] = (pipe, samples)
-    return _RECORDED[family]
-
-
-def _call(module, inputs, **changed):
-    extra = {**inputs.extra, **changed}
-    with torch.inference_mode():
-        return module(inputs.sample, inputs.timestep, inputs.encoder_hidden_states, **extra)
-
-
-def _drops(module, samples) -> list[float]:
-    metric = resolve_metric(None)
-    return [float(metric.fn(s.reference, _call(module, s.inputs))) for s in samples.verification]
 
 
 def _changed_condition(family: str, inputs) -> dict:
@@ -111,8 +83,8 @@ def test_export_inputs_are_the_pipelines_extra_inputs(family):
 def test_dit_runs_on_every_backend(family, backend, variant, tolerance):
     pipe, samples = recorded(family)
     module = build_variant(pipe, backend, variant, samples)
-    drops = _drops(module, samples)
-    assert max(drops) <= tolerance, drops
+    worst = drops(module, samples)
+    assert max(worst) <= tolerance, worst
     if backend == "onnxruntime":
         # PixArt's dynamo export is invalid (a no-op squeeze of 256 tokens as an ONNX Squeeze):
         # refused by onnx's checker, it falls back to the TorchScript exporter, saying why.
@@ -120,10 +92,39 @@ def test_dit_runs_on_every_backend(family, backend, variant, tolerance):
         assert onnx_info["exporter"] == "dynamo" or "invalid" in onnx_info["failed"]["dynamo"]
     if variant == "int8-static":  # at least the patch embedding and proj_out stay float
         assert len(module.build_info["int8"]["float_nodes"]) >= 2, module.build_info["int8"]
+    if variant in ("int8-matmul", "int8-conv"):
+        _check_int8_kinds(family, variant, module)
     # The extra inputs really reach the graph: another condition, another output.
     inputs = samples.verification[0].inputs
-    assert not torch.allclose(_call(module, inputs),
-                              _call(module, inputs, **_changed_condition(family, inputs)))
+    assert not torch.allclose(call(module, inputs),
+                              call(module, inputs, **_changed_condition(family, inputs)))
+
+
+def _int8_layers(xml) -> dict[str, int]:
+    """How many MatMul and Convolution nodes of an IR take an int8-quantized input."""
+    import openvino as ov
+
+    counts = {"MatMul": 0, "Convolution": 0}
+    for op in ov.Core().read_model(str(xml)).get_ops():
+        kind = op.get_type_name()
+        if kind in counts and any(op.input(i).get_source_output().get_node().get_type_name() ==
+                                  "FakeQuantize" for i in range(op.get_input_size())):
+            counts[kind] += 1
+    return counts
+
+
+def _check_int8_kinds(family: str, variant: str, module) -> None:
+    """int8-matmul quantizes the attention and feed-forward MatMuls, no convolution; int8-conv
+    the convolutions only: a DiT's one convolution is SD3's and PixArt's patch embedding, and
+    Flux (a linear patch embedding) has none, so its int8-conv has no int8 layer at all."""
+    from sdopt.backends.openvino import IR_XML
+
+    counts = _int8_layers(module.ir_dir / IR_XML)
+    if variant == "int8-matmul":
+        assert counts["MatMul"] > 0 and counts["Convolution"] == 0, counts
+    else:
+        convs = 0 if family == "flux-tiny" else 1
+        assert counts == {"MatMul": 0, "Convolution": convs}, counts
 
 
 def _edge_ops(xml) -> dict[str, set[str]]:
@@ -142,8 +143,8 @@ def _edge_ops(xml) -> dict[str, set[str]]:
     return out
 
 
-@_OPENVINO
-@_NNCF
+@OPENVINO
+@NNCF
 @pytest.mark.parametrize("family", ["sd3-tiny", "flux-tiny"])
 def test_int8_inner_keeps_the_patch_embedding_and_final_projection_in_float(family):
     """As the UNet's conv_in/conv_out: int8-inner leaves a DiT's first layer (the patch
