@@ -4,11 +4,22 @@ Stable Diffusion 1.5 ships with PNDM; DPM-Solver++ (2nd order, multistep) reache
 images in fewer steps. The pipeline keeps being called with the user's ``num_inference_steps``;
 the replaced scheduler runs ``fraction`` of them (at least one), so the same call gets faster.
 Every UNet call and its VAE-independent work shrink in proportion.
+
+Image-to-image and inpainting pipelines run ``int(steps * strength)`` of a ``steps``-step schedule
+(diffusers' ``get_timesteps``), and count ``steps`` from the requested number, not from the
+schedule the scheduler really set: with fewer steps they sliced the short schedule as if it were
+the long one (img2img-tiny at its default strength 0.8: 3 steps of 5 instead of 4 at 10 requested
+and x0.5, none at all and a crash at x0.25). The pipeline's ``get_timesteps`` is given the count
+of the schedule really set, so a call runs what the same pipeline called with the fewer steps
+runs; and when that would be no step while the requested call runs some (1 step at strength
+0.8), the schedule is set again with the fewest steps that leave one, so at least one step
+always runs, from the noise level the strength asks for.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 from ..logs import quiet_diffusers
 from .base import Param, Technique
@@ -37,30 +48,66 @@ def make_scheduler(config, fraction: float, flow_matching: bool = False):
     # sigmas/timesteps are named: pipelines look for them in the signature before passing them.
     def set_timesteps(num_inference_steps=None, device=None, timesteps=None, sigmas=None,
                       **kwargs):
-        if num_inference_steps is not None:
-            num_inference_steps = steps_for(int(num_inference_steps), fraction)
-        elif sigmas is not None:
-            # Flux passes its own evenly spaced sigmas instead of a step count.
-            import numpy as np
+        def set_steps(count: int | None = None):
+            """This request with ``count`` steps (None: ``fraction`` of the requested)."""
+            steps, given_sigmas, extra = num_inference_steps, sigmas, dict(kwargs)
+            if steps is not None:
+                steps = count or steps_for(int(steps), fraction)
+            elif given_sigmas is not None:
+                # Flux passes its own evenly spaced sigmas instead of a step count.
+                import numpy as np
 
-            values = np.asarray(sigmas, dtype=np.float64)
-            sigmas = np.linspace(values[0], values[-1],
-                                 steps_for(len(values), fraction)).tolist()
-        if sigmas is not None:
-            kwargs["sigmas"] = sigmas
-        if timesteps is not None:
-            kwargs["timesteps"] = timesteps
-        return original(num_inference_steps, device=device, **kwargs)
+                values = np.asarray(given_sigmas, dtype=np.float64)
+                given_sigmas = np.linspace(values[0], values[-1],
+                                           count or steps_for(len(values), fraction)).tolist()
+            if given_sigmas is not None:
+                extra["sigmas"] = given_sigmas
+            if timesteps is not None:
+                extra["timesteps"] = timesteps
+            return original(steps, device=device, **extra)
+
+        scheduler.sdopt_set_steps = set_steps  # get_timesteps below sets the request again
+        return set_steps()
 
     scheduler.set_timesteps = set_timesteps
     scheduler.sdopt_step_fraction = fraction
     return scheduler
 
 
+def fewest_steps(strength: float) -> int:
+    """The fewest steps of which ``int(steps * strength)`` (what diffusers runs) is at least 1."""
+    steps = max(1, math.ceil(1 / strength))
+    while int(steps * strength) < 1:  # rounding of 1 / strength
+        steps += 1
+    return steps
+
+
+def _strength_aware(pipe) -> None:
+    """``pipe.get_timesteps`` (image-to-image, inpainting) counted on the schedule really set."""
+    original = getattr(pipe, "get_timesteps", None)
+    if original is None:
+        return
+
+    def get_timesteps(num_inference_steps, strength, *args, **kwargs):
+        scheduler = pipe.scheduler
+        denoising_start = kwargs.get("denoising_start", args[1] if len(args) > 1 else None)
+        if getattr(scheduler, "sdopt_step_fraction", None) is None or \
+                denoising_start is not None or not strength:
+            return original(num_inference_steps, strength, *args, **kwargs)
+        steps = len(scheduler.timesteps) // max(1, int(getattr(scheduler, "order", 1) or 1))
+        if int(steps * strength) < 1 <= int(num_inference_steps * strength):
+            steps = fewest_steps(strength)
+            scheduler.sdopt_set_steps(steps)
+        return original(steps, strength, *args, **kwargs)
+
+    pipe.get_timesteps = get_timesteps
+
+
 def apply_pipeline(pipe, params: dict) -> None:
     flow = type(pipe.scheduler).__name__.startswith("FlowMatch")
     pipe.scheduler = make_scheduler(copy.deepcopy(dict(pipe.scheduler.config)),
                                     float(params["fraction"]), flow_matching=flow)
+    _strength_aware(pipe)
 
 
 TECHNIQUE = Technique(

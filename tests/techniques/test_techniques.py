@@ -134,6 +134,41 @@ def test_fewer_steps_runs_fewer_unet_calls(original, reference):
     assert min(psnr_db(r, i) for r, i in zip(reference, images)) > 20
 
 
+@pytest.mark.parametrize("preset", ["img2img-tiny", "inpaint-tiny"])
+def test_fewer_steps_with_strength_runs_at_least_one_step(preset):
+    """Image-to-image and inpainting run int(steps * strength) steps: at the search's default
+    strength (the pipeline's: 0.8 for img2img, 1.0 for inpainting), 0.8 and 0.3, fewer_steps
+    runs that share of the schedule it set (4 of 5, not 3, at 10 steps and x0.5 for img2img),
+    and never no step (x0.25 of 4 steps crashed), starting below pure noise where the strength
+    asks for it (the start image is used)."""
+    import inspect
+
+    from sdopt.models import pipeline_inputs
+    from sdopt.techniques.fewer_steps import FRACTIONS, steps_for
+
+    base = sdopt.build_preset(preset)
+    default = inspect.signature(type(base).__call__).parameters["strength"].default
+    for strength in sorted({default, 0.8, 0.3}):
+        for requested in (4, 10):
+            for fraction in FRACTIONS:
+                pipe = with_unet(base, base.unet)
+                apply_pipeline_techniques(pipe, [{"name": "fewer_steps", "fraction": fraction}])
+                timesteps = []
+                hook = pipe.unet.register_forward_pre_hook(
+                    lambda m, args: timesteps.append(float(args[1])))
+                try:
+                    pipe("a photo of a cat", **pipeline_inputs(pipe, 64, 64),
+                         strength=strength, num_inference_steps=requested, output_type="np",
+                         generator=torch.Generator().manual_seed(0))
+                finally:
+                    hook.remove()
+                ran = len(timesteps)
+                case = (strength, requested, fraction)
+                assert ran == max(1, int(steps_for(requested, fraction) * strength)), case
+                assert ran <= max(1, int(requested * strength)), case
+                assert timesteps[0] < 999 * strength + 1, case
+
+
 def test_vae_bf16_decodes_in_bf16(original, reference):
     pipe, _ = _pipeline(original, [{"name": "vae_bf16"}])
     seen = []
