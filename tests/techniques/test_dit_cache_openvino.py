@@ -182,3 +182,17 @@ def test_a_saved_openvino_dit_with_step_caching_loads_with_it(dit, tmp_path):
     assert isinstance(cache, OpenVINODiTStepCacheModule)
     assert np.array_equal(_images(loaded, seeds=(3,))[0], first[0])
     assert cache.cached_calls == STEPS // 2
+
+
+@pytest.mark.slow
+def test_the_unconstrained_search_tries_step_caching_on_the_openvino_dit():
+    pipe = sdopt.build_preset("sd3-tiny")
+    optimized = sdopt.optimize_model(
+        pipe, ["a photo of a cat"], metric_drop_ths=0.5, optimization_time="unconstrained",
+        backends=["openvino"], ignore_compressors=["bf16", "fp16", "int8"],
+        num_inference_steps=6, repeats=1, show=False, reuse_search=False, image_metric="psnr")
+    rows = {r.id: r for r in optimized.sdopt_result.candidates}
+    cached = [r for k, r in rows.items() if k.startswith("openvino/fp32+step_cache")]
+    assert cached and all(r.status in ("ok", "selected") for r in cached), \
+        {k: (r.status, r.reason) for k, r in rows.items()}
+    assert not [k for k, r in rows.items() if r.status == "failed"]
