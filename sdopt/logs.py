@@ -4,8 +4,9 @@ diffusers warns that fp16 modules should stay fp32 for training, and that a sche
 has keys another scheduler ignores; ONNX Runtime's quantizer advises pre-processing through the
 root logger; transformers says "`loss_type=None` was set in the config but it is unrecognized"
 when OpenVINO's tracer (``torch.jit.trace`` looking for exported methods) reads every attribute
-of a text encoder, ``loss_function`` (a training-only property) included. Each is expected when sdopt does what it does, so it is silenced for that call only,
-and the previous level is always restored.
+of a text encoder, ``loss_function`` (a training-only property) included. Each is expected when
+sdopt does what it does, so it is silenced for that call only, and the previous level is always
+restored.
 
 Without torchvision (sdopt does not need it), torch's ONNX exporter logs "torchvision is not
 installed. Skipping ..." for each torchvision operator it would register, and transformers logs
