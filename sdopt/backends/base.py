@@ -112,6 +112,12 @@ class Backend(abc.ABC):
         """None when the variant can run here, else the precise reason it cannot."""
         return None
 
+    def model_reason(self, variant: Variant, denoiser: torch.nn.Module) -> str | None:
+        """None when ``variant`` does something to ``denoiser``, else why it would not (it puts
+        in int8 a kind of layer the model has none of): the search skips it with the reason
+        instead of measuring another variant under its name."""
+        return None
+
     def build_activity(self, variant: Variant) -> str:
         """What building ``variant`` spends its time on (compiling, exporting, calibrating), for
         the search's progress line: a build can take minutes, and the user should see why."""

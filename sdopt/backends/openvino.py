@@ -289,6 +289,17 @@ class OpenVINO(Backend):
                          for t in variant.techniques)
         return variant.techniques
 
+    def model_reason(self, variant: Variant, denoiser: torch.nn.Module) -> str | None:
+        """int8-conv puts only convolutions in int8: Flux's transformer has none (its patch
+        embedding is a linear layer), so the variant would be the bf16 one under an int8 name."""
+        if variant.precision != "int8" or "MatMul" not in variant.options.get("ignored_types", ()):
+            return None
+        convolutions = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+        if any(isinstance(m, convolutions) for m in denoiser.modules()):
+            return None
+        return (f"{type(denoiser).__name__} has no convolution: {variant.id} would put no layer "
+                "in int8 (it would be the bf16 variant)")
+
     def unavailable_reason(self, device: DeviceInfo, variant: Variant) -> str | None:
         if device.kind != "cpu":
             return (f"sdopt runs OpenVINO on CPU only; the device is {device.kind} "

@@ -250,6 +250,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                                  time_budget_s=time_budget_s,
                                  spent_s=time.perf_counter() - started,
                                  reserved_s=reserved_s) \
+            or BACKENDS[variant.backend].model_reason(variant, unet) \
             or planner.bound_reason(variant) or ""
         module = None
         if not row.reason:

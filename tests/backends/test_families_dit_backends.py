@@ -116,7 +116,8 @@ def _int8_layers(xml) -> dict[str, int]:
 def _check_int8_kinds(family: str, variant: str, module) -> None:
     """int8-matmul quantizes the attention and feed-forward MatMuls, no convolution; int8-conv
     the convolutions only: a DiT's one convolution is SD3's and PixArt's patch embedding, and
-    Flux (a linear patch embedding) has none, so its int8-conv has no int8 layer at all."""
+    Flux (a linear patch embedding) has none, so its int8-conv has no int8 layer at all (the
+    search skips it there, with the reason)."""
     from sdopt.backends.openvino import IR_XML
 
     counts = _int8_layers(module.ir_dir / IR_XML)
@@ -125,6 +126,32 @@ def _check_int8_kinds(family: str, variant: str, module) -> None:
     else:
         convs = 0 if family == "flux-tiny" else 1
         assert counts == {"MatMul": 0, "Convolution": convs}, counts
+
+
+def test_int8_conv_is_skipped_with_the_reason_on_a_model_without_convolutions(tiny_pipe):
+    """Flux's int8-conv would be its bf16 variant under an int8 name (see _check_int8_kinds):
+    the OpenVINO backend says so for a denoiser with no convolution, and the search skips it
+    with that reason; every other family keeps it."""
+    from sdopt.backends import get_backend
+    from sdopt.device import detect
+
+    backend = get_backend("openvino")
+    variants = {v.name: v for v in backend.variants(detect("cpu"))}
+    flux, _ = recorded("flux-tiny")
+    assert backend.model_reason(variants["int8-conv"], flux.transformer) == (
+        "FluxTransformer2DModel has no convolution: openvino/int8-conv would put no layer in "
+        "int8 (it would be the bf16 variant)")
+    for denoiser in (recorded("sd3-tiny")[0].transformer, recorded("pixart-tiny")[0].transformer,
+                     tiny_pipe.unet, flux.transformer):
+        for name, variant in variants.items():
+            if (name, denoiser) != ("int8-conv", flux.transformer):
+                assert backend.model_reason(variant, denoiser) is None, (name, denoiser)
+    optimized = sdopt.optimize_model(flux, ["a photo of a cat"], metric_drop_ths=0.5,
+                                     backends=["openvino/int8-conv"], height=64, width=64,
+                                     num_inference_steps=2, repeats=1, n_verify=1,
+                                     end_to_end=False, show=False, reuse_search=False)
+    row = next(c for c in optimized.sdopt_result.candidates if c.id == "openvino/int8-conv")
+    assert row.status == "skipped" and "has no convolution" in row.reason, row
 
 
 def _edge_ops(xml) -> dict[str, set[str]]:
