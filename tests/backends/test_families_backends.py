@@ -2,46 +2,30 @@
 SDXL's UNet takes added conditions (a dict of tensors) that exports and converters must take as
 graph inputs, or the candidate fails instead of running."""
 
-import importlib.util
-
 import pytest
 import torch
 
-import sdopt
 from sdopt.backends.export import input_names
-from sdopt.optimize.capture import collect_samples
-from sdopt.optimize.metrics import resolve_metric
 
-from ..conftest import PROMPTS, build_variant
+from ..conftest import build_variant
+from .families import NNCF, OPENVINO, ORT, drops, recorded
 
 # numeric_precision each variant must stay within on the tiny models.
 CASES = [
     ("torch_eager", "bf16", 0.05),
     ("torch_int8", "dynamic-linear", 0.2),
-    pytest.param("openvino", "fp32", 1e-4, marks=pytest.mark.skipif(
-        importlib.util.find_spec("openvino") is None, reason="openvino is not installed")),
-    pytest.param("openvino", "int8", 0.25, marks=pytest.mark.skipif(
-        importlib.util.find_spec("nncf") is None, reason="nncf is not installed")),
-    pytest.param("onnxruntime", "fp32", 1e-4, marks=pytest.mark.skipif(
-        importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")),
+    pytest.param("openvino", "fp32", 1e-4, marks=OPENVINO),
+    pytest.param("openvino", "int8", 0.25, marks=(OPENVINO, NNCF)),
+    pytest.param("onnxruntime", "fp32", 1e-4, marks=ORT),
+    # torch.compile takes 30-200 s per build here (freezing, 2 busy cores).
+    pytest.param("torch_compile", "fp32", 1e-4, marks=pytest.mark.slow),
+    pytest.param("torch_compile", "bf16", 0.1, marks=pytest.mark.slow),
 ]
 
 
 @pytest.fixture(scope="module")
 def sdxl():
-    pipe = sdopt.build_preset("sdxl-tiny")
-    samples = collect_samples(pipe, PROMPTS, height=64, width=64, steps=4, guidance_scale=7.5,
-                              seed=0, n_verify=4)
-    return pipe, samples
-
-
-def _drops(module, samples) -> list[float]:
-    metric = resolve_metric(None)
-    with torch.inference_mode():
-        return [float(metric.fn(s.reference, module(s.inputs.sample, s.inputs.timestep,
-                                                    s.inputs.encoder_hidden_states,
-                                                    **s.inputs.extra)))
-                for s in samples.verification]
+    return recorded("sdxl-tiny")
 
 
 def test_export_inputs_name_the_added_conditions(sdxl):
@@ -55,8 +39,8 @@ def test_export_inputs_name_the_added_conditions(sdxl):
 def test_sdxl_unet_runs_on_every_backend(sdxl, backend, variant, tolerance):
     pipe, samples = sdxl
     module = build_variant(pipe, backend, variant, samples)
-    drops = _drops(module, samples)
-    assert max(drops) <= tolerance, drops
+    worst = drops(module, samples)
+    assert max(worst) <= tolerance, worst
     # The added conditions really reach the graph: other text embeddings, another output.
     s = samples.verification[0].inputs
     other = {"added_cond_kwargs": {**s.extra["added_cond_kwargs"],
