@@ -243,7 +243,11 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
         rows.append(row)
         notify(variant, "start")
         reserved_s = 0.0
-        if later is not None and time_budget_s is not None and original is not None and leaders:
+        # Only once a candidate beats the original: until then the UNet stage is where the gain
+        # is, and the fp32 pipeline's slow images would make the reserve its largest (a cold sd15
+        # search kept 300 s and skipped int8-inner, a 7 s derivation, for the components).
+        if later is not None and time_budget_s is not None and original is not None \
+                and leaders and leaders[0][0] is not original:
             reserved_s = later.reserve_s(original.latency_s, leaders[0][0].latency_s,
                                          time_budget_s)
         row.reason = skip_reason(variant, device, rows, lossless_only=metric_drop_ths is None,

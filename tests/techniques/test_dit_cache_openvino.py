@@ -104,12 +104,11 @@ def test_the_pipeline_caches_every_other_step(dit):
     assert not all(np.array_equal(r, i) for r, i in zip(reference, images))
 
 
+@pytest.mark.parametrize("dit", ["flux-tiny"], indirect=True)  # the one that calls it twice
 def test_each_pass_of_a_step_keeps_its_own_contribution(dit):
     """Flux's true CFG calls the transformer twice per step: as the eager DiT cache does, a cached
     step reuses each pass's own contribution."""
     name, pipe, _, module = dit
-    if name != "flux-tiny":
-        pytest.skip("only Flux's pipeline calls the transformer twice per step")
     kw = {"negative_prompt": "a blurry photo", "true_cfg_scale": 4.0}
     reference = _images(assemble(pipe, module, [], DEVICE), seeds=(0,), **kw)
     cached_pipe = assemble(pipe, module, [SPEC], DEVICE)
@@ -167,10 +166,9 @@ def test_a_graph_without_the_anchors_says_why(dit):
         assert why and "cannot split" in why and "0 layer norms" in why, why
 
 
+@pytest.mark.parametrize("dit", ["pixart-tiny"], indirect=True)  # saving is family-independent
 def test_a_saved_openvino_dit_with_step_caching_loads_with_it(dit, tmp_path):
     name, pipe, _, module = dit
-    if name != "pixart-tiny":
-        pytest.skip("one family is enough: saving does not depend on it")
     specs = [SPEC]
     optimized = assemble(pipe, module, specs, DEVICE,
                          info={"variant": module.variant.id, "build": module.build_info,
