@@ -33,8 +33,8 @@ import re
 import torch
 
 from ..backends.base import OptimizedModule, UNetInputs
-from .eager import base_module
-from .step_cache_openvino import NotSplittable, OpenVINOStepCacheModule, with_input, with_output
+from .step_cache_openvino import (NotSplittable, OpenVINOStepCacheModule, split_reason, with_input,
+                                  with_output)
 
 CONTRIBUTION = "cached_contribution"  # the shallow model's extra input
 
@@ -113,14 +113,7 @@ def split(model):
 
 def incompatible_reason(module: OptimizedModule) -> str | None:
     """Why this OpenVINO module's DiT graph cannot be split (None: it can)."""
-    graph = getattr(base_module(module), "graph", None)
-    if graph is None:
-        return f"{module.variant.id} has no OpenVINO graph"
-    try:
-        block_stream(graph.model)
-    except NotSplittable as exc:
-        return f"step caching cannot split {module.variant.id}'s DiT graph: {exc}"
-    return None
+    return split_reason(module, block_stream, "DiT graph")
 
 
 class OpenVINODiTStepCacheModule(OpenVINOStepCacheModule):

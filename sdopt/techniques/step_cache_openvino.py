@@ -85,16 +85,22 @@ def split(model):
             with_input(model, deep_feature_output, DEEP_FEATURE, model_name="unet_shallow"))
 
 
-def incompatible_reason(module: OptimizedModule) -> str | None:
-    """Why this OpenVINO module's graph cannot be split (None: it can)."""
+def split_reason(module: OptimizedModule, find_anchor, what: str = "graph") -> str | None:
+    """Why this OpenVINO module's graph cannot be split at ``find_anchor(model)``'s tensor
+    (None: it can); ``what`` names the graph in the reason."""
     graph = getattr(base_module(module), "graph", None)
     if graph is None:
         return f"{module.variant.id} has no OpenVINO graph"
     try:
-        deep_feature_output(graph.model)
+        find_anchor(graph.model)
     except NotSplittable as exc:
-        return f"step caching cannot split {module.variant.id}'s graph: {exc}"
+        return f"step caching cannot split {module.variant.id}'s {what}: {exc}"
     return None
+
+
+def incompatible_reason(module: OptimizedModule) -> str | None:
+    """Why this OpenVINO module's UNet graph cannot be split (None: it can)."""
+    return split_reason(module, deep_feature_output)
 
 
 class OpenVINOStepCacheModule(StepCacheBase):
