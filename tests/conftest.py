@@ -94,7 +94,7 @@ def local_clip(tmp_path_factory):
     configure_clip(None)
 
 
-def build_variant(pipe, backend_name: str, variant_name: str, samples):
+def build_variant(pipe, backend_name: str, variant_name: str, samples, cache_dir=None):
     """A backend variant built from the recorded samples, as the search builds it (so its cache
     keys are the search's), from the pipeline's denoiser (its UNet or its DiT transformer)."""
     import torch
@@ -109,7 +109,8 @@ def build_variant(pipe, backend_name: str, variant_name: str, samples):
     variant = next(v for v in backend.variants(dev) if v.name == variant_name)
     assert backend.unavailable_reason(dev, variant) is None
     ctx = BuildContext(device=dev, example=samples.verification[0].inputs,
-                       calibration=[s.inputs for s in samples.calibration])
+                       calibration=[s.inputs for s in samples.calibration],
+                       cache_dir=cache_dir)
     with torch.inference_mode():
         return backend.build(denoiser_of(pipe), variant, ctx)
 

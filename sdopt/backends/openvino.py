@@ -41,6 +41,9 @@ DIT_EDGE_PATTERNS = tuple(rf".*\.{re.escape(module)}/.*" for module in DIT_EDGE_
 # precision, bf16) on a UNet, and on a DiT transformer (Backend.techniques_for).
 UNET_EDGE_LABEL = "conv_in/conv_out bf16"
 DIT_EDGE_LABEL = "patch embedding/final projection bf16"
+MINMAX_LABEL = "int8 post-training (min/max ranges, one pass)"
+# A partial int8 variant is slower than any of these: it is tried only when they were rejected.
+INT8_MORE_AGGRESSIVE = ["int8-minmax", "int8-inner-minmax", "int8", "int8-inner"]
 
 
 def edge_patterns(denoiser: torch.nn.Module, patterns: tuple[str, ...]) -> tuple[str, ...]:
@@ -163,19 +166,38 @@ def _convert(unet: torch.nn.Module, example: UNetInputs, directory: Path) -> dic
     return {"converter": "openvino.convert_model", "openvino": ov.get_version()}
 
 
+def _calibration_items(model, calibration: list[UNetInputs]) -> list[dict[str, Any]]:
+    from .export import named_args
+
+    names = [p.get_any_name() for p in model.inputs]
+    return [{n: t.numpy() for n, t in named_args(c).items() if n in names}
+            for c in calibration]
+
+
+def _quantize_minmax(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
+                     ignored_types: tuple[str, ...] = (),
+                     ignored_patterns: tuple[str, ...] = ()) -> dict[str, Any]:
+    import openvino as ov
+
+    from ._ov_minmax_int8 import quantize_minmax
+
+    items = _calibration_items(ov.Core().read_model(str(ir_dir / IR_XML)),
+                               calibration[:INT8_SUBSET_MAX])
+    built = quantize_minmax(ir_dir / IR_XML, items, directory / IR_XML,
+                            ignored_types=ignored_types, ignored_patterns=ignored_patterns)
+    CONVERSIONS["minmax"] += 1
+    return built
+
+
 def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
               ignored_types: tuple[str, ...] = (), preset: str | None = None,
               ignored_patterns: tuple[str, ...] = ()) -> dict[str, Any]:
     import nncf
     import openvino as ov
 
-    from .export import named_args
-
     core = ov.Core()
     model = core.read_model(str(ir_dir / IR_XML))
-    names = [p.get_any_name() for p in model.inputs]
-    items = [{n: t.numpy() for n, t in named_args(c).items() if n in names}
-             for c in calibration]
+    items = _calibration_items(model, calibration)
     subset = min(len(items), INT8_SUBSET_MAX)
     scope = nncf.IgnoredScope(types=list(ignored_types), patterns=list(ignored_patterns),
                               validate=False) if ignored_types or ignored_patterns else None
@@ -191,7 +213,7 @@ def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
 
 # How many conversions and quantizations this process really ran (the cache's hits do not
 # count): lets tests assert a cache hit instead of guessing from timings.
-CONVERSIONS = {"convert_model": 0, "nncf.quantize": 0, "derived": 0}
+CONVERSIONS = {"convert_model": 0, "nncf.quantize": 0, "minmax": 0, "derived": 0}
 
 
 def _derived_partial(ir, parts: dict[str, Any], ignored: tuple[str, ...],
@@ -245,6 +267,8 @@ class OpenVINO(Backend):
     aliases = ("ov", "openvino_compiler")
 
     def build_activity(self, variant: Variant) -> str:
+        if variant.options.get("quantizer") == "minmax":
+            return "converting to OpenVINO and measuring int8 ranges (one pass)"
         if variant.options.get("quantizer"):
             return "converting to OpenVINO and calibrating int8 (NNCF)"
         return "converting to OpenVINO and compiling"
@@ -255,25 +279,38 @@ class OpenVINO(Backend):
                     techniques=("openvino",)),
             Variant(self.name, "bf16", "bf16", options={"hint": "bf16"},
                     techniques=("openvino", "bf16 inference precision")),
-            Variant(self.name, "int8", "int8", options={"quantizer": "nncf"},
+            # int8 from min/max ranges in one statistics pass (_ov_minmax_int8): about 30 s on
+            # sd15 at 256 px where NNCF takes 250 s, the same int8 graph and speed, a little
+            # more error (no SmoothQuant or bias correction). Tried first.
+            Variant(self.name, "int8-minmax", "int8", options={"quantizer": "minmax"},
+                    techniques=("openvino", MINMAX_LABEL)),
+            Variant(self.name, "int8-inner-minmax", "int8",
+                    options={"quantizer": "minmax", "ignored_patterns": list(INT8_EDGE_PATTERNS),
+                             "fallback_of": ["int8-minmax"]},
+                    techniques=("openvino", MINMAX_LABEL, UNET_EDGE_LABEL)),
+            # NNCF's calibration of the same graphs: tried only when its min/max twin was
+            # rejected and could still win, for its smaller error (ordering's same-graph bound).
+            Variant(self.name, "int8", "int8",
+                    options={"quantizer": "nncf", "same_graph_as": ["int8-minmax"]},
                     techniques=("openvino", "int8 post-training (NNCF, calibrated)")),
             # Less error for less speed, tried only when the more aggressive variants before them
             # were rejected. First the network's ends in bf16 (conv_in sees the raw latent,
             # conv_out writes the noise prediction): on sd15 they carry much of full int8's error.
             Variant(self.name, "int8-inner", "int8",
                     options={"quantizer": "nncf", "ignored_patterns": list(INT8_EDGE_PATTERNS),
-                             "fallback_of": ["int8"]},
+                             "fallback_of": ["int8", "int8-minmax"],
+                             "same_graph_as": ["int8-inner-minmax"]},
                     techniques=("openvino", "int8 post-training (NNCF, calibrated)",
                                 UNET_EDGE_LABEL)),
             # Then only one kind of layer in int8, the other in bf16.
             Variant(self.name, "int8-matmul", "int8",
                     options={"quantizer": "nncf", "ignored_types": ["Convolution"],
-                             "fallback_of": ["int8", "int8-inner"]},
+                             "fallback_of": INT8_MORE_AGGRESSIVE},
                     techniques=("openvino", "int8 MatMul (NNCF, calibrated)",
                                 "bf16 convolutions")),
             Variant(self.name, "int8-conv", "int8",
                     options={"quantizer": "nncf", "ignored_types": ["MatMul"],
-                             "fallback_of": ["int8", "int8-inner"]},
+                             "fallback_of": INT8_MORE_AGGRESSIVE},
                     techniques=("openvino", "int8 convolutions (NNCF, calibrated)",
                                 "bf16 MatMul")),
         ]
@@ -309,7 +346,7 @@ class OpenVINO(Backend):
             return reason
         if variant.precision == "bf16":
             return device.precision_unavailable_reason("bf16")
-        if variant.precision == "int8":
+        if variant.options.get("quantizer") == "nncf":
             return deps.unavailable_reason("nncf", "int8 calibration")
         return None
 
@@ -325,9 +362,15 @@ class OpenVINO(Backend):
             ignored = tuple(variant.options.get("ignored_types", ()))
             patterns = edge_patterns(unet, tuple(variant.options.get("ignored_patterns", ())))
             preset = variant.options.get("preset")
+            minmax = variant.options.get("quantizer") == "minmax"
             parts = {"source": ir.key, "calibration": calibration_hash(ctx.calibration),
-                     "subset_max": INT8_SUBSET_MAX, "model_type": "TRANSFORMER",
-                     "nncf": deps.version("nncf")}
+                     "subset_max": INT8_SUBSET_MAX}
+            if minmax:
+                from ._ov_minmax_int8 import RECIPE
+
+                parts.update(quantizer="minmax", recipe=RECIPE)
+            else:
+                parts.update(model_type="TRANSFORMER", nncf=deps.version("nncf"))
             # Absent when default, so that the full int8 variant's cached IR stays valid.
             if ignored:
                 parts["ignored_types"] = list(ignored)
@@ -339,7 +382,12 @@ class OpenVINO(Backend):
             # A DiT's ends include linear layers (MatMul), which are never derivable.
             if (ignored or patterns) and not preset and patterns != DIT_EDGE_PATTERNS:
                 q = _derived_partial(ir, parts, ignored, patterns, ctx)
-            if q is None:
+            if q is None and minmax:
+                q = fetch_or_build("openvino-int8", parts,
+                                   lambda tmp: _quantize_minmax(ir.path, ctx.calibration, tmp,
+                                                                ignored, patterns),
+                                   root=ctx.cache_dir)
+            elif q is None:
                 q = fetch_or_build("openvino-int8", parts,
                                    lambda tmp: _quantize(ir.path, ctx.calibration, tmp, ignored,
                                                          preset, patterns),

@@ -14,6 +14,9 @@ the best so far by :data:`SKIP_MARGIN`:
   eager module, measured earlier in this search, by at most :data:`MAX_COMPILE_GAIN`;
 - the **fallback's parent**: a less aggressive fallback (partial int8) keeps more of the network
   in floating point than the variants it falls back from, so it is no faster than they measured.
+- the **same graph**: a variant that calibrates the same int8 graph as one measured already
+  (OpenVINO's NNCF calibration after its min/max twin) differs in error, not in speed, so it is no
+  faster than that twin measured; it is built only when the twin was rejected and could still win.
 
 A probe (the int8 graph calibrated on one sample, timed before the full calibration) was tried and
 removed: on sd15 at 256 px a calibration's cost does not scale with its samples. ONNX Runtime's
@@ -77,6 +80,7 @@ def eager_counterpart(variant: Variant, device_kind: str) -> tuple[str, float] |
 # prior costs time, never the pick.
 PRIORS: dict[str, dict[str, float]] = {
     "cpu": {
+        "openvino/int8-minmax": 4.7, "openvino/int8-inner-minmax": 4.7,
         "openvino/int8": 4.7, "openvino/int8-inner": 4.7, "onnxruntime/int8-static": 3.1,
         "openvino/int8-matmul": 3.05, "openvino/int8-conv": 3.0, "openvino/bf16": 2.8,
         "torch_eager/bf16-channels_last": 2.08, "torch_eager/bf16": 2.0,
@@ -162,7 +166,8 @@ class Planner:
     def _waits_for(self, variant: Variant) -> set[str]:
         """Ids that must be tried before ``variant``: the variants it is a fallback of, and the
         eager module a compile bound reads."""
-        needs = {f"{variant.backend}/{p}" for p in variant.options.get("fallback_of") or ()}
+        needs = {f"{variant.backend}/{p}" for p in (variant.options.get("fallback_of") or [])
+                 + (variant.options.get("same_graph_as") or [])}
         counterpart = eager_counterpart(variant, self.device.kind)
         if counterpart:
             needs.add(counterpart[0])
@@ -218,6 +223,12 @@ class Planner:
             yield (slowest.speedup,
                    f"a less aggressive fallback of {slowest.id}, which measured "
                    f"{slowest.speedup:.2f}x here")
+        twins = [r for r in self.rows if r.speedup and r.id in
+                 {f"{variant.backend}/{p}" for p in variant.options.get("same_graph_as") or ()}]
+        for twin in twins:
+            yield (twin.speedup,
+                   f"the same int8 graph as {twin.id}, which measured {twin.speedup:.2f}x here: "
+                   "another calibration changes its error, not its speed")
         counterpart = eager_counterpart(variant, self.device.kind)
         if counterpart:
             eager_id, gain = counterpart

@@ -39,8 +39,12 @@ def test_reference_first_then_most_promising(cpu):
     order = _order(Planner(variants, cpu, []))
     assert order[0] == "torch_eager/fp32"
     assert sorted(order) == sorted(v.id for v in variants), "nothing lost, nothing repeated"
-    assert order[1] == "openvino/int8", "the highest CPU prior goes first"
-    # Fallbacks after what they fall back from, compile after the eager module it is bounded by.
+    assert order[1] == "openvino/int8-minmax", "the highest CPU prior, cheapest build first"
+    # Fallbacks after what they fall back from, NNCF's calibration after its min/max twin, compile
+    # after the eager module it is bounded by.
+    assert order.index("openvino/int8-inner-minmax") > order.index("openvino/int8-minmax")
+    assert order.index("openvino/int8") > order.index("openvino/int8-minmax")
+    assert order.index("openvino/int8-inner") > order.index("openvino/int8-inner-minmax")
     assert order.index("openvino/int8-inner") > order.index("openvino/int8")
     assert order.index("openvino/int8-matmul") > order.index("openvino/int8-inner")
     assert order.index("torch_compile/bf16") > order.index("torch_eager/bf16")
@@ -122,3 +126,22 @@ def test_a_fallback_is_bounded_by_its_parents_measured_speed(cpu):
     rows[2].speedup = 5.0  # full int8 ran at 6x: its fallback might still beat 5x by 5%
     assert planner.bound_reason(variants["openvino/int8-inner"]) is None
 
+
+
+def test_nncf_calibration_is_bounded_by_its_min_max_twin(cpu):
+    """NNCF calibrates the same int8 graph as the min/max variant (another error, the same
+    speed): once the twin passed, or was rejected while a variant about as fast passed, the
+    250 s calibration cannot win; when nothing fast passed, it is tried for its smaller error."""
+    variants = {v.id: v for v in plan_candidates(cpu)}
+    rows = [_row(variants["torch_eager/fp32"], 1.0),
+            _row(variants["openvino/int8-minmax"], 4.0, status="rejected"),
+            _row(variants["openvino/int8-inner-minmax"], 3.9)]
+    planner = Planner(list(variants.values()), cpu, rows)
+    reason = planner.bound_reason(variants["openvino/int8"])
+    assert reason and "cannot beat openvino/int8-inner-minmax (3.90x)" in reason
+    assert "the same int8 graph as openvino/int8-minmax, which measured 4.00x" in reason
+    twin = planner.bound_reason(variants["openvino/int8-inner"])
+    assert twin and "cannot beat openvino/int8-inner-minmax (3.90x)" in twin
+    rows[2].status = "rejected"
+    rows.append(_row(variants["openvino/bf16"], 2.8))
+    assert planner.bound_reason(variants["openvino/int8"]) is None, "it could still win"

@@ -17,6 +17,7 @@ def _variant(candidate_id):
 @pytest.mark.parametrize("candidate_id, words", [
     ("torch_compile/bf16", "compiling"),
     ("openvino/int8", "calibrating int8"),
+    ("openvino/int8-minmax", "measuring int8 ranges"),
     ("openvino/fp32", "converting to OpenVINO"),
     ("onnxruntime/fp32", "exporting to ONNX"),
     ("onnxruntime/int8-static", "calibrating int8"),

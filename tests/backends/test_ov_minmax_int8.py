@@ -1,0 +1,156 @@
+"""OpenVINO int8 from min/max ranges in one statistics pass (#17): where its quantizers go
+(NNCF's places), how ranges and weights are quantized, and the variants built through the
+backend on the tiny UNet, with and without NNCF installed."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from ..conftest import build_variant, verification_drops
+
+ov = pytest.importorskip("openvino", reason="the openvino package is not installed")
+
+from openvino import opset13 as ops  # noqa: E402
+
+from sdopt.backends import _ov_minmax_int8 as minmax  # noqa: E402
+from sdopt.backends import get_backend  # noqa: E402
+from sdopt.backends.openvino import IR_XML  # noqa: E402
+from sdopt.device import detect  # noqa: E402
+
+NNCF = pytest.mark.skipif(importlib.util.find_spec("nncf") is None,
+                          reason="the nncf package is not installed")
+
+
+def _quantized_inputs(xml) -> dict[str, tuple[bool, ...]]:
+    """Per Convolution, MatMul and attention node: which of its first two inputs come from a
+    quantizer (through reshapes) or an int8 weight."""
+    def quantized(output) -> bool:
+        node = output.get_node()
+        while node.get_type_name() in minmax.SHAPE_OPS:
+            node = node.input(0).get_source_output().get_node()
+        if node.get_type_name() == "Multiply":  # int8 weight * scale
+            node = node.input(0).get_source_output().get_node()
+            if node.get_type_name() == "Convert":
+                return node.input(0).get_source_output().get_element_type() == ov.Type.i8
+        return node.get_type_name() == "FakeQuantize"
+
+    model = ov.Core().read_model(str(xml))
+    return {op.get_friendly_name(): tuple(quantized(op.input(i).get_source_output())
+                                          for i in range(min(2, op.get_input_size())))
+            for op in model.get_ops() if op.get_type_name() in minmax.QUANTIZED_TYPES}
+
+
+@NNCF
+def test_quantizes_the_inputs_nncf_quantizes_within_the_int8_bound(tiny_pipe, samples):
+    """The same layers in int8 as NNCF's calibration of the same graph, so the same kernels run;
+    the error stays within the int8 variants' bound on the held-out calls."""
+    nncf = build_variant(tiny_pipe, "openvino", "int8", samples)
+    mine = build_variant(tiny_pipe, "openvino", "int8-minmax", samples)
+    ours, theirs = (_quantized_inputs(m.ir_dir / IR_XML) for m in (mine, nncf))
+    assert ours == theirs
+    assert sum(any(v) for v in ours.values()) >= 100, "most layers are int8"
+    info = mine.build_info["int8"]
+    assert info["quantizer"] == "minmax" and info["float_activations"] == 0
+    assert max(verification_drops(mine, samples)) <= 0.15
+
+
+def test_inner_variant_is_derived_and_keeps_the_ends_float(tiny_pipe, samples, tmp_path):
+    full = build_variant(tiny_pipe, "openvino", "int8-minmax", samples, cache_dir=tmp_path)
+    inner = build_variant(tiny_pipe, "openvino", "int8-inner-minmax", samples,
+                          cache_dir=tmp_path)
+    info = inner.build_info["int8"]
+    assert info["full_int8_key"] == full.build_info["int8"]["key"]
+    layers = _quantized_inputs(inner.ir_dir / IR_XML)
+    ends = {n: v for n, v in layers.items() if "conv_in" in n or "conv_out" in n}
+    assert len(ends) == 2 and not any(any(v) for v in ends.values())
+    assert max(verification_drops(inner, samples)) <= 0.15
+
+
+def test_variants_need_no_nncf(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nncf" else real(name, *a))
+    backend, device = get_backend("openvino"), detect("cpu")
+    reasons = {v.name: backend.unavailable_reason(device, v) for v in backend.variants(device)}
+    assert reasons["int8-minmax"] is None and reasons["int8-inner-minmax"] is None
+    assert "'nncf', which is not installed" in reasons["int8"]
+
+
+def _model(nodes_of):
+    """A one-input model [2, 4, 8, 8] whose graph ``nodes_of(parameter)`` builds."""
+    x = ops.parameter([2, 4, 8, 8], np.float32, name="x")
+    return ov.Model([n.output(0) for n in nodes_of(x)], [x], "toy")
+
+
+def _rng_weight(*shape):
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def test_ranges_symmetric_for_matmul_asymmetric_for_convolution():
+    def graph(x):
+        act = ops.swish(x)  # min about -0.28: an asymmetric range fits it
+        conv = ops.convolution(act, ops.constant(_rng_weight(3, 4, 1, 1)), [1, 1], [0, 0],
+                               [0, 0], [1, 1])
+        flat = ops.reshape(x, ops.constant(np.array([2, 256], np.int64)), False)
+        mm = ops.matmul(flat, ops.constant(_rng_weight(5, 256)), False, True)
+        return conv, mm
+
+    model = _model(graph)
+    activations, weights = minmax.quantization_plan(model)
+    symmetric = {t.get_node().get_type_name(): sym for t, sym in activations.values()}
+    assert symmetric == {"Swish": False, "Parameter": True}, \
+        "the MatMul's quantizer sits above the reshape, on the parameter"
+    assert len(weights) == 2
+    item = {"x": np.random.default_rng(1).standard_normal((2, 4, 8, 8)).astype(np.float32)}
+    ranges = minmax.collect_ranges(model, [t for t, _ in activations.values()], [item])
+    swish = item["x"] / (1 + np.exp(-item["x"]))
+    at = [t.get_node().get_type_name() for t, _ in activations.values()].index("Swish")
+    np.testing.assert_allclose(ranges[at], [swish.min(), swish.max()], rtol=1e-5)
+    counts = minmax.insert_quantizers(model, activations, ranges, weights)
+    assert counts == {"activation_quantizers": 2, "float_activations": 0, "int8_weights": 2}
+    fqs = {op.input(0).get_source_output().get_node().get_type_name():
+           [float(op.input(i).get_source_output().get_node().get_data()) for i in (1, 2)]
+           for op in model.get_ops() if op.get_type_name() == "FakeQuantize"}
+    low, high = fqs["Swish"]
+    assert low == pytest.approx(swish.min(), rel=1e-5) and high == pytest.approx(swish.max())
+    low, high = fqs["Parameter"]
+    bound = np.abs(item["x"]).max()
+    assert low == pytest.approx(-bound) and high == pytest.approx(bound * 127 / 128)
+
+
+def test_weights_are_int8_per_output_channel_within_half_a_step():
+    weight = _rng_weight(5, 256) * np.arange(1, 6, dtype=np.float32)[:, None]
+
+    def graph(x):
+        flat = ops.reshape(x, ops.constant(np.array([2, 256], np.int64)), False)
+        return (ops.matmul(flat, ops.constant(weight), False, True),)
+
+    model = _model(graph)
+    activations, weights = minmax.quantization_plan(model)
+    minmax.insert_quantizers(model, activations, np.array([[-3.0, 3.0]]), weights)
+    consts = [op for op in model.get_ops() if op.get_type_name() == "Constant"
+              and op.get_element_type() == ov.Type.i8]
+    assert len(consts) == 1
+    q = consts[0].get_data().astype(np.float32)
+    scale = weight.__abs__().max(axis=1, keepdims=True) / 127
+    assert np.abs(q).max() == 127 and np.all(np.abs(q * scale - weight) <= scale / 2 + 1e-6)
+
+
+def test_a_tensor_with_infinite_range_stays_float():
+    """An attention mask's -inf would be clamped to a finite value by a quantizer."""
+    mask = np.zeros((2, 256), np.float32)
+    mask[:, 0] = -np.inf
+
+    def graph(x):
+        flat = ops.reshape(x, ops.constant(np.array([2, 256], np.int64)), False)
+        masked = ops.add(flat, ops.constant(mask))
+        return (ops.matmul(masked, ops.constant(_rng_weight(5, 256)), False, True),)
+
+    model = _model(graph)
+    activations, weights = minmax.quantization_plan(model)
+    item = {"x": np.ones((2, 4, 8, 8), np.float32)}
+    ranges = minmax.collect_ranges(model, [t for t, _ in activations.values()], [item])
+    counts = minmax.insert_quantizers(model, activations, ranges, weights)
+    assert counts["float_activations"] == 1 and counts["activation_quantizers"] == 0
+    assert not any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
