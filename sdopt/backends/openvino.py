@@ -288,10 +288,12 @@ class OpenVINO(Backend):
                     options={"quantizer": "minmax", "ignored_patterns": list(INT8_EDGE_PATTERNS),
                              "fallback_of": ["int8-minmax"]},
                     techniques=("openvino", MINMAX_LABEL, UNET_EDGE_LABEL)),
-            # NNCF's calibration of the same graphs: tried only when its min/max twin was
-            # rejected and could still win, for its smaller error (ordering's same-graph bound).
+            # NNCF's calibration of the same graphs, for its smaller error: tried only when no
+            # min/max variant passed (full and inner int8 run within noise of each other: 3.8-4.0x
+            # and 3.82x on sd15, docs/backends.md), and bounded by its twin's measured speed.
             Variant(self.name, "int8", "int8",
-                    options={"quantizer": "nncf", "same_graph_as": ["int8-minmax"]},
+                    options={"quantizer": "nncf", "same_graph_as": ["int8-minmax"],
+                             "rescue_of": ["int8-minmax", "int8-inner-minmax"]},
                     techniques=("openvino", "int8 post-training (NNCF, calibrated)")),
             # Less error for less speed, tried only when the more aggressive variants before them
             # were rejected. First the network's ends in bf16 (conv_in sees the raw latent,

@@ -100,8 +100,9 @@ def optimize_model(
     ``metric`` every backend is judged on images, so it cannot be turned off then.
 
     The search tries the most promising candidates first and skips those a cheap bound says
-    cannot beat the best so far (the reason is in the table); ``time_budget_s`` (default 600 s
-    constrained, 1800 s unconstrained) stops it with the best found so far. ``exhaustive=True``
+    cannot beat the best so far (the reason is in the table); ``time_budget_s`` (default: 240 s
+    constrained, 1800 s unconstrained, or 5x / 15x the first stage's run of the original
+    pipeline when that is longer) stops it with the best found so far. ``exhaustive=True``
     builds every candidate in a fixed order with no default budget. After the search the pick is
     re-timed side by side with the original (and a runner-up within 15%); the summary's speedup
     is that paired figure, the candidates table keeps the search's sequential ones.

@@ -164,10 +164,10 @@ class Planner:
 
     # -- order --------------------------------------------------------------------------------
     def _waits_for(self, variant: Variant) -> set[str]:
-        """Ids that must be tried before ``variant``: the variants it is a fallback of, and the
-        eager module a compile bound reads."""
-        needs = {f"{variant.backend}/{p}" for p in (variant.options.get("fallback_of") or [])
-                 + (variant.options.get("same_graph_as") or [])}
+        """Ids that must be tried before ``variant``: the variants it is a fallback of, a
+        same-graph twin or a rescue of, and the eager module a compile bound reads."""
+        needs = {f"{variant.backend}/{p}" for key in ("fallback_of", "same_graph_as", "rescue_of")
+                 for p in variant.options.get(key) or ()}
         counterpart = eager_counterpart(variant, self.device.kind)
         if counterpart:
             needs.add(counterpart[0])
@@ -216,6 +216,12 @@ class Planner:
                    default=None)
 
     def _bounds(self, variant: Variant) -> Iterator[tuple[float, str]]:
+        twins = [r for r in self.rows if r.speedup and r.id in
+                 {f"{variant.backend}/{p}" for p in variant.options.get("same_graph_as") or ()}]
+        for twin in twins:
+            yield (twin.speedup,
+                   f"the same int8 graph as {twin.id}, which measured {twin.speedup:.2f}x here: "
+                   "another calibration changes its error, not its speed")
         parents = [r for r in self.rows if r.speedup and r.id in
                    {f"{variant.backend}/{p}" for p in variant.options.get("fallback_of") or ()}]
         if parents:
@@ -223,12 +229,6 @@ class Planner:
             yield (slowest.speedup,
                    f"a less aggressive fallback of {slowest.id}, which measured "
                    f"{slowest.speedup:.2f}x here")
-        twins = [r for r in self.rows if r.speedup and r.id in
-                 {f"{variant.backend}/{p}" for p in variant.options.get("same_graph_as") or ()}]
-        for twin in twins:
-            yield (twin.speedup,
-                   f"the same int8 graph as {twin.id}, which measured {twin.speedup:.2f}x here: "
-                   "another calibration changes its error, not its speed")
         counterpart = eager_counterpart(variant, self.device.kind)
         if counterpart:
             eager_id, gain = counterpart

@@ -8,7 +8,9 @@ consults the decision cache and calls :func:`run`.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Iterator
 
 from ..backends.base import BACKENDS, Variant
@@ -22,7 +24,7 @@ from .budget import LaterStages
 from .capture import collect_samples
 from .memory import PeakRss
 from .optimized import assemble
-from .request import SearchRequest
+from .request import BUDGET_PER_CAPTURE, SearchRequest
 from .confirm import E2E_ROUNDS, E2E_SECONDS, UNET_ROUNDS, UNET_SECONDS, close_runner_up, confirm
 from .search import cycling_call, planned_settings, run_search, run_technique_search
 from .selection import select
@@ -68,6 +70,7 @@ class Search:
         self.module = None
         self.specs: list[dict] = []
         self.bases: list = []  # (row, module) the technique phase built on
+        self.budget_note: str | None = None
 
     def evaluate(self, module, row: CandidateResult, specs=()) -> None:
         """Time ``module`` (with ``specs``) per image and score its images."""
@@ -99,6 +102,20 @@ class Search:
             self.progress.advance(task)
         return samples
 
+    def scale_budget(self) -> None:
+        """The default budget grows to BUDGET_PER_CAPTURE times the first stage's time."""
+        req = self.req
+        if not req.budget_is_default or req.time_budget_s is None:
+            return
+        first_stage_s = time.perf_counter() - self.started
+        scaled = BUDGET_PER_CAPTURE[req.optimization_time] * first_stage_s
+        if scaled > req.time_budget_s:
+            self.budget_note = (f"time budget {scaled:.0f} s: the default, "
+                                f"{BUDGET_PER_CAPTURE[req.optimization_time]:g}x the "
+                                f"{first_stage_s:.0f} s the original pipeline's run took "
+                                f"(at least {req.time_budget_s:.0f} s)")
+            self.req = replace(req, time_budget_s=scaled)
+
     def backends(self, samples) -> None:
         req = self.req
         task = self.progress.add_task("candidates", total=len(req.variants))
@@ -117,6 +134,8 @@ class Search:
             later=self.later_stages(samples), on_candidate=on_candidate,
             evaluate=self.evaluate if req.metric.kind == "image" else None)
         self.progress.update(task, description="candidates done")
+        if self.budget_note:
+            self.result.notes.append(self.budget_note)
         if self.module is None:  # the reference always completes, or run_search raised
             raise SdoptError("no candidate completed")
         self.confirm_unet(samples, runner_up)
@@ -277,6 +296,7 @@ def run(model, request: SearchRequest, progress, source_hash: str, *, started: f
     search = Search(model, request, progress, source_hash, started)
     with PeakRss() as memory:  # the whole search's peak resident memory, for the table
         samples = search.capture()
+        search.scale_budget()
         search.backends(samples)
         del samples
         if search.e2e is not None:

@@ -133,7 +133,8 @@ def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult
                 reserved_s: float = 0.0) -> str | None:
     """Why ``variant`` is not tried (None: it is): it cannot run here, it is lossy and only
     lossless candidates are allowed, the time budget is spent (``reserved_s`` of it is kept for
-    the stages after the UNet's), or it is a fallback of a variant that already passed."""
+    the stages after the UNet's), or it is a fallback (or a rescue) of a variant that already
+    passed."""
     reason = BACKENDS[variant.backend].unavailable_reason(device, variant)
     if reason is None and lossless_only and not variant.lossless:
         reason = (f"{variant.precision} changes results and metric_drop_ths is None "
@@ -151,14 +152,18 @@ def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult
                   f"{max(0.0, time_budget_s - reserved_s - spent_s):.0f} s left of "
                   f"{time_budget_s:.0f} s{kept} "
                   "(raise time_budget_s or search exhaustively to try it)")
-    parents = variant.options.get("fallback_of") or []
+    # rescue_of: a recalibration for less error, tried only when none of those passed either
+    parents = (variant.options.get("fallback_of") or []) + (variant.options.get("rescue_of") or [])
     if reason is None and parents:
         # A less aggressive fallback (partial int8) is tried only when the more aggressive
         # variants were rejected: it would be slower, and each NNCF calibration costs minutes
         # on sd15.
         ids = {f"{variant.backend}/{p}" for p in parents}
         done = next((r for r in rows if r.id in ids and r.status == STATUS_OK), None)
-        if done is not None:
+        if done is not None and variant.options.get("rescue_of"):
+            reason = (f"{done.id} already passed the threshold; another calibration of the "
+                      "same int8 layers changes the error, not the speed")
+        elif done is not None:
             reason = (f"{done.id} already passed the threshold; this less aggressive "
                       "fallback would be slower")
     return reason

@@ -111,3 +111,33 @@ class StepCacheBase(OptimizedModule):
             self.reset()
             self._key = key
         return t
+
+
+class PerPassStepCache(StepCacheBase):
+    """A DiT step cache's bookkeeping: one cache per pass of a step, because a pipeline that
+    calls the transformer twice per step (Flux's true CFG: the prompt, then the negative
+    prompt) must reuse each pass's own. Subclasses store a full call's cache in
+    ``self._per_pass[self._pass]``."""
+
+    def reset(self) -> None:
+        super().reset()
+        self._per_pass: dict[int, object] = {}
+        self._pass = 0
+        self._reuse = False
+
+    def _reuses(self, sample, timestep, encoder_hidden_states) -> bool:
+        """Whether this call reuses its pass's cache (counted as a cached or a full call)."""
+        t = self._generation_timestep(sample, timestep, encoder_hidden_states)
+        if self._last_t is not None and t == self._last_t:
+            self._pass += 1  # another pass of the same step
+        else:
+            self._pass = 0
+            self._reuse = bool(self._per_pass) and self._step % self.interval != 0
+            self._step += 1
+        self._last_t = t
+        reuse = self._reuse and self._pass in self._per_pass
+        if reuse:
+            self.cached_calls += 1
+        else:
+            self.full_calls += 1
+        return reuse

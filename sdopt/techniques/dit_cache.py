@@ -25,11 +25,11 @@ from __future__ import annotations
 import torch
 
 from ..backends.base import OptimizedModule
-from .base import StepCacheBase
+from .base import PerPassStepCache
 from .eager import dit_blocks, eager_dit
 
 
-class DiTStepCacheModule(StepCacheBase):
+class DiTStepCacheModule(PerPassStepCache):
     def __init__(self, inner: OptimizedModule, interval: int):
         model, why = eager_dit(inner)
         super().__init__(inner, interval, model, why)
@@ -38,33 +38,11 @@ class DiTStepCacheModule(StepCacheBase):
         self.blocks_reused = 0
         self.reset()
 
-    def reset(self) -> None:
-        # One list of block residuals per pass of a step: a pipeline that calls the transformer
-        # twice per step (Flux's true CFG: the prompt, then the negative prompt) reuses each
-        # pass's own.
-        self._residuals: dict[int, list] = {}
-        self._step = 0
-        self._pass = 0
-        self._reuse = False
-        self._last_t: float | None = None
-        self._key = None
-
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        t = self._generation_timestep(sample, timestep, encoder_hidden_states)
-        if self._last_t is not None and t == self._last_t:
-            self._pass += 1  # another pass of the same step
-        else:
-            self._pass = 0
-            self._reuse = bool(self._residuals) and self._step % self.interval != 0
-            self._step += 1
-        self._last_t = t
-        reuse = self._reuse and self._pass in self._residuals
-        if reuse:
-            self.cached_calls += 1
-        else:
-            self.full_calls += 1
-            self._residuals[self._pass] = [None] * len(self._blocks)
-        residuals = self._residuals[self._pass]
+        reuse = self._reuses(sample, timestep, encoder_hidden_states)
+        if not reuse:
+            self._per_pass[self._pass] = [None] * len(self._blocks)
+        residuals = self._per_pass[self._pass]
         saved = [block.__dict__.get("forward") for block in self._blocks]
         for index, block in enumerate(self._blocks):
             block.forward = self._patched(index, residuals, saved[index] or type(block).forward

@@ -33,6 +33,7 @@ import re
 import torch
 
 from ..backends.base import OptimizedModule, UNetInputs
+from .base import PerPassStepCache
 from .step_cache_openvino import (NotSplittable, OpenVINOStepCacheModule, split_reason, with_input,
                                   with_output)
 
@@ -116,40 +117,23 @@ def incompatible_reason(module: OptimizedModule) -> str | None:
     return split_reason(module, block_stream, "DiT graph")
 
 
-class OpenVINODiTStepCacheModule(OpenVINOStepCacheModule):
+class OpenVINODiTStepCacheModule(PerPassStepCache, OpenVINOStepCacheModule):
     """The backend's OpenVINO DiT graph as a full model and a shallow one without the
     transformer blocks, switched per step; one cached contribution per pass of a step."""
 
     split = staticmethod(split)
 
-    def reset(self) -> None:
-        self._cached: dict[int, object] = {}  # pass of a step -> the blocks' contribution
-        self._step = 0
-        self._pass = 0
-        self._reuse = False
-        self._last_t: float | None = None
-        self._key = None
-
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
         from ..backends.export import named_args
 
-        t = self._generation_timestep(sample, timestep, encoder_hidden_states)
-        if self._last_t is not None and t == self._last_t:
-            self._pass += 1  # another pass of the same step (as in .dit_cache)
-        else:
-            self._pass = 0
-            self._reuse = bool(self._cached) and self._step % self.interval != 0
-            self._step += 1
-        self._last_t = t
+        reuse = self._reuses(sample, timestep, encoder_hidden_states)
         given = {name: tensor.detach().cpu().numpy() for name, tensor in
                  named_args(UNetInputs(sample, timestep, encoder_hidden_states, extra)).items()}
-        if self._reuse and self._pass in self._cached:
-            self.cached_calls += 1
-            given[CONTRIBUTION] = self._cached[self._pass]
+        if reuse:
+            given[CONTRIBUTION] = self._per_pass[self._pass]
             request = self.shallow.infer([given[name] for name in self.shallow.names])
         else:
-            self.full_calls += 1
             request = self.full.infer([given[name] for name in self.full.names])
-            self._cached[self._pass] = request.get_output_tensor(1).data.copy()
+            self._per_pass[self._pass] = request.get_output_tensor(1).data.copy()
         out = torch.from_numpy(request.get_output_tensor(0).data.copy())
         return out.to(device=sample.device, dtype=sample.dtype)

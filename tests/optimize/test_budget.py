@@ -79,3 +79,19 @@ def test_the_component_stage_runs_when_the_unet_stage_would_take_the_whole_budge
     ran = [c for c in components if c.status != "skipped"]
     assert ran and all(c.e2e_latency_s for c in ran), [(c.id, c.reason) for c in components]
     assert any("time budget" in note for note in result.notes)
+
+
+def test_the_default_budget_grows_with_the_first_stage_and_an_explicit_one_does_not(
+        tiny_pipe, monkeypatch):
+    """A large model's capture run alone can take minutes: the default budget is at least
+    BUDGET_PER_CAPTURE times it (here made huge so that any first stage exceeds the floor)."""
+    from sdopt.optimize import runner
+
+    monkeypatch.setattr(runner, "BUDGET_PER_CAPTURE", {"constrained": 1e6, "unconstrained": 1e6})
+    kwargs = dict(metric_drop_ths=0.1, backends=["torch_eager"], num_inference_steps=2,
+                  repeats=1, show=False, end_to_end=False, reuse_search=False)
+    default = sdopt.optimize_model(tiny_pipe, PROMPTS[:1], **kwargs).sdopt_result
+    notes = [n for n in default.notes if n.startswith("time budget")]
+    assert len(notes) == 1 and "the default, 1e+06x the" in notes[0], default.notes
+    explicit = sdopt.optimize_model(tiny_pipe, PROMPTS[:1], time_budget_s=300, **kwargs)
+    assert not any(n.startswith("time budget") for n in explicit.sdopt_result.notes)

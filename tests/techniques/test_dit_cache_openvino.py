@@ -115,7 +115,7 @@ def test_each_pass_of_a_step_keeps_its_own_contribution(dit):
     cache = denoiser_of(cached_pipe).module
     got = _images(cached_pipe, seeds=(0,), **kw)
     assert (cache.full_calls, cache.cached_calls) == (STEPS, STEPS)  # 2 passes x 3 + 2 x 3
-    assert sorted(cache._cached) == [0, 1]
+    assert sorted(cache._per_pass) == [0, 1]
     assert psnr_db(reference[0], got[0]) > 25
 
 

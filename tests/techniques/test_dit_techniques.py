@@ -94,7 +94,7 @@ def test_step_cache_keeps_each_pass_of_a_step_apart():
     wrapper = denoiser_of(cached).module
     got = images(cached)
     assert (wrapper.full_calls, wrapper.cached_calls) == (STEPS, STEPS)  # 2 passes x 3 + 3
-    assert sorted(wrapper._residuals) == [0, 1]
+    assert sorted(wrapper._per_pass) == [0, 1]
     assert psnr_db(reference[0], got[0]) > 30
 
 
