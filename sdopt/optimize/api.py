@@ -101,7 +101,7 @@ def optimize_model(
 
     The search tries the most promising candidates first and skips those a cheap bound says
     cannot beat the best so far (the reason is in the table); ``time_budget_s`` (default: 240 s
-    constrained, 1800 s unconstrained, or 5x / 15x the first stage's run of the original
+    constrained, 1800 s unconstrained, or 3x / 10x the first stage's run of the original
     pipeline when that is longer) stops it with the best found so far. ``exhaustive=True``
     builds every candidate in a fixed order with no default budget. After the search the pick is
     re-timed side by side with the original (and a runner-up within 15%); the summary's speedup

@@ -29,11 +29,12 @@ OPTIMIZATION_TIMES = ("constrained", "unconstrained")
 # budget is checked before each candidate: the one running finishes, the rest are skipped, saying
 # so, and the best found so far is the pick. The default is at least these seconds and at least
 # BUDGET_PER_CAPTURE times what the search's first stage took (running the original pipeline over
-# the prompts, warm-up included), so that a large model's search is not spent before it starts:
-# the sd15 demo (256 px, 4 steps) gets 240 s, where the ordered search has found the exhaustive
-# search's pick (OpenVINO min/max int8, its VAE decoder in bf16) after about 150 s.
+# the prompts, warm-up included), so that a large model's search is not spent before it starts.
+# The sd15 demo (256 px, 4 steps, 3 prompts) on 2 Intel AMX cores: a 90 s first stage (fp32
+# images of 24 s), the UNet pick (OpenVINO min/max int8-inner) found 110 s later; with 5x (450 s)
+# the search took 467 s, most of the rest in the component stage (docs/benchmarks.md).
 DEFAULT_TIME_BUDGET_S = {"constrained": 240.0, "unconstrained": 1800.0}
-BUDGET_PER_CAPTURE = {"constrained": 5.0, "unconstrained": 15.0}
+BUDGET_PER_CAPTURE = {"constrained": 3.0, "unconstrained": 10.0}
 # diffusers' check_inputs demands image sides that are multiples of this.
 SIDE_MULTIPLE = 8
 
