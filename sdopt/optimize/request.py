@@ -30,9 +30,11 @@ OPTIMIZATION_TIMES = ("constrained", "unconstrained")
 # so, and the best found so far is the pick. The default is at least these seconds and at least
 # BUDGET_PER_CAPTURE times what the search's first stage took (running the original pipeline over
 # the prompts, warm-up included), so that a large model's search is not spent before it starts.
-# The sd15 demo (256 px, 4 steps, 3 prompts) on 2 Intel AMX cores: a 90 s first stage (fp32
-# images of 24 s), the UNet pick (OpenVINO min/max int8-inner) found 110 s later; with 5x (450 s)
-# the search took 467 s, most of the rest in the component stage (docs/benchmarks.md).
+# The sd15 demo (256 px, 4 steps, 3 prompts) on 2 Intel AMX cores, cold (docs/benchmarks.md):
+# a 90 s first stage (fp32 images of 24 s), the UNet pick (OpenVINO min/max int8-inner) found
+# about 110 s later. With 5x (450 s) the search took 467 s; with this default, 240 s, it took
+# 323 s (the side-by-side rounds run after the budget) and its pick's UNet ran 1.03x the
+# exhaustive search's pick's, which lacked only the OpenVINO VAE decoder the budget cut.
 DEFAULT_TIME_BUDGET_S = {"constrained": 240.0, "unconstrained": 1800.0}
 BUDGET_PER_CAPTURE = {"constrained": 3.0, "unconstrained": 10.0}
 # diffusers' check_inputs demands image sides that are multiples of this.
