@@ -75,7 +75,8 @@ def test_runs_land_in_the_storage_as_autosave_names_them_next_to_the_users_own(p
     head = _git(repo, "rev-parse", "HEAD")
     files = sorted(p.name for p in (storage / machine_id()).iterdir())
     assert files[0] == "0001_users-own-run.json"
-    assert [re.sub(r"\d{8}_\d{6}", "TIME", f) for f in files[1:]] == \
+    # anchored at the end: a commit hash that ends in 8 digits once matched the pattern first
+    assert [re.sub(r"\d{8}_\d{6}\.json$", "TIME.json", f) for f in files[1:]] == \
         [f"0002_{head}_TIME.json", f"0003_{head}_TIME.json"]
     for (out, output), name in zip(outputs, files[1:]):
         assert f"pytest-benchmark storage: {storage / machine_id() / name}" in output
