@@ -34,6 +34,11 @@ BACKENDS = [
     ("torch_int8", "dynamic-linear", 0.1, ()),
     ("openvino", "fp32", 1e-4, (OPENVINO,)),
     ("openvino", "bf16", 0.1, (OPENVINO,)),
+    # int8 from min/max ranges in one pass. Worst drops (2026-12-01): SD3 0.028 / 0.027 (inner),
+    # Flux 0.037 / 0.035, PixArt 0.47 / 0.29 against NNCF's 0.24 / 0.047 (no SmoothQuant: the
+    # search rejects them there and NNCF's calibration rescues).
+    ("openvino", "int8-minmax", 0.1, (OPENVINO,)),
+    ("openvino", "int8-inner-minmax", 0.1, (OPENVINO,)),
     # Full int8 is built by the int8-inner test below for SD3 and Flux.
     ("openvino", "int8", 0.3, (OPENVINO, NNCF, pytest.mark.slow)),
     # The ends in float: PixArt's worst 0.24 -> 0.047 (SD3 0.028 -> 0.027, Flux 0.039 -> 0.034).
@@ -54,7 +59,9 @@ BACKENDS = [
 # the first step with every Conv and MatMul in int8, 0.62 with the patch embedding and proj_out
 # in float (SD3 0.014 -> 0.003); the rest is in the blocks (keeping the timestep and caption
 # embedders in float changed nothing). It runs; the search's threshold rejects it.
-LOOSER = {("pixart-tiny", "onnxruntime", "int8-static"): 1.0}
+LOOSER = {("pixart-tiny", "onnxruntime", "int8-static"): 1.0,
+          ("pixart-tiny", "openvino", "int8-minmax"): 0.6,
+          ("pixart-tiny", "openvino", "int8-inner-minmax"): 0.4}
 
 
 def _cases():

@@ -20,6 +20,9 @@ FAMILIES = ["sd2-tiny", "inpaint-tiny", "img2img-tiny"]
 # 0.049 / 0.040. OpenVINO fp32 and bf16 run in these families' searches (tests/optimize).
 BACKENDS = [
     ("torch_int8", "dynamic-linear", 0.1, ()),
+    # min/max int8 (one pass), worst 0.048 / 0.097 / 0.059; inner 0.043 / 0.065 / 0.053.
+    ("openvino", "int8-minmax", 0.15, (OPENVINO,)),
+    ("openvino", "int8-inner-minmax", 0.15, (OPENVINO,)),
     ("openvino", "int8", 0.15, (OPENVINO, NNCF)),
     ("openvino", "int8-inner", 0.15, (OPENVINO, NNCF)),
     ("onnxruntime", "fp32", 1e-4, (ORT,)),
