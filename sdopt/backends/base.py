@@ -36,6 +36,11 @@ class Variant:
     def id(self) -> str:
         return f"{self.backend}/{self.name}"
 
+    def related_ids(self, *keys: str) -> set[str]:
+        """The ids of the same backend's variants named in these options (``fallback_of``,
+        ``same_graph_as``, ``rescue_of``), which the search orders and skips by."""
+        return {f"{self.backend}/{name}" for key in keys for name in self.options.get(key) or ()}
+
 
 @dataclass
 class BuildContext:

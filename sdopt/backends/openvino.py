@@ -384,16 +384,13 @@ class OpenVINO(Backend):
             # A DiT's ends include linear layers (MatMul), which are never derivable.
             if (ignored or patterns) and not preset and patterns != DIT_EDGE_PATTERNS:
                 q = _derived_partial(ir, parts, ignored, patterns, ctx)
-            if q is None and minmax:
-                q = fetch_or_build("openvino-int8", parts,
-                                   lambda tmp: _quantize_minmax(ir.path, ctx.calibration, tmp,
-                                                                ignored, patterns),
-                                   root=ctx.cache_dir)
-            elif q is None:
-                q = fetch_or_build("openvino-int8", parts,
-                                   lambda tmp: _quantize(ir.path, ctx.calibration, tmp, ignored,
-                                                         preset, patterns),
-                                   root=ctx.cache_dir)
+            if q is None:
+                def quantize(tmp: Path) -> dict[str, Any]:
+                    if minmax:
+                        return _quantize_minmax(ir.path, ctx.calibration, tmp, ignored, patterns)
+                    return _quantize(ir.path, ctx.calibration, tmp, ignored, preset, patterns)
+
+                q = fetch_or_build("openvino-int8", parts, quantize, root=ctx.cache_dir)
             info["int8"] = {"hit": q.hit, "key": q.key, **q.built}
             ir = q
         return OpenVINOModule(ir.path, variant, _hint_for(variant, ctx.device), info)

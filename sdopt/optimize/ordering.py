@@ -166,8 +166,7 @@ class Planner:
     def _waits_for(self, variant: Variant) -> set[str]:
         """Ids that must be tried before ``variant``: the variants it is a fallback of, a
         same-graph twin or a rescue of, and the eager module a compile bound reads."""
-        needs = {f"{variant.backend}/{p}" for key in ("fallback_of", "same_graph_as", "rescue_of")
-                 for p in variant.options.get(key) or ()}
+        needs = variant.related_ids("fallback_of", "same_graph_as", "rescue_of")
         counterpart = eager_counterpart(variant, self.device.kind)
         if counterpart:
             needs.add(counterpart[0])
@@ -216,14 +215,14 @@ class Planner:
                    default=None)
 
     def _bounds(self, variant: Variant) -> Iterator[tuple[float, str]]:
-        twins = [r for r in self.rows if r.speedup and r.id in
-                 {f"{variant.backend}/{p}" for p in variant.options.get("same_graph_as") or ()}]
+        twins = [r for r in self.rows
+                 if r.speedup and r.id in variant.related_ids("same_graph_as")]
         for twin in twins:
             yield (twin.speedup,
                    f"the same int8 graph as {twin.id}, which measured {twin.speedup:.2f}x here: "
                    "another calibration changes its error, not its speed")
-        parents = [r for r in self.rows if r.speedup and r.id in
-                   {f"{variant.backend}/{p}" for p in variant.options.get("fallback_of") or ()}]
+        parents = [r for r in self.rows
+                   if r.speedup and r.id in variant.related_ids("fallback_of")]
         if parents:
             slowest = min(parents, key=lambda r: r.speedup)
             yield (slowest.speedup,

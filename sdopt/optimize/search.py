@@ -153,12 +153,11 @@ def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult
                   f"{time_budget_s:.0f} s{kept} "
                   "(raise time_budget_s or search exhaustively to try it)")
     # rescue_of: a recalibration for less error, tried only when none of those passed either
-    parents = (variant.options.get("fallback_of") or []) + (variant.options.get("rescue_of") or [])
-    if reason is None and parents:
+    ids = variant.related_ids("fallback_of", "rescue_of")
+    if reason is None and ids:
         # A less aggressive fallback (partial int8) is tried only when the more aggressive
         # variants were rejected: it would be slower, and each NNCF calibration costs minutes
         # on sd15.
-        ids = {f"{variant.backend}/{p}" for p in parents}
         done = next((r for r in rows if r.id in ids and r.status == STATUS_OK), None)
         if done is not None and variant.options.get("rescue_of"):
             reason = (f"{done.id} already passed the threshold; another calibration of the "
