@@ -14,6 +14,8 @@ the best so far by :data:`SKIP_MARGIN`:
   eager module, measured earlier in this search, by at most :data:`MAX_COMPILE_GAIN`;
 - the **fallback's parent**: a less aggressive fallback (partial int8) keeps more of the network
   in floating point than the variants it falls back from, so it is no faster than they measured.
+- the **slower runtime**: ONNX Runtime's static int8 quantizes the layers OpenVINO's int8 does and
+  ran slower than it on every CPU measured, so it is bounded by OpenVINO's measured int8;
 - the **same graph**: a variant that calibrates the same int8 graph as one measured already
   (OpenVINO's NNCF calibration after its min/max twin) differs in error, not in speed, so it is no
   faster than that twin measured; it is built only when the twin was rejected and could still win.
@@ -58,6 +60,22 @@ DEFAULT_COMPILE_GAIN = 2.0  # another device kind: the loosest bound
 # H200 (7.26 vs 21.5 ms, benchmarks/results/gpu/gpu_peers_sd15_512.json).
 MAX_CUDAGRAPH_GAIN = 4.0
 COMPILERS_OF_EAGER = {"torch_compile": "torch_eager"}
+# Another runtime's int8 of the same layers, per device kind: candidate id -> (the ids it is
+# bounded by, the most it ran at against them, where that was measured). ONNX Runtime's static
+# int8 (QDQ convolutions and matmuls, the layers OpenVINO's full int8 quantizes) ran at
+# 0.37-0.82x OpenVINO's int8: 0.82x on sd15 at 256 px on Zen 4 (results/compiler_backends.json,
+# 2.67x vs 3.25x), 0.51x on sd15 and 0.37-0.52x on tiny on an Intel AMX Xeon
+# (results/search_cold_*.json, 2026-12-01). The bound leaves headroom above the highest.
+SLOWER_RUNTIME = {
+    "cpu": {"onnxruntime/int8-static": (("openvino/int8-minmax", "openvino/int8"), 0.9,
+                                        "ONNX Runtime's int8 kernels ran at 0.37-0.82x "
+                                        "OpenVINO's on the same int8 layers on every CPU measured")},
+}
+
+
+def slower_runtime(variant: Variant, device_kind: str) -> tuple[tuple[str, ...], float, str] | None:
+    """(the ids ``variant`` is bounded by, the most it runs at against them, why) or None."""
+    return SLOWER_RUNTIME.get(device_kind, {}).get(variant.id)
 
 
 def eager_counterpart(variant: Variant, device_kind: str) -> tuple[str, float] | None:
@@ -170,6 +188,9 @@ class Planner:
         counterpart = eager_counterpart(variant, self.device.kind)
         if counterpart:
             needs.add(counterpart[0])
+        faster = slower_runtime(variant, self.device.kind)
+        if faster:
+            needs.update(faster[0])
         return needs & self.ids
 
     def expected(self, variant: Variant) -> float:
@@ -236,6 +257,15 @@ class Planner:
                 yield (probe.speedup * gain,
                        f"{probe.id} measured {probe.speedup:.2f}x here and compiling gains at "
                        f"most {gain:g}x over eager")
+        faster = slower_runtime(variant, self.device.kind)
+        if faster:
+            ids, ratio, why = faster
+            measured = [r for r in self.rows if r.speedup and r.id in ids]
+            if measured:
+                fastest = max(measured, key=lambda r: r.speedup)
+                yield (fastest.speedup * ratio,
+                       f"{fastest.id} measured {fastest.speedup:.2f}x here and {why}; "
+                       f"at most {ratio:g}x of it")
         if self.ceiling is not None and variant.precision != "int8":
             roof = self.ceiling.bound(variant.precision)
             if roof is not None:

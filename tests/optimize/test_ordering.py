@@ -100,7 +100,8 @@ def test_roofline_bound_uses_the_measured_rate_of_the_precision(cpu):
     reason = planner.bound_reason(variants["openvino/fp32"])
     assert reason and "fp32 roofline" in reason and "at most 1.50x" in reason
     assert planner.bound_reason(variants["openvino/bf16"]) is None, "bf16 could reach 6x"
-    assert planner.bound_reason(variants["onnxruntime/int8-static"]) is None, "no int8 roofline"
+    assert "roofline" not in (planner.bound_reason(variants["onnxruntime/int8-static"]) or ""), \
+        "no int8 roofline"
     planner.bound_reason(variants["onnxruntime/fp32"])
     assert asked == ["fp32", "bf16"], "each precision's rate is measured once"
 
@@ -151,3 +152,26 @@ def test_nncf_waits_for_both_min_max_variants(cpu):
     speeds = {"openvino/int8-minmax": 4.0, "openvino/int8-inner-minmax": 3.9}
     order = _order(Planner(variants, cpu, []), speeds)
     assert order.index("openvino/int8") > order.index("openvino/int8-inner-minmax")
+
+
+def test_onnxruntime_static_int8_is_bounded_by_openvino_int8_of_the_same_layers(cpu):
+    """ONNX Runtime's static int8 ran at most 0.82x OpenVINO's int8 on every CPU measured: once
+    OpenVINO's full int8 was timed (passed or not), the 20-85 s export and calibration is skipped
+    when 0.9x of it cannot beat the best."""
+    variants = {v.id: v for v in plan_candidates(cpu)}
+    order = _order(Planner(list(variants.values()), cpu, []),
+                   {"openvino/int8-minmax": 1.0, "openvino/int8-inner-minmax": 1.0,
+                    "openvino/int8": 1.0, "openvino/int8-inner": 1.0})
+    assert order.index("onnxruntime/int8-static") > order.index("openvino/int8-minmax")
+    rows = [_row(variants["torch_eager/fp32"], 1.0),
+            _row(variants["openvino/int8-minmax"], 1.83, status="rejected"),
+            _row(variants["openvino/int8-inner-minmax"], 1.57)]
+    planner = Planner(list(variants.values()), cpu, rows)
+    reason = planner.bound_reason(variants["onnxruntime/int8-static"])
+    assert reason and "cannot beat openvino/int8-inner-minmax (1.57x)" in reason
+    assert "openvino/int8-minmax measured 1.83x here" in reason and "at most 1.65x" in reason
+    rows[2].speedup = 1.5  # 0.9 x 1.83 = 1.65 could beat 1.5 by 5%: it is tried
+    assert planner.bound_reason(variants["onnxruntime/int8-static"]) is None
+    exhaustive = Planner(list(variants.values()), cpu, rows, exhaustive=True)
+    rows[2].speedup = 1.8
+    assert exhaustive.bound_reason(variants["onnxruntime/int8-static"]) is None
