@@ -332,3 +332,110 @@ def test_dit_presets_hold_a_transformer_and_t5():
     ids = tok("a photo of a cat").input_ids
     assert ids[-1] == tok.eos_token_id and tok.unk_token_id not in ids
     assert ids == make_t5_tokenizer()("a photo of a cat").input_ids
+
+
+# --- full-size DiT presets and the memory check (#18) --------------------------------------------
+
+FULL_SIZE = [name for name, preset in PRESETS.items() if preset.full_size]
+
+# Published parameter counts (transformers and text towers), in millions: SD3 medium's MMDiT
+# 2,028M; FLUX.1's 11,901M; PixArt-Sigma XL/2's 611M; T5 v1.1 XXL's encoder 4,762M; CLIP ViT-L/14's
+# text tower 123M; OpenCLIP ViT-bigG/14's 695M (SD3's two CLIP towers carry their projections).
+PUBLISHED_MILLIONS = [
+    ("sd3", "transformer", 2028), ("sd3", "text_encoder", 123), ("sd3", "text_encoder_2", 695),
+    ("flux", "transformer", 11901), ("flux", "text_encoder", 123),
+    ("flux", "text_encoder_2", 4762),
+    ("pixart", "transformer", 611), ("pixart", "text_encoder", 4762),
+]
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux", "pixart"])
+def test_full_size_dit_presets_have_the_published_parameter_counts(name):
+    from sdopt.models import preset_models_on_meta
+
+    models = preset_models_on_meta(name)  # shapes only: Flux alone is 48 GB in fp32
+    assert all(t.is_meta for m in models.values() if m is not None for t in m.parameters())
+    for preset, part, millions in PUBLISHED_MILLIONS:
+        if preset == name:
+            count = sum(t.numel() for t in models[part].parameters())
+            assert abs(count / 1e6 - millions) <= 0.01 * millions, (part, count)
+    preset = PRESETS[name]
+    assert preset.full_size and preset.default_size == 1024
+    vae = models["vae"].config
+    if name == "pixart":  # the SDXL VAE
+        assert (vae.latent_channels, vae.scaling_factor) == (4, 0.13025)
+        assert models["transformer"].config.interpolation_scale == 2
+        assert not models["transformer"].config.use_additional_conditions
+    else:  # SD3's and Flux's 16-channel VAE without quant convs
+        assert vae.latent_channels == 16 and not vae.use_quant_conv
+        assert (vae.scaling_factor, vae.shift_factor) == \
+            {"sd3": (1.5305, 0.0609), "flux": (0.3611, 0.1159)}[name]
+    if name == "sd3":  # T5 left out: the pipeline then feeds zeros of T5's shape
+        assert models["text_encoder_3"] is None
+        assert models["transformer"].config.pooled_projection_dim == \
+            sum(models[p].config.projection_dim for p in ("text_encoder", "text_encoder_2"))
+
+
+def test_sd3_without_t5_makes_images():
+    import dataclasses
+
+    from sdopt.models import pipeline_inputs
+
+    preset = dataclasses.replace(PRESETS["sd3-tiny"], name="sd3-tiny-no-t5", text_encoder_3=None)
+    PRESETS[preset.name] = preset
+    try:
+        pipe = build_preset(preset.name)
+    finally:
+        del PRESETS[preset.name]
+    assert pipe.text_encoder_3 is None and pipe.tokenizer_3 is None
+    image = np.asarray(pipe("a photo of a cat", **pipeline_inputs(pipe, 64, 64),
+                            num_inference_steps=2).images[0])
+    assert image.shape == (64, 64, 3)
+
+
+def _no_memory(monkeypatch):
+    """Say 1 GiB is available and record the device every preset model is built on."""
+    import torch
+
+    import sdopt.models
+
+    devices = []
+    build = sdopt.models._preset_models
+
+    def recording(*args, **kwargs):
+        devices.append(torch.empty(0).device.type)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(sdopt.models, "_preset_models", recording)
+    monkeypatch.setattr(sdopt.models, "available_memory_bytes", lambda: 2**30)
+    return devices
+
+
+@pytest.mark.parametrize("name", FULL_SIZE)
+def test_full_size_preset_that_cannot_fit_is_refused_before_allocating(name, monkeypatch):
+    from sdopt.models import preset_fp32_bytes
+
+    devices = _no_memory(monkeypatch)
+    with pytest.raises(SdoptError) as info:
+        build_preset(name)
+    need = preset_fp32_bytes(name)
+    message = str(info.value)
+    assert message.startswith(f"preset '{name}' needs {need} bytes") and "\n" not in message
+    assert f"has {2**30} bytes (1.0 GiB) of memory available" in message
+    assert set(devices) == {"meta"}  # counted on the meta device, nothing built for real
+    # fp32: parameters and buffers, 4 bytes each; a tiny preset is never checked.
+    assert need > 3 * 2**30
+
+
+def test_cli_refuses_a_preset_that_cannot_fit_with_exit_2(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from sdopt.cli import main
+
+    devices = _no_memory(monkeypatch)
+    result = CliRunner().invoke(main, ["models", "save", "flux", str(tmp_path / "flux")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: preset 'flux' needs ")
+    assert "GiB) for its weights in fp32" in lines[0] and "(flux-tiny)" in lines[0]
+    assert set(devices) == {"meta"} and not (tmp_path / "flux").exists()
