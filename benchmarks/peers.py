@@ -2,11 +2,14 @@
 
 Rows (``--only`` picks some; fp32 eager always runs, it is the reference):
 
-- ``fp32_eager``: diffusers StableDiffusionPipeline, fp32, eager (the reference images too);
+- ``fp32_eager``: the diffusers pipeline of the preset's family (StableDiffusionPipeline for
+  ``sd15``, StableDiffusionXLPipeline for ``sdxl``), fp32, eager (the reference images too);
 - ``diffusers_recipe``: diffusers' speed recipe: bf16, SDPA attention, torch.compile of the UNet;
-- ``optimum_openvino``: optimum-intel's OVStableDiffusionPipeline exported from the same folder,
+- ``optimum_openvino``: optimum-intel's pipeline for that family (OVStableDiffusionPipeline,
+  OVStableDiffusionXLPipeline) exported from the same folder with its default options (int8
+  weights for submodels of >= 1e9 weights: the SDXL UNet; the row's notes say what it did),
   static shapes (``reshape`` + ``compile``, its documented speed-up);
-- ``optimum_onnxruntime``: optimum's ORTStableDiffusionPipeline exported from the same folder;
+- ``optimum_onnxruntime``: optimum's ORT pipeline for that family exported from the same folder;
 - ``deepcache``: the DeepCache library on the fp32 pipeline (the peer of "unconstrained");
 - ``sdopt_constrained``: ``optimize_model(metric_drop_ths=0.05)``, saved and loaded back;
 - ``sdopt_unconstrained``: the constrained pick plus the techniques the unconstrained search picks.
@@ -14,14 +17,18 @@ Rows (``--only`` picks some; fp32 eager always runs, it is the reference):
 Every row runs in its own fresh process per round (``peers/peers_worker.py``): load, a 2-step
 warm-up generation, then one timed image; the rows' order rotates every round, so machine drift
 hits all of them, and the table shows medians over rounds. Preparing (export, compile, search) is
-timed once, cold, before the rounds. The optimum peers need other transformers/huggingface_hub
-versions than our .venv, so they run in their own virtual environments made by
-``benchmarks/peers/setup.sh`` (same torch 2.13.0 and openvino/onnxruntime as ours).
+timed once, cold, before the rounds. Every process records its peak RSS for the load (in a
+prepare run: the export or search) and for the warm-up and timed images apart: a full-size SDXL
+UNet is 10 GB in fp32, and whether a row's preparation fits the machine is part of the result.
+The optimum peers need other transformers/huggingface_hub versions than our .venv, so they run
+in their own virtual environments made by ``benchmarks/peers/setup.sh`` (same torch 2.13.0 and
+openvino/onnxruntime as ours).
 
     bash benchmarks/peers/setup.sh     # once: the optimum venvs and DeepCache
     flock /tmp/sdopt-heavy.lock env MALLOC_MMAP_THRESHOLD_=33554432 \\
         MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824 \\
         .venv/bin/python benchmarks/peers.py --sizes 256 --steps 20 --rounds 3
+    # SDXL: --preset sdxl (sdxl-tiny for a smoke test); --results and --doc redirect the output
 
 Writes ``results/peers_<preset>_<size>.json``, the generated block of docs/benchmarks.md and
 ``results/peers_<preset>.html`` (the same as plotly charts, offline; not committed: it inlines
@@ -49,6 +56,9 @@ import peers_limits  # noqa: E402
 import peers_report  # noqa: E402
 
 WORKER = HERE / "peers" / "peers_worker.py"
+# The families the worker can drive: text to image (a prompt is all it passes) with a UNet (what
+# it measures per call). The pipeline class of each comes from sdopt.models.FAMILIES.
+TEXT_TO_IMAGE_UNET_FAMILIES = ("sd", "sdxl")
 PROMPTS = ["a photo of an astronaut riding a horse on mars",
            "a watercolor painting of a city at night",
            "portrait of a cat wearing a hat, studio light"]
@@ -77,6 +87,10 @@ def log(msg: str) -> None:
     print(f"[peers {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def gib(n) -> str:
+    return f"{n / 2**30:.1f} GiB" if n else "-"
+
+
 def venv_python(venv: str, args) -> str | None:
     if venv == "main":
         return MAIN_PY
@@ -99,8 +113,28 @@ def run_worker(task: dict, python: str, timeout_s: float) -> dict:
     return json.loads(out.read_text())
 
 
+def preset_family(preset: str) -> dict:
+    """The preset's family, its diffusers pipeline class (sdopt.models.FAMILIES: the one table
+    of them) and its description; a one-line refusal for a family the worker cannot drive."""
+    from sdopt.models import FAMILIES, PRESETS
+
+    if preset not in PRESETS:
+        raise SystemExit(f"peers.py: unknown preset '{preset}': expected one of "
+                         f"{', '.join(PRESETS)}")
+    family = PRESETS[preset].family
+    if family not in TEXT_TO_IMAGE_UNET_FAMILIES:
+        raise SystemExit(f"peers.py: preset '{preset}' is of the {family} family; the peers "
+                         f"benchmark drives text-to-image UNet pipelines only "
+                         f"({', '.join(TEXT_TO_IMAGE_UNET_FAMILIES)})")
+    return {"family": family, "pipeline_class": FAMILIES[family],
+            "description": PRESETS[preset].description}
+
+
 def base_task(args, row: str, size: int, mode: str, scratch: Path, tag: str) -> dict:
     return {"row": row, "mode": mode, "folder": str(args.work / "model"), "work": str(args.work),
+            "preset": args.preset, "family": args.family["family"],
+            "pipeline_class": args.family["pipeline_class"],
+            "sdopt_time_budget_s": args.sdopt_time_budget,
             "size": size, "steps": args.steps, "prompt": PROMPTS[0], "prompts": PROMPTS,
             "seed": 0, "guidance_scale": 7.5, "ths": args.ths, "search_size": args.search_size,
             "search_steps": args.search_steps, "sdopt_backends": args.sdopt_backends,
@@ -157,6 +191,8 @@ def summarise(args, size: int, rows: list[str], runs: dict, prepared: dict, note
                          precision=ok_runs[0].get("precision"),
                          settings=ok_runs[0].get("settings"),
                          peak_rss_bytes=max(r["peak_rss_bytes"] for r in ok_runs),
+                         run_peak_rss_bytes=max(r.get("run_peak_rss_bytes") or 0
+                                                for r in ok_runs) or None,
                          load_warmup_median_s=statistics.median(
                              r["load_s"] + r["warmup_s"] for r in ok_runs),
                          failed_rounds=[r.get("error") for r in failed])
@@ -171,9 +207,13 @@ def summarise(args, size: int, rows: list[str], runs: dict, prepared: dict, note
                 cold["compile_s"] = prep["load_s"] + prep["warmup_s"]
             if prep is not None:
                 cold["prepare_peak_rss_bytes"] = prep.get("peak_rss_bytes")
+                cold["prepare_load_peak_rss_bytes"] = prep.get("load_peak_rss_bytes")
             if row.startswith("sdopt"):
                 cold["search_size"] = args.search_size
             entry["prepare_cold"] = cold
+            row_notes = (prep or {}).get("notes") or ok_runs[0].get("notes")
+            if row_notes:
+                entry["notes"] = row_notes
         table.append(entry)
     ref = next((e for e in table if e["row"] == "fp32_eager" and e["status"] == "ok"), None)
     peers = [e for e in table if e["status"] == "ok" and e["kind"].endswith("peer")]
@@ -212,6 +252,8 @@ def summarise(args, size: int, rows: list[str], runs: dict, prepared: dict, note
                                           "MALLOC_TOP_PAD_", "OMP_NUM_THREADS")}
     return {
         "benchmark": "peers", "preset": args.preset, "size": size, "steps": args.steps,
+        "preset_description": args.family["description"], "family": args.family["family"],
+        "pipeline_class": args.family["pipeline_class"],
         "prompt": PROMPTS[0], "seed": 0, "guidance_scale": 7.5, "batch": 1,
         "rounds_requested": args.rounds, "rounds_done": rounds_done, "rows": table,
         "best_peer": best_peer["row"] if best_peer else None,
@@ -219,6 +261,7 @@ def summarise(args, size: int, rows: list[str], runs: dict, prepared: dict, note
         "notes": notes, "first_size_prepared": first_size,
         "search": {"size": args.search_size, "steps": args.search_steps,
                    "backends": args.sdopt_backends, "metric_drop_ths": args.ths,
+                   "time_budget_s": args.sdopt_time_budget,
                    "unconstrained_source": args.unconstrained_source},
         "device_text": machine_text(limits), "libraries": library_versions(),
         "peer_venvs": {"ov": args.ov_python, "ort": args.ort_python},
@@ -250,7 +293,9 @@ def run_size(args, size: int, rows: list[str], limits: dict, first_size: bool) -
                 log(f"{size} px: {row} not run: {res.get('error')}")
                 continue
             log(f"{size} px: {row} prepared: load {res['load_s']:.0f} s, warm-up "
-                f"{res['warmup_s']:.0f} s, {json.dumps(res.get('prepare', {}))[:300]}")
+                f"{res['warmup_s']:.0f} s, peak RSS {gib(res.get('load_peak_rss_bytes'))} "
+                f"(load/prepare) {gib(res.get('run_peak_rss_bytes'))} (warm-up), "
+                f"{json.dumps(res.get('prepare', {}))[:300]}")
         runnable.append(row)
     runs: dict[str, list[dict]] = {row: [] for row in rows}
     started = time.perf_counter()
@@ -303,6 +348,9 @@ def main(argv=None) -> int:
                         help="optimize_model num_inference_steps (sampled timesteps)")
     parser.add_argument("--sdopt-backends", nargs="*", default=None,
                         help="backends optimize_model may try (default: all it knows)")
+    parser.add_argument("--sdopt-time-budget", type=float, default=None,
+                        help="optimize_model time_budget_s (default: sdopt's own, 240 s "
+                             "constrained or 3x the first stage's run of the original)")
     parser.add_argument("--no-optimizer-warm", action="store_true",
                         help="skip the second optimize_model run that times a warm cache")
     parser.add_argument("--unconstrained-source",
@@ -317,7 +365,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ort-python",
                         default=str(REPO / ".venv" / "peers-ort" / "bin" / "python"))
     parser.add_argument("--worker-timeout", type=float, default=4 * 3600)
-    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--results", type=Path, default=HERE / "results",
+                        help="folder of the JSON results and the HTML charts (--render-only "
+                             "reads the JSON from it)")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md",
                         help="markdown file whose generated block is rewritten ('' for none)")
     parser.add_argument("--fresh", action="store_true", help="delete the prepared artifacts first")
@@ -329,6 +379,7 @@ def main(argv=None) -> int:
                              "runs reuse what was prepared and report its cold figures")
     args = parser.parse_args(argv)
     args.work = (args.work or Path.home() / ".cache" / "sdopt-peers" / args.preset).resolve()
+    args.family = preset_family(args.preset)
     sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
     rows = [r for r in ROWS if args.only is None or r in args.only or r == "fp32_eager"]
     if args.fresh and args.work.exists():
@@ -359,8 +410,11 @@ def main(argv=None) -> int:
         log(f"written {out}")
         for e in result["rows"]:
             if e["status"] == "ok":
+                cold = e.get("prepare_cold") or {}
                 log(f"  {e['row']:22s} {e['median_s']:8.2f} s/image  {e['vs_fp32']:5.2f}x fp32  "
-                    f"psnr {e.get('psnr_db', float('nan')):.1f} dB")
+                    f"psnr {e.get('psnr_db', float('nan')):.1f} dB  peak RSS "
+                    f"{gib(e.get('peak_rss_bytes'))} per run, "
+                    f"{gib(cold.get('prepare_peak_rss_bytes'))} prepare")
             else:
                 log(f"  {e['row']:22s} {e['status']}")
         render(args)

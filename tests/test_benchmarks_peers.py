@@ -77,6 +77,7 @@ def test_fp32_and_deepcache_rows_run_interleaved_and_write_results(tmp_path):
         assert row["status"] == "ok", row
         assert len(row["latencies_s"]) == 2 and row["median_s"] > 0
         assert row["peak_rss_bytes"] > 0
+        assert 0 < row["run_peak_rss_bytes"] <= row["peak_rss_bytes"]
     assert rows["fp32_eager"]["vs_fp32"] == 1.0
     assert rows["fp32_eager"]["psnr_db"] == float("inf")  # same process recipe, same seed
     assert 0 < rows["deepcache"]["psnr_db"] < float("inf")  # cached steps change the image
@@ -122,6 +123,45 @@ def test_report_escapes_cells_and_checks_each_goal():
     assert goals["optimize_model <= 10 min cold"]["met"] is False
     assert goals["optimize_model <= 1 min warm cache"]["met"] is True
     assert "off by" in text
+
+
+def test_pipeline_class_comes_from_the_preset_family():
+    """SDXL presets run StableDiffusionXLPipeline (sdopt.models.FAMILIES, no second table); a
+    family the worker cannot drive is refused in one line, before anything is built."""
+    peers = _load_peers()
+    assert peers.preset_family("sdxl-tiny")["pipeline_class"] == "StableDiffusionXLPipeline"
+    assert peers.preset_family("sd15")["pipeline_class"] == "StableDiffusionPipeline"
+    with pytest.raises(SystemExit, match="text-to-image UNet pipelines only"):
+        peers.preset_family("flux-tiny")
+
+
+def test_optimum_class_is_diffusers_name_with_the_prefix():
+    import types
+
+    import peers_worker
+
+    module = types.SimpleNamespace(__name__="optimum.fake",
+                                   OVStableDiffusionXLPipeline=object)
+    task = {"pipeline_class": "StableDiffusionXLPipeline", "family": "sdxl"}
+    assert peers_worker._optimum_class(module, "OV", task) is object
+    with pytest.raises(RuntimeError, match="has no ORTStableDiffusionXLPipeline"):
+        peers_worker._optimum_class(module, "ORT", task)
+
+
+def test_report_gives_prepare_peaks_and_row_notes():
+    import peers_worker
+
+    result = _result()
+    result["rows"][2]["prepare_cold"].update(search_peak_rss_bytes=12 * 2 ** 30)
+    note = peers_worker._ov_weight_note({"unet": {"weights": 2_567_000_000, "u8": 0.999,
+                                                  "f32": 0.001},
+                                         "text_encoder_2": {"weights": 694_700_000, "f32": 1.0}})
+    assert note == ("weights as exported: unet 2.6B weights int8 (100% of weight elements), "
+                    "text_encoder_2 695M weights f32")
+    result["rows"][1]["notes"] = [note]
+    text = peers_report.render([result])
+    assert "search peak RSS 12.0 GiB" in text
+    assert f"- optimum_openvino: {note}" in text
 
 
 def test_update_doc_replaces_only_the_generated_block(tmp_path):

@@ -39,6 +39,10 @@ def _prepare_text(row: dict) -> str:
                        ("reshape_compile_s", "reshape+compile")):
         if p.get(key) is not None:
             parts.append(f"{label} {p[key]:.0f} s")
+    for key, label in (("search_peak_rss_bytes", "search peak RSS"),
+                       ("build_peak_rss_bytes", "prepare peak RSS")):
+        if p.get(key):
+            parts.append(f"{label} {p[key] / GIB:.1f} GiB")
     if p.get("techniques_from"):
         parts.append("techniques from " + Path(p["techniques_from"]["file"]).name)
     if p.get("from_an_earlier_run") and parts:
@@ -72,7 +76,17 @@ def size_table(result: dict) -> str:
     lines += ["", f"Best peer at this size: {md(best or 'none ran')}. Samples per row (s): " +
               "; ".join(f"{md(r['row'])} {', '.join(f'{x:.2f}' for x in r['latencies_s'])}"
                         for r in result["rows"] if r.get("latencies_s")) + "."]
-    return "\n".join(lines)
+    return "\n".join(lines + _row_notes(result))
+
+
+def _row_notes(result: dict) -> list[str]:
+    """What a row's own options were where they decide the comparison (optimum-intel's export
+    compresses large submodels' weights to int8 by default): one line per row that has notes."""
+    noted = [r for r in result["rows"] if r.get("notes")]
+    if not noted:
+        return []
+    return ["", "Row notes:", ""] + [f"- {md(r['row'])}: {md('; '.join(r['notes']))}"
+                                     for r in noted]
 
 
 def unet_table(result: dict) -> str:
@@ -182,7 +196,9 @@ def render(results: list[dict]) -> str:
         parts += ["No results yet: run `benchmarks/peers.py`.", "", END]
         return "\n".join(parts)
     first = results[0]
-    parts += [f"Preset `{md(first['preset'])}` (SD 1.5 architecture, random weights), prompt "
+    # Results from before the description was recorded are all of sd15.
+    described = first.get("preset_description", "SD 1.5 architecture, random weights")
+    parts += [f"Preset `{md(first['preset'])}` ({md(described)}), prompt "
               f"\"{md(first['prompt'])}\", seed {first['seed']}, guidance 7.5; "
               f"{md(first['device_text'])}; environment {md(first['environment_text'])}.", ""]
     for res in results:

@@ -6,6 +6,10 @@ fit in this machine's RAM. The optimum peers need transformers/huggingface_hub v
 .venv cannot hold, so they run under their own interpreter (``benchmarks/peers/setup.sh``); this
 file therefore imports nothing from sdopt except in the sdopt rows.
 
+The pipeline classes come from the task (``task["pipeline_class"]``: the diffusers class of
+the preset's family, from sdopt.models.FAMILIES, chosen by peers.py); optimum names its classes
+after diffusers' with a prefix (``OV``, ``ORT``), so no second table of classes lives here.
+
 Protocol: ``python peers_worker.py '<json task>'``; the result is written as JSON to
 ``task["out"]``, the image (uint8 HxWx3) to ``task["image"]`` as .npy.
 """
@@ -28,19 +32,71 @@ DEEPCACHE_PARAMS = {"cache_interval": 3, "cache_branch_id": 0}  # DeepCache's RE
 
 
 def _rss_peak() -> int:
+    """The process's peak RSS in bytes since it started (or since :func:`_reset_rss_peak`)."""
     memory = sys.modules.get("sdopt.optimize.memory")
     if memory is not None:  # an sdopt search resets the kernel's mark; sdopt kept the peak
         return memory.process_peak_rss()
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _diffusers_pipe(folder: str, dtype=None):
-    import torch
-    from diffusers import StableDiffusionPipeline
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's high-water mark (VmHWM) so that the timed runs get a peak of their own,
+    apart from the load's (an export or a search holds far more than a generation). False where
+    it cannot be reset: the later peak is then the whole process's, an upper bound."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype or torch.float32)
+
+def _vm_hwm() -> int:
+    """VmHWM in bytes: the peak since the last reset (sdopt's bookkeeping of earlier peaks is
+    not wanted here: the caller reset the mark itself)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _diffusers_class(task):
+    """The diffusers pipeline class of the preset's family (``task["pipeline_class"]``; older
+    tasks without it meant Stable Diffusion 1.x)."""
+    import diffusers
+
+    return getattr(diffusers, task.get("pipeline_class") or "StableDiffusionPipeline")
+
+
+def _optimum_class(module, prefix: str, task):
+    """optimum's class for the preset's family: diffusers' class name with optimum's prefix
+    (``OVStableDiffusionXLPipeline``); a one-line refusal when that optimum has none."""
+    name = prefix + _diffusers_class(task).__name__
+    found = getattr(module, name, None)
+    if found is None:
+        raise RuntimeError(f"{module.__name__} has no {name}: this peer does not support the "
+                           f"{task.get('family', '?')} family")
+    return found
+
+
+def _diffusers_pipe(task, dtype=None):
+    import torch
+
+    pipe = _diffusers_class(task).from_pretrained(task["folder"],
+                                                  torch_dtype=dtype or torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Atomic JSON write without sdopt (the peer venvs cannot import it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    tmp.replace(path)
 
 
 def _atomic_export(target: Path, export) -> float:
@@ -58,13 +114,13 @@ def _atomic_export(target: Path, export) -> float:
 # Each loader returns (pipe, info); info["prepare"] holds what was built cold in this process.
 
 def load_fp32_eager(task):
-    return _diffusers_pipe(task["folder"]), {"precision": "fp32"}
+    return _diffusers_pipe(task), {"precision": "fp32"}
 
 
 def load_deepcache(task):
     from DeepCache import DeepCacheSDHelper
 
-    pipe = _diffusers_pipe(task["folder"])
+    pipe = _diffusers_pipe(task)
     helper = DeepCacheSDHelper(pipe=pipe)
     helper.set_params(**DEEPCACHE_PARAMS)
     helper.enable()
@@ -82,7 +138,7 @@ def load_diffusers_recipe(task):
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(task["work"]) / "inductor-cache"))
     inductor_config.freezing = True
-    pipe = _diffusers_pipe(task["folder"], torch.bfloat16)
+    pipe = _diffusers_pipe(task, torch.bfloat16)
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.unet = torch.compile(pipe.unet, fullgraph=True)
     return pipe, {"precision": "bf16", "settings": {
@@ -91,39 +147,120 @@ def load_diffusers_recipe(task):
         "compile_happens_in": "the warm-up generation"}}
 
 
-def load_optimum_openvino(task):
-    from optimum.intel import OVStableDiffusionPipeline
+# optimum-intel's export (optimum.exporters.openvino.main_export with ov_config=None, what
+# from_pretrained(export=True) passes when neither load_in_8bit nor quantization_config is given)
+# compresses the weights of every submodel with >= 1e9 weights to int8_asym (NNCF) and keeps
+# the others fp32: its documented default, kept here and written into the row's notes.
+OV_EXPORT_OPTIONS = ("from_pretrained(export=True, compile=False) with optimum-intel's defaults "
+                     "(no load_in_8bit, no quantization_config: submodels with >= 1e9 weights "
+                     "get int8_asym weight compression, the others stay fp32)")
+WEIGHT_CONSTANT_MIN = 1024  # elements: smaller constants are shapes, scales and biases
 
+
+def _ov_weight_types(pipe) -> dict:
+    """Per submodel, the share of its weight elements in each element type, as exported: u8/i8
+    where optimum-intel compressed the weights to int8, f32 where it kept them."""
+    import math
+
+    found = {}
+    for name, model in pipe.ov_models.items():
+        if model is None or not hasattr(model, "get_ops"):
+            continue
+        counts: dict[str, int] = {}
+        for op in model.get_ops():
+            if op.get_type_name() != "Constant":
+                continue
+            n = math.prod(op.get_output_shape(0))
+            if n >= WEIGHT_CONSTANT_MIN:
+                kind = op.get_element_type().get_type_name()
+                counts[kind] = counts.get(kind, 0) + n
+        total = sum(counts.values()) or 1
+        found[name] = {"weights": sum(counts.values()),
+                       **{k: round(v / total, 4) for k, v in counts.items()}}
+    return found
+
+
+def _count(n: int) -> str:
+    """2.6B, 695M, 12K: weights counted the way model cards count them."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.{1 if n < 10 * scale else 0}f}{unit}"
+    return str(n)
+
+
+def _ov_weight_note(weights: dict) -> str:
+    """One line: which submodels optimum-intel stored in int8."""
+    parts = []
+    for name, shares in weights.items():
+        int8 = shares.get("u8", 0) + shares.get("i8", 0)
+        kind = (f"int8 ({int8:.0%} of weight elements)" if int8 > 0.5 else
+                "/".join(k for k in shares if k != "weights"))
+        parts.append(f"{name} {_count(shares['weights'])} weights {kind}")
+    return "weights as exported: " + ", ".join(parts)
+
+
+def _export_openvino(task, cls, target: Path) -> dict:
+    """The cold export (its time, the process's peak RSS through it, the options and the
+    weights' types), remembered next to the export for later runs that reuse it."""
+    record = {"export_options": f"{cls.__name__}.{OV_EXPORT_OPTIONS}"}
+
+    def export(tmp):
+        pipe = cls.from_pretrained(task["folder"], export=True, compile=False)
+        record["weight_types"] = _ov_weight_types(pipe)
+        pipe.save_pretrained(tmp)
+    record["export_s"] = _atomic_export(target, export)
+    record["build_peak_rss_bytes"] = _rss_peak()
+    _remember_prepare(target, record)
+    return record
+
+
+def load_optimum_openvino(task):
+    """optimum-intel's pipeline for the preset's family (``OV`` + the diffusers class), exported
+    once from the same folder, then its documented speed-up: static shapes, then compile."""
+    from optimum import intel
+
+    cls = _optimum_class(intel, "OV", task)
     target = Path(task["work"]) / "optimum-openvino"
-    prepare = {}
-    if not target.exists():
-        def export(tmp):
-            OVStableDiffusionPipeline.from_pretrained(task["folder"], export=True,
-                                                      compile=False).save_pretrained(tmp)
-        prepare["export_s"] = _atomic_export(target, export)
+    prepare = _export_openvino(task, cls, target) if not target.exists() else \
+        _earlier_prepare(target)
     t0 = time.perf_counter()
-    pipe = OVStableDiffusionPipeline.from_pretrained(str(target), compile=False)
-    # optimum-intel's documented speed-up: static shapes, then compile.
+    pipe = cls.from_pretrained(str(target), compile=False)
     pipe.reshape(batch_size=1, height=task["size"], width=task["size"], num_images_per_prompt=1)
     pipe.compile()
     prepare["reshape_compile_s"] = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=True)
-    info = {"prepare": prepare, "settings": {"static_reshape": True}}
+    precision, hint = _ov_precision(pipe)
+    info = {"prepare": prepare, "precision": precision, "settings": {
+        "static_reshape": True, "class": cls.__name__, "inference_precision_hint": hint,
+        "export_options": prepare.get("export_options")}}
+    if prepare.get("weight_types"):
+        info["notes"] = [f"export: {prepare['export_options']}",
+                         _ov_weight_note(prepare["weight_types"])]
+    return pipe, info
+
+
+def _ov_precision(pipe) -> tuple[str | None, str]:
+    """The compiled UNet's inference precision (the CPU plugin picks bf16 where the CPU has it)
+    and the plugin's hint as it said it."""
     try:
         compiled = pipe.unet.request
         compiled = getattr(compiled, "get_compiled_model", lambda: compiled)()
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-        text = str(hint).lower()  # "<Type: 'bfloat16'>" or "bf16"
-        info["precision"] = "bf16" if "bf" in text else "fp32" if "f32" in text or \
-            "float32" in text else text
-        info["settings"]["inference_precision_hint"] = str(hint)
     except Exception as exc:  # noqa: BLE001 - informative only
-        info["settings"]["inference_precision_hint"] = f"unknown ({exc})"
-    return pipe, info
+        return None, f"unknown ({exc})"
+    text = str(hint).lower()  # "<Type: 'bfloat16'>" or "bf16"
+    precision = "bf16" if "bf" in text else "fp32" if "f32" in text or "float32" in text \
+        else text
+    return precision, str(hint)
+
+
+def _tokenizer_dirs(folder: Path) -> list[str]:
+    """The pipeline's tokenizer folders (SDXL has two: tokenizer and tokenizer_2)."""
+    return sorted(d.name for d in folder.iterdir() if (d / "tokenizer.json").is_file())
 
 
 def _slow_tokenizer_folder(task) -> str:
-    """The model folder with the tokenizer's vocab.json/merges.txt added (symlinks otherwise):
+    """The model folder with each tokenizer's vocab.json/merges.txt added (symlinks otherwise):
     our folder is written by transformers 5, which saves only tokenizer.json, and optimum's
     transformers 4.x CLIPTokenizer reads the two files."""
     src = Path(task["folder"])
@@ -133,35 +270,40 @@ def _slow_tokenizer_folder(task) -> str:
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    tokenizers = _tokenizer_dirs(src)
     for item in src.iterdir():
-        if item.name != "tokenizer":
+        if item.name not in tokenizers:
             (tmp / item.name).symlink_to(item.resolve())
-    shutil.copytree(src / "tokenizer", tmp / "tokenizer")
-    model = json.loads((src / "tokenizer" / "tokenizer.json").read_text())["model"]
-    (tmp / "tokenizer" / "vocab.json").write_text(json.dumps(model["vocab"]))
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    (tmp / "tokenizer" / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
+    for name in tokenizers:
+        shutil.copytree(src / name, tmp / name)
+        model = json.loads((src / name / "tokenizer.json").read_text())["model"]
+        (tmp / name / "vocab.json").write_text(json.dumps(model["vocab"]))
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        (tmp / name / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
     tmp.rename(dst)
     return str(dst)
 
 
 def load_optimum_onnxruntime(task):
-    from optimum.onnxruntime import ORTStableDiffusionPipeline
+    """optimum's ONNX Runtime pipeline for the preset's family (``ORT`` + the diffusers class),
+    exported once from the same folder, with optimum's session defaults."""
+    import optimum.onnxruntime as ort
 
+    cls = _optimum_class(ort, "ORT", task)
     target = Path(task["work"]) / "optimum-onnxruntime"
-    prepare = {}
     if not target.exists():
         folder = _slow_tokenizer_folder(task)
-
-        def export(tmp):
-            ORTStableDiffusionPipeline.from_pretrained(folder, export=True).save_pretrained(tmp)
-        prepare["export_s"] = _atomic_export(target, export)
+        prepare = {"export_s": _atomic_export(target, lambda tmp: cls.from_pretrained(
+            folder, export=True).save_pretrained(tmp)), "build_peak_rss_bytes": _rss_peak()}
+        _remember_prepare(target, prepare)
+    else:
+        prepare = _earlier_prepare(target)
     t0 = time.perf_counter()
-    pipe = ORTStableDiffusionPipeline.from_pretrained(str(target))
+    pipe = cls.from_pretrained(str(target))
     prepare["session_s"] = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=True)
-    return pipe, {"prepare": prepare, "precision": "fp32",
-                  "settings": {"provider": "CPUExecutionProvider", "session": "optimum defaults"}}
+    return pipe, {"prepare": prepare, "precision": "fp32", "settings": {
+        "class": cls.__name__, "provider": "CPUExecutionProvider", "session": "optimum defaults"}}
 
 
 def _optimize(task, pipe, optimization_time: str):
@@ -171,15 +313,21 @@ def _optimize(task, pipe, optimization_time: str):
         pipe, task["prompts"], metric_drop_ths=task["ths"], height=task["search_size"],
         width=task["search_size"], num_inference_steps=task["search_steps"],
         optimization_time=optimization_time, backends=task.get("sdopt_backends") or None,
-        ignore_compilers=task.get("sdopt_ignore") or None, show=False)
+        ignore_compilers=task.get("sdopt_ignore") or None,
+        time_budget_s=task.get("sdopt_time_budget_s"), show=False)
 
 
 def _search_summary(result) -> dict:
+    """The search's table in short, with its peak RSS (sdopt's own span around the search:
+    the figure the memory goal is about) and each candidate's."""
     return {"selected": result.selected.id, "wall_s": result.wall_s,
+            "peak_rss_bytes": getattr(result, "peak_rss_bytes", None),
+            "peak_rss_scope": getattr(result, "peak_rss_scope", None),
             "candidates": [{"id": c.id, "status": c.status, "reason": c.reason,
                             "build_s": c.build_s, "latency_s": c.latency_s,
                             "metric_drop": c.metric_drop, "e2e_latency_s": c.e2e_latency_s,
-                            "image_metric_drop": c.image_metric_drop}
+                            "image_metric_drop": c.image_metric_drop,
+                            "peak_rss_bytes": getattr(c, "peak_rss_bytes", None)}
                            for c in result.candidates]}
 
 
@@ -188,12 +336,10 @@ def _prepare_record(target: Path) -> Path:
 
 
 def _remember_prepare(target: Path, prepare: dict) -> None:
-    """The cold preparation's figures, kept next to the saved model: a later run that reuses the
-    model reports them (marked with when they were measured) instead of losing them. Only the
-    sdopt rows call it, so sdopt's atomic writer is there."""
-    from sdopt.store import write_json
-
-    write_json(_prepare_record(target), {**prepare, "prepared_unix": int(time.time())})
+    """The cold preparation's figures (time, peak RSS, export options), kept next to the saved
+    model or export: a later run that reuses it reports them (marked with when they were
+    measured) instead of losing them."""
+    _write_json(_prepare_record(target), {**prepare, "prepared_unix": int(time.time())})
 
 
 def _load_prepared(task, target: Path, prepare: dict):
@@ -203,7 +349,7 @@ def _load_prepared(task, target: Path, prepare: dict):
 
     prepare = prepare or _earlier_prepare(target)
     t0 = time.perf_counter()
-    pipe = sdopt.load_model(target, _diffusers_pipe(task["folder"]))
+    pipe = sdopt.load_model(target, _diffusers_pipe(task))
     prepare["load_model_s"] = time.perf_counter() - t0
     return pipe, {"prepare": prepare, **_sdopt_info(pipe, target)}
 
@@ -224,11 +370,12 @@ def load_sdopt_constrained(task):
     prepare = {}
     if not target.exists():
         os.environ["SDOPT_CACHE"] = str(Path(task["work"]) / f"sdopt-cache-{int(time.time())}")
-        pipe = _diffusers_pipe(task["folder"])
+        pipe = _diffusers_pipe(task)
         t0 = time.perf_counter()
         optimized = _optimize(task, pipe, "constrained")
         prepare["optimize_cold_s"] = time.perf_counter() - t0
         prepare["search"] = _search_summary(optimized.sdopt_result)
+        prepare["search_peak_rss_bytes"] = prepare["search"]["peak_rss_bytes"]
         print(f"optimize_model cold {prepare['optimize_cold_s']:.0f} s -> "
               f"{optimized.sdopt_result.selected.id}", flush=True)
         sdopt.save_model(optimized, target)  # the cold run's pick is the one benchmarked
@@ -241,6 +388,7 @@ def load_sdopt_constrained(task):
             print(f"optimize_model warm cache {prepare['optimize_warm_s']:.0f} s -> "
                   f"{prepare['warm_selected']}", flush=True)
             del again
+        prepare["build_peak_rss_bytes"] = _rss_peak()
         del pipe
         shutil.rmtree(os.environ["SDOPT_CACHE"], ignore_errors=True)
         _remember_prepare(target, prepare)
@@ -262,11 +410,13 @@ def load_sdopt_unconstrained(task):
         source = task["unconstrained_source"]
         constrained = Path(task["work"]) / "sdopt-constrained"
         if source == "search":
-            pipe = _diffusers_pipe(task["folder"])
+            pipe = _diffusers_pipe(task)
             t0 = time.perf_counter()
             optimized = _optimize(dict(task, search_steps=task["steps"]), pipe, "unconstrained")
             prepare["optimize_cold_s"] = time.perf_counter() - t0
             prepare["search"] = _search_summary(optimized.sdopt_result)
+            prepare["search_peak_rss_bytes"] = prepare["search"]["peak_rss_bytes"]
+            prepare["build_peak_rss_bytes"] = _rss_peak()
             sdopt.save_model(optimized, target)
         else:
             if not Path(source).exists():
@@ -276,6 +426,10 @@ def load_sdopt_unconstrained(task):
             if not constrained.exists():
                 raise RuntimeError("the sdopt_constrained row must be prepared first")
             found = json.loads(Path(source).read_text())
+            if found.get("preset", task.get("preset")) != task.get("preset"):
+                raise RuntimeError(f"{Path(source).name} was searched on preset "
+                                   f"{found.get('preset')}, not {task.get('preset')}: run "
+                                   "benchmarks/techniques_e2e.py on this preset first")
             specs = found["winner_techniques"]
             prepare["techniques_from"] = {"file": str(source), "winner": found.get(
                 "unconstrained_winner"), "searched_on": found.get("constrained_base"),
@@ -329,32 +483,37 @@ def generate(pipe, task, steps: int):
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _unet_inputs(pipe, size: int):
-    import torch
+def _unet_inputs(pipe, size: int, dtype=None):
+    """One UNet call's inputs at batch 2 (classifier-free guidance) as the family's pipeline
+    makes them (SDXL adds its pooled text embedding and time ids): sdopt's example inputs, so the
+    shapes are the ones the search uses. Only the rows in our .venv measure the UNet, so sdopt
+    is importable here."""
+    from sdopt.backends.base import map_tensors
+    from sdopt.optimize.capture import example_inputs
 
-    unet = pipe.unet
-    generator = torch.Generator().manual_seed(0)
-    latent = size // 8
-    channels = unet.config.in_channels
-    dim = unet.config.cross_attention_dim
-    return (torch.randn(2, channels, latent, latent, generator=generator),
-            torch.tensor(500.0),
-            torch.randn(2, 77, dim, generator=generator))
+    inputs = example_inputs(pipe, size, size, batch=2)
+    if dtype is not None:
+        inputs.sample, inputs.encoder_hidden_states, inputs.extra = map_tensors(
+            (inputs.sample, inputs.encoder_hidden_states, inputs.extra), lambda t: t.to(dtype))
+    return inputs
+
+
+def _call_unet(pipe, inputs) -> None:
+    pipe.unet(inputs.sample, inputs.timestep, encoder_hidden_states=inputs.encoder_hidden_states,
+              return_dict=False, **inputs.extra)
 
 
 def unet_call_s(pipe, size: int, calls: int = 3) -> float:
     """Median seconds of one UNet call at batch 2 (classifier-free guidance) in this pipeline."""
     import torch
 
-    sample, t, ehs = _unet_inputs(pipe, size)
-    dtype = pipe.unet.dtype
-    sample, ehs = sample.to(dtype), ehs.to(dtype)
+    inputs = _unet_inputs(pipe, size, pipe.unet.dtype)
     times = []
     with torch.inference_mode():
-        pipe.unet(sample, t, encoder_hidden_states=ehs, return_dict=False)
+        _call_unet(pipe, inputs)
         for _ in range(calls):
             t0 = time.perf_counter()
-            pipe.unet(sample, t, encoder_hidden_states=ehs, return_dict=False)
+            _call_unet(pipe, inputs)
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -365,10 +524,10 @@ def unet_flops(pipe, size: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    sample, t, ehs = _unet_inputs(pipe, size)
+    inputs = _unet_inputs(pipe, size)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        pipe.unet(sample, t, encoder_hidden_states=ehs, return_dict=False)
+        _call_unet(pipe, inputs)
     return float(counter.get_total_flops())
 
 
@@ -380,16 +539,15 @@ def profile_unet(pipe, size: int, top: int = 12) -> dict:
     base = getattr(pipe.unet, "module", None)
     while hasattr(base, "technique_inner"):  # under step caching / token merging wrappers
         base = base.technique_inner
-    sample, t, ehs = _unet_inputs(pipe, size)
+    inputs = _unet_inputs(pipe, size)
     if base is not None and hasattr(base, "ir_dir") and hasattr(base, "hint"):
         import openvino as ov
 
-        from sdopt.backends.base import UNetInputs
         from sdopt.backends.export import unet_args
 
         core = ov.Core()
         model = core.read_model(str(Path(base.ir_dir) / "unet.xml"))
-        arrays = [a.detach().cpu().numpy() for a in unet_args(UNetInputs(sample, t, ehs))]
+        arrays = [a.detach().cpu().numpy() for a in unet_args(inputs)]
         names = [p.get_any_name() for p in model.inputs]
         model.reshape({n: list(a.shape) for n, a in zip(names, arrays)})
         compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": base.hint,
@@ -421,12 +579,11 @@ def profile_unet(pipe, size: int, top: int = 12) -> dict:
                 "share_by_kernel_precision": by_precision,
                 "top": [{"op": op, "kernel": kernel, "s": s, "share": s / total, "count": n}
                         for (op, kernel), (s, n) in rows[:top]]}
-    dtype = pipe.unet.dtype
+    inputs = _unet_inputs(pipe, size, pipe.unet.dtype)
     with torch.inference_mode():
-        pipe.unet(sample.to(dtype), t, encoder_hidden_states=ehs.to(dtype), return_dict=False)
+        _call_unet(pipe, inputs)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            pipe.unet(sample.to(dtype), t, encoder_hidden_states=ehs.to(dtype),
-                      return_dict=False)
+            _call_unet(pipe, inputs)
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     return {"tool": "torch.profiler (self CPU time)", "counted_s": total / 1e6,
@@ -445,6 +602,9 @@ def run(task: dict) -> dict:
     pipe, info = LOADERS[task["row"]](task)
     result["load_s"] = time.perf_counter() - t0
     result.update(info)
+    # The load's peak (in a prepare run: the export or search too) apart from the runs' peak.
+    result["load_peak_rss_bytes"] = _rss_peak()
+    result["run_peak_rss_exact"] = _reset_rss_peak()
     with torch.inference_mode():
         t0 = time.perf_counter()
         generate(pipe, task, min(WARMUP_STEPS, task["steps"]))
@@ -458,7 +618,8 @@ def run(task: dict) -> dict:
                 if i == 0 and task.get("image"):
                     np.save(task["image"], image)
             result["latencies_s"] = latencies
-    result["peak_rss_bytes"] = _rss_peak()
+    result["run_peak_rss_bytes"] = _vm_hwm()  # warm-up and timed images, after the load
+    result["peak_rss_bytes"] = max(result["load_peak_rss_bytes"], result["run_peak_rss_bytes"])
     extras = task.get("extras", [])
     if "flops" in extras:
         result["unet_flops"] = unet_flops(pipe, task["size"])
