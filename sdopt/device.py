@@ -15,6 +15,18 @@ from typing import Any
 from .errors import SdoptError
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the system can give new allocations now (MemAvailable: free plus reclaimable page
+    cache), in bytes; None where psutil cannot tell. A search on a full-size SDXL pipeline runs
+    close to a 24 GiB machine's limit, so builds that hold extra weight copies ask first."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - unknown memory: the caller assumes enough
+        return None
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     kind: str  # "cpu" | "cuda"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .device import available_memory_bytes
 from .errors import SdoptError
 from .logs import quiet_torchvision_notes
 
@@ -591,19 +592,12 @@ def preset_fp32_bytes(name: str) -> int:
     return total * 4
 
 
-def available_memory_bytes() -> int:
-    """Memory the system can give a new allocation now (MemAvailable), in bytes."""
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
 def check_preset_fits(name: str) -> None:
     """Refuse, before allocating, a preset whose fp32 weights exceed the available memory: one
     line naming the preset, the bytes it needs and the bytes available (the CLI exits 2).
     ``build_preset`` calls it for every full-size preset."""
     need, available = preset_fp32_bytes(name), available_memory_bytes()
-    if need > available:
+    if available is not None and need > available:
         family = _preset(name).family
         small = [n for n, p in PRESETS.items() if p.family == family and not p.full_size]
         raise SdoptError(

@@ -103,12 +103,40 @@ def statistics_model(model, tensors):
                     "sdopt_minmax_statistics")
 
 
-def collect_ranges(model, tensors, items: list[dict[str, Any]]) -> np.ndarray:
-    """(n, 2): per tensor, the mean over ``items`` of each item's min and max (fp32 inference)."""
+# The statistics model compiled for fp32 inference holds about one more copy of the weights than
+# the IR on disk (its repacked constants beside the mapped file): on the SDXL UNet (10.3 GB) it
+# took the search from 14.8 GiB to this machine's 23.3 GiB, where it stalled. The whole build's
+# anonymous peak is 1.67 copies of the fp32 weights with fp32 statistics and 1.11 with bf16 ones
+# (benchmarks/candidate_memory.py, 800 MB UNet); on sd15 the bf16 pass also ran 1.8x faster.
+# But bf16 ranges (0.04% median, 0.3% at most apart from fp32's) left the sd15 int8-inner UNet
+# with a 10% larger error (worst prompt 0.0429 against 0.0392, 2026-12-01): fp32 whenever it
+# fits, bf16 only when it does not.
+FP32_STATISTICS_WEIGHT_COPIES = 1.7
+BF16_STATISTICS_WEIGHT_COPIES = 1.2
+
+
+def statistics_precision(weights_bytes: int, available_bytes: int | None,
+                         bf16_reason: str | None) -> tuple[str, str | None]:
+    """("f32" or "bf16", why not fp32) for a statistics pass over ``weights_bytes`` of fp32
+    weights with ``available_bytes`` of memory free; ``bf16_reason``: why this CPU cannot run
+    bf16 (None: it can)."""
+    need = FP32_STATISTICS_WEIGHT_COPIES * weights_bytes
+    if available_bytes is None or need <= available_bytes or bf16_reason is not None:
+        return "f32", None
+    return "bf16", (f"the fp32 statistics pass needs about {need / 2**30:.1f} GiB and "
+                    f"{available_bytes / 2**30:.1f} GiB is available: ranges collected in bf16 "
+                    f"(about {BF16_STATISTICS_WEIGHT_COPIES * weights_bytes / 2**30:.1f} GiB; "
+                    "on sd15 their int8 error was 10% larger)")
+
+
+def collect_ranges(model, tensors, items: list[dict[str, Any]],
+                   precision: str = "f32") -> np.ndarray:
+    """(n, 2): per tensor, the mean over ``items`` of each item's min and max, inferred in
+    ``precision`` (:func:`statistics_precision`)."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(statistics_model(model, tensors), "CPU",
-                                       {"INFERENCE_PRECISION_HINT": "f32"})
+                                       {"INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
     per_item = [np.array(request.infer(item)[0], dtype=np.float64).reshape(-1, 2)
                 for item in items]
@@ -173,13 +201,14 @@ def insert_quantizers(model, activations, ranges: np.ndarray, weights) -> dict[s
 
 
 def quantize_minmax(fp32_xml: Path, items: list[dict[str, Any]], out_xml: Path, *,
-                    ignored_types=(), ignored_patterns=()) -> dict[str, Any]:
+                    ignored_types=(), ignored_patterns=(),
+                    statistics: str = "f32") -> dict[str, Any]:
     import openvino as ov
 
     core = ov.Core()
     source = core.read_model(str(fp32_xml))  # the statistics model shares its nodes
     tensors, _ = quantization_plan(source, ignored_types, ignored_patterns)
-    ranges = collect_ranges(source, [t for t, _ in tensors.values()], items)
+    ranges = collect_ranges(source, [t for t, _ in tensors.values()], items, statistics)
     del source
     model = core.read_model(str(fp32_xml))
     activations, weights = quantization_plan(model, ignored_types, ignored_patterns)
@@ -187,6 +216,7 @@ def quantize_minmax(fp32_xml: Path, items: list[dict[str, Any]], out_xml: Path, 
         raise RuntimeError("the quantization plan differs between two reads of the same IR")
     counts = insert_quantizers(model, activations, ranges, weights)
     ov.save_model(model, str(out_xml), compress_to_fp16=False)
-    return {"quantizer": "minmax", "recipe": RECIPE, "samples": len(items), **counts,
+    return {"quantizer": "minmax", "recipe": RECIPE, "samples": len(items),
+            "statistics": statistics, **counts,
             "ignored_types": list(ignored_types), "ignored_patterns": list(ignored_patterns),
             "openvino": ov.get_version()}

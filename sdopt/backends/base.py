@@ -81,6 +81,22 @@ def map_tensors(value, fn):
     return value
 
 
+def distinct_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The module's parameters and buffers, each shared tensor once."""
+    seen, out = set(), []
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            out.append(tensor)
+    return out
+
+
+def fp32_weights_bytes(module: torch.nn.Module) -> int:
+    """The bytes of the module's weights in fp32 (what conversions and exports write, whatever
+    the dtype the pipeline holds them in)."""
+    return 4 * sum(t.numel() for t in distinct_tensors(module))
+
+
 class OptimizedModule(torch.nn.Module):
     """What ``Backend.build`` returns: called like the UNet's core, returns the noise prediction.
 
@@ -92,12 +108,7 @@ class OptimizedModule(torch.nn.Module):
 
     def size_bytes(self) -> int:
         """Bytes of weights the module holds (the 'model size' row of the summary)."""
-        seen, total = set(), 0
-        for tensor in list(self.parameters()) + list(self.buffers()):
-            if id(tensor) not in seen:
-                seen.add(id(tensor))
-                total += tensor.numel() * tensor.element_size()
-        return total
+        return sum(t.numel() * t.element_size() for t in distinct_tensors(self))
 
 
 class Backend(abc.ABC):
@@ -121,6 +132,15 @@ class Backend(abc.ABC):
         """None when ``variant`` does something to ``denoiser``, else why it would not (it puts
         in int8 a kind of layer the model has none of): the search skips it with the reason
         instead of measuring another variant under its name."""
+        return None
+
+    def memory_copies(self, variant: Variant) -> float | None:
+        """The anonymous memory (what the kernel cannot reclaim) that building ``variant`` and
+        calling it adds at its peak, in copies of the denoiser's fp32 weights, as measured by
+        ``benchmarks/candidate_memory.py``; None where not measured (the search then does not
+        check). Next to its own pipeline the SDXL UNet (10.3 GB) leaves about one copy free on
+        a 24 GiB machine: a build that needs more is skipped with the figures, instead of
+        stalling the machine or getting the whole search killed."""
         return None
 
     def build_activity(self, variant: Variant) -> str:

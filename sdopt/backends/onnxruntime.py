@@ -537,10 +537,21 @@ def _to_float16(source: Path, directory: Path) -> dict:
     return {"converter": "onnxruntime.transformers.float16", "keep_io_types": True}
 
 
+# CPU memory a build adds at its peak, in copies of the fp32 weights (Backend.memory_copies).
+MEMORY_COPIES = {"fp32": 1.5, "int8-dynamic": 3.5, "int8-static": 4.9}
+
+
 @register
 class OnnxRuntime(Backend):
     name = "onnxruntime"
     aliases = ("ort", "onnx_runtime", "onnxruntime_cpu")
+
+    def memory_copies(self, variant: Variant) -> float | None:
+        # The session's weights beside the pipeline's, and for int8 the quantizer's copies of
+        # the fp32 graph (static: its calibration's augmented model too): anonymous peaks 1.42,
+        # 3.41 and 4.80 copies (benchmarks/candidate_memory.py, tiny UNet widened to 800 MB,
+        # 2026-12-01). The CUDA providers' memory is on the device: not counted here.
+        return MEMORY_COPIES.get(variant.name)
 
     def build_activity(self, variant: Variant) -> str:
         if variant.name == "int8-static":

@@ -11,6 +11,7 @@ the fp32 and bf16 variants: only the compile hint differs) and the quantized IR 
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -19,16 +20,20 @@ from typing import Any
 import torch
 
 from .. import deps
-from ..device import DeviceInfo
+from ..device import DeviceInfo, available_memory_bytes
 from ..errors import SdoptError
 # calibration_hash is part of this module's interface.
 from .export import DIT_EDGE_MODULES, calibration_hash, is_transformer  # noqa: F401
 from .base import Backend, BuildContext, OptimizedModule, UNetInputs, Variant, register
 
+log = logging.getLogger(__name__)
+
 IR_XML, IR_BIN = "unet.xml", "unet.bin"
 # NNCF's default is 300; the search holds out a few dozen calls at most, and more samples cost
 # minutes of calibration on CPU for no measured gain (DESIGN: 16 of 22 gave 6.4%).
 INT8_SUBSET_MAX = 64
+# NNCF's int8 calibration: its statistics model in fp32 and its bias-correction subgraphs.
+NNCF_MEMORY_COPIES = 2.5
 # The UNet's first and last convolutions, as named in the IR converted from diffusers' UNet.
 INT8_EDGE_PATTERNS = (".*conv_in.*", ".*conv_out.*")
 # A DiT transformer's first and last layers (export.DIT_EDGE_MODULES) as named in its IR (module
@@ -174,9 +179,19 @@ def _calibration_items(model, calibration: list[UNetInputs]) -> list[dict[str, A
             for c in calibration]
 
 
+def _statistics_precision(ir_dir: Path, device: DeviceInfo) -> tuple[str, str | None]:
+    """The min/max statistics pass's inference precision for the IR in ``ir_dir`` with the
+    memory available now, and why it is not fp32 (None when it is)."""
+    from ._ov_minmax_int8 import statistics_precision
+
+    return statistics_precision((ir_dir / IR_BIN).stat().st_size, available_memory_bytes(),
+                                device.precision_unavailable_reason("bf16"))
+
+
 def _quantize_minmax(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
                      ignored_types: tuple[str, ...] = (),
-                     ignored_patterns: tuple[str, ...] = ()) -> dict[str, Any]:
+                     ignored_patterns: tuple[str, ...] = (),
+                     statistics: str = "f32") -> dict[str, Any]:
     import openvino as ov
 
     from ._ov_minmax_int8 import quantize_minmax
@@ -184,7 +199,8 @@ def _quantize_minmax(ir_dir: Path, calibration: list[UNetInputs], directory: Pat
     items = _calibration_items(ov.Core().read_model(str(ir_dir / IR_XML)),
                                calibration[:INT8_SUBSET_MAX])
     built = quantize_minmax(ir_dir / IR_XML, items, directory / IR_XML,
-                            ignored_types=ignored_types, ignored_patterns=ignored_patterns)
+                            ignored_types=ignored_types, ignored_patterns=ignored_patterns,
+                            statistics=statistics)
     CONVERSIONS["minmax"] += 1
     return built
 
@@ -265,6 +281,19 @@ def converted_ir(unet: torch.nn.Module, ctx: BuildContext):
 class OpenVINO(Backend):
     name = "openvino"
     aliases = ("ov", "openvino_compiler")
+
+    def memory_copies(self, variant: Variant) -> float | None:
+        # The compiled model beside the pipeline's weights; int8 builds first convert to an fp32
+        # IR and run a statistics pass (min/max: in bf16 when fp32 does not fit, the figure
+        # given here). Anonymous peaks: fp32 1.37, bf16 0.87, min/max int8 1.11 (bf16
+        # statistics; 1.67 with fp32 ones), NNCF int8 2.47 copies of the fp32 weights
+        # (benchmarks/candidate_memory.py, tiny UNet widened to 800 MB, 2026-12-01).
+        if variant.precision == "int8":
+            from ._ov_minmax_int8 import BF16_STATISTICS_WEIGHT_COPIES
+
+            minmax = variant.options.get("quantizer") == "minmax"
+            return BF16_STATISTICS_WEIGHT_COPIES if minmax else NNCF_MEMORY_COPIES
+        return {"fp32": 1.4, "bf16": 0.9}.get(variant.precision)
 
     def build_activity(self, variant: Variant) -> str:
         if variant.options.get("quantizer") == "minmax":
@@ -367,10 +396,15 @@ class OpenVINO(Backend):
             minmax = variant.options.get("quantizer") == "minmax"
             parts = {"source": ir.key, "calibration": calibration_hash(ctx.calibration),
                      "subset_max": INT8_SUBSET_MAX}
+            statistics = "f32"
             if minmax:
                 from ._ov_minmax_int8 import RECIPE
 
                 parts.update(quantizer="minmax", recipe=RECIPE)
+                statistics, why = _statistics_precision(ir.path, ctx.device)
+                if why:
+                    log.warning("sdopt: %s: %s", variant.id, why)
+                    parts["statistics"] = statistics  # absent when fp32: cached IRs stay valid
             else:
                 parts.update(model_type="TRANSFORMER", nncf=deps.version("nncf"))
             # Absent when default, so that the full int8 variant's cached IR stays valid.
@@ -387,7 +421,8 @@ class OpenVINO(Backend):
             if q is None:
                 def quantize(tmp: Path) -> dict[str, Any]:
                     if minmax:
-                        return _quantize_minmax(ir.path, ctx.calibration, tmp, ignored, patterns)
+                        return _quantize_minmax(ir.path, ctx.calibration, tmp, ignored, patterns,
+                                                statistics)
                     return _quantize(ir.path, ctx.calibration, tmp, ignored, preset, patterns)
 
                 q = fetch_or_build("openvino-int8", parts, quantize, root=ctx.cache_dir)

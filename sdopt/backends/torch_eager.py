@@ -34,6 +34,10 @@ def reference_module(unet: torch.nn.Module) -> TorchUNetModule:
     return TorchUNetModule(unet, reference_variant(), unet.dtype)
 
 
+# CPU memory a build adds at its peak, in copies of the fp32 weights (Backend.memory_copies).
+MEMORY_COPIES = {"bf16": 1.1, "bf16-channels_last": 1.1, "fp32-channels_last": 1.3}
+
+
 @register
 class TorchEager(Backend):
     name = NAME
@@ -53,6 +57,12 @@ class TorchEager(Backend):
                         "channels_last" if channels_last else "") if t),
                 ))
         return out
+
+    def memory_copies(self, variant: Variant) -> float | None:
+        # A converted copy (the fp32 variant without channels_last is the original itself):
+        # anonymous peaks 1.01-1.25 copies (benchmarks/candidate_memory.py, tiny UNet widened
+        # to 800 MB, 2026-12-01).
+        return MEMORY_COPIES.get(variant.name)
 
     def unavailable_reason(self, device: DeviceInfo, variant: Variant) -> str | None:
         if variant.precision == "bf16":

@@ -120,3 +120,18 @@ class PeakRss:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def shortfall_reason(copies: float | None, weights_bytes: int,
+                     available_bytes: int | None) -> str | None:
+    """Why a candidate needing ``copies`` of ``weights_bytes`` more memory cannot be built with
+    ``available_bytes`` free (None: it fits, or either figure is unknown)."""
+    if copies is None or available_bytes is None or not weights_bytes:
+        return None
+    need = copies * weights_bytes
+    if need <= available_bytes:
+        return None
+    return (f"needs about {need / 2**30:.1f} GiB more memory ({copies:g} x the "
+            f"{weights_bytes / 2**30:.1f} GiB of fp32 weights, measured) and "
+            f"{available_bytes / 2**30:.1f} GiB is available: building it would stall the "
+            "machine or get the search killed")

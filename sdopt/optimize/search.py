@@ -26,8 +26,9 @@ from typing import Callable, NamedTuple
 import torch
 
 from ..backends import FOREIGN_COMPILERS, load_builtin_backends
-from ..backends.base import BACKENDS, BuildContext, OptimizedModule, Variant, canonical_backend_name
-from ..device import DeviceInfo
+from ..backends.base import (BACKENDS, BuildContext, OptimizedModule, Variant,
+                             canonical_backend_name, fp32_weights_bytes)
+from ..device import DeviceInfo, available_memory_bytes
 from ..errors import SdoptError
 from ..techniques import TECHNIQUES, all_specs, candidate_id, conflict_reason, label, params_of
 from ..techniques import unavailable_reason as technique_unavailable
@@ -39,7 +40,7 @@ from .ordering import Ceiling, Planner, expected_build_s
 from .selection import fastest_two, judge, ranked_end_to_end, select
 from .table import (REFERENCE_ID, STATUS_FAILED, STATUS_OK, STATUS_SELECTED,
                     STATUS_SKIPPED, CandidateResult, OptimizationResult, set_e2e_speedup)
-from .memory import PeakRss
+from .memory import PeakRss, shortfall_reason
 from .timing import DeviceMemory, Timing, measure, memory_baseline
 
 def _canonical_list(names, what: str) -> set[str]:
@@ -168,6 +169,16 @@ def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult
     return reason
 
 
+def memory_reason(variant: Variant, device: DeviceInfo, weights_bytes: int) -> str | None:
+    """Why building ``variant`` would not fit in the memory available now (None: it fits, or
+    its need is not known). Only host memory is checked: on CUDA a candidate's weights are on
+    the device, where a build that does not fit fails with an error the search records."""
+    if device.kind != "cpu":
+        return None
+    return shortfall_reason(BACKENDS[variant.backend].memory_copies(variant), weights_bytes,
+                            available_memory_bytes())
+
+
 def _build(unet, variant: Variant, ctx: BuildContext, row: CandidateResult) -> OptimizedModule:
     """Build, with a first call (compilers compile there: it counts as build time)."""
     t0 = time.perf_counter()
@@ -235,6 +246,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
     notify = on_candidate or (lambda variant, phase: None)
     rows: list[CandidateResult] = []
     planner = Planner(variants, device, rows, exhaustive=exhaustive)
+    weights_bytes = fp32_weights_bytes(unet)
     leaders: list[tuple[CandidateResult, OptimizedModule]] = []  # the two fastest passing
     original: CandidateResult | None = None
     # On CUDA: the device memory each candidate adds, TensorRT's and ONNX Runtime's included.
@@ -259,7 +271,8 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                                  spent_s=time.perf_counter() - started,
                                  reserved_s=reserved_s) \
             or BACKENDS[variant.backend].model_reason(variant, unet) \
-            or planner.bound_reason(variant) or ""
+            or planner.bound_reason(variant) \
+            or memory_reason(variant, device, weights_bytes) or ""
         module = None
         if not row.reason:
             span = PeakRss().start()  # the candidate's peak memory, build to images

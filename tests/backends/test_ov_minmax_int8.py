@@ -67,6 +67,34 @@ def test_inner_variant_is_derived_and_keeps_the_ends_float(tiny_pipe, samples, t
     assert max(verification_drops(inner, samples)) <= 0.15
 
 
+def test_statistics_in_fp32_unless_they_do_not_fit():
+    """fp32 ranges gave the smaller int8 error: bf16 only when the fp32 pass would not fit in
+    the memory available, and never on a CPU without bf16 units."""
+    gib = 2**30
+    assert minmax.statistics_precision(10 * gib, 64 * gib, None) == ("f32", None)
+    assert minmax.statistics_precision(10 * gib, None, None) == ("f32", None)
+    precision, why = minmax.statistics_precision(10 * gib, 9 * gib, None)
+    assert precision == "bf16"
+    assert "needs about 17.0 GiB and 9.0 GiB is available" in why and "bf16" in why
+    assert minmax.statistics_precision(10 * gib, 9 * gib, "no bf16 units")[0] == "f32"
+
+
+def test_ranges_are_collected_in_bf16_when_fp32_does_not_fit(tiny_pipe, samples, tmp_path,
+                                                           monkeypatch):
+    from sdopt.backends import openvino
+
+    fp32 = build_variant(tiny_pipe, "openvino", "int8-minmax", samples, cache_dir=tmp_path)
+    assert fp32.build_info["int8"]["statistics"] == "f32"
+    if detect("cpu").precision_unavailable_reason("bf16"):
+        pytest.skip("this CPU has no bf16 units: the statistics stay fp32")
+    monkeypatch.setattr(openvino, "available_memory_bytes", lambda: 1024)
+    low = build_variant(tiny_pipe, "openvino", "int8-minmax", samples, cache_dir=tmp_path)
+    info = low.build_info["int8"]
+    assert info["statistics"] == "bf16" and not info["hit"], "its own cache entry"
+    assert info["key"] != fp32.build_info["int8"]["key"]
+    assert max(verification_drops(low, samples)) <= 0.15
+
+
 def test_variants_need_no_nncf(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

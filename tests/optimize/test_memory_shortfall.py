@@ -1,0 +1,67 @@
+"""A candidate whose build needs more memory than is available is skipped with the figures (#18):
+the search on the SDXL UNet stalled a 24 GiB machine in one build, where a skipped row and a
+finished search were what the user needed."""
+
+import pytest
+
+import sdopt
+from sdopt.backends import load_builtin_backends
+from sdopt.backends.base import BACKENDS, fp32_weights_bytes
+from sdopt.device import detect
+from sdopt.optimize import search
+from sdopt.optimize.memory import shortfall_reason
+from sdopt.optimize.search import memory_reason, plan_candidates
+
+GIB = 2**30
+
+
+def test_the_reason_names_the_need_the_weights_and_what_is_available():
+    assert shortfall_reason(1.4, 10 * GIB, 20 * GIB) is None
+    assert shortfall_reason(None, 10 * GIB, 1 * GIB) is None, "not measured: not checked"
+    assert shortfall_reason(1.4, 10 * GIB, None) is None, "unknown memory: not checked"
+    why = shortfall_reason(1.4, 10 * GIB, 9.5 * GIB)
+    assert why == ("needs about 14.0 GiB more memory (1.4 x the 10.0 GiB of fp32 weights, "
+                   "measured) and 9.5 GiB is available: building it would stall the machine "
+                   "or get the search killed")
+
+
+def test_every_cpu_candidate_but_the_original_has_a_measured_need():
+    load_builtin_backends()
+    cpu = detect("cpu")
+    for variant in plan_candidates(cpu):
+        copies = BACKENDS[variant.backend].memory_copies(variant)
+        if variant.id == "torch_eager/fp32":
+            assert copies is None, "the original itself: no copy"
+        elif variant.backend == "torch_compile":
+            assert copies is None  # not measured: its builds are bounded out on CPU anyway
+        elif BACKENDS[variant.backend].unavailable_reason(cpu, variant) is None:
+            assert copies and 0.4 <= copies <= 6, variant.id
+
+
+def test_only_host_memory_is_checked(monkeypatch):
+    load_builtin_backends()
+    monkeypatch.setattr(search, "available_memory_bytes", lambda: 1)
+    cpu = detect("cpu")
+    variant = next(v for v in plan_candidates(cpu) if v.id == "openvino/fp32")
+    assert "needs about" in memory_reason(variant, cpu, 10 * GIB)
+    cuda = type(cpu)(kind="cuda", name="a GPU", cores=1)
+    assert memory_reason(variant, cuda, 10 * GIB) is None
+
+
+def test_the_search_skips_what_does_not_fit_and_goes_on(tiny_pipe, monkeypatch):
+    pytest.importorskip("openvino", reason="the openvino package is not installed")
+    weights = fp32_weights_bytes(tiny_pipe.unet)
+    # Room for OpenVINO bf16 (0.9 copies), not for fp32 (1.4) or ONNX Runtime fp32 (1.5).
+    monkeypatch.setattr(search, "available_memory_bytes", lambda: int(1.2 * weights))
+    out = sdopt.optimize_model(tiny_pipe, ["a cat"], metric_drop_ths=1.0,
+                               backends=["openvino/fp32", "openvino/bf16", "onnxruntime/fp32"],
+                               num_inference_steps=2, show=False, end_to_end=False,
+                               exhaustive=True)
+    rows = {c.id: c for c in out.sdopt_result.candidates}
+    for skipped in ("openvino/fp32", "onnxruntime/fp32"):
+        assert rows[skipped].status == "skipped"
+        assert rows[skipped].reason.startswith("needs about ")
+        assert "GiB is available" in rows[skipped].reason
+    if detect("cpu").precision_unavailable_reason("bf16") is None:
+        assert rows["openvino/bf16"].status in ("ok", "selected")
+    assert out.sdopt_result.selected is not None
