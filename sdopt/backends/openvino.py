@@ -24,6 +24,7 @@ from ..device import DeviceInfo, available_memory_bytes
 from ..errors import SdoptError
 # calibration_hash is part of this module's interface.
 from .export import DIT_EDGE_MODULES, calibration_hash, is_transformer  # noqa: F401
+from ._ov_minmax_int8 import BF16_STATISTICS_WEIGHT_COPIES
 from .base import Backend, BuildContext, OptimizedModule, UNetInputs, Variant, register
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,15 @@ IR_XML, IR_BIN = "unet.xml", "unet.bin"
 # NNCF's default is 300; the search holds out a few dozen calls at most, and more samples cost
 # minutes of calibration on CPU for no measured gain (DESIGN: 16 of 22 gave 6.4%).
 INT8_SUBSET_MAX = 64
-# NNCF's int8 calibration: its statistics model in fp32 and its bias-correction subgraphs.
-NNCF_MEMORY_COPIES = 2.5
+# CPU memory a build adds at its peak, in copies of the fp32 weights (Backend.memory_copies), per
+# precision, int8 per quantizer. The compiled model beside the pipeline's weights; int8 builds
+# first convert to an fp32 IR and run a statistics pass: min/max in bf16 when fp32 does not fit
+# (the figure given here; _ov_minmax_int8 chooses), NNCF's in fp32 with its bias-correction
+# subgraphs. Anonymous peaks: fp32 1.37, bf16 0.87, min/max int8 1.11 (bf16 statistics; 1.67
+# with fp32 ones), NNCF int8 2.47 (benchmarks/candidate_memory.py, tiny UNet widened to 800 MB,
+# 2026-12-01).
+MEMORY_COPIES = {"fp32": 1.4, "bf16": 0.9, "int8/minmax": BF16_STATISTICS_WEIGHT_COPIES,
+                 "int8/nncf": 2.5}
 # The UNet's first and last convolutions, as named in the IR converted from diffusers' UNet.
 INT8_EDGE_PATTERNS = (".*conv_in.*", ".*conv_out.*")
 # A DiT transformer's first and last layers (export.DIT_EDGE_MODULES) as named in its IR (module
@@ -283,17 +291,10 @@ class OpenVINO(Backend):
     aliases = ("ov", "openvino_compiler")
 
     def memory_copies(self, variant: Variant) -> float | None:
-        # The compiled model beside the pipeline's weights; int8 builds first convert to an fp32
-        # IR and run a statistics pass (min/max: in bf16 when fp32 does not fit, the figure
-        # given here). Anonymous peaks: fp32 1.37, bf16 0.87, min/max int8 1.11 (bf16
-        # statistics; 1.67 with fp32 ones), NNCF int8 2.47 copies of the fp32 weights
-        # (benchmarks/candidate_memory.py, tiny UNet widened to 800 MB, 2026-12-01).
         if variant.precision == "int8":
-            from ._ov_minmax_int8 import BF16_STATISTICS_WEIGHT_COPIES
-
-            minmax = variant.options.get("quantizer") == "minmax"
-            return BF16_STATISTICS_WEIGHT_COPIES if minmax else NNCF_MEMORY_COPIES
-        return {"fp32": 1.4, "bf16": 0.9}.get(variant.precision)
+            quantizer = "minmax" if variant.options.get("quantizer") == "minmax" else "nncf"
+            return MEMORY_COPIES[f"int8/{quantizer}"]
+        return MEMORY_COPIES.get(variant.precision)
 
     def build_activity(self, variant: Variant) -> str:
         if variant.options.get("quantizer") == "minmax":
