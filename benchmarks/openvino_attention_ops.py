@@ -19,6 +19,8 @@ per layer type): a timing, for a quiet machine only. Writes JSON with the CPU ki
     flock /tmp/sdopt-heavy.lock .venv/bin/python benchmarks/openvino_attention_ops.py \
         --preset sd15 --size 512 --variants bf16,int8-inner --int8-sdpa-float --snippets-off \
         --perf-counters 5
+    # the same with OpenVINO's one-pass min/max int8 (no NNCF calibration: minutes less)
+    ... --variants bf16,int8-inner-minmax --int8-sdpa-float --sdpa-float-quantizer minmax
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def main(argv=None) -> int:
                         help="also compile each variant with SNIPPETS_MODE=DISABLE")
     parser.add_argument("--int8-sdpa-float", action="store_true",
                         help="also build int8 with the ScaledDotProductAttention ops left out")
+    parser.add_argument("--sdpa-float-quantizer", choices=("nncf", "minmax"), default="nncf",
+                        help="how --int8-sdpa-float quantizes (minmax: derived from "
+                             "int8-minmax's IR in seconds, no NNCF calibration)")
     parser.add_argument("--perf-counters", type=int, default=0, metavar="N",
                         help="time each row with PERF_COUNT over N inferences (quiet machine)")
     parser.add_argument("--out", default=None, help="JSON file (default: results/"
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
     variants = [v for v in backend.variants(device) if not wanted or v.name in wanted]
     if args.int8_sdpa_float:
         variants.append(Variant("openvino", "int8-sdpa-float", "int8",
-                                options={"quantizer": "nncf",
+                                options={"quantizer": args.sdpa_float_quantizer,
                                          "ignored_types": ["ScaledDotProductAttention"]}))
     rows = []
     for variant in variants:
