@@ -25,9 +25,13 @@ from . import fewer_steps, step_cache, text_encoder_openvino, token_merge, vae_b
 from .base import Spec, Technique
 from .eager import base_module
 
+# The order settings are tried in. The OpenVINO VAE decoder comes before the torch bf16 one: on
+# sd15 at 256 px it made the image faster (5.11x against 4.65x fp32 eager, the same int8 UNet,
+# exhaustive search 2026-12-01), and a constrained search whose budget ran out after the first
+# VAE setting kept the torch one (3.80x per image against the exhaustive pick's 4.78x).
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
-    step_cache.TECHNIQUE, token_merge.TECHNIQUE, fewer_steps.TECHNIQUE, vae_bf16.TECHNIQUE,
-    vae_openvino.TECHNIQUE, text_encoder_openvino.TECHNIQUE)}
+    step_cache.TECHNIQUE, token_merge.TECHNIQUE, fewer_steps.TECHNIQUE, vae_openvino.TECHNIQUE,
+    vae_bf16.TECHNIQUE, text_encoder_openvino.TECHNIQUE)}
 
 
 def technique_of(spec: Spec) -> Technique:
