@@ -42,7 +42,7 @@ def cpu_kind() -> dict:
     return out
 
 
-def run_demo(preset: str, size: int, mode: str, work: Path) -> dict:
+def run_demo(preset: str, size: int, mode: str, work: Path, keep: bool = False) -> dict:
     cache, inductor, out = work / f"cache-{mode}", work / f"inductor-{mode}", work / f"out-{mode}"
     cache.mkdir()
     inductor.mkdir()
@@ -55,6 +55,11 @@ def run_demo(preset: str, size: int, mode: str, work: Path) -> dict:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     (work / f"demo-{mode}.log").write_text(proc.stdout + proc.stderr)
+    if not keep:
+        # The next search needs the room: sd15's exhaustive cache alone is 12 GB, and with the
+        # ordered run's still there the disk filled while the exhaustive pick was saved.
+        for path in (cache, inductor):
+            shutil.rmtree(path, ignore_errors=True)
     if proc.returncode:
         raise SystemExit(f"sdopt demo ({mode}) failed, exit {proc.returncode}:\n"
                          f"{proc.stderr[-3000:]}")
@@ -128,7 +133,7 @@ def main(argv=None) -> int:
     runs = {}
     for mode in modes:
         print(f"{args.preset} {args.size}px, {mode} search (cold caches) ...", flush=True)
-        runs[mode] = run_demo(args.preset, args.size, mode, work)
+        runs[mode] = run_demo(args.preset, args.size, mode, work, keep=args.keep_work)
         r = runs[mode]
         print(f"  {r['search_wall_s']:.0f} s search ({r['process_wall_s']:.0f} s process), "
               f"built {r['built']} of {r['candidates']}, picked {r['selected']} "
@@ -154,7 +159,7 @@ def main(argv=None) -> int:
     }
     write_json(out_path, report)
     if not args.keep_work:
-        # The cold caches and saved picks of an sd15 run filled a 64 GB disk in three runs.
+        # The saved picks (the caches went after each search): sd15's are ~1 GB each.
         for path in work.iterdir():
             if path.is_dir():
                 shutil.rmtree(path)

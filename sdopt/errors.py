@@ -30,6 +30,11 @@ class SdoptError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class DiskFullError(SdoptError):
+    """The disk filled while sdopt wrote an output or a cache entry: what was written is removed
+    again (the atomic write's temporary copy) and the message says how much room there is."""
+
+
 class MissingDependencyError(SdoptError):
     """An optional dependency is not installed; the message says how to install it (the hint
     comes from :mod:`sdopt.deps`, which knows the extra that provides each package)."""

@@ -14,6 +14,7 @@ under umask 022), not ``mkstemp``'s 0600/0700: a later CI step running as anothe
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import SdoptError
+from .errors import DiskFullError, SdoptError
 
 # Written into every directory atomic_directory creates: what marks it as sdopt's to replace.
 # Its last line names the kind of output, so that a results directory never replaces a saved
@@ -123,6 +124,57 @@ def check_replaceable(target: str | os.PathLike, *, what: str = "output",
                          "remove it yourself")
 
 
+# A full disk (ENOSPC) and an exhausted quota (EDQUOT) read the same to the user: no room to write.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the disk or quota filling up. Writers in other
+    languages wrap the OS error in their own type and keep only its text (safetensors raises
+    ``SafetensorError: ... No space left on device (os error 28)``), so the text counts too."""
+    texts = [os.strerror(code) for code in _NO_ROOM]
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            return True
+        if any(text in str(exc) for text in texts):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def human_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover
+
+
+def disk_full_error(target: Path, written_bytes: int | None) -> DiskFullError:
+    """One line instead of a traceback from deep inside a copy: where, how much had been written
+    when the disk filled (so at least that much more is needed), and how much is free now."""
+    try:
+        free = human_size(shutil.disk_usage(_existing_parent(target)).free)
+    except OSError:
+        free = "unknown"
+    wrote = f"{human_size(written_bytes)} written before it filled, " \
+        if written_bytes is not None else ""
+    return DiskFullError(
+        f"no space left on the disk of '{target}': {wrote}{free} free "
+        "now; free space there ('sdopt cache prune' removes old build-cache entries) or write "
+        "to another disk (--out; SDOPT_CACHE for the build cache)")
+
+
+def _existing_parent(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False, kind: str = "output",
                      protected: Iterable[str | os.PathLike] = (),
@@ -153,6 +205,13 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False, kind
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(tmp, target)
+    except Exception as exc:
+        full = not isinstance(exc, DiskFullError) and is_disk_full(exc)
+        written = directory_size(tmp) if full else None
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise disk_full_error(target, written) from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -192,6 +251,10 @@ def _write_then(path: Path, text: str, place: Callable[[str, Path], None]) -> No
             fh.flush()
             os.fsync(fh.fileno())
         place(tmp, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(path, None) from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

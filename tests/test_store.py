@@ -251,3 +251,72 @@ def test_the_marker_names_the_kind_of_output(tmp_path):
         with atomic_directory(model, overwrite=True, kind="results"):
             pass
     assert (model / "weights").read_text() == "w"
+
+
+# --- a full disk: one line, nothing left behind --------------------------------------------
+
+import shutil  # noqa: E402
+
+
+def _in_small_disk(tmp_path, code: str, size: str = "1m") -> subprocess.CompletedProcess:
+    """Run ``code`` (python) with a real, nearly empty ``size`` tmpfs at ``tmp_path/disk``
+    (mounted in a private mount namespace, so nothing outside the test sees it), and a file the
+    user had on it before."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux's unshare for a private small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (f"mount -t tmpfs -o size={size} tmpfs {disk} && echo mine > {disk}/user-file && "
+              f"{sys.executable} -c \"$1\"; rc=$?; ls -A {disk}; cat {disk}/user-file; exit $rc")
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"unshare -rm cannot make a mount namespace here: {probe.stderr.decode()}")
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", code],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing(tmp_path):
+    disk = tmp_path / "disk"
+    proc = _in_small_disk(tmp_path, (
+        "import sys, sdopt\n"
+        "from sdopt.errors import DiskFullError\n"
+        "pipe = sdopt.build_preset('tiny')\n"
+        "try:\n"
+        f"    sdopt.save_model(sdopt.apply_variant(pipe, 'torch_eager/fp32'), '{disk}/model')\n"
+        "except DiskFullError as exc:\n"
+        "    print('ERR', exc); sys.exit(7)\n"))
+    assert proc.returncode == 7, proc.stdout + proc.stderr[-2000:]
+    err = next(line for line in proc.stdout.splitlines() if line.startswith("ERR "))
+    assert f"no space left on the disk of '{disk}/model'" in err
+    assert "written before it filled" in err and "free now" in err and "SDOPT_CACHE" in err
+    # the listing of the disk after the failure: the user's file, intact, and nothing else
+    assert proc.stdout.splitlines()[-2:] == ["user-file", "mine"]
+
+
+def test_the_cli_reports_a_full_disk_in_one_line_exit_2(tmp_path):
+    disk = tmp_path / "disk"
+    proc = _in_small_disk(tmp_path, (
+        "import sys\n"
+        "from sdopt.cli import main\n"
+        f"sys.argv = ['sdopt', 'models', 'save', 'tiny', '{disk}/pipe']\n"
+        "main()\n"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr
+    assert any(line.startswith("error: no space left on the disk of") for line in lines), lines
+    assert proc.stdout.splitlines()[-2:] == ["user-file", "mine"]
+
+
+def test_a_full_disk_while_writing_a_file(tmp_path):
+    disk = tmp_path / "disk"
+    proc = _in_small_disk(tmp_path, (
+        "import sys\n"
+        "from sdopt.errors import DiskFullError\n"
+        "from sdopt.store import write_json\n"
+        "try:\n"
+        f"    write_json('{disk}/user-file', {{'x': 'y' * 2_000_000}})\n"
+        "except DiskFullError as exc:\n"
+        "    print('ERR', exc); sys.exit(7)\n"))
+    assert proc.returncode == 7, proc.stdout + proc.stderr[-2000:]
+    assert "no space left on the disk of" in proc.stdout
+    assert proc.stdout.splitlines()[-2:] == ["user-file", "mine"], "the old file is kept"

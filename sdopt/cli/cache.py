@@ -38,7 +38,8 @@ def cache() -> None:
 @click.option("--json", is_flag=True, help="Print the entries as JSON.")
 def info(dir, json):
     """Entries, their size and last use, and the total."""
-    from ..cache import cache_root, human_size, list_entries
+    from ..cache import cache_root, list_entries
+    from ..store import human_size
 
     entries = list_entries(dir)
     total = sum(e.size_bytes for e in entries)
@@ -64,7 +65,8 @@ def info(dir, json):
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 def prune(dir, max_size, older_than_days, all, dry_run):
     """Remove dead builds' leftovers, old entries, then least recently used ones."""
-    from ..cache import human_size, parse_size
+    from ..cache import parse_size
+    from ..store import human_size
     from ..cache import prune as do_prune
 
     if older_than_days is not None and older_than_days < 0:
