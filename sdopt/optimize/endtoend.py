@@ -18,7 +18,8 @@ import torch
 
 from .inputs import PromptInput, as_input
 from .metrics import METRICS, Metric, clip_unavailable_reason, score_images
-from .table import CandidateResult
+from .paired import Rounds
+from .table import BASE_LEVEL, CandidateResult
 
 
 def synchronize() -> None:
@@ -36,6 +37,10 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 class ImageRun:
     images: list[np.ndarray]
     latencies_s: list[float]
+    # With a base pipeline timed in alternation (EndToEnd.run's ``alongside``): its time for
+    # the same prompt in the same rounds, so the two compare side by side, not across the
+    # minutes (and the +-30% drift of a shared host) between two sequential runs.
+    alongside_s: list[float] = field(default_factory=list)
 
     @property
     def median_s(self) -> float:
@@ -74,23 +79,34 @@ class EndToEnd:
             with torch.inference_mode():
                 self.generate(pipe, 0, min(self.warmup_steps, self.steps))
 
-    def run(self, pipe, done: ImageRun | None = None) -> ImageRun:
+    def run(self, pipe, done: ImageRun | None = None, alongside=None) -> ImageRun:
         """Every prompt's image and at least ``min_timed`` timed generations; ``done``: the
-        first generations, already made (after a warmup) by the same pipeline, not repeated."""
+        first generations, already made (after a warmup) by the same pipeline, not repeated.
+        ``alongside``: a pipeline (already warm) timed on the same prompt in every round, before
+        ``pipe`` in odd rounds and after it in even ones."""
         images, latencies = (list(done.images), list(done.latencies_s)) if done else ([], [])
+        alongside_s: list[float] = []
         if not done:
             self.warmup(pipe)
         with torch.inference_mode():
             n = max(len(self.prompts), self.min_timed)
             for run in range(len(latencies), n):
                 index = run % len(self.prompts)
-                t0 = time.perf_counter()
-                image = self.generate(pipe, index)
-                synchronize()
-                latencies.append(time.perf_counter() - t0)
+                if alongside is not None and run % 2:
+                    alongside_s.append(self._timed(alongside, index)[1])
+                image, seconds = self._timed(pipe, index)
+                latencies.append(seconds)
                 if run < len(self.prompts):
                     images.append(to_uint8(image))
-        return ImageRun(images, latencies)
+                if alongside is not None and not run % 2:
+                    alongside_s.append(self._timed(alongside, index)[1])
+        return ImageRun(images, latencies, alongside_s)
+
+    def _timed(self, pipe, index: int) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        image = self.generate(pipe, index)
+        synchronize()
+        return image, time.perf_counter() - t0
 
     def run_reference(self, pipe, captured: ImageRun | None = None) -> ImageRun:
         """The original's images and latency; ``captured``: the capture run's (same prompts,
@@ -129,6 +145,9 @@ def fill_row(row: CandidateResult, run: ImageRun, e2e: EndToEnd, gate: Metric) -
     """Put ``run``'s latency and image scores into a search-table row."""
     row.e2e_latency_s = run.median_s
     row.e2e_latency_samples_s = list(run.latencies_s)
+    if run.alongside_s:
+        rounds = Rounds({"row": list(run.latencies_s), BASE_LEVEL: list(run.alongside_s)})
+        row.paired[BASE_LEVEL] = rounds.ratio("row", BASE_LEVEL).to_dict()
     row.image_metrics = e2e.score(run)
     row.image_metric_drop = row.image_metrics[gate.name]["mean"]
     row.image_metric_drop_max = row.image_metrics[gate.name]["max"]

@@ -38,7 +38,7 @@ from .ceiling import count_flops, gemm_rate
 from .metrics import DEFAULT_AGGREGATE, LOSSLESS_TOLERANCE, METRICS, Metric, per_prompt_drops
 from .ordering import Ceiling, Planner, expected_build_s
 from .selection import fastest_two, judge, ranked_end_to_end, select
-from .table import (REFERENCE_ID, STATUS_FAILED, STATUS_OK, STATUS_SELECTED,
+from .table import (BASE_LEVEL, REFERENCE_ID, STATUS_FAILED, STATUS_OK, STATUS_SELECTED,
                     STATUS_SKIPPED, CandidateResult, OptimizationResult, set_e2e_speedup)
 from .memory import PeakRss, shortfall_reason
 from .timing import DeviceMemory, Timing, measure, memory_baseline
@@ -430,36 +430,62 @@ def run_technique_search(
 
     # Stack: the best passing setting of each technique, on the best base, greedily.
     best_base = len(bases) - 1
+    base_s = bases[best_base][0].e2e_latency_s
+
+    def per_image(row: CandidateResult) -> float:
+        return time_per_image(row, base_s)
+
     singles: dict[str, tuple[CandidateResult, dict]] = {}
     for row, specs, base_index in passing:
         if base_index == best_base:
             name = specs[0]["name"]
-            if name not in singles or row.e2e_latency_s < singles[name][0].e2e_latency_s:
+            if name not in singles or per_image(row) < per_image(singles[name][0]):
                 singles[name] = (row, specs[0])
-    ordered = sorted(singles.values(), key=lambda rs: rs[0].e2e_latency_s)
+    ordered = sorted(singles.values(), key=lambda rs: per_image(rs[0]))
     if len(ordered) >= 2:
         stack_row, stack = ordered[0][0], [ordered[0][1]]
         for _, spec in ordered[1:]:
             if conflict_reason(stack + [spec]):
                 continue  # it replaces a component the stack already replaced (the VAE)
             row = attempt(best_base, stack + [spec])
-            if row.status == STATUS_OK and row.e2e_latency_s < stack_row.e2e_latency_s:
+            if row.status == STATUS_OK and per_image(row) < per_image(stack_row):
                 stack_row, stack = row, stack + [spec]
 
     contenders: list[tuple[CandidateResult, list[dict]]] = [
         (r, []) for r, _ in bases if r.e2e_latency_s and r.status in (STATUS_OK, STATUS_SELECTED)]
     if constrained:
         # A lower precision has to pay for itself: within the noise of one image the base stays.
-        base_s = bases[0][0].e2e_latency_s
         kept = []
         for entry in passing:
             row = entry[0]
-            if base_s and row.e2e_latency_s > base_s * (1.0 - CONSTRAINED_MIN_GAIN):
-                row.reason = (f"{row.e2e_latency_s / base_s:.3f}x the base's time per image: "
-                              f"less than the {CONSTRAINED_MIN_GAIN:.0%} gain that a lower "
-                              "precision must buy")
+            ratio, how = time_vs_base(row, base_s)
+            if ratio is not None and ratio > 1.0 - CONSTRAINED_MIN_GAIN:
+                row.reason = (f"{ratio:.3f}x the base's time per image ({how}): less than the "
+                              f"{CONSTRAINED_MIN_GAIN:.0%} gain that a lower precision must buy")
             else:
                 kept.append(entry)
         passing = kept
     contenders += [(r, s) for r, s, _ in passing]
-    return ranked_end_to_end(contenders)
+    return ranked_end_to_end(contenders, key=lambda row: time_per_image(row, base_s))
+
+
+def time_vs_base(row: CandidateResult, base_s: float | None) -> tuple[float | None, str]:
+    """``row``'s time per image over its base's, and how that was measured: side by side when
+    the row was timed in alternation with the base (a constrained search's component settings),
+    else the two sequential medians."""
+    paired = row.paired.get(BASE_LEVEL)
+    if paired:
+        return 1.0 / paired["speedup"], f"side by side, {paired['rounds']} rounds"
+    if base_s and row.e2e_latency_s:
+        return row.e2e_latency_s / base_s, "sequential"
+    return None, "unknown"
+
+
+def time_per_image(row: CandidateResult, base_s: float | None) -> float:
+    """The time per image the technique phase ranks by: a row timed against its base is the
+    base's time scaled by their side-by-side ratio, so rows timed minutes apart compare as they
+    did in their own rounds."""
+    paired = row.paired.get(BASE_LEVEL)
+    if paired and base_s:
+        return base_s / paired["speedup"]
+    return row.e2e_latency_s

@@ -11,7 +11,7 @@ images end to end; whichever phase decides, the winner is marked in the table he
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 from .table import (REFERENCE_ID, STATUS_OK, STATUS_REJECTED, STATUS_SELECTED, CandidateResult,
                     OptimizationResult)
@@ -50,9 +50,12 @@ def fastest_two(leaders: list[tuple[CandidateResult, Any]], entry: tuple[Candida
     return sorted(leaders + [entry], key=lambda e: e[0].latency_s)[:2]
 
 
-def ranked_end_to_end(contenders: list[tuple[CandidateResult, Any]]):
-    """The (row, payload) pairs by time per image, fastest first."""
-    return sorted(contenders, key=lambda entry: entry[0].e2e_latency_s)
+def ranked_end_to_end(contenders: list[tuple[CandidateResult, Any]],
+                      key: Callable[[CandidateResult], float] | None = None):
+    """The (row, payload) pairs by time per image (``key``; default: the row's median), fastest
+    first."""
+    key = key or (lambda row: row.e2e_latency_s)
+    return sorted(contenders, key=lambda entry: key(entry[0]))
 
 
 def select(result: OptimizationResult, row: CandidateResult) -> None:

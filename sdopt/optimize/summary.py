@@ -9,7 +9,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .table import (STATUS_FAILED, STATUS_REJECTED, STATUS_SELECTED, STATUS_SKIPPED,
+from .table import (BASE_LEVEL, STATUS_FAILED, STATUS_REJECTED, STATUS_SELECTED, STATUS_SKIPPED,
                      OptimizationResult)
 
 _STYLE = {STATUS_SELECTED: "bold green", STATUS_REJECTED: "yellow", STATUS_FAILED: "red",
@@ -161,8 +161,8 @@ def _filled(table: Table, columns: list, rows) -> Table:
 
 
 def _side_by_side(paired: dict) -> str:
-    parts = [f"{p['speedup']:.2f}x {'UNet' if level == 'unet' else 'e2e'}"
-             for level, p in paired.items()]
+    names = {"unet": "UNet", "e2e": "e2e", BASE_LEVEL: "e2e vs base"}
+    parts = [f"{p['speedup']:.2f}x {names.get(level, level)}" for level, p in paired.items()]
     return ", ".join(parts) or "-"
 
 

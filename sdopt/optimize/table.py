@@ -12,8 +12,14 @@ from typing import Any
 
 from ..backends.torch_eager import REFERENCE_ID
 
+# The key of ``CandidateResult.paired`` for a row timed image by image against its base (a
+# constrained search's component setting on the chosen backend), next to "unet" and "e2e"
+# (against the original).
+BASE_LEVEL = "base"
+
 __all__ = ["STATUS_SELECTED", "STATUS_OK", "STATUS_REJECTED", "STATUS_FAILED", "STATUS_SKIPPED",
-           "REFERENCE_ID", "CandidateResult", "OptimizationResult", "set_e2e_speedup"]
+           "REFERENCE_ID", "BASE_LEVEL", "CandidateResult", "OptimizationResult",
+           "set_e2e_speedup"]
 
 STATUS_SELECTED, STATUS_OK, STATUS_REJECTED = "selected", "ok", "rejected"
 STATUS_FAILED, STATUS_SKIPPED = "failed", "skipped"
@@ -55,6 +61,7 @@ class CandidateResult:
     pipeline_techniques: list[dict[str, Any]] = field(default_factory=list)
     # Re-timed side by side with the original after the search (the figures users read):
     # {"unet" | "e2e": PairedRatio.to_dict()}; the fields above are the search's sequential ones.
+    # BASE_LEVEL: a component setting timed image by image against its base during the search.
     paired: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property

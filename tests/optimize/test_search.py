@@ -8,7 +8,7 @@ import json
 import pytest
 
 import sdopt
-from sdopt.optimize.search import CONSTRAINED_MIN_GAIN
+from sdopt.optimize.search import CONSTRAINED_MIN_GAIN, time_vs_base
 from sdopt.optimize.manifest import MANIFEST_NAME
 
 FAST = dict(num_inference_steps=4, repeats=2, show=False, backends=["torch_eager"])
@@ -90,16 +90,18 @@ def test_constrained_tries_only_precision_techniques(tiny_pipe):
         else:
             assert row.status != "failed", row.reason
             assert row.e2e_latency_s and {"psnr", "ssim"} <= set(row.image_metrics)
+            # timed image by image against the base, which ran in the same rounds
+            assert row.paired["base"]["rounds"] == len(row.e2e_latency_samples_s)
     if result.selected in rows:
         picked = result.selected
         assert result.selected_by == "e2e_latency"
         assert optimized.unet.info["techniques"] == picked.pipeline_techniques
-        assert picked.e2e_latency_s <= base.e2e_latency_s * (1 - CONSTRAINED_MIN_GAIN)
+        assert time_vs_base(picked, base.e2e_latency_s)[0] <= 1 - CONSTRAINED_MIN_GAIN
     else:
         assert result.selected_by == "unet_latency" and not optimized.unet.info["techniques"]
-        assert all(c.status in ("rejected", "skipped") or c.e2e_latency_s >
-                   base.e2e_latency_s * (1 - CONSTRAINED_MIN_GAIN) for c in rows), \
-            "a passing, faster lower precision must be picked"
+        assert all(c.status in ("rejected", "skipped") or
+                   time_vs_base(c, base.e2e_latency_s)[0] > 1 - CONSTRAINED_MIN_GAIN
+                   for c in rows), "a passing, faster lower precision must be picked"
     # the summary still gains images metrics and an end-to-end latency for the chosen one
     assert result.original.e2e_latency_s and result.selected.e2e_latency_s
     assert "psnr" in result.selected.image_metrics
@@ -117,9 +119,10 @@ def test_constrained_lossless_only_skips_the_precision_technique(tiny_pipe):
     assert not result.selected.pipeline_techniques
 
 
-def _rows(image_drops_and_times):
+def _rows(image_drops_and_times, side_by_side: float | None = None):
     """A constrained technique phase over a base whose image took 10 s; ``evaluate`` stands in
-    for the pipeline run (here only the selection rule is under test)."""
+    for the pipeline run (here only the selection rule is under test). ``side_by_side``: the
+    base's time over the row's, as rounds alternating the two would give it."""
     from sdopt.device import detect
     from sdopt.optimize.search import CandidateResult, OptimizationResult, run_technique_search
 
@@ -131,6 +134,10 @@ def _rows(image_drops_and_times):
 
     def evaluate(module, specs, row):
         row.e2e_latency_s, row.image_metric_drop = seconds, drop
+        if side_by_side is not None:
+            row.paired["base"] = {"speedup": side_by_side, "q1": side_by_side,
+                                  "q3": side_by_side, "rounds": 3, "latency_s": seconds,
+                                  "reference_latency_s": seconds * side_by_side}
 
     ranked = run_technique_search(result, [(base, object())], detect("cpu"),
                                   metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
@@ -160,6 +167,54 @@ def test_constrained_precision_must_pay_for_itself(drop, seconds, kept):
         assert "gain that a lower precision must buy" in tried.reason
     if drop > 0.05:
         assert tried.status == "rejected"
+
+
+@pytest.mark.parametrize("seconds, side_by_side, kept", [
+    (12.0, 1.10, True),   # slower than the base's earlier run, 10% faster side by side: kept
+    (8.0, 1.01, False),   # 20% faster than the base's earlier run, 1% side by side: noise
+])
+def test_a_component_setting_is_judged_side_by_side_with_its_base(seconds, side_by_side, kept):
+    """The sequential medians are minutes apart (a shared host drifted +-30% within minutes on
+    sd15); the rounds that alternate the row and its base decide."""
+    from sdopt.device import detect
+
+    if detect("cpu").supports_bf16()[0] is False:
+        pytest.skip("this CPU has no bf16: the technique is skipped before the rule applies")
+    (row, specs), tried = _rows((0.001, seconds), side_by_side)
+    assert bool(specs) is kept and row.pipeline_techniques == specs
+    if not kept:
+        assert tried.reason.startswith("0.990x the base's time per image (side by side, 3 "
+                                       "rounds)"), tried.reason
+
+
+def test_image_runs_alternate_with_the_base(tiny_pipe):
+    """EndToEnd.run with ``alongside`` times the base on the same prompt in every round, and
+    fill_row records their side-by-side ratio under "base"."""
+    from sdopt.optimize.endtoend import end_to_end_for, fill_row
+    from sdopt.optimize.metrics import METRICS
+    from sdopt.optimize.search import CandidateResult
+
+    e2e = end_to_end_for(PROMPTS, 64, 64, 2, 7.5, 0, METRICS["psnr"])
+    e2e.run_reference(tiny_pipe)
+    calls = []
+    hook = tiny_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        e2e.warmup(tiny_pipe)
+        warmup_calls = len(calls)
+        e2e.generate(tiny_pipe, 0)
+        per_image = len(calls) - warmup_calls  # the scheduler's calls for the steps
+        calls.clear()
+        run = e2e.run(tiny_pipe, alongside=tiny_pipe)
+    finally:
+        hook.remove()
+    timed = max(len(PROMPTS), e2e.min_timed)
+    assert len(run.alongside_s) == len(run.latencies_s) == timed
+    # one warmup of the row's pipeline (the base is warm already), then both in every round
+    assert len(calls) == warmup_calls + 2 * timed * per_image
+    row = CandidateResult("x", "torch_eager", "fp32", "fp32", [], "ok")
+    fill_row(row, run, e2e, METRICS["psnr"])
+    assert row.paired["base"]["rounds"] == len(run.latencies_s)
+    assert row.paired["base"]["reference_latency_s"] > 0 and row.paired["base"]["speedup"] > 0
 
 
 def test_zero_threshold_rejects_every_technique(tiny_pipe):
