@@ -39,17 +39,18 @@ def close_runner_up(pick: CandidateResult, runner_up: CandidateResult | None, *,
 def confirm(result: OptimizationResult, reference: Any,
             contenders: list[tuple[CandidateResult, Any]],
             call_of: Callable[[Any], Callable[[int], object]], *, level: str,
-            device_kind: str, rounds: int, max_seconds: float,
+            device_kind: str, rounds: int, max_seconds: float, warmup: int = 1,
             on_round: Callable[[], None] | None = None) -> tuple[CandidateResult, Any]:
     """Time the original (``reference``) and ``contenders`` ((row, payload), the pick first) in
     interleaved rounds; store each contender's paired ratio in ``row.paired[level]``; return the
     (row, payload) with the highest paired speedup, selected in ``result`` when it is not the
-    pick. ``call_of(payload)`` is the function a round calls (with the round's index)."""
+    pick. ``call_of(payload)`` is the function a round calls (with the round's index);
+    ``warmup``: untimed rounds first (none where every call already ran in this process)."""
     # The original as a contender (an unconstrained runner-up) is the reference itself.
     contenders = [entry for entry in contenders if entry[0].id != REFERENCE_ID]
     calls = {REFERENCE_ID: call_of(reference)}
     calls.update((row.id, call_of(payload)) for row, payload in contenders)
-    measured = interleave(calls, rounds=rounds, warmup=1, min_rounds=MIN_ROUNDS,
+    measured = interleave(calls, rounds=rounds, warmup=warmup, min_rounds=MIN_ROUNDS,
                           max_seconds=max_seconds, device_kind=device_kind, on_round=on_round)
     for row, _ in contenders:
         row.paired[level] = measured.ratio(row.id, REFERENCE_ID).to_dict()
