@@ -144,6 +144,35 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+# Free space under which a failed write counts as a full disk whatever its message: OpenVINO's
+# IR writer says only "basic_ios::clear: iostream error" and torch.save "unexpected pos 576 vs
+# 534" when the disk fills (measured on a full tmpfs), and a write that failed for want of
+# room leaves less than a block free.
+NEARLY_FULL_BYTES = 4 << 20
+
+
+def free_bytes(path: Path) -> int | None:
+    """The room this process may still write on ``path``'s filesystem (root may use the blocks
+    reserved for it); None when it cannot be read."""
+    try:
+        st = os.statvfs(_existing_parent(path))
+    except OSError:
+        return None
+    blocks = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize
+
+
+def failed_for_room(exc: BaseException, path: Path) -> bool:
+    """Whether a write to ``path`` that raised ``exc`` failed because the disk filled: its error
+    says so, or the disk is (nearly) full now, before anything written is removed."""
+    if isinstance(exc, DiskFullError):
+        return False  # already reported, by a nested write
+    if is_disk_full(exc):
+        return True
+    free = free_bytes(path)
+    return free is not None and free < NEARLY_FULL_BYTES
+
+
 def human_size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -156,10 +185,8 @@ def human_size(n: int) -> str:
 def disk_full_error(target: Path, written_bytes: int | None) -> DiskFullError:
     """One line instead of a traceback from deep inside a copy: where, how much had been written
     when the disk filled (so at least that much more is needed), and how much is free now."""
-    try:
-        free = human_size(shutil.disk_usage(_existing_parent(target)).free)
-    except OSError:
-        free = "unknown"
+    free_now = free_bytes(target)
+    free = "unknown" if free_now is None else human_size(free_now)
     wrote = f"{human_size(written_bytes)} written before it filled, " \
         if written_bytes is not None else ""
     return DiskFullError(
@@ -206,7 +233,7 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False, kind
         else:
             os.replace(tmp, target)
     except Exception as exc:
-        full = not isinstance(exc, DiskFullError) and is_disk_full(exc)
+        full = failed_for_room(exc, tmp)
         written = directory_size(tmp) if full else None
         shutil.rmtree(tmp, ignore_errors=True)
         if full:
@@ -252,7 +279,7 @@ def _write_then(path: Path, text: str, place: Callable[[str, Path], None]) -> No
             os.fsync(fh.fileno())
         place(tmp, path)
     except OSError as exc:
-        if is_disk_full(exc):
+        if failed_for_room(exc, path):
             raise disk_full_error(path, None) from exc
         raise
     finally:

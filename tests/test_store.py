@@ -320,3 +320,34 @@ def test_a_full_disk_while_writing_a_file(tmp_path):
     assert proc.returncode == 7, proc.stdout + proc.stderr[-2000:]
     assert "no space left on the disk of" in proc.stdout
     assert proc.stdout.splitlines()[-2:] == ["user-file", "mine"], "the old file is kept"
+
+
+@pytest.mark.parametrize("writer", ["openvino", "torch"])
+def test_writers_that_hide_the_errno_still_read_as_a_full_disk(tmp_path, writer):
+    """OpenVINO's IR writer says only 'basic_ios::clear: iostream error' and torch.save
+    'unexpected pos' when the disk fills: the free space left decides."""
+    if writer == "openvino":
+        pytest.importorskip("openvino", reason="the OpenVINO IR writer needs sdopt[cpu]")
+    disk = tmp_path / "disk"
+    write = {
+        "openvino": ("import numpy as np, openvino as ov, openvino.opset13 as ops\n"
+                     "x = ops.parameter([1, 1024], np.float32)\n"
+                     "w = ops.constant(np.ones((1024, 2048), np.float32))\n"
+                     "m = ov.Model([ops.matmul(x, w, False, False)], [x])\n"
+                     "save = lambda d: ov.save_model(m, str(d / 'm.xml'), "
+                     "compress_to_fp16=False)\n"),
+        "torch": ("import torch\n"
+                  "save = lambda d: torch.save({'w': torch.ones(2_000_000)}, d / 'w.pt')\n"),
+    }[writer]
+    proc = _in_small_disk(tmp_path, write + (
+        "import sys\n"
+        "from sdopt.errors import DiskFullError\n"
+        "from sdopt.store import atomic_directory\n"
+        "try:\n"
+        f"    with atomic_directory('{disk}/out') as d:\n"
+        "        save(d)\n"
+        "except DiskFullError as exc:\n"
+        "    print('ERR', exc); sys.exit(7)\n"))
+    assert proc.returncode == 7, proc.stdout + proc.stderr[-2000:]
+    assert f"no space left on the disk of '{disk}/out'" in proc.stdout
+    assert proc.stdout.splitlines()[-2:] == ["user-file", "mine"]
