@@ -275,22 +275,30 @@ def _in_small_disk(tmp_path, code: str, size: str = "1m") -> subprocess.Complete
                           capture_output=True, text=True, timeout=300)
 
 
-def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing(tmp_path):
-    disk = tmp_path / "disk"
-    proc = _in_small_disk(tmp_path, (
-        "import sys, sdopt\n"
+def _expect_disk_full(tmp_path, setup: str, write: str) -> subprocess.CompletedProcess:
+    """Run ``setup`` then ``write`` (python lines) on the small disk; the process exits 7 when
+    ``write`` raised DiskFullError, after printing 'ERR <message>'."""
+    proc = _in_small_disk(tmp_path, setup + (
+        "import sys\n"
         "from sdopt.errors import DiskFullError\n"
-        "pipe = sdopt.build_preset('tiny')\n"
         "try:\n"
-        f"    sdopt.save_model(sdopt.apply_variant(pipe, 'torch_eager/fp32'), '{disk}/model')\n"
+        f"    {write}\n"
         "except DiskFullError as exc:\n"
         "    print('ERR', exc); sys.exit(7)\n"))
     assert proc.returncode == 7, proc.stdout + proc.stderr[-2000:]
+    # the listing of the disk after the failure: the user's file, intact, and nothing else
+    assert proc.stdout.splitlines()[-2:] == ["user-file", "mine"]
+    return proc
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing(tmp_path):
+    disk = tmp_path / "disk"
+    proc = _expect_disk_full(
+        tmp_path, "import sdopt\npipe = sdopt.build_preset('tiny')\n",
+        f"sdopt.save_model(sdopt.apply_variant(pipe, 'torch_eager/fp32'), '{disk}/model')")
     err = next(line for line in proc.stdout.splitlines() if line.startswith("ERR "))
     assert f"no space left on the disk of '{disk}/model'" in err
     assert "written before it filled" in err and "free now" in err and "SDOPT_CACHE" in err
-    # the listing of the disk after the failure: the user's file, intact, and nothing else
-    assert proc.stdout.splitlines()[-2:] == ["user-file", "mine"]
 
 
 def test_the_cli_reports_a_full_disk_in_one_line_exit_2(tmp_path):
@@ -309,17 +317,9 @@ def test_the_cli_reports_a_full_disk_in_one_line_exit_2(tmp_path):
 
 def test_a_full_disk_while_writing_a_file(tmp_path):
     disk = tmp_path / "disk"
-    proc = _in_small_disk(tmp_path, (
-        "import sys\n"
-        "from sdopt.errors import DiskFullError\n"
-        "from sdopt.store import write_json\n"
-        "try:\n"
-        f"    write_json('{disk}/user-file', {{'x': 'y' * 2_000_000}})\n"
-        "except DiskFullError as exc:\n"
-        "    print('ERR', exc); sys.exit(7)\n"))
-    assert proc.returncode == 7, proc.stdout + proc.stderr[-2000:]
-    assert "no space left on the disk of" in proc.stdout
-    assert proc.stdout.splitlines()[-2:] == ["user-file", "mine"], "the old file is kept"
+    proc = _expect_disk_full(tmp_path, "from sdopt.store import write_json\n",
+                             f"write_json('{disk}/user-file', {{'x': 'y' * 2_000_000}})")
+    assert "no space left on the disk of" in proc.stdout  # and the old file was kept
 
 
 @pytest.mark.parametrize("writer", ["openvino", "torch"])
@@ -339,15 +339,6 @@ def test_writers_that_hide_the_errno_still_read_as_a_full_disk(tmp_path, writer)
         "torch": ("import torch\n"
                   "save = lambda d: torch.save({'w': torch.ones(2_000_000)}, d / 'w.pt')\n"),
     }[writer]
-    proc = _in_small_disk(tmp_path, write + (
-        "import sys\n"
-        "from sdopt.errors import DiskFullError\n"
-        "from sdopt.store import atomic_directory\n"
-        "try:\n"
-        f"    with atomic_directory('{disk}/out') as d:\n"
-        "        save(d)\n"
-        "except DiskFullError as exc:\n"
-        "    print('ERR', exc); sys.exit(7)\n"))
-    assert proc.returncode == 7, proc.stdout + proc.stderr[-2000:]
+    proc = _expect_disk_full(tmp_path, write + "from sdopt.store import atomic_directory\n",
+                             f"with atomic_directory('{disk}/out') as d: save(d)")
     assert f"no space left on the disk of '{disk}/out'" in proc.stdout
-    assert proc.stdout.splitlines()[-2:] == ["user-file", "mine"]
