@@ -232,15 +232,12 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False, kind
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except Exception as exc:
-        full = failed_for_room(exc, tmp)
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and failed_for_room(exc, tmp)
         written = directory_size(tmp) if full else None
         shutil.rmtree(tmp, ignore_errors=True)
         if full:
             raise disk_full_error(target, written) from exc
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -66,8 +66,8 @@ def info(dir, json):
 def prune(dir, max_size, older_than_days, all, dry_run):
     """Remove dead builds' leftovers, old entries, then least recently used ones."""
     from ..cache import parse_size
-    from ..store import human_size
     from ..cache import prune as do_prune
+    from ..store import human_size
 
     if older_than_days is not None and older_than_days < 0:
         raise SdoptError(f"--older-than-days is {older_than_days}: expected 0 or more days")

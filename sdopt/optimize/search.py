@@ -466,7 +466,7 @@ def run_technique_search(
                 kept.append(entry)
         passing = kept
     contenders += [(r, s) for r, s, _ in passing]
-    return ranked_end_to_end(contenders, key=lambda row: time_per_image(row, base_s))
+    return ranked_end_to_end(contenders, key=per_image)
 
 
 def time_vs_base(row: CandidateResult, base_s: float | None) -> tuple[float | None, str]:
