@@ -79,14 +79,16 @@ class EndToEnd:
             with torch.inference_mode():
                 self.generate(pipe, 0, min(self.warmup_steps, self.steps))
 
-    def run(self, pipe, done: ImageRun | None = None, alongside=None) -> ImageRun:
+    def run(self, pipe, done: ImageRun | None = None, alongside=None, *,
+            warm: bool = False) -> ImageRun:
         """Every prompt's image and at least ``min_timed`` timed generations; ``done``: the
-        first generations, already made (after a warmup) by the same pipeline, not repeated.
-        ``alongside``: a pipeline (already warm) timed on the same prompt in every round, before
-        ``pipe`` in odd rounds and after it in even ones."""
+        first generations, already made by the same pipeline, not repeated. ``alongside``: a
+        pipeline (already warm) timed on the same prompt in every round, before ``pipe`` in odd
+        rounds and after it in even ones. ``warm``: every module of ``pipe`` has run in this
+        process already (the original's, a UNet that was timed), so no warmup generation."""
         images, latencies = (list(done.images), list(done.latencies_s)) if done else ([], [])
         alongside_s: list[float] = []
-        if not done:
+        if not done and not warm:
             self.warmup(pipe)
         with torch.inference_mode():
             n = max(len(self.prompts), self.min_timed)
@@ -110,7 +112,10 @@ class EndToEnd:
 
     def run_reference(self, pipe, captured: ImageRun | None = None) -> ImageRun:
         """The original's images and latency; ``captured``: the capture run's (same prompts,
-        seeds, size and steps, decoded and timed after :meth:`warmup`)."""
+        seeds, size and steps, decoded and timed). The capture has no warmup generation: its
+        latency is the median of at least ``min_timed`` images, which a slower first image does
+        not move (sd15 at 256 px, Zen 4: the first image 23.5 s, the next three 21.0-22.2 s,
+        where a 2-step warmup cost 15 s)."""
         self.reference = self.run(pipe, captured)
         return self.reference
 

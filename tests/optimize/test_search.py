@@ -301,3 +301,22 @@ def test_partial_int8_fallbacks_run_only_when_full_int8_is_rejected(tiny_pipe):
                      "openvino/int8-matmul", "openvino/int8-conv"):
         assert rows[fallback].status in ("ok", "rejected", "selected"), rows[fallback].reason
         assert rows[fallback].metric_drop is not None
+
+
+def test_only_pipelines_with_new_components_get_a_warmup_generation(tiny_pipe, monkeypatch):
+    """The capture (the original's images) and every pipeline whose modules have all run
+    already (the pick's UNet was timed) are timed without a warmup generation; a component
+    setting (a new VAE decoder or text encoder) gets one."""
+    from sdopt.optimize.endtoend import EndToEnd
+
+    warmed, warmup = [], EndToEnd.warmup
+    monkeypatch.setattr(EndToEnd, "warmup",
+                        lambda self, pipe: (warmed.append(pipe), warmup(self, pipe))[1])
+    result = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.05, end_to_end=True,
+                                  **FAST).sdopt_result
+    settings = [c for c in result.candidates if c.pipeline_techniques and c.e2e_latency_s]
+    assert settings, "no component setting was tried: the test checks nothing"
+    assert all(pipe is not tiny_pipe for pipe in warmed)
+    assert all(pipe.vae is not tiny_pipe.vae or pipe.text_encoder is not tiny_pipe.text_encoder
+               for pipe in warmed)
+    assert len(warmed) >= len(settings)
