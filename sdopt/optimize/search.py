@@ -212,7 +212,7 @@ def _verify(module: OptimizedModule, verification, metric: Metric, device: Devic
 
 def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, variants: list[Variant],
                *, metric: Metric, metric_drop_ths: float | None, optimization_time: str,
-               metric_aggregate: str = DEFAULT_AGGREGATE, warmup: int = 2, repeats: int = 5,
+               metric_aggregate: str = DEFAULT_AGGREGATE, warmup: int = 0, repeats: int = 5,
                max_seconds_per_candidate: float = 30.0,
                time_budget_s: float | None = None, started: float | None = None,
                cache_dir=None, exhaustive: bool = False, later: LaterStages | None = None,
@@ -229,6 +229,10 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
 
     ``later``: what runs after this stage; the time it needs with the best pick so far is kept
     out of this stage's share of ``time_budget_s``.
+
+    ``warmup``: untimed calls before a candidate's timed ones. None by default: the original ran
+    the same shapes in the capture, every other candidate in its build's first call and its
+    verification (two untimed fp32 calls were 6 s of a cold sd15 search at 256 px).
 
     ``evaluate(module, row)``, when given, fills the row's end-to-end latency and image metrics.
     An image metric (``metric.kind == "image"``) needs it: the UNet outputs are then compared with
@@ -392,6 +396,9 @@ def run_technique_search(
             for name in ("latency_s", "latency_iqr_s", "latency_samples_s", "metric_drop",
                          "metric_drop_max", "speedup", "peak_memory_bytes"):
                 setattr(row, name, getattr(base_row, name))
+            # and so is the UNet's side-by-side figure, which the summary reports for the pick
+            if "unet" in base_row.paired:
+                row.paired["unet"] = dict(base_row.paired["unet"])
         result.candidates.append(row)
         if on_candidate:
             on_candidate(row.id, "start")

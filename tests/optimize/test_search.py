@@ -320,3 +320,8 @@ def test_only_pipelines_with_new_components_get_a_warmup_generation(tiny_pipe, m
     assert all(pipe.vae is not tiny_pipe.vae or pipe.text_encoder is not tiny_pipe.text_encoder
                for pipe in warmed)
     assert len(warmed) >= len(settings)
+    # A component setting runs its base's UNet: it carries the UNet's side-by-side figure too,
+    # which the summary reports when the setting is the pick.
+    base = next(c for c in result.candidates if c.id == settings[0].id.split("+")[0])
+    assert base.paired.get("unet"), "the pick was not re-timed: the test checks nothing"
+    assert all(row.paired["unet"] == base.paired["unet"] for row in settings)
