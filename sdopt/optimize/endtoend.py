@@ -41,6 +41,14 @@ class ImageRun:
     # the same prompt in the same rounds, so the two compare side by side, not across the
     # minutes (and the +-30% drift of a shared host) between two sequential runs.
     alongside_s: list[float] = field(default_factory=list)
+    # and its images (each prompt's once): the base's own images, for its row
+    alongside_images: list[np.ndarray] = field(default_factory=list)
+
+    def alongside_run(self) -> "ImageRun | None":
+        """The base pipeline's images and latencies from the same rounds (None: none ran)."""
+        if not self.alongside_s:
+            return None
+        return ImageRun(list(self.alongside_images), list(self.alongside_s))
 
     @property
     def median_s(self) -> float:
@@ -88,21 +96,29 @@ class EndToEnd:
         process already (the original's, a UNet that was timed), so no warmup generation."""
         images, latencies = (list(done.images), list(done.latencies_s)) if done else ([], [])
         alongside_s: list[float] = []
+        alongside_images: list[np.ndarray] = []
         if not done and not warm:
             self.warmup(pipe)
+
+        def time_alongside(run: int, index: int) -> None:
+            image, seconds = self._timed(alongside, index)
+            alongside_s.append(seconds)
+            if run < len(self.prompts):
+                alongside_images.append(to_uint8(image))
+
         with torch.inference_mode():
             n = max(len(self.prompts), self.min_timed)
             for run in range(len(latencies), n):
                 index = run % len(self.prompts)
                 if alongside is not None and run % 2:
-                    alongside_s.append(self._timed(alongside, index)[1])
+                    time_alongside(run, index)
                 image, seconds = self._timed(pipe, index)
                 latencies.append(seconds)
                 if run < len(self.prompts):
                     images.append(to_uint8(image))
                 if alongside is not None and not run % 2:
-                    alongside_s.append(self._timed(alongside, index)[1])
-        return ImageRun(images, latencies, alongside_s)
+                    time_alongside(run, index)
+        return ImageRun(images, latencies, alongside_s, alongside_images)
 
     def _timed(self, pipe, index: int) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()

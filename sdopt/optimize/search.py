@@ -435,6 +435,13 @@ def run_technique_search(
         for spec in all_specs(constrained_only=constrained):
             attempt(base_index, [spec])
 
+    for base_row, base_module in bases:
+        if base_row.e2e_latency_s is None:
+            # A constrained pick is measured with its first setting, image by image alongside
+            # it; where none ran (skipped, failed), on its own.
+            evaluate(base_module, [], base_row)
+            set_e2e_speedup(base_row, result.original)
+
     # Stack: the best passing setting of each technique, on the best base, greedily.
     best_base = len(bases) - 1
     base_s = bases[best_base][0].e2e_latency_s

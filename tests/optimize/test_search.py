@@ -303,25 +303,69 @@ def test_partial_int8_fallbacks_run_only_when_full_int8_is_rejected(tiny_pipe):
         assert rows[fallback].metric_drop is not None
 
 
-def test_only_pipelines_with_new_components_get_a_warmup_generation(tiny_pipe, monkeypatch):
+@pytest.fixture(scope="module")
+def constrained_search(tiny_pipe):
+    """A constrained search with end-to-end images whose pick is not the original (OpenVINO's
+    int8 runs the tiny UNet at 2-3x fp32 eager; torch's bf16 is within the noise of it), with
+    the warmup generations and the image runs it made."""
+    from sdopt.optimize.endtoend import EndToEnd
+
+    warmed, runs = [], []
+    warmup, run = EndToEnd.warmup, EndToEnd.run
+
+    def spy_run(self, pipe, done=None, alongside=None, **kwargs):
+        runs.append((done is not None, alongside is not None))
+        return run(self, pipe, done, alongside, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EndToEnd, "warmup", lambda self, pipe: (warmed.append(pipe),
+                                                              warmup(self, pipe))[1])
+        patch.setattr(EndToEnd, "run", spy_run)
+        result = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.05, end_to_end=True,
+                                      **{**FAST, "backends": ["openvino"]}).sdopt_result
+    settings = [c for c in result.candidates if c.pipeline_techniques and c.e2e_latency_s]
+    assert settings, "no component setting was tried: the tests check nothing"
+    base = next(c for c in result.candidates if c.id == settings[0].id.split("+")[0])
+    assert base is not result.original, "the original was the pick: the tests check nothing"
+    return result, settings, base, warmed, runs
+
+
+def test_only_pipelines_with_new_components_get_a_warmup_generation(tiny_pipe,
+                                                                    constrained_search):
     """The capture (the original's images) and every pipeline whose modules have all run
     already (the pick's UNet was timed) are timed without a warmup generation; a component
     setting (a new VAE decoder or text encoder) gets one."""
-    from sdopt.optimize.endtoend import EndToEnd
-
-    warmed, warmup = [], EndToEnd.warmup
-    monkeypatch.setattr(EndToEnd, "warmup",
-                        lambda self, pipe: (warmed.append(pipe), warmup(self, pipe))[1])
-    result = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.05, end_to_end=True,
-                                  **FAST).sdopt_result
-    settings = [c for c in result.candidates if c.pipeline_techniques and c.e2e_latency_s]
-    assert settings, "no component setting was tried: the test checks nothing"
+    result, settings, base, warmed, _ = constrained_search
     assert all(pipe is not tiny_pipe for pipe in warmed)
     assert all(pipe.vae is not tiny_pipe.vae or pipe.text_encoder is not tiny_pipe.text_encoder
                for pipe in warmed)
     assert len(warmed) >= len(settings)
     # A component setting runs its base's UNet: it carries the UNet's side-by-side figure too,
     # which the summary reports when the setting is the pick.
-    base = next(c for c in result.candidates if c.id == settings[0].id.split("+")[0])
-    assert base.paired.get("unet"), "the pick was not re-timed: the test checks nothing"
+    assert base.paired.get("unet")
     assert all(row.paired["unet"] == base.paired["unet"] for row in settings)
+
+
+def test_a_constrained_pick_is_scored_in_its_first_settings_rounds(constrained_search):
+    """The pick's images and time per image come from the rounds that time its first component
+    setting alongside it: no run of its own."""
+    result, settings, base, _, runs = constrained_search
+    assert base.image_metrics and base.e2e_latency_s
+    # the original's run is the capture's; every other run is a setting's, its base alongside
+    assert runs == [(True, False)] + [(False, True)] * len(settings)
+    # the base's time per image is its time in the first setting's rounds
+    assert base.e2e_latency_s == settings[0].paired["base"]["reference_latency_s"]
+    assert len(base.e2e_latency_samples_s) == settings[0].paired["base"]["rounds"]
+
+
+def test_a_constrained_pick_without_a_setting_is_scored_alone(tiny_pipe, monkeypatch):
+    """No component setting ran (every one unavailable here): the pick is measured on its own."""
+    from sdopt.optimize import search as search_module
+
+    monkeypatch.setattr(search_module, "technique_unavailable",
+                        lambda spec, module, device: "unavailable in this test")
+    result = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.05, end_to_end=True,
+                                  **{**FAST, "backends": ["openvino"]}).sdopt_result
+    assert result.selected is not result.original
+    assert result.selected.e2e_latency_s and result.selected.image_metrics
+    assert all(c.status == "skipped" for c in result.candidates if c.pipeline_techniques)
