@@ -60,3 +60,21 @@ def test_confirm_prefers_the_runner_up_the_rounds_put_ahead():
     assert a.paired["unet"]["speedup"] < b.paired["unet"]["speedup"]
     assert b.paired["unet"]["speedup"] > 3.0 and a.paired["unet"]["rounds"] == 5
     assert any("y/b" in n and "beat the search's pick x/a" in n for n in result.notes)
+
+
+def test_the_runner_up_window_is_wider_per_unet_call_than_per_image():
+    """Sequential UNet figures seconds apart were 24% off their side-by-side order on the tiny
+    preset: a runner-up 24% slower is re-timed per call, but not per image."""
+    from sdopt.optimize.confirm import close_runner_up
+    from sdopt.optimize.table import CandidateResult
+
+    def row(latency_s):
+        return CandidateResult("openvino/x", "openvino", "x", "int8", [], "ok",
+                               latency_s=latency_s, e2e_latency_s=latency_s)
+
+    pick = row(1.0)
+    assert close_runner_up(pick, row(1.24), level="unet")
+    assert not close_runner_up(pick, row(1.24), level="e2e")
+    assert close_runner_up(pick, row(1.10), level="e2e")
+    assert not close_runner_up(pick, row(1.35), level="unet")
+    assert not close_runner_up(pick, None, level="unet")
