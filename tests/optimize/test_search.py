@@ -306,8 +306,8 @@ def test_partial_int8_fallbacks_run_only_when_full_int8_is_rejected(tiny_pipe):
 @pytest.fixture(scope="module")
 def constrained_search(tiny_pipe):
     """A constrained search with end-to-end images whose pick is not the original (OpenVINO's
-    int8 runs the tiny UNet at 2-3x fp32 eager; torch's bf16 is within the noise of it), with
-    the warmup generations and the image runs it made."""
+    int8 and bf16 run the tiny UNet at 2-4x fp32 eager, where torch's bf16 was within the noise
+    of fp32), with the warmup generations and the image runs it made."""
     from sdopt.optimize.endtoend import EndToEnd
 
     warmed, runs = [], []
