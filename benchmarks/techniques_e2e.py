@@ -96,7 +96,7 @@ def main(argv=None) -> int:
                                 samples={}, candidates=[original, base], original=original,
                                 selected=base, image_metric="psnr")
 
-    def evaluate(module, specs, row):
+    def evaluate(module, specs, row, alongside=()):  # unconstrained: nothing alongside
         fill_row(row, e2e.run(assemble(pipe, module, specs, dev)), e2e, METRICS["psnr"])
         psnr = row.image_metrics["psnr"]["mean"]
         print(f"  {row.id}: {row.e2e_latency_s:.2f} s/image, psnr drop {psnr:.4f},"

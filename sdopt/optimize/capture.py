@@ -10,6 +10,7 @@ that need data (int8).
 from __future__ import annotations
 
 import inspect
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -17,8 +18,11 @@ import torch
 
 from ..errors import SdoptError
 from ..models import denoiser_name, denoiser_of
+from ..techniques import component_modules
 from .endtoend import synchronize, to_uint8
 from .inputs import PromptInput, as_input
+from .memory import PeakRss
+from .paired import CallTimes
 from ..backends.base import UNetInputs, map_tensors
 
 
@@ -28,6 +32,9 @@ class UNetSample:
     reference: torch.Tensor  # the original UNet's output for these inputs
     prompt_index: int
     step_index: int
+    # The call's own seconds in the pipeline (CPU only: on CUDA a hook would time the launch);
+    # None where not timed.
+    latency_s: float | None = None
 
     @property
     def timestep(self) -> float:
@@ -46,6 +53,28 @@ class SampleSet:
     # With ``decode=True``: each prompt's image (uint8 HWC) and the seconds its generation took.
     images: list = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
+    peak_rss_bytes: int | None = None  # the process's while the original pipeline ran
+    # CPU: each replaceable component's seconds (techniques.component_modules) per generation
+    component_s: dict[str, list[float]] = field(default_factory=dict)
+
+    def component_seconds(self) -> dict[str, float]:
+        """Each component's median seconds per image, the first generation left out when there
+        were others (its first calls are cold)."""
+        out = {}
+        for name, per_image in self.component_s.items():
+            warm = per_image[1:] if len(per_image) > 1 else per_image
+            if warm:
+                out[name] = statistics.median(warm)
+        return out
+
+    def warm_call_latencies_s(self) -> list[float]:
+        """The timed UNet calls of every generation but the first (its first calls carry the
+        process's first-call costs); all but the first call when there was one generation."""
+        timed = [s for s in self.samples if s.latency_s is not None]
+        if len({s.prompt_index for s in timed}) > 1:
+            first = timed[0].prompt_index
+            return [s.latency_s for s in timed if s.prompt_index != first]
+        return [s.latency_s for s in timed[1:]]
 
     @property
     def timesteps(self) -> list[float]:
@@ -93,7 +122,11 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
     ``decode=False`` stops at the latents (the VAE is not needed). ``decode=True`` makes the
     images too and times each generation: the same run (same prompts, seeds, size and steps)
     is then the end-to-end reference, which a cold search on sd15 otherwise spent another 55 s
-    of 768 s generating again."""
+    of 768 s generating again.
+
+    On CPU each UNet call is timed too (between the hooks, copies excluded): the original's
+    per-call latency, which the search then need not measure again (13 s of a cold sd15 search
+    at 256 px)."""
     captured: list[tuple[tuple, dict]] = []
     outputs: list[torch.Tensor] = []
 
@@ -108,8 +141,14 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
     denoiser = denoiser_of(pipe)
     handles = [denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True),
                denoiser.register_forward_hook(post_hook, with_kwargs=True)]
+    on_cpu = all(p.device.type == "cpu" for p in denoiser.parameters())
+    timer = CallTimes(denoiser) if on_cpu else None
+    components = {name: [CallTimes(m) for m in modules]
+                  for name, modules in component_modules(pipe).items()} if on_cpu else {}
+    component_s: dict[str, list[float]] = {name: [] for name in components}
     samples: list[UNetSample] = []
     images, latencies = [], []
+    memory = PeakRss().start()
     try:
         for p_index, entry in enumerate(map(as_input, prompts)):
             start = len(captured)
@@ -123,17 +162,24 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
                 synchronize()
                 latencies.append(time.perf_counter() - t0)
                 images.append(to_uint8(out.images[0]))
-            for step, ((args, kwargs), out) in enumerate(
-                    zip(captured[start:], outputs[start:])):
+            seconds = timer.take() if timer else []
+            for name, timers in components.items():
+                component_s[name].append(sum(sum(t.take()) for t in timers))
+            for step, ((args, kwargs), out) in enumerate(zip(captured[start:], outputs[start:])):
                 samples.append(UNetSample(_to_inputs(denoiser, args, kwargs), out, p_index,
-                                          step))
+                                          step, seconds[step] if step < len(seconds) else None))
             if progress is not None:
                 progress()
     finally:
         for handle in handles:
             handle.remove()
+        for t in [timer] * bool(timer) + [t for ts in components.values() for t in ts]:
+            t.close()
+        peak = memory.stop()
     result = SampleSet(samples, height=height, width=width, steps=steps,
-                       guidance_scale=guidance_scale, images=images, latencies_s=latencies)
+                       guidance_scale=guidance_scale, images=images, latencies_s=latencies,
+                       peak_rss_bytes=peak,
+                       component_s=component_s if decode else {})
     result.verification, result.calibration = split_samples(samples, n_verify)
     return result
 

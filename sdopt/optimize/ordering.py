@@ -109,6 +109,45 @@ SLOWER_RUNTIME = {
 }
 
 
+# A component setting (a constrained technique: another precision or runtime for the VAE decoder
+# or the text encoders) is tried only when it could buy what it must: CONSTRAINED_MIN_GAIN of
+# its base's image (search.CONSTRAINED_MIN_GAIN, passed in), and more than a setting of the same
+# component measured already. Torch's bf16 VAE decoder against OpenVINO's bf16 one: the same
+# kernels' kind as the UNets above (_TORCH_EAGER_AT_MOST); on sd15 at 256 px the image with the
+# OpenVINO decoder was 5.11x fp32 eager against 4.65x with torch's bf16 one, the same int8 UNet
+# (exhaustive search, 2026-12-01).
+SLOWER_SETTING = {"vae_bf16": ("vae_openvino", _TORCH_EAGER_AT_MOST,
+                               "torch's eager bf16 ran at 0.33-0.79x OpenVINO's bf16 on every "
+                               "CPU measured")}
+
+
+def setting_bound_reason(name: str, component: str | None, base_s: float | None,
+                         component_s: dict[str, float], measured: dict[str, tuple[str, float]],
+                         min_gain: float) -> str | None:
+    """Why the component setting of technique ``name`` (replacing ``component``) cannot pay for
+    itself on a base taking ``base_s`` per image (None: it might). ``component_s``: each
+    component's fp32 seconds per image (timed in the capture); ``measured``: technique name ->
+    (row id, time per image) of the settings that passed on this base."""
+    seconds = component_s.get(component or "")
+    if not base_s or seconds is None:
+        return None
+    where = f"the {component.replace('_', ' ')} takes {seconds:.2f} s of its base's {base_s:.2f} s"
+    if seconds < min_gain * base_s:
+        return (f"{where} per image in fp32 (timed in the capture): even free it would save "
+                f"{seconds / base_s:.1%}, less than the {min_gain:.0%} a lower precision must "
+                "buy")
+    slower = SLOWER_SETTING.get(name)
+    if slower and slower[0] in measured:
+        faster_id, faster_s = measured[slower[0]]
+        faster_component_s = max(0.0, seconds - (base_s - faster_s))
+        fastest_s = base_s - seconds + faster_component_s / slower[1]
+        if faster_s / fastest_s < 1.0 + SKIP_MARGIN:
+            return (f"cannot beat {faster_id} ({faster_s:.2f} s per image) by {SKIP_MARGIN:.0%}: "
+                    f"{where}, {faster_component_s:.2f} s with {slower[0]}, and {slower[2]} "
+                    f"(at most {slower[1]:g}x of it): at least {fastest_s:.2f} s per image")
+    return None
+
+
 def slower_runtime(variant: Variant, device_kind: str) -> tuple[tuple[str, ...], float, str] | None:
     """(the ids ``variant`` is bounded by, the most it runs at against them, why) or None."""
     return SLOWER_RUNTIME.get(device_kind, {}).get(variant.id)
@@ -177,23 +216,31 @@ def prior(variant: Variant, device_kind: str) -> float:
 
 @dataclass
 class Ceiling:
-    """The roofline's inputs: the reference call's work and GEMM rates measured on demand."""
+    """The roofline's inputs: the reference call's work and GEMM rates, measured on demand (a
+    search whose remaining candidates are all int8, or bounded otherwise, never pays for them:
+    counting the work is one more fp32 call, 5 s on sd15 at 256 px)."""
 
-    flops: int
+    flops: int | Callable[[], int]  # or how to count them, once
     reference_latency_s: float
     rate_of: Callable[[str], float | None]  # precision -> FLOP/s (measured once, cached)
     rates: dict[str, float | None] = field(default_factory=dict)
+
+    def work(self) -> int:
+        """FLOP of one reference call (counted on the first use)."""
+        if callable(self.flops):
+            self.flops = self.flops()
+        return self.flops
 
     def bound(self, precision: str) -> tuple[float, str] | None:
         """(the highest speedup over the reference a ``precision`` candidate can reach, why)."""
         if precision not in self.rates:
             self.rates[precision] = self.rate_of(precision)
         rate = self.rates[precision]
-        if not rate or not self.flops or not self.reference_latency_s:
+        if not rate or not self.reference_latency_s or not self.work():
             return None
-        fastest_s = self.flops / (rate * ROOFLINE_HEADROOM)
+        fastest_s = self.work() / (rate * ROOFLINE_HEADROOM)
         speedup = self.reference_latency_s / fastest_s
-        return speedup, (f"{precision} roofline: {self.flops / 1e9:.1f} GFLOP per call at "
+        return speedup, (f"{precision} roofline: {self.work() / 1e9:.1f} GFLOP per call at "
                          f"{ROOFLINE_HEADROOM:g} x the {rate / 1e9:.0f} GFLOP/s of a large "
                          f"{precision} GEMM here takes at least {fastest_s * 1e3:.1f} ms")
 

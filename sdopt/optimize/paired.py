@@ -81,3 +81,32 @@ def interleave(calls: dict[str, Callable[[int], object]], *, rounds: int, warmup
                     and time.perf_counter() - started > max_seconds:
                 break
     return out
+
+
+class CallTimes:
+    """The seconds of each call of ``module`` (an ``nn.Module``, through its forward hooks), so
+    that the rounds timing whole images also give its calls side by side. Its hooks run last
+    before the call and first after it: another hook's work (the capture's copies) stays out.
+    CPU only: on CUDA a hook would time the launch, not the work."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+        def before(*_):
+            self._started = time.perf_counter()
+
+        def after(*_):
+            self.seconds.append(time.perf_counter() - self._started)
+
+        self._handles = [module.register_forward_pre_hook(before),
+                         module.register_forward_hook(after, prepend=True)]
+
+    def take(self) -> list[float]:
+        """The calls since the last take."""
+        taken, self.seconds = self.seconds, []
+        return taken
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()

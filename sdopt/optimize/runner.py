@@ -8,6 +8,8 @@ consults the decision cache and calls :func:`run`.
 
 from __future__ import annotations
 
+import json
+import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -23,6 +25,7 @@ from . import endtoend
 from .budget import LaterStages
 from .capture import collect_samples
 from .memory import PeakRss
+from .paired import CallTimes, Rounds
 from .optimized import assemble
 from .request import BUDGET_PER_CAPTURE, SearchRequest
 from .confirm import E2E_ROUNDS, E2E_SECONDS, UNET_ROUNDS, UNET_SECONDS, close_runner_up, confirm
@@ -71,29 +74,54 @@ class Search:
         self.specs: list[dict] = []
         self.bases: list = []  # (row, module) the technique phase built on
         self.budget_note: str | None = None
+        # The pick's UNet calls are timed in the side-by-side image rounds (unet_in_image_rounds)
+        self.unet_calls_in_rounds = False
+        # The pipelines assembled for (module, specs), and those that ran (warm) by id
+        self.pipelines: dict[tuple[int, str], object] = {}
+        self.warm_pipelines: dict[int, object] = {}
+        # CPU: each replaceable component's fp32 seconds per image, timed in the capture
+        self.component_s: dict[str, float] = {}
 
-    def evaluate(self, module, row: CandidateResult, specs=()) -> None:
-        """Time ``module`` (with ``specs``) per image and score its images."""
+    def evaluate(self, module, row: CandidateResult, specs=(), alongside_specs=()) -> None:
+        """Time ``module`` (with ``specs``) per image and score its images; constrained, image
+        by image alongside ``module`` with ``alongside_specs`` (what the setting is stacked
+        on)."""
         if row.id == REFERENCE_ID and not specs:
             run = self.e2e.reference
         else:
             # A component's precision buys a few percent of the image at most, less than a
             # shared host drifts between two sequential runs (sd15: a 7% faster OpenVINO text
             # encoder was once timed 1.43x slower): it is timed image by image against its base.
-            alongside = assemble(self.model, module, [], self.req.device) \
+            alongside = self.pipeline(module, alongside_specs) \
                 if specs and self.req.optimization_time == "constrained" else None
             # Without specs every module has run already (the UNet was timed, the rest is the
             # original's): no warmup generation (5.6 s of sd15's 26 s scoring at 256 px).
-            run = self.e2e.run(assemble(self.model, module, list(specs), self.req.device),
-                               alongside=alongside, warm=not specs)
+            pipe = self.pipeline(module, specs)
+            run = self.e2e.run(pipe, alongside=alongside, warm=not specs)
+            if alongside is not None:
+                self.warm_pipelines[id(pipe)] = pipe
             base_run = run.alongside_run()
             base_row = next((r for r, m in self.bases if m is module), None)
-            if base_run is not None and base_row is not None and base_row.e2e_latency_s is None:
+            if base_run is not None and base_row is not None and base_row.e2e_latency_s is None \
+                    and not alongside_specs:
                 # The base's scoring was left to this run (score_end_to_end): its images and
                 # times from these rounds are the ones a run of its own would have made.
                 endtoend.fill_row(base_row, base_run, self.e2e, self.req.image_metric)
                 set_e2e_speedup(base_row, self.result.original)
         endtoend.fill_row(row, run, self.e2e, self.req.image_metric)
+
+    def pipeline(self, module, specs=()):
+        """The pipeline of ``module`` with ``specs``. Constrained, the one assembled for them
+        before when there is one (its OpenVINO components compiled and warm: assembling anew
+        compiles them again and takes a warmup generation, 5 s on sd15 at 256 px; a stack is
+        timed alongside what it was stacked on, the pick in the final rounds). The
+        unconstrained phase tries a dozen pipelines, each used once: none is kept."""
+        if self.req.optimization_time != "constrained":
+            return assemble(self.model, module, list(specs), self.req.device)
+        key = (id(module), json.dumps(list(specs), sort_keys=True))
+        if key not in self.pipelines:
+            self.pipelines[key] = assemble(self.model, module, list(specs), self.req.device)
+        return self.pipelines[key]
 
     def capture(self):
         """The UNet's recorded calls; with end-to-end scoring, the same run (decoded and timed)
@@ -109,6 +137,7 @@ class Search:
             self.model, req.inputs, height=req.height, width=req.width, steps=req.steps,
             guidance_scale=req.guidance_scale, seed=req.seed, n_verify=req.n_verify,
             progress=lambda: self.progress.advance(task), decode=req.end_to_end)
+        self.component_s = samples.component_seconds()
         if self.e2e is not None:
             task = self.progress.add_task("original pipeline end to end", total=1)
             self.e2e.run_reference(self.model, endtoend.ImageRun(samples.images,
@@ -171,7 +200,7 @@ class Search:
                                                                             else 1),
             image_s=self.e2e.reference.median_s,
             unet_calls_per_image=max(1, round(len(samples.samples) / len(req.prompts))),
-            confirm_s=UNET_SECONDS + E2E_SECONDS)
+            confirm_s=E2E_SECONDS + (0.0 if self.unet_in_image_rounds() else UNET_SECONDS))
 
     def confirm_unet(self, samples, runner_up) -> None:
         """The pick (and a close runner-up) re-timed per UNet call, alternating with the
@@ -182,6 +211,9 @@ class Search:
         contenders = [(pick, self.module)]
         if runner_up and close_runner_up(pick, runner_up[0], level="unet"):
             contenders.append(runner_up)
+        elif self.unet_in_image_rounds():
+            self.unet_calls_in_rounds = True
+            return
         device = self.req.device
         inputs = [s.inputs.to(device.torch_device) for s in samples.verification[:3]]
 
@@ -191,6 +223,14 @@ class Search:
                 lambda module: cycling_call(module, inputs), level="unet",
                 device_kind=device.kind, rounds=UNET_ROUNDS, max_seconds=UNET_SECONDS,
                 warmup=0, on_round=tick)  # both were just timed on these inputs
+
+    def unet_in_image_rounds(self) -> bool:
+        """Whether the pick's UNet calls are timed inside the side-by-side image rounds instead
+        of rounds of their own (22 s of a cold sd15 search at 256 px): on CPU (hooks time the
+        calls), in a constrained search with images (its picks change no UNet call: the rounds'
+        calls are the pick's, one per step), when no runner-up has to be decided per call."""
+        return (self.e2e is not None and self.req.optimization_time == "constrained"
+                and self.req.device.kind == "cpu")
 
     def confirm_end_to_end(self, runner_up) -> None:
         """The chosen pipeline (and a close runner-up) re-timed per image, alternating with the
@@ -203,25 +243,60 @@ class Search:
             row, specs = runner_up
             entries.append((row, (self._module_of(row), specs)))
         device, e2e = self.req.device, self.e2e
+        # With unet_calls_in_rounds: per payload (None: the original), each round's median
+        # UNet call.
+        unet_rounds: list[tuple[object, list[float]]] = []
+        timers: list[CallTimes] = []
 
         def call_of(payload):
             if payload is None:
                 pipe = self.model
             else:
-                pipe = assemble(self.model, payload[0], list(payload[1]), device)
-                if payload[1]:
+                pipe = self.pipeline(payload[0], payload[1])
+                if payload[1] and id(pipe) not in self.warm_pipelines:
                     # Its OpenVINO components compiled anew: one short generation takes their
                     # first-call costs out of the rounds. Without specs every module is warm.
                     e2e.warmup(pipe)
-            return lambda i: e2e.generate(pipe, i % len(e2e.prompts))
+            if not self.unet_calls_in_rounds:
+                return lambda i: e2e.generate(pipe, i % len(e2e.prompts))
+            timer = CallTimes(denoiser_of(pipe))
+            timers.append(timer)
+            per_round: list[float] = []
+            unet_rounds.append((payload, per_round))
+
+            def call(i):
+                timer.take()
+                image = e2e.generate(pipe, i % len(e2e.prompts))
+                per_round.append(statistics.median(timer.take()))
+                return image
+
+            return call
 
         # No untimed round of the original: it is the user's pipeline, warm since the capture
         # (sd15 at 256 px: a full warmup round was 15 s of the stage's 79, 11 s of it the
         # original's image).
-        with self._rounds_task("images", E2E_ROUNDS) as tick:
-            _, (self.module, self.specs) = confirm(
-                result, None, entries, call_of, level="e2e", device_kind=device.kind,
-                rounds=E2E_ROUNDS, max_seconds=E2E_SECONDS, warmup=0, on_round=tick)
+        try:
+            with self._rounds_task("images", E2E_ROUNDS) as tick:
+                _, (self.module, self.specs) = confirm(
+                    result, None, entries, call_of, level="e2e", device_kind=device.kind,
+                    rounds=E2E_ROUNDS, max_seconds=E2E_SECONDS, warmup=0, on_round=tick)
+        finally:
+            for timer in timers:
+                timer.close()
+        if unet_rounds:
+            self._unet_from_rounds(entries, unet_rounds)
+
+    def _unet_from_rounds(self, entries, unet_rounds) -> None:
+        """Each contender's side-by-side UNet figure from the image rounds' calls: per round,
+        the original's median call over the contender's."""
+        reference = next(r for payload, r in unet_rounds if payload is None)
+        for row, payload in entries:
+            own = next((r for p, r in unet_rounds if p is payload), None)
+            if not own:
+                continue  # the original as a contender: nothing to compare
+            rounds = Rounds({row.id: own, REFERENCE_ID: reference})
+            row.paired["unet"] = {**rounds.ratio(row.id, REFERENCE_ID).to_dict(),
+                                  "in_image_rounds": True}
 
     @contextmanager
     def _rounds_task(self, what: str, rounds: int):
@@ -288,9 +363,10 @@ class Search:
         ranked = run_technique_search(
             result, bases, req.device, metric_drop_ths=req.metric_drop_ths,
             image_metric=req.image_metric.name, metric_aggregate=req.metric_aggregate,
-            evaluate=lambda base, specs, row: self.evaluate(base, row, specs),
+            evaluate=lambda base, specs, row, alongside: self.evaluate(base, row, specs,
+                                                                       alongside),
             time_budget_s=req.time_budget_s, started=self.started, on_candidate=on_technique,
-            constrained=constrained)
+            constrained=constrained, component_s=self.component_s)
         self.progress.update(task, description="techniques done")
         winner = ranked[0] if ranked else None
         if not constrained or (winner is not None and winner[1]):

@@ -36,7 +36,7 @@ from .budget import LaterStages
 from .capture import SampleSet
 from .ceiling import count_flops, gemm_rate
 from .metrics import DEFAULT_AGGREGATE, LOSSLESS_TOLERANCE, METRICS, Metric, per_prompt_drops
-from .ordering import Ceiling, Planner, expected_build_s
+from .ordering import Ceiling, Planner, expected_build_s, setting_bound_reason
 from .selection import fastest_two, judge, ranked_end_to_end, select
 from .table import (BASE_LEVEL, REFERENCE_ID, STATUS_FAILED, STATUS_OK, STATUS_SELECTED,
                     STATUS_SKIPPED, CandidateResult, OptimizationResult, set_e2e_speedup)
@@ -179,14 +179,35 @@ def memory_reason(variant: Variant, device: DeviceInfo, weights_bytes: int) -> s
                             available_memory_bytes())
 
 
-def _build(unet, variant: Variant, ctx: BuildContext, row: CandidateResult) -> OptimizedModule:
-    """Build, with a first call (compilers compile there: it counts as build time)."""
+# The original's per-call latency is taken from the capture when it timed at least this many
+# warm calls (sd15 at 4 steps: 10), instead of timing the UNet again.
+MIN_CAPTURED_CALLS = 3
+
+
+def _captured_timing(samples: SampleSet, variant: Variant, device: DeviceInfo) -> Timing | None:
+    """The original's timing from the capture's UNet calls (the same calls, in the pipeline the
+    user runs; on CPU, where the capture times them), or None: time it here. Its peak memory is
+    the process's while the capture ran."""
+    if variant.id != REFERENCE_ID or device.kind != "cpu":
+        return None
+    calls = samples.warm_call_latencies_s()
+    if len(calls) < MIN_CAPTURED_CALLS:
+        return None
+    return Timing(calls, samples.peak_rss_bytes, "rss")
+
+
+def _build(unet, variant: Variant, ctx: BuildContext, row: CandidateResult, *,
+           first_call: bool = True) -> OptimizedModule:
+    """Build, with a first call (compilers compile there: it counts as build time);
+    ``first_call=False`` where the module already ran these shapes (the original in the
+    capture)."""
     t0 = time.perf_counter()
     with torch.inference_mode():
         module = BACKENDS[variant.backend].build(unet, variant, ctx)
         module.eval()
         inputs = ctx.example
-        module(inputs.sample, inputs.timestep, inputs.encoder_hidden_states, **inputs.extra)
+        if first_call:
+            module(inputs.sample, inputs.timestep, inputs.encoder_hidden_states, **inputs.extra)
         if ctx.device.kind == "cuda":
             torch.cuda.synchronize()
     row.build_s = time.perf_counter() - t0
@@ -283,7 +304,8 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
             try:
                 notify(variant, "build")
                 memory = memory_baseline(device_memory) if device_memory is not None else None
-                module = _build(unet, variant, ctx, row)
+                captured = _captured_timing(samples, variant, device)
+                module = _build(unet, variant, ctx, row, first_call=captured is None)
                 if variant.id == REFERENCE_ID:
                     # The held-out outputs were recorded from this very module: no drop, and
                     # eight fp32 calls (18 s on sd15 at 256 px) saved.
@@ -292,9 +314,9 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                     notify(variant, "verify")
                     _verify(module, samples.verification, unet_metric, device, row)
                 notify(variant, "time")
-                timing = _time_module(module, timing_inputs, device.kind, warmup=warmup,
-                                      repeats=repeats, max_seconds=max_seconds_per_candidate,
-                                      memory=memory)
+                timing = captured or _time_module(
+                    module, timing_inputs, device.kind, warmup=warmup, repeats=repeats,
+                    max_seconds=max_seconds_per_candidate, memory=memory)
                 row.latency_s, row.latency_iqr_s = timing.median_s, timing.iqr_s
                 row.latency_samples_s = timing.samples_s
                 row.peak_memory_bytes = timing.peak_memory_bytes
@@ -344,10 +366,12 @@ class SearchOutcome(NamedTuple):
 
 
 def _ceiling(module: OptimizedModule, inputs, device: DeviceInfo, row: CandidateResult) -> Ceiling:
-    """The roofline's inputs: the reference call's work, counted on one more call."""
-    flops = count_flops(lambda: module(inputs.sample, inputs.timestep,
-                                       inputs.encoder_hidden_states, **inputs.extra))
-    return Ceiling(flops, row.latency_s,
+    """The roofline's inputs: the reference call's work, counted on one more call when a bound
+    first needs it."""
+    return Ceiling(lambda: count_flops(lambda: module(inputs.sample, inputs.timestep,
+                                                      inputs.encoder_hidden_states,
+                                                      **inputs.extra)),
+                   row.latency_s,
                    lambda precision: gemm_rate(precision, device.torch_device))
 
 
@@ -372,19 +396,28 @@ def run_technique_search(
         evaluate: Callable[[OptimizedModule, list[dict], CandidateResult], None],
         time_budget_s: float | None = None, started: float | None = None,
         on_candidate: Callable[[str, str], None] | None = None,
-        constrained: bool = False,
+        constrained: bool = False, component_s: dict[str, float] | None = None,
 ) -> list[tuple[CandidateResult, list[dict]]]:
     """The technique phase: every technique setting alone on each base (unconstrained: the
-    original and the best backend; constrained: the best backend, precision techniques only),
-    then the best passing setting of each technique stacked greedily on the
-    best base while the stack stays within the threshold and gets faster. Rows are appended to
-    ``result.candidates``; returns the passing (row, specs), bases included, fastest per image
-    first (empty when no base has an end-to-end latency)."""
+    original and the best backend), then the best passing setting of each technique stacked
+    greedily on the best base while the stack stays within the threshold and gets faster.
+    Constrained (the best backend, precision techniques only): each setting in turn on what was
+    kept so far (:func:`_accumulate_settings`). Rows are appended to ``result.candidates``;
+    returns the passing (row, specs), bases included, fastest per image first (empty when no
+    base has an end-to-end latency).
+
+    ``evaluate(module, specs, row, alongside)`` fills ``row`` with the images and times of
+    ``module`` with ``specs``; constrained, timed image by image alongside the pipeline with
+    the ``alongside`` specs (the stack kept so far)."""
     started = time.perf_counter() if started is None else started
     ths = metric_drop_ths
     passing: list[tuple[CandidateResult, list[dict], int]] = []  # row, specs, base index
 
-    def attempt(base_index: int, specs: list[dict]) -> CandidateResult:
+    def attempt(base_index: int, specs: list[dict], alongside: list[dict] | None = None,
+                on: tuple[str, float | None] | None = None,
+                skip: str | None = None) -> CandidateResult:
+        """``specs`` on base ``base_index``; constrained: ``alongside``, the specs kept so far,
+        and ``on``, the (id, time per image) of what they make; ``skip``: why not to try it."""
         base_row, base_module = bases[base_index]
         row = CandidateResult(
             candidate_id(base_row.id, specs), base_row.backend, base_row.variant,
@@ -410,13 +443,20 @@ def run_technique_search(
         if reason is None and time_budget_s is not None \
                 and time.perf_counter() - started > time_budget_s:
             reason = f"{BUDGET_SPENT} ({time_budget_s:.0f} s) spent"
+        reason = reason or skip
+        if reason is None and constrained:
+            measured = {s[-1]["name"]: (r.id, times.get(r.id)) for r, s, i in passing
+                        if times.get(r.id)}
+            reason = setting_bound_reason(
+                specs[-1]["name"], TECHNIQUES[specs[-1]["name"]].component,
+                on[1] if on else None, component_s or {}, measured, CONSTRAINED_MIN_GAIN)
         if reason:
             row.reason = reason
         else:
             span = PeakRss().start()
             try:
                 t0 = time.perf_counter()
-                evaluate(base_module, specs, row)
+                evaluate(base_module, specs, row, list(alongside or []))
                 row.build_s = time.perf_counter() - t0 - sum(row.e2e_latency_samples_s)
                 judge(row, image_metric, ths, metric_aggregate, images=True, suffix=" (images)")
                 set_e2e_speedup(row, result.original)
@@ -431,15 +471,17 @@ def run_technique_search(
             on_candidate(row.id, "done")
         return row
 
+    times: dict[str, float] = {}  # constrained: each passing row's time per image
+    if constrained:
+        return _accumulate_settings(result, bases, attempt, evaluate, times)
+
     for base_index in range(len(bases)):
         for spec in all_specs(constrained_only=constrained):
             attempt(base_index, [spec])
 
     for base_row, base_module in bases:
         if base_row.e2e_latency_s is None:
-            # A constrained pick is measured with its first setting, image by image alongside
-            # it; where none ran (skipped, failed), on its own.
-            evaluate(base_module, [], base_row)
+            evaluate(base_module, [], base_row, [])
             set_e2e_speedup(base_row, result.original)
 
     # Stack: the best passing setting of each technique, on the best base, greedily.
@@ -467,20 +509,52 @@ def run_technique_search(
 
     contenders: list[tuple[CandidateResult, list[dict]]] = [
         (r, []) for r, _ in bases if r.e2e_latency_s and r.status in (STATUS_OK, STATUS_SELECTED)]
-    if constrained:
-        # A lower precision has to pay for itself: within the noise of one image the base stays.
-        kept = []
-        for entry in passing:
-            row = entry[0]
-            ratio, how = time_vs_base(row, base_s)
-            if ratio is not None and ratio > 1.0 - CONSTRAINED_MIN_GAIN:
-                row.reason = (f"{ratio:.3f}x the base's time per image ({how}): less than the "
-                              f"{CONSTRAINED_MIN_GAIN:.0%} gain that a lower precision must buy")
-            else:
-                kept.append(entry)
-        passing = kept
     contenders += [(r, s) for r, s, _ in passing]
     return ranked_end_to_end(contenders, key=per_image)
+
+
+def _accumulate_settings(result, bases, attempt, evaluate, times: dict[str, float]):
+    """The constrained phase: each setting in turn on the stack kept so far (the base's first),
+    timed image by image alongside that stack and kept when it passes and buys
+    CONSTRAINED_MIN_GAIN of the stack's time per image. The settings replace different
+    components, whose gains add up: trying each alone and stacking the passing ones afterwards
+    made the sd15 search (256 px) time three pipelines where two decide, and a budget that ran
+    out before the stack kept a pick 4% slower than the exhaustive search's. Returns the kept
+    stack and what it was stacked on, fastest per image first."""
+    base_row, base_module = bases[-1]
+    chain: list[tuple[CandidateResult, list[dict]]] = [(base_row, [])]
+    for spec in all_specs(constrained_only=True):
+        on_row, kept = chain[-1]
+        conflict = conflict_reason(kept + [spec])
+        if conflict:  # its row is the setting alone, not tried
+            attempt(len(bases) - 1, [spec], skip=f"{conflict}, and {on_row.id} was kept")
+            continue
+        row = attempt(len(bases) - 1, kept + [spec], alongside=kept,
+                      on=(on_row.id, times.get(on_row.id, on_row.e2e_latency_s)))
+        if base_row.e2e_latency_s is not None and base_row.id not in times:
+            times[base_row.id] = base_row.e2e_latency_s  # measured alongside the first setting
+        if row.status != STATUS_OK:
+            continue
+        on_s = times.get(on_row.id)
+        ratio, how = time_vs_base(row, on_s)
+        if ratio is not None and on_s:
+            times[row.id] = on_s * ratio
+        if ratio is not None and ratio > 1.0 - CONSTRAINED_MIN_GAIN:
+            # A lower precision has to pay for itself: within the noise of one image it goes.
+            row.reason = (f"{ratio:.3f}x the time per image of {on_row.id} ({how}): less "
+                          f"than the {CONSTRAINED_MIN_GAIN:.0%} gain that a lower precision "
+                          "must buy")
+        else:
+            chain.append((row, kept + [spec]))
+    if base_row.e2e_latency_s is None:
+        # The base is measured with the first setting, image by image alongside it; where none
+        # ran (skipped, failed), on its own.
+        evaluate(base_module, [], base_row, [])
+        set_e2e_speedup(base_row, result.original)
+        times[base_row.id] = base_row.e2e_latency_s
+    if base_row.status not in (STATUS_OK, STATUS_SELECTED) or not base_row.e2e_latency_s:
+        return []
+    return ranked_end_to_end(chain, key=lambda row: times.get(row.id, row.e2e_latency_s))
 
 
 def time_vs_base(row: CandidateResult, base_s: float | None) -> tuple[float | None, str]:

@@ -99,7 +99,8 @@ def peak_rss_row(result: OptimizationResult) -> tuple[str, str, str, str]:
 
 def _paired(ratio: dict) -> str:
     """A side-by-side speedup with its spread: what the rounds measured."""
-    return (f"[bold]{ratio['speedup']:.2f}x[/] (side by side, {ratio['rounds']} rounds, "
+    where = "side by side in the image rounds" if ratio.get("in_image_rounds") else "side by side"
+    return (f"[bold]{ratio['speedup']:.2f}x[/] ({where}, {ratio['rounds']} rounds, "
             f"IQR {ratio['q1']:.2f}-{ratio['q3']:.2f}x)")
 
 

@@ -34,6 +34,18 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     vae_bf16.TECHNIQUE, text_encoder_openvino.TECHNIQUE)}
 
 
+def component_modules(pipe) -> dict[str, list]:
+    """The modules each replaceable component (Technique.component) runs in ``pipe``: the
+    VAE's decode (``post_quant_conv``, ``decoder``) and every text encoder, for timing their
+    share of an image."""
+    vae = getattr(pipe, "vae", None)
+    out = {"vae": [m for m in (getattr(vae, "post_quant_conv", None),
+                               getattr(vae, "decoder", None)) if m is not None],
+           "text_encoder": [getattr(pipe, n) for n in text_encoder_openvino.COMPONENTS
+                            if getattr(pipe, n, None) is not None]}
+    return {name: modules for name, modules in out.items() if modules}
+
+
 def technique_of(spec: Spec) -> Technique:
     if not isinstance(spec, dict) or spec.get("name") not in TECHNIQUES:
         raise SdoptError(f"unknown technique {spec!r}: expected one of {', '.join(TECHNIQUES)}")

@@ -55,3 +55,43 @@ def test_decoded_capture_is_the_end_to_end_reference(tiny_pipe, prompts):
     assert all(np.array_equal(x, y) for x, y in zip(separate.images, merged.images))
     # Two prompts captured, three timed generations wanted: one more is made, none repeated.
     assert len(merged.latencies_s) == 3 and merged.latencies_s[:2] == decoded.latencies_s
+
+
+
+def test_each_captured_call_is_timed_without_the_hooks_around_it(tiny_pipe, prompts):
+    """On CPU every recorded call carries its own seconds, measured inside every other forward
+    hook (the capture's copies, or a user's hooks, stay out); the original's per-call latency is
+    taken from the calls of every generation but the first, whose first calls are cold."""
+    import time
+
+    pause = 0.2  # far longer than a call of the tiny UNet
+    handles = [tiny_pipe.unet.register_forward_pre_hook(lambda *a: time.sleep(pause)),
+               tiny_pipe.unet.register_forward_hook(lambda *a: time.sleep(pause))]
+    try:
+        samples = collect_samples(tiny_pipe, prompts, height=64, width=64, steps=2,
+                                  guidance_scale=7.5, seed=0, n_verify=2, decode=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(prompts) >= 2
+    assert all(0 < s.latency_s < pause for s in samples.samples), \
+        [s.latency_s for s in samples.samples]
+    # the hooks ran: two calls per image, each paused twice
+    assert len(samples.latencies_s) == len(prompts)
+    assert all(image_s > 2 * 2 * pause for image_s in samples.latencies_s)
+    later = [s.latency_s for s in samples.samples if s.prompt_index != 0]
+    assert samples.warm_call_latencies_s() == later and later
+    assert samples.peak_rss_bytes and samples.peak_rss_bytes > 0
+
+
+def test_the_replaceable_components_are_timed_per_image(tiny_pipe, prompts):
+    """The VAE decoder and the text encoder each get their seconds per generation (what a
+    setting replacing them could save at most); without decoding there is no VAE to time."""
+    samples = collect_samples(tiny_pipe, prompts, height=64, width=64, steps=2,
+                              guidance_scale=7.5, seed=0, n_verify=2, decode=True)
+    assert set(samples.component_s) == {"vae", "text_encoder"}
+    assert all(len(v) == len(prompts) and min(v) > 0 for v in samples.component_s.values())
+    seconds = samples.component_seconds()
+    assert all(0 < seconds[name] < min(samples.latencies_s) for name in ("vae", "text_encoder"))
+    assert collect_samples(tiny_pipe, prompts[:1], height=64, width=64, steps=2,
+                           guidance_scale=7.5, seed=0).component_s == {}

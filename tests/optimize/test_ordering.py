@@ -229,3 +229,21 @@ def test_torch_eager_and_compile_are_bounded_by_openvino_of_the_same_precision(c
     # OpenVINO's bf16 rejected (its error), the best at 1.72x: torch's bf16 could reach 2.24x
     rows[1].speedup, rows[2].status = 1.2, "rejected"
     assert planner.bound_reason(variants["torch_eager/bf16-channels_last"]) is None
+
+
+def test_a_component_setting_is_bounded_by_its_components_share_and_a_faster_runtime():
+    from sdopt.optimize.ordering import setting_bound_reason
+
+    times = {"vae": 1.5, "text_encoder": 0.13}  # sd15 at 256 px, fp32, per image
+    # 0.13 s of a 6.8 s image: even a free text encoder saves 1.9% < 3%
+    why = setting_bound_reason("text_encoder_openvino", "text_encoder", 6.8, times, {}, 0.03)
+    assert "even free it would save 1.9%, less than the 3%" in why
+    # the VAE decoder is 22% of it: worth trying, unless a faster runtime's setting measured
+    assert setting_bound_reason("vae_openvino", "vae", 6.8, times, {}, 0.03) is None
+    assert setting_bound_reason("vae_bf16", "vae", 6.8, times, {}, 0.03) is None
+    measured = {"vae_openvino": ("x+vae_ov_bf16", 5.5)}
+    why = setting_bound_reason("vae_bf16", "vae", 6.8, times, measured, 0.03)
+    assert why.startswith("cannot beat x+vae_ov_bf16 (5.50 s per image) by 5%")
+    # unknown: no component time, or no base time yet
+    assert setting_bound_reason("vae_bf16", "vae", None, times, measured, 0.03) is None
+    assert setting_bound_reason("vae_bf16", "vae", 6.8, {}, measured, 0.03) is None

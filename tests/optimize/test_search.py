@@ -70,16 +70,24 @@ def test_constrained_tries_only_precision_techniques(tiny_pipe):
     optimized = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.05, **FAST)
     result = optimized.sdopt_result
     rows = [c for c in result.candidates if c.pipeline_techniques]
-    # Each component-precision setting alone (the bf16 VAE, the VAE and the text encoders
-    # compiled with OpenVINO), then stacks of the passing ones (never two replacements of the VAE).
+    # Each component-precision setting (the bf16 VAE, the VAE and the text encoders compiled
+    # with OpenVINO) once, in turn, on the settings kept so far (never two replacements of the
+    # VAE: one that replaces a kept one's component is its row alone, not tried).
     constrained = all_specs(constrained_only=True)
     assert {s["name"] for s in constrained} == {"vae_bf16", "vae_openvino",
                                                  "text_encoder_openvino"}
-    singles = rows[:len(constrained)]
-    assert [c.pipeline_techniques for c in singles] == [[s] for s in constrained]
-    assert all(len(c.pipeline_techniques) > 1 for c in rows[len(constrained):])
+    assert [c.pipeline_techniques[-1] for c in rows] == constrained
+    kept = []
+    for row, spec in zip(rows, constrained):
+        assert row.pipeline_techniques in ([spec], kept + [spec])
+        if row.pipeline_techniques == kept + [spec] and row.status in ("ok", "selected") \
+                and not row.reason:
+            kept = row.pipeline_techniques
+        elif row.pipeline_techniques != kept + [spec]:
+            # it replaces a kept setting's component (or cannot run here: that reason first)
+            assert row.status == "skipped" and row.reason
     base = next(c for c in result.candidates if c.id == rows[0].id.split("+")[0])
-    tried = [c for c in singles if c.status != "skipped"]
+    tried = [c for c in rows if c.status != "skipped"]
     assert tried, "at least one setting runs on this CPU (bf16 or fp32)"
     for row in rows:
         # The UNet is the base's: its per-call figures are the base's, the image is measured
@@ -90,7 +98,7 @@ def test_constrained_tries_only_precision_techniques(tiny_pipe):
         else:
             assert row.status != "failed", row.reason
             assert row.e2e_latency_s and {"psnr", "ssim"} <= set(row.image_metrics)
-            # timed image by image against the base, which ran in the same rounds
+            # timed image by image against what it is stacked on, in the same rounds
             assert row.paired["base"]["rounds"] == len(row.e2e_latency_samples_s)
     if result.selected in rows:
         picked = result.selected
@@ -132,7 +140,7 @@ def _rows(image_drops_and_times, side_by_side: float | None = None):
                                 base)
     drop, seconds = image_drops_and_times
 
-    def evaluate(module, specs, row):
+    def evaluate(module, specs, row, alongside):
         row.e2e_latency_s, row.image_metric_drop = seconds, drop
         if side_by_side is not None:
             row.paired["base"] = {"speedup": side_by_side, "q1": side_by_side,
@@ -142,7 +150,8 @@ def _rows(image_drops_and_times, side_by_side: float | None = None):
     ranked = run_technique_search(result, [(base, object())], detect("cpu"),
                                   metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
                                   constrained=True)
-    tried = next(c for c in result.candidates if c.pipeline_techniques == [{"name": "vae_bf16"}])
+    tried = next(c for c in result.candidates if c.pipeline_techniques
+                 and c.pipeline_techniques[0]["name"] == "vae_openvino")  # the first tried
     # The two VAE replacements are never stacked (the second would replace the first).
     assert not any(len({s["name"] for s in c.pipeline_techniques} & {"vae_bf16", "vae_openvino"})
                    > 1 for c in result.candidates)
@@ -183,8 +192,8 @@ def test_a_component_setting_is_judged_side_by_side_with_its_base(seconds, side_
     (row, specs), tried = _rows((0.001, seconds), side_by_side)
     assert bool(specs) is kept and row.pipeline_techniques == specs
     if not kept:
-        assert tried.reason.startswith("0.990x the base's time per image (side by side, 3 "
-                                       "rounds)"), tried.reason
+        assert tried.reason.startswith("0.990x the time per image of openvino/int8 (side by "
+                                       "side, 3 rounds)"), tried.reason
 
 
 def test_image_runs_alternate_with_the_base(tiny_pipe):
@@ -340,10 +349,12 @@ def test_only_pipelines_with_new_components_get_a_warmup_generation(tiny_pipe,
     assert all(pipe.vae is not tiny_pipe.vae or pipe.text_encoder is not tiny_pipe.text_encoder
                for pipe in warmed)
     assert len(warmed) >= len(settings)
-    # A component setting runs its base's UNet: it carries the UNet's side-by-side figure too,
-    # which the summary reports when the setting is the pick.
-    assert base.paired.get("unet")
-    assert all(row.paired["unet"] == base.paired["unet"] for row in settings)
+    # The pick's UNet is compared side by side with the original's: in rounds of its own when a
+    # close runner-up had to be decided per call (a component setting then carries its base's
+    # figure), else in the image rounds.
+    assert result.selected.paired.get("unet")
+    if base.paired.get("unet"):
+        assert all(row.paired["unet"] == base.paired["unet"] for row in settings)
 
 
 def test_a_constrained_pick_is_scored_in_its_first_settings_rounds(constrained_search):
@@ -369,3 +380,71 @@ def test_a_constrained_pick_without_a_setting_is_scored_alone(tiny_pipe, monkeyp
     assert result.selected is not result.original
     assert result.selected.e2e_latency_s and result.selected.image_metrics
     assert all(c.status == "skipped" for c in result.candidates if c.pipeline_techniques)
+
+
+def test_a_constrained_picks_unet_is_compared_in_the_image_rounds(tiny_pipe, monkeypatch):
+    """Without a runner-up to decide per UNet call, a constrained search with images times the
+    pick's UNet calls inside the side-by-side image rounds (no rounds of UNet calls of their
+    own), and the original's per-call latency is the capture's (its UNet is not timed again)."""
+    from sdopt.optimize import runner, search as search_module
+    from sdopt.optimize.summary import summary_table
+
+    levels, timed = [], []
+    confirm, time_module = runner.confirm, search_module._time_module
+    monkeypatch.setattr(runner, "confirm", lambda *a, **k: (levels.append(k["level"]),
+                                                            confirm(*a, **k))[1])
+    monkeypatch.setattr(search_module, "_time_module",
+                        lambda module, *a, **k: (timed.append(module), time_module(module, *a,
+                                                                                     **k))[1])
+    prompts = PROMPTS + ["a watercolor of a harbour"]
+    result = sdopt.optimize_model(tiny_pipe, prompts, metric_drop_ths=0.05, end_to_end=True,
+                                  **{**FAST, "backends": ["openvino/bf16"]}).sdopt_result
+    assert result.selected is not result.original, "the original was the pick: nothing checked"
+    assert levels == ["e2e"]
+    unet, e2e = result.selected.paired["unet"], result.selected.paired["e2e"]
+    assert unet["in_image_rounds"] and unet["rounds"] == e2e["rounds"] >= 3
+    assert unet["q1"] <= unet["speedup"] <= unet["q3"] and unet["reference_latency_s"] > 0
+    assert result.speedup == result.selected.paired[result.level]["speedup"]
+    from rich.console import Console
+
+    console = Console(width=400, record=True, file=open("/dev/null", "w"))
+    console.print(summary_table(result))
+    assert "side by side in the image rounds" in console.export_text()
+    # one module timed: the candidate's; the original's calls are the second prompt's capture
+    assert len(timed) == 1
+    calls = result.samples["captured_calls"] // len(prompts)
+    assert len(result.original.latency_samples_s) == calls
+
+
+def test_a_setting_that_cannot_pay_for_itself_is_not_tried():
+    """With each component's fp32 time per image (the capture's), a constrained setting whose
+    component is too small a share of its base's image is skipped with the reason, and torch's
+    bf16 VAE decoder once OpenVINO's measured (it cannot beat it; here OpenVINO's did not pay
+    for itself, so the base stays and nothing is stacked); the OpenVINO VAE is tried."""
+    from sdopt.device import detect
+    from sdopt.optimize.search import CandidateResult, OptimizationResult, run_technique_search
+
+    if detect("cpu").supports_bf16()[0] is False:
+        pytest.skip("this CPU has no bf16: the bf16 settings are skipped before the bounds")
+    base = CandidateResult("openvino/int8", "openvino", "int8", "int8", [], "selected",
+                           latency_s=0.5, metric_drop=0.03, e2e_latency_s=10.0)
+    result = OptimizationResult({}, "numeric_precision", 0.05, "constrained", {}, [base], base,
+                                base)
+    evaluated = []
+
+    def evaluate(module, specs, row, alongside):  # stands in for the pipeline run
+        evaluated.append(row.id)
+        row.e2e_latency_s, row.image_metric_drop = 9.9, 0.001
+
+    ranked = run_technique_search(result, [(base, object())], detect("cpu"),
+                                  metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
+                                  constrained=True,
+                                  component_s={"text_encoder": 0.2, "vae": 3.0})
+    rows = {c.id.rsplit("+", 1)[1]: c for c in result.candidates if c.pipeline_techniques}
+    assert evaluated == [rows["vae_ov_bf16"].id]
+    assert rows["te_ov_bf16"].status == "skipped"
+    assert "even free it would save 2.0%" in rows["te_ov_bf16"].reason
+    assert rows["vae_bf16"].status == "skipped"
+    assert rows["vae_bf16"].reason.startswith(f"cannot beat {rows['vae_ov_bf16'].id}")
+    assert "less than the 3% gain" in rows["vae_ov_bf16"].reason
+    assert ranked[0][0] is base
