@@ -19,6 +19,7 @@ import torch
 from ..errors import SdoptError
 from ..models import denoiser_name, denoiser_of
 from ..techniques import component_modules
+from .components import ComponentCalls, ComponentRecorder
 from .endtoend import synchronize, to_uint8
 from .inputs import PromptInput, as_input
 from .memory import PeakRss
@@ -56,6 +57,9 @@ class SampleSet:
     peak_rss_bytes: int | None = None  # the process's while the original pipeline ran
     # CPU: each replaceable component's seconds (techniques.component_modules) per generation
     component_s: dict[str, list[float]] = field(default_factory=dict)
+    # With ``decode=True``: the calls the first image made into each replaceable component,
+    # which a component setting is timed by (components.setting_saving)
+    component_calls: ComponentCalls | None = None
 
     def component_seconds(self) -> dict[str, float]:
         """Each component's median seconds per image, the first generation left out when there
@@ -143,11 +147,15 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
                denoiser.register_forward_hook(post_hook, with_kwargs=True)]
     on_cpu = all(p.device.type == "cpu" for p in denoiser.parameters())
     timer = CallTimes(denoiser) if on_cpu else None
+    # Without decoding there is no image to weigh a component against: no component timers.
     components = {name: [CallTimes(m) for m in modules]
-                  for name, modules in component_modules(pipe).items()} if on_cpu else {}
+                  for name, modules in component_modules(pipe).items()} \
+        if on_cpu and decode else {}
     component_s: dict[str, list[float]] = {name: [] for name in components}
     samples: list[UNetSample] = []
     images, latencies = [], []
+    recorder = ComponentRecorder(pipe) if decode else None
+    component_calls = None
     memory = PeakRss().start()
     try:
         for p_index, entry in enumerate(map(as_input, prompts)):
@@ -162,6 +170,8 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
                 synchronize()
                 latencies.append(time.perf_counter() - t0)
                 images.append(to_uint8(out.images[0]))
+            if recorder is not None and component_calls is None:
+                component_calls = recorder.stop()  # one image's calls
             seconds = timer.take() if timer else []
             for name, timers in components.items():
                 component_s[name].append(sum(sum(t.take()) for t in timers))
@@ -173,13 +183,18 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
     finally:
         for handle in handles:
             handle.remove()
-        for t in [timer] * bool(timer) + [t for ts in components.values() for t in ts]:
+        if recorder is not None:
+            recorder.stop()
+        all_timers = [t for ts in components.values() for t in ts]
+        if timer is not None:
+            all_timers.append(timer)
+        for t in all_timers:
             t.close()
         peak = memory.stop()
     result = SampleSet(samples, height=height, width=width, steps=steps,
                        guidance_scale=guidance_scale, images=images, latencies_s=latencies,
                        peak_rss_bytes=peak,
-                       component_s=component_s if decode else {})
+                       component_s=component_s, component_calls=component_calls)
     result.verification, result.calibration = split_samples(samples, n_verify)
     return result
 

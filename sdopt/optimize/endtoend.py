@@ -18,8 +18,7 @@ import torch
 
 from .inputs import PromptInput, as_input
 from .metrics import METRICS, Metric, clip_unavailable_reason, score_images
-from .paired import Rounds
-from .table import BASE_LEVEL, CandidateResult
+from .table import CandidateResult
 
 
 def synchronize() -> None:
@@ -37,18 +36,6 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 class ImageRun:
     images: list[np.ndarray]
     latencies_s: list[float]
-    # With a base pipeline timed in alternation (EndToEnd.run's ``alongside``): its time for
-    # the same prompt in the same rounds, so the two compare side by side, not across the
-    # minutes (and the +-30% drift of a shared host) between two sequential runs.
-    alongside_s: list[float] = field(default_factory=list)
-    # and its images (each prompt's once): the base's own images, for its row
-    alongside_images: list[np.ndarray] = field(default_factory=list)
-
-    def alongside_run(self) -> "ImageRun | None":
-        """The base pipeline's images and latencies from the same rounds (None: none ran)."""
-        if not self.alongside_s:
-            return None
-        return ImageRun(list(self.alongside_images), list(self.alongside_s))
 
     @property
     def median_s(self) -> float:
@@ -87,38 +74,22 @@ class EndToEnd:
             with torch.inference_mode():
                 self.generate(pipe, 0, min(self.warmup_steps, self.steps))
 
-    def run(self, pipe, done: ImageRun | None = None, alongside=None, *,
-            warm: bool = False) -> ImageRun:
+    def run(self, pipe, done: ImageRun | None = None, *, warm: bool = False) -> ImageRun:
         """Every prompt's image and at least ``min_timed`` timed generations; ``done``: the
-        first generations, already made by the same pipeline, not repeated. ``alongside``: a
-        pipeline (already warm) timed on the same prompt in every round, before ``pipe`` in odd
-        rounds and after it in even ones. ``warm``: every module of ``pipe`` has run in this
-        process already (the original's, a UNet that was timed), so no warmup generation."""
+        first generations, already made by the same pipeline, not repeated. ``warm``: every
+        module of ``pipe`` has run in this process already (the original's, a UNet that was
+        timed), so no warmup generation."""
         images, latencies = (list(done.images), list(done.latencies_s)) if done else ([], [])
-        alongside_s: list[float] = []
-        alongside_images: list[np.ndarray] = []
         if not done and not warm:
             self.warmup(pipe)
-
-        def time_alongside(run: int, index: int) -> None:
-            image, seconds = self._timed(alongside, index)
-            alongside_s.append(seconds)
-            if run < len(self.prompts):
-                alongside_images.append(to_uint8(image))
-
         with torch.inference_mode():
             n = max(len(self.prompts), self.min_timed)
             for run in range(len(latencies), n):
-                index = run % len(self.prompts)
-                if alongside is not None and run % 2:
-                    time_alongside(run, index)
-                image, seconds = self._timed(pipe, index)
+                image, seconds = self._timed(pipe, run % len(self.prompts))
                 latencies.append(seconds)
                 if run < len(self.prompts):
                     images.append(to_uint8(image))
-                if alongside is not None and not run % 2:
-                    time_alongside(run, index)
-        return ImageRun(images, latencies, alongside_s, alongside_images)
+        return ImageRun(images, latencies)
 
     def _timed(self, pipe, index: int) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
@@ -166,9 +137,7 @@ def fill_row(row: CandidateResult, run: ImageRun, e2e: EndToEnd, gate: Metric) -
     """Put ``run``'s latency and image scores into a search-table row."""
     row.e2e_latency_s = run.median_s
     row.e2e_latency_samples_s = list(run.latencies_s)
-    if run.alongside_s:
-        rounds = Rounds({"row": list(run.latencies_s), BASE_LEVEL: list(run.alongside_s)})
-        row.paired[BASE_LEVEL] = rounds.ratio("row", BASE_LEVEL).to_dict()
     row.image_metrics = e2e.score(run)
     row.image_metric_drop = row.image_metrics[gate.name]["mean"]
     row.image_metric_drop_max = row.image_metrics[gate.name]["max"]
+

@@ -15,23 +15,27 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Iterator
 
+import torch
+
 from ..backends.base import BACKENDS, Variant
 from ..backends.torch_eager import reference_module
 from ..errors import SdoptError
 from ..identity import config_hash
 from ..models import denoiser_of
-from ..techniques import all_specs
+from ..techniques import TECHNIQUES, all_specs
 from . import endtoend
-from .budget import LaterStages
+from .budget import LaterStages, image_s_with
 from .capture import collect_samples
+from .components import ComponentCalls, setting_saving
 from .memory import PeakRss
 from .paired import CallTimes, Rounds
 from .optimized import assemble
 from .request import BUDGET_PER_CAPTURE, SearchRequest
 from .confirm import E2E_ROUNDS, E2E_SECONDS, UNET_ROUNDS, UNET_SECONDS, close_runner_up, confirm
 from .search import cycling_call, planned_settings, run_search, run_technique_search
-from .selection import select
-from .table import REFERENCE_ID, CandidateResult, OptimizationResult, set_e2e_speedup
+from .selection import judge, select
+from .table import (BASE_LEVEL, REFERENCE_ID, STATUS_OK, STATUS_REJECTED, CandidateResult,
+                    OptimizationResult, set_e2e_speedup)
 
 
 @contextmanager
@@ -74,47 +78,46 @@ class Search:
         self.specs: list[dict] = []
         self.bases: list = []  # (row, module) the technique phase built on
         self.budget_note: str | None = None
-        # The pick's UNet calls are timed in the side-by-side image rounds (unet_in_image_rounds)
-        self.unet_calls_in_rounds = False
-        # The pipelines assembled for (module, specs), and those that ran (warm) by id
+        # Constrained: the pipelines assembled for (module, specs), and those whose components
+        # have all run (a setting's short generations), by id
         self.pipelines: dict[tuple[int, str], object] = {}
         self.warm_pipelines: dict[int, object] = {}
+        self.unet_calls_per_image = 1
+        # The calls one image makes into each replaceable component (the capture's)
+        self.component_calls = ComponentCalls()
         # CPU: each replaceable component's fp32 seconds per image, timed in the capture
         self.component_s: dict[str, float] = {}
 
-    def evaluate(self, module, row: CandidateResult, specs=(), alongside_specs=()) -> None:
-        """Time ``module`` (with ``specs``) per image and score its images; constrained, image
-        by image alongside ``module`` with ``alongside_specs`` (what the setting is stacked
-        on)."""
+    def evaluate(self, module, row: CandidateResult, specs=()) -> None:
+        """Time ``module`` (with ``specs``) per image and score its images."""
         if row.id == REFERENCE_ID and not specs:
             run = self.e2e.reference
         else:
-            # A component's precision buys a few percent of the image at most, less than a
-            # shared host drifts between two sequential runs (sd15: a 7% faster OpenVINO text
-            # encoder was once timed 1.43x slower): it is timed image by image against its base.
-            alongside = self.pipeline(module, alongside_specs) \
-                if specs and self.req.optimization_time == "constrained" else None
             # Without specs every module has run already (the UNet was timed, the rest is the
             # original's): no warmup generation (5.6 s of sd15's 26 s scoring at 256 px).
-            pipe = self.pipeline(module, specs)
-            run = self.e2e.run(pipe, alongside=alongside, warm=not specs)
-            if alongside is not None:
-                self.warm_pipelines[id(pipe)] = pipe
-            base_run = run.alongside_run()
-            base_row = next((r for r, m in self.bases if m is module), None)
-            if base_run is not None and base_row is not None and base_row.e2e_latency_s is None \
-                    and not alongside_specs:
-                # The base's scoring was left to this run (score_end_to_end): its images and
-                # times from these rounds are the ones a run of its own would have made.
-                endtoend.fill_row(base_row, base_run, self.e2e, self.req.image_metric)
-                set_e2e_speedup(base_row, self.result.original)
+            run = self.e2e.run(self.pipeline(module, specs), warm=not specs)
         endtoend.fill_row(row, run, self.e2e, self.req.image_metric)
+
+    def time_setting(self, module, row: CandidateResult, specs, on_specs) -> None:
+        """A constrained component setting: the seconds per image ``module`` with ``specs``
+        saves over ``module`` with ``on_specs`` (what it is stacked on), its component's calls
+        of one image replayed on both, side by side (:mod:`components`). A component's
+        precision buys a few percent of the image, less than a shared host drifts between two
+        sequential runs (sd15: a 7% faster OpenVINO text encoder was once timed 1.43x slower).
+        Its images are made in the final rounds, with the stack's (:meth:`confirm_stack`)."""
+        pipe, on = self.pipeline(module, specs), self.pipeline(module, on_specs)
+        component = TECHNIQUES[specs[-1]["name"]].component
+        row.paired[BASE_LEVEL] = setting_saving(self.component_calls, component, pipe, on,
+                                                device_kind=self.req.device.kind)
+        if all(TECHNIQUES[s["name"]].component in self.component_calls.calls for s in specs):
+            # every component it replaced has run, at the shapes of the final rounds
+            self.warm_pipelines[id(pipe)] = pipe
 
     def pipeline(self, module, specs=()):
         """The pipeline of ``module`` with ``specs``. Constrained, the one assembled for them
         before when there is one (its OpenVINO components compiled and warm: assembling anew
-        compiles them again and takes a warmup generation, 5 s on sd15 at 256 px; a stack is
-        timed alongside what it was stacked on, the pick in the final rounds). The
+        compiles them again and takes a warmup generation, 5 s on sd15 at 256 px; a setting's
+        stack is timed against the stack it is stacked on, the pick in the final rounds). The
         unconstrained phase tries a dozen pipelines, each used once: none is kept."""
         if self.req.optimization_time != "constrained":
             return assemble(self.model, module, list(specs), self.req.device)
@@ -138,6 +141,8 @@ class Search:
             guidance_scale=req.guidance_scale, seed=req.seed, n_verify=req.n_verify,
             progress=lambda: self.progress.advance(task), decode=req.end_to_end)
         self.component_s = samples.component_seconds()
+        self.component_calls = samples.component_calls or ComponentCalls()
+        self.unet_calls_per_image = max(1, round(len(samples.samples) / len(req.prompts)))
         if self.e2e is not None:
             task = self.progress.add_task("original pipeline end to end", total=1)
             self.e2e.run_reference(self.model, endtoend.ImageRun(samples.images,
@@ -195,11 +200,10 @@ class Search:
         return LaterStages(
             settings=planned_settings(req.device, constrained=constrained,
                                       bases=1 if constrained else 2),
-            # constrained: each timed image of a setting alternates with one of its base
-            images_per_setting=max(len(req.prompts), self.e2e.min_timed) * (2 if constrained
-                                                                            else 1),
+            # constrained: a setting replays its component's calls, a fraction of an image
+            images_per_setting=1 if constrained else max(len(req.prompts), self.e2e.min_timed),
             image_s=self.e2e.reference.median_s,
-            unet_calls_per_image=max(1, round(len(samples.samples) / len(req.prompts))),
+            unet_calls_per_image=self.unet_calls_per_image,
             confirm_s=E2E_SECONDS + (0.0 if self.unet_in_image_rounds() else UNET_SECONDS))
 
     def confirm_unet(self, samples, runner_up) -> None:
@@ -212,8 +216,7 @@ class Search:
         if runner_up and close_runner_up(pick, runner_up[0], level="unet"):
             contenders.append(runner_up)
         elif self.unet_in_image_rounds():
-            self.unet_calls_in_rounds = True
-            return
+            return  # confirm_end_to_end times its calls
         device = self.req.device
         inputs = [s.inputs.to(device.torch_device) for s in samples.verification[:3]]
 
@@ -234,7 +237,8 @@ class Search:
 
     def confirm_end_to_end(self, runner_up) -> None:
         """The chosen pipeline (and a close runner-up) re-timed per image, alternating with the
-        original pipeline."""
+        original pipeline. A contender without images yet (a constrained stack, judged here)
+        gets its images and time per image from these rounds."""
         result, pick = self.result, self.result.selected
         if pick is result.original and not self.specs:
             return
@@ -243,9 +247,12 @@ class Search:
             row, specs = runner_up
             entries.append((row, (self._module_of(row), specs)))
         device, e2e = self.req.device, self.e2e
-        # With unet_calls_in_rounds: per payload (None: the original), each round's median
-        # UNet call.
+        # The pick's UNet calls timed in these rounds when no rounds of their own did
+        unet_calls_in_rounds = self.unet_in_image_rounds() and "unet" not in pick.paired
+        # Per payload (None: the original): each round's median UNet call (with
+        # unet_calls_in_rounds), each prompt's image and each round's seconds
         unet_rounds: list[tuple[object, list[float]]] = []
+        made: dict[int, tuple[dict[int, object], list[float]]] = {}
         timers: list[CallTimes] = []
 
         def call_of(payload):
@@ -257,17 +264,25 @@ class Search:
                     # Its OpenVINO components compiled anew: one short generation takes their
                     # first-call costs out of the rounds. Without specs every module is warm.
                     e2e.warmup(pipe)
-            if not self.unet_calls_in_rounds:
-                return lambda i: e2e.generate(pipe, i % len(e2e.prompts))
-            timer = CallTimes(denoiser_of(pipe))
-            timers.append(timer)
+            images, seconds = made.setdefault(id(payload), ({}, []))
+            timer = None
+            if unet_calls_in_rounds:
+                timer = CallTimes(denoiser_of(pipe))
+                timers.append(timer)
             per_round: list[float] = []
             unet_rounds.append((payload, per_round))
 
             def call(i):
-                timer.take()
-                image = e2e.generate(pipe, i % len(e2e.prompts))
-                per_round.append(statistics.median(timer.take()))
+                index = i % len(e2e.prompts)
+                if timer is not None:
+                    timer.take()
+                t0 = time.perf_counter()
+                image = e2e.generate(pipe, index)
+                endtoend.synchronize()
+                seconds.append(time.perf_counter() - t0)
+                images.setdefault(index, image)
+                if timer is not None:
+                    per_round.append(statistics.median(timer.take()))
                 return image
 
             return call
@@ -283,8 +298,33 @@ class Search:
         finally:
             for timer in timers:
                 timer.close()
-        if unet_rounds:
+        if unet_calls_in_rounds:
             self._unet_from_rounds(entries, unet_rounds)
+        for row, payload in entries:
+            if row.e2e_latency_s is None:
+                self._score_from_rounds(row, payload, *made[id(payload)])
+
+    def _score_from_rounds(self, row: CandidateResult, payload, images: dict, seconds) -> None:
+        """``row``'s images and time per image from the side-by-side rounds (each prompt's
+        image from its first round; prompts the rounds did not reach, made now), judged on
+        them when it carries component settings (a constrained stack: the UNet pick alone is
+        judged by its UNet calls)."""
+        e2e = self.e2e
+        pipe = self.pipeline(*payload)
+        with torch.inference_mode():
+            for index in range(len(e2e.prompts)):
+                if index not in images:
+                    images[index] = e2e.generate(pipe, index)
+        run = endtoend.ImageRun([endtoend.to_uint8(images[i]) for i in range(len(e2e.prompts))],
+                                list(seconds))
+        endtoend.fill_row(row, run, e2e, self.req.image_metric)
+        set_e2e_speedup(row, self.result.original)
+        if payload[1] and self.req.metric_drop_ths is not None:
+            status = row.status
+            judge(row, self.req.image_metric.name, self.req.metric_drop_ths,
+                  self.req.metric_aggregate, images=True, suffix=" (images)")
+            if row.status == STATUS_OK:
+                row.status = status  # selected stays selected
 
     def _unet_from_rounds(self, entries, unet_rounds) -> None:
         """Each contender's side-by-side UNet figure from the image rounds' calls: per round,
@@ -315,7 +355,7 @@ class Search:
 
     def score_end_to_end(self) -> None:
         """The original and the pick, end to end (an image metric scored them already; a
-        constrained search scores the pick with its first component setting)."""
+        constrained search scores its pick in the final side-by-side rounds)."""
         req, result = self.req, self.result
         result.image_metric = req.image_metric.name
         result.end_to_end = {"prompts": len(req.prompts), "steps": req.steps,
@@ -324,9 +364,9 @@ class Search:
         result.notes.extend(endtoend.notes())
         rows = [result.original, result.selected]
         if req.optimization_time == "constrained":
-            # The pick's images are made with its first component setting's, which times it
-            # image by image alongside (3 images of the pick, 22 s of a cold sd15 search at
-            # 256 px, saved); run_technique_search measures it alone when no setting runs.
+            # The pick's images and time per image come from the side-by-side rounds after its
+            # component settings (confirm_stack): a run of its own was three images of it, 22 s
+            # of a cold sd15 search at 256 px.
             rows = rows[:1]
         for row in rows:
             if row is not None and row.e2e_latency_s is None:
@@ -360,22 +400,58 @@ class Search:
             else:
                 self.progress.advance(task)
         self.bases = bases
+        timer = self.time_setting if constrained else self.evaluate
         ranked = run_technique_search(
             result, bases, req.device, metric_drop_ths=req.metric_drop_ths,
             image_metric=req.image_metric.name, metric_aggregate=req.metric_aggregate,
-            evaluate=lambda base, specs, row, alongside: self.evaluate(base, row, specs,
-                                                                       alongside),
+            evaluate=lambda base, specs, row, alongside: timer(base, row, specs, alongside)
+            if constrained else timer(base, row, specs),
             time_budget_s=req.time_budget_s, started=self.started, on_candidate=on_technique,
-            constrained=constrained, component_s=self.component_s)
+            constrained=constrained, component_s=self.component_s,
+            base_image_s=self.pick_image_s() if constrained else None)
         self.progress.update(task, description="techniques done")
+        if constrained:
+            self.confirm_stack(ranked)
+            return
         winner = ranked[0] if ranked else None
-        if not constrained or (winner is not None and winner[1]):
-            result.selected_by = "e2e_latency"
+        result.selected_by = "e2e_latency"
         if winner is not None and winner[0] is not result.selected:
             row, self.specs = winner
             self.module = self._module_of(row)
             select(result, row)
         self.confirm_end_to_end(ranked[1] if len(ranked) > 1 else None)
+
+    def pick_image_s(self) -> float | None:
+        """The UNet pick's estimated time per image (the original's, its UNet calls sped up by
+        the pick's sequential ratio per call): what the first component setting's saving is
+        weighed against, before the pick's own images are made in the final rounds."""
+        original, pick = self.result.original, self.result.selected
+        if not (self.e2e.reference and original.latency_s and pick.latency_s):
+            return None
+        return image_s_with(self.e2e.reference.median_s, self.unet_calls_per_image,
+                            original.latency_s, pick.latency_s)
+
+    def confirm_stack(self, ranked) -> None:
+        """Constrained: the stack of settings kept last, timed side by side with the original
+        and judged on every prompt's image in the same rounds; when its images fail the
+        threshold, the stack kept before it, down to the UNet pick alone (judged by its UNet
+        calls in the backend stage)."""
+        result = self.result
+        for row, specs in ranked or [(result.selected, [])]:
+            if row is not result.selected:
+                self.module, self.specs = self._module_of(row), specs
+                rejected = [c for c in (result.selected,) if c.status == STATUS_REJECTED]
+                select(result, row)
+                for c in rejected:  # select() makes the previous pick ok: it was not
+                    c.status = STATUS_REJECTED
+            result.selected_by = "e2e_latency" if specs else "unet_latency"
+            self.confirm_end_to_end(None)
+            if result.selected.status != STATUS_REJECTED:
+                break
+        for row, _ in ranked:
+            if row.e2e_latency_s is None and row.status == STATUS_OK and not row.reason:
+                row.reason = (f"kept, and {result.selected.id} stacked on it: its images were "
+                              "not made, the stack's were judged")
 
     def _module_of(self, row: CandidateResult):
         """The backend module a technique row (``<base id>+<techniques>``) runs on."""

@@ -393,10 +393,11 @@ def run_technique_search(
         result: OptimizationResult, bases: list[tuple[CandidateResult, OptimizedModule]],
         device: DeviceInfo, *, metric_drop_ths: float | None, image_metric: str,
         metric_aggregate: str = DEFAULT_AGGREGATE,
-        evaluate: Callable[[OptimizedModule, list[dict], CandidateResult], None],
+        evaluate: Callable[[OptimizedModule, list[dict], CandidateResult, list[dict]], None],
         time_budget_s: float | None = None, started: float | None = None,
         on_candidate: Callable[[str, str], None] | None = None,
         constrained: bool = False, component_s: dict[str, float] | None = None,
+        base_image_s: float | None = None,
 ) -> list[tuple[CandidateResult, list[dict]]]:
     """The technique phase: every technique setting alone on each base (unconstrained: the
     original and the best backend), then the best passing setting of each technique stacked
@@ -406,12 +407,17 @@ def run_technique_search(
     returns the passing (row, specs), bases included, fastest per image first (empty when no
     base has an end-to-end latency).
 
-    ``evaluate(module, specs, row, alongside)`` fills ``row`` with the images and times of
-    ``module`` with ``specs``; constrained, timed image by image alongside the pipeline with
-    the ``alongside`` specs (the stack kept so far)."""
+    ``evaluate(module, specs, row, alongside)`` fills ``row``: unconstrained, with the images
+    and times of ``module`` with ``specs``; constrained, with the seconds per image they save
+    over ``module`` with the ``alongside`` specs (the stack kept so far), timed side by side
+    (``row.paired[BASE_LEVEL]``, :func:`components.setting_saving`); the stack is judged on its
+    images later, in the side-by-side rounds with the original. ``base_image_s``
+    (constrained): the estimated time per image of the last base, which the savings are
+    measured against."""
     started = time.perf_counter() if started is None else started
     ths = metric_drop_ths
     passing: list[tuple[CandidateResult, list[dict], int]] = []  # row, specs, base index
+    times: dict[str, float] = {}  # constrained: each kept row's estimated time per image
 
     def attempt(base_index: int, specs: list[dict], alongside: list[dict] | None = None,
                 on: tuple[str, float | None] | None = None,
@@ -445,7 +451,7 @@ def run_technique_search(
             reason = f"{BUDGET_SPENT} ({time_budget_s:.0f} s) spent"
         reason = reason or skip
         if reason is None and constrained:
-            measured = {s[-1]["name"]: (r.id, times.get(r.id)) for r, s, i in passing
+            measured = {s[-1]["name"]: (r.id, times[r.id]) for r, s, i in passing
                         if times.get(r.id)}
             reason = setting_bound_reason(
                 specs[-1]["name"], TECHNIQUES[specs[-1]["name"]].component,
@@ -457,9 +463,14 @@ def run_technique_search(
             try:
                 t0 = time.perf_counter()
                 evaluate(base_module, specs, row, list(alongside or []))
-                row.build_s = time.perf_counter() - t0 - sum(row.e2e_latency_samples_s)
-                judge(row, image_metric, ths, metric_aggregate, images=True, suffix=" (images)")
-                set_e2e_speedup(row, result.original)
+                timed = row.e2e_latency_samples_s or []
+                row.build_s = time.perf_counter() - t0 - sum(timed)
+                if constrained:
+                    row.status = STATUS_OK  # its images are judged with the stack's
+                else:
+                    judge(row, image_metric, ths, metric_aggregate, images=True,
+                          suffix=" (images)")
+                    set_e2e_speedup(row, result.original)
                 if row.status == STATUS_OK:
                     passing.append((row, specs, base_index))
             except Exception as exc:  # noqa: BLE001 - a failing candidate never stops the search
@@ -471,9 +482,11 @@ def run_technique_search(
             on_candidate(row.id, "done")
         return row
 
-    times: dict[str, float] = {}  # constrained: each passing row's time per image
     if constrained:
-        return _accumulate_settings(result, bases, attempt, evaluate, times)
+        if bases[-1][0].status not in (STATUS_OK, STATUS_SELECTED):
+            return []
+        times[bases[-1][0].id] = base_image_s
+        return _accumulate_settings(bases, attempt, times)
 
     for base_index in range(len(bases)):
         for spec in all_specs(constrained_only=constrained):
@@ -486,10 +499,9 @@ def run_technique_search(
 
     # Stack: the best passing setting of each technique, on the best base, greedily.
     best_base = len(bases) - 1
-    base_s = bases[best_base][0].e2e_latency_s
 
     def per_image(row: CandidateResult) -> float:
-        return time_per_image(row, base_s)
+        return row.e2e_latency_s
 
     singles: dict[str, tuple[CandidateResult, dict]] = {}
     for row, specs, base_index in passing:
@@ -513,15 +525,18 @@ def run_technique_search(
     return ranked_end_to_end(contenders, key=per_image)
 
 
-def _accumulate_settings(result, bases, attempt, evaluate, times: dict[str, float]):
+def _accumulate_settings(bases, attempt, times: dict[str, float | None]):
     """The constrained phase: each setting in turn on the stack kept so far (the base's first),
-    timed image by image alongside that stack and kept when it passes and buys
-    CONSTRAINED_MIN_GAIN of the stack's time per image. The settings replace different
-    components, whose gains add up: trying each alone and stacking the passing ones afterwards
-    made the sd15 search (256 px) time three pipelines where two decide, and a budget that ran
-    out before the stack kept a pick 4% slower than the exhaustive search's. Returns the kept
-    stack and what it was stacked on, fastest per image first."""
-    base_row, base_module = bases[-1]
+    timed side by side with that stack on one image's calls into its component
+    (:mod:`components`) and kept when the seconds it saves
+    per image are CONSTRAINED_MIN_GAIN of the stack's (estimated) time per image. The settings
+    replace different components, whose gains add up: trying each alone and stacking the
+    passing ones afterwards made the sd15 search (256 px) time three pipelines where two decide.
+    No images are made here: the stack kept last is judged on every prompt's image in the
+    side-by-side rounds with the original, and the one before it when it fails (the runner
+    walks the returned list). Returns the kept stacks, most settings (fastest) first, the base
+    last."""
+    base_row, _ = bases[-1]
     chain: list[tuple[CandidateResult, list[dict]]] = [(base_row, [])]
     for spec in all_specs(constrained_only=True):
         on_row, kept = chain[-1]
@@ -529,51 +544,20 @@ def _accumulate_settings(result, bases, attempt, evaluate, times: dict[str, floa
         if conflict:  # its row is the setting alone, not tried
             attempt(len(bases) - 1, [spec], skip=f"{conflict}, and {on_row.id} was kept")
             continue
-        row = attempt(len(bases) - 1, kept + [spec], alongside=kept,
-                      on=(on_row.id, times.get(on_row.id, on_row.e2e_latency_s)))
-        if base_row.e2e_latency_s is not None and base_row.id not in times:
-            times[base_row.id] = base_row.e2e_latency_s  # measured alongside the first setting
+        on_s = times.get(on_row.id)
+        row = attempt(len(bases) - 1, kept + [spec], alongside=kept, on=(on_row.id, on_s))
         if row.status != STATUS_OK:
             continue
-        on_s = times.get(on_row.id)
-        ratio, how = time_vs_base(row, on_s)
-        if ratio is not None and on_s:
-            times[row.id] = on_s * ratio
-        if ratio is not None and ratio > 1.0 - CONSTRAINED_MIN_GAIN:
+        saving = row.paired[BASE_LEVEL]
+        saved, how = saving["saved_s"], (f"side by side with {on_row.id}, {saving['rounds']} "
+                                         "rounds of one image's component calls")
+        if on_s:
+            times[row.id] = on_s - saved
+        if saved < CONSTRAINED_MIN_GAIN * (on_s or 0.0) or saved <= 0.0:
             # A lower precision has to pay for itself: within the noise of one image it goes.
-            row.reason = (f"{ratio:.3f}x the time per image of {on_row.id} ({how}): less "
-                          f"than the {CONSTRAINED_MIN_GAIN:.0%} gain that a lower precision "
-                          "must buy")
+            share = f", {saved / on_s:.1%} of its {on_s:.2f} s per image" if on_s else ""
+            row.reason = (f"saves {saved:.3f} s per image ({how}{share}): less than the "
+                          f"{CONSTRAINED_MIN_GAIN:.0%} gain that a lower precision must buy")
         else:
             chain.append((row, kept + [spec]))
-    if base_row.e2e_latency_s is None:
-        # The base is measured with the first setting, image by image alongside it; where none
-        # ran (skipped, failed), on its own.
-        evaluate(base_module, [], base_row, [])
-        set_e2e_speedup(base_row, result.original)
-        times[base_row.id] = base_row.e2e_latency_s
-    if base_row.status not in (STATUS_OK, STATUS_SELECTED) or not base_row.e2e_latency_s:
-        return []
-    return ranked_end_to_end(chain, key=lambda row: times.get(row.id, row.e2e_latency_s))
-
-
-def time_vs_base(row: CandidateResult, base_s: float | None) -> tuple[float | None, str]:
-    """``row``'s time per image over its base's, and how that was measured: side by side when
-    the row was timed in alternation with the base (a constrained search's component settings),
-    else the two sequential medians."""
-    paired = row.paired.get(BASE_LEVEL)
-    if paired:
-        return 1.0 / paired["speedup"], f"side by side, {paired['rounds']} rounds"
-    if base_s and row.e2e_latency_s:
-        return row.e2e_latency_s / base_s, "sequential"
-    return None, "unknown"
-
-
-def time_per_image(row: CandidateResult, base_s: float | None) -> float:
-    """The time per image the technique phase ranks by: a row timed against its base is the
-    base's time scaled by their side-by-side ratio, so rows timed minutes apart compare as they
-    did in their own rounds."""
-    paired = row.paired.get(BASE_LEVEL)
-    if paired and base_s:
-        return base_s / paired["speedup"]
-    return row.e2e_latency_s
+    return chain[::-1]

@@ -162,8 +162,9 @@ def _filled(table: Table, columns: list, rows) -> Table:
 
 
 def _side_by_side(paired: dict) -> str:
-    names = {"unet": "UNet", "e2e": "e2e", BASE_LEVEL: "e2e vs base"}
-    parts = [f"{p['speedup']:.2f}x {names.get(level, level)}" for level, p in paired.items()]
+    names = {"unet": "UNet", "e2e": "e2e"}
+    parts = [f"{p['speedup']:.2f}x {names.get(level, level)}" if level != BASE_LEVEL
+             else f"-{p['saved_s']:.2f} s/image vs base" for level, p in paired.items()]
     return ", ".join(parts) or "-"
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from ..backends.torch_eager import REFERENCE_ID
 
-# The key of ``CandidateResult.paired`` for a row timed image by image against its base (a
-# constrained search's component setting on the chosen backend), next to "unet" and "e2e"
-# (against the original).
+# The key of ``CandidateResult.paired`` for a constrained search's component setting timed
+# side by side with what it is stacked on ({"saved_s": seconds per image, quartiles, rounds}:
+# endtoend.setting_saving), next to "unet" and "e2e" (against the original).
 BASE_LEVEL = "base"
 
 __all__ = ["STATUS_SELECTED", "STATUS_OK", "STATUS_REJECTED", "STATUS_FAILED", "STATUS_SKIPPED",
@@ -61,7 +61,7 @@ class CandidateResult:
     pipeline_techniques: list[dict[str, Any]] = field(default_factory=list)
     # Re-timed side by side with the original after the search (the figures users read):
     # {"unet" | "e2e": PairedRatio.to_dict()}; the fields above are the search's sequential ones.
-    # BASE_LEVEL: a component setting timed image by image against its base during the search.
+    # BASE_LEVEL: a component setting's seconds saved per image over its base, side by side.
     paired: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property

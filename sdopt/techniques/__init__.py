@@ -42,7 +42,7 @@ def component_modules(pipe) -> dict[str, list]:
     out = {"vae": [m for m in (getattr(vae, "post_quant_conv", None),
                                getattr(vae, "decoder", None)) if m is not None],
            "text_encoder": [getattr(pipe, n) for n in text_encoder_openvino.COMPONENTS
-                            if getattr(pipe, n, None) is not None]}
+                            if text_encoder_openvino.is_supported(getattr(pipe, n, None))]}
     return {name: modules for name, modules in out.items() if modules}
 
 
