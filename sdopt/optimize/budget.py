@@ -32,9 +32,10 @@ class LaterStages:
     confirm_s: float  # the side-by-side rounds' time caps
 
     def image_s_with(self, original_unet_s: float, best_unet_s: float) -> float:
-        """The time per image with the best UNet so far (:func:`image_s_with`)."""
-        return image_s_with(self.image_s, self.unet_calls_per_image, original_unet_s,
-                            best_unet_s)
+        """The time per image with the best UNet so far: the original's UNet share (never all
+        of the image: the VAE and the text encoder run too) sped up by the UNet's ratio."""
+        unet_s = min(self.unet_calls_per_image * original_unet_s, 0.95 * self.image_s)
+        return self.image_s - unet_s * (1.0 - best_unet_s / original_unet_s)
 
     def reserve_s(self, original_unet_s: float, best_unet_s: float, budget_s: float) -> float:
         """The seconds of ``budget_s`` the UNet stage leaves for the later stages."""
@@ -44,14 +45,3 @@ class LaterStages:
         need = self.settings * (SETTING_BUILD_S + self.images_per_setting * image_s) \
             + self.confirm_s
         return min(need, MAX_RESERVE_SHARE * budget_s)
-
-
-def image_s_with(image_s: float, unet_calls_per_image: int, original_unet_s: float,
-                 unet_s: float) -> float:
-    """The time per image of the original's pipeline (``image_s``) with a UNet taking
-    ``unet_s`` per call where the original's took ``original_unet_s``: the original's UNet share
-    (never all of the image: the VAE and the text encoder run too) sped up by the UNet's ratio.
-    An estimate from sequential figures, for decisions; a figure the user reads is measured
-    side by side."""
-    share = min(unet_calls_per_image * original_unet_s, 0.95 * image_s)
-    return image_s - share * (1.0 - unet_s / original_unet_s)

@@ -24,7 +24,7 @@ from ..identity import config_hash
 from ..models import denoiser_of
 from ..techniques import TECHNIQUES, all_specs
 from . import endtoend
-from .budget import LaterStages, image_s_with
+from .budget import LaterStages
 from .capture import collect_samples
 from .components import ComponentCalls, setting_saving
 from .memory import PeakRss
@@ -408,7 +408,7 @@ class Search:
             if constrained else timer(base, row, specs),
             time_budget_s=req.time_budget_s, started=self.started, on_candidate=on_technique,
             constrained=constrained, component_s=self.component_s,
-            base_image_s=self.pick_image_s() if constrained else None)
+            unet_image_s=self.pick_unet_image_s() if constrained else None)
         self.progress.update(task, description="techniques done")
         if constrained:
             self.confirm_stack(ranked)
@@ -421,15 +421,12 @@ class Search:
             select(result, row)
         self.confirm_end_to_end(ranked[1] if len(ranked) > 1 else None)
 
-    def pick_image_s(self) -> float | None:
-        """The UNet pick's estimated time per image (the original's, its UNet calls sped up by
-        the pick's sequential ratio per call): what the first component setting's saving is
-        weighed against, before the pick's own images are made in the final rounds."""
-        original, pick = self.result.original, self.result.selected
-        if not (self.e2e.reference and original.latency_s and pick.latency_s):
-            return None
-        return image_s_with(self.e2e.reference.median_s, self.unet_calls_per_image,
-                            original.latency_s, pick.latency_s)
+    def pick_unet_image_s(self) -> float | None:
+        """The UNet pick's calls of one image at its timed latency per call: with each
+        component's time, what a component setting's saving is weighed against before the
+        pick's own images are made in the final rounds."""
+        latency = self.result.selected.latency_s
+        return self.unet_calls_per_image * latency if latency else None
 
     def confirm_stack(self, ranked) -> None:
         """Constrained: the stack of settings kept last, timed side by side with the original

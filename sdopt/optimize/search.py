@@ -397,7 +397,7 @@ def run_technique_search(
         time_budget_s: float | None = None, started: float | None = None,
         on_candidate: Callable[[str, str], None] | None = None,
         constrained: bool = False, component_s: dict[str, float] | None = None,
-        base_image_s: float | None = None,
+        unet_image_s: float | None = None,
 ) -> list[tuple[CandidateResult, list[dict]]]:
     """The technique phase: every technique setting alone on each base (unconstrained: the
     original and the best backend), then the best passing setting of each technique stacked
@@ -411,9 +411,10 @@ def run_technique_search(
     and times of ``module`` with ``specs``; constrained, with the seconds per image they save
     over ``module`` with the ``alongside`` specs (the stack kept so far), timed side by side
     (``row.paired[BASE_LEVEL]``, :func:`components.setting_saving`); the stack is judged on its
-    images later, in the side-by-side rounds with the original. ``base_image_s``
-    (constrained): the estimated time per image of the last base, which the savings are
-    measured against."""
+    images later, in the side-by-side rounds with the original. ``unet_image_s``
+    (constrained): the last base's UNet calls of one image at its timed latency per call,
+    which with ``component_s`` (each component's fp32 seconds per image, the capture's)
+    estimates the time per image the savings are weighed against."""
     started = time.perf_counter() if started is None else started
     ths = metric_drop_ths
     passing: list[tuple[CandidateResult, list[dict], int]] = []  # row, specs, base index
@@ -485,8 +486,7 @@ def run_technique_search(
     if constrained:
         if bases[-1][0].status not in (STATUS_OK, STATUS_SELECTED):
             return []
-        times[bases[-1][0].id] = base_image_s
-        return _accumulate_settings(bases, attempt, times)
+        return _accumulate_settings(bases, attempt, times, unet_image_s, component_s or {})
 
     for base_index in range(len(bases)):
         for spec in all_specs(constrained_only=constrained):
@@ -525,39 +525,58 @@ def run_technique_search(
     return ranked_end_to_end(contenders, key=per_image)
 
 
-def _accumulate_settings(bases, attempt, times: dict[str, float | None]):
+def _accumulate_settings(bases, attempt, times: dict[str, float], unet_image_s: float | None,
+                         component_s: dict[str, float]):
     """The constrained phase: each setting in turn on the stack kept so far (the base's first),
     timed side by side with that stack on one image's calls into its component
-    (:mod:`components`) and kept when the seconds it saves
-    per image are CONSTRAINED_MIN_GAIN of the stack's (estimated) time per image. The settings
-    replace different components, whose gains add up: trying each alone and stacking the
-    passing ones afterwards made the sd15 search (256 px) time three pipelines where two decide.
-    No images are made here: the stack kept last is judged on every prompt's image in the
-    side-by-side rounds with the original, and the one before it when it fails (the runner
-    walks the returned list). Returns the kept stacks, most settings (fastest) first, the base
-    last."""
+    (:mod:`components`) and kept when the seconds it saves per image are CONSTRAINED_MIN_GAIN
+    of the stack's time per image. The settings replace different components, whose gains add
+    up: trying each alone and stacking the passing ones afterwards made the sd15 search (256 px)
+    time three pipelines where two decide. No images are made here: the stack kept last is
+    judged on every prompt's image in the side-by-side rounds with the original, and the one
+    before it when it fails (the runner walks the returned list). Returns the kept stacks, most
+    settings (fastest) first, the base last.
+
+    The stack's time per image is estimated as its UNet calls (``unet_image_s``) plus each
+    component's time as last measured: side by side in a setting's replays where one ran, else
+    the capture's fp32 time. On sd15 at 256 px this gave 6.8 s and 5.2 s for the pick and the
+    pick with the OpenVINO VAE, 6.8 s and 5.2 s in the final rounds; the original's image scaled
+    by the UNet's ratio per call gave 9.8 s: the capture ran the fp32 pipeline 30% slower (23 s
+    per image) than the final rounds did (16 s), minutes later in the same process."""
     base_row, _ = bases[-1]
+    parts = dict(component_s)  # each component's seconds per image in the kept stack
+
+    def stack_s(measured: dict[str, float] | None = None) -> float | None:
+        if unet_image_s is None:
+            return None
+        return unet_image_s + sum({**parts, **(measured or {})}.values())
+
     chain: list[tuple[CandidateResult, list[dict]]] = [(base_row, [])]
+    times[base_row.id] = stack_s()
     for spec in all_specs(constrained_only=True):
         on_row, kept = chain[-1]
         conflict = conflict_reason(kept + [spec])
         if conflict:  # its row is the setting alone, not tried
             attempt(len(bases) - 1, [spec], skip=f"{conflict}, and {on_row.id} was kept")
             continue
-        on_s = times.get(on_row.id)
-        row = attempt(len(bases) - 1, kept + [spec], alongside=kept, on=(on_row.id, on_s))
+        row = attempt(len(bases) - 1, kept + [spec], alongside=kept, on=(on_row.id, stack_s()))
         if row.status != STATUS_OK:
             continue
+        component = TECHNIQUES[spec["name"]].component
         saving = row.paired[BASE_LEVEL]
-        saved, how = saving["saved_s"], (f"side by side with {on_row.id}, {saving['rounds']} "
-                                         "rounds of one image's component calls")
+        saved = saving["saved_s"]
+        # the stack's component as timed just now, side by side
+        on_s = stack_s({component: saving["reference_latency_s"]})
+        how = (f"side by side with {on_row.id}, {saving['rounds']} rounds of one image's "
+               f"{component.replace('_', ' ')} calls")
         if on_s:
             times[row.id] = on_s - saved
-        if saved < CONSTRAINED_MIN_GAIN * (on_s or 0.0) or saved <= 0.0:
+        if saved <= 0.0 or saved < CONSTRAINED_MIN_GAIN * (on_s or 0.0):
             # A lower precision has to pay for itself: within the noise of one image it goes.
-            share = f", {saved / on_s:.1%} of its {on_s:.2f} s per image" if on_s else ""
+            share = f", {saved / on_s:.1%} of its estimated {on_s:.2f} s per image" if on_s else ""
             row.reason = (f"saves {saved:.3f} s per image ({how}{share}): less than the "
                           f"{CONSTRAINED_MIN_GAIN:.0%} gain that a lower precision must buy")
         else:
+            parts[component] = saving["latency_s"]
             chain.append((row, kept + [spec]))
     return chain[::-1]

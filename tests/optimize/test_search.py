@@ -136,23 +136,26 @@ def test_constrained_lossless_only_skips_the_precision_technique(tiny_pipe):
 
 def _rows(saved_s: float):
     """A constrained technique phase over a base whose image is estimated at 10 s, where every
-    setting saves ``saved_s`` per image side by side; ``evaluate`` stands in for the short
-    generations (here only the keeping rule is under test)."""
+    setting saves ``saved_s`` per image side by side; ``evaluate`` stands in for the replays of
+    its component's calls (here only the keeping rule is under test)."""
     from sdopt.device import detect
     from sdopt.optimize.search import CandidateResult, OptimizationResult, run_technique_search
+    from sdopt.techniques import TECHNIQUES
 
     base = CandidateResult("openvino/int8", "openvino", "int8", "int8", [], "selected",
                            latency_s=0.5, metric_drop=0.03)
     result = OptimizationResult({}, "numeric_precision", 0.05, "constrained", {}, [base], base,
                                 base)
+    fp32_s = {"vae": 2.5, "text_encoder": 0.5}  # with 7 s of UNet calls: 10 s per image
 
     def evaluate(module, specs, row, alongside):
+        before = fp32_s[TECHNIQUES[specs[-1]["name"]].component]
         row.paired["base"] = {"saved_s": saved_s, "q1": saved_s, "q3": saved_s, "rounds": 3,
-                              "latency_s": 1.0, "reference_latency_s": 1.0 + saved_s}
+                              "latency_s": before - saved_s, "reference_latency_s": before}
 
     ranked = run_technique_search(result, [(base, object())], detect("cpu"),
                                   metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
-                                  constrained=True, base_image_s=10.0)
+                                  constrained=True, unet_image_s=7.0, component_s=fp32_s)
     tried = next(c for c in result.candidates if c.pipeline_techniques
                  and c.pipeline_techniques[0]["name"] == "vae_openvino")  # the first tried
     # The two VAE replacements are never stacked (the second would replace the first).
@@ -186,8 +189,8 @@ def test_constrained_precision_must_pay_for_itself(saved_s, kept):
     else:
         assert ranked == [(base, [])]
         assert tried.reason.startswith(f"saves {saved_s:.3f} s per image (side by side with "
-                                       "openvino/int8, 3 rounds of one image's component "
-                                       "calls")
+                                       "openvino/int8, 3 rounds of one image's vae calls, "
+                                       f"{saved_s / 10:.1%} of its estimated 10.00 s per image)")
         assert "less than the 3% gain that a lower precision must buy" in tried.reason
 
 
@@ -425,11 +428,11 @@ def test_a_setting_that_cannot_pay_for_itself_is_not_tried():
     def evaluate(module, specs, row, alongside):  # stands in for the short generations
         evaluated.append(row.id)
         row.paired["base"] = {"saved_s": 0.1, "q1": 0.1, "q3": 0.1, "rounds": 3,
-                              "latency_s": 1.0, "reference_latency_s": 1.1}
+                              "latency_s": 2.9, "reference_latency_s": 3.0}
 
     ranked = run_technique_search(result, [(base, object())], detect("cpu"),
                                   metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
-                                  constrained=True, base_image_s=10.0,
+                                  constrained=True, unet_image_s=6.8,
                                   component_s={"text_encoder": 0.2, "vae": 3.0})
     rows = {c.id.rsplit("+", 1)[1]: c for c in result.candidates if c.pipeline_techniques}
     assert evaluated == [rows["vae_ov_bf16"].id]
