@@ -539,10 +539,11 @@ def _accumulate_settings(bases, attempt, times: dict[str, float], unet_image_s: 
 
     The stack's time per image is estimated as its UNet calls (``unet_image_s``) plus each
     component's time as last measured: side by side in a setting's replays where one ran, else
-    the capture's fp32 time. On sd15 at 256 px this gave 6.8 s and 5.2 s for the pick and the
-    pick with the OpenVINO VAE, 6.8 s and 5.2 s in the final rounds; the original's image scaled
-    by the UNet's ratio per call gave 9.8 s: the capture ran the fp32 pipeline 30% slower (23 s
-    per image) than the final rounds did (16 s), minutes later in the same process."""
+    the capture's fp32 time. On sd15 at 256 px this gave 7.0 s and 5.3 s for the pick and the
+    pick with the OpenVINO VAE, where the final rounds and the savings put them at 7.5 s and
+    5.8 s; the original's image scaled by the UNet's ratio per call gave 9.8 s for 6.8 s (the
+    capture ran the fp32 pipeline at 21-23 s per image, the final rounds at 16-18 s, minutes
+    later in the same process) and dropped the text encoder's 0.19 s as 2.3%."""
     base_row, _ = bases[-1]
     parts = dict(component_s)  # each component's seconds per image in the kept stack
 
