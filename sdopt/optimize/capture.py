@@ -19,12 +19,12 @@ import torch
 from ..errors import SdoptError
 from ..models import denoiser_name, denoiser_of
 from ..techniques import component_modules
-from .components import ComponentCalls, ComponentRecorder
+from .components import ComponentCalls, ComponentRecorder, detached
 from .endtoend import synchronize, to_uint8
 from .inputs import PromptInput, as_input
 from .memory import PeakRss
 from .paired import CallTimes
-from ..backends.base import UNetInputs, map_tensors
+from ..backends.base import UNetInputs
 
 
 @dataclass
@@ -112,10 +112,6 @@ def _extra_shapes(extra: dict, prefix: str = "") -> dict[str, list[int]]:
 _IGNORED_KWARGS = {"return_dict", "cross_attention_kwargs", "joint_attention_kwargs"}
 
 
-def _detach(value):
-    return map_tensors(value, lambda t: t.detach().clone())
-
-
 def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, width: int,
                     steps: int, guidance_scale: float, seed: int, n_verify: int = 8,
                     progress=None, decode: bool = False) -> SampleSet:
@@ -135,8 +131,8 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
     outputs: list[torch.Tensor] = []
 
     def pre_hook(module, args, kwargs):
-        captured.append((tuple(_detach(a) for a in args),
-                         {k: _detach(v) for k, v in kwargs.items()}))
+        captured.append((tuple(detached(a) for a in args),
+                         {k: detached(v) for k, v in kwargs.items()}))
 
     def post_hook(module, args, kwargs, output):
         out = output[0] if isinstance(output, (tuple, list)) else output.sample

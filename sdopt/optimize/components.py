@@ -13,14 +13,13 @@ replays is what one image saves.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 
 import torch
 
 from ..techniques import text_encoder_openvino
 from ..backends.base import map_tensors
-from .paired import Rounds, interleave
+from .paired import interleave
 from .table import BASE_LEVEL
 
 # Rounds of replays per setting: at least MIN, more while they take under SECONDS (the fp32
@@ -70,10 +69,9 @@ class ComponentRecorder:
 
     def _hook(self, module: torch.nn.Module, component: str, attribute: str) -> None:
         def record(_, args, kwargs):
-            copy = (lambda v: map_tensors(v, lambda t: t.detach().clone()))
             self.recorded.calls.setdefault(component, []).append(
-                (attribute, tuple(copy(a) for a in args), {k: copy(v) for k, v in
-                                                           kwargs.items()}))
+                (attribute, tuple(detached(a) for a in args),
+                 {k: detached(v) for k, v in kwargs.items()}))
 
         self._handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
 
@@ -95,14 +93,10 @@ def setting_saving(calls: ComponentCalls, component: str, pipe, on, *,
                          BASE_LEVEL: lambda i: calls.replay(on, component)},
                         rounds=SETTING_ROUNDS, warmup=0, min_rounds=SETTING_MIN_ROUNDS,
                         max_seconds=SETTING_SECONDS, device_kind=device_kind)
-    return saving_of(rounds)
+    return rounds.difference("row", BASE_LEVEL)
 
 
-def saving_of(rounds: Rounds) -> dict[str, float]:
-    """``rounds``' saving of "row" over BASE_LEVEL: the median per-round difference."""
-    saved = sorted(b - r for b, r in zip(rounds.samples_s[BASE_LEVEL], rounds.samples_s["row"]))
-    q1, _, q3 = statistics.quantiles(saved, n=4, method="inclusive") if len(saved) >= 2 \
-        else (saved[0],) * 3
-    return {"saved_s": statistics.median(saved), "q1": q1, "q3": q3, "rounds": len(saved),
-            "latency_s": statistics.median(rounds.samples_s["row"]),
-            "reference_latency_s": statistics.median(rounds.samples_s[BASE_LEVEL])}
+def detached(value):
+    """A copy of ``value``'s tensors (nested in tuples, lists, dicts) cut from the graph: what
+    a hook keeps of a call."""
+    return map_tensors(value, lambda t: t.detach().clone())

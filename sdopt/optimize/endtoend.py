@@ -140,4 +140,3 @@ def fill_row(row: CandidateResult, run: ImageRun, e2e: EndToEnd, gate: Metric) -
     row.image_metrics = e2e.score(run)
     row.image_metric_drop = row.image_metrics[gate.name]["mean"]
     row.image_metric_drop_max = row.image_metrics[gate.name]["max"]
-

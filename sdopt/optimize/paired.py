@@ -44,13 +44,27 @@ class Rounds:
 
     def ratio(self, name: str, reference: str) -> PairedRatio:
         ref, own = self.samples_s[reference], self.samples_s[name]
-        ratios = sorted(r / c for r, c in zip(ref, own))
-        if len(ratios) >= 2:
-            q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
-        else:
-            q1 = q3 = ratios[0]
+        ratios = [r / c for r, c in zip(ref, own)]
+        q1, q3 = quartiles(ratios)
         return PairedRatio(statistics.median(ratios), q1, q3, len(ratios),
                            statistics.median(own), statistics.median(ref))
+
+    def difference(self, name: str, reference: str) -> dict[str, float]:
+        """What ``name`` saves over ``reference``: the median of the per-round differences,
+        with their quartiles, the rounds and both medians."""
+        ref, own = self.samples_s[reference], self.samples_s[name]
+        saved = [r - c for r, c in zip(ref, own)]
+        q1, q3 = quartiles(saved)
+        return {"saved_s": statistics.median(saved), "q1": q1, "q3": q3, "rounds": len(saved),
+                "latency_s": statistics.median(own), "reference_latency_s": statistics.median(ref)}
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles of per-round figures (the one figure when there is one)."""
+    if len(values) >= 2:
+        q1, _, q3 = statistics.quantiles(sorted(values), n=4, method="inclusive")
+        return q1, q3
+    return values[0], values[0]
 
 
 def interleave(calls: dict[str, Callable[[int], object]], *, rounds: int, warmup: int = 1,

@@ -79,7 +79,7 @@ class Search:
         self.bases: list = []  # (row, module) the technique phase built on
         self.budget_note: str | None = None
         # Constrained: the pipelines assembled for (module, specs), and those whose components
-        # have all run (a setting's short generations), by id
+        # have all run (a setting's replays), by id
         self.pipelines: dict[tuple[int, str], object] = {}
         self.warm_pipelines: dict[int, object] = {}
         self.unet_calls_per_image = 1
@@ -400,12 +400,16 @@ class Search:
             else:
                 self.progress.advance(task)
         self.bases = bases
-        timer = self.time_setting if constrained else self.evaluate
+        if constrained:
+            def evaluate(base, specs, row, alongside):
+                self.time_setting(base, row, specs, alongside)
+        else:
+            def evaluate(base, specs, row, alongside):
+                self.evaluate(base, row, specs)
         ranked = run_technique_search(
             result, bases, req.device, metric_drop_ths=req.metric_drop_ths,
             image_metric=req.image_metric.name, metric_aggregate=req.metric_aggregate,
-            evaluate=lambda base, specs, row, alongside: timer(base, row, specs, alongside)
-            if constrained else timer(base, row, specs),
+            evaluate=evaluate,
             time_budget_s=req.time_budget_s, started=self.started, on_candidate=on_technique,
             constrained=constrained, component_s=self.component_s,
             unet_image_s=self.pick_unet_image_s() if constrained else None)
@@ -437,10 +441,11 @@ class Search:
         for row, specs in ranked or [(result.selected, [])]:
             if row is not result.selected:
                 self.module, self.specs = self._module_of(row), specs
-                rejected = [c for c in (result.selected,) if c.status == STATUS_REJECTED]
+                previous = result.selected
+                was_rejected = previous.status == STATUS_REJECTED
                 select(result, row)
-                for c in rejected:  # select() makes the previous pick ok: it was not
-                    c.status = STATUS_REJECTED
+                if was_rejected:  # select() makes the previous pick ok: it was not
+                    previous.status = STATUS_REJECTED
             result.selected_by = "e2e_latency" if specs else "unet_latency"
             self.confirm_end_to_end(None)
             if result.selected.status != STATUS_REJECTED:

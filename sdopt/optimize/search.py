@@ -500,29 +500,26 @@ def run_technique_search(
     # Stack: the best passing setting of each technique, on the best base, greedily.
     best_base = len(bases) - 1
 
-    def per_image(row: CandidateResult) -> float:
-        return row.e2e_latency_s
-
     singles: dict[str, tuple[CandidateResult, dict]] = {}
     for row, specs, base_index in passing:
         if base_index == best_base:
             name = specs[0]["name"]
-            if name not in singles or per_image(row) < per_image(singles[name][0]):
+            if name not in singles or row.e2e_latency_s < singles[name][0].e2e_latency_s:
                 singles[name] = (row, specs[0])
-    ordered = sorted(singles.values(), key=lambda rs: per_image(rs[0]))
+    ordered = sorted(singles.values(), key=lambda rs: rs[0].e2e_latency_s)
     if len(ordered) >= 2:
         stack_row, stack = ordered[0][0], [ordered[0][1]]
         for _, spec in ordered[1:]:
             if conflict_reason(stack + [spec]):
                 continue  # it replaces a component the stack already replaced (the VAE)
             row = attempt(best_base, stack + [spec])
-            if row.status == STATUS_OK and per_image(row) < per_image(stack_row):
+            if row.status == STATUS_OK and row.e2e_latency_s < stack_row.e2e_latency_s:
                 stack_row, stack = row, stack + [spec]
 
     contenders: list[tuple[CandidateResult, list[dict]]] = [
         (r, []) for r, _ in bases if r.e2e_latency_s and r.status in (STATUS_OK, STATUS_SELECTED)]
     contenders += [(r, s) for r, s, _ in passing]
-    return ranked_end_to_end(contenders, key=per_image)
+    return ranked_end_to_end(contenders)
 
 
 def _accumulate_settings(bases, attempt, times: dict[str, float], unet_image_s: float | None,
