@@ -107,7 +107,10 @@ def build_variant(pipe, backend_name: str, variant_name: str, samples, cache_dir
     dev = detect("cpu")
     backend = get_backend(backend_name)
     variant = next(v for v in backend.variants(dev) if v.name == variant_name)
-    assert backend.unavailable_reason(dev, variant) is None
+    reason = backend.unavailable_reason(dev, variant)
+    # bf16 on a CPU without bf16 units runs emulated: correct, only slow (the search skips it
+    # for that reason); what these tests check is that the graph builds and is right.
+    assert reason is None or (variant.precision == "bf16" and not dev.supports_bf16()[0]), reason
     ctx = BuildContext(device=dev, example=samples.verification[0].inputs,
                        calibration=[s.inputs for s in samples.calibration],
                        cache_dir=cache_dir)

@@ -50,10 +50,22 @@ INT8_EDGE_PATTERNS = (".*conv_in.*", ".*conv_out.*")
 DIT_EDGE_PATTERNS = tuple(rf".*\.{re.escape(module)}/.*" for module in DIT_EDGE_MODULES)
 
 
-# int8-inner's label: the layers its ignored scope keeps in floating point (the compile hint's
-# precision, bf16) on a UNet, and on a DiT transformer (Backend.techniques_for).
-UNET_EDGE_LABEL = "conv_in/conv_out bf16"
-DIT_EDGE_LABEL = "patch embedding/final projection bf16"
+
+def float_layers_precision(device: DeviceInfo) -> str:
+    """What an int8 variant's floating-point layers run in (its compile hint, _hint_for): bf16
+    where the CPU has it (3.7x vs 2.9-3.2x with f32 on sd15), else fp32. The labels say which:
+    a CPU without bf16 (Ice Lake, Zen 3) runs them in fp32."""
+    return "bf16" if device.supports_bf16()[0] else "fp32"
+
+
+def edge_label(precision: str, *, transformer: bool = False) -> str:
+    """int8-inner's label: the layers its ignored scope keeps in floating point (in
+    ``precision``) on a UNet, or on a DiT transformer (Backend.techniques_for)."""
+    layers = "patch embedding/final projection" if transformer else "conv_in/conv_out"
+    return f"{layers} {precision}"
+
+
+_DIT_EDGE_WORDS = {edge_label(p): edge_label(p, transformer=True) for p in ("bf16", "fp32")}
 MINMAX_LABEL = "int8 post-training (min/max ranges, one pass)"
 # A partial int8 variant is slower than any of these: it is tried only when they were rejected.
 INT8_MORE_AGGRESSIVE = ["int8-minmax", "int8-inner-minmax", "int8", "int8-inner"]
@@ -73,9 +85,7 @@ def _hint_for(variant: Variant, device: DeviceInfo) -> str:
         return "f32"
     if variant.precision == "bf16":
         return "bf16"
-    # int8: what stays in floating point runs in bf16 where the CPU has it (3.7x vs 2.9-3.2x
-    # with f32 here)
-    return "bf16" if device.supports_bf16()[0] else "f32"
+    return {"bf16": "bf16", "fp32": "f32"}[float_layers_precision(device)]
 
 
 class CompiledPerShape:
@@ -304,6 +314,7 @@ class OpenVINO(Backend):
         return "converting to OpenVINO and compiling"
 
     def variants(self, device: DeviceInfo) -> list[Variant]:
+        rest = float_layers_precision(device)  # what the int8 variants leave in float runs in
         return [
             Variant(self.name, "fp32", "fp32", options={"hint": "f32"}, lossless=True,
                     techniques=("openvino",)),
@@ -317,7 +328,7 @@ class OpenVINO(Backend):
             Variant(self.name, "int8-inner-minmax", "int8",
                     options={"quantizer": "minmax", "ignored_patterns": list(INT8_EDGE_PATTERNS),
                              "fallback_of": ["int8-minmax"]},
-                    techniques=("openvino", MINMAX_LABEL, UNET_EDGE_LABEL)),
+                    techniques=("openvino", MINMAX_LABEL, edge_label(rest))),
             # NNCF's calibration of the same graphs, for its smaller error: tried only when no
             # min/max variant passed (full and inner int8 run within noise of each other: 3.8-4.0x
             # and 3.82x on sd15, docs/backends.md), and bounded by its twin's measured speed.
@@ -333,18 +344,18 @@ class OpenVINO(Backend):
                              "fallback_of": ["int8", "int8-minmax"],
                              "same_graph_as": ["int8-inner-minmax"]},
                     techniques=("openvino", "int8 post-training (NNCF, calibrated)",
-                                UNET_EDGE_LABEL)),
+                                edge_label(rest))),
             # Then only one kind of layer in int8, the other in bf16.
             Variant(self.name, "int8-matmul", "int8",
                     options={"quantizer": "nncf", "ignored_types": ["Convolution"],
                              "fallback_of": INT8_MORE_AGGRESSIVE},
                     techniques=("openvino", "int8 MatMul (NNCF, calibrated)",
-                                "bf16 convolutions")),
+                                f"{rest} convolutions")),
             Variant(self.name, "int8-conv", "int8",
                     options={"quantizer": "nncf", "ignored_types": ["MatMul"],
                              "fallback_of": INT8_MORE_AGGRESSIVE},
                     techniques=("openvino", "int8 convolutions (NNCF, calibrated)",
-                                "bf16 MatMul")),
+                                f"{rest} MatMul")),
         ]
 
     def techniques_for(self, variant: Variant, denoiser: torch.nn.Module) -> tuple[str, ...]:
@@ -354,8 +365,7 @@ class OpenVINO(Backend):
         The variant, its options and its cache keys stay the same for every family."""
         patterns = tuple(variant.options.get("ignored_patterns", ()))
         if patterns and edge_patterns(denoiser, patterns) == DIT_EDGE_PATTERNS:
-            return tuple(DIT_EDGE_LABEL if t == UNET_EDGE_LABEL else t
-                         for t in variant.techniques)
+            return tuple(_DIT_EDGE_WORDS.get(t, t) for t in variant.techniques)
         return variant.techniques
 
     def model_reason(self, variant: Variant, denoiser: torch.nn.Module) -> str | None:

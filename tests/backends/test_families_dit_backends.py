@@ -206,11 +206,13 @@ def test_int8_inner_is_labelled_by_the_layers_it_keeps_in_float_on_each_family(t
     manifest show say which, for the model at hand. Only a label: the variant (id, options)
     is the same for every family, so no cache key changes."""
     from sdopt.backends import get_backend
-    from sdopt.backends.openvino import DIT_EDGE_LABEL, INT8_EDGE_PATTERNS, UNET_EDGE_LABEL
+    from sdopt.backends.openvino import INT8_EDGE_PATTERNS, edge_label, float_layers_precision
     from sdopt.device import detect
 
     backend = get_backend("openvino")
     variants = {v.name: v for v in backend.variants(detect("cpu"))}
+    rest = float_layers_precision(detect("cpu"))
+    UNET_EDGE_LABEL, DIT_EDGE_LABEL = edge_label(rest), edge_label(rest, transformer=True)
     inner = variants["int8-inner"]
     assert inner.options["ignored_patterns"] == list(INT8_EDGE_PATTERNS)
     assert backend.techniques_for(inner, tiny_pipe.unet) == inner.techniques
@@ -232,8 +234,11 @@ def test_int8_inner_is_labelled_by_the_layers_it_keeps_in_float_on_each_family(t
 def test_the_search_table_shows_int8_inners_dit_words_on_a_dit():
     """The search's row for int8-inner on PixArt (skipped here: no metric drop allowed) names
     the DiT's float layers."""
-    from sdopt.backends.openvino import DIT_EDGE_LABEL, UNET_EDGE_LABEL
+    from sdopt.backends.openvino import edge_label, float_layers_precision
+    from sdopt.device import detect
 
+    rest = float_layers_precision(detect("cpu"))
+    UNET_EDGE_LABEL, DIT_EDGE_LABEL = edge_label(rest), edge_label(rest, transformer=True)
     pipe, _ = recorded("pixart-tiny")
     optimized = sdopt.optimize_model(pipe, ["a photo of a cat"], metric_drop_ths=None,
                                      backends=["openvino/int8-inner"], height=64, width=64,
@@ -260,3 +265,23 @@ def test_onnx_nodes_are_traced_to_their_module_under_both_exporters():
     graph = onnx.helper.make_graph([legacy, inner, dynamo], "g", [], [])
     assert dit_edge_nodes(graph, ("Conv", "MatMul")) == ["/unet/proj_out/MatMul", "node_conv2d"]
     assert dit_edge_nodes(graph, ("MatMul",)) == ["/unet/proj_out/MatMul"]
+
+
+def test_int8_labels_name_the_precision_the_float_layers_run_in():
+    """An int8 variant's float layers run in the compile hint's precision: bf16 where the CPU
+    has it, fp32 where it has not (Ice Lake, Zen 3), and the labels say so."""
+    import dataclasses
+
+    from sdopt.backends import get_backend
+    from sdopt.backends.openvino import _hint_for
+    from sdopt.device import detect
+
+    cpu = detect("cpu")
+    flags = tuple(f for f in cpu.cpu_flags if f not in ("avx512_bf16", "amx_bf16"))
+    for extra, rest, hint in (((), "fp32", "f32"), (("avx512_bf16",), "bf16", "bf16")):
+        device = dataclasses.replace(cpu, cpu_flags=flags + extra)
+        variants = {v.name: v for v in get_backend("openvino").variants(device)}
+        assert f"conv_in/conv_out {rest}" in variants["int8-inner"].techniques
+        assert f"{rest} convolutions" in variants["int8-matmul"].techniques
+        assert f"{rest} MatMul" in variants["int8-conv"].techniques
+        assert _hint_for(variants["int8-inner"], device) == hint

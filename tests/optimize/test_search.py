@@ -82,7 +82,7 @@ def test_constrained_tries_only_precision_techniques(tiny_pipe):
     for row, spec in zip(rows, constrained):
         assert row.pipeline_techniques in ([spec], kept + [spec])
         if row.pipeline_techniques == kept + [spec] and row.status in ("ok", "selected") \
-                and not row.reason:
+                and (not row.reason or row.reason.startswith("kept, and ")):
             kept = row.pipeline_techniques
         elif row.pipeline_techniques != kept + [spec]:
             # it replaces a kept setting's component (or cannot run here: that reason first)
@@ -134,11 +134,22 @@ def test_constrained_lossless_only_skips_the_precision_technique(tiny_pipe):
     assert not result.selected.pipeline_techniques
 
 
-def _rows(saved_s: float):
-    """A constrained technique phase over a base whose image is estimated at 10 s, where every
-    setting saves ``saved_s`` per image side by side; ``evaluate`` stands in for the replays of
-    its component's calls (here only the keeping rule is under test)."""
+def _bf16_cpu():
+    """This machine's CPU described with bf16 units: the keeping rule and the bounds are under
+    test, not the bf16 kernels (none run), so they are tested on CPUs without bf16 too."""
+    import dataclasses
+
     from sdopt.device import detect
+
+    cpu = detect("cpu")
+    return dataclasses.replace(cpu, cpu_flags=tuple(cpu.cpu_flags) + ("avx512_bf16",))
+
+
+def _rows(saved_s: float, q1_s: float | None = None):
+    """A constrained technique phase over a base whose image is estimated at 10 s, where every
+    setting saves ``saved_s`` per image side by side (first quartile ``q1_s``, else the same);
+    ``evaluate`` stands in for the replays of its component's calls (here only the keeping
+    rule is under test)."""
     from sdopt.optimize.search import CandidateResult, OptimizationResult, run_technique_search
     from sdopt.techniques import TECHNIQUES
 
@@ -150,10 +161,11 @@ def _rows(saved_s: float):
 
     def evaluate(module, specs, row, alongside):
         before = fp32_s[TECHNIQUES[specs[-1]["name"]].component]
-        row.paired["base"] = {"saved_s": saved_s, "q1": saved_s, "q3": saved_s, "rounds": 3,
-                              "latency_s": before - saved_s, "reference_latency_s": before}
+        row.paired["base"] = {"saved_s": saved_s, "q1": saved_s if q1_s is None else q1_s,
+                              "q3": saved_s, "rounds": 3, "latency_s": before - saved_s,
+                              "reference_latency_s": before}
 
-    ranked = run_technique_search(result, [(base, object())], detect("cpu"),
+    ranked = run_technique_search(result, [(base, object())], _bf16_cpu(),
                                   metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
                                   constrained=True, unet_image_s=7.0, component_s=fp32_s)
     tried = next(c for c in result.candidates if c.pipeline_techniques
@@ -164,20 +176,18 @@ def _rows(saved_s: float):
     return ranked, tried
 
 
-@pytest.mark.parametrize("saved_s, kept", [
-    (2.0, True),     # 20% of the image side by side: kept
-    (0.1, False),    # 1%: noise, the base stays, with the reason
-    (-0.5, False),   # slower
+@pytest.mark.parametrize("saved_s, q1_s, kept", [
+    (2.0, None, True),     # 20% of the image side by side: kept
+    (0.2, None, True),     # 2% (the sd15 text encoder's share at 256 px), in most rounds: kept
+    (0.05, None, False),   # 0.5%: less than the image's 1%, the base stays, with the reason
+    (0.5, -0.1, False),    # 5% in the median, but not in most rounds: noise
+    (-0.5, None, False),   # slower
 ])
-def test_constrained_precision_must_pay_for_itself(saved_s, kept):
+def test_constrained_precision_must_pay_for_itself(saved_s, q1_s, kept):
     """The settings are kept in turn when each saves CONSTRAINED_MIN_GAIN of what it is stacked
-    on; the kept stacks come back most settings first, the base last (the runner judges the
-    first on its images and falls back along the list)."""
-    from sdopt.device import detect
-
-    if detect("cpu").supports_bf16()[0] is False:
-        pytest.skip("this CPU has no bf16: the technique is skipped before the rule applies")
-    ranked, tried = _rows(saved_s)
+    on, in most rounds; the kept stacks come back most settings first, the base last (the
+    runner judges the first on its images and falls back along the list)."""
+    ranked, tried = _rows(saved_s, q1_s)
     (row, specs), base = ranked[0], ranked[-1][0]
     assert bool(specs) is kept and row.pipeline_techniques == specs
     assert base.id == "openvino/int8" and not ranked[-1][1]
@@ -191,16 +201,29 @@ def test_constrained_precision_must_pay_for_itself(saved_s, kept):
         assert tried.reason.startswith(f"saves {saved_s:.3f} s per image (side by side with "
                                        "openvino/int8, 3 rounds of one image's vae calls, "
                                        f"{saved_s / 10:.1%} of its estimated 10.00 s per image)")
-        assert "less than the 3% gain that a lower precision must buy" in tried.reason
+        if (saved_s if q1_s is None else q1_s) <= 0:
+            assert "but not in most rounds (first quartile" in tried.reason
+            assert "must save time in three rounds of four" in tried.reason
+        else:
+            assert "less than the 1% gain that a lower precision must buy" in tried.reason
 
 
 def test_zero_threshold_rejects_every_technique(tiny_pipe):
     result = sdopt.optimize_model(tiny_pipe, PROMPTS, metric_drop_ths=0.0,
                                   optimization_time="unconstrained", **FAST).sdopt_result
+    from sdopt.techniques import TECHNIQUES
+
     rows = [c for c in result.candidates if c.pipeline_techniques]
-    assert rows and all(c.status in ("rejected", "skipped") for c in rows)
-    assert any(c.status == "rejected" for c in rows)
-    assert not result.selected.pipeline_techniques
+    assert rows and any(c.status == "rejected" for c in rows)
+    for c in rows:
+        if c.status in ("rejected", "skipped"):
+            continue
+        # Only a component moved to another runtime in fp32 (OpenVINO's fp32 VAE decoder or
+        # text encoder, tried on CPUs without bf16) passes, and only with identical images.
+        assert all(TECHNIQUES[s["name"]].constrained and s.get("precision") == "fp32"
+                   for s in c.pipeline_techniques), c
+        assert c.image_metrics["psnr"]["max"] == 0.0, c
+    assert all(TECHNIQUES[s["name"]].constrained for s in result.selected.pipeline_techniques)
 
 
 def test_lossless_only_skips_techniques_with_the_reason(tiny_pipe):
@@ -396,9 +419,13 @@ def test_a_constrained_picks_unet_is_compared_in_the_image_rounds(tiny_pipe, mon
     monkeypatch.setattr(search_module, "_time_module",
                         lambda module, *a, **k: (timed.append(module), time_module(module, *a,
                                                                                      **k))[1])
+    from sdopt.device import detect
+
     prompts = PROMPTS + ["a watercolor of a harbour"]
+    # a UNet candidate that runs on this CPU (bf16 is skipped on CPUs without bf16 units)
+    backend = "openvino/bf16" if detect("cpu").supports_bf16()[0] else "openvino/fp32"
     result = sdopt.optimize_model(tiny_pipe, prompts, metric_drop_ths=0.05, end_to_end=True,
-                                  **{**FAST, "backends": ["openvino/bf16"]}).sdopt_result
+                                  **{**FAST, "backends": [backend]}).sdopt_result
     assert result.selected is not result.original, "the original was the pick: nothing checked"
     assert levels == ["e2e"]
     unet, e2e = result.selected.paired["unet"], result.selected.paired["e2e"]
@@ -421,11 +448,8 @@ def test_a_setting_that_cannot_pay_for_itself_is_not_tried():
     component is too small a share of its base's image is skipped with the reason, and torch's
     bf16 VAE decoder once OpenVINO's measured (it cannot beat it; here OpenVINO's did not pay
     for itself, so the base stays and nothing is stacked); the OpenVINO VAE is tried."""
-    from sdopt.device import detect
     from sdopt.optimize.search import CandidateResult, OptimizationResult, run_technique_search
 
-    if detect("cpu").supports_bf16()[0] is False:
-        pytest.skip("this CPU has no bf16: the bf16 settings are skipped before the bounds")
     base = CandidateResult("openvino/int8", "openvino", "int8", "int8", [], "selected",
                            latency_s=0.5, metric_drop=0.03)
     result = OptimizationResult({}, "numeric_precision", 0.05, "constrained", {}, [base], base,
@@ -434,18 +458,18 @@ def test_a_setting_that_cannot_pay_for_itself_is_not_tried():
 
     def evaluate(module, specs, row, alongside):  # stands in for the short generations
         evaluated.append(row.id)
-        row.paired["base"] = {"saved_s": 0.1, "q1": 0.1, "q3": 0.1, "rounds": 3,
-                              "latency_s": 2.9, "reference_latency_s": 3.0}
+        row.paired["base"] = {"saved_s": 0.05, "q1": 0.05, "q3": 0.05, "rounds": 3,
+                              "latency_s": 2.95, "reference_latency_s": 3.0}
 
-    ranked = run_technique_search(result, [(base, object())], detect("cpu"),
+    ranked = run_technique_search(result, [(base, object())], _bf16_cpu(),
                                   metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
                                   constrained=True, unet_image_s=6.8,
-                                  component_s={"text_encoder": 0.2, "vae": 3.0})
+                                  component_s={"text_encoder": 0.05, "vae": 3.0})
     rows = {c.id.rsplit("+", 1)[1]: c for c in result.candidates if c.pipeline_techniques}
     assert evaluated == [rows["vae_ov_bf16"].id]
     assert rows["te_ov_bf16"].status == "skipped"
-    assert "even free it would save 2.0%" in rows["te_ov_bf16"].reason
+    assert "even free it would save 0.5%, less than the 1%" in rows["te_ov_bf16"].reason
     assert rows["vae_bf16"].status == "skipped"
     assert rows["vae_bf16"].reason.startswith(f"cannot beat {rows['vae_ov_bf16'].id}")
-    assert "less than the 3% gain" in rows["vae_ov_bf16"].reason
+    assert "less than the 1% gain" in rows["vae_ov_bf16"].reason
     assert ranked[0][0] is base
