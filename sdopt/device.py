@@ -66,6 +66,14 @@ class DeviceInfo:
         ok, why = self.supports_bf16()
         return None if ok else why
 
+    def only_slow(self, reason: str | None) -> bool:
+        """Whether ``reason`` (a backend's or a technique's) says no more than that bf16 runs
+        slowly on this CPU (emulated, no bf16 units): the search skips such a candidate, but
+        one named explicitly or saved elsewhere still runs here (a model optimized on a CPU
+        with bf16 and reproduced on a runner without it), slower, with a warning."""
+        return bool(reason) and self.kind == "cpu" \
+            and reason == self.precision_unavailable_reason("bf16")
+
     def fingerprint(self) -> dict[str, Any]:
         return asdict(self)
 

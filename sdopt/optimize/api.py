@@ -149,6 +149,15 @@ def optimize_model(
     return optimized
 
 
+def _runnable(dev, reason: str | None, what: str) -> str | None:
+    """``reason`` unless it only says bf16 runs slowly here (DeviceInfo.only_slow): what was
+    asked for by name, or saved, still runs, with a warning."""
+    if dev.only_slow(reason):
+        log.warning("%s runs here, but slower than fp32: %s", what, reason)
+        return None
+    return reason
+
+
 def apply_variant(model, variant_id: str, device: str | None = None, *,
                   height: int | None = None, width: int | None = None):
     """Build one named candidate (e.g. ``"torch_eager/bf16"``) without searching or verifying:
@@ -161,7 +170,7 @@ def apply_variant(model, variant_id: str, device: str | None = None, *,
     if variant is None:
         raise SdoptError(f"unknown candidate '{variant_id}': expected one of " + ", ".join(
             f"{backend.name}/{v.name}" for v in backend.variants(dev)))
-    reason = backend.unavailable_reason(dev, variant)
+    reason = _runnable(dev, backend.unavailable_reason(dev, variant), f"candidate '{variant_id}'")
     if reason:
         raise SdoptError(f"candidate '{variant_id}' cannot run here: {reason}")
     model.to(dev.torch_device)
@@ -207,7 +216,7 @@ def load_model(path: str | os.PathLike, pipe=None, *, device: str | None = None)
                          f"({manifest['device'].get('name')}); this machine has none")
     comp = denoiser_component(manifest, path / MANIFEST_NAME, denoiser_name(pipe))
     backend, variant = resolve_variant(comp, path / MANIFEST_NAME, dev)
-    reason = backend.unavailable_reason(dev, variant)
+    reason = _runnable(dev, backend.unavailable_reason(dev, variant), f"'{path}' ({variant.id})")
     if reason:
         raise SdoptError(f"'{path}' uses {variant.id}, which cannot run here: {reason}")
     if comp.get("config_hash") and comp["config_hash"] != config_hash(unet):
@@ -222,7 +231,8 @@ def load_model(path: str | os.PathLike, pipe=None, *, device: str | None = None)
                           comp.get("artifact", {}), dev)
     module.eval()
     for spec in specs:
-        why = unavailable_reason(spec, module, dev)
+        why = _runnable(dev, unavailable_reason(spec, module, dev),
+                        f"'{path}' (technique {spec['name']})")
         if why:
             raise SdoptError(f"'{path}' uses the technique {spec['name']}, which cannot run "
                              f"here: {why}")

@@ -183,8 +183,11 @@ def test_search_lists_openvino_and_picks_within_threshold(tiny_pipe, prompts):
     result = optimized.sdopt_result
     rows = {c.id: c for c in result.candidates}
     for name in ("fp32", "bf16", "int8-minmax"):
-        assert rows[f"openvino/{name}"].status in ("ok", "selected", "rejected"), rows
-        assert rows[f"openvino/{name}"].latency_s > 0
+        row = rows[f"openvino/{name}"]
+        if row.status == "skipped" and detect("cpu").only_slow(row.reason):
+            continue  # bf16 on a CPU without bf16 units: skipped for its speed, saying so
+        assert row.status in ("ok", "selected", "rejected"), rows
+        assert row.latency_s > 0
     # NNCF's int8 rescues a rejected min/max int8 only, exhaustive or not
     nncf = rows["openvino/int8"]
     assert nncf.latency_s > 0 if rows["openvino/int8-minmax"].status == "rejected" \

@@ -26,7 +26,9 @@ from sdopt.device import detect  # noqa: E402
 
 THREADS = {"INFERENCE_NUM_THREADS": 2}
 VARIANTS = [v.name for v in get_backend("openvino").variants(detect("cpu"))]
-RUNTIME_PRECISION = {"fp32": "f32", "bf16": "bf16"}  # int8 variants: i8 (QK^T quantized)
+# What the bf16 hint runs in: bf16 where the CPU has bf16 units, else OpenVINO runs f32
+FLOAT = "bf16" if detect("cpu").supports_bf16()[0] else "f32"
+RUNTIME_PRECISION = {"fp32": "f32", "bf16": FLOAT}  # int8 variants: i8 (QK^T quantized)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,9 @@ def test_variants_cover_the_four_named_ones():
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_sdpa_runs_as_one_fused_subgraph(tiny_pipe, samples, modules, name):
+    if name == "bf16" and FLOAT != "bf16":
+        pytest.skip("this CPU has no bf16 units: OpenVINO's bf16 hint runs attention "
+                    "decomposed here (the search skips the bf16 variant on such CPUs)")
     report = _report(tiny_pipe, samples, modules, name)
     n = report["ir"]["ScaledDotProductAttention"]
     assert n == 12, "the tiny UNet: 6 transformer blocks, self- and cross-attention"
@@ -101,7 +106,7 @@ def test_int8_with_sdpa_ignored_runs_attention_in_bf16(tiny_pipe, samples):
     report = module_attention_report(module, samples.verification[0].inputs, THREADS)
     n = report["ir"]["ScaledDotProductAttention"]
     assert report["ir_sdpa_inputs_quantized"] == {"q": 0, "k": 0, "v": 0}
-    assert report["attention"]["nodes"] == {"Subgraph:bf16": n}
+    assert report["attention"]["nodes"] == {f"Subgraph:{FLOAT}": n}
     assert max(verification_drops(module, samples)) <= 0.15  # test_backend_openvino's int8 bound
 
 
