@@ -94,6 +94,18 @@ def local_clip(tmp_path_factory):
     configure_clip(None)
 
 
+def cpu_described(bf16: bool):
+    """This machine's CPU described with or without bf16 units: for rules and labels that
+    depend on them (none of these tests runs a bf16 kernel), tested on every CPU."""
+    import dataclasses
+
+    from sdopt.device import detect
+
+    cpu = detect("cpu")
+    flags = tuple(f for f in cpu.cpu_flags if f not in ("avx512_bf16", "amx_bf16"))
+    return dataclasses.replace(cpu, cpu_flags=flags + (("avx512_bf16",) if bf16 else ()))
+
+
 def build_variant(pipe, backend_name: str, variant_name: str, samples, cache_dir=None):
     """A backend variant built from the recorded samples, as the search builds it (so its cache
     keys are the search's), from the pipeline's denoiser (its UNet or its DiT transformer)."""

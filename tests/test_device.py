@@ -3,7 +3,6 @@ candidate named explicitly or a model saved on a CPU with bf16 runs here, slower
 (GitHub's hosted runners include CPUs without bf16; a gate pinned to a bf16 candidate must not
 turn into a bad-input error there)."""
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -11,29 +10,22 @@ import numpy as np
 import sdopt
 from sdopt.device import detect
 
-from .conftest import image_array
-
-
-def _without_bf16():
-    cpu = detect("cpu")
-    return dataclasses.replace(cpu, cpu_flags=tuple(
-        f for f in cpu.cpu_flags if f not in ("avx512_bf16", "amx_bf16")))
+from .conftest import cpu_described, image_array
 
 
 def test_only_the_bf16_speed_reason_is_only_slow():
-    cpu = _without_bf16()
+    cpu = cpu_described(bf16=False)
     reason = cpu.precision_unavailable_reason("bf16")
     assert reason and cpu.only_slow(reason)
     assert not cpu.only_slow(None) and not cpu.only_slow("TensorRT needs an NVIDIA GPU")
-    with_bf16 = dataclasses.replace(cpu, cpu_flags=cpu.cpu_flags + ("avx512_bf16",))
-    assert with_bf16.precision_unavailable_reason("bf16") is None
+    assert cpu_described(bf16=True).precision_unavailable_reason("bf16") is None
 
 
 def test_a_named_bf16_candidate_runs_on_a_cpu_without_bf16(fresh_tiny_pipe, monkeypatch, caplog,
                                                            tmp_path):
     from sdopt.optimize import api
 
-    monkeypatch.setattr(api, "detect", lambda device=None: _without_bf16())
+    monkeypatch.setattr(api, "detect", lambda device=None: cpu_described(bf16=False))
     with caplog.at_level(logging.WARNING, logger=api.__name__):
         optimized = sdopt.apply_variant(fresh_tiny_pipe, "torch_eager/bf16")
     assert "candidate 'torch_eager/bf16' runs here, but slower than fp32" in caplog.text

@@ -50,7 +50,6 @@ INT8_EDGE_PATTERNS = (".*conv_in.*", ".*conv_out.*")
 DIT_EDGE_PATTERNS = tuple(rf".*\.{re.escape(module)}/.*" for module in DIT_EDGE_MODULES)
 
 
-
 def float_layers_precision(device: DeviceInfo) -> str:
     """What an int8 variant's floating-point layers run in (its compile hint, _hint_for): bf16
     where the CPU has it (3.7x vs 2.9-3.2x with f32 on sd15), else fp32. The labels say which:

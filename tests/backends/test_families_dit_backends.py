@@ -270,16 +270,13 @@ def test_onnx_nodes_are_traced_to_their_module_under_both_exporters():
 def test_int8_labels_name_the_precision_the_float_layers_run_in():
     """An int8 variant's float layers run in the compile hint's precision: bf16 where the CPU
     has it, fp32 where it has not (Ice Lake, Zen 3), and the labels say so."""
-    import dataclasses
-
     from sdopt.backends import get_backend
     from sdopt.backends.openvino import _hint_for
-    from sdopt.device import detect
 
-    cpu = detect("cpu")
-    flags = tuple(f for f in cpu.cpu_flags if f not in ("avx512_bf16", "amx_bf16"))
-    for extra, rest, hint in (((), "fp32", "f32"), (("avx512_bf16",), "bf16", "bf16")):
-        device = dataclasses.replace(cpu, cpu_flags=flags + extra)
+    from ..conftest import cpu_described
+
+    for bf16, rest, hint in ((False, "fp32", "f32"), (True, "bf16", "bf16")):
+        device = cpu_described(bf16)
         variants = {v.name: v for v in get_backend("openvino").variants(device)}
         assert f"conv_in/conv_out {rest}" in variants["int8-inner"].techniques
         assert f"{rest} convolutions" in variants["int8-matmul"].techniques

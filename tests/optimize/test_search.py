@@ -12,6 +12,8 @@ from sdopt.optimize.components import SETTING_MIN_ROUNDS, SETTING_ROUNDS
 from sdopt.optimize.search import CONSTRAINED_MIN_GAIN
 from sdopt.optimize.manifest import MANIFEST_NAME
 
+from ..conftest import cpu_described
+
 FAST = dict(num_inference_steps=4, repeats=2, show=False, backends=["torch_eager"])
 PROMPTS = ["a photo of a cat"]
 
@@ -134,17 +136,6 @@ def test_constrained_lossless_only_skips_the_precision_technique(tiny_pipe):
     assert not result.selected.pipeline_techniques
 
 
-def _bf16_cpu():
-    """This machine's CPU described with bf16 units: the keeping rule and the bounds are under
-    test, not the bf16 kernels (none run), so they are tested on CPUs without bf16 too."""
-    import dataclasses
-
-    from sdopt.device import detect
-
-    cpu = detect("cpu")
-    return dataclasses.replace(cpu, cpu_flags=tuple(cpu.cpu_flags) + ("avx512_bf16",))
-
-
 def _rows(saved_s: float, q1_s: float | None = None):
     """A constrained technique phase over a base whose image is estimated at 10 s, where every
     setting saves ``saved_s`` per image side by side (first quartile ``q1_s``, else the same);
@@ -165,7 +156,7 @@ def _rows(saved_s: float, q1_s: float | None = None):
                               "q3": saved_s, "rounds": 3, "latency_s": before - saved_s,
                               "reference_latency_s": before}
 
-    ranked = run_technique_search(result, [(base, object())], _bf16_cpu(),
+    ranked = run_technique_search(result, [(base, object())], cpu_described(bf16=True),
                                   metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
                                   constrained=True, unet_image_s=7.0, component_s=fp32_s)
     tried = next(c for c in result.candidates if c.pipeline_techniques
@@ -461,7 +452,7 @@ def test_a_setting_that_cannot_pay_for_itself_is_not_tried():
         row.paired["base"] = {"saved_s": 0.05, "q1": 0.05, "q3": 0.05, "rounds": 3,
                               "latency_s": 2.95, "reference_latency_s": 3.0}
 
-    ranked = run_technique_search(result, [(base, object())], _bf16_cpu(),
+    ranked = run_technique_search(result, [(base, object())], cpu_described(bf16=True),
                                   metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
                                   constrained=True, unet_image_s=6.8,
                                   component_s={"text_encoder": 0.05, "vae": 3.0})
