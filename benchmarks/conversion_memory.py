@@ -32,10 +32,8 @@ def measure(scale: int) -> dict:
     import sdopt
     from diffusers import UNet2DConditionModel
 
-    from sdopt.backends.base import BuildContext
     from sdopt.backends.export import export_unet
-    from sdopt.backends.openvino import converted_ir
-    from sdopt.device import detect
+    from sdopt.backends.openvino import _convert, _write_ir
     from sdopt.optimize.capture import example_inputs
     from sdopt.optimize.memory import PeakRss, current_rss
 
@@ -46,10 +44,8 @@ def measure(scale: int) -> dict:
     unet = UNet2DConditionModel.from_config(config).eval()
     weights = sum(p.numel() * p.element_size() for p in unet.parameters())
     libc = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
-    device = detect("cpu")
-    # converted_ir into an empty cache folder: a conversion every time.
-    jobs = {"openvino.convert_model": lambda d: converted_ir(
-                unet, BuildContext(device=device, example=example, cache_dir=Path(d))),
+    # a conversion and its IR written every time (the backend keeps one per UNet in memory)
+    jobs = {"openvino.convert_model": lambda d: _write_ir(_convert(unet, example), Path(d)),
             "onnx dynamo": lambda d: export_unet(unet, example, d, exporters=("dynamo",)),
             "onnx legacy": lambda d: export_unet(unet, example, d, exporters=("legacy",))}
     out = {"scale": scale, "weights_bytes": weights, "peak_above_start_bytes": {},

@@ -27,7 +27,7 @@ class NotDerivable(Exception):
     """The partial model cannot be derived by a graph edit (calibrate it instead)."""
 
 
-def derive_partial_int8(full_xml: Path, fp32_xml: Path, out_xml: Path, *,
+def derive_partial_int8(full_xml: Path, fp32_model, out_xml: Path, *,
                         ignored_types: tuple[str, ...] = (),
                         ignored_patterns: tuple[str, ...] = ()) -> dict[str, Any]:
     import numpy as np
@@ -36,7 +36,7 @@ def derive_partial_int8(full_xml: Path, fp32_xml: Path, out_xml: Path, *,
 
     core = ov.Core()
     model = core.read_model(str(full_xml))
-    fp32_ops = {op.get_friendly_name(): op for op in core.read_model(str(fp32_xml)).get_ops()}
+    fp32_ops = {op.get_friendly_name(): op for op in fp32_model.get_ops()}
     patterns = [re.compile(p) for p in ignored_patterns]  # re.match, as NNCF's IgnoredScope
     stripped: list[str] = []
     for op in model.get_ops():

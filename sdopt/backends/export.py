@@ -16,7 +16,6 @@ import io
 import logging
 import os
 import warnings
-import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -170,31 +169,13 @@ def unet_shapes(inputs: UNetInputs) -> dict[str, list[int]]:
 def unet_key_parts(unet: torch.nn.Module, example: UNetInputs) -> dict[str, Any]:
     """What identifies an export of this UNet: weights, architecture, shapes, torch/diffusers."""
     versions = library_versions()
-    parts = {"weights": _weights_hash_memo(unet), "config": config_hash(unet),
+    parts = {"weights": weights_hash(unet), "config": config_hash(unet),
              "shapes": unet_shapes(example),
              "libraries": {k: versions.get(k) for k in ("torch", "diffusers")}}
     constants = constant_inputs(example)
     if constants:  # fixed in the graph: another flag is another export
         parts["constants"] = {k: repr(v) for k, v in constants.items()}
     return parts
-
-
-_HASHES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _weights_hash_memo(unet: torch.nn.Module) -> str:
-    """Hashing the SD 1.5 UNet's 3.4 GB takes seconds and the search builds several variants
-    of one UNet: reuse the hash while no tensor was replaced or modified in place (tensor
-    version counters)."""
-    try:
-        signature = tuple((name, t.data_ptr(), t._version, str(t.dtype), t.device.type)
-                          for name, t in unet.state_dict(keep_vars=True).items())
-    except RuntimeError:  # inference tensors have no version counter: hash every time
-        return weights_hash(unet)
-    memo = _HASHES.get(unet)
-    if memo is None or memo[0] != signature:
-        memo = _HASHES[unet] = (signature, weights_hash(unet))
-    return memo[1]
 
 
 def _export_dynamo(module, args, path: Path, input_names, output_names, opset: int) -> None:

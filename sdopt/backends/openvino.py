@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -170,9 +171,8 @@ def convert_torch(module: torch.nn.Module, example_input, share_weights: bool = 
                                 share_weights=share_weights, **kwargs)
 
 
-def _convert(unet: torch.nn.Module, example: UNetInputs, directory: Path) -> dict[str, Any]:
-    import openvino as ov
-
+def _convert(unet: torch.nn.Module, example: UNetInputs):
+    """The UNet as an ``openvino.Model`` with fp32 weights shared with the torch module."""
     from .export import for_export, input_names, unet_args
 
     model = convert_torch(for_export(unet, example), unet_args(example))
@@ -182,9 +182,15 @@ def _convert(unet: torch.nn.Module, example: UNetInputs, directory: Path) -> dic
                            f"{len(names)} the denoiser was called with ({', '.join(names)})")
     for port, name in zip(model.inputs, names):
         port.get_tensor().set_names({name})
+    CONVERSIONS["convert_model"] += 1
+    return model
+
+
+def _write_ir(model, directory: Path) -> dict[str, Any]:
+    import openvino as ov
+
     # fp32 weights: compress_to_fp16 would make the "fp32" variant lossy.
     ov.save_model(model, str(directory / IR_XML), compress_to_fp16=False)
-    CONVERSIONS["convert_model"] += 1
     return {"converter": "openvino.convert_model", "openvino": ov.get_version()}
 
 
@@ -196,40 +202,27 @@ def _calibration_items(model, calibration: list[UNetInputs]) -> list[dict[str, A
             for c in calibration]
 
 
-def _statistics_precision(ir_dir: Path, device: DeviceInfo) -> tuple[str, str | None]:
-    """The min/max statistics pass's inference precision for the IR in ``ir_dir`` with the
-    memory available now, and why it is not fp32 (None when it is)."""
-    from ._ov_minmax_int8 import statistics_precision
-
-    return statistics_precision((ir_dir / IR_BIN).stat().st_size, available_memory_bytes(),
-                                device.precision_unavailable_reason("bf16"))
-
-
-def _quantize_minmax(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
+def _quantize_minmax(source: "FP32IR", calibration: list[UNetInputs], directory: Path,
                      ignored_types: tuple[str, ...] = (),
                      ignored_patterns: tuple[str, ...] = (),
                      statistics: str = "f32") -> dict[str, Any]:
-    import openvino as ov
-
     from ._ov_minmax_int8 import quantize_minmax
 
-    items = _calibration_items(ov.Core().read_model(str(ir_dir / IR_XML)),
-                               calibration[:INT8_SUBSET_MAX])
-    built = quantize_minmax(ir_dir / IR_XML, items, directory / IR_XML,
-                            ignored_types=ignored_types, ignored_patterns=ignored_patterns,
-                            statistics=statistics)
+    model = source.model()
+    built = quantize_minmax(model, _calibration_items(model, calibration[:INT8_SUBSET_MAX]),
+                            directory / IR_XML, ignored_types=ignored_types,
+                            ignored_patterns=ignored_patterns, statistics=statistics)
     CONVERSIONS["minmax"] += 1
     return built
 
 
-def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
+def _quantize(source: "FP32IR", calibration: list[UNetInputs], directory: Path,
               ignored_types: tuple[str, ...] = (), preset: str | None = None,
               ignored_patterns: tuple[str, ...] = ()) -> dict[str, Any]:
     import nncf
     import openvino as ov
 
-    core = ov.Core()
-    model = core.read_model(str(ir_dir / IR_XML))
+    model = source.model().clone()  # NNCF's graph edits stay off the shared model
     items = _calibration_items(model, calibration)
     subset = min(len(items), INT8_SUBSET_MAX)
     scope = nncf.IgnoredScope(types=list(ignored_types), patterns=list(ignored_patterns),
@@ -249,7 +242,7 @@ def _quantize(ir_dir: Path, calibration: list[UNetInputs], directory: Path,
 CONVERSIONS = {"convert_model": 0, "nncf.quantize": 0, "minmax": 0, "derived": 0}
 
 
-def _derived_partial(ir, parts: dict[str, Any], ignored: tuple[str, ...],
+def _derived_partial(source: "FP32IR", parts: dict[str, Any], ignored: tuple[str, ...],
                      patterns: tuple[str, ...], ctx: BuildContext):
     """The partial int8 IR derived from the full int8 one calibrated on the same inputs, when
     the cache holds it (the search tries the partial variants only after full int8); None when
@@ -266,7 +259,7 @@ def _derived_partial(ir, parts: dict[str, Any], ignored: tuple[str, ...],
         return None
 
     def derive(tmp: Path) -> dict[str, Any]:
-        built = derive_partial_int8(full.path / IR_XML, ir.path / IR_XML, tmp / IR_XML,
+        built = derive_partial_int8(full.path / IR_XML, source.model(), tmp / IR_XML,
                                     ignored_types=ignored, ignored_patterns=patterns)
         CONVERSIONS["derived"] += 1
         return {**full.built, "ignored_types": list(ignored),
@@ -281,17 +274,76 @@ def _derived_partial(ir, parts: dict[str, Any], ignored: tuple[str, ...],
         return None
 
 
-def converted_ir(unet: torch.nn.Module, ctx: BuildContext):
-    """The cache entry holding the fp32 IR of this UNet at the run's shapes."""
-    import openvino as ov
+# A UNet -> (its fp32 IR's cache key, the openvino.Model converted from it in this process). Weak:
+# a dropped pipeline's UNet is not kept alive (the model shares its weights).
+_IN_MEMORY: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[str, Any]]" = \
+    weakref.WeakKeyDictionary()
 
-    from ..cache import fetch_or_build
-    from .export import unet_key_parts
 
-    parts = {**unet_key_parts(unet, ctx.example), "openvino": ov.get_version(),
-             "precision": "fp32"}
-    return fetch_or_build("openvino-ir", parts, lambda tmp: _convert(unet, ctx.example, tmp),
-                          root=ctx.cache_dir)
+class FP32IR:
+    """The fp32 IR of one UNet at the run's shapes: the cache's entry when it holds one, else the
+    model converted in this process (once per UNet), whose files are written to the cache only
+    when a build needs them (the fp32 and bf16 variants compile from the files). The min/max
+    int8 builds and the partial int8 derivations take it in memory: writing sd15's 3.3 GB IR
+    took 9 s of a 272 s cold demo search on a disk that writes 375 MB/s."""
+
+    KIND = "openvino-ir"
+
+    def __init__(self, unet: torch.nn.Module, ctx: BuildContext):
+        import openvino as ov
+
+        from ..cache import make_key, peek
+        from .export import unet_key_parts
+
+        self._unet, self._cache_dir = unet, ctx.cache_dir
+        self._example = ctx.example
+        self.parts = {**unet_key_parts(unet, ctx.example), "openvino": ov.get_version(),
+                      "precision": "fp32"}
+        self.key = make_key({"kind": self.KIND, **self.parts})
+        self._entry = peek(self.KIND, self.parts, root=ctx.cache_dir)
+        self._model = None
+        # where the model came from: the cache, this process's earlier conversion, or now
+        self.source = "cache" if self._entry is not None else None
+
+    def model(self):
+        """The IR as an ``openvino.Model`` (shared: clone it before editing)."""
+        if self._model is None:
+            import openvino as ov
+
+            if self._entry is not None:
+                self._model = ov.Core().read_model(str(self._entry.path / IR_XML))
+            else:
+                memo = _IN_MEMORY.get(self._unet)
+                self.source = "process"
+                if memo is None or memo[0] != self.key:
+                    memo = _IN_MEMORY[self._unet] = (self.key, _convert(self._unet,
+                                                                        self._example))
+                    self.source = "converted"
+                self._model = memo[1]
+        return self._model
+
+    def path(self) -> Path:
+        """The cache entry's directory holding the IR's files, written now when it has none."""
+        if self._entry is None:
+            from ..cache import fetch_or_build
+
+            model = self.model()
+            self._entry = fetch_or_build(self.KIND, self.parts, lambda tmp: _write_ir(model, tmp),
+                                         root=self._cache_dir)
+        return self._entry.path
+
+    def weights_bytes(self) -> int:
+        """The fp32 weights' bytes (the IR's .bin when on disk)."""
+        if self._entry is not None:
+            return (self._entry.path / IR_BIN).stat().st_size
+        return sum(t.numel() * 4 for t in self._unet.state_dict().values())
+
+    def info(self) -> dict[str, Any]:
+        """For the build info: ``hit`` when no conversion ran for this build."""
+        return {"hit": self.source != "converted", "key": self.key,
+                "source": self.source or "not needed",
+                **(self._entry.built if self._entry is not None else {}),
+                "written": self._entry is not None}
 
 
 @register
@@ -392,9 +444,11 @@ class OpenVINO(Backend):
         return None
 
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
-        ir = converted_ir(unet, ctx)
-        info = {"ir": {"hit": ir.hit, "key": ir.key, **ir.built}}
-        if variant.precision == "int8":
+        source = FP32IR(unet, ctx)
+        info: dict[str, Any] = {}
+        if variant.precision != "int8":
+            ir_dir = source.path()
+        else:
             if not ctx.calibration:
                 raise SdoptError(f"{variant.id} needs calibration inputs (UNet calls recorded "
                                  "from the pipeline): use optimize_model, which collects them")
@@ -404,14 +458,16 @@ class OpenVINO(Backend):
             patterns = edge_patterns(unet, tuple(variant.options.get("ignored_patterns", ())))
             preset = variant.options.get("preset")
             minmax = variant.options.get("quantizer") == "minmax"
-            parts = {"source": ir.key, "calibration": calibration_hash(ctx.calibration),
+            parts = {"source": source.key, "calibration": calibration_hash(ctx.calibration),
                      "subset_max": INT8_SUBSET_MAX}
             statistics = "f32"
             if minmax:
-                from ._ov_minmax_int8 import RECIPE
+                from ._ov_minmax_int8 import RECIPE, statistics_precision
 
                 parts.update(quantizer="minmax", recipe=RECIPE)
-                statistics, why = _statistics_precision(ir.path, ctx.device)
+                statistics, why = statistics_precision(
+                    source.weights_bytes(), available_memory_bytes(),
+                    ctx.device.precision_unavailable_reason("bf16"))
                 if why:
                     log.warning("sdopt: %s: %s", variant.id, why)
                     parts["statistics"] = statistics  # absent when fp32: cached IRs stay valid
@@ -427,18 +483,19 @@ class OpenVINO(Backend):
             q = None
             # A DiT's ends include linear layers (MatMul), which are never derivable.
             if (ignored or patterns) and not preset and patterns != DIT_EDGE_PATTERNS:
-                q = _derived_partial(ir, parts, ignored, patterns, ctx)
+                q = _derived_partial(source, parts, ignored, patterns, ctx)
             if q is None:
                 def quantize(tmp: Path) -> dict[str, Any]:
                     if minmax:
-                        return _quantize_minmax(ir.path, ctx.calibration, tmp, ignored, patterns,
+                        return _quantize_minmax(source, ctx.calibration, tmp, ignored, patterns,
                                                 statistics)
-                    return _quantize(ir.path, ctx.calibration, tmp, ignored, preset, patterns)
+                    return _quantize(source, ctx.calibration, tmp, ignored, preset, patterns)
 
                 q = fetch_or_build("openvino-int8", parts, quantize, root=ctx.cache_dir)
             info["int8"] = {"hit": q.hit, "key": q.key, **q.built}
-            ir = q
-        return OpenVINOModule(ir.path, variant, _hint_for(variant, ctx.device), info)
+            ir_dir = q.path
+        info = {"ir": source.info(), **info}
+        return OpenVINOModule(ir_dir, variant, _hint_for(variant, ctx.device), info)
 
     def save(self, module: OptimizedModule, directory: Path) -> dict[str, Any]:
         from .export import copy_artifact

@@ -30,6 +30,10 @@ class LaterStages:
     image_s: float  # the original pipeline's time per image
     unet_calls_per_image: int
     confirm_s: float  # the side-by-side rounds' time caps
+    # the fewest image rounds the side-by-side confirmation runs, whatever its cap: each makes
+    # an image of the original and one of the pick (sd15 at 256 px: three rounds took 76 s
+    # where the cap is 45 s)
+    confirm_rounds: int = 0
 
     def image_s_with(self, original_unet_s: float, best_unet_s: float) -> float:
         """The time per image with the best UNet so far: the original's UNet share (never all
@@ -39,9 +43,10 @@ class LaterStages:
 
     def reserve_s(self, original_unet_s: float, best_unet_s: float, budget_s: float) -> float:
         """The seconds of ``budget_s`` the UNet stage leaves for the later stages."""
-        if self.settings <= 0 or not original_unet_s or not best_unet_s:
+        if not original_unet_s or not best_unet_s:
             return min(self.confirm_s, MAX_RESERVE_SHARE * budget_s)
         image_s = self.image_s_with(original_unet_s, best_unet_s)
-        need = self.settings * (SETTING_BUILD_S + self.images_per_setting * image_s) \
-            + self.confirm_s
+        confirm_s = max(self.confirm_s, self.confirm_rounds * (self.image_s + image_s))
+        need = max(self.settings, 0) * (SETTING_BUILD_S + self.images_per_setting * image_s) \
+            + confirm_s
         return min(need, MAX_RESERVE_SHARE * budget_s)

@@ -31,7 +31,8 @@ from .memory import PeakRss
 from .paired import CallTimes, Rounds
 from .optimized import assemble
 from .request import BUDGET_PER_CAPTURE, SearchRequest
-from .confirm import E2E_ROUNDS, E2E_SECONDS, UNET_ROUNDS, UNET_SECONDS, close_runner_up, confirm
+from .confirm import (E2E_ROUNDS, E2E_SECONDS, MIN_ROUNDS, UNET_ROUNDS, UNET_SECONDS,
+                      close_runner_up, confirm)
 from .search import cycling_call, planned_settings, run_search, run_technique_search
 from .selection import judge, select
 from .table import (BASE_LEVEL, REFERENCE_ID, STATUS_OK, STATUS_REJECTED, CandidateResult,
@@ -204,7 +205,8 @@ class Search:
             images_per_setting=1 if constrained else max(len(req.prompts), self.e2e.min_timed),
             image_s=self.e2e.reference.median_s,
             unet_calls_per_image=self.unet_calls_per_image,
-            confirm_s=E2E_SECONDS + (0.0 if self.unet_in_image_rounds() else UNET_SECONDS))
+            confirm_s=E2E_SECONDS + (0.0 if self.unet_in_image_rounds() else UNET_SECONDS),
+            confirm_rounds=MIN_ROUNDS)
 
     def confirm_unet(self, samples, runner_up) -> None:
         """The pick (and a close runner-up) re-timed per UNet call, alternating with the

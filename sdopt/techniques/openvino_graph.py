@@ -11,7 +11,7 @@ conversion is remembered per source module, weakly, for the life of the process.
 
 The converted IR (``.xml``/``.bin``, no pickle) is also kept in sdopt's cache
 (:func:`sdopt.cache.fetch_or_build`, kind ``openvino-component-ir``), keyed like the UNet's IR
-(:func:`sdopt.backends.openvino.converted_ir`): the traced module's weights hash, the component's
+(:class:`sdopt.backends.openvino.FP32IR`): the traced module's weights hash, the component's
 config, the traced input shapes and dtypes, the converter's arguments, the OpenVINO / torch /
 diffusers / transformers versions and the IR precision (fp32). Another process (a second search,
 every ``load_model`` of a saved pipeline) reads the IR instead of converting again. A converted
@@ -81,7 +81,7 @@ def _describe(value):
 
 def ir_key_parts(module: torch.nn.Module, key: str, kwargs: dict, config=None) -> dict:
     """What identifies a component's converted IR (as ``backends.export.unet_key_parts`` with
-    ``converted_ir``'s additions does for the UNet's)."""
+    ``FP32IR``'s additions does for the UNet's)."""
     import hashlib
     import json
 

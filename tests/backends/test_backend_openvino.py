@@ -233,3 +233,40 @@ def test_int8_inner_keeps_the_ends_in_floating_point_and_errs_less(tiny_pipe, sa
     full, inner = _build(tiny_pipe, "int8", samples), _build(tiny_pipe, "int8-inner", samples)
     assert inner.build_info["int8"]["ignored_patterns"] == [".*conv_in.*", ".*conv_out.*"]
     assert mean_drop(inner) < mean_drop(full)
+
+
+def test_int8_builds_take_the_fp32_ir_in_memory(samples, tmp_path):
+    """A min/max int8 build and the partial int8 derived from it never write the fp32 IR (9 s of
+    a cold sd15 search); a float variant then writes it from the model converted earlier,
+    without converting again, and another process reads it from the cache."""
+    from sdopt.backends.base import BuildContext
+
+    pipe = sdopt.build_preset("tiny")  # a UNet no other test converted in this process
+    dev = detect("cpu")
+    backend = get_backend("openvino")
+    variants = {v.name: v for v in backend.variants(dev)}
+
+    def build(name):
+        ctx = BuildContext(device=dev, example=samples.verification[0].inputs,
+                           calibration=[s.inputs for s in samples.calibration],
+                           cache_dir=tmp_path)
+        with torch.inference_mode():
+            return backend.build(pipe.unet, variants[name], ctx)
+
+    before = dict(ov_backend.CONVERSIONS)
+    full = build("int8-minmax")
+    inner = build("int8-inner-minmax")
+    assert ov_backend.CONVERSIONS["convert_model"] == before["convert_model"] + 1
+    assert ov_backend.CONVERSIONS["derived"] == before["derived"] + 1
+    assert not (tmp_path / "openvino-ir").exists(), "no fp32 IR written for int8"
+    assert full.build_info["ir"]["source"] == "converted" and not full.build_info["ir"]["written"]
+    assert inner.build_info["ir"]["source"] == "process" and inner.build_info["ir"]["hit"]
+    fp32 = build("fp32")
+    assert ov_backend.CONVERSIONS["convert_model"] == before["convert_model"] + 1
+    assert fp32.build_info["ir"]["written"]
+    assert (tmp_path / "openvino-ir" / fp32.build_info["ir"]["key"] / "unet.xml").is_file()
+    assert verification_drops(fp32, samples)[0] < TOLERANCE["fp32"]
+    ov_backend._IN_MEMORY.clear()  # as in another process: the cache's files are read
+    again = build("bf16")
+    assert again.build_info["ir"]["source"] == "cache"
+    assert ov_backend.CONVERSIONS["convert_model"] == before["convert_model"] + 1

@@ -36,6 +36,15 @@ def test_the_reserve_is_what_the_later_settings_need_up_to_half_the_budget():
     assert nothing_after.reserve_s(0.5, 0.1, budget_s=600) == 65.0
 
 
+def test_the_reserve_counts_the_fewest_side_by_side_rounds_beyond_their_cap():
+    """Each round makes an image of the original (20 s) and one of the pick (12 s with a 5x
+    UNet): three rounds take 96 s whatever the 65 s cap (sd15 at 256 px: 76 s against 45 s)."""
+    rounds = LaterStages(0, 3, 20.0, 20, confirm_s=65.0, confirm_rounds=3)
+    assert rounds.reserve_s(0.5, 0.1, budget_s=600) == pytest.approx(3 * (20.0 + 12.0))
+    fast = LaterStages(0, 3, 2.0, 20, confirm_s=65.0, confirm_rounds=3)
+    assert fast.reserve_s(0.05, 0.01, budget_s=600) == 65.0  # the cap: rounds are cheap
+
+
 def test_a_candidate_past_the_unet_share_is_skipped_with_the_kept_time():
     dev = detect("cpu")
     variant = Variant("torch_eager", "fp32-channels_last", "fp32")  # runs on every CPU
