@@ -106,9 +106,11 @@ def cpu_described(bf16: bool):
     return dataclasses.replace(cpu, cpu_flags=flags + (("avx512_bf16",) if bf16 else ()))
 
 
-def build_variant(pipe, backend_name: str, variant_name: str, samples, cache_dir=None):
+def build_variant(pipe, backend_name: str, variant_name: str, samples, cache_dir=None, *,
+                  recorded_ranges: bool = True):
     """A backend variant built from the recorded samples, as the search builds it (so its cache
-    keys are the search's), from the pipeline's denoiser (its UNet or its DiT transformer)."""
+    keys are the search's), from the pipeline's denoiser (its UNet or its DiT transformer).
+    ``recorded_ranges=False``: without the activation ranges the capture recorded."""
     import torch
 
     from sdopt.backends import get_backend
@@ -125,7 +127,8 @@ def build_variant(pipe, backend_name: str, variant_name: str, samples, cache_dir
     assert reason is None or (variant.precision == "bf16" and not dev.supports_bf16()[0]), reason
     ctx = BuildContext(device=dev, example=samples.verification[0].inputs,
                        calibration=[s.inputs for s in samples.calibration],
-                       cache_dir=cache_dir)
+                       cache_dir=cache_dir,
+                       calibration_ranges=samples.calibration_ranges() if recorded_ranges else [])
     with torch.inference_mode():
         return backend.build(denoiser_of(pipe), variant, ctx)
 

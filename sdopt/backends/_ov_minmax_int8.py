@@ -61,8 +61,9 @@ def _key(output) -> tuple[str, int]:
     return output.get_node().get_friendly_name(), output.get_index()
 
 
-def quantization_plan(model, ignored_types=(), ignored_patterns=()):
-    """(activation tensors: {key: (output, symmetric)}, weights: [(op, port)]) to quantize."""
+def quantization_plan(model, ignored_types=(), ignored_patterns=(), consumers=None):
+    """(activation tensors: {key: (output, symmetric)}, weights: [(op, port)]) to quantize;
+    ``consumers``, a dict, gets each tensor's quantized (op type, op name, port) uses."""
     patterns = [re.compile(p) for p in ignored_patterns]  # re.match, as NNCF's IgnoredScope
     activations: dict[tuple[str, int], list] = {}
     weights = []
@@ -84,6 +85,8 @@ def quantization_plan(model, ignored_types=(), ignored_patterns=()):
                 continue
             entry = activations.setdefault(_key(tensor), [tensor, True])
             entry[1] = entry[1] and kind != "Convolution"
+            if consumers is not None:
+                consumers.setdefault(_key(tensor), []).append((kind, name, port))
     return {k: (v[0], v[1]) for k, v in activations.items()}, weights
 
 
@@ -206,23 +209,34 @@ def insert_quantizers(model, activations, ranges: np.ndarray, weights) -> dict[s
 
 
 def quantize_minmax(fp32_model, items: list[dict[str, Any]], out_xml: Path, *,
-                    ignored_types=(), ignored_patterns=(),
-                    statistics: str = "f32") -> dict[str, Any]:
-    """Write the int8 IR of ``fp32_model`` (an ``openvino.Model``, left as it is: the statistics
-    and the quantizers each go into a clone, which shares its weights) to ``out_xml``."""
+                    ignored_types=(), ignored_patterns=(), statistics: str = "f32",
+                    recorded: list[dict] | None = None) -> dict[str, Any]:
+    """Write the int8 IR of ``fp32_model`` (an ``openvino.Model``, left as it is: the quantizers
+    go into a clone, which shares its weights) to ``out_xml``. ``recorded``: the ranges the
+    capture recorded for each of ``items`` (:mod:`.activation_ranges`); when they cover every
+    quantized tensor no statistics pass runs."""
     import openvino as ov
 
-    source = fp32_model.clone()  # the statistics model shares its nodes
-    tensors, _ = quantization_plan(source, ignored_types, ignored_patterns)
-    ranges = collect_ranges(source, [t for t, _ in tensors.values()], items, statistics)
-    del source
+    from .activation_ranges import graph_key, mean_ranges
+
     model = fp32_model.clone()
-    activations, weights = quantization_plan(model, ignored_types, ignored_patterns)
-    if list(activations) != list(tensors):
-        raise RuntimeError("the quantization plan differs between two clones of the same IR")
+    uses: dict[tuple[str, int], list] = {}
+    activations, weights = quantization_plan(model, ignored_types, ignored_patterns, uses)
+    ranges = None
+    if recorded and len(recorded) == len(items):
+        found = mean_ranges([[graph_key(*use) for use in uses[k]] for k in activations], recorded)
+        ranges = None if found is None else np.array(found, dtype=np.float64).reshape(-1, 2)
+    source = "capture" if ranges is not None else f"statistics pass ({statistics})"
+    if ranges is None:
+        stats_model = fp32_model.clone()  # the statistics model shares its nodes
+        tensors, _ = quantization_plan(stats_model, ignored_types, ignored_patterns)
+        if list(activations) != list(tensors):
+            raise RuntimeError("the quantization plan differs between two clones of the same IR")
+        ranges = collect_ranges(stats_model, [t for t, _ in tensors.values()], items, statistics)
+        del stats_model
     counts = insert_quantizers(model, activations, ranges, weights)
     ov.save_model(model, str(out_xml), compress_to_fp16=False)
     return {"quantizer": "minmax", "recipe": RECIPE, "samples": len(items),
-            "statistics": statistics, **counts,
+            "statistics": statistics, "ranges": source, **counts,
             "ignored_types": list(ignored_types), "ignored_patterns": list(ignored_patterns),
             "openvino": ov.get_version()}

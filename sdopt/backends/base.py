@@ -50,6 +50,9 @@ class BuildContext:
     example: "UNetInputs"
     calibration: list["UNetInputs"] = field(default_factory=list)
     cache_dir: Path | None = None
+    # Per calibration call, the activation ranges the capture recorded (activation_ranges);
+    # empty where it did not record them
+    calibration_ranges: list[dict] = field(default_factory=list)
 
 
 @dataclass

@@ -205,13 +205,14 @@ def _calibration_items(model, calibration: list[UNetInputs]) -> list[dict[str, A
 def _quantize_minmax(source: "FP32IR", calibration: list[UNetInputs], directory: Path,
                      ignored_types: tuple[str, ...] = (),
                      ignored_patterns: tuple[str, ...] = (),
-                     statistics: str = "f32") -> dict[str, Any]:
+                     statistics: str = "f32", recorded: list[dict] = ()) -> dict[str, Any]:
     from ._ov_minmax_int8 import quantize_minmax
 
     model = source.model()
     built = quantize_minmax(model, _calibration_items(model, calibration[:INT8_SUBSET_MAX]),
                             directory / IR_XML, ignored_types=ignored_types,
-                            ignored_patterns=ignored_patterns, statistics=statistics)
+                            ignored_patterns=ignored_patterns, statistics=statistics,
+                            recorded=recorded[:INT8_SUBSET_MAX])
     CONVERSIONS["minmax"] += 1
     return built
 
@@ -460,7 +461,7 @@ class OpenVINO(Backend):
             minmax = variant.options.get("quantizer") == "minmax"
             parts = {"source": source.key, "calibration": calibration_hash(ctx.calibration),
                      "subset_max": INT8_SUBSET_MAX}
-            statistics = "f32"
+            statistics, why = "f32", None
             if minmax:
                 from ._ov_minmax_int8 import RECIPE, statistics_precision
 
@@ -469,7 +470,6 @@ class OpenVINO(Backend):
                     source.weights_bytes(), available_memory_bytes(),
                     ctx.device.precision_unavailable_reason("bf16"))
                 if why:
-                    log.warning("sdopt: %s: %s", variant.id, why)
                     parts["statistics"] = statistics  # absent when fp32: cached IRs stay valid
             else:
                 parts.update(model_type="TRANSFORMER", nncf=deps.version("nncf"))
@@ -488,10 +488,12 @@ class OpenVINO(Backend):
                 def quantize(tmp: Path) -> dict[str, Any]:
                     if minmax:
                         return _quantize_minmax(source, ctx.calibration, tmp, ignored, patterns,
-                                                statistics)
+                                                statistics, ctx.calibration_ranges)
                     return _quantize(source, ctx.calibration, tmp, ignored, preset, patterns)
 
                 q = fetch_or_build("openvino-int8", parts, quantize, root=ctx.cache_dir)
+            if why and q.built.get("ranges", "statistics pass").startswith("statistics pass"):
+                log.warning("sdopt: %s: %s", variant.id, why)  # not when the capture's were used
             info["int8"] = {"hit": q.hit, "key": q.key, **q.built}
             ir_dir = q.path
         info = {"ir": source.info(), **info}

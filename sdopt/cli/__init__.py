@@ -16,6 +16,7 @@ import os
 
 import click
 
+from ..allocator import tune_allocator
 from ..errors import ExitCode, SdoptError
 from ..logs import silence_torchvision_notes
 from . import cache, gate, init, merge, optimize, report, reproduce
@@ -105,8 +106,10 @@ def main() -> None:
     Exit status: 0 pass, 1 regression, 2 bad input, 3 not comparable. Every option can also be
     set as SDOPT_<COMMAND>_<OPTION>, e.g. SDOPT_BENCH_QUIET=1 or SDOPT_BASELINE_SAVE_RESULTS=DIR.
     """
-    # The process is sdopt's: torchvision notes (sdopt does not use torchvision) never print.
+    # The process is sdopt's: torchvision notes (sdopt does not use torchvision) never print,
+    # and torch's CPU activations are not faulted in again on every call (sdopt.allocator).
     silence_torchvision_notes()
+    tune_allocator()
 
 
 COMMANDS = (optimize.optimize, optimize.demo, optimize.backends, optimize.models, gate.bench,

@@ -24,6 +24,7 @@ from .endtoend import synchronize, to_uint8
 from .inputs import PromptInput, as_input
 from .memory import PeakRss
 from .paired import CallTimes
+from ..backends.activation_ranges import RangeRecorder
 from ..backends.base import UNetInputs
 
 
@@ -36,6 +37,8 @@ class UNetSample:
     # The call's own seconds in the pipeline (CPU only: on CUDA a hook would time the launch);
     # None where not timed.
     latency_s: float | None = None
+    # CPU: the activation ranges this call produced (backends.activation_ranges)
+    ranges: dict | None = None
 
     @property
     def timestep(self) -> float:
@@ -79,6 +82,11 @@ class SampleSet:
             first = timed[0].prompt_index
             return [s.latency_s for s in timed if s.prompt_index != first]
         return [s.latency_s for s in timed[1:]]
+
+    def calibration_ranges(self) -> list[dict]:
+        """The activation ranges of each calibration call, or none when a call has none."""
+        ranges = [s.ranges for s in self.calibration]
+        return ranges if ranges and all(r is not None for r in ranges) else []
 
     @property
     def timesteps(self) -> list[float]:
@@ -137,12 +145,17 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
     def post_hook(module, args, kwargs, output):
         out = output[0] if isinstance(output, (tuple, list)) else output.sample
         outputs.append(out.detach().clone())
+        if range_recorder is not None:
+            ranges.append(range_recorder.take())
 
     denoiser = denoiser_of(pipe)
     handles = [denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True),
                denoiser.register_forward_hook(post_hook, with_kwargs=True)]
     on_cpu = all(p.device.type == "cpu" for p in denoiser.parameters())
     timer = CallTimes(denoiser) if on_cpu else None
+    # CPU: OpenVINO's min/max int8 takes its ranges from these calls (no statistics pass)
+    range_recorder = RangeRecorder(denoiser) if on_cpu else None
+    ranges: list[dict] = []
     # Without decoding there is no image to weigh a component against: no component timers.
     components = {name: [CallTimes(m) for m in modules]
                   for name, modules in component_modules(pipe).items()} \
@@ -172,8 +185,10 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
             for name, timers in components.items():
                 component_s[name].append(sum(sum(t.take()) for t in timers))
             for step, ((args, kwargs), out) in enumerate(zip(captured[start:], outputs[start:])):
+                call = start + step
                 samples.append(UNetSample(_to_inputs(denoiser, args, kwargs), out, p_index,
-                                          step, seconds[step] if step < len(seconds) else None))
+                                          step, seconds[step] if step < len(seconds) else None,
+                                          ranges[call] if call < len(ranges) else None))
             if progress is not None:
                 progress()
     finally:
@@ -181,6 +196,8 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
             handle.remove()
         if recorder is not None:
             recorder.stop()
+        if range_recorder is not None:
+            range_recorder.close()
         all_timers = [t for ts in components.values() for t in ts]
         if timer is not None:
             all_timers.append(timer)

@@ -266,7 +266,8 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
     started = time.perf_counter() if started is None else started  # the budget counts from it
     timing_inputs = [s.inputs.to(device.torch_device) for s in samples.verification[:3]]
     ctx = BuildContext(device=device, example=timing_inputs[0],
-                       calibration=[s.inputs for s in samples.calibration], cache_dir=cache_dir)
+                       calibration=[s.inputs for s in samples.calibration], cache_dir=cache_dir,
+                       calibration_ranges=samples.calibration_ranges())
     ths = LOSSLESS_TOLERANCE if metric_drop_ths is None else metric_drop_ths
     notify = on_candidate or (lambda variant, phase: None)
     rows: list[CandidateResult] = []

@@ -83,14 +83,17 @@ def test_ranges_are_collected_in_bf16_when_fp32_does_not_fit(tiny_pipe, samples,
                                                            monkeypatch):
     from sdopt.backends import openvino
 
-    fp32 = build_variant(tiny_pipe, "openvino", "int8-minmax", samples, cache_dir=tmp_path)
+    fp32 = build_variant(tiny_pipe, "openvino", "int8-minmax", samples, cache_dir=tmp_path,
+                         recorded_ranges=False)  # the pass runs: no ranges from the capture
     assert fp32.build_info["int8"]["statistics"] == "f32"
     if detect("cpu").precision_unavailable_reason("bf16"):
         pytest.skip("this CPU has no bf16 units: the statistics stay fp32")
     monkeypatch.setattr(openvino, "available_memory_bytes", lambda: 1024)
-    low = build_variant(tiny_pipe, "openvino", "int8-minmax", samples, cache_dir=tmp_path)
+    low = build_variant(tiny_pipe, "openvino", "int8-minmax", samples, cache_dir=tmp_path,
+                        recorded_ranges=False)
     info = low.build_info["int8"]
     assert info["statistics"] == "bf16" and not info["hit"], "its own cache entry"
+    assert info["ranges"] == "statistics pass (bf16)"
     assert info["key"] != fp32.build_info["int8"]["key"]
     assert max(verification_drops(low, samples)) <= 0.15
 
