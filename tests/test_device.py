@@ -36,3 +36,25 @@ def test_a_named_bf16_candidate_runs_on_a_cpu_without_bf16(fresh_tiny_pipe, monk
         loaded = sdopt.load_model(tmp_path / "m", pipe=sdopt.build_preset("tiny"))
     assert "(torch_eager/bf16) runs here, but slower than fp32" in caplog.text
     assert np.abs(image_array(loaded) - image).max() <= 1
+
+
+def test_a_search_runs_a_bf16_variant_named_one_by_one(fresh_tiny_pipe, monkeypatch):
+    """On a CPU without bf16 units the search skips bf16 for its speed, unless the user named
+    the variant itself (#17: every candidate reachable by explicit request); naming only its
+    backend does not."""
+    from sdopt.optimize import request
+
+    monkeypatch.setattr(request, "detect", lambda device=None: cpu_described(bf16=False))
+    why = cpu_described(bf16=False).precision_unavailable_reason("bf16")
+    kwargs = dict(metric_drop_ths=0.2, num_inference_steps=2, repeats=1, show=False,
+                  end_to_end=False, reuse_search=False)
+    rows = {c.id: c for c in sdopt.optimize_model(
+        fresh_tiny_pipe, ["a cat"], backends=["torch_eager/bf16"], **kwargs
+    ).sdopt_result.candidates}
+    named = rows["torch_eager/bf16"]
+    assert named.status in ("ok", "selected") and named.latency_s, (named.status, named.reason)
+    assert named.reason == f"named in backends, so run though it is slow here: {why}"
+    rows = {c.id: c for c in sdopt.optimize_model(
+        fresh_tiny_pipe, ["a cat"], backends=["torch_eager"], **kwargs
+    ).sdopt_result.candidates}
+    assert rows["torch_eager/bf16"].status == "skipped" and rows["torch_eager/bf16"].reason == why

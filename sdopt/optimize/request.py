@@ -22,7 +22,7 @@ from ..models import denoiser_of
 from .capture import native_side
 from .inputs import PromptInput, check_input_data, first_image_size, fit, has_images
 from .optimized import optimized_unet_of
-from .search import plan_candidates
+from .search import named_variant_ids, plan_candidates
 
 OPTIMIZATION_TIMES = ("constrained", "unconstrained")
 # The time a search may take unless time_budget_s says otherwise (exhaustive searches: none). The
@@ -53,6 +53,8 @@ class SearchRequest:
     optimization_time: str
     device: DeviceInfo
     variants: list[Variant]
+    # The variants the user named one by one (search.named_variant_ids)
+    named_ids: frozenset[str]
     height: int
     width: int
     steps: int
@@ -83,6 +85,8 @@ class SearchRequest:
                     n_verify=self.n_verify, repeats=self.repeats,
                     time_budget_s=self.time_budget_s, exhaustive=self.exhaustive,
                     variants=[v.id for v in self.variants],
+                    # absent when none: the keys of earlier searches stay valid
+                    **({"named": sorted(self.named_ids)} if self.named_ids else {}),
                     metric=self.metric.name, image_metric=self.image_metric.name,
                     metric_drop_ths=self.metric_drop_ths,
                     metric_aggregate=self.metric_aggregate,
@@ -195,7 +199,7 @@ def build_request(model, input_data, *, metric_drop_ths, metric_aggregate, metri
         prompts=[i.prompt for i in inputs], inputs=inputs, metric_drop_ths=ths,
         metric_aggregate=aggregate, metric=chosen, image_metric=gate,
         optimization_time=optimization_time, device=dev, variants=variants,
-        height=height, width=width, steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+        named_ids=named_variant_ids(dev, backends), height=height, width=width, steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
         n_verify=n_verify, repeats=repeats, exhaustive=bool(exhaustive),
         time_budget_s=_budget(time_budget_s, optimization_time, exhaustive),
         budget_is_default=time_budget_s is None and not exhaustive,

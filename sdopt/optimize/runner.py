@@ -180,6 +180,7 @@ class Search:
             metric_drop_ths=req.metric_drop_ths, optimization_time=req.optimization_time,
             metric_aggregate=req.metric_aggregate, repeats=req.repeats,
             time_budget_s=req.time_budget_s, started=self.started, exhaustive=req.exhaustive,
+            named=req.named_ids,
             later=self.later_stages(samples), on_candidate=on_candidate,
             evaluate=self.evaluate if req.metric.kind == "image" else None)
         self.progress.update(task, description="candidates done")

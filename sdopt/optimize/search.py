@@ -78,6 +78,12 @@ _COMPRESSORS = {"int8": "int8", "quantization": "int8", "dynamic_quantization": 
                 "fp16": "fp16", "bf16": "bf16", "half": "fp16"}
 
 
+def named_variant_ids(device: DeviceInfo, backends) -> frozenset[str]:
+    """The variants ``backends`` names one by one (``torch_eager/bf16``, not ``torch_eager``):
+    such a variant runs even where it only runs slowly (bf16 on a CPU without bf16 units)."""
+    return frozenset(_included(backends, device)[1]) if backends else frozenset()
+
+
 def plan_candidates(device: DeviceInfo, *, backends=None, ignore_compilers=None,
                     ignore_compressors=None) -> list[Variant]:
     """Every variant of every registered backend, filtered by the user's include/ignore lists."""
@@ -131,12 +137,14 @@ def _time_module(module: OptimizedModule, inputs: list, device_kind: str, **kwar
 
 def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult], *,
                 lossless_only: bool, time_budget_s: float | None, spent_s: float,
-                reserved_s: float = 0.0) -> str | None:
-    """Why ``variant`` is not tried (None: it is): it cannot run here, it is lossy and only
-    lossless candidates are allowed, the time budget is spent (``reserved_s`` of it is kept for
-    the stages after the UNet's), or it is a fallback (or a rescue) of a variant that already
-    passed."""
+                reserved_s: float = 0.0, named: bool = False) -> str | None:
+    """Why ``variant`` is not tried (None: it is): it cannot run here (``named``, by the user:
+    unless it only runs slowly here), it is lossy and only lossless candidates are allowed, the
+    time budget is spent (``reserved_s`` of it is kept for the stages after the UNet's), or it
+    is a fallback (or a rescue) of a variant that already passed."""
     reason = BACKENDS[variant.backend].unavailable_reason(device, variant)
+    if named and device.only_slow(reason):
+        reason = None
     if reason is None and lossless_only and not variant.lossless:
         reason = (f"{variant.precision} changes results and metric_drop_ths is None "
                   "(lossless only): pass metric_drop_ths to allow it")
@@ -237,6 +245,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                max_seconds_per_candidate: float = 30.0,
                time_budget_s: float | None = None, started: float | None = None,
                cache_dir=None, exhaustive: bool = False, later: LaterStages | None = None,
+               named: frozenset[str] = frozenset(),
                on_candidate: Callable[[Variant, str], None] | None = None,
                evaluate: Callable[[OptimizedModule, CandidateResult], None] | None = None,
                ) -> SearchOutcome:
@@ -250,6 +259,9 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
 
     ``later``: what runs after this stage; the time it needs with the best pick so far is kept
     out of this stage's share of ``time_budget_s``.
+
+    ``named``: the ids the user named one by one; they run even where they only run slowly
+    (bf16 without bf16 units), their rows saying so.
 
     ``warmup``: untimed calls before a candidate's timed ones. None by default: the original ran
     the same shapes in the capture, every other candidate in its build's first call and its
@@ -295,7 +307,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
         row.reason = skip_reason(variant, device, rows, lossless_only=metric_drop_ths is None,
                                  time_budget_s=time_budget_s,
                                  spent_s=time.perf_counter() - started,
-                                 reserved_s=reserved_s) \
+                                 reserved_s=reserved_s, named=variant.id in named) \
             or BACKENDS[variant.backend].model_reason(variant, unet) \
             or planner.bound_reason(variant) \
             or memory_reason(variant, device, weights_bytes) or ""
@@ -328,6 +340,9 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                     notify(variant, "images")
                     evaluate(module, row)
                 judge(row, metric.name, ths, metric_aggregate, images=image_gate)
+                slow = BACKENDS[variant.backend].unavailable_reason(device, variant)
+                if device.only_slow(slow) and not row.reason:
+                    row.reason = f"named in backends, so run though it is slow here: {slow}"
             except Exception as exc:  # noqa: BLE001 - a failing candidate never stops the search
                 row.status, row.reason = STATUS_FAILED, _describe(exc)
                 if variant.id == REFERENCE_ID:
