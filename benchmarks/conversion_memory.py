@@ -33,7 +33,7 @@ def measure(scale: int) -> dict:
     from diffusers import UNet2DConditionModel
 
     from sdopt.backends.export import export_unet
-    from sdopt.backends.openvino import _convert, _write_ir
+    from sdopt.backends.openvino import convert_unet, write_ir
     from sdopt.optimize.capture import example_inputs
     from sdopt.optimize.memory import PeakRss, current_rss
 
@@ -45,7 +45,7 @@ def measure(scale: int) -> dict:
     weights = sum(p.numel() * p.element_size() for p in unet.parameters())
     libc = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
     # a conversion and its IR written every time (the backend keeps one per UNet in memory)
-    jobs = {"openvino.convert_model": lambda d: _write_ir(_convert(unet, example), Path(d)),
+    jobs = {"openvino.convert_model": lambda d: write_ir(convert_unet(unet, example), Path(d)),
             "onnx dynamo": lambda d: export_unet(unet, example, d, exporters=("dynamo",)),
             "onnx legacy": lambda d: export_unet(unet, example, d, exporters=("legacy",))}
     out = {"scale": scale, "weights_bytes": weights, "peak_above_start_bytes": {},

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # optimize_model, load_pipeline...) sits on top: nothing inside the package may import it.
 LAYERS = [
     ("base", ("sdopt.errors", "sdopt.version", "sdopt.deps", "sdopt.identity", "sdopt.device",
-              "sdopt.store", "sdopt.cache", "sdopt.models", "sdopt.templates", "sdopt.logs")),
+              "sdopt.store", "sdopt.cache", "sdopt.models", "sdopt.templates", "sdopt.logs",
+              "sdopt.allocator")),
     ("backends", ("sdopt.backends",)),
     ("techniques", ("sdopt.techniques",)),
     ("optimize", ("sdopt.optimize",)),

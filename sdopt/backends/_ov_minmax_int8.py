@@ -164,14 +164,20 @@ def _int8_weight(op, port: int):
     from openvino import Type
     from openvino import opset13 as ops
 
-    weight = np.asarray(op.input(port).get_source_output().get_node().get_data(), np.float32)
+    import torch
+
+    # torch, not numpy: its kernels use every core and round the same way (half to even);
+    # sd15's 860 M weights took 4.2 s of the int8 build in numpy
+    weight = torch.from_numpy(np.asarray(
+        op.input(port).get_source_output().get_node().get_data(), np.float32))
     axis = _weight_axis(op, port, weight.ndim)
-    reduce = tuple(a for a in range(weight.ndim) if a != axis)
-    amax = np.abs(weight).max(axis=reduce, keepdims=True) if weight.ndim else np.abs(weight)
+    reduce = [a for a in range(weight.ndim) if a != axis]
+    amax = weight.abs().amax(dim=reduce, keepdim=True) if reduce else weight.abs()
     half = (WEIGHT_LEVELS - 1) // 2
-    scale = np.where(amax > 0, amax / half, 1.0).astype(np.float32)
-    q = np.clip(np.round(weight / scale), -half, half).astype(np.int8)
-    return ops.multiply(ops.convert(ops.constant(q), Type.f32), ops.constant(scale))
+    scale = torch.where(amax > 0, amax / half, torch.ones_like(amax))
+    q = torch.round(weight / scale).clamp_(-half, half).to(torch.int8)
+    return ops.multiply(ops.convert(ops.constant(q.numpy()), Type.f32),
+                        ops.constant(scale.numpy()))
 
 
 def insert_quantizers(model, activations, ranges: np.ndarray, weights) -> dict[str, int]:

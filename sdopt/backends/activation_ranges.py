@@ -143,7 +143,8 @@ class RangeRecorder:
         self._handles = []
 
 
-def mean_ranges(keys: list[list[str | None]], calls: list[dict]) -> list[tuple[float, float]] | None:
+def mean_ranges(keys: list[list[str | None]],
+                calls: list[dict]) -> list[tuple[float, float]] | None:
     """Per tensor, the mean over ``calls`` of each call's minimum and maximum (the statistics
     pass's ranges), read from the first of its candidate ``keys`` every call recorded
     unambiguously; None when a tensor has none (the build then runs the statistics pass)."""

@@ -171,7 +171,7 @@ def convert_torch(module: torch.nn.Module, example_input, share_weights: bool = 
                                 share_weights=share_weights, **kwargs)
 
 
-def _convert(unet: torch.nn.Module, example: UNetInputs):
+def convert_unet(unet: torch.nn.Module, example: UNetInputs):
     """The UNet as an ``openvino.Model`` with fp32 weights shared with the torch module."""
     from .export import for_export, input_names, unet_args
 
@@ -186,7 +186,7 @@ def _convert(unet: torch.nn.Module, example: UNetInputs):
     return model
 
 
-def _write_ir(model, directory: Path) -> dict[str, Any]:
+def write_ir(model, directory: Path) -> dict[str, Any]:
     import openvino as ov
 
     # fp32 weights: compress_to_fp16 would make the "fp32" variant lossy.
@@ -317,8 +317,8 @@ class FP32IR:
                 memo = _IN_MEMORY.get(self._unet)
                 self.source = "process"
                 if memo is None or memo[0] != self.key:
-                    memo = _IN_MEMORY[self._unet] = (self.key, _convert(self._unet,
-                                                                        self._example))
+                    model = convert_unet(self._unet, self._example)
+                    memo = _IN_MEMORY[self._unet] = (self.key, model)
                     self.source = "converted"
                 self._model = memo[1]
         return self._model
@@ -329,7 +329,7 @@ class FP32IR:
             from ..cache import fetch_or_build
 
             model = self.model()
-            self._entry = fetch_or_build(self.KIND, self.parts, lambda tmp: _write_ir(model, tmp),
+            self._entry = fetch_or_build(self.KIND, self.parts, lambda tmp: write_ir(model, tmp),
                                          root=self._cache_dir)
         return self._entry.path
 

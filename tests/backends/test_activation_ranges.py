@@ -15,7 +15,7 @@ from ..conftest import build_variant, verification_drops
 pytest.importorskip("openvino", reason="the openvino package is not installed")
 
 from sdopt.backends import _ov_minmax_int8 as minmax  # noqa: E402
-from sdopt.backends.openvino import _calibration_items, _convert  # noqa: E402
+from sdopt.backends.openvino import _calibration_items, convert_unet  # noqa: E402
 
 
 def test_graph_names_map_to_the_recorded_keys():
@@ -66,7 +66,7 @@ def test_recorded_ranges_are_the_statistics_pass_ranges(preset):
                               guidance_scale=7.5, seed=0, n_verify=4)
     recorded = samples.calibration_ranges()
     assert len(recorded) == len(samples.calibration) > 0
-    model = _convert(denoiser_of(pipe), samples.calibration[0].inputs)
+    model = convert_unet(denoiser_of(pipe), samples.calibration[0].inputs)
     uses: dict = {}
     activations, _ = minmax.quantization_plan(model.clone(), consumers=uses)
     kinds = {kind for k in activations for kind, _, _ in uses[k]}
