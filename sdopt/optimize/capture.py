@@ -147,6 +147,7 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
         outputs.append(out.detach().clone())
         if range_recorder is not None:
             ranges.append(range_recorder.take())
+            hooks_s.append(range_recorder.spent_s)
 
     denoiser = denoiser_of(pipe)
     handles = [denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True),
@@ -156,6 +157,7 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
     # CPU: OpenVINO's min/max int8 takes its ranges from these calls (no statistics pass)
     range_recorder = RangeRecorder(denoiser) if on_cpu else None
     ranges: list[dict] = []
+    hooks_s: list[float] = []  # per call, the seconds the recorder's hooks took inside it
     # Without decoding there is no image to weigh a component against: no component timers.
     components = {name: [CallTimes(m) for m in modules]
                   for name, modules in component_modules(pipe).items()} \
@@ -182,6 +184,9 @@ def collect_samples(pipe, prompts: list[str | PromptInput], *, height: int, widt
             if recorder is not None and component_calls is None:
                 component_calls = recorder.stop()  # one image's calls
             seconds = timer.take() if timer else []
+            # each call's own time, without what recording its ranges added
+            seconds = [s - (hooks_s[start + i] if start + i < len(hooks_s) else 0.0)
+                       for i, s in enumerate(seconds)]
             for name, timers in components.items():
                 component_s[name].append(sum(sum(t.take()) for t in timers))
             for step, ((args, kwargs), out) in enumerate(zip(captured[start:], outputs[start:])):
