@@ -75,6 +75,7 @@ def measure(variant_id: str, scale: int) -> dict:
     variant = {v.id: v for v in plan_candidates(device)}[variant_id]
     ctx = BuildContext(device=device, example=samples.verification[0].inputs,
                        calibration=[s.inputs for s in samples.calibration],
+                       calibration_ranges=samples.calibration_ranges(),  # as the search builds
                        cache_dir=Path(tempfile.mkdtemp()))
     libc = ctypes.CDLL("libc.so.6")
     gc.collect()

@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     samples = collect_samples(pipe, PROMPTS, height=args.size, width=args.size, steps=args.steps,
                               guidance_scale=7.5, seed=0, n_verify=8)
     ctx = BuildContext(device=device, example=samples.verification[0].inputs,
-                       calibration=[s.inputs for s in samples.calibration])
+                       calibration=[s.inputs for s in samples.calibration],
+                       calibration_ranges=samples.calibration_ranges())  # as the search builds
     backend = get_backend("openvino")
     bf16 = next(v for v in backend.variants(device) if v.name == "bf16")
     modules = {"torch_eager/fp32": TorchUNetModule(pipe.unet, Variant("torch_eager", "fp32",
