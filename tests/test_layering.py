@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [
     ("base", ("sdopt.errors", "sdopt.version", "sdopt.deps", "sdopt.identity", "sdopt.device",
               "sdopt.store", "sdopt.cache", "sdopt.models", "sdopt.templates", "sdopt.logs",
-              "sdopt.allocator")),
+              "sdopt.allocator", "sdopt.privacy")),
     ("backends", ("sdopt.backends",)),
     ("techniques", ("sdopt.techniques",)),
     ("optimize", ("sdopt.optimize",)),
