@@ -23,7 +23,7 @@ from .paired import interleave
 from .table import BASE_LEVEL
 
 # Rounds of replays per setting: at least MIN, more while they take under SECONDS (the fp32
-# VAE decode at 256 px is 2.4 s, a text encoding 0.3 s).
+# VAE decode at 256 px is 2.4 s, a text encoding 0.3 s), two when they decide (setting_saving).
 SETTING_ROUNDS, SETTING_MIN_ROUNDS, SETTING_SECONDS = 7, 3, 8.0
 
 
@@ -82,17 +82,25 @@ class ComponentRecorder:
         return self.recorded
 
 
-def setting_saving(calls: ComponentCalls, component: str, pipe, on, *,
-                   device_kind: str) -> dict[str, float]:
+def setting_saving(calls: ComponentCalls, component: str, pipe, on, *, device_kind: str,
+                   decisive_s: float | None = None) -> dict[str, float]:
     """The seconds per image ``pipe`` saves over ``on`` on ``component``: one untimed replay on
     ``pipe`` (a new component compiles on its first call; ``on``'s ran already), then rounds
-    alternating the two; the median of the per-round differences, with their quartiles."""
+    alternating the two; the median of the per-round differences, with their quartiles.
+    ``decisive_s``: when the first two rounds both save at least this much, or both lose it,
+    they are all the rounds (sd15's VAE decoder at 256 px: 3.4 s a round)."""
     with torch.inference_mode():
         calls.replay(pipe, component)
+
+    def decided(rounds) -> bool:
+        saved = [r - c for r, c in zip(rounds.samples_s[BASE_LEVEL], rounds.samples_s["row"])]
+        return decisive_s is not None and (all(s >= decisive_s for s in saved)
+                                           or all(s <= -decisive_s for s in saved))
+
     rounds = interleave({"row": lambda i: calls.replay(pipe, component),
                          BASE_LEVEL: lambda i: calls.replay(on, component)},
                         rounds=SETTING_ROUNDS, warmup=0, min_rounds=SETTING_MIN_ROUNDS,
-                        max_seconds=SETTING_SECONDS, device_kind=device_kind)
+                        max_seconds=SETTING_SECONDS, device_kind=device_kind, decided=decided)
     return rounds.difference("row", BASE_LEVEL)
 
 

@@ -69,10 +69,12 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 
 def interleave(calls: dict[str, Callable[[int], object]], *, rounds: int, warmup: int = 1,
                min_rounds: int = 3, max_seconds: float | None = None,
-               device_kind: str = "cpu", on_round: Callable[[], None] | None = None) -> Rounds:
+               device_kind: str = "cpu", on_round: Callable[[], None] | None = None,
+               decided: Callable[["Rounds"], bool] | None = None) -> Rounds:
     """Time every call once per round, the order rotated each round; ``warmup`` untimed rounds
     first. Stops after ``max_seconds`` once ``min_rounds`` are done (a slow pipeline gets fewer
-    rounds, never fewer than the minimum)."""
+    rounds, never fewer than the minimum), and after two rounds already when ``decided`` says
+    the rounds so far settle what they are for (more could not change the decision)."""
     names = list(calls)
     sync = torch.cuda.synchronize if device_kind == "cuda" else (lambda: None)
     out = Rounds({n: [] for n in names})
@@ -93,6 +95,8 @@ def interleave(calls: dict[str, Callable[[int], object]], *, rounds: int, warmup
                 on_round()
             if max_seconds is not None and r + 1 >= min_rounds \
                     and time.perf_counter() - started > max_seconds:
+                break
+            if decided is not None and r + 1 >= 2 and decided(out):
                 break
     return out
 

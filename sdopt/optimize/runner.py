@@ -99,17 +99,20 @@ class Search:
             run = self.e2e.run(self.pipeline(module, specs), warm=not specs)
         endtoend.fill_row(row, run, self.e2e, self.req.image_metric)
 
-    def time_setting(self, module, row: CandidateResult, specs, on_specs) -> None:
+    def time_setting(self, module, row: CandidateResult, specs, on_specs, *,
+                     decisive_s: float | None = None) -> None:
         """A constrained component setting: the seconds per image ``module`` with ``specs``
         saves over ``module`` with ``on_specs`` (what it is stacked on), its component's calls
         of one image replayed on both, side by side (:mod:`components`). A component's
         precision buys a few percent of the image, less than a shared host drifts between two
         sequential runs (sd15: a 7% faster OpenVINO text encoder was once timed 1.43x slower).
-        Its images are made in the final rounds, with the stack's (:meth:`confirm_stack`)."""
+        Its images are made in the final rounds, with the stack's (:meth:`confirm_stack`).
+        ``decisive_s``: the per-round saving that decides it in two rounds."""
         pipe, on = self.pipeline(module, specs), self.pipeline(module, on_specs)
         component = TECHNIQUES[specs[-1]["name"]].component
         row.paired[BASE_LEVEL] = setting_saving(self.component_calls, component, pipe, on,
-                                                device_kind=self.req.device.kind)
+                                                device_kind=self.req.device.kind,
+                                                decisive_s=decisive_s)
         if all(TECHNIQUES[s["name"]].component in self.component_calls.calls for s in specs):
             # every component it replaced has run, at the shapes of the final rounds
             self.warm_pipelines[id(pipe)] = pipe
@@ -404,8 +407,8 @@ class Search:
                 self.progress.advance(task)
         self.bases = bases
         if constrained:
-            def evaluate(base, specs, row, alongside):
-                self.time_setting(base, row, specs, alongside)
+            def evaluate(base, specs, row, alongside, decisive_s=None):
+                self.time_setting(base, row, specs, alongside, decisive_s=decisive_s)
         else:
             def evaluate(base, specs, row, alongside):
                 self.evaluate(base, row, specs)

@@ -398,6 +398,10 @@ def _ceiling(module: OptimizedModule, inputs, device: DeviceInfo, row: Candidate
 # per image in 7 of 7 rounds, and its pick ran 0.94x the exhaustive search's per image (Zen 4,
 # 2026-12-02): the quartile, not the share, is what tells a saving from noise.
 CONSTRAINED_MIN_GAIN = 0.01
+# A setting whose first two rounds both save (or both lose) this share of the image is decided:
+# its replays stop there. sd15's bf16 VAE decoder saves about 20% of the image at 256 px, in
+# rounds of 3.4 s; the OpenVINO text encoder's 3% (rounds of 0.5 s) takes its three rounds or more.
+DECISIVE_ROUND_GAIN = 5 * CONSTRAINED_MIN_GAIN
 
 
 def planned_settings(device: DeviceInfo, *, constrained: bool, bases: int) -> int:
@@ -429,7 +433,8 @@ def run_technique_search(
     ``evaluate(module, specs, row, alongside)`` fills ``row``: unconstrained, with the images
     and times of ``module`` with ``specs``; constrained, with the seconds per image they save
     over ``module`` with the ``alongside`` specs (the stack kept so far), timed side by side
-    (``row.paired[BASE_LEVEL]``, :func:`components.setting_saving`); the stack is judged on its
+    (``row.paired[BASE_LEVEL]``, :func:`components.setting_saving`; its ``decisive_s`` keyword:
+    the per-round saving that settles the keeping rule in two rounds); the stack is judged on its
     images later, in the side-by-side rounds with the original. ``unet_image_s``
     (constrained): the last base's UNet calls of one image at its timed latency per call,
     which with ``component_s`` (each component's fp32 seconds per image, the capture's)
@@ -482,7 +487,12 @@ def run_technique_search(
             span = PeakRss().start()
             try:
                 t0 = time.perf_counter()
-                evaluate(base_module, specs, row, list(alongside or []))
+                if constrained:
+                    # the per-round saving past which more rounds cannot change the keeping rule
+                    decisive_s = DECISIVE_ROUND_GAIN * on[1] if on and on[1] else None
+                    evaluate(base_module, specs, row, list(alongside or []), decisive_s=decisive_s)
+                else:
+                    evaluate(base_module, specs, row, list(alongside or []))
                 timed = row.e2e_latency_samples_s or []
                 row.build_s = time.perf_counter() - t0 - sum(timed)
                 if constrained:

@@ -58,3 +58,25 @@ def test_a_setting_is_timed_by_replaying_its_components_calls(tiny_pipe, capture
 def test_a_component_the_capture_did_not_see_cannot_be_timed(tiny_pipe):
     with pytest.raises(RuntimeError, match="recorded no call of the pipeline's vae"):
         ComponentCalls().replay(tiny_pipe, "vae")
+
+
+@pytest.mark.parametrize("slower", ["base", "row"])
+def test_two_rounds_that_decide_are_all_the_rounds(captured, slower):
+    """A setting that saves (or loses) the decisive share in both of its first two rounds is
+    not replayed further. Stand-ins for the two pipelines' decoders: one returns at once, the
+    other sleeps 0.2 s (the loop's control is under test, not a decoder's speed)."""
+    import time
+    from types import SimpleNamespace
+
+    def pipeline(seconds):
+        return SimpleNamespace(vae=SimpleNamespace(decode=lambda *a, **k: time.sleep(seconds)))
+
+    pipe, on = (pipeline(0.0), pipeline(0.2)) if slower == "base" else (pipeline(0.2),
+                                                                          pipeline(0.0))
+    saving = setting_saving(captured.component_calls, "vae", pipe, on, device_kind="cpu",
+                            decisive_s=0.1)
+    assert saving["rounds"] == 2
+    assert (saving["saved_s"] > 0.1) == (slower == "base")
+    # without a decisive saving, the minimum rounds
+    assert setting_saving(captured.component_calls, "vae", pipe, on,
+                          device_kind="cpu")["rounds"] >= 3

@@ -101,7 +101,8 @@ def test_constrained_tries_only_precision_techniques(tiny_pipe):
             assert row.status != "failed", row.reason
             # the seconds it saves per image, timed side by side with what it is stacked on
             saving = row.paired["base"]
-            assert SETTING_MIN_ROUNDS <= saving["rounds"] <= SETTING_ROUNDS
+            # two when both decide the keeping rule (search.DECISIVE_ROUND_GAIN)
+            assert saving["rounds"] in (2, *range(SETTING_MIN_ROUNDS, SETTING_ROUNDS + 1))
             assert saving["q1"] <= saving["saved_s"] <= saving["q3"]
             assert saving["reference_latency_s"] > 0 and saving["latency_s"] > 0
     picked = result.selected
@@ -150,7 +151,10 @@ def _rows(saved_s: float, q1_s: float | None = None):
                                 base)
     fp32_s = {"vae": 2.5, "text_encoder": 0.5}  # with 7 s of UNet calls: 10 s per image
 
-    def evaluate(module, specs, row, alongside):
+    def evaluate(module, specs, row, alongside, decisive_s=None):
+        # decided in two rounds by a saving of 5% of the stack's image (10 s, 9.5 s once the
+        # first setting saved 0.5 s... whichever stack it is timed on)
+        assert decisive_s is not None and 0.4 < decisive_s <= 0.5
         before = fp32_s[TECHNIQUES[specs[-1]["name"]].component]
         row.paired["base"] = {"saved_s": saved_s, "q1": saved_s if q1_s is None else q1_s,
                               "q3": saved_s, "rounds": 3, "latency_s": before - saved_s,
@@ -447,7 +451,7 @@ def test_a_setting_that_cannot_pay_for_itself_is_not_tried():
                                 base)
     evaluated = []
 
-    def evaluate(module, specs, row, alongside):  # stands in for the short generations
+    def evaluate(module, specs, row, alongside, decisive_s=None):  # stands in for the replays
         evaluated.append(row.id)
         row.paired["base"] = {"saved_s": 0.05, "q1": 0.05, "q3": 0.05, "rounds": 3,
                               "latency_s": 2.95, "reference_latency_s": 3.0}
