@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -132,6 +132,27 @@ def statistics_precision(weights_bytes: int, available_bytes: int | None,
                     "on sd15 their int8 error was 10% larger)")
 
 
+# Of a whole min/max build's peak, what converting to the fp32 IR takes before the statistics
+# pass (0.35 copies, benchmarks/candidate_memory.py, 2026-12-01): held already when it starts.
+CONVERSION_WEIGHT_COPIES = 0.35
+
+
+def statistics_shortfall(weights_bytes: int, available_bytes: int | None,
+                         precision: str) -> str | None:
+    """Why a statistics pass in ``precision`` over ``weights_bytes`` of fp32 weights, started
+    after the conversion, would not fit in ``available_bytes`` (None: it fits, or unknown). The
+    search budgets a min/max build given the capture's ranges without one (0.7 copies): this
+    is the check for a graph whose ranges the capture did not all record."""
+    copies = (FP32_STATISTICS_WEIGHT_COPIES if precision == "f32"
+              else BF16_STATISTICS_WEIGHT_COPIES) - CONVERSION_WEIGHT_COPIES
+    need = copies * weights_bytes
+    if available_bytes is None or need <= available_bytes:
+        return None
+    return (f"the capture's int8 ranges did not cover every quantized tensor, and the {precision} "
+            f"statistics pass that measures them needs about {need / 2**30:.1f} GiB more "
+            f"memory; {available_bytes / 2**30:.1f} GiB is available")
+
+
 def collect_ranges(model, tensors, items: list[dict[str, Any]],
                    precision: str = "f32") -> np.ndarray:
     """(n, 2): per tensor, the mean over ``items`` of each item's min and max, inferred in
@@ -216,11 +237,13 @@ def insert_quantizers(model, activations, ranges: np.ndarray, weights) -> dict[s
 
 def quantize_minmax(fp32_model, items: list[dict[str, Any]], out_xml: Path, *,
                     ignored_types=(), ignored_patterns=(), statistics: str = "f32",
-                    recorded: list[dict] | None = None) -> dict[str, Any]:
+                    recorded: list[dict] | None = None,
+                    before_statistics: Callable[[], None] | None = None) -> dict[str, Any]:
     """Write the int8 IR of ``fp32_model`` (an ``openvino.Model``, left as it is: the quantizers
     go into a clone, which shares its weights) to ``out_xml``. ``recorded``: the ranges the
     capture recorded for each of ``items`` (:mod:`.activation_ranges`); when they cover every
-    quantized tensor no statistics pass runs."""
+    quantized tensor no statistics pass runs; else ``before_statistics`` is called first (it
+    raises when the pass would not fit in memory)."""
     import openvino as ov
 
     from .activation_ranges import graph_key, mean_ranges
@@ -234,6 +257,8 @@ def quantize_minmax(fp32_model, items: list[dict[str, Any]], out_xml: Path, *,
         ranges = None if found is None else np.array(found, dtype=np.float64).reshape(-1, 2)
     source = "capture" if ranges is not None else f"statistics pass ({statistics})"
     if ranges is None:
+        if before_statistics is not None:
+            before_statistics()
         stats_model = fp32_model.clone()  # the statistics model shares its nodes
         tensors, _ = quantization_plan(stats_model, ignored_types, ignored_patterns)
         if list(activations) != list(tensors):

@@ -137,11 +137,12 @@ class Backend(abc.ABC):
         instead of measuring another variant under its name."""
         return None
 
-    def memory_copies(self, variant: Variant) -> float | None:
+    def memory_copies(self, variant: Variant, ctx: "BuildContext | None" = None) -> float | None:
         """The anonymous memory (what the kernel cannot reclaim) that building ``variant`` and
         calling it adds at its peak, in copies of the denoiser's fp32 weights, as measured by
         ``benchmarks/candidate_memory.py``; None where not measured (the search then does not
-        check). Next to its own pipeline the SDXL UNet (10.3 GB) leaves about one copy free on
+        check). ``ctx``: what the build will get (a min/max int8 build given the capture's
+        ranges runs no statistics pass). Next to its own pipeline the SDXL UNet (10.3 GB) leaves about one copy free on
         a 24 GiB machine: a build that needs more is skipped with the figures, instead of
         stalling the machine or getting the whole search killed."""
         return None

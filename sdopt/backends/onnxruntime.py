@@ -546,7 +546,7 @@ class OnnxRuntime(Backend):
     name = "onnxruntime"
     aliases = ("ort", "onnx_runtime", "onnxruntime_cpu")
 
-    def memory_copies(self, variant: Variant) -> float | None:
+    def memory_copies(self, variant: Variant, ctx: BuildContext | None = None) -> float | None:
         # The session's weights beside the pipeline's, and for int8 the quantizer's copies of
         # the fp32 graph (static: its calibration's augmented model too): anonymous peaks 1.42,
         # 3.41 and 4.80 copies (benchmarks/candidate_memory.py, tiny UNet widened to 800 MB,

@@ -40,9 +40,10 @@ INT8_SUBSET_MAX = 64
 # (the figure given here; _ov_minmax_int8 chooses), NNCF's in fp32 with its bias-correction
 # subgraphs. Anonymous peaks: fp32 1.37, bf16 0.87, min/max int8 1.11 (bf16 statistics; 1.67
 # with fp32 ones), NNCF int8 2.47 (benchmarks/candidate_memory.py, tiny UNet widened to 800 MB,
-# 2026-12-01).
+# 2026-12-01); min/max int8 with the capture's ranges (no statistics pass) 0.65, bf16 0.83
+# (2026-12-03).
 MEMORY_COPIES = {"fp32": 1.4, "bf16": 0.9, "int8/minmax": BF16_STATISTICS_WEIGHT_COPIES,
-                 "int8/nncf": 2.5}
+                 "int8/minmax+capture-ranges": 0.7, "int8/nncf": 2.5}
 # The UNet's first and last convolutions, as named in the IR converted from diffusers' UNet.
 INT8_EDGE_PATTERNS = (".*conv_in.*", ".*conv_out.*")
 # A DiT transformer's first and last layers (export.DIT_EDGE_MODULES) as named in its IR (module
@@ -208,11 +209,19 @@ def _quantize_minmax(source: "FP32IR", calibration: list[UNetInputs], directory:
                      statistics: str = "f32", recorded: list[dict] = ()) -> dict[str, Any]:
     from ._ov_minmax_int8 import quantize_minmax
 
+    from ._ov_minmax_int8 import statistics_shortfall
+
+    def check_memory() -> None:  # the capture's ranges missed a tensor: a statistics pass runs
+        reason = statistics_shortfall(source.weights_bytes(), available_memory_bytes(),
+                                      statistics)
+        if reason:
+            raise SdoptError(reason)
+
     model = source.model()
     built = quantize_minmax(model, _calibration_items(model, calibration[:INT8_SUBSET_MAX]),
                             directory / IR_XML, ignored_types=ignored_types,
                             ignored_patterns=ignored_patterns, statistics=statistics,
-                            recorded=recorded[:INT8_SUBSET_MAX])
+                            recorded=recorded[:INT8_SUBSET_MAX], before_statistics=check_memory)
     CONVERSIONS["minmax"] += 1
     return built
 
@@ -352,10 +361,14 @@ class OpenVINO(Backend):
     name = "openvino"
     aliases = ("ov", "openvino_compiler")
 
-    def memory_copies(self, variant: Variant) -> float | None:
+    def memory_copies(self, variant: Variant, ctx: BuildContext | None = None) -> float | None:
         if variant.precision == "int8":
-            quantizer = "minmax" if variant.options.get("quantizer") == "minmax" else "nncf"
-            return MEMORY_COPIES[f"int8/{quantizer}"]
+            if variant.options.get("quantizer") != "minmax":
+                return MEMORY_COPIES["int8/nncf"]
+            # Ranges the capture recorded: no statistics pass, unless they miss a tensor (a
+            # pass then checks the memory it needs itself: _ov_minmax_int8.statistics_shortfall).
+            recorded = ctx is not None and ctx.calibration_ranges
+            return MEMORY_COPIES["int8/minmax" + ("+capture-ranges" if recorded else "")]
         return MEMORY_COPIES.get(variant.precision)
 
     def build_activity(self, variant: Variant) -> str:

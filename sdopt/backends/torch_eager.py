@@ -58,7 +58,7 @@ class TorchEager(Backend):
                 ))
         return out
 
-    def memory_copies(self, variant: Variant) -> float | None:
+    def memory_copies(self, variant: Variant, ctx: BuildContext | None = None) -> float | None:
         # A converted copy (the fp32 variant without channels_last is the original itself):
         # anonymous peaks 1.01-1.25 copies (benchmarks/candidate_memory.py, tiny UNet widened
         # to 800 MB, 2026-12-01).

@@ -72,7 +72,7 @@ class TorchInt8(Backend):
     name = "torch_int8"
     aliases = ("dynamic_quantization", "torch_dynamic_int8")
 
-    def memory_copies(self, variant: Variant) -> float | None:
+    def memory_copies(self, variant: Variant, ctx: BuildContext | None = None) -> float | None:
         # A quantized copy of the UNet (its Linear weights int8): anonymous peak 1.17 copies of
         # the fp32 weights (benchmarks/candidate_memory.py, tiny UNet widened to 800 MB,
         # 2026-12-01).

@@ -177,14 +177,16 @@ def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult
     return reason
 
 
-def memory_reason(variant: Variant, device: DeviceInfo, weights_bytes: int) -> str | None:
-    """Why building ``variant`` would not fit in the memory available now (None: it fits, or
-    its need is not known). Only host memory is checked: on CUDA a candidate's weights are on
-    the device, where a build that does not fit fails with an error the search records."""
+def memory_reason(variant: Variant, device: DeviceInfo, weights_bytes: int,
+                  ctx: BuildContext | None = None) -> str | None:
+    """Why building ``variant`` (with ``ctx``) would not fit in the memory available now (None:
+    it fits, or its need is not known). Only host memory is checked: on CUDA a candidate's
+    weights are on the device, where a build that does not fit fails with an error the search
+    records."""
     if device.kind != "cpu":
         return None
-    return shortfall_reason(BACKENDS[variant.backend].memory_copies(variant), weights_bytes,
-                            available_memory_bytes())
+    return shortfall_reason(BACKENDS[variant.backend].memory_copies(variant, ctx),
+                            weights_bytes, available_memory_bytes())
 
 
 # The original's per-call latency is taken from the capture when it timed at least this many
@@ -310,7 +312,7 @@ def run_search(unet: torch.nn.Module, samples: SampleSet, device: DeviceInfo, va
                                  reserved_s=reserved_s, named=variant.id in named) \
             or BACKENDS[variant.backend].model_reason(variant, unet) \
             or planner.bound_reason(variant) \
-            or memory_reason(variant, device, weights_bytes) or ""
+            or memory_reason(variant, device, weights_bytes, ctx) or ""
         module = None
         if not row.reason:
             span = PeakRss().start()  # the candidate's peak memory, build to images

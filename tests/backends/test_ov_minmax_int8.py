@@ -88,7 +88,11 @@ def test_ranges_are_collected_in_bf16_when_fp32_does_not_fit(tiny_pipe, samples,
     assert fp32.build_info["int8"]["statistics"] == "f32"
     if detect("cpu").precision_unavailable_reason("bf16"):
         pytest.skip("this CPU has no bf16 units: the statistics stay fp32")
-    monkeypatch.setattr(openvino, "available_memory_bytes", lambda: 1024)
+    from sdopt.backends.base import fp32_weights_bytes
+
+    # room for the bf16 pass (0.85 copies after the conversion), not for the fp32 one (1.7)
+    weights = fp32_weights_bytes(tiny_pipe.unet)
+    monkeypatch.setattr(openvino, "available_memory_bytes", lambda: weights)
     low = build_variant(tiny_pipe, "openvino", "int8-minmax", samples, cache_dir=tmp_path,
                         recorded_ranges=False)
     info = low.build_info["int8"]
@@ -96,6 +100,27 @@ def test_ranges_are_collected_in_bf16_when_fp32_does_not_fit(tiny_pipe, samples,
     assert info["ranges"] == "statistics pass (bf16)"
     assert info["key"] != fp32.build_info["int8"]["key"]
     assert max(verification_drops(low, samples)) <= 0.15
+
+
+def test_a_statistics_pass_the_memory_cannot_hold_fails_its_candidate(tiny_pipe, samples,
+                                                                    tmp_path, monkeypatch):
+    """The search budgets a min/max build with the capture's ranges at 0.7 copies; when they
+    miss a tensor the statistics pass that replaces them checks its own need first."""
+    from sdopt.errors import SdoptError
+    from sdopt.backends import openvino
+
+    gib = 2**30
+    assert minmax.statistics_shortfall(10 * gib, 20 * gib, "f32") is None
+    assert minmax.statistics_shortfall(10 * gib, None, "bf16") is None
+    why = minmax.statistics_shortfall(10 * gib, 5 * gib, "bf16")
+    assert "bf16 statistics pass" in why and "8.5 GiB more memory; 5.0 GiB is available" in why
+    monkeypatch.setattr(openvino, "available_memory_bytes", lambda: 1024)
+    with pytest.raises(SdoptError, match="did not cover every quantized tensor"):
+        build_variant(tiny_pipe, "openvino", "int8-minmax", samples, cache_dir=tmp_path,
+                      recorded_ranges=False)
+    # with the capture's ranges no pass runs, whatever the memory
+    built = build_variant(tiny_pipe, "openvino", "int8-minmax", samples, cache_dir=tmp_path)
+    assert built.build_info["int8"]["ranges"] == "capture"
 
 
 def test_variants_need_no_nncf(monkeypatch):

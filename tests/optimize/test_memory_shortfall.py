@@ -38,6 +38,25 @@ def test_every_cpu_candidate_but_the_original_has_a_measured_need():
             assert copies and 0.4 <= copies <= 6, variant.id
 
 
+def test_min_max_int8_with_the_captures_ranges_needs_no_statistics_pass_memory(monkeypatch):
+    """0.65 copies measured with the capture's ranges, 1.11 with a bf16 statistics pass
+    (benchmarks/candidate_memory.py): after the SDXL pipeline (13.6 GiB) a 24 GiB machine has
+    room for the first, not the second."""
+    from sdopt.backends.base import BuildContext
+
+    load_builtin_backends()
+    cpu = detect("cpu")
+    variant = next(v for v in plan_candidates(cpu) if v.id == "openvino/int8-minmax")
+    backend = BACKENDS["openvino"]
+    without = BuildContext(device=cpu, example=None)
+    recorded = BuildContext(device=cpu, example=None, calibration_ranges=[{"x": (0.0, 1.0)}])
+    assert backend.memory_copies(variant) == backend.memory_copies(variant, without) == 1.2
+    assert backend.memory_copies(variant, recorded) == 0.7
+    monkeypatch.setattr(search, "available_memory_bytes", lambda: int(0.9 * 10 * GIB))
+    assert memory_reason(variant, cpu, 10 * GIB, recorded) is None
+    assert "needs about 12.0 GiB" in memory_reason(variant, cpu, 10 * GIB, without)
+
+
 def test_only_host_memory_is_checked(monkeypatch):
     load_builtin_backends()
     monkeypatch.setattr(search, "available_memory_bytes", lambda: 1)
