@@ -25,9 +25,11 @@ def decline_telemetry_without_consent() -> bool:
     """
     try:
         from openvino_telemetry.utils import opt_in_checker
-    except ImportError:
+
+        checker = opt_in_checker.OptInChecker
+        checker.check, opt_in_checker.ConsentCheckResult.NO_FILE  # noqa: B018 - the API used
+    except (ImportError, AttributeError):  # not installed, or another API: left as it is
         return False
-    checker = opt_in_checker.OptInChecker
     if not getattr(checker.check, _MARK, False):
         original = checker.check
         no_file = opt_in_checker.ConsentCheckResult.NO_FILE
