@@ -15,15 +15,36 @@ import torch
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# What kind of layer an aten op torch's FlopCounterMode counts comes from: nn.Linear is addmm
+# (mm without a bias: to_q/to_k/to_v), attention is bmm/baddbmm or a fused SDPA kernel (the CPU's
+# SDPA has no FLOP formula in torch 2.13: uncounted, which only loosens a bound).
+OP_KINDS = {"convolution": "convolution", "addmm": "linear", "mm": "linear",
+            "bmm": "attention", "baddbmm": "attention"}
+
+
 def count_flops(call: Callable[[], object]) -> int:
     """Floating-point operations of one ``call()`` (convolutions, matmuls, attention), counted
     by torch's own FlopCounterMode on a real call."""
+    return sum(count_flops_by_kind(call).values())
+
+
+def count_flops_by_kind(call: Callable[[], object]) -> dict[str, int]:
+    """:func:`count_flops` per kind of layer (``OP_KINDS``; "other" for the rest): what a
+    variant that quantizes some layers only leaves in floating point."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
         call()
-    return int(counter.get_total_flops())
+    kinds: dict[str, int] = {}
+    for op, flops in counter.get_flop_counts().get("Global", {}).items():
+        name = str(op).split(".")[-1]
+        if name.startswith("_scaled_dot_product"):
+            kind = "attention"
+        else:
+            kind = OP_KINDS.get(name, "other")
+        kinds[kind] = kinds.get(kind, 0) + int(flops)
+    return kinds
 
 
 def gemm_rate(precision: str, device: str = "cpu", *, side: int | None = None,

@@ -19,6 +19,9 @@ the best so far by :data:`SKIP_MARGIN`:
   its fp32 runs the graph OpenVINO's fp32 runs, at most 1.21x as fast, and is bounded by it;
   torch's eager channels_last modules and torch.compile by OpenVINO's measured module of the
   same precision (the plain bf16 eager module stays: it is torch.compile's probe);
+- the **float part's roofline**: an int8 variant that leaves whole kinds of layers in floating
+  point (torch's dynamic int8 quantizes only the linear layers) cannot beat those layers' work
+  at that precision's roofline;
 - the **same graph**: a variant that calibrates the same int8 graph as one measured already
   (OpenVINO's NNCF calibration after its min/max twin) differs in error, not in speed, so it is no
   faster than that twin measured; it is built only when the twin was rejected and could still win.
@@ -201,6 +204,16 @@ BUILD_S: dict[str, dict[str, float]] = {
 }
 
 
+# An int8 variant that leaves layers in floating point: their precision and kinds
+# (ceiling.count_flops_by_kind), whose roofline bounds it as a float variant's bounds it. torch's
+# dynamic int8 quantizes nn.Linear only: the convolutions (65% of sd15's counted work at 256 px)
+# and attention stay fp32 eager. A cold sd15 search built it for 31 s when the budget allowed,
+# at 1.2x against an int8 pick at 3.9x.
+FLOAT_WORK: dict[str, tuple[str, tuple[str, ...]]] = {
+    "torch_int8/dynamic-linear": ("fp32", ("convolution", "attention", "other")),
+}
+
+
 def expected_build_s(variant: Variant, device_kind: str) -> float | None:
     return BUILD_S.get(device_kind, {}).get(variant.id)
 
@@ -220,27 +233,36 @@ class Ceiling:
     search whose remaining candidates are all int8, or bounded otherwise, never pays for them:
     counting the work is one more fp32 call, 5 s on sd15 at 256 px)."""
 
-    flops: int | Callable[[], int]  # or how to count them, once
+    # FLOP per call, in all or per kind of layer (ceiling.count_flops_by_kind), or how to count
+    # them, once
+    flops: int | dict[str, int] | Callable[[], int | dict[str, int]]
     reference_latency_s: float
     rate_of: Callable[[str], float | None]  # precision -> FLOP/s (measured once, cached)
     rates: dict[str, float | None] = field(default_factory=dict)
 
-    def work(self) -> int:
-        """FLOP of one reference call (counted on the first use)."""
+    def work(self, kinds: tuple[str, ...] | None = None) -> int | None:
+        """FLOP of one reference call (counted on the first use), or of its ``kinds`` of layer
+        (None: not counted per kind)."""
         if callable(self.flops):
             self.flops = self.flops()
-        return self.flops
+        if isinstance(self.flops, dict):
+            return sum(n for k, n in self.flops.items() if kinds is None or k in kinds)
+        return self.flops if kinds is None else None
 
-    def bound(self, precision: str) -> tuple[float, str] | None:
-        """(the highest speedup over the reference a ``precision`` candidate can reach, why)."""
+    def bound(self, precision: str,
+              kinds: tuple[str, ...] | None = None) -> tuple[float, str] | None:
+        """(the highest speedup over the reference a ``precision`` candidate can reach, why);
+        ``kinds``: only those layers' work runs in ``precision`` (the rest costs nothing here)."""
         if precision not in self.rates:
             self.rates[precision] = self.rate_of(precision)
         rate = self.rates[precision]
-        if not rate or not self.reference_latency_s or not self.work():
+        work = self.work(kinds)
+        if not rate or not self.reference_latency_s or not work:
             return None
-        fastest_s = self.work() / (rate * ROOFLINE_HEADROOM)
+        fastest_s = work / (rate * ROOFLINE_HEADROOM)
         speedup = self.reference_latency_s / fastest_s
-        return speedup, (f"{precision} roofline: {self.work() / 1e9:.1f} GFLOP per call at "
+        what = f"its {', '.join(kinds)} layers' " if kinds else ""
+        return speedup, (f"{precision} roofline: {what}{work / 1e9:.1f} GFLOP per call at "
                          f"{ROOFLINE_HEADROOM:g} x the {rate / 1e9:.0f} GFLOP/s of a large "
                          f"{precision} GEMM here takes at least {fastest_s * 1e3:.1f} ms")
 
@@ -351,5 +373,9 @@ class Planner:
                        f"at most {ratio:g}x of it")
         if self.ceiling is not None and variant.precision != "int8":
             roof = self.ceiling.bound(variant.precision)
+            if roof is not None:
+                yield roof
+        if self.ceiling is not None and variant.id in FLOAT_WORK:
+            roof = self.ceiling.bound(*FLOAT_WORK[variant.id])
             if roof is not None:
                 yield roof

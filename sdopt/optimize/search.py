@@ -34,7 +34,7 @@ from ..techniques import TECHNIQUES, all_specs, candidate_id, conflict_reason, l
 from ..techniques import unavailable_reason as technique_unavailable
 from .budget import LaterStages
 from .capture import SampleSet
-from .ceiling import count_flops, gemm_rate
+from .ceiling import count_flops_by_kind, gemm_rate
 from .metrics import DEFAULT_AGGREGATE, LOSSLESS_TOLERANCE, METRICS, Metric, per_prompt_drops
 from .ordering import Ceiling, Planner, expected_build_s, setting_bound_reason
 from .selection import fastest_two, judge, ranked_end_to_end, select
@@ -386,7 +386,7 @@ class SearchOutcome(NamedTuple):
 def _ceiling(module: OptimizedModule, inputs, device: DeviceInfo, row: CandidateResult) -> Ceiling:
     """The roofline's inputs: the reference call's work, counted on one more call when a bound
     first needs it."""
-    return Ceiling(lambda: count_flops(lambda: module(inputs.sample, inputs.timestep,
+    return Ceiling(lambda: count_flops_by_kind(lambda: module(inputs.sample, inputs.timestep,
                                                       inputs.encoder_hidden_states,
                                                       **inputs.extra)),
                    row.latency_s,

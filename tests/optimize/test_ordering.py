@@ -247,3 +247,37 @@ def test_a_component_setting_is_bounded_by_its_components_share_and_a_faster_run
     # unknown: no component time, or no base time yet
     assert setting_bound_reason("vae_bf16", "vae", None, times, measured, 0.03) is None
     assert setting_bound_reason("vae_bf16", "vae", 6.8, {}, measured, 0.03) is None
+
+
+def test_an_int8_variant_is_bounded_by_the_roofline_of_what_it_leaves_in_float(cpu):
+    """torch's dynamic int8 quantizes the linear layers only: the convolutions' fp32 work at the
+    fp32 roofline bounds it (a cold sd15 search built it for 31 s, at 1.2x against 3.9x)."""
+    variants = {v.id: v for v in plan_candidates(cpu)}
+    dynamic = variants["torch_int8/dynamic-linear"]
+    rows = [_row(variants["torch_eager/fp32"], 1.0), _row(variants["openvino/int8"], 3.0)]
+    planner = Planner(list(variants.values()), cpu, rows)
+    # 0.6 GFLOP of convolutions at 1.5 x 1 GFLOP/s: >= 0.4 s of the reference's 1 s: 2.5x
+    planner.ceiling = Ceiling(flops={"convolution": 6 * 10**8, "linear": 4 * 10**8},
+                              reference_latency_s=1.0, rate_of=lambda p: 1e9)
+    reason = planner.bound_reason(dynamic)
+    assert reason and "at most 2.50x (fp32 roofline: its convolution, attention, other " \
+                      "layers' 0.6 GFLOP per call" in reason
+    rows[1].speedup = 2.0  # 2.5x could beat it by 5%
+    assert planner.bound_reason(dynamic) is None
+    # counted as a total only: no split, no bound from it
+    planner.ceiling = Ceiling(flops=10**9, reference_latency_s=1.0, rate_of=lambda p: 1e9)
+    rows[1].speedup = 3.0
+    assert planner.bound_reason(dynamic) is None
+
+
+def test_flops_are_counted_per_kind_of_layer():
+    import torch
+
+    from sdopt.optimize.ceiling import count_flops, count_flops_by_kind
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 16)).eval()
+    x = torch.zeros(1, 4, 8, 8)
+    kinds = count_flops_by_kind(lambda: model(x))
+    assert kinds == {"convolution": 2 * 8 * 4 * 9 * 36, "linear": 2 * 288 * 16}
+    assert count_flops(lambda: model(x)) == sum(kinds.values())
