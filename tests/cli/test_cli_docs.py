@@ -27,7 +27,8 @@ FOREIGN_OPTIONS = {
 }
 # Code that starts with one of these runs another program: its options are that program's.
 FOREIGN_COMMANDS = ("docker", "podman", "pip", "git", "python", "pytest", "make", "ls", "export",
-                    "act", "check-jsonschema", "benchmarks/", "container:", "options:")
+                    "act", "check-jsonschema", "benchmarks/", "container:", "options:",
+                    "opt_in_out")
 # pytest-benchmark's benchmark names in results.pytest-benchmark.json, written like extras.
 NOT_EXTRAS = {"original", "optimized"}
 SHELL_FENCES = ("", "bash", "sh", "shell", "console")
