@@ -25,6 +25,7 @@ when they are rejected (``ordering``).
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -188,9 +189,13 @@ def _int8_weight(op, port: int):
     import torch
 
     # torch, not numpy: its kernels use every core and round the same way (half to even);
-    # sd15's 860 M weights took 4.2 s of the int8 build in numpy
-    weight = torch.from_numpy(np.asarray(
-        op.input(port).get_source_output().get_node().get_data(), np.float32))
+    # sd15's 860 M weights took 4.2 s of the int8 build in numpy. The constant's buffer is
+    # read-only and only read here: torch's warning about it (printed in every build) is not
+    # the user's concern, and a copy would cost a weight's size.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        weight = torch.from_numpy(np.asarray(
+            op.input(port).get_source_output().get_node().get_data(), np.float32))
     axis = _weight_axis(op, port, weight.ndim)
     reduce = [a for a in range(weight.ndim) if a != axis]
     amax = weight.abs().amax(dim=reduce, keepdim=True) if reduce else weight.abs()
