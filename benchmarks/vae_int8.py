@@ -2,14 +2,14 @@
 from data-free calibration, side by side in one process against torch's fp32 decoder (#20).
 
 The VAE decoder is 37% of the int8 pick's image on a CPU without bf16 units and a large share
-on every CPU at 512 px. The int8 decoder here is what ``sdopt/techniques/vae_openvino.py`` would
-build: the converted fp32 IR (``post_quant_conv`` + ``decoder``) quantized by
+on every CPU at 512 px. The int8 decoder here is a prototype: the fp32 IR that
+``sdopt/techniques/vae_openvino.py`` converts (``post_quant_conv`` + ``decoder``) quantized by
 ``_ov_minmax_int8.quantize_minmax`` (convolution and MatMul inputs, per-channel int8 weights),
-its ranges measured on ``--calibration`` latents drawn with a fixed seed at the latent scale the
-decoder sees (``N(0, 1) / scaling_factor``), so that another process rebuilds the same graph
-without saved data. Accuracy: PSNR of each decoder's image against torch fp32 on other latents
-(random weights: the figure says how far the int8 graph strays from the fp32 one, not how a
-trained decoder's images look).
+its ranges measured on ``--calibration`` latents drawn with a fixed seed at the latent scale
+``N(0, 1) / scaling_factor``. Accuracy: PSNR of each decoder's image against torch fp32 on other
+latents of that distribution (random weights: the figure says how far the int8 graph strays from
+the fp32 one, not how a trained decoder's images look). A pipeline's own latents are another
+matter: docs/benchmarks.md, "An int8 VAE decoder".
 
     python benchmarks/vae_int8.py --preset sd15 --size 512 --out benchmarks/results/vae_int8_sd15_512.json
 """

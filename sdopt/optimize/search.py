@@ -478,11 +478,8 @@ def run_technique_search(
             reason = f"{BUDGET_SPENT} ({time_budget_s:.0f} s) spent"
         reason = reason or skip
         if reason is None and constrained:
-            measured: dict[str, tuple[str, float]] = {}  # each technique's fastest setting
-            for r, s, _ in passing:
-                if times.get(r.id) and (s[-1]["name"] not in measured
-                                        or times[r.id] < measured[s[-1]["name"]][1]):
-                    measured[s[-1]["name"]] = (r.id, times[r.id])
+            measured = {s[-1]["name"]: (r.id, times[r.id]) for r, s, i in passing
+                        if times.get(r.id)}
             reason = setting_bound_reason(
                 specs[-1]["name"], TECHNIQUES[specs[-1]["name"]].component,
                 on[1] if on else None, component_s or {}, measured, CONSTRAINED_MIN_GAIN)
@@ -520,9 +517,7 @@ def run_technique_search(
     if constrained:
         if bases[-1][0].status not in (STATUS_OK, STATUS_SELECTED):
             return []
-        return _accumulate_settings(
-            bases, attempt, times, unet_image_s, component_s or {},
-            lambda spec: technique_unavailable(spec, bases[-1][1], device) is None)
+        return _accumulate_settings(bases, attempt, times, unet_image_s, component_s or {})
 
     for base_index in range(len(bases)):
         for spec in all_specs(constrained_only=constrained):
@@ -559,7 +554,7 @@ def run_technique_search(
 
 
 def _accumulate_settings(bases, attempt, times: dict[str, float], unet_image_s: float | None,
-                         component_s: dict[str, float], available: Callable[[dict], bool]):
+                         component_s: dict[str, float]):
     """The constrained phase: each setting in turn on the stack kept so far (the base's first),
     timed side by side with that stack on one image's calls into its component
     (:mod:`components`) and kept when it saves time in most rounds (the first quartile of the
@@ -570,12 +565,6 @@ def _accumulate_settings(bases, attempt, times: dict[str, float], unet_image_s: 
     judged on every prompt's image in the side-by-side rounds with the original, and the one
     before it when it fails (the runner walks the returned list). Returns the kept stacks, most
     settings (fastest) first, the base last.
-
-    Each component's first available setting is tried first; its others (the int8 VAE decoder
-    after the bf16 one, torch's bf16 VAE after OpenVINO's) after every component had its first,
-    each in place of that component's setting in the stack (timed against the stack with it):
-    the lossiest setting comes last, so that when the stack fails on the images the walk back
-    drops it and keeps the other components' settings.
 
     The stack's time per image is estimated as its UNet calls (``unet_image_s``) plus each
     component's time as last measured: side by side in a setting's replays where one ran, else
@@ -594,21 +583,16 @@ def _accumulate_settings(bases, attempt, times: dict[str, float], unet_image_s: 
 
     chain: list[tuple[CandidateResult, list[dict]]] = [(base_row, [])]
     times[base_row.id] = stack_s()
-    first, later, seen = [], [], set()
     for spec in all_specs(constrained_only=True):
-        if not available(spec):
-            first.append(spec)  # its row says why; it holds no place in the order
-            continue
-        component = TECHNIQUES[spec["name"]].component
-        (later if component in seen else first).append(spec)
-        seen.add(component)
-    for spec in first + later:
         on_row, kept = chain[-1]
-        component = TECHNIQUES[spec["name"]].component
-        stack = [s for s in kept if TECHNIQUES[s["name"]].component != component] + [spec]
-        row = attempt(len(bases) - 1, stack, alongside=kept, on=(on_row.id, stack_s()))
+        conflict = conflict_reason(kept + [spec])
+        if conflict:  # its row is the setting alone, not tried
+            attempt(len(bases) - 1, [spec], skip=f"{conflict}, and {on_row.id} was kept")
+            continue
+        row = attempt(len(bases) - 1, kept + [spec], alongside=kept, on=(on_row.id, stack_s()))
         if row.status != STATUS_OK:
             continue
+        component = TECHNIQUES[spec["name"]].component
         saving = row.paired[BASE_LEVEL]
         saved = saving["saved_s"]
         # the stack's component as timed just now, side by side
@@ -628,5 +612,5 @@ def _accumulate_settings(bases, attempt, times: dict[str, float], unet_image_s: 
                           f"{CONSTRAINED_MIN_GAIN:.0%} gain that a lower precision must buy")
         else:
             parts[component] = saving["latency_s"]
-            chain.append((row, stack))
+            chain.append((row, kept + [spec]))
     return chain[::-1]

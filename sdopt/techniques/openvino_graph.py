@@ -15,9 +15,7 @@ The converted IR (``.xml``/``.bin``, no pickle) is also kept in sdopt's cache
 config, the traced input shapes and dtypes, the converter's arguments, the OpenVINO / torch /
 diffusers / transformers versions and the IR precision (fp32). Another process (a second search,
 every ``load_model`` of a saved pipeline) reads the IR instead of converting again. A converted
-model is always the one read back from the cache, so a miss and a hit run the same graph. An int8
-IR derived from it (:func:`quantized`: min/max ranges on seeded inputs) is cached the same way
-(kind ``openvino-component-int8-ir``), keyed by the fp32 IR's key and how it was derived.
+model is always the one read back from the cache, so a miss and a hit run the same graph.
 """
 
 from __future__ import annotations
@@ -33,11 +31,6 @@ HINTS = {"fp32": "f32", "bf16": "bf16"}
 # source torch module -> {conversion key: openvino.Model}; weak, so that a dropped pipeline's
 # components are not kept alive by a conversion (the IR does not share their weights).
 _CONVERTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# source torch module -> {conversion key: the cache key of its fp32 IR}: what a derived (int8)
-# IR is keyed by.
-_IR_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# source torch module -> {conversion key: the int8 openvino.Model derived from its fp32 IR}
-_QUANTIZED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def converted(source: torch.nn.Module, key: str, make: Callable[[], tuple[torch.nn.Module, dict]],
@@ -57,34 +50,6 @@ def converted(source: torch.nn.Module, key: str, make: Callable[[], tuple[torch.
             module = copy.deepcopy(module).float()  # fp32 IR; the hint sets the precision
         parts = ir_key_parts(module, key, kwargs, config)
         entry = fetch_or_build(CACHE_KIND, parts, lambda tmp: _convert(module, key, kwargs, tmp))
-        cache[key] = ov.Core().read_model(str(entry.path / IR_XML))
-        _IR_KEYS.setdefault(source, {})[key] = entry.key
-    return cache[key]
-
-
-INT8_CACHE_KIND = "openvino-component-int8-ir"
-
-
-def quantized(source: torch.nn.Module, key: str, calibration: Callable[[str], list[dict]],
-              recipe: dict):
-    """The min/max int8 ``openvino.Model`` derived from ``source``'s fp32 IR (``converted``
-    with the same ``key`` first), its ranges measured on ``calibration(input_name)``'s inputs;
-    ``recipe`` says how those inputs are made (part of the cache key: they are data-free and
-    seeded, so another process, a ``load_model``, derives the same graph or reads it)."""
-    cache = _QUANTIZED.setdefault(source, {})
-    if key not in cache:
-        import openvino as ov
-
-        from ..backends._ov_minmax_int8 import RECIPE, quantize_minmax
-        from ..cache import fetch_or_build
-
-        fp32 = _CONVERTED[source][key]
-        parts = {"fp32_ir": _IR_KEYS[source][key], "quantizer": "minmax", "recipe": RECIPE,
-                 "calibration": recipe}
-        items = lambda: calibration(fp32.inputs[0].get_any_name())  # noqa: E731
-
-        entry = fetch_or_build(INT8_CACHE_KIND, parts,
-                               lambda tmp: quantize_minmax(fp32, items(), tmp / IR_XML))
         cache[key] = ov.Core().read_model(str(entry.path / IR_XML))
     return cache[key]
 

@@ -11,15 +11,9 @@ sizes vary with the requested image size: the graph keeps dynamic spatial dimens
 compiled once per shape; the converted IR is kept in sdopt's cache, so another process (a loaded
 model) reads it instead of converting (:mod:`sdopt.techniques.openvino_graph`).
 
-Judged like the bf16 VAE: on the final images, under the search's threshold. int8 (min/max
-post-training quantization, :mod:`sdopt.backends._ov_minmax_int8`: convolution and MatMul inputs
-and per-channel int8 weights, the float ops in bf16 where the CPU has it) is derived from the
-fp32 IR with ranges measured on :data:`CALIBRATION`'s latents: data-free and seeded, drawn at the
-scale the decoder sees (``N(0, 1) / scaling_factor + shift_factor``), so that a ``load_model`` in
-another process derives the same graph (or reads it from the cache) without data saved with the
-model. Weight-only int8 would not speed up the convolutions, and real latents are what the
-search's images then judge: the int8 setting is tried last (it replaces the bf16 one kept
-before it, :func:`sdopt.optimize.search._accumulate_settings`).
+Judged like the bf16 VAE: on the final images, under the search's threshold. int8 is not offered:
+post-training int8 needs calibration latents and NNCF minutes, and weight-only int8 does not
+speed up convolutions.
 """
 
 from __future__ import annotations
@@ -29,16 +23,11 @@ import copy
 import torch
 
 from .base import Choice, Technique
-from .openvino_graph import CompiledGraph, converted, quantized
-from .openvino_graph import setting_reason as float_setting_reason
+from .openvino_graph import CompiledGraph, converted, setting_reason
 from .openvino_graph import unavailable_reason as openvino_unavailable_reason
 
 NAME = "vae_openvino"
-PRECISIONS = ("bf16", "fp32", "int8")
-# The calibration latents of the int8 setting (the cache key holds this recipe): two 32 x 32
-# latents (256 px for an 8x VAE) cost two fp32 decodes at that size; the ranges of a min/max
-# recipe change little with the latent size.
-CALIBRATION = {"latents": 2, "size": 32, "seed": 0, "distribution": "normal/scaling+shift"}
+PRECISIONS = ("bf16", "fp32")
 # The latent size traced for conversion; every dimension but the channels stays dynamic.
 EXAMPLE_SIZE = 8
 
@@ -91,15 +80,7 @@ def openvino_decoder_vae(vae, precision: str):
         return _PostQuantDecoder(pqc, vae.decoder), {
             "example_input": example, "input": [ov.PartialShape([-1, channels, -1, -1])]}
 
-    key = f"vae_decoder:{channels}"
-    model = converted(vae.decoder, key, make, vae.config)
-    if precision == "int8":
-        from ..backends.openvino import float_layers_precision
-        from ..device import detect
-
-        model = quantized(vae.decoder, key, lambda name: calibration_latents(name, vae.config),
-                          CALIBRATION)
-        precision = float_layers_precision(detect("cpu"))  # what its float ops run in
+    model = converted(vae.decoder, f"vae_decoder:{channels}", make, vae.config)
     # Share (do not copy) the modules the graph replaces, then drop them from the copy.
     shared = {id(vae.decoder): vae.decoder}
     if pqc is not None:
@@ -111,26 +92,6 @@ def openvino_decoder_vae(vae, precision: str):
         clone.post_quant_conv = torch.nn.Identity()  # folded into the graph
     clone.sdopt_technique = NAME
     return clone
-
-
-def calibration_latents(input_name: str, config) -> list[dict]:
-    """The int8 setting's calibration inputs (:data:`CALIBRATION`), as ``{input_name: array}``:
-    latents as the pipelines hand them to ``decode`` (``latents / scaling_factor +
-    shift_factor``, the denoised latents having about unit variance)."""
-    generator = torch.Generator().manual_seed(CALIBRATION["seed"])
-    scale = float(getattr(config, "scaling_factor", None) or 1.0)
-    shift = float(getattr(config, "shift_factor", None) or 0.0)
-    size = CALIBRATION["size"]
-    return [{input_name: (torch.randn(1, config.latent_channels, size, size, generator=generator)
-                          / scale + shift).numpy()} for _ in range(CALIBRATION["latents"])]
-
-
-def setting_reason(params: dict, device) -> str | None:
-    """int8 runs on any CPU (its float ops in bf16 or fp32); bf16 and fp32 as the other
-    OpenVINO components' settings."""
-    if params.get("precision") == "int8":
-        return None
-    return float_setting_reason(params, device)
 
 
 def unavailable_reason(module, device) -> str | None:

@@ -11,8 +11,6 @@ pytest.importorskip("openvino", reason="the openvino package is not installed")
 
 import sdopt  # noqa: E402
 from sdopt.device import DeviceInfo, detect  # noqa: E402
-
-from ..conftest import cpu_described  # noqa: E402
 from sdopt.optimize.metrics import psnr_db  # noqa: E402
 from sdopt.optimize.optimized import with_unet  # noqa: E402
 from sdopt.techniques import (apply_pipeline_techniques, unavailable_reason,  # noqa: E402
@@ -48,63 +46,6 @@ def test_openvino_vae_decodes_like_torch_fp32(tiny_pipe, precision):
         assert (got - expected).abs().max() < TOLERANCE[precision]
         assert torch.equal(vae.decode(z, return_dict=False)[0], got)
     assert vae.decoder.calls == 4
-
-
-def test_openvino_vae_int8_is_quantized_and_close_to_torch_fp32(tiny_pipe):
-    """The int8 setting's graph holds int8 weights and activation quantizers, runs its float ops
-    in the CPU's float precision, and decodes near torch fp32 (min/max int8 on random weights)."""
-    from sdopt.backends.openvino import float_layers_precision
-
-    vae = openvino_decoder_vae(tiny_pipe.vae, "int8")
-    graph = vae.decoder.graph
-    kinds = [op.get_type_name() for op in graph._graph.model.get_ops()]
-    assert kinds.count("FakeQuantize") >= 5 and "Convolution" in kinds
-    assert any(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"
-               for op in graph._graph.model.get_ops())
-    assert graph.precision == float_layers_precision(detect("cpu"))
-    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        expected = tiny_pipe.vae.decode(z).sample
-    got = vae.decode(z).sample
-    assert got.shape == expected.shape
-
-    def image(decoded):
-        return (decoded / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).numpy()
-
-    # 31 dB on the tiny VAE; 26 dB is the default threshold's (psnr drop 0.05)
-    assert 26 < psnr_db(image(expected), image(got)) < 45, "int8: near fp32, not equal"
-
-
-def test_the_int8_vae_is_derived_once_and_read_back_in_another_process(tiny_pipe, monkeypatch):
-    """The int8 IR is in sdopt's cache under its fp32 IR's key and the calibration recipe: with
-    the in-process memo cleared (a new process, a load_model) it is read back, not quantized
-    again, and decodes the same."""
-    from sdopt.backends import _ov_minmax_int8
-    from sdopt.techniques import openvino_graph
-
-    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
-    first = openvino_decoder_vae(tiny_pipe.vae, "int8").decode(z).sample
-    openvino_graph._QUANTIZED.pop(tiny_pipe.vae.decoder)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("quantized again instead of read from the cache")
-
-    monkeypatch.setattr(_ov_minmax_int8, "quantize_minmax", refuse)
-    assert torch.equal(openvino_decoder_vae(tiny_pipe.vae, "int8").decode(z).sample, first)
-
-
-def test_the_calibration_latents_follow_the_vaes_scale_and_shift():
-    from sdopt.techniques.vae_openvino import CALIBRATION, calibration_latents
-
-    config = type("Config", (), {"latent_channels": 16, "scaling_factor": 0.5,
-                                 "shift_factor": 0.25})()
-    items = calibration_latents("z", config)
-    assert len(items) == CALIBRATION["latents"]
-    z = np.concatenate([item["z"] for item in items])
-    assert z.shape[1:] == (16, CALIBRATION["size"], CALIBRATION["size"])
-    assert abs(z.mean() - 0.25) < 0.05 and abs(z.std() - 2.0) < 0.1
-    again = calibration_latents("z", config)
-    assert all(np.array_equal(a["z"], b["z"]) for a, b in zip(items, again)), "seeded"
 
 
 def test_openvino_vae_is_converted_once_per_vae(tiny_pipe):
@@ -231,9 +172,6 @@ def test_reasons_and_conflicts():
     has_bf16 = cpu.precision_unavailable_reason("bf16") is None
     fp32 = unavailable_reason({"name": "vae_openvino", "precision": "fp32"}, None, cpu)
     assert (fp32 is not None) == has_bf16, "fp32 is the setting for CPUs without bf16 units"
-    for bf16 in (True, False):  # int8 runs on any CPU (its float ops in bf16 or fp32)
-        assert unavailable_reason({"name": "vae_openvino", "precision": "int8"}, None,
-                                  cpu_described(bf16)) is None
     with pytest.raises(sdopt.SdoptError, match="both replace the pipeline's vae"):
         validate_specs([{"name": "vae_bf16"}, spec], "m.json")
     with pytest.raises(sdopt.SdoptError, match=r"techniques\[0\]\.precision"):
@@ -255,12 +193,10 @@ print(json.dumps([loaded.unet.info["techniques"], type(loaded.vae.decoder).__nam
 """
 
 
-@pytest.mark.parametrize("vae_precision", ["float", "int8"])
-def test_saved_then_loaded_in_a_new_process_gives_the_same_image(tmp_path, tiny_pipe,
-                                                                  vae_precision):
+def test_saved_then_loaded_in_a_new_process_gives_the_same_image(tmp_path, tiny_pipe):
     """The manifest records the specs; load_model applies them again (nothing of OpenVINO is
-    saved), reading the converted IRs (and the int8 VAE's) from sdopt's cache (no conversion in
-    the new process), and gives the same image."""
+    saved), reading the converted IRs from sdopt's cache (no conversion in the new process), and
+    gives the same image."""
     import json
     import subprocess
     import sys
@@ -269,8 +205,7 @@ def test_saved_then_loaded_in_a_new_process_gives_the_same_image(tmp_path, tiny_
 
     cpu = detect("cpu")
     precision = "bf16" if cpu.precision_unavailable_reason("bf16") is None else "fp32"
-    specs = [{"name": "vae_openvino",
-              "precision": precision if vae_precision == "float" else "int8"},
+    specs = [{"name": "vae_openvino", "precision": precision},
              {"name": "text_encoder_openvino", "precision": precision}]
     base = sdopt.apply_variant(tiny_pipe, "torch_eager/fp32")
     optimized = assemble(tiny_pipe, base.unet.module, specs, cpu,
