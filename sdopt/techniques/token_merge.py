@@ -23,6 +23,7 @@ is skipped for them, saying so.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -36,6 +37,16 @@ RATIOS = (0.3, 0.5)
 SEED = 0
 
 
+@functools.lru_cache(maxsize=64)
+def destination_choice(hsy: int, wsx: int, cells: int) -> torch.Tensor:
+    """Which token of each ``sy x sx`` cell is a destination: a seeded draw, the same for the
+    same grid (read only by its callers). Drawn once per grid and kept, so that a graph traced
+    after an eager call holds it as a constant: OpenVINO's converter cannot convert
+    ``aten::randint`` with a generator."""
+    generator = torch.Generator().manual_seed(SEED)
+    return torch.randint(cells, size=(hsy, wsx, 1), generator=generator)
+
+
 def bipartite_soft_matching_2d(metric: torch.Tensor, w: int, h: int, r: int,
                                sx: int = 2, sy: int = 2):
     """Merge and unmerge functions that remove ``r`` of the ``h x w`` tokens of ``metric``."""
@@ -45,8 +56,7 @@ def bipartite_soft_matching_2d(metric: torch.Tensor, w: int, h: int, r: int,
     device = metric.device
     with torch.no_grad():
         hsy, wsx = h // sy, w // sx
-        generator = torch.Generator().manual_seed(SEED)
-        rand_idx = torch.randint(sy * sx, size=(hsy, wsx, 1), generator=generator).to(device)
+        rand_idx = destination_choice(hsy, wsx, sy * sx).to(device)
         view = torch.zeros(hsy, wsx, sy * sx, device=device, dtype=torch.int64)
         view.scatter_(dim=2, index=rand_idx, src=-torch.ones_like(rand_idx))
         view = view.view(hsy, wsx, sy, sx).transpose(1, 2).reshape(hsy * sy, wsx * sx)
@@ -74,12 +84,22 @@ def bipartite_soft_matching_2d(metric: torch.Tensor, w: int, h: int, r: int,
         unm_idx, src_idx = edge_idx[..., r:, :], edge_idx[..., :r, :]
         dst_idx = torch.gather(node_idx[..., None], dim=-2, index=src_idx)
 
+    # Each destination becomes the mean of itself and the sources merged into it (tomesd's
+    # scatter_reduce "mean"), computed as a matrix product with the sources' one-hot assignment:
+    # OpenVINO runs the scatter with reduction in a single-threaded reference kernel, 115 ms per
+    # sd15 layer at 512 px, more than merging saved in attention; a product is a GEMM.
+    # Counted in fp32: OpenVINO 2026.4's CPU plugin summed the int64 one-hot wrongly for every
+    # batch item but the first, and bf16 counts stop being exact past 256.
+    assignment = torch.nn.functional.one_hot(dst_idx[..., 0], num_dst).to(torch.float32)
+    merged_per_dst = 1 + assignment.sum(dim=1)[..., None]  # (B, num_dst, 1)
+
     def merge(x: torch.Tensor) -> torch.Tensor:
         src, dst = split(x)
         n, t1, c = src.shape
         unm = torch.gather(src, dim=-2, index=unm_idx.expand(n, t1 - r, c))
         src = torch.gather(src, dim=-2, index=src_idx.expand(n, r, c))
-        dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce="mean")
+        summed = dst + assignment.transpose(1, 2).to(x.dtype) @ src
+        dst = summed / merged_per_dst.to(x.dtype)
         return torch.cat([unm, dst], dim=1)
 
     def unmerge(x: torch.Tensor) -> torch.Tensor:

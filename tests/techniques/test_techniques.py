@@ -124,6 +124,50 @@ def test_token_merge_at_ratio_zero_is_exact_and_merge_unmerge_round_trips(origin
     assert 0.5 < float(kept) < 1.0  # merged tokens get their group's mean
 
 
+def test_the_destination_choice_is_seeded_and_a_constant_for_a_tracer():
+    """The same seeded draw as before it was kept (saved models merge the same tokens), and a
+    graph traced after an eager call holds it as a constant, not an ``aten::randint`` with a
+    generator (which OpenVINO's converter cannot convert)."""
+    from sdopt.techniques.token_merge import SEED, destination_choice
+
+    drawn = torch.randint(4, size=(4, 4, 1), generator=torch.Generator().manual_seed(SEED))
+    assert torch.equal(destination_choice(4, 4, 4), drawn)
+
+    def merged(x):
+        return bipartite_soft_matching_2d(x, 8, 8, r=16)[0](x)
+
+    x = torch.randn(2, 64, 8)
+    eager = merged(x)
+    traced = torch.jit.trace(merged, x, check_trace=False)
+    assert "aten::randint" not in str(traced.graph)
+    assert torch.equal(traced(x), eager)
+
+
+def test_merging_keeps_each_groups_mean_in_torch_and_in_openvino():
+    """Each merged token is its group's mean (a destination and the sources merged into it), so
+    unmerging spreads values whose sum over the tokens is the input's, for every batch item;
+    OpenVINO's conversion of the matching computes the same (its CPU plugin once summed an
+    int64 one-hot wrongly past the first batch item)."""
+    pytest.importorskip("openvino", reason="the openvino package is not installed")
+    import openvino as ov
+
+    from sdopt.backends.openvino import convert_torch
+
+    class RoundTrip(torch.nn.Module):
+        def forward(self, x):
+            merge, unmerge = bipartite_soft_matching_2d(x, 16, 16, r=128)
+            return unmerge(merge(x))
+
+    x = torch.randn(3, 256, 32, generator=torch.Generator().manual_seed(0))
+    eager = RoundTrip()(x)
+    assert torch.allclose(eager.sum(dim=1), x.sum(dim=1), atol=1e-3)
+    assert (eager == x).all(dim=-1).float().mean() < 0.9  # tokens were merged
+    compiled = ov.Core().compile_model(convert_torch(RoundTrip().eval(), x), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    converted = torch.from_numpy(compiled(x.numpy())[0])
+    assert (converted - eager).abs().max() < 1e-4
+
+
 def test_fewer_steps_runs_fewer_unet_calls(original, reference):
     pipe, module = _pipeline(original, [{"name": "fewer_steps", "fraction": 0.5}])
     counter = _CallCounter(base_module(module).unet)
