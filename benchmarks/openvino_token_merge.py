@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from sdopt.device import detect
     from sdopt.optimize.metrics import numeric_precision
     from sdopt.optimize.paired import interleave, quartiles
-    from sdopt.techniques.token_merge import TokenMergeProcessor, _self_attentions
+    from sdopt.techniques.token_merge import TokenMergeProcessor, self_attentions
 
     pipe = sdopt.build_preset(args.preset)
     unet = pipe.unet.eval()
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
             return unet(example.sample, example.timestep, example.encoder_hidden_states).sample
 
     plain_eager = call()
-    layers = _self_attentions(unet, 1)
+    layers = self_attentions(unet, 1)
     originals = [attn.processor for attn in layers]
     grid: dict = {}
     hook = unet.conv_in.register_forward_pre_hook(

@@ -4,7 +4,7 @@ from data-free calibration, side by side in one process against torch's fp32 dec
 The VAE decoder is 37% of the int8 pick's image on a CPU without bf16 units and a large share
 on every CPU at 512 px. The int8 decoder here is a prototype: the fp32 IR that
 ``sdopt/techniques/vae_openvino.py`` converts (``post_quant_conv`` + ``decoder``) quantized by
-``_ov_minmax_int8.quantize_minmax`` (convolution and MatMul inputs, per-channel int8 weights),
+``openvino_minmax_int8.quantize_minmax`` (convolution and MatMul inputs, per-channel int8 weights),
 its ranges measured on ``--calibration`` latents drawn with a fixed seed at the latent scale
 ``N(0, 1) / scaling_factor``. Accuracy: PSNR of each decoder's image against torch fp32 on other
 latents of that distribution (random weights: the figure says how far the int8 graph strays from
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     import torch
 
     import sdopt
-    from sdopt.backends._ov_minmax_int8 import quantize_minmax
+    from sdopt.backends.openvino_minmax_int8 import quantize_minmax
     from sdopt.device import detect
     from sdopt.optimize.metrics import numeric_precision, psnr_db
     from sdopt.optimize.paired import interleave, quartiles

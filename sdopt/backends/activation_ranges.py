@@ -1,6 +1,6 @@
 """Activation ranges recorded while the original pipeline runs: int8 without a statistics pass.
 
-OpenVINO's min/max int8 (:mod:`._ov_minmax_int8`) needs, for each tensor it quantizes, the
+OpenVINO's min/max int8 (:mod:`.openvino_minmax_int8`) needs, for each tensor it quantizes, the
 minimum and maximum over the calibration calls. Its own statistics pass compiles the fp32 UNet
 with every range as an output and runs the calibration calls again: 31 s of a 272 s cold sd15
 demo search (compile 6.6 s, then about 3 s per call), holding 1.7 copies of the fp32 weights

@@ -25,7 +25,7 @@ from ..device import DeviceInfo, available_memory_bytes
 from ..errors import SdoptError
 # calibration_hash is part of this module's interface.
 from .export import DIT_EDGE_MODULES, calibration_hash, is_transformer  # noqa: F401
-from ._ov_minmax_int8 import BF16_STATISTICS_WEIGHT_COPIES
+from .openvino_minmax_int8 import BF16_STATISTICS_WEIGHT_COPIES
 from .base import Backend, BuildContext, OptimizedModule, UNetInputs, Variant, register
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ INT8_SUBSET_MAX = 64
 # CPU memory a build adds at its peak, in copies of the fp32 weights (Backend.memory_copies), per
 # precision, int8 per quantizer. The compiled model beside the pipeline's weights; int8 builds
 # first convert to an fp32 IR and run a statistics pass: min/max in bf16 when fp32 does not fit
-# (the figure given here; _ov_minmax_int8 chooses), NNCF's in fp32 with its bias-correction
+# (the figure given here; openvino_minmax_int8 chooses), NNCF's in fp32 with its bias-correction
 # subgraphs. Anonymous peaks: fp32 1.37, bf16 0.87, min/max int8 1.11 (bf16 statistics; 1.67
 # with fp32 ones), NNCF int8 2.47 (benchmarks/candidate_memory.py, tiny UNet widened to 800 MB,
 # 2026-12-01); min/max int8 with the capture's ranges (no statistics pass) 0.65, bf16 0.83
@@ -207,9 +207,9 @@ def _quantize_minmax(source: "FP32IR", calibration: list[UNetInputs], directory:
                      ignored_types: tuple[str, ...] = (),
                      ignored_patterns: tuple[str, ...] = (),
                      statistics: str = "f32", recorded: list[dict] = ()) -> dict[str, Any]:
-    from ._ov_minmax_int8 import quantize_minmax
+    from .openvino_minmax_int8 import quantize_minmax
 
-    from ._ov_minmax_int8 import statistics_shortfall
+    from .openvino_minmax_int8 import statistics_shortfall
 
     def check_memory() -> None:  # the capture's ranges missed a tensor: a statistics pass runs
         reason = statistics_shortfall(source.weights_bytes(), available_memory_bytes(),
@@ -366,7 +366,7 @@ class OpenVINO(Backend):
             if variant.options.get("quantizer") != "minmax":
                 return MEMORY_COPIES["int8/nncf"]
             # Ranges the capture recorded: no statistics pass, unless they miss a tensor (a
-            # pass then checks the memory it needs itself: _ov_minmax_int8.statistics_shortfall).
+            # pass then checks the memory it needs itself: openvino_minmax_int8.statistics_shortfall).
             recorded = ctx is not None and ctx.calibration_ranges
             return MEMORY_COPIES["int8/minmax" + ("+capture-ranges" if recorded else "")]
         return MEMORY_COPIES.get(variant.precision)
@@ -385,7 +385,7 @@ class OpenVINO(Backend):
                     techniques=("openvino",)),
             Variant(self.name, "bf16", "bf16", options={"hint": "bf16"},
                     techniques=("openvino", "bf16 inference precision")),
-            # int8 from min/max ranges in one statistics pass (_ov_minmax_int8): about 30 s on
+            # int8 from min/max ranges in one statistics pass (openvino_minmax_int8): about 30 s on
             # sd15 at 256 px where NNCF takes 250 s, the same int8 graph and speed, a little
             # more error (no SmoothQuant or bias correction). Tried first.
             Variant(self.name, "int8-minmax", "int8", options={"quantizer": "minmax"},
@@ -476,7 +476,7 @@ class OpenVINO(Backend):
                      "subset_max": INT8_SUBSET_MAX}
             statistics, why = "f32", None
             if minmax:
-                from ._ov_minmax_int8 import RECIPE, statistics_precision
+                from .openvino_minmax_int8 import RECIPE, statistics_precision
 
                 parts.update(quantizer="minmax", recipe=RECIPE)
                 statistics, why = statistics_precision(

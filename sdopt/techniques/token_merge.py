@@ -151,7 +151,7 @@ class TokenMergeProcessor:
                           *args, **kwargs)
 
 
-def _self_attentions(unet, levels: int = 1):
+def self_attentions(unet, levels: int = 1):
     """The self-attention layers of the ``levels`` highest resolutions that have attention."""
     down = [i for i, b in enumerate(unet.down_blocks) if getattr(b, "attentions", None)]
     chosen = set(down[:levels])
@@ -220,7 +220,7 @@ def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModu
 
     grid_source.register_forward_pre_hook(record)
     if layers is None:  # a UNet: the highest resolution's self-attention
-        layers = _self_attentions(model, int(params.get("levels", 1)))
+        layers = self_attentions(model, int(params.get("levels", 1)))
     if not layers:
         raise ValueError("the UNet has no self-attention layers to merge tokens in")
     for attn in layers:

@@ -14,7 +14,7 @@ from ..conftest import build_variant, verification_drops
 
 pytest.importorskip("openvino", reason="the openvino package is not installed")
 
-from sdopt.backends import _ov_minmax_int8 as minmax  # noqa: E402
+from sdopt.backends import openvino_minmax_int8 as minmax  # noqa: E402
 from sdopt.backends.openvino import _calibration_items, convert_unet  # noqa: E402
 
 

@@ -13,7 +13,7 @@ ov = pytest.importorskip("openvino", reason="the openvino package is not install
 
 from openvino import opset13 as ops  # noqa: E402
 
-from sdopt.backends import _ov_minmax_int8 as minmax  # noqa: E402
+from sdopt.backends import openvino_minmax_int8 as minmax  # noqa: E402
 from sdopt.backends import get_backend  # noqa: E402
 from sdopt.backends.openvino import IR_XML  # noqa: E402
 from sdopt.device import detect  # noqa: E402
