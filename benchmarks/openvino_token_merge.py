@@ -1,6 +1,8 @@
 """Token merging inside an OpenVINO UNet graph: does the converted graph merge as the eager
 technique does, and what does it save per UNet call? (issue #20: the first check of the plan in
-the ninth session's note; nothing in sdopt uses it yet.)
+the ninth session's note. The technique on the OpenVINO pick,
+``sdopt/techniques/token_merge_openvino.py``, grew from it; its end-to-end figures:
+``openvino_token_merge_e2e.py``.)
 
 The eager technique (``sdopt/techniques/token_merge.py``) swaps the attention processors of the
 highest-resolution self-attentions; its destination choice is seeded, so a conversion with the

@@ -276,3 +276,63 @@ def quantize_minmax(fp32_model, items: list[dict[str, Any]], out_xml: Path, *,
             "statistics": statistics, "ranges": source, **counts,
             "ignored_types": list(ignored_types), "ignored_patterns": list(ignored_patterns),
             "openvino": ov.get_version()}
+
+
+def _fed_inputs(output):
+    """The op inputs ``output`` feeds, down through shape-only ops."""
+    for target in output.get_target_inputs():
+        node = target.get_node()
+        if node.get_type_name() in SHAPE_OPS:
+            yield from _fed_inputs(node.output(0))
+        else:
+            yield target
+
+
+def _scalar(output) -> float | None:
+    node = output.get_node()
+    if node.get_type_name() != "Constant":
+        return None
+    data = np.asarray(node.get_data(), np.float64).reshape(-1)
+    return float(data[0]) if data.size == 1 else None
+
+
+def ranges_by_input(quantized_model) -> dict[tuple[str, int], tuple[float, float]]:
+    """The per-tensor activation ranges of an int8 graph, by the op input each quantizer feeds:
+    ``{(op name, port): (low, high)}``, the names :func:`quantization_plan` records as uses."""
+    out: dict[tuple[str, int], tuple[float, float]] = {}
+    for op in quantized_model.get_ops():
+        if op.get_type_name() != "FakeQuantize" \
+                or _source_kind(op.input(0).get_source_output()) == "Constant":
+            continue
+        low, high = (_scalar(op.input(i).get_source_output()) for i in (1, 2))
+        if low is None or high is None:
+            continue  # per-channel: not a range this module writes
+        for target in _fed_inputs(op.output(0)):
+            node = target.get_node()
+            if node.get_type_name() in QUANTIZED_TYPES:
+                out[(node.get_friendly_name(), target.get_index())] = (low, high)
+    return out
+
+
+def quantize_like(fp32_model, quantized_model, *, ignored_types=(),
+                  ignored_patterns=()) -> tuple[Any, dict[str, Any]]:
+    """``fp32_model`` (a variant of the graph ``quantized_model`` was quantized from: the same
+    layers with a few ops added, as token merging adds) quantized with ``quantized_model``'s own
+    activation ranges, taken by the op input each quantizer feeds, and its weights' recipe.
+    A tensor none of whose uses had a quantizer there (the added ops' inputs) stays float. No
+    statistics pass: the ranges are those the search judged. Returns (a quantized clone,
+    counts)."""
+    known = ranges_by_input(quantized_model)
+    model = fp32_model.clone()
+    uses: dict[tuple[str, int], list] = {}
+    activations, weights = quantization_plan(model, ignored_types, ignored_patterns, uses)
+    kept, ranges = {}, []
+    for key, entry in activations.items():
+        found = [known[(name, port)] for _, name, port in uses.get(key, ())
+                 if (name, port) in known]
+        if found:
+            kept[key] = entry
+            ranges.append((min(r[0] for r in found), max(r[1] for r in found)))
+    counts = insert_quantizers(model, kept, np.array(ranges, np.float64).reshape(-1, 2), weights)
+    counts["float_activations"] += len(activations) - len(kept)
+    return model, counts

@@ -24,7 +24,7 @@ from ..errors import SdoptError
 from ..identity import config_hash, weights_hash
 from ..store import atomic_directory, write_json
 from ..techniques import (apply_pipeline_techniques, apply_unet_techniques, base_module,
-                          unavailable_reason, validate_specs)
+                          stack_reason, technique_of, unavailable_reason, validate_specs)
 from . import decision_cache, runner
 from .capture import example_inputs
 from .inputs import input_image_hashes, takes
@@ -222,7 +222,8 @@ def load_model(path: str | os.PathLike, pipe=None, *, device: str | None = None)
     if comp.get("config_hash") and comp["config_hash"] != config_hash(unet):
         raise SdoptError(f"'{path}' was optimized for a different UNet architecture than the "
                          "given pipe's: pass the pipeline it was made from")
-    if comp["source_hash"] and comp["source_hash"] != weights_hash(unet):
+    weights_differ = bool(comp["source_hash"]) and comp["source_hash"] != weights_hash(unet)
+    if weights_differ:
         log.warning("sdopt: the given pipe's UNet weights differ from those %s was optimized "
                     "from; the saved weights are used", path)
     pipe.to(dev.torch_device)
@@ -236,6 +237,14 @@ def load_model(path: str | os.PathLike, pipe=None, *, device: str | None = None)
         if why:
             raise SdoptError(f"'{path}' uses the technique {spec['name']}, which cannot run "
                              f"here: {why}")
+    why = stack_reason(specs, module)
+    if why:
+        raise SdoptError(f"'{path / MANIFEST_NAME}': techniques: {why}")
+    reading = [s["name"] for s in specs if technique_of(s).reads_given_denoiser(module)]
+    if weights_differ and reading:
+        raise SdoptError(f"'{path}': the given pipe's UNet weights differ from those it was "
+                         f"optimized from, and {', '.join(reading)} builds on the given UNet's "
+                         "weights here: pass the pipeline it was made from")
     module = apply_unet_techniques(module, specs, unet)
     info = {"source_hash": comp["source_hash"], "config_hash": comp.get("config_hash", ""),
             "samples": manifest.get("shapes", {}), **manifest.get("metrics", {}),

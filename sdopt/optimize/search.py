@@ -30,7 +30,8 @@ from ..backends.base import (BACKENDS, BuildContext, OptimizedModule, Variant,
                              canonical_backend_name, fp32_weights_bytes)
 from ..device import DeviceInfo, available_memory_bytes
 from ..errors import SdoptError
-from ..techniques import TECHNIQUES, all_specs, candidate_id, conflict_reason, label, params_of
+from ..techniques import (TECHNIQUES, all_specs, candidate_id, conflict_reason, label, params_of,
+                          stack_reason)
 from ..techniques import unavailable_reason as technique_unavailable
 from .budget import LaterStages
 from .capture import SampleSet
@@ -543,7 +544,8 @@ def run_technique_search(
         for _, spec in ordered[1:]:
             if conflict_reason(stack + [spec]):
                 continue  # it replaces a component the stack already replaced (the VAE)
-            row = attempt(best_base, stack + [spec])
+            row = attempt(best_base, stack + [spec],
+                          skip=stack_reason(stack + [spec], bases[best_base][1]))
             if row.status == STATUS_OK and row.e2e_latency_s < stack_row.e2e_latency_s:
                 stack_row, stack = row, stack + [spec]
 

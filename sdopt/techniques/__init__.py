@@ -92,6 +92,17 @@ def conflict_reason(specs: list[Spec]) -> str | None:
     return None
 
 
+def stack_reason(specs: list[Spec], module: OptimizedModule) -> str | None:
+    """Why ``specs`` cannot stack on this backend module although each can run on it alone
+    (None: they can)."""
+    unet_level = [s for s in specs if technique_of(s).level == "unet"]
+    for spec in unet_level:
+        why = technique_of(spec).stack_reason([s for s in unet_level if s is not spec], module)
+        if why:
+            return why
+    return None
+
+
 def apply_unet_techniques(module: OptimizedModule, specs: list[Spec],
                           original_unet) -> OptimizedModule:
     """The backend module with the UNet-level techniques of ``specs``, in their declared order
@@ -146,5 +157,5 @@ def validate_specs(specs, where: str) -> list[Spec]:
 
 
 __all__ = ["TECHNIQUES", "Technique", "Spec", "all_specs", "label", "candidate_id",
-           "unavailable_reason", "apply_unet_techniques", "apply_pipeline_techniques",
-           "base_module", "validate_specs", "technique_of", "conflict_reason"]
+           "unavailable_reason", "stack_reason", "apply_unet_techniques",
+           "apply_pipeline_techniques", "base_module", "validate_specs", "technique_of", "conflict_reason"]

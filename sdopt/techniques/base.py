@@ -71,6 +71,15 @@ class Technique:
     # The pipeline component a pipeline-level technique replaces ("vae", "text_encoder"): two
     # techniques replacing the same one cannot stack (the second would wrap the first's copy).
     component: str | None = None
+    # Why this technique cannot stack with the ``others`` (the stack's other UNet-level specs) on
+    # this backend module (None: it can): what each setting's own check on the bare module
+    # cannot see.
+    stack_reason: Callable[[list[Spec], OptimizedModule], str | None] = \
+        lambda others, module: None
+    # Whether, on this backend module, the technique builds on the given pipeline's denoiser
+    # weights rather than the module's own (token merging converting an OpenVINO pick again):
+    # load_model then needs the weights the model was optimized from.
+    reads_given_denoiser: Callable[[OptimizedModule], bool] = lambda module: False
 
     def check(self, spec: Spec, where: str) -> None:
         for param in self.params:

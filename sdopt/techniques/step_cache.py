@@ -132,6 +132,9 @@ def _openvino_dit(module: OptimizedModule) -> bool:
 
 def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModule:
     if _runs_openvino(module):
+        why = incompatible_reason(module)
+        if why:  # a stack: each setting was checked on the bare pick
+            raise ValueError(f"step caching cannot split this graph: {why}")
         if _openvino_dit(module):
             return dit_cache_openvino.OpenVINODiTStepCacheModule(module, int(params["interval"]))
         return step_cache_openvino.OpenVINOStepCacheModule(module, int(params["interval"]))
@@ -153,9 +156,18 @@ def incompatible_reason(module: OptimizedModule, device=None) -> str | None:
     return eager_unet(module)[1]
 
 
+def stack_reason(others: list[dict], module: OptimizedModule) -> str | None:
+    """On an OpenVINO graph step caching splits the pick's own graph, which another UNet-level
+    technique (token merging, which converts a graph of its own) would not be part of."""
+    if _runs_openvino(module) and others:
+        return (f"step caching splits {module.variant.id}'s own OpenVINO graph: it does not "
+                f"stack on {', '.join(s['name'] for s in others)}, which runs a graph of its own")
+    return None
+
+
 TECHNIQUE = Technique(
     NAME, "unet", (Param("interval", int, 1, 50),), tuple({"interval": n} for n in INTERVALS),
     lambda p: f"step_cache(every {p['interval']})",
     "reuse deep UNet features (DeepCache) or DiT block outputs (FORA) between neighbouring "
     "steps", apply,
-    unavailable_reason=incompatible_reason, order=1)
+    unavailable_reason=incompatible_reason, order=1, stack_reason=stack_reason)

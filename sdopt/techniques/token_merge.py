@@ -29,6 +29,7 @@ import math
 import torch
 
 from ..backends.base import OptimizedModule
+from . import token_merge_openvino
 from .base import Param, Technique
 from .eager import dit_blocks, eager_dit, eager_unet, private_copy
 
@@ -208,11 +209,9 @@ def _target(module: OptimizedModule):
     return model, _image_self_attentions(model), model.pos_embed
 
 
-def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModule:
-    module = private_copy(module, original_unet)
-    model, layers, grid_source = _target(module)
-    if model is None:
-        raise ValueError(f"token merging cannot patch this module: {layers}")
+def _install(model, layers, grid_source, ratio: float) -> None:
+    """Token merging's processors on ``layers`` of ``model`` (a UNet's highest resolution when
+    ``layers`` is None), the grid read from ``grid_source``'s input."""
     grid: dict = {}
 
     def record(mod, args):
@@ -220,15 +219,36 @@ def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModu
 
     grid_source.register_forward_pre_hook(record)
     if layers is None:  # a UNet: the highest resolution's self-attention
-        layers = self_attentions(model, int(params.get("levels", 1)))
+        layers = self_attentions(model, 1)
     if not layers:
         raise ValueError("the UNet has no self-attention layers to merge tokens in")
     for attn in layers:
-        attn.set_processor(TokenMergeProcessor(attn.processor, float(params["ratio"]), grid))
+        attn.set_processor(TokenMergeProcessor(attn.processor, ratio, grid))
+
+
+def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModule:
+    if token_merge_openvino.runs_openvino(module):
+        return token_merge_openvino.OpenVINOTokenMergeModule(
+            module, merged_unet(original_unet, float(params["ratio"])), float(params["ratio"]))
+    module = private_copy(module, original_unet)
+    model, layers, grid_source = _target(module)
+    if model is None:
+        raise ValueError(f"token merging cannot patch this module: {layers}")
+    _install(model, layers, grid_source, float(params["ratio"]))
     return module
 
 
+def merged_unet(original_unet: torch.nn.Module, ratio: float) -> torch.nn.Module:
+    """A copy of the diffusers UNet with token merging's processors, sharing its weights: what
+    an OpenVINO graph with the merging in it is converted from."""
+    unet = private_copy(original_unet, original_unet)
+    _install(unet, None, unet.conv_in, ratio)
+    return unet
+
+
 def incompatible_reason(module: OptimizedModule, device=None) -> str | None:
+    if token_merge_openvino.runs_openvino(module):
+        return token_merge_openvino.incompatible_reason(module)
     model, why, _ = _target(module)
     return why if model is None else None
 
@@ -248,4 +268,5 @@ TECHNIQUE = Technique(
     lambda p: f"token_merge({p['ratio']:g})",
     "merge similar tokens before self-attention at the highest resolution (ToMe for SD; every "
     "block of PixArt)", apply,
-    unavailable_reason=incompatible_reason, order=0)
+    unavailable_reason=incompatible_reason, order=0,
+    reads_given_denoiser=token_merge_openvino.runs_openvino)
