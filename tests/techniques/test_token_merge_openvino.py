@@ -11,13 +11,15 @@ import torch
 
 import sdopt
 from sdopt.backends import load_builtin_backends
-from sdopt.backends.base import BACKENDS, BuildContext, UNetInputs
+from sdopt.backends.base import BACKENDS, UNetInputs
 from sdopt.backends.openvino_minmax_int8 import ranges_by_input
 from sdopt.backends.torch_eager import reference_module
 from sdopt.device import detect
 from sdopt.optimize.metrics import numeric_precision, psnr_db
 from sdopt.techniques import stack_reason, step_cache, token_merge, unavailable_reason
 from sdopt.techniques.token_merge_openvino import OpenVINOTokenMergeModule
+
+from .test_step_cache_openvino import _build
 
 pytest.importorskip("openvino")
 
@@ -35,19 +37,6 @@ def _inputs(unet, seed=0, side=32):
                       torch.randn(2, 77, unet.config.cross_attention_dim, generator=gen), {})
 
 
-def _build(denoiser, variant_name, calls, tmp_path):
-    load_builtin_backends()
-    dev = detect("cpu")
-    backend = BACKENDS["openvino"]
-    variant = next(v for v in backend.variants(dev) if v.name == variant_name)
-    if backend.unavailable_reason(dev, variant):
-        pytest.skip(backend.unavailable_reason(dev, variant))
-    ctx = BuildContext(device=dev, example=calls[0], calibration=calls,
-                       cache_dir=tmp_path / "cache")
-    with torch.inference_mode():
-        return backend.build(denoiser, variant, ctx).eval()
-
-
 def _call(module, x):
     with torch.inference_mode():
         out = module(x.sample, x.timestep, x.encoder_hidden_states)
@@ -56,13 +45,13 @@ def _call(module, x):
 
 @pytest.fixture(scope="module")
 def ov_fp32(tiny, tmp_path_factory):
-    return _build(tiny.unet, "fp32", [_inputs(tiny.unet)], tmp_path_factory.mktemp("ov"))
+    return _build(tiny.unet, "fp32", _inputs(tiny.unet), tmp_path_factory.mktemp("ov"))
 
 
 @pytest.fixture(scope="module")
 def ov_int8(tiny, tmp_path_factory):
-    calls = [_inputs(tiny.unet, seed) for seed in range(4)]
-    return _build(tiny.unet, "int8-inner-minmax", calls, tmp_path_factory.mktemp("ov8"))
+    return _build(tiny.unet, "int8-inner-minmax", _inputs(tiny.unet),
+                  tmp_path_factory.mktemp("ov8"))
 
 
 def test_the_merged_graph_gives_what_the_eager_merged_unet_gives(tiny, ov_fp32):
