@@ -365,8 +365,8 @@ class OpenVINO(Backend):
         if variant.precision == "int8":
             if variant.options.get("quantizer") != "minmax":
                 return MEMORY_COPIES["int8/nncf"]
-            # Ranges the capture recorded: no statistics pass, unless they miss a tensor (a
-            # pass then checks the memory it needs itself: openvino_minmax_int8.statistics_shortfall).
+            # Ranges the capture recorded: no statistics pass, unless they miss a tensor (a pass
+            # then checks the memory it needs itself: openvino_minmax_int8.statistics_shortfall).
             recorded = ctx is not None and ctx.calibration_ranges
             return MEMORY_COPIES["int8/minmax" + ("+capture-ranges" if recorded else "")]
         return MEMORY_COPIES.get(variant.precision)
@@ -385,8 +385,8 @@ class OpenVINO(Backend):
                     techniques=("openvino",)),
             Variant(self.name, "bf16", "bf16", options={"hint": "bf16"},
                     techniques=("openvino", "bf16 inference precision")),
-            # int8 from min/max ranges in one statistics pass (openvino_minmax_int8): about 30 s on
-            # sd15 at 256 px where NNCF takes 250 s, the same int8 graph and speed, a little
+            # int8 from min/max ranges in one statistics pass (openvino_minmax_int8): about 30 s
+            # on sd15 at 256 px where NNCF takes 250 s, the same int8 graph and speed, a little
             # more error (no SmoothQuant or bias correction). Tried first.
             Variant(self.name, "int8-minmax", "int8", options={"quantizer": "minmax"},
                     techniques=("openvino", MINMAX_LABEL)),

@@ -158,4 +158,5 @@ def validate_specs(specs, where: str) -> list[Spec]:
 
 __all__ = ["TECHNIQUES", "Technique", "Spec", "all_specs", "label", "candidate_id",
            "unavailable_reason", "stack_reason", "apply_unet_techniques",
-           "apply_pipeline_techniques", "base_module", "validate_specs", "technique_of", "conflict_reason"]
+           "apply_pipeline_techniques", "base_module", "validate_specs", "technique_of",
+           "conflict_reason"]

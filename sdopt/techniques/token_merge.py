@@ -229,7 +229,7 @@ def _install(model, layers, grid_source, ratio: float) -> None:
 def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModule:
     if token_merge_openvino.runs_openvino(module):
         return token_merge_openvino.OpenVINOTokenMergeModule(
-            module, merged_unet(original_unet, float(params["ratio"])), float(params["ratio"]))
+            module, merged_unet(original_unet, float(params["ratio"])))
     module = private_copy(module, original_unet)
     model, layers, grid_source = _target(module)
     if model is None:

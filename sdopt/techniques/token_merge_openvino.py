@@ -9,7 +9,7 @@ shape. A min/max int8 pick's graph is then quantized with the pick's own ranges,
 layer input each quantizer feeds (``openvino_minmax_int8.quantize_like``): a merged token is a
 mean of tokens, so it stays within the range measured for them; the matching's own products
 (the similarity and the mean) stay float. A float pick's graph is compiled with its precision
-hint. So the first call at a size pays a conversion (about 25 s for sd15 at 512 px on 2 cores),
+hint. So the first call at a size pays a conversion (26-27 s for sd15 at 512 px on 2 Zen 4 cores),
 also after ``load_model``: the saved model holds the pick's graph and the technique's spec.
 
 An NNCF-calibrated pick is not supported: SmoothQuant rescaled its weights with factors taken
@@ -50,24 +50,17 @@ def incompatible_reason(module: OptimizedModule) -> str | None:
     return None
 
 
-def arrays_in_order(graph, names, arrays) -> list:
-    """``arrays`` (named by ``names``) in ``graph``'s input order."""
-    given = dict(zip(names, arrays))
-    return [given[name] for name in graph.names]
-
-
 class OpenVINOTokenMergeModule(OptimizedModule):
     """The pick's recipe (hint, and int8 ranges) on graphs converted from the merged UNet, one
     per input shape."""
 
-    def __init__(self, inner: OptimizedModule, merged: torch.nn.Module, ratio: float):
+    def __init__(self, inner: OptimizedModule, merged: torch.nn.Module):
         super().__init__()
         why = incompatible_reason(inner)
         if why:
             raise ValueError(f"token merging cannot go into this graph: {why}")
         self.technique_inner = inner
         self.variant = inner.variant
-        self.ratio = ratio
         # Not a submodule: the weights are the user's UNet's, not this module's to count or save.
         self._merged = (merged,)
         self.graphs: dict[tuple, object] = {}  # input shapes -> CompiledPerShape
@@ -78,10 +71,10 @@ class OpenVINOTokenMergeModule(OptimizedModule):
     def size_bytes(self) -> int:
         return self.technique_inner.size_bytes()
 
-    def _graph_for(self, example: UNetInputs, names: tuple[str, ...], arrays: list):
+    def _graph_for(self, example: UNetInputs, arrays: dict):
         from ..backends.openvino import CompiledPerShape, convert_unet, edge_patterns
 
-        key = tuple((name, tuple(a.shape)) for name, a in zip(names, arrays))
+        key = tuple((name, a.shape) for name, a in arrays.items())
         graph = self.graphs.get(key)
         if graph is not None:
             return graph
@@ -109,13 +102,11 @@ class OpenVINOTokenMergeModule(OptimizedModule):
         return graph
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        from ..backends.export import input_names, named_args
+        from ..backends.export import named_args
 
         example = UNetInputs(sample.float(), timestep, encoder_hidden_states.float(), extra)
-        given = named_args(example)
-        names = input_names(example)
-        arrays = [given[name].detach().cpu().numpy() for name in names]
-        graph = self._graph_for(example, names, arrays)
-        request = graph.infer(arrays_in_order(graph, names, arrays))
+        arrays = {name: t.detach().cpu().numpy() for name, t in named_args(example).items()}
+        graph = self._graph_for(example, arrays)
+        request = graph.infer([arrays[name] for name in graph.names])
         out = torch.from_numpy(request.get_output_tensor(0).data.copy())
         return out.to(device=sample.device, dtype=sample.dtype)
