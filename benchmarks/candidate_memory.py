@@ -29,17 +29,20 @@ from pathlib import Path
 VARIANTS = ("openvino/fp32", "openvino/bf16", "openvino/int8-minmax", "onnxruntime/fp32",
             "onnxruntime/int8-dynamic", "onnxruntime/int8-static", "torch_eager/bf16",
             "torch_eager/fp32-channels_last", "torch_eager/bf16-channels_last",
-            "torch_int8/dynamic-linear", "openvino/int8")
+            "torch_int8/dynamic-linear", "openvino/int8", "openvino/int8-weights")
 # The min/max statistics pass in bf16, as the search runs it when the fp32 pass does not fit.
 BF16_STATISTICS = "openvino/int8-minmax+bf16-statistics"
+# Token merging on OpenVINO picks (#20): what converting the merged UNet for one latent size and
+# calling it adds on top of the pick (``Technique.memory_copies``), measured after the pick's own.
+TOKEN_MERGE = "+token_merge-0.5"
+TECHNIQUE_ROWS = tuple(v + TOKEN_MERGE for v in ("openvino/int8-inner-minmax", "openvino/bf16",
+                                                  "openvino/fp32"))
 
 
 def measure(variant_id: str, scale: int) -> dict:
     import ctypes
     import gc
-    import re
     import tempfile
-    import threading
     import time
     import warnings
 
@@ -58,6 +61,7 @@ def measure(variant_id: str, scale: int) -> dict:
     warnings.simplefilter("ignore")
     load_builtin_backends()
     bf16_statistics = variant_id == BF16_STATISTICS
+    variant_id, merged, _ = variant_id.partition(TOKEN_MERGE)
     if bf16_statistics:
         import sdopt.backends.openvino as openvino
 
@@ -81,21 +85,8 @@ def measure(variant_id: str, scale: int) -> dict:
     gc.collect()
     libc.malloc_trim(0)
 
-    def anon() -> int:
-        text = Path("/proc/self/status").read_text()
-        return int(re.search(r"RssAnon:\s+(\d+)", text).group(1)) * 1024
-
-    peak_anon, stop = [0], threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak_anon[0] = max(peak_anon[0], anon())
-            time.sleep(0.01)
-
-    anon_start = anon()
-    threading.Thread(target=sample, daemon=True).start()
     start = current_rss()
-    with PeakRss() as span:
+    with AnonPeak() as anon_peak, PeakRss() as span:
         t0 = time.perf_counter()
         with torch.inference_mode():
             module = get_backend(variant.backend).build(pipe.unet, variant, ctx)
@@ -103,20 +94,80 @@ def measure(variant_id: str, scale: int) -> dict:
             for s in samples.verification:
                 i = s.inputs
                 module(i.sample, i.timestep, i.encoder_hidden_states, **i.extra)
-    stop.set()
     gc.collect()
     libc.malloc_trim(0)
-    return {"id": variant.id, "bf16_statistics": bf16_statistics, "weights_bytes": weights,
-            "anon_peak_copies": (peak_anon[0] - anon_start) / weights,
-            "anon_kept_copies": (anon() - anon_start) / weights,
-            "rss_peak_copies": (span.peak - start) / weights,
-            "rss_kept_copies": (current_rss() - start) / weights, "build_s": build_s}
+    row = {"id": variant.id, "bf16_statistics": bf16_statistics, "weights_bytes": weights,
+           "anon_peak_copies": anon_peak.added / weights,
+           "anon_kept_copies": (anon() - anon_peak.start) / weights,
+           "rss_peak_copies": (span.peak - start) / weights,
+           "rss_kept_copies": (current_rss() - start) / weights, "build_s": build_s}
+    if merged:
+        row.update(id=variant.id + merged,
+                   **_technique_copies(module, pipe.unet, samples, weights, libc))
+    return row
+
+
+def _technique_copies(module, unet, samples, weights: int, libc) -> dict:
+    """Token merging applied to the built pick and called on the held-out inputs: what it adds
+    above the pick."""
+    import time
+
+    import torch
+
+    from sdopt.techniques import token_merge
+
+    t0 = time.perf_counter()
+    with AnonPeak() as peak, torch.inference_mode():
+        merged = token_merge.apply(module, {"ratio": 0.5}, unet)
+        for s in samples.verification:
+            i = s.inputs
+            merged(i.sample, i.timestep, i.encoder_hidden_states, **i.extra)
+    libc.malloc_trim(0)
+    return {"technique_s": time.perf_counter() - t0,
+            "technique_anon_peak_copies": peak.added / weights,
+            "technique_anon_kept_copies": (anon() - peak.start) / weights}
+
+
+def anon() -> int:
+    """Anonymous memory of this process (``RssAnon``): what the kernel cannot reclaim."""
+    import re
+
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(r"RssAnon:\s+(\d+)", text).group(1)) * 1024
+
+
+class AnonPeak:
+    """The peak of :func:`anon` while open, sampled every 10 ms on a thread."""
+
+    def __enter__(self) -> "AnonPeak":
+        import threading
+
+        self.start = self.peak = anon()
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+        return self
+
+    def _sample(self) -> None:
+        import time
+
+        while not self._stop.is_set():
+            self.peak = max(self.peak, anon())
+            time.sleep(0.01)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.peak = max(self.peak, anon())
+
+    @property
+    def added(self) -> int:
+        return self.peak - self.start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=12)
-    parser.add_argument("--variants", nargs="+", default=[*VARIANTS, BF16_STATISTICS])
+    parser.add_argument("--variants", nargs="+",
+                        default=[*VARIANTS, BF16_STATISTICS, *TECHNIQUE_ROWS])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

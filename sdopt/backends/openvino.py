@@ -41,9 +41,9 @@ INT8_SUBSET_MAX = 64
 # subgraphs. Anonymous peaks: fp32 1.37, bf16 0.87, min/max int8 1.11 (bf16 statistics; 1.67
 # with fp32 ones), NNCF int8 2.47 (benchmarks/candidate_memory.py, tiny UNet widened to 800 MB,
 # 2026-12-01); min/max int8 with the capture's ranges (no statistics pass) 0.65, bf16 0.83
-# (2026-12-03).
+# (2026-12-03); int8 weights (NNCF compress_weights of the fp32 IR) 1.28 (2026-12-04).
 MEMORY_COPIES = {"fp32": 1.4, "bf16": 0.9, "int8/minmax": BF16_STATISTICS_WEIGHT_COPIES,
-                 "int8/minmax+capture-ranges": 0.7, "int8/nncf": 2.5}
+                 "int8/minmax+capture-ranges": 0.7, "int8/nncf": 2.5, "int8/weights": 1.3}
 # The UNet's first and last convolutions, as named in the IR converted from diffusers' UNet.
 INT8_EDGE_PATTERNS = (".*conv_in.*", ".*conv_out.*")
 # A DiT transformer's first and last layers (export.DIT_EDGE_MODULES) as named in its IR (module
@@ -247,9 +247,26 @@ def _quantize(source: "FP32IR", calibration: list[UNetInputs], directory: Path,
             "preset": preset or "performance", "nncf": nncf.__version__}
 
 
+def _compress_weights(source: "FP32IR", directory: Path) -> dict[str, Any]:
+    """int8 weights (asymmetric, per output channel), data-free: the CPU plugin then runs each
+    layer with int8 weights on int8 activations quantized per group of 32 as it goes (its
+    ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` default), which is what makes optimum-intel's SDXL UNet
+    1.13x faster than bf16 per call here (benchmarks/results/openvino_int8_weights_sdxl_512.json)
+    with no calibration and no statistics pass."""
+    import nncf
+    import openvino as ov
+
+    compressed = nncf.compress_weights(source.model().clone(),
+                                       mode=nncf.CompressWeightsMode.INT8_ASYM)
+    ov.save_model(compressed, str(directory / IR_XML), compress_to_fp16=False)
+    CONVERSIONS["nncf.compress_weights"] += 1
+    return {"quantizer": "nncf.compress_weights", "mode": "int8_asym", "nncf": nncf.__version__}
+
+
 # How many conversions and quantizations this process really ran (the cache's hits do not
 # count): lets tests assert a cache hit instead of guessing from timings.
-CONVERSIONS = {"convert_model": 0, "nncf.quantize": 0, "minmax": 0, "derived": 0}
+CONVERSIONS = {"convert_model": 0, "nncf.quantize": 0, "minmax": 0, "derived": 0,
+               "nncf.compress_weights": 0}
 
 
 def _derived_partial(source: "FP32IR", parts: dict[str, Any], ignored: tuple[str, ...],
@@ -362,6 +379,8 @@ class OpenVINO(Backend):
     aliases = ("ov", "openvino_compiler")
 
     def memory_copies(self, variant: Variant, ctx: BuildContext | None = None) -> float | None:
+        if variant.options.get("quantizer") == "weights":
+            return MEMORY_COPIES["int8/weights"]
         if variant.precision == "int8":
             if variant.options.get("quantizer") != "minmax":
                 return MEMORY_COPIES["int8/nncf"]
@@ -374,6 +393,8 @@ class OpenVINO(Backend):
     def build_activity(self, variant: Variant) -> str:
         if variant.options.get("quantizer") == "minmax":
             return "converting to OpenVINO and measuring int8 ranges (one pass)"
+        if variant.options.get("quantizer") == "weights":
+            return "converting to OpenVINO and compressing weights to int8 (NNCF)"
         if variant.options.get("quantizer"):
             return "converting to OpenVINO and calibrating int8 (NNCF)"
         return "converting to OpenVINO and compiling"
@@ -394,6 +415,15 @@ class OpenVINO(Backend):
                     options={"quantizer": "minmax", "ignored_patterns": list(INT8_EDGE_PATTERNS),
                              "fallback_of": ["int8-minmax"]},
                     techniques=("openvino", MINMAX_LABEL, edge_label(rest))),
+            # int8 weights only, data-free (NNCF compress_weights, as optimum-intel does for
+            # submodels of >= 1e9 weights): the plugin quantizes activations per group as it
+            # runs. Less error than the min/max variants and a fraction of their gain over bf16
+            # (1.14x on the SDXL UNet at 512 px), and no calibration memory: tried when they
+            # did not pass (SDXL on 24 GiB: min/max over the threshold, NNCF does not fit).
+            Variant(self.name, "int8-weights", "int8",
+                    options={"quantizer": "weights", "fallback_of": INT8_MORE_AGGRESSIVE},
+                    techniques=("openvino", "int8 weights (NNCF, data-free)",
+                                f"activations quantized per group at run time, {rest} elsewhere")),
             # NNCF's calibration of the same graphs, for its smaller error: tried only when no
             # min/max variant passed (full and inner int8 run within noise of each other: 3.8-4.0x
             # and 3.82x on sd15, docs/backends.md), and bounded by its twin's measured speed.
@@ -455,6 +485,8 @@ class OpenVINO(Backend):
             return device.precision_unavailable_reason("bf16")
         if variant.options.get("quantizer") == "nncf":
             return deps.unavailable_reason("nncf", "int8 calibration")
+        if variant.options.get("quantizer") == "weights":
+            return deps.unavailable_reason("nncf", "int8 weight compression")
         return None
 
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
@@ -462,6 +494,15 @@ class OpenVINO(Backend):
         info: dict[str, Any] = {}
         if variant.precision != "int8":
             ir_dir = source.path()
+        elif variant.options.get("quantizer") == "weights":
+            from ..cache import fetch_or_build
+
+            q = fetch_or_build("openvino-int8-weights",
+                               {"source": source.key, "mode": "int8_asym",
+                                "nncf": deps.version("nncf")},
+                               lambda tmp: _compress_weights(source, tmp), root=ctx.cache_dir)
+            info["int8"] = {"hit": q.hit, "key": q.key, **q.built}
+            ir_dir = q.path
         else:
             if not ctx.calibration:
                 raise SdoptError(f"{variant.id} needs calibration inputs (UNet calls recorded "

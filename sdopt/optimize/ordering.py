@@ -178,7 +178,8 @@ PRIORS: dict[str, dict[str, float]] = {
     "cpu": {
         "openvino/int8-minmax": 4.7, "openvino/int8-inner-minmax": 4.7,
         "openvino/int8": 4.7, "openvino/int8-inner": 4.7, "onnxruntime/int8-static": 3.1,
-        "openvino/int8-matmul": 3.05, "openvino/int8-conv": 3.0, "openvino/bf16": 2.8,
+        "openvino/int8-matmul": 3.05, "openvino/int8-conv": 3.0, "openvino/int8-weights": 2.9,
+        "openvino/bf16": 2.8,
         "torch_eager/bf16-channels_last": 2.08, "torch_eager/bf16": 2.0,
         "torch_compile/bf16": 1.93, "onnxruntime/int8-dynamic": 1.75, "openvino/fp32": 1.45,
         "onnxruntime/fp32": 1.36, "torch_int8/dynamic-linear": 1.2,

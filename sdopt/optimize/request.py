@@ -167,7 +167,7 @@ def build_request(model, input_data, *, metric_drop_ths, metric_aggregate, metri
                   repeats, time_budget_s, image_metric, end_to_end,
                   reuse_search, exhaustive=False) -> SearchRequest:
     """Check every argument of optimize_model (Speedster's and ours) and resolve the defaults."""
-    unet = check_pipe(model)
+    check_pipe(model)
     inputs = check_input_data(input_data, model)
     ths = validate_threshold(metric_drop_ths)
     aggregate = validate_aggregate(metric_aggregate)

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from ..backends.base import BACKENDS, Variant
+from ..backends.base import BACKENDS, Variant, fp32_weights_bytes
 from ..backends.torch_eager import reference_module
 from ..errors import SdoptError
 from ..identity import config_hash
@@ -418,7 +418,8 @@ class Search:
             evaluate=evaluate,
             time_budget_s=req.time_budget_s, started=self.started, on_candidate=on_technique,
             constrained=constrained, component_s=self.component_s,
-            unet_image_s=self.pick_unet_image_s() if constrained else None)
+            unet_image_s=self.pick_unet_image_s() if constrained else None,
+            weights_bytes=fp32_weights_bytes(denoiser_of(self.model)))
         self.progress.update(task, description="techniques done")
         if constrained:
             self.confirm_stack(ranked)

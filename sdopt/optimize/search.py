@@ -32,6 +32,7 @@ from ..device import DeviceInfo, available_memory_bytes
 from ..errors import SdoptError
 from ..techniques import (TECHNIQUES, all_specs, candidate_id, conflict_reason, label, params_of,
                           stack_reason)
+from ..techniques import memory_copies as technique_memory_copies
 from ..techniques import unavailable_reason as technique_unavailable
 from .budget import LaterStages
 from .capture import SampleSet
@@ -188,6 +189,16 @@ def memory_reason(variant: Variant, device: DeviceInfo, weights_bytes: int,
         return None
     return shortfall_reason(BACKENDS[variant.backend].memory_copies(variant, ctx),
                             weights_bytes, available_memory_bytes())
+
+
+def technique_memory_reason(specs: list[dict], module: OptimizedModule, device: DeviceInfo,
+                            weights_bytes: int) -> str | None:
+    """Why applying ``specs`` to ``module`` would not fit in the memory available now (None: it
+    fits, or its need is not known; host memory only, as for :func:`memory_reason`)."""
+    if device.kind != "cpu" or not weights_bytes:
+        return None
+    return shortfall_reason(technique_memory_copies(specs, module), weights_bytes,
+                            available_memory_bytes())
 
 
 # The original's per-call latency is taken from the capture when it timed at least this many
@@ -423,7 +434,7 @@ def run_technique_search(
         time_budget_s: float | None = None, started: float | None = None,
         on_candidate: Callable[[str, str], None] | None = None,
         constrained: bool = False, component_s: dict[str, float] | None = None,
-        unet_image_s: float | None = None,
+        unet_image_s: float | None = None, weights_bytes: int = 0,
 ) -> list[tuple[CandidateResult, list[dict]]]:
     """The technique phase: every technique setting alone on each base (unconstrained: the
     original and the best backend), then the best passing setting of each technique stacked
@@ -441,7 +452,9 @@ def run_technique_search(
     images later, in the side-by-side rounds with the original. ``unet_image_s``
     (constrained): the last base's UNet calls of one image at its timed latency per call,
     which with ``component_s`` (each component's fp32 seconds per image, the capture's)
-    estimates the time per image the savings are weighed against."""
+    estimates the time per image the savings are weighed against. ``weights_bytes``: the
+    denoiser's fp32 weights, in which a technique's measured memory need is given (0: not
+    checked)."""
     started = time.perf_counter() if started is None else started
     ths = metric_drop_ths
     passing: list[tuple[CandidateResult, list[dict], int]] = []  # row, specs, base index
@@ -477,7 +490,8 @@ def run_technique_search(
         if reason is None and time_budget_s is not None \
                 and time.perf_counter() - started > time_budget_s:
             reason = f"{BUDGET_SPENT} ({time_budget_s:.0f} s) spent"
-        reason = reason or skip
+        reason = reason or skip or technique_memory_reason(specs, base_module, device,
+                                                           weights_bytes)
         if reason is None and constrained:
             measured = {s[-1]["name"]: (r.id, times[r.id]) for r, s, i in passing
                         if times.get(r.id)}

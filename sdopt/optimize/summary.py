@@ -113,7 +113,6 @@ def candidates_table(result: OptimizationResult) -> Table:
                         "the process's while the candidate was built, checked and timed; "
                         "reasons below)",
                   title_justify="left")
-    image = result.image_metric or "psnr"
     columns = [
         ("candidate", lambda c: c.id),
         ("status", lambda c: f"[{_STYLE[c.status]}]{c.status}[/]" if c.status in _STYLE

@@ -103,6 +103,13 @@ def stack_reason(specs: list[Spec], module: OptimizedModule) -> str | None:
     return None
 
 
+def memory_copies(specs: list[Spec], module: OptimizedModule) -> float | None:
+    """What applying ``specs`` to this backend module adds to host memory at its peak, in copies
+    of the denoiser's fp32 weights (None: none of them has a measured need)."""
+    known = [c for c in (technique_of(s).memory_copies(module) for s in specs) if c is not None]
+    return sum(known) if known else None
+
+
 def apply_unet_techniques(module: OptimizedModule, specs: list[Spec],
                           original_unet) -> OptimizedModule:
     """The backend module with the UNet-level techniques of ``specs``, in their declared order
@@ -159,4 +166,4 @@ def validate_specs(specs, where: str) -> list[Spec]:
 __all__ = ["TECHNIQUES", "Technique", "Spec", "all_specs", "label", "candidate_id",
            "unavailable_reason", "stack_reason", "apply_unet_techniques",
            "apply_pipeline_techniques", "base_module", "validate_specs", "technique_of",
-           "conflict_reason"]
+           "conflict_reason", "memory_copies"]

@@ -80,6 +80,10 @@ class Technique:
     # weights rather than the module's own (token merging converting an OpenVINO pick again):
     # load_model then needs the weights the model was optimized from.
     reads_given_denoiser: Callable[[OptimizedModule], bool] = lambda module: False
+    # Host memory applying it to this backend module adds at its peak, in copies of the
+    # denoiser's fp32 weights (None: not measured, nothing beyond the module's): the search skips
+    # it when that does not fit, as it skips a backend candidate (Backend.memory_copies).
+    memory_copies: Callable[[OptimizedModule], float | None] = lambda module: None
 
     def check(self, spec: Spec, where: str) -> None:
         for param in self.params:

@@ -23,10 +23,18 @@ from .base import StepCacheBase
 from .eager import base_module
 
 DEEP_FEATURE = "deep_feature"  # the shallow model's extra input
+# The converter writes each op's module path into its node name (``...up_blocks.<i>/aten::cat``).
+_UP_BLOCK = re.compile(r"\.up_blocks\.(\d+)[./]")
 
 
 class NotSplittable(ValueError):
     """The graph has no recognisable last up block to cut at."""
+
+
+def is_unet_graph(model) -> bool:
+    """Whether ``model`` was converted from a diffusers UNet (it has up blocks); the DiT
+    counterpart is ``dit_cache_openvino.is_dit_graph``."""
+    return any(_UP_BLOCK.search(op.get_friendly_name()) for op in model.get_ops())
 
 
 def deep_feature_output(model):
@@ -36,7 +44,7 @@ def deep_feature_output(model):
     converter writes into node names (``...up_blocks.<last>/aten::cat/Concat``)."""
     ops = model.get_ordered_ops()
     indices = [int(m.group(1)) for op in ops
-               for m in [re.search(r"\.up_blocks\.(\d+)[./]", op.get_friendly_name())] if m]
+               for m in [_UP_BLOCK.search(op.get_friendly_name())] if m]
     if not indices:
         raise NotSplittable("no up_blocks in the graph's node names (not a diffusers UNet)")
     last = max(indices)

@@ -269,4 +269,5 @@ TECHNIQUE = Technique(
     "merge similar tokens before self-attention at the highest resolution (ToMe for SD; every "
     "block of PixArt)", apply,
     unavailable_reason=incompatible_reason, order=0,
-    reads_given_denoiser=token_merge_openvino.runs_openvino)
+    reads_given_denoiser=token_merge_openvino.runs_openvino,
+    memory_copies=token_merge_openvino.memory_copies)

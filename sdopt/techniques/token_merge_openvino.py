@@ -23,6 +23,7 @@ import time
 import torch
 
 from ..backends.base import OptimizedModule, UNetInputs
+from . import step_cache_openvino
 from .eager import base_module
 
 
@@ -32,6 +33,20 @@ def runs_openvino(module: OptimizedModule) -> bool:
     return isinstance(base_module(module), OpenVINOModule)
 
 
+# What converting the merged UNet for one latent size and running it adds above the pick, in
+# copies of the fp32 weights: anonymous peaks 0.78 (min/max int8), 0.81 (bf16), 1.37 (fp32)
+# (benchmarks/candidate_memory.py, results/candidate_memory_int8_weights_token_merge.json: tiny
+# UNet widened to 800 MB, 2026-12-04); each further size adds its compiled graph.
+MEMORY_COPIES = {"int8": 0.8, "bf16": 0.85, "fp32": 1.4}
+
+
+def memory_copies(module: OptimizedModule) -> float | None:
+    """The peak that token merging adds on this module (None on modules it does not convert)."""
+    if not runs_openvino(module):
+        return None
+    return MEMORY_COPIES.get(base_module(module).variant.precision)
+
+
 def incompatible_reason(module: OptimizedModule) -> str | None:
     """Why token merging cannot go into this OpenVINO module's graph (None: it can)."""
     base = base_module(module)
@@ -39,12 +54,14 @@ def incompatible_reason(module: OptimizedModule) -> str | None:
         return (f"{module.variant.id} is wrapped by another technique: token merging converts "
                 "the UNet again with the pick's recipe")
     options = base.variant.options
+    if options.get("quantizer") == "weights":
+        return (f"{base.variant.id} compresses the converted graph's weights: token merging "
+                "goes into min/max int8 and float OpenVINO graphs only")
     if base.variant.precision == "int8" and options.get("quantizer") != "minmax":
         return (f"{base.variant.id} was calibrated by NNCF, whose SmoothQuant rescaled its "
                 "weights for its calibration's tensors: token merging goes into min/max int8 "
                 "and float OpenVINO graphs only")
-    names = (op.get_friendly_name() for op in base.graph.model.get_ordered_ops())
-    if not any(".up_blocks." in name for name in names):
+    if not step_cache_openvino.is_unet_graph(base.graph.model):
         return (f"{base.variant.id}'s graph is not a diffusers UNet's: token merging in an "
                 "OpenVINO graph is done for UNets")
     return None

@@ -27,7 +27,7 @@ ROUNDTRIP = Path(__file__).parents[1] / "scripts" / "roundtrip.py"
 # numeric_precision (relative L1 of the noise prediction) each precision must stay within on the
 # tiny model; bf16 measured ~0.01 on SD 1.5, int8 ~0.06 here.
 TOLERANCE = {"fp32": 1e-4, "bf16": 0.03, "int8": 0.15, "int8-inner": 0.15, "int8-matmul": 0.15,
-             "int8-conv": 0.15}
+             "int8-conv": 0.15, "int8-weights": 0.05}
 
 
 def _build(pipe, name, samples):
@@ -35,7 +35,7 @@ def _build(pipe, name, samples):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "int8-inner", "int8-matmul",
-                                       "int8-conv"])
+                                       "int8-conv", "int8-weights"])
 def test_output_matches_the_fp32_unet(tiny_pipe, samples, precision):
     module = _build(tiny_pipe, precision, samples)
     drops = verification_drops(module, samples)
@@ -233,6 +233,42 @@ def test_int8_inner_keeps_the_ends_in_floating_point_and_errs_less(tiny_pipe, sa
     full, inner = _build(tiny_pipe, "int8", samples), _build(tiny_pipe, "int8-inner", samples)
     assert inner.build_info["int8"]["ignored_patterns"] == [".*conv_in.*", ".*conv_out.*"]
     assert mean_drop(inner) < mean_drop(full)
+
+
+def test_int8_weights_are_int8_constants_without_calibration(tiny_pipe, samples, tmp_path):
+    """int8-weights compresses every weight of the fp32 IR to int8 (data-free: no calibration
+    inputs needed) and leaves the activations to the plugin (no FakeQuantize in the graph);
+    a second build is a cache hit; it errs less than the min/max int8 graph."""
+    import openvino as ov
+
+    from sdopt.backends.base import BuildContext
+
+    dev = detect("cpu")
+    backend = get_backend("openvino")
+    variant = next(v for v in backend.variants(dev) if v.name == "int8-weights")
+    ctx = BuildContext(device=dev, example=samples.verification[0].inputs, cache_dir=tmp_path)
+    with torch.inference_mode():
+        module = backend.build(tiny_pipe.unet, variant, ctx)
+    assert module.build_info["int8"]["quantizer"] == "nncf.compress_weights"
+    model = ov.Core().read_model(str(module.ir_dir / "unet.xml"))
+    types = [op.get_type_name() for op in model.get_ops()]
+    assert "FakeQuantize" not in types
+    int8_constants = [op for op in model.get_ops() if op.get_type_name() == "Constant"
+                      and op.get_element_type() in (ov.Type.u8, ov.Type.i8)]
+    assert len(int8_constants) >= 20, len(int8_constants)
+    before = dict(ov_backend.CONVERSIONS)
+    with torch.inference_mode():
+        again = backend.build(tiny_pipe.unet, variant, ctx)
+    assert again.build_info["int8"]["hit"] and ov_backend.CONVERSIONS == before
+    metric = resolve_metric(None)
+
+    def worst(m):
+        with torch.inference_mode():
+            return max(float(metric.fn(s.reference, m(s.inputs.sample, s.inputs.timestep,
+                                                      s.inputs.encoder_hidden_states)))
+                       for s in samples.verification)
+
+    assert worst(module) < worst(_build(tiny_pipe, "int8-minmax", samples))
 
 
 def test_int8_builds_take_the_fp32_ir_in_memory(samples, tmp_path):

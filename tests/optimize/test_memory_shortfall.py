@@ -84,3 +84,53 @@ def test_the_search_skips_what_does_not_fit_and_goes_on(tiny_pipe, monkeypatch):
     if detect("cpu").precision_unavailable_reason("bf16") is None:
         assert rows["openvino/bf16"].status in ("ok", "selected")
     assert out.sdopt_result.selected is not None
+
+
+def test_token_merging_on_an_openvino_pick_is_skipped_when_its_graph_would_not_fit(
+        tiny_pipe, tmp_path, monkeypatch):
+    """Token merging on an OpenVINO pick converts the UNet again (#20; on SDXL each merged int8
+    graph holds 2.6 GB of its own): the technique phase checks its measured need as the backend
+    phase checks a build's, and tries it where the weights are shared (the eager original)."""
+    pytest.importorskip("openvino", reason="the openvino package is not installed")
+    from sdopt.backends.torch_eager import reference_module
+    from sdopt.optimize.search import (CandidateResult, OptimizationResult,
+                                       run_technique_search, technique_memory_reason)
+    from sdopt.techniques import token_merge_openvino
+
+    from ..techniques.test_step_cache_openvino import _build, _inputs
+
+    cpu = detect("cpu")
+    unet = tiny_pipe.unet
+    pick = _build(unet, "int8-inner-minmax", _inputs(unet), tmp_path)
+    original = reference_module(unet)
+    weights = fp32_weights_bytes(unet)
+    need = token_merge_openvino.MEMORY_COPIES["int8"] * weights
+    spec = {"name": "token_merge", "ratio": 0.5}
+    monkeypatch.setattr(search, "available_memory_bytes", lambda: int(1.1 * need))
+    assert technique_memory_reason([spec], pick, cpu, weights) is None
+    monkeypatch.setattr(search, "available_memory_bytes", lambda: int(0.9 * need))
+    assert technique_memory_reason([spec], pick, cpu, weights).startswith("needs about ")
+    assert technique_memory_reason([spec], original, cpu, weights) is None, "shares the weights"
+    cuda = type(cpu)(kind="cuda", name="a GPU", cores=1)
+    assert technique_memory_reason([spec], pick, cuda, weights) is None
+
+    rows = [CandidateResult(i, i.split("/")[0], i.split("/")[1], p, [], "selected",
+                            latency_s=1.0, metric_drop=0.0, e2e_latency_s=1.0)
+            for i, p in (("torch_eager/fp32", "fp32"), ("openvino/int8-inner-minmax", "int8"))]
+    result = OptimizationResult({}, "numeric_precision", 0.05, "unconstrained", {}, rows,
+                                rows[0], rows[1])
+
+    def evaluate(module, specs, row, alongside):
+        raise RuntimeError("evaluated")
+
+    run_technique_search(result, [(rows[0], original), (rows[1], pick)], cpu,
+                         metric_drop_ths=0.05, image_metric="psnr", evaluate=evaluate,
+                         weights_bytes=weights)
+    merged = {c.id: c for c in result.candidates
+              if [s["name"] for s in c.pipeline_techniques] == ["token_merge"]}
+    on_pick = [c for i, c in merged.items() if i.startswith("openvino/")]
+    on_original = [c for i, c in merged.items() if i.startswith("torch_eager/")]
+    assert on_pick and on_original
+    assert all(c.status == "skipped" and c.reason.startswith("needs about ") for c in on_pick)
+    assert all(c.status == "failed" and c.reason.startswith("RuntimeError: evaluated")
+               for c in on_original), on_original[0].reason

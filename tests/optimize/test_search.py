@@ -287,7 +287,7 @@ def test_partial_int8_fallbacks_run_only_when_full_int8_is_rejected(tiny_pipe):
     rows = {c.id: c for c in loose.sdopt_result.candidates}
     assert rows["openvino/int8-minmax"].status in ("ok", "selected")
     for fallback in ("openvino/int8-inner-minmax", "openvino/int8-inner", "openvino/int8-matmul",
-                     "openvino/int8-conv"):
+                     "openvino/int8-conv", "openvino/int8-weights"):
         assert rows[fallback].status == "skipped"
         assert "openvino/int8-minmax already passed" in rows[fallback].reason
     # NNCF's calibration of the same layers cannot be faster than its min/max twin
@@ -300,7 +300,7 @@ def test_partial_int8_fallbacks_run_only_when_full_int8_is_rejected(tiny_pipe):
     rows = {c.id: c for c in tight.sdopt_result.candidates}
     assert rows["openvino/int8-minmax"].status == "rejected"
     for fallback in ("openvino/int8-inner-minmax", "openvino/int8", "openvino/int8-inner",
-                     "openvino/int8-matmul", "openvino/int8-conv"):
+                     "openvino/int8-matmul", "openvino/int8-conv", "openvino/int8-weights"):
         assert rows[fallback].status in ("ok", "rejected", "selected"), rows[fallback].reason
         assert rows[fallback].metric_drop is not None
 

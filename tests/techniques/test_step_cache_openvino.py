@@ -14,7 +14,8 @@ from sdopt.backends.torch_eager import reference_module
 from sdopt.device import detect
 from sdopt.optimize.metrics import psnr_db
 from sdopt.techniques import step_cache, unavailable_reason
-from sdopt.techniques.step_cache_openvino import DEEP_FEATURE, OpenVINOStepCacheModule
+from sdopt.techniques.step_cache_openvino import (DEEP_FEATURE, OpenVINOStepCacheModule,
+                                                  is_unet_graph)
 
 pytest.importorskip("openvino")
 
@@ -51,6 +52,7 @@ def ov_fp32(tiny, tmp_path_factory):
 
 
 def test_the_graph_splits_into_a_full_and_a_shallow_model(ov_fp32):
+    assert is_unet_graph(ov_fp32.graph.model)
     cached = OpenVINOStepCacheModule(ov_fp32, 2)
     full_ops = cached.full.model.get_ordered_ops()
     shallow_ops = cached.shallow.model.get_ordered_ops()
@@ -108,11 +110,13 @@ def test_a_dit_graph_is_split_at_its_transformer_blocks_not_as_a_unet(tmp_path):
     """A DiT's graph has no up blocks to cut at: step caching splits it at its transformer
     blocks instead (:mod:`sdopt.techniques.dit_cache_openvino`, tested there)."""
     from sdopt.optimize.capture import example_inputs
-    from sdopt.techniques import step_cache_openvino
+    from sdopt.techniques import step_cache_openvino, token_merge_openvino
     from sdopt.techniques.dit_cache_openvino import OpenVINODiTStepCacheModule
 
     pipe = sdopt.build_preset("sd3-tiny")
     module = _build(pipe.transformer, "fp32", example_inputs(pipe, 64, 64), tmp_path)
+    assert not is_unet_graph(module.graph.model)
     assert "no up_blocks" in step_cache_openvino.incompatible_reason(module)
+    assert "not a diffusers UNet" in token_merge_openvino.incompatible_reason(module)
     assert unavailable_reason(SPEC, module, detect("cpu")) is None
     assert isinstance(step_cache.apply(module, SPEC, pipe.transformer), OpenVINODiTStepCacheModule)
