@@ -106,13 +106,17 @@ def test_step_caching_does_not_stack_on_the_merged_graph(tiny, ov_fp32):
         step_cache.apply(merged, {"interval": 2}, tiny.unet)
 
 
-def test_an_nncf_calibrated_pick_is_refused_with_its_reason(ov_fp32):
+def test_nncf_calibrated_and_weight_compressed_picks_are_refused_with_reasons(ov_fp32):
     load_builtin_backends()
     nncf = next(v for v in BACKENDS["openvino"].variants(detect("cpu")) if v.name == "int8")
     module = copy.copy(ov_fp32)
     module.variant = nncf
     reason = unavailable_reason(SPEC, module, detect("cpu"))
     assert reason and "NNCF" in reason and "min/max int8" in reason
+    module.variant = next(v for v in BACKENDS["openvino"].variants(detect("cpu"))
+                          if v.name == "int8-weights")
+    reason = unavailable_reason(SPEC, module, detect("cpu"))
+    assert reason and "compresses the converted graph's weights" in reason
 
 
 def test_token_merging_stacks_on_the_int8_pick_and_its_images_stay_close(tiny, ov_int8):
