@@ -10,8 +10,9 @@ the given size) of:
 
 - ``sdopt_bf16``: sdopt's saved IR with its bf16 hint;
 - ``optimum_default``: optimum-intel's IR with its default config (``PERFORMANCE_HINT: LATENCY``);
-- ``sdopt_int8_weights``: sdopt's IR through ``nncf.compress_weights(INT8_ASYM)`` (what the
-  ``openvino/int8-weights`` variant builds), bf16 hint;
+- ``sdopt_int8_weights``: sdopt's IR compressed by ``sdopt.backends.openvino.int8_weights``
+  (``nncf.compress_weights(INT8_ASYM)``, what the ``openvino/int8-weights`` variant builds),
+  bf16 hint;
 - ``optimum_no_dynquant``: optimum-intel's IR with the dynamic quantization off (group size 0);
 
 and each output's relative L2 distance from ``sdopt_bf16``'s on the same inputs.
@@ -63,12 +64,13 @@ def feeds(model, size: int) -> dict[str, np.ndarray]:
 
 
 def compress(sdopt_ir: Path, directory: Path) -> tuple[Path, float]:
-    import nncf
+    """sdopt's IR as the ``openvino/int8-weights`` variant compresses it, saved."""
     import openvino as ov
 
+    from sdopt.backends.openvino import int8_weights
+
     t0 = time.perf_counter()
-    model = nncf.compress_weights(ov.Core().read_model(str(sdopt_ir)),
-                                  mode=nncf.CompressWeightsMode.INT8_ASYM)
+    model = int8_weights(ov.Core().read_model(str(sdopt_ir)))
     out = directory / "unet.xml"
     ov.save_model(model, str(out), compress_to_fp16=False)
     return out, time.perf_counter() - t0

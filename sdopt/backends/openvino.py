@@ -247,18 +247,23 @@ def _quantize(source: "FP32IR", calibration: list[UNetInputs], directory: Path,
             "preset": preset or "performance", "nncf": nncf.__version__}
 
 
+def int8_weights(model):
+    """A copy of ``model`` (an ``openvino.Model``, left as it is) with int8 weights (asymmetric,
+    per output channel), data-free: the CPU plugin then runs each layer with int8 weights on
+    int8 activations quantized per group of 32 as it goes (its ``DYNAMIC_QUANTIZATION_GROUP_SIZE``
+    default), which is what makes optimum-intel's SDXL UNet 1.13x faster than bf16 per call here
+    (benchmarks/results/openvino_int8_weights_sdxl_512.json) with no calibration and no
+    statistics pass. The graph of ``openvino/int8-weights``."""
+    import nncf
+
+    return nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
 def _compress_weights(source: "FP32IR", directory: Path) -> dict[str, Any]:
-    """int8 weights (asymmetric, per output channel), data-free: the CPU plugin then runs each
-    layer with int8 weights on int8 activations quantized per group of 32 as it goes (its
-    ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` default), which is what makes optimum-intel's SDXL UNet
-    1.13x faster than bf16 per call here (benchmarks/results/openvino_int8_weights_sdxl_512.json)
-    with no calibration and no statistics pass."""
     import nncf
     import openvino as ov
 
-    compressed = nncf.compress_weights(source.model().clone(),
-                                       mode=nncf.CompressWeightsMode.INT8_ASYM)
-    ov.save_model(compressed, str(directory / IR_XML), compress_to_fp16=False)
+    ov.save_model(int8_weights(source.model()), str(directory / IR_XML), compress_to_fp16=False)
     CONVERSIONS["nncf.compress_weights"] += 1
     return {"quantizer": "nncf.compress_weights", "mode": "int8_asym", "nncf": nncf.__version__}
 
