@@ -275,7 +275,9 @@ def summarise(args, size: int, rows: list[str], runs: dict, prepared: dict, note
 def run_size(args, size: int, rows: list[str], limits: dict, first_size: bool) -> dict:
     scratch = args.work / "runs"
     scratch.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
+    # rows left out with --only are said, not silently missing from the table
+    notes: list[str] = [f"{', '.join(r for r in ROWS if r not in rows)}: not run (--only "
+                        f"{' '.join(r for r in rows)})"] if len(rows) < len(ROWS) else []
     prepared: dict[str, dict] = {}
     runnable = []
     for row in rows:

@@ -109,7 +109,7 @@ def input_image_differences(baseline_config: dict, current_config: dict) -> list
     same. No hashes and a list of defaults only are the same (sdopt's fixed default images)."""
     prompts = current_config.get("prompts") or []
     out = []
-    for key, field in IMAGE_HASH_KEYS.items():
+    for key, bench_field in IMAGE_HASH_KEYS.items():
         a, b = _hashes_of(baseline_config, key), _hashes_of(current_config, key)
         if a == b:
             continue
@@ -120,7 +120,7 @@ def input_image_differences(baseline_config: dict, current_config: dict) -> list
             which = f" for prompt{'s' if len(changed) > 1 else ''} {', '.join(changed)}"
         same = "not known to be the same" if a is None or b is None else "not the same"
         out.append(f"config {key} differs{which}: baseline {_hashes_text(a)}, current "
-                   f"{_hashes_text(b)} (the bench.{field} pixels are {same}, so the images "
+                   f"{_hashes_text(b)} (the bench.{bench_field} pixels are {same}, so the images "
                    "cannot be compared: save a new baseline made with these images)")
     return out
 

@@ -179,26 +179,22 @@ def skip_reason(variant: Variant, device: DeviceInfo, rows: list[CandidateResult
     return reason
 
 
-def memory_reason(variant: Variant, device: DeviceInfo, weights_bytes: int,
-                  ctx: BuildContext | None = None) -> str | None:
-    """Why building ``variant`` (with ``ctx``) would not fit in the memory available now (None:
-    it fits, or its need is not known). Only host memory is checked: on CUDA a candidate's
-    weights are on the device, where a build that does not fit fails with an error the search
-    records."""
+def host_memory_reason(copies: float | None, device: DeviceInfo,
+                       weights_bytes: int) -> str | None:
+    """Why a build or a technique needing ``copies`` of the fp32 weights more would not fit in
+    the memory available now (None: it fits, or its need is not known). Only host memory is
+    checked: on CUDA a candidate's weights are on the device, where a build that does not fit
+    fails with an error the search records."""
     if device.kind != "cpu":
         return None
-    return shortfall_reason(BACKENDS[variant.backend].memory_copies(variant, ctx),
-                            weights_bytes, available_memory_bytes())
+    return shortfall_reason(copies, weights_bytes, available_memory_bytes())
 
 
-def technique_memory_reason(specs: list[dict], module: OptimizedModule, device: DeviceInfo,
-                            weights_bytes: int) -> str | None:
-    """Why applying ``specs`` to ``module`` would not fit in the memory available now (None: it
-    fits, or its need is not known; host memory only, as for :func:`memory_reason`)."""
-    if device.kind != "cpu" or not weights_bytes:
-        return None
-    return shortfall_reason(technique_memory_copies(specs, module), weights_bytes,
-                            available_memory_bytes())
+def memory_reason(variant: Variant, device: DeviceInfo, weights_bytes: int,
+                  ctx: BuildContext | None = None) -> str | None:
+    """:func:`host_memory_reason` of building ``variant`` with ``ctx``."""
+    return host_memory_reason(BACKENDS[variant.backend].memory_copies(variant, ctx), device,
+                              weights_bytes)
 
 
 # The original's per-call latency is taken from the capture when it timed at least this many
@@ -490,8 +486,8 @@ def run_technique_search(
         if reason is None and time_budget_s is not None \
                 and time.perf_counter() - started > time_budget_s:
             reason = f"{BUDGET_SPENT} ({time_budget_s:.0f} s) spent"
-        reason = reason or skip or technique_memory_reason(specs, base_module, device,
-                                                           weights_bytes)
+        reason = reason or skip or host_memory_reason(
+            technique_memory_copies(specs, base_module), device, weights_bytes)
         if reason is None and constrained:
             measured = {s[-1]["name"]: (r.id, times[r.id]) for r, s, i in passing
                         if times.get(r.id)}

@@ -94,8 +94,8 @@ def test_token_merging_on_an_openvino_pick_is_skipped_when_its_graph_would_not_f
     pytest.importorskip("openvino", reason="the openvino package is not installed")
     from sdopt.backends.torch_eager import reference_module
     from sdopt.optimize.search import (CandidateResult, OptimizationResult,
-                                       run_technique_search, technique_memory_reason)
-    from sdopt.techniques import token_merge_openvino
+                                       host_memory_reason, run_technique_search)
+    from sdopt.techniques import memory_copies, token_merge_openvino
 
     from ..techniques.test_step_cache_openvino import _build, _inputs
 
@@ -107,12 +107,14 @@ def test_token_merging_on_an_openvino_pick_is_skipped_when_its_graph_would_not_f
     need = token_merge_openvino.MEMORY_COPIES["int8"] * weights
     spec = {"name": "token_merge", "ratio": 0.5}
     monkeypatch.setattr(search, "available_memory_bytes", lambda: int(1.1 * need))
-    assert technique_memory_reason([spec], pick, cpu, weights) is None
+    def reason(module, device=cpu):
+        return host_memory_reason(memory_copies([spec], module), device, weights)
+
+    assert reason(pick) is None
     monkeypatch.setattr(search, "available_memory_bytes", lambda: int(0.9 * need))
-    assert technique_memory_reason([spec], pick, cpu, weights).startswith("needs about ")
-    assert technique_memory_reason([spec], original, cpu, weights) is None, "shares the weights"
-    cuda = type(cpu)(kind="cuda", name="a GPU", cores=1)
-    assert technique_memory_reason([spec], pick, cuda, weights) is None
+    assert reason(pick).startswith("needs about ")
+    assert reason(original) is None, "shares the weights"
+    assert reason(pick, type(cpu)(kind="cuda", name="a GPU", cores=1)) is None
 
     rows = [CandidateResult(i, i.split("/")[0], i.split("/")[1], p, [], "selected",
                             latency_s=1.0, metric_drop=0.0, e2e_latency_s=1.0)
