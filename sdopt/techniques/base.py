@@ -41,8 +41,12 @@ class Choice:
 
     name: str
     values: tuple[str, ...]
+    # absent from specs saved before the parameter existed, which then keep their behaviour
+    optional: bool = False
 
     def check(self, value, where: str) -> None:
+        if value is None and self.optional:
+            return
         if value not in self.values:
             raise SdoptError(f"{where}.{self.name} is {value!r}: expected one of "
                              f"{', '.join(map(repr, self.values))}")
