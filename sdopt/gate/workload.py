@@ -21,13 +21,15 @@ slowest machine of each kind we plan for:
 CPU (``STEP_COSTS["cpu"]``): ``benchmarks/results/peers_sd15_256.json`` and
 ``peers_sd15_512.json``, the "diffusers fp32 eager (reference)" rows and their ``unet`` rows:
 sd15 architecture, 20 steps, a 2-core AMD Zen 4 (torch 2.13 CPU, 2 threads): one UNet call 2.455
-s at 256 px and 9.568 s at 512 px; 50.94 s and 208.15 s per image. The rest of one image in
-``sdopt bench`` itself is larger than in that diffusers loop: ``gate_noise_sd15.json`` (sdopt
-bench, sd15 256 px, 2 steps, same CPU kind) measured 12.4 s per image of the original, so 12.4 -
-2 x 2.455 = 7.5 s; at 512 px that rest is scaled by the pixel count (30 s; the diffusers loop
-gives 208.15 - 20 x 9.568 = 16.8 s: the larger is kept). GitHub's ``ubuntu-latest`` (4 vCPUs: 2
-cores with SMT, AVX2, no bf16 or VNNI) has no more fp32 throughput than those 2 Zen 4 cores
-(2 x 256-bit FMA per core either way), so the figures are used as they are.
+s at 256 px and 10.887 s at 512 px (the 2026-12-04 run); 50.94 s and 214.22 s per image. The
+rest of one image in ``sdopt bench`` itself is larger than in that diffusers loop:
+``gate_noise_sd15.json`` (sdopt bench, sd15 256 px, 2 steps, same CPU kind) measured 12.4 s per
+image of the original, so 12.4 - 2 x 2.455 = 7.5 s; at 512 px that rest is scaled by the pixel
+count (30 s; the diffusers loop gives 214.22 - 20 x 10.887 < 0, the call being timed alone
+after the image, where it ran slower than in the loop: the 30 s is kept). GitHub's
+``ubuntu-latest`` (4 vCPUs: 2 cores with SMT, AVX2, no bf16 or VNNI) has no more fp32
+throughput than those 2 Zen 4 cores (2 x 256-bit FMA per core either way), so the figures
+are used as they are.
 
 GPU (``STEP_COSTS["gpu"]``): ``benchmarks/results/gpu/bench_cuda_sd15_512.json``, an H200: the
 original fp32 pipeline 0.895 s per 20-step 512-px image, its UNet 0.838 s (41.9 ms a step), text
@@ -67,7 +69,7 @@ SDXL_SCALE = 3.0
 # (kind, size in px) -> (seconds of one UNet call, seconds of the rest of one image)
 STEP_COSTS = {
     ("cpu", 256): (2.455, 7.5),
-    ("cpu", 512): (9.568, 30.0),
+    ("cpu", 512): (10.887, 30.0),
     ("gpu", 512): (0.0419 * GPU_SLOWDOWN, 2.0),
 }
 TINY_COSTS = (0.06, 0.3)       # the tiny preset at its 64 px, either kind
