@@ -107,10 +107,11 @@ def cpu_described(bf16: bool):
 
 
 def build_variant(pipe, backend_name: str, variant_name: str, samples, cache_dir=None, *,
-                  recorded_ranges: bool = True):
+                  recorded_ranges: bool = True, device=None):
     """A backend variant built from the recorded samples, as the search builds it (so its cache
     keys are the search's), from the pipeline's denoiser (its UNet or its DiT transformer).
-    ``recorded_ranges=False``: without the activation ranges the capture recorded."""
+    ``recorded_ranges=False``: without the activation ranges the capture recorded. ``device``:
+    another description of this CPU (other flags) to build for."""
     import torch
 
     from sdopt.backends import get_backend
@@ -118,7 +119,7 @@ def build_variant(pipe, backend_name: str, variant_name: str, samples, cache_dir
     from sdopt.device import detect
     from sdopt.models import denoiser_of
 
-    dev = detect("cpu")
+    dev = device or detect("cpu")
     backend = get_backend(backend_name)
     variant = next(v for v in backend.variants(dev) if v.name == variant_name)
     reason = backend.unavailable_reason(dev, variant)

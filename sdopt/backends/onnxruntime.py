@@ -463,7 +463,7 @@ def _unet_parts(unet, ctx: BuildContext) -> dict:
     return unet_key_parts(unet, ctx.example)
 
 
-def _quantize_int8(source: Path, directory: Path) -> dict:
+def _quantize_int8(source: Path, directory: Path, reduce_range: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from .export import ONNX_FILE
@@ -474,14 +474,15 @@ def _quantize_int8(source: Path, directory: Path) -> dict:
         quantize_dynamic(model_input=str(_onnx_path(source)),
                          model_output=str(directory / ONNX_FILE),
                          op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8,
-                         per_channel=False, use_external_data_format=large)
+                         per_channel=False, reduce_range=reduce_range,
+                         use_external_data_format=large)
     CONVERSIONS["quantize_dynamic"] += 1
     return {"quantizer": "onnxruntime.quantization.quantize_dynamic", "ops": list(INT8_OPS),
-            "weight_type": "QInt8", "external_data": large}
+            "weight_type": "QInt8", "external_data": large, "weight_bits": 7 if reduce_range else 8}
 
 
 def _quantize_static(source: Path, calibration: list[UNetInputs], directory: Path,
-                     keep_dit_edges: bool = False) -> dict:
+                     keep_dit_edges: bool = False, reduce_range: bool = False) -> dict:
     """``keep_dit_edges``: a DiT's patch embedding and final projection stay in float, as
     OpenVINO's int8-inner keeps them (tiny presets' worst drop: PixArt 1.09 -> 0.62, SD3
     0.014 -> 0.003)."""
@@ -513,11 +514,13 @@ def _quantize_static(source: Path, calibration: list[UNetInputs], directory: Pat
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(STATIC_INT8_OPS),
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=excluded, use_external_data_format=large)
+                        reduce_range=reduce_range, nodes_to_exclude=excluded,
+                        use_external_data_format=large)
     CONVERSIONS["quantize_static"] += 1
     return {"quantizer": "onnxruntime.quantization.quantize_static", "format": "QDQ",
             "ops": list(STATIC_INT8_OPS), "activations": "QUInt8", "weights": "QInt8 per channel",
             "calibration": "MinMax", "samples": len(items), "external_data": large,
+            "weight_bits": 7 if reduce_range else 8,
             **({"float_nodes": excluded} if keep_dit_edges else {})}
 
 
@@ -661,12 +664,16 @@ class OnnxRuntime(Backend):
         info = {"onnx": {"hit": entry.hit, "key": entry.key, **entry.built}}
         if reason:
             info["sd_fusions"] = {"applied": False, "reason": reason}
+        # 7-bit weights where int8 products saturate (DeviceInfo.int8_weight_bits); the key
+        # says so only then, so that graphs cached before stay valid.
+        reduce_range = ctx.device.int8_weight_bits() == 7
+        narrow = {"reduce_range": True} if reduce_range else {}
         if variant.name == "int8-dynamic":
             source = entry
             entry = fetch_or_build("onnxruntime-int8", {
                 "source": source.key, "ops": list(INT8_OPS), "weight_type": "QInt8",
-                "onnxruntime": deps.version("onnxruntime")},
-                lambda tmp: _quantize_int8(source.path, tmp), root=ctx.cache_dir,
+                "onnxruntime": deps.version("onnxruntime"), **narrow},
+                lambda tmp: _quantize_int8(source.path, tmp, reduce_range), root=ctx.cache_dir,
                 valid=made_after(source))
             info["int8"] = {"hit": entry.hit, "key": entry.key, **entry.built}
         elif variant.name == "int8-static":
@@ -680,9 +687,10 @@ class OnnxRuntime(Backend):
             entry = fetch_or_build("onnxruntime-int8-static", {
                 "source": source.key, "ops": list(STATIC_INT8_OPS), "format": "QDQ",
                 "calibration": calibration_hash(ctx.calibration[:STATIC_SUBSET_MAX]),
-                "onnxruntime": deps.version("onnxruntime"),
+                "onnxruntime": deps.version("onnxruntime"), **narrow,
                 **({"float": "dit_edges"} if edges else {})},  # UNet keys unchanged
-                lambda tmp: _quantize_static(source.path, ctx.calibration, tmp, edges),
+                lambda tmp: _quantize_static(source.path, ctx.calibration, tmp, edges,
+                                             reduce_range),
                 root=ctx.cache_dir, valid=made_after(source))
             info["int8"] = {"hit": entry.hit, "key": entry.key, **entry.built}
         elif variant.name in ("cuda-fp16", "tensorrt-fp16"):

@@ -206,7 +206,8 @@ def _calibration_items(model, calibration: list[UNetInputs]) -> list[dict[str, A
 def _quantize_minmax(source: "FP32IR", calibration: list[UNetInputs], directory: Path,
                      ignored_types: tuple[str, ...] = (),
                      ignored_patterns: tuple[str, ...] = (),
-                     statistics: str = "f32", recorded: list[dict] = ()) -> dict[str, Any]:
+                     statistics: str = "f32", recorded: list[dict] = (),
+                     weight_bits: int = 8) -> dict[str, Any]:
     from .openvino_minmax_int8 import quantize_minmax
 
     from .openvino_minmax_int8 import statistics_shortfall
@@ -221,14 +222,15 @@ def _quantize_minmax(source: "FP32IR", calibration: list[UNetInputs], directory:
     built = quantize_minmax(model, _calibration_items(model, calibration[:INT8_SUBSET_MAX]),
                             directory / IR_XML, ignored_types=ignored_types,
                             ignored_patterns=ignored_patterns, statistics=statistics,
-                            recorded=recorded[:INT8_SUBSET_MAX], before_statistics=check_memory)
+                            recorded=recorded[:INT8_SUBSET_MAX], before_statistics=check_memory,
+                            weight_bits=weight_bits)
     CONVERSIONS["minmax"] += 1
     return built
 
 
 def _quantize(source: "FP32IR", calibration: list[UNetInputs], directory: Path,
               ignored_types: tuple[str, ...] = (), preset: str | None = None,
-              ignored_patterns: tuple[str, ...] = ()) -> dict[str, Any]:
+              ignored_patterns: tuple[str, ...] = (), weight_bits: int = 8) -> dict[str, Any]:
     import nncf
     import openvino as ov
 
@@ -238,13 +240,17 @@ def _quantize(source: "FP32IR", calibration: list[UNetInputs], directory: Path,
     scope = nncf.IgnoredScope(types=list(ignored_types), patterns=list(ignored_patterns),
                               validate=False) if ignored_types or ignored_patterns else None
     extra = {"preset": nncf.QuantizationPreset(preset)} if preset else {}
+    if weight_bits == 7:  # every layer's weights in 7 bits (DeviceInfo.int8_weight_bits)
+        extra["advanced_parameters"] = nncf.AdvancedQuantizationParameters(
+            overflow_fix=nncf.OverflowFix.ENABLE)
     quantized = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
                               subset_size=subset, ignored_scope=scope, **extra)
     ov.save_model(quantized, str(directory / IR_XML), compress_to_fp16=False)
     CONVERSIONS["nncf.quantize"] += 1
     return {"quantizer": "nncf.quantize", "model_type": "TRANSFORMER", "subset_size": subset,
             "ignored_types": list(ignored_types), "ignored_patterns": list(ignored_patterns),
-            "preset": preset or "performance", "nncf": nncf.__version__}
+            "preset": preset or "performance", "nncf": nncf.__version__,
+            "weight_bits": weight_bits}
 
 
 def int8_weights(model):
@@ -266,6 +272,20 @@ def _compress_weights(source: "FP32IR", directory: Path) -> dict[str, Any]:
     ov.save_model(int8_weights(source.model()), str(directory / IR_XML), compress_to_fp16=False)
     CONVERSIONS["nncf.compress_weights"] += 1
     return {"quantizer": "nncf.compress_weights", "mode": "int8_asym", "nncf": nncf.__version__}
+
+
+def saturation_reason(build_info: dict[str, Any], device: DeviceInfo) -> str | None:
+    """Why a saved int8 graph computes worse here than where it was judged: 8-bit weights on a
+    CPU whose int8 dot products saturate (``DeviceInfo.int8_weight_bits``); None when not."""
+    int8 = build_info.get("int8") or {}
+    if int8.get("quantizer") not in ("minmax", "nncf.quantize"):
+        return None  # float, or int8-weights (activations quantized by the plugin as it runs)
+    bits = int(int8.get("weight_bits", 8))
+    if bits <= device.int8_weight_bits():
+        return None
+    return (f"its int8 weights use {bits} bits and {device.name} has no VNNI, where int8 "
+            "products are summed in saturating 16-bit lanes: its outputs are further from fp32 "
+            "than when it was judged; optimize on this CPU kind (7-bit weights) to gate on it")
 
 
 # How many conversions and quantizations this process really ran (the cache's hits do not
@@ -521,6 +541,10 @@ class OpenVINO(Backend):
             parts = {"source": source.key, "calibration": calibration_hash(ctx.calibration),
                      "subset_max": INT8_SUBSET_MAX}
             statistics, why = "f32", None
+            # Absent when 8, so that IRs cached before the key had it stay valid.
+            bits = ctx.device.int8_weight_bits()
+            if bits != 8:
+                parts["weight_bits"] = bits
             if minmax:
                 from .openvino_minmax_int8 import RECIPE, statistics_precision
 
@@ -547,8 +571,9 @@ class OpenVINO(Backend):
                 def quantize(tmp: Path) -> dict[str, Any]:
                     if minmax:
                         return _quantize_minmax(source, ctx.calibration, tmp, ignored, patterns,
-                                                statistics, ctx.calibration_ranges)
-                    return _quantize(source, ctx.calibration, tmp, ignored, preset, patterns)
+                                                statistics, ctx.calibration_ranges, bits)
+                    return _quantize(source, ctx.calibration, tmp, ignored, preset, patterns,
+                                     bits)
 
                 q = fetch_or_build("openvino-int8", parts, quantize, root=ctx.cache_dir)
             if why and q.built.get("ranges", "statistics pass").startswith("statistics pass"):
@@ -571,6 +596,9 @@ class OpenVINO(Backend):
         for name in (IR_XML, IR_BIN):
             if not (directory / name).is_file():
                 raise SdoptError(f"'{directory / name}' is missing: the saved model is incomplete")
+        why = saturation_reason(info.get("build", {}), device)
+        if why:
+            log.warning("sdopt: %s: %s", variant.id, why)
         try:
             return OpenVINOModule(directory, variant, _hint_for(variant, device),
                                   dict(info.get("build", {})))

@@ -11,7 +11,8 @@ quantization takes about 30 s.
 The quantizers go where NNCF puts them (compared node for node on sd15: the same Convolution,
 MatMul and attention inputs are quantized): activation inputs of convolutions and MatMuls and the
 Q and K inputs of ScaledDotProductAttention (V stays float), one quantizer per tensor, moved above
-reshapes; weights symmetric per output channel (255 levels), stored as int8 with their scale.
+reshapes; weights symmetric per output channel (255 levels, or 127 where the CPU's int8 dot
+products saturate: ``DeviceInfo.int8_weight_bits``), stored as int8 with their scale.
 Activation ranges are NNCF's for per-tensor activations: the mean over samples of each sample's
 minimum and maximum. MatMul and attention inputs are symmetric (asymmetric ones ran 5% slower:
 OpenVINO's int8 MatMul takes no zero point), convolution inputs asymmetric.
@@ -37,7 +38,7 @@ SDPA_PORTS = (0, 1)
 # Ops that only move values: a quantizer above them quantizes the same values once.
 SHAPE_OPS = ("Reshape", "Transpose", "Unsqueeze", "Squeeze")
 LEVELS = 256
-WEIGHT_LEVELS = 255  # symmetric narrow range, NNCF's for weights
+WEIGHT_BITS = 8  # symmetric narrow range (255 levels), NNCF's for weights; 7 without VNNI
 RECIPE = 1  # bump when the placement or the ranges change: cached IRs become stale
 
 
@@ -182,7 +183,7 @@ def _weight_axis(op, port: int, ndim: int) -> int | None:
     return None
 
 
-def _int8_weight(op, port: int):
+def _int8_weight(op, port: int, bits: int = WEIGHT_BITS):
     from openvino import Type
     from openvino import opset13 as ops
 
@@ -199,14 +200,15 @@ def _int8_weight(op, port: int):
     axis = _weight_axis(op, port, weight.ndim)
     reduce = [a for a in range(weight.ndim) if a != axis]
     amax = weight.abs().amax(dim=reduce, keepdim=True) if reduce else weight.abs()
-    half = (WEIGHT_LEVELS - 1) // 2
+    half = 2 ** (bits - 1) - 1
     scale = torch.where(amax > 0, amax / half, torch.ones_like(amax))
     q = torch.round(weight / scale).clamp_(-half, half).to(torch.int8)
     return ops.multiply(ops.convert(ops.constant(q.numpy()), Type.f32),
                         ops.constant(scale.numpy()))
 
 
-def insert_quantizers(model, activations, ranges: np.ndarray, weights) -> dict[str, int]:
+def insert_quantizers(model, activations, ranges: np.ndarray, weights,
+                      weight_bits: int = WEIGHT_BITS) -> dict[str, int]:
     from openvino import opset13 as ops
 
     skipped = 0
@@ -233,17 +235,18 @@ def insert_quantizers(model, activations, ranges: np.ndarray, weights) -> dict[s
         constant = op.input(port).get_source_output().get_node()
         name = constant.get_friendly_name()
         if name not in compressed:
-            compressed[name] = _int8_weight(op, port)
+            compressed[name] = _int8_weight(op, port, weight_bits)
         op.input(port).replace_source_output(compressed[name].output(0))
     model.validate_nodes_and_infer_types()
     return {"activation_quantizers": len(activations) - skipped, "float_activations": skipped,
-            "int8_weights": len(compressed)}
+            "int8_weights": len(compressed), "weight_bits": weight_bits}
 
 
 def quantize_minmax(fp32_model, items: list[dict[str, Any]], out_xml: Path, *,
                     ignored_types=(), ignored_patterns=(), statistics: str = "f32",
                     recorded: list[dict] | None = None,
-                    before_statistics: Callable[[], None] | None = None) -> dict[str, Any]:
+                    before_statistics: Callable[[], None] | None = None,
+                    weight_bits: int = WEIGHT_BITS) -> dict[str, Any]:
     """Write the int8 IR of ``fp32_model`` (an ``openvino.Model``, left as it is: the quantizers
     go into a clone, which shares its weights) to ``out_xml``. ``recorded``: the ranges the
     capture recorded for each of ``items`` (:mod:`.activation_ranges`); when they cover every
@@ -270,7 +273,7 @@ def quantize_minmax(fp32_model, items: list[dict[str, Any]], out_xml: Path, *,
             raise RuntimeError("the quantization plan differs between two clones of the same IR")
         ranges = collect_ranges(stats_model, [t for t, _ in tensors.values()], items, statistics)
         del stats_model
-    counts = insert_quantizers(model, activations, ranges, weights)
+    counts = insert_quantizers(model, activations, ranges, weights, weight_bits)
     ov.save_model(model, str(out_xml), compress_to_fp16=False)
     return {"quantizer": "minmax", "recipe": RECIPE, "samples": len(items),
             "statistics": statistics, "ranges": source, **counts,
@@ -314,13 +317,14 @@ def ranges_by_input(quantized_model) -> dict[tuple[str, int], tuple[float, float
     return out
 
 
-def quantize_like(fp32_model, quantized_model, *, ignored_types=(),
-                  ignored_patterns=()) -> tuple[Any, dict[str, Any]]:
+def quantize_like(fp32_model, quantized_model, *, ignored_types=(), ignored_patterns=(),
+                  weight_bits: int = WEIGHT_BITS) -> tuple[Any, dict[str, Any]]:
     """``fp32_model`` (a variant of the graph ``quantized_model`` was quantized from: the same
     layers with a few ops added, as token merging adds) quantized with ``quantized_model``'s own
     activation ranges, taken by the op input each quantizer feeds, and its weights' recipe.
     A tensor none of whose uses had a quantizer there (the added ops' inputs) stays float. No
-    statistics pass: the ranges are those the search judged. Returns (a quantized clone,
+    statistics pass: the ranges are those the search judged. ``weight_bits``: those of
+    ``quantized_model``'s weights (its build's ``weight_bits``). Returns (a quantized clone,
     counts)."""
     known = ranges_by_input(quantized_model)
     model = fp32_model.clone()
@@ -333,6 +337,7 @@ def quantize_like(fp32_model, quantized_model, *, ignored_types=(),
         if found:
             kept[key] = entry
             ranges.append((min(r[0] for r in found), max(r[1] for r in found)))
-    counts = insert_quantizers(model, kept, np.array(ranges, np.float64).reshape(-1, 2), weights)
+    counts = insert_quantizers(model, kept, np.array(ranges, np.float64).reshape(-1, 2), weights,
+                               weight_bits)
     counts["float_activations"] += len(activations) - len(kept)
     return model, counts

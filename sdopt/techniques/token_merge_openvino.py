@@ -113,7 +113,8 @@ class OpenVINOTokenMergeModule(OptimizedModule):
                 model, base.graph.model,
                 ignored_types=tuple(options.get("ignored_types", ())),
                 ignored_patterns=edge_patterns(merged,
-                                               tuple(options.get("ignored_patterns", ()))))
+                                               tuple(options.get("ignored_patterns", ()))),
+                weight_bits=int(base.build_info.get("int8", {}).get("weight_bits", 8)))
         graph = self.graphs[key] = CompiledPerShape(model, base.hint)
         self.built[key] = {"seconds": time.perf_counter() - started, **built}
         return graph

@@ -40,7 +40,11 @@ def test_output_matches_the_fp32_unet(tiny_pipe, samples, precision):
     module = _build(tiny_pipe, precision, samples)
     drops = verification_drops(module, samples)
     assert max(drops) <= TOLERANCE[precision], drops
-    if precision != "fp32":
+    if precision == "bf16" and not detect("cpu").supports_bf16()[0]:
+        # OpenVINO's CPU plugin runs the bf16 hint in f32 where the CPU has no bf16 units (a
+        # Zen 3 here); the search skips the variant there
+        assert max(drops) < 1e-5, "no bf16 units: f32 ran"
+    elif precision != "fp32":
         assert max(drops) > 1e-5, "reduced precision really ran"
     assert module.size_bytes() > 0
 

@@ -164,7 +164,8 @@ def test_ranges_symmetric_for_matmul_asymmetric_for_convolution():
     at = [t.get_node().get_type_name() for t, _ in activations.values()].index("Swish")
     np.testing.assert_allclose(ranges[at], [swish.min(), swish.max()], rtol=1e-5)
     counts = minmax.insert_quantizers(model, activations, ranges, weights)
-    assert counts == {"activation_quantizers": 2, "float_activations": 0, "int8_weights": 2}
+    assert counts == {"activation_quantizers": 2, "float_activations": 0, "int8_weights": 2,
+                      "weight_bits": 8}
     fqs = {op.input(0).get_source_output().get_node().get_type_name():
            [float(op.input(i).get_source_output().get_node().get_data()) for i in (1, 2)]
            for op in model.get_ops() if op.get_type_name() == "FakeQuantize"}
@@ -175,7 +176,9 @@ def test_ranges_symmetric_for_matmul_asymmetric_for_convolution():
     assert low == pytest.approx(-bound) and high == pytest.approx(bound * 127 / 128)
 
 
-def test_weights_are_int8_per_output_channel_within_half_a_step():
+@pytest.mark.parametrize("bits", [8, 7])
+def test_weights_are_int8_per_output_channel_within_half_a_step(bits):
+    """7 bits where the CPU's int8 products saturate (DeviceInfo.int8_weight_bits)."""
     weight = _rng_weight(5, 256) * np.arange(1, 6, dtype=np.float32)[:, None]
 
     def graph(x):
@@ -184,13 +187,14 @@ def test_weights_are_int8_per_output_channel_within_half_a_step():
 
     model = _model(graph)
     activations, weights = minmax.quantization_plan(model)
-    minmax.insert_quantizers(model, activations, np.array([[-3.0, 3.0]]), weights)
+    minmax.insert_quantizers(model, activations, np.array([[-3.0, 3.0]]), weights, bits)
     consts = [op for op in model.get_ops() if op.get_type_name() == "Constant"
               and op.get_element_type() == ov.Type.i8]
     assert len(consts) == 1
     q = consts[0].get_data().astype(np.float32)
-    scale = weight.__abs__().max(axis=1, keepdims=True) / 127
-    assert np.abs(q).max() == 127 and np.all(np.abs(q * scale - weight) <= scale / 2 + 1e-6)
+    top = 2 ** (bits - 1) - 1
+    scale = weight.__abs__().max(axis=1, keepdims=True) / top
+    assert np.abs(q).max() == top and np.all(np.abs(q * scale - weight) <= scale / 2 + 1e-6)
 
 
 def test_a_tensor_with_infinite_range_stays_float():
@@ -210,3 +214,29 @@ def test_a_tensor_with_infinite_range_stays_float():
     counts = minmax.insert_quantizers(model, activations, ranges, weights)
     assert counts["float_activations"] == 1 and counts["activation_quantizers"] == 0
     assert not any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+
+
+def test_the_build_takes_the_devices_weight_bits(tiny_pipe, samples, tmp_path):
+    """A CPU without VNNI gets 7-bit weights, in another cached IR than 8-bit ones, and a loaded
+    8-bit graph says why it computes worse there."""
+    import dataclasses
+
+    from sdopt.backends.openvino import saturation_reason
+
+    cpu = detect("cpu")
+    vnni = dataclasses.replace(cpu, cpu_flags=("avx2", "avx512f", "avx512_vnni"))
+    avx2 = dataclasses.replace(cpu, cpu_flags=("avx2",))
+    assert (vnni.int8_weight_bits(), avx2.int8_weight_bits()) == (8, 7)
+    built = {b: build_variant(tiny_pipe, "openvino", "int8-minmax", samples, device=d,
+                              cache_dir=tmp_path)
+             for b, d in ((8, vnni), (7, avx2))}
+    for bits, module in built.items():
+        assert module.build_info["int8"]["weight_bits"] == bits
+        model = ov.Core().read_model(str(module.ir_dir / IR_XML))
+        top = max(int(np.abs(op.get_data().astype(np.int32)).max()) for op in model.get_ops()
+                  if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8)
+        assert top == 2 ** (bits - 1) - 1
+    assert built[8].build_info["int8"]["key"] != built[7].build_info["int8"]["key"]
+    assert "7-bit" in saturation_reason(built[8].build_info, avx2)
+    assert saturation_reason(built[7].build_info, avx2) is None
+    assert saturation_reason(built[8].build_info, vnni) is None
