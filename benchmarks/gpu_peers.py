@@ -9,7 +9,14 @@ with classifier-free guidance, the same seed for every row):
   graphs) of the UNet and of the VAE decoder, fullgraph;
 - ``deepcache_fp16``: the DeepCache library on the fp16 pipeline (its README's settings);
 - ``sdopt_constrained``: ``optimize_model(metric_drop_ths=0.05)`` on the fp32 pipeline, the
-  candidates limited by ``--sdopt-backends`` to fit a short GPU lease (said in the JSON).
+  candidates limited by ``--sdopt-backends`` to fit a short GPU lease (said in the JSON); then the
+  same call again, which reuses the cached decision: ``optimize_model`` cold and warm (each up to
+  its first image, where torch.compile compiles);
+- ``sdopt_unconstrained``: ``optimization_time="unconstrained"`` (step caching, token merging,
+  fewer steps on top of the backends in ``--unconstrained-backends``), at the same threshold.
+
+``--recipe-no-coordinate-descent`` leaves coordinate-descent tuning out of the recipe (its compile
+did not finish in 310 + 265 s on an H200); the row is then named ``diffusers_recipe_no_cd``.
 
 Rows are built first (compiles happen in their warm-up calls), then timed in rounds whose order
 rotates, so drift hits every row alike; the ratios are medians of per-round ratios against
@@ -73,7 +80,10 @@ def half_copy(pipe, dtype):
     return copy.deepcopy(pipe).to(dtype)
 
 
-def build_recipe(pipe, device: str):
+CD_FLAGS = ("coordinate_descent_tuning", "coordinate_descent_check_all_directions")
+
+
+def build_recipe(pipe, device: str, coordinate_descent: bool = True):
     """diffusers' fast-diffusion recipe (docs: tutorials/fast_diffusion) on an fp16 copy."""
     from torch._inductor import list_mode_options
 
@@ -82,7 +92,8 @@ def build_recipe(pipe, device: str):
     pipe.fuse_qkv_projections()
     pipe.unet.to(memory_format=torch.channels_last)
     pipe.vae.to(memory_format=torch.channels_last)
-    options = {**(list_mode_options("max-autotune") if device == "cuda" else {}), **RECIPE_FLAGS}
+    flags = {k: v for k, v in RECIPE_FLAGS.items() if coordinate_descent or k not in CD_FLAGS}
+    options = {**(list_mode_options("max-autotune") if device == "cuda" else {}), **flags}
     pipe.unet = torch.compile(pipe.unet, options=options, fullgraph=True)
     pipe.vae.decode = torch.compile(pipe.vae.decode, options=options, fullgraph=True)
     return pipe
@@ -198,6 +209,40 @@ def round_trip(opt, fp32, args) -> dict:
     return {"max_abs_pixel_diff": diff, "save_load_first_image_s": first_s}
 
 
+def warm_call(fp32, args, backends) -> dict:
+    """The constrained call again, on a fresh copy of the pipeline: the cached decision is
+    reused and only the pick is built; timed up to its first image (torch.compile compiles on
+    the first call, from inductor's on-disk cache this time)."""
+    import sdopt
+
+    start = time.perf_counter()
+    opt = sdopt.optimize_model(
+        copy.deepcopy(fp32), PROMPTS[:args.prompts], metric_drop_ths=0.05, device=args.device,
+        height=args.size, width=args.size, num_inference_steps=args.steps, backends=backends,
+        show=False, reuse_search=True, time_budget_s=args.sdopt_budget_s)
+    opt.set_progress_bar_config(disable=True)
+    returned = time.perf_counter() - start
+    generate(opt, PROMPTS[0], args)
+    first_image = time.perf_counter() - start
+    res = opt.sdopt_result
+    out = {"optimize_model_warm_s": returned, "warm_to_first_image_s": first_image,
+           "selected": res.selected.id,
+           "reused": any("reused the search" in n for n in res.notes)}
+    log(f"optimize_model warm: {returned:.1f} s, first image after {first_image:.1f} s "
+        f"(reused: {out['reused']}, selected {out['selected']})")
+    del opt
+    gc_cuda()
+    return out
+
+
+def gc_cuda() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -211,6 +256,12 @@ def main(argv=None) -> int:
                         help="stop building rows after this long (the compiles are the cost)")
     parser.add_argument("--sdopt-backends", default="torch_eager/fp16,torch_eager/fp16-channels_last,"
                         "torch_compile/fp16-cudagraphs,torch_compile/fp16-max-autotune")
+    parser.add_argument("--unconstrained-backends",
+                        default="torch_eager/fp16,torch_compile/fp16-cudagraphs")
+    parser.add_argument("--sdopt-budget-s", type=float, default=240.0,
+                        help="time_budget_s of each optimize_model call (fixed: the cached "
+                        "decision's key holds it, so the warm call must pass the same)")
+    parser.add_argument("--recipe-no-coordinate-descent", action="store_true")
     parser.add_argument("--only", default="", help="comma-separated rows to build (default all)")
     parser.add_argument("--out", type=Path, default=Path("gpu_peers.json"))
     args = parser.parse_args(argv)
@@ -226,8 +277,22 @@ def main(argv=None) -> int:
     fp32.set_progress_bar_config(disable=True)
     refs = {p: generate(fp32, p, args) for p in PROMPTS[:args.prompts]}
     flops = unet_flops(fp32, args)
+    from sdopt.optimize.ceiling import gemm_rate
+
+    half_name = "fp16" if half == torch.float16 else "bf16"
+    gemm = gemm_rate(half_name, args.device)
     rows, notes, extra = {}, {}, {"unet_gflop_per_call": flops / 1e9 if flops else None,
-                                  "build_s": {}}
+                                  "build_s": {},
+                                  f"{half_name}_gemm_tflop_per_s": gemm / 1e12 if gemm else None}
+    log(f"{half_name} GEMM (8192^3 on CUDA): {gemm / 1e12 if gemm else float('nan'):.0f} TFLOP/s")
+
+    def partial(label: str):
+        """Every row built so far, measured and written: a later step cut by the timeout
+        still leaves this."""
+        if len(rows) > 1:
+            meas = measure(rows, args, rounds=2)
+            write(args.out, summarise(rows, meas, refs, args, notes,
+                                      {**extra, "partial": True, "partial_after": label}))
 
     def build(name, make):
         if time.perf_counter() - T0 > args.deadline_s:
@@ -261,8 +326,7 @@ def main(argv=None) -> int:
                 copy.deepcopy(fp32), PROMPTS[:args.prompts], metric_drop_ths=0.05,
                 device=args.device, height=args.size, width=args.size,
                 num_inference_steps=args.steps, backends=backends, show=True,
-                reuse_search=False,
-                time_budget_s=max(60.0, args.deadline_s - (time.perf_counter() - T0)))
+                reuse_search=True, time_budget_s=args.sdopt_budget_s)
             res = opt.sdopt_result
             extra["sdopt"] = {
                 "backends": backends, "selected": res.selected.id,
@@ -277,14 +341,42 @@ def main(argv=None) -> int:
                 extra["sdopt"]["unet_it_per_s"] = 1.0 / res.selected.latency_s
                 if flops:
                     extra["sdopt"]["unet_tflop_per_s"] = flops / res.selected.latency_s / 1e12
+                    if gemm:
+                        extra["sdopt"]["unet_fraction_of_gemm_rate"] = \
+                            flops / res.selected.latency_s / gemm
             return opt
         build("sdopt_constrained", make_sdopt)
+        if "sdopt_constrained" in rows:
+            extra["sdopt"]["optimize_model_cold_s"] = extra["build_s"]["sdopt_constrained"]
+            partial("sdopt_constrained")
+            extra["sdopt"]["warm"] = warm_call(fp32, args, extra["sdopt"]["backends"])
 
-    if len(rows) > 1:  # a first result, before the expensive compile
-        meas = measure(rows, args, rounds=2)
-        write(args.out, summarise(rows, meas, refs, args, notes, {**extra, "partial": True}))
+    if want("sdopt_unconstrained"):
+        def make_unconstrained():
+            backends = [b for b in args.unconstrained_backends.split(",") if b]
+            if args.device == "cpu":
+                backends = ["torch_eager/bf16"]
+            opt = sdopt.optimize_model(
+                copy.deepcopy(fp32), PROMPTS[:args.prompts], metric_drop_ths=0.05,
+                optimization_time="unconstrained", device=args.device, height=args.size,
+                width=args.size, num_inference_steps=args.steps, backends=backends, show=True,
+                reuse_search=False, time_budget_s=args.sdopt_budget_s)
+            res = opt.sdopt_result
+            extra["sdopt_unconstrained"] = {
+                "backends": backends, "selected": res.selected.id,
+                "speedup_vs_fp32": res.speedup, "speedup_source": res.speedup_source,
+                "candidates": [{k: getattr(c, k, None) for k in
+                                ("id", "status", "reason", "build_s", "e2e_latency_s",
+                                 "metric_drop", "metric_drop_max")}
+                               for c in res.candidates]}
+            return opt
+        build("sdopt_unconstrained", make_unconstrained)
+        partial("sdopt_unconstrained")
+
     if want("diffusers_recipe"):
-        build("diffusers_recipe", lambda: build_recipe(half_copy(fp32, half), args.device))
+        cd = not args.recipe_no_coordinate_descent
+        build("diffusers_recipe" if cd else "diffusers_recipe_no_cd",
+              lambda: build_recipe(half_copy(fp32, half), args.device, coordinate_descent=cd))
     meas = measure(rows, args, rounds=args.rounds)
     if "sdopt_constrained" in rows and time.perf_counter() - T0 < args.deadline_s:
         extra["sdopt"]["round_trip"] = round_trip(rows["sdopt_constrained"], fp32, args)

@@ -180,3 +180,19 @@ def test_stage_timer_records_events_and_synchronises_once_per_image(fresh_tiny_p
         assert sum(totals.values()) <= wall * 1.05, (totals, wall)
     finally:
         timer.detach()
+
+
+def test_compiled_fp16_vae_decoder_decodes_like_fp32_on_cuda():
+    """CUDA's VAE setting (techniques/vae_torch_compile.py): one compiled fp16 graph decodes."""
+    from sdopt.optimize.metrics import psnr_db
+    from sdopt.techniques import apply_pipeline_techniques
+    from sdopt.techniques.vae_torch_compile import CompiledDecoder
+
+    pipe = sdopt.build_preset("tiny").to("cuda")
+    reference = _image(pipe)
+    apply_pipeline_techniques(pipe, [{"name": "vae_compiled", "precision": "fp16"}])
+    assert isinstance(pipe.vae.decoder, CompiledDecoder)
+    assert pipe.vae.decoder.module.decoder.conv_in.weight.dtype == torch.float16
+    image = _image(pipe)
+    assert pipe.vae.decoder.calls == 1
+    assert psnr_db(reference.astype(np.uint8), image.astype(np.uint8)) > 35

@@ -1,7 +1,7 @@
 """Pipeline-level techniques: the registry. The approximate ones (they change the algorithm) are
 tried only with ``optimization_time="unconstrained"``; the ``constrained`` ones only lower the
 precision of a component the UNet backends leave in fp32 (the VAE decoder in bf16, or compiled
-with OpenVINO), like a UNet precision variant, so the constrained search tries them too, under
+with OpenVINO on CPU or torch.compile on CUDA), like a UNet precision variant, so the constrained search tries them too, under
 the same threshold, judged on images.
 
 Each technique is one module declaring one :class:`~sdopt.techniques.base.Technique`; this
@@ -21,17 +21,20 @@ import functools
 from ..backends.base import OptimizedModule
 from ..errors import SdoptError
 from ..models import denoiser_of
-from . import fewer_steps, step_cache, text_encoder_openvino, token_merge, vae_bf16, vae_openvino
+from . import (fewer_steps, step_cache, text_encoder_openvino, token_merge, vae_bf16, vae_openvino,
+               vae_torch_compile)
 from .base import Spec, Technique
 from .eager import base_module
 
 # The order settings are tried in. The OpenVINO VAE decoder comes before the torch bf16 one: on
 # sd15 at 256 px it made the image faster (5.11x against 4.65x fp32 eager, the same int8 UNet,
 # exhaustive search 2026-12-01), and a constrained search whose budget ran out after the first
-# VAE setting kept the torch one (3.80x per image against the exhaustive pick's 4.78x).
+# VAE setting kept the torch one (3.80x per image against the exhaustive pick's 4.78x). On CUDA
+# the compiled half-precision decoder comes before the eager bf16 one, which was slower than fp32
+# on an H200 (1.065x the image's time, 2026-11-26).
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     step_cache.TECHNIQUE, token_merge.TECHNIQUE, fewer_steps.TECHNIQUE, vae_openvino.TECHNIQUE,
-    vae_bf16.TECHNIQUE, text_encoder_openvino.TECHNIQUE)}
+    vae_torch_compile.TECHNIQUE, vae_bf16.TECHNIQUE, text_encoder_openvino.TECHNIQUE)}
 
 
 def component_modules(pipe) -> dict[str, list]:
