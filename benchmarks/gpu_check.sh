@@ -56,5 +56,5 @@ PYEOF
 # process (#16); writes a first result before the recipe's max-autotune compile.
 want peers && timeout "${PEERS_TIMEOUT:-540}" "$PY" benchmarks/gpu_peers.py \
     --deadline-s "${PEERS_DEADLINE:-420}" --out "$OUT/gpu_peers_sd15_512.json" ${PEERS_ARGS:-} 2>&1 \
-    | grep -v -E "Warning|warn\(" | tail -60
+    | tee "$OUT/gpu_peers.log" | grep -v -E "Warning|warn\(" | tail -60
 ls -la "$OUT"
