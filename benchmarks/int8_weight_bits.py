@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     import sdopt
     from sdopt.backends import get_backend
     from sdopt.backends.base import BuildContext
-    from sdopt.device import detect
+    from sdopt.device import VNNI_FLAGS, detect
     from sdopt.models import denoiser_of
     from sdopt.optimize.capture import collect_samples
     from sdopt.optimize.metrics import resolve_metric
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     samples = collect_samples(pipe, PROMPTS, height=args.size, width=args.size,
                               steps=args.steps, guidance_scale=7.5, seed=0, n_verify=3)
     cpu = detect("cpu")
-    flags = tuple(f for f in cpu.cpu_flags if f not in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    flags = tuple(f for f in cpu.cpu_flags if f not in VNNI_FLAGS)
     devices = {8: dataclasses.replace(cpu, cpu_flags=flags + ("avx512_vnni",)),
                7: dataclasses.replace(cpu, cpu_flags=flags)}
     backend = get_backend("openvino")

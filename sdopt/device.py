@@ -84,13 +84,29 @@ class DeviceInfo:
         (AVX2, GitHub's ubuntu-latest CPU) min/max int8's worst drop fell from 0.20 to 0.074
         with 7-bit weights; VNNI's 32-bit sums do not saturate, so 8 bits keep their precision
         there."""
-        vnni = any(f in self.cpu_flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-        return 7 if self.kind == "cpu" and "avx2" in self.cpu_flags and not vnni else 8
+        return 7 if self.kind == "cpu" and "avx2" in self.cpu_flags and not self.has_vnni() else 8
+
+    def int8_saturation_reason(self, weight_bits: int) -> str | None:
+        """Why an int8 graph whose weights use ``weight_bits`` bits computes worse here than
+        where it was judged (8-bit weights where int8 sums saturate); None when it does not."""
+        if weight_bits <= self.int8_weight_bits():
+            return None
+        return (f"its int8 weights use {weight_bits} bits and {self.name} has no VNNI, where "
+                "int8 products are summed in saturating 16-bit lanes: its outputs are further "
+                "from fp32 than when it was judged; optimize on this CPU kind (7-bit weights) to "
+                "gate on it")
+
+    def has_vnni(self) -> bool:
+        """Whether int8 products are summed in 32-bit lanes (:data:`VNNI_FLAGS`): int8 weights
+        keep 8 bits, and OpenVINO fuses int8 attention, only on such CPUs."""
+        return any(f in self.cpu_flags for f in VNNI_FLAGS)
 
     def fingerprint(self) -> dict[str, Any]:
         return asdict(self)
 
 
+# The CPU flags of a u8 x s8 dot product summed in 32-bit lanes (AVX-512 VNNI, AVX-VNNI, AMX).
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 _INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
                       "amx_int8", "avx_vnni")
 

@@ -463,6 +463,16 @@ def _unet_parts(unet, ctx: BuildContext) -> dict:
     return unet_key_parts(unet, ctx.example)
 
 
+def saturation_reason(build_info: dict[str, Any], device: DeviceInfo) -> str | None:
+    """Why a saved int8 graph (dynamic or static) computes worse here than where it was judged:
+    8-bit weights (no ``reduce_range``) on a CPU whose u8 x s8 sums saturate; None when not.
+    Graphs cached before weight_bits was recorded were all 8-bit."""
+    int8 = build_info.get("int8")
+    if not int8:
+        return None
+    return device.int8_saturation_reason(int(int8.get("weight_bits", 8)))
+
+
 def _quantize_int8(source: Path, directory: Path, reduce_range: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -715,6 +725,9 @@ class OnnxRuntime(Backend):
         if not path.is_file():
             raise SdoptError(f"'{path}' is missing: the saved model is incomplete")
         key = str(info.get("build", {}).get("onnx", {}).get("key", "saved"))
+        why = saturation_reason(info.get("build", {}), device)
+        if why:
+            log.warning("sdopt: %s: %s", variant.id, why)
         providers = self._providers(variant, device, key, None)
         try:
             return OnnxRuntimeModule(directory, variant, providers, dict(info.get("build", {})),

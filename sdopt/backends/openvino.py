@@ -280,12 +280,7 @@ def saturation_reason(build_info: dict[str, Any], device: DeviceInfo) -> str | N
     int8 = build_info.get("int8") or {}
     if int8.get("quantizer") not in ("minmax", "nncf.quantize"):
         return None  # float, or int8-weights (activations quantized by the plugin as it runs)
-    bits = int(int8.get("weight_bits", 8))
-    if bits <= device.int8_weight_bits():
-        return None
-    return (f"its int8 weights use {bits} bits and {device.name} has no VNNI, where int8 "
-            "products are summed in saturating 16-bit lanes: its outputs are further from fp32 "
-            "than when it was judged; optimize on this CPU kind (7-bit weights) to gate on it")
+    return device.int8_saturation_reason(int(int8.get("weight_bits", 8)))
 
 
 # How many conversions and quantizations this process really ran (the cache's hits do not

@@ -182,3 +182,32 @@ def test_a_provider_that_did_not_load_fails_the_candidate(tiny_pipe, samples):
                                            "cpu")
     assert module._session.get_providers()[0] == "CPUExecutionProvider"
     assert module._session._enable_fallback is False  # what enable_fallback=0 sets
+
+
+def test_a_saved_8_bit_int8_graph_says_why_it_drifts_on_a_cpu_without_vnni(caplog, tmp_path):
+    """The load's warning (as OpenVINO's): 8-bit weights, saved elsewhere, on a CPU whose int8
+    sums saturate; 7-bit weights, float graphs and VNNI CPUs load silently."""
+    import dataclasses
+    import logging
+
+    from sdopt.backends.export import ONNX_FILE
+    from sdopt.backends.onnxruntime import saturation_reason
+
+    cpu = detect("cpu")
+    vnni = dataclasses.replace(cpu, cpu_flags=("avx2", "avx512f", "avx512_vnni"))
+    avx2 = dataclasses.replace(cpu, cpu_flags=("avx2",))
+    eight, seven = {"int8": {"weight_bits": 8}}, {"int8": {"weight_bits": 7}}
+    assert "7-bit" in saturation_reason(eight, avx2)
+    assert "7-bit" in saturation_reason({"int8": {"key": "k"}}, avx2)  # cached before the field
+    assert saturation_reason(seven, avx2) is None
+    assert saturation_reason(eight, vnni) is None
+    assert saturation_reason({"onnx": {"key": "k"}}, avx2) is None  # a float graph
+    # load warns before it opens the graph (here not a graph: the load then fails, as it should)
+    (tmp_path / ONNX_FILE).write_bytes(b"not onnx")
+    backend = get_backend("onnxruntime")
+    variant = next(v for v in backend.variants(avx2) if v.name == "int8-dynamic")
+    with caplog.at_level(logging.WARNING, logger="sdopt.backends.onnxruntime"):
+        with pytest.raises(SdoptError, match="cannot be loaded by ONNX Runtime"):
+            backend.load(tmp_path, None, variant, {"build": eight}, avx2)
+    assert any("no VNNI" in r.getMessage() and variant.id in r.getMessage()
+               for r in caplog.records), caplog.records

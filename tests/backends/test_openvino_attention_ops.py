@@ -34,7 +34,7 @@ RUNTIME_PRECISION = {"fp32": "f32", "bf16": FLOAT, "int8-weights": FLOAT}
 # The Snippets tokenizer fuses an int8 attention only on a CPU with VNNI (seen fused on Zen 4's
 # avx512_vnni; on a Zen 3, AVX2 alone, it stays decomposed: QK^T an i8 MatMul, softmax and the
 # product with V in f32).
-INT8_FUSES = any(f in detect("cpu").cpu_flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+INT8_FUSES = detect("cpu").has_vnni()
 
 
 @pytest.fixture(scope="module")
