@@ -209,17 +209,28 @@ def round_trip(opt, fp32, args) -> dict:
     return {"max_abs_pixel_diff": diff, "save_load_first_image_s": first_s}
 
 
+def backends_of(spec: str, args) -> list[str]:
+    """The candidates named on the command line (a CPU dry run: torch bf16 alone)."""
+    return ["torch_eager/bf16"] if args.device == "cpu" else [b for b in spec.split(",") if b]
+
+
+def run_sdopt(fp32, args, backends, show=True, **kwargs):
+    """``optimize_model`` on a copy of the fp32 pipeline, at the benchmark's size, steps and
+    threshold, with the fixed time budget the cached decision's key holds."""
+    import sdopt
+
+    return sdopt.optimize_model(
+        copy.deepcopy(fp32), PROMPTS[:args.prompts], metric_drop_ths=0.05, device=args.device,
+        height=args.size, width=args.size, num_inference_steps=args.steps, backends=backends,
+        show=show, time_budget_s=args.sdopt_budget_s, **kwargs)
+
+
 def warm_call(fp32, args, backends) -> dict:
     """The constrained call again, on a fresh copy of the pipeline: the cached decision is
     reused and only the pick is built; timed up to its first image (torch.compile compiles on
     the first call, from inductor's on-disk cache this time)."""
-    import sdopt
-
     start = time.perf_counter()
-    opt = sdopt.optimize_model(
-        copy.deepcopy(fp32), PROMPTS[:args.prompts], metric_drop_ths=0.05, device=args.device,
-        height=args.size, width=args.size, num_inference_steps=args.steps, backends=backends,
-        show=False, reuse_search=True, time_budget_s=args.sdopt_budget_s)
+    opt = run_sdopt(fp32, args, backends, show=False, reuse_search=True)
     opt.set_progress_bar_config(disable=True)
     returned = time.perf_counter() - start
     generate(opt, PROMPTS[0], args)
@@ -319,14 +330,8 @@ def main(argv=None) -> int:
         build("deepcache_fp16", lambda: build_deepcache(half_copy(fp32, half)))
     if want("sdopt_constrained"):
         def make_sdopt():
-            backends = [b for b in args.sdopt_backends.split(",") if b]
-            if args.device == "cpu":
-                backends = ["torch_eager/bf16"]
-            opt = sdopt.optimize_model(
-                copy.deepcopy(fp32), PROMPTS[:args.prompts], metric_drop_ths=0.05,
-                device=args.device, height=args.size, width=args.size,
-                num_inference_steps=args.steps, backends=backends, show=True,
-                reuse_search=True, time_budget_s=args.sdopt_budget_s)
+            backends = backends_of(args.sdopt_backends, args)
+            opt = run_sdopt(fp32, args, backends, reuse_search=True)
             res = opt.sdopt_result
             extra["sdopt"] = {
                 "backends": backends, "selected": res.selected.id,
@@ -353,14 +358,9 @@ def main(argv=None) -> int:
 
     if want("sdopt_unconstrained"):
         def make_unconstrained():
-            backends = [b for b in args.unconstrained_backends.split(",") if b]
-            if args.device == "cpu":
-                backends = ["torch_eager/bf16"]
-            opt = sdopt.optimize_model(
-                copy.deepcopy(fp32), PROMPTS[:args.prompts], metric_drop_ths=0.05,
-                optimization_time="unconstrained", device=args.device, height=args.size,
-                width=args.size, num_inference_steps=args.steps, backends=backends, show=True,
-                reuse_search=False, time_budget_s=args.sdopt_budget_s)
+            backends = backends_of(args.unconstrained_backends, args)
+            opt = run_sdopt(fp32, args, backends, optimization_time="unconstrained",
+                            reuse_search=False)
             res = opt.sdopt_result
             extra["sdopt_unconstrained"] = {
                 "backends": backends, "selected": res.selected.id,

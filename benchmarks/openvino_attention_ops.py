@@ -50,6 +50,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sdpa-float-quantizer", choices=("nncf", "minmax"), default="nncf",
                         help="how --int8-sdpa-float quantizes (minmax: derived from "
                              "int8-minmax's IR in seconds, no NNCF calibration)")
+    parser.add_argument("--float-types", default="", metavar="TYPES",
+                        help="also build int8 leaving these comma-separated op types in float "
+                        "(MatMul: convolutions alone in int8), quantized as "
+                        "--sdpa-float-quantizer says")
     parser.add_argument("--perf-counters", type=int, default=0, metavar="N",
                         help="time each row with PERF_COUNT over N inferences (quiet machine)")
     parser.add_argument("--out", default=None, help="JSON file (default: results/"
@@ -81,6 +85,11 @@ def main(argv=None) -> int:
         variants.append(Variant("openvino", "int8-sdpa-float", "int8",
                                 options={"quantizer": args.sdpa_float_quantizer,
                                          "ignored_types": ["ScaledDotProductAttention"]}))
+    if args.float_types:
+        types = args.float_types.split(",")
+        variants.append(Variant("openvino", "int8-float-" + "-".join(types), "int8",
+                                options={"quantizer": args.sdpa_float_quantizer,
+                                         "ignored_types": types}))
     rows = []
     for variant in variants:
         reason = backend.unavailable_reason(device, variant)
