@@ -55,7 +55,7 @@ class CompiledDecoder(torch.nn.Module):
 
 def compiled_decoder_vae(vae, precision: str):
     """A private copy of ``vae`` whose decode runs compiled at ``precision``; the user's VAE is
-    untouched (only its encoder and buffers are shared as they were: the decoder is copied)."""
+    untouched (its encoder is shared, unchanged; everything else is copied)."""
     if not (hasattr(vae, "decoder") and hasattr(vae, "_decode")):
         raise NotImplementedError(f"{type(vae).__name__} is not an AutoencoderKL-like VAE "
                                   "(decoder + _decode): its decode cannot be compiled here")
