@@ -32,7 +32,7 @@ PRECISIONS = ("bf16", "fp32")
 EXAMPLE_SIZE = 8
 
 
-class _PostQuantDecoder(torch.nn.Module):
+class PostQuantDecoder(torch.nn.Module):
     """What ``AutoencoderKL._decode`` runs on a latent, as one module to convert."""
 
     def __init__(self, post_quant_conv, decoder):
@@ -77,7 +77,7 @@ def openvino_decoder_vae(vae, precision: str):
         import openvino as ov
 
         example = torch.randn(1, channels, EXAMPLE_SIZE, EXAMPLE_SIZE)
-        return _PostQuantDecoder(pqc, vae.decoder), {
+        return PostQuantDecoder(pqc, vae.decoder), {
             "example_input": example, "input": [ov.PartialShape([-1, channels, -1, -1])]}
 
     model = converted(vae.decoder, f"vae_decoder:{channels}", make, vae.config)

@@ -24,7 +24,7 @@ import torch
 
 from .. import deps
 from .base import Choice, Technique
-from .vae_openvino import _PostQuantDecoder
+from .vae_openvino import PostQuantDecoder
 
 NAME = "vae_compiled"
 PRECISIONS = ("fp16", "bf16")
@@ -65,7 +65,7 @@ def compiled_decoder_vae(vae, precision: str):
     shared = {id(vae.encoder): vae.encoder} if getattr(vae, "encoder", None) is not None else {}
     clone = copy.deepcopy(vae, memo=shared).eval()
     clone.requires_grad_(False)
-    half = _PostQuantDecoder(clone.post_quant_conv if pqc is not None else None, clone.decoder)
+    half = PostQuantDecoder(clone.post_quant_conv if pqc is not None else None, clone.decoder)
     half.to(dtype=dtype, memory_format=torch.channels_last)
     clone.decoder = CompiledDecoder(half, dtype)
     if pqc is not None:

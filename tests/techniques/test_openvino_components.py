@@ -84,10 +84,10 @@ def test_the_cache_key_follows_weights_config_and_shapes(tiny_pipe):
     import openvino as ov
 
     from sdopt.cache import make_key
-    from sdopt.techniques.vae_openvino import _PostQuantDecoder
+    from sdopt.techniques.vae_openvino import PostQuantDecoder
 
     vae = tiny_pipe.vae
-    module = _PostQuantDecoder(vae.post_quant_conv, vae.decoder)
+    module = PostQuantDecoder(vae.post_quant_conv, vae.decoder)
     kwargs = {"example_input": torch.zeros(1, 4, 8, 8),
               "input": [ov.PartialShape([-1, 4, -1, -1])]}
     key = make_key(ir_key_parts(module, "vae_decoder:4", kwargs, vae.config))
