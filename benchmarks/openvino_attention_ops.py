@@ -81,15 +81,16 @@ def main(argv=None) -> int:
     wanted = args.variants.split(",") if args.variants else None
     configs = [None] + ([{"SNIPPETS_MODE": "DISABLE"}] if args.snippets_off else [])
     variants = [v for v in backend.variants(device) if not wanted or v.name in wanted]
+    def int8_with_float(name: str, types: list[str]) -> Variant:
+        """int8 with these op types left in float, quantized as --sdpa-float-quantizer says."""
+        return Variant("openvino", name, "int8",
+                       options={"quantizer": args.sdpa_float_quantizer, "ignored_types": types})
+
     if args.int8_sdpa_float:
-        variants.append(Variant("openvino", "int8-sdpa-float", "int8",
-                                options={"quantizer": args.sdpa_float_quantizer,
-                                         "ignored_types": ["ScaledDotProductAttention"]}))
+        variants.append(int8_with_float("int8-sdpa-float", ["ScaledDotProductAttention"]))
     if args.float_types:
         types = args.float_types.split(",")
-        variants.append(Variant("openvino", "int8-float-" + "-".join(types), "int8",
-                                options={"quantizer": args.sdpa_float_quantizer,
-                                         "ignored_types": types}))
+        variants.append(int8_with_float("int8-float-" + "-".join(types), types))
     rows = []
     for variant in variants:
         reason = backend.unavailable_reason(device, variant)

@@ -64,12 +64,18 @@ class OpenVINODecoder(torch.nn.Module):
         return image.to(device=sample.device, dtype=sample.dtype)
 
 
-def openvino_decoder_vae(vae, precision: str):
-    """A private copy of ``vae`` whose decode runs OpenVINO at ``precision``; the user's VAE is
-    untouched (its decoder is traced, not modified, and not copied)."""
+def check_decodable(vae) -> None:
+    """Refuse a VAE whose decode is not ``post_quant_conv`` then ``decoder`` (what
+    :class:`PostQuantDecoder` runs), before anything is converted or copied."""
     if not (hasattr(vae, "decoder") and hasattr(vae, "_decode")):
         raise NotImplementedError(f"{type(vae).__name__} is not an AutoencoderKL-like VAE "
                                   "(decoder + _decode): its decode cannot be compiled here")
+
+
+def openvino_decoder_vae(vae, precision: str):
+    """A private copy of ``vae`` whose decode runs OpenVINO at ``precision``; the user's VAE is
+    untouched (its decoder is traced, not modified, and not copied)."""
+    check_decodable(vae)
     pqc = getattr(vae, "post_quant_conv", None)
     channels = vae.config.latent_channels
 

@@ -23,12 +23,12 @@ import copy
 import torch
 
 from .. import deps
+from ..backends.torch_module import DTYPES
 from .base import Choice, Technique
-from .vae_openvino import PostQuantDecoder
+from .vae_openvino import PostQuantDecoder, check_decodable
 
 NAME = "vae_compiled"
 PRECISIONS = ("fp16", "bf16")
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class CompiledDecoder(torch.nn.Module):
@@ -56,9 +56,7 @@ class CompiledDecoder(torch.nn.Module):
 def compiled_decoder_vae(vae, precision: str):
     """A private copy of ``vae`` whose decode runs compiled at ``precision``; the user's VAE is
     untouched (its encoder is shared, unchanged; everything else is copied)."""
-    if not (hasattr(vae, "decoder") and hasattr(vae, "_decode")):
-        raise NotImplementedError(f"{type(vae).__name__} is not an AutoencoderKL-like VAE "
-                                  "(decoder + _decode): its decode cannot be compiled here")
+    check_decodable(vae)
     dtype = DTYPES[precision]
     pqc = getattr(vae, "post_quant_conv", None)
     # The encoder is not used by text-to-image and stays the user's (shared, not copied).
