@@ -7,7 +7,7 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 PY=${PYTHON:-python3}
-# STEPS picks a subset, e.g. STEPS="pytest bench" to rerun only those.
+# STEPS picks a subset, e.g. STEPS="pytest bench" to rerun only those; PYTEST_K selects tests.
 want() { [[ " ${STEPS:-pytest backends unet bench gate techniques constrained peers} " == *" $1 "* ]]; }
 SDOPT=("$PY" -c 'import sys; from sdopt.cli import main; sys.argv[0] = "sdopt"; main()')
 
@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 "$PY" -c 'import torch, diffusers, onnxruntime as o
 print("torch", torch.__version__, "cuda", torch.version.cuda, "diffusers", diffusers.__version__,
       "onnxruntime", o.__version__, o.get_available_providers())' 2>&1 | tee -a "$OUT/gpu.txt"
-want pytest && timeout "${PYTEST_TIMEOUT:-150}" "$PY" -m pytest tests/test_cuda.py -v -s -p no:cacheprovider -o addopts="" 2>&1 \
+want pytest && timeout "${PYTEST_TIMEOUT:-150}" "$PY" -m pytest tests/test_cuda.py ${PYTEST_K:+-k "$PYTEST_K"} -v -s -p no:cacheprovider -o addopts="" 2>&1 \
     | tee "$OUT/pytest_cuda.log" | tail -25
 want backends && timeout 60 "${SDOPT[@]}" backends --device cuda 2>&1 | tee "$OUT/backends_cuda.txt" | tail -30
 want unet && timeout 120 "$PY" benchmarks/unet_speedup.py --device cuda --size 512 --ignore torch_compile \

@@ -21,9 +21,11 @@ did not finish in 310 + 265 s on an H200); the row is then named ``diffusers_rec
 Rows are built first (compiles happen in their warm-up calls), then timed in rounds whose order
 rotates, so drift hits every row alike; the ratios are medians of per-round ratios against
 ``fp16_eager`` in the same round. Every image's PSNR is taken against the fp32 pipeline's image of
-the same prompt and seed. Device time is scarce: ``--deadline-s`` bounds the whole run; after the
-cheap rows are built they are measured and written once, so a compile that outlives the deadline
-still leaves a result; a row not built in time is listed with that reason.
+the same prompt and seed. Device time is scarce: ``--deadline-s`` bounds the building of rows; after
+the cheap rows are built they are measured and written once, and a row still compiling at the
+deadline is abandoned (an alarm interrupts its compile) and listed with that reason, so the rows
+built are measured and written whatever a compile costs. Each row's log says when its first
+denoiser call returned (the UNet's compile, for the compiled rows) and when it was built.
 
     python benchmarks/gpu_peers.py --out benchmarks/results/gpu/gpu_peers_sd15_512.json
     python benchmarks/gpu_peers.py --device cpu --preset tiny --size 64 --steps 4   # a dry run
@@ -35,6 +37,7 @@ import argparse
 import copy
 import json
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -246,6 +249,42 @@ def warm_call(fp32, args, backends) -> dict:
     return out
 
 
+class DeadlinePassed(Exception):
+    pass
+
+
+def deadline_passed(signum, frame):
+    raise DeadlinePassed("the run's --deadline-s passed while the row was being built")
+
+
+class first_call_logged:
+    """Logs when the pipeline's first denoising step returns (the scheduler steps right after
+    the denoiser's call): for a compiled row, how long its denoiser took to compile."""
+
+    def __init__(self, pipe, name: str, start: float):
+        self.scheduler, self.name, self.start = getattr(pipe, "scheduler", None), name, start
+
+    def __enter__(self):
+        if self.scheduler is None:
+            return self
+        step, seen = self.scheduler.step, []
+
+        def logged(*args, **kwargs):
+            if not seen:
+                seen.append(True)
+                log(f"{self.name}: first denoiser call returned after "
+                    f"{time.perf_counter() - self.start:.1f} s")
+            return step(*args, **kwargs)
+
+        self.scheduler.step = logged
+        return self
+
+    def __exit__(self, *exc):
+        if self.scheduler is not None and "step" in vars(self.scheduler):
+            del self.scheduler.step
+        return False
+
+
 def gc_cuda() -> None:
     import gc
 
@@ -264,7 +303,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--deadline-s", type=float, default=480.0,
-                        help="stop building rows after this long (the compiles are the cost)")
+                        help="stop building rows after this long; a row still compiling then is "
+                        "abandoned (the compiles are the cost)")
     parser.add_argument("--sdopt-backends", default="torch_eager/fp16,torch_eager/fp16-channels_last,"
                         "torch_compile/fp16-cudagraphs,torch_compile/fp16-max-autotune")
     parser.add_argument("--unconstrained-backends",
@@ -273,6 +313,8 @@ def main(argv=None) -> int:
                         help="time_budget_s of each optimize_model call (fixed: the cached "
                         "decision's key holds it, so the warm call must pass the same)")
     parser.add_argument("--recipe-no-coordinate-descent", action="store_true")
+    parser.add_argument("--no-warm", action="store_true",
+                        help="leave out the warm optimize_model call (device time)")
     parser.add_argument("--only", default="", help="comma-separated rows to build (default all)")
     parser.add_argument("--out", type=Path, default=Path("gpu_peers.json"))
     args = parser.parse_args(argv)
@@ -291,7 +333,8 @@ def main(argv=None) -> int:
     from sdopt.optimize.ceiling import gemm_rate
 
     half_name = "fp16" if half == torch.float16 else "bf16"
-    gemm = gemm_rate(half_name, args.device)
+    # (a CPU dry run skips it: 8192^3 in bf16 takes minutes on a CPU without bf16 units)
+    gemm = gemm_rate(half_name, args.device) if args.device == "cuda" else None
     rows, notes, extra = {}, {}, {"unet_gflop_per_call": flops / 1e9 if flops else None,
                                   "build_s": {},
                                   f"{half_name}_gemm_tflop_per_s": gemm / 1e12 if gemm else None}
@@ -306,21 +349,32 @@ def main(argv=None) -> int:
                                       {**extra, "partial": True, "partial_after": label}))
 
     def build(name, make):
-        if time.perf_counter() - T0 > args.deadline_s:
+        left = args.deadline_s - (time.perf_counter() - T0)
+        if left <= 0:
             notes[name] = f"not built: the run's deadline ({args.deadline_s:.0f} s) had passed"
             log(notes[name])
             return
         log(f"building {name}")
         start = time.perf_counter()
+        signal.signal(signal.SIGALRM, deadline_passed)
+        signal.setitimer(signal.ITIMER_REAL, left)
         try:
             pipe = make()
             pipe.set_progress_bar_config(disable=True)
-            generate(pipe, PROMPTS[0], args)  # warm-up: compiles, autotunes, captures graphs
+            with first_call_logged(pipe, name, start):
+                generate(pipe, PROMPTS[0], args)  # warm-up: compiles, autotunes, captures graphs
             generate(pipe, PROMPTS[0], args)
-        except Exception as exc:  # noqa: BLE001 - a row that fails is recorded, the others go on
-            notes[name] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        except BaseException as exc:  # noqa: BLE001 - a row that fails is recorded, the others go on
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            text = str(exc).splitlines()[0][:300] if str(exc) else ""
+            notes[name] = f"failed after {time.perf_counter() - start:.0f} s: " \
+                f"{type(exc).__name__}: {text}"
             log(notes[name])
+            gc_cuda()
             return
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         extra["build_s"][name] = time.perf_counter() - start
         rows[name] = pipe
         log(f"built {name} in {extra['build_s'][name]:.1f} s")
@@ -354,7 +408,8 @@ def main(argv=None) -> int:
         if "sdopt_constrained" in rows:
             extra["sdopt"]["optimize_model_cold_s"] = extra["build_s"]["sdopt_constrained"]
             partial("sdopt_constrained")
-            extra["sdopt"]["warm"] = warm_call(fp32, args, extra["sdopt"]["backends"])
+            if not args.no_warm:
+                extra["sdopt"]["warm"] = warm_call(fp32, args, extra["sdopt"]["backends"])
 
     if want("sdopt_unconstrained"):
         def make_unconstrained():
@@ -377,6 +432,10 @@ def main(argv=None) -> int:
         cd = not args.recipe_no_coordinate_descent
         build("diffusers_recipe" if cd else "diffusers_recipe_no_cd",
               lambda: build_recipe(half_copy(fp32, half), args.device, coordinate_descent=cd))
+    if "fp16_eager" not in rows:
+        write(args.out, {"benchmark": "gpu_peers", "rows": {}, "not_built": notes, **extra})
+        log("fp16_eager, the reference of every ratio, was not built: nothing to measure")
+        return 1
     meas = measure(rows, args, rounds=args.rounds)
     if "sdopt_constrained" in rows and time.perf_counter() - T0 < args.deadline_s:
         extra["sdopt"]["round_trip"] = round_trip(rows["sdopt_constrained"], fp32, args)

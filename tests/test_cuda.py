@@ -196,3 +196,18 @@ def test_compiled_fp16_vae_decoder_decodes_like_fp32_on_cuda():
     image = _image(pipe)
     assert pipe.vae.decoder.calls == 1
     assert psnr_db(reference.astype(np.uint8), image.astype(np.uint8)) > 35
+
+
+def test_half_precision_text_encoder_encodes_like_fp32_on_cuda():
+    """CUDA's text-encoder setting (techniques/text_encoder_half.py) in fp16."""
+    from sdopt.optimize.metrics import psnr_db
+    from sdopt.techniques import apply_pipeline_techniques
+
+    pipe = sdopt.build_preset("tiny").to("cuda")
+    reference = _image(pipe)
+    apply_pipeline_techniques(pipe, [{"name": "text_encoder_half", "precision": "fp16"}])
+    assert pipe.text_encoder.sdopt_half.dtype == torch.float16
+    assert pipe.text_encoder.dtype == torch.float32
+    image = _image(pipe)
+    assert pipe.text_encoder.sdopt_half_calls == 2
+    assert psnr_db(reference.astype(np.uint8), image.astype(np.uint8)) > 35

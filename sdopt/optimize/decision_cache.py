@@ -35,8 +35,8 @@ SEARCH_CACHE_KIND = "search"
 # threshold holds on the worst prompt by default (metric_aggregate, also in the key's settings).
 # 4: candidates ordered and bounded, the pick re-timed side by side (exhaustive in the settings).
 # 5: CUDA's torch.compile variants with CUDA graphs and diffusers' recipe. 6: CUDA's constrained
-# search tries the compiled half-precision VAE decoder.
-SEARCH_VERSION = 6
+# search tries the compiled half-precision VAE decoder. 7: and the half-precision text encoder.
+SEARCH_VERSION = 7
 RESULT_FILE = "result.json"
 MODEL_DIR = "model"
 

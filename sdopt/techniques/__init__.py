@@ -21,8 +21,8 @@ import functools
 from ..backends.base import OptimizedModule
 from ..errors import SdoptError
 from ..models import denoiser_of
-from . import (fewer_steps, step_cache, text_encoder_openvino, token_merge, vae_bf16, vae_openvino,
-               vae_torch_compile)
+from . import (fewer_steps, step_cache, text_encoder_half, text_encoder_openvino, token_merge,
+               vae_bf16, vae_openvino, vae_torch_compile)
 from .base import Spec, Technique
 from .eager import base_module
 
@@ -34,7 +34,8 @@ from .eager import base_module
 # on an H200 (1.065x the image's time, 2026-11-26).
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     step_cache.TECHNIQUE, token_merge.TECHNIQUE, fewer_steps.TECHNIQUE, vae_openvino.TECHNIQUE,
-    vae_torch_compile.TECHNIQUE, vae_bf16.TECHNIQUE, text_encoder_openvino.TECHNIQUE)}
+    vae_torch_compile.TECHNIQUE, vae_bf16.TECHNIQUE, text_encoder_openvino.TECHNIQUE,
+    text_encoder_half.TECHNIQUE)}
 
 
 def component_modules(pipe) -> dict[str, list]:

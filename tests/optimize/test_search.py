@@ -32,7 +32,7 @@ def test_unconstrained_picks_the_fastest_technique_end_to_end(unconstrained):
     rows = [c for c in result.candidates if c.pipeline_techniques]
     names = {s["name"] for c in rows for s in c.pipeline_techniques}
     assert names == {"step_cache", "token_merge", "fewer_steps", "vae_bf16", "vae_openvino",
-                     "vae_compiled", "text_encoder_openvino"}
+                     "vae_compiled", "text_encoder_openvino", "text_encoder_half"}
     bases = {c.id.split("+")[0] for c in rows}
     # Which backend is fastest per UNet call on a busy machine is not ours to assert: the
     # techniques are tried alone (on fp32) and on whichever backend the constrained search chose.
@@ -79,7 +79,7 @@ def test_constrained_tries_only_precision_techniques(tiny_pipe):
     # component is its row alone, not tried).
     constrained = all_specs(constrained_only=True)
     assert {s["name"] for s in constrained} == {"vae_bf16", "vae_openvino", "vae_compiled",
-                                                 "text_encoder_openvino"}
+                                                 "text_encoder_openvino", "text_encoder_half"}
     assert [c.pipeline_techniques[-1] for c in rows] == constrained
     kept = []
     for row, spec in zip(rows, constrained):
