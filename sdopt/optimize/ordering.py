@@ -199,7 +199,9 @@ PRIORS: dict[str, dict[str, float]] = {
 # id. torch.compile max-autotune of the SD 1.5 UNet at 512 px on an H200 (16 CPU cores)
 # autotunes every GEMM and convolution: diffusers' recipe (UNet and VAE decoder) had not finished
 # after 310 s, nor after another 265 s with the first try's autotune cache
-# (benchmarks/results/gpu/gpu_peers_sd15_512.json, 2026-12-01), against 44 s for fp16-cudagraphs.
+# (benchmarks/results/gpu/gpu_peers_sd15_512.json, 2026-12-01), and without coordinate descent
+# it had not finished after 457 s (gpu_peers_sd15_512_recipe_no_cd_attempt.json, 2026-12-04),
+# against 44-66 s for fp16-cudagraphs. 600 s is a lower bound.
 BUILD_S: dict[str, dict[str, float]] = {
     "cuda": {"torch_compile/fp16-max-autotune": 600.0},
 }
