@@ -23,11 +23,8 @@ import time
 from pathlib import Path
 
 import bench_args  # this folder: scripts run as python benchmarks/NAME.py
+from int8_weight_bits import PROMPTS
 from search_cold import cpu_kind
-
-PROMPTS = ["a photo of an astronaut riding a horse on mars",
-           "a watercolor painting of a city at night",
-           "a portrait of an old fisherman, oil on canvas"]
 
 
 def main(argv=None) -> int:

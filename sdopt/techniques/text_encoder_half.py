@@ -26,7 +26,7 @@ import torch
 
 from ..backends.torch_module import DTYPES
 from .base import Choice, Technique
-from .text_encoder_openvino import COMPONENTS, is_supported
+from .text_encoder_openvino import is_supported, replace_encoders
 
 NAME = "text_encoder_half"
 PRECISIONS = ("fp16", "bf16")
@@ -84,11 +84,7 @@ def setting_reason(params: dict, device) -> str | None:
 
 
 def apply_pipeline(pipe, params: dict) -> None:
-    names = [n for n in COMPONENTS if is_supported(getattr(pipe, n, None))]
-    if not names:
-        raise NotImplementedError("the pipeline has no CLIP or T5 text encoder")
-    for name in names:
-        setattr(pipe, name, half_text_encoder(getattr(pipe, name), params["precision"]))
+    replace_encoders(pipe, lambda encoder: half_text_encoder(encoder, params["precision"]))
 
 
 TECHNIQUE = Technique(

@@ -130,12 +130,18 @@ def unavailable_reason(module, device) -> str | None:
     return openvino_unavailable_reason(device, "the OpenVINO text encoder")
 
 
-def apply_pipeline(pipe, params: dict) -> None:
+def replace_encoders(pipe, make) -> None:
+    """Every CLIP or T5 encoder of ``pipe`` replaced by ``make(encoder)``: the one way the text
+    encoder settings find the pipeline's encoders."""
     names = [n for n in COMPONENTS if is_supported(getattr(pipe, n, None))]
     if not names:
-        raise NotImplementedError("the pipeline has no CLIP or T5 text encoder to compile")
+        raise NotImplementedError("the pipeline has no CLIP or T5 text encoder")
     for name in names:
-        setattr(pipe, name, openvino_text_encoder(getattr(pipe, name), params["precision"]))
+        setattr(pipe, name, make(getattr(pipe, name)))
+
+
+def apply_pipeline(pipe, params: dict) -> None:
+    replace_encoders(pipe, lambda encoder: openvino_text_encoder(encoder, params["precision"]))
 
 
 TECHNIQUE = Technique(

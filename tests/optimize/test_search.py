@@ -9,7 +9,6 @@ import pytest
 
 import sdopt
 from sdopt.optimize.components import SETTING_MIN_ROUNDS, SETTING_ROUNDS
-from sdopt.optimize.search import CONSTRAINED_MIN_GAIN
 from sdopt.optimize.manifest import MANIFEST_NAME
 
 from ..conftest import cpu_described
