@@ -68,6 +68,7 @@ def edge_label(precision: str, *, transformer: bool = False) -> str:
 
 _DIT_EDGE_WORDS = {edge_label(p): edge_label(p, transformer=True) for p in ("bf16", "fp32")}
 MINMAX_LABEL = "int8 post-training (min/max ranges, one pass)"
+CONV_MINMAX = "int8-conv-minmax"  # offered on CPUs without VNNI only (OpenVINOBackend._without_vnni)
 # A partial int8 variant is slower than any of these: it is tried only when they were rejected.
 INT8_MORE_AGGRESSIVE = ["int8-minmax", "int8-inner-minmax", "int8", "int8-inner"]
 
@@ -426,6 +427,7 @@ class OpenVINO(Backend):
                     techniques=("openvino",)),
             Variant(self.name, "bf16", "bf16", options={"hint": "bf16"},
                     techniques=("openvino", "bf16 inference precision")),
+            *self._without_vnni(device, rest),
             # int8 from min/max ranges in one statistics pass (openvino_minmax_int8): about 30 s
             # on sd15 at 256 px where NNCF takes 250 s, the same int8 graph and speed, a little
             # more error (no SmoothQuant or bias correction). Tried first.
@@ -473,6 +475,24 @@ class OpenVINO(Backend):
                                 f"{rest} MatMul")),
         ]
 
+    def _without_vnni(self, device: DeviceInfo, rest: str) -> list[Variant]:
+        """On a CPU without VNNI, int8 MatMuls run slower than float ones and int8 attention
+        runs decomposed (OpenVINO's counters on a Zen 3, sd15 at 256 px: int8 FullyConnected
+        1098 ms against 900 in f32, int8 attention 281-298 ms against 189 fused), while int8
+        convolutions still run 2.4x f32's: there, convolutions alone in int8 (min/max, the
+        network's ends and every MatMul and attention in float) ran 1.10x and 1.14x
+        ``int8-inner-minmax`` side by side, with less error (worst drop 0.056 against 0.059;
+        benchmarks/results/int8_float_scope_sd15_256_zen3.json). Tried first there
+        (``ordering.PRIORS``); not offered where int8 MatMuls pay."""
+        if device.kind != "cpu" or device.has_vnni():
+            return []
+        return [Variant(self.name, CONV_MINMAX, "int8",
+                        options={"quantizer": "minmax",
+                                 "ignored_types": ["MatMul", "ScaledDotProductAttention"],
+                                 "ignored_patterns": list(INT8_EDGE_PATTERNS)},
+                        techniques=("openvino", "int8 convolutions (min/max ranges, one pass)",
+                                    f"{rest} MatMul, attention and conv_in/conv_out"))]
+
     def techniques_for(self, variant: Variant, denoiser: torch.nn.Module) -> tuple[str, ...]:
         """int8-inner keeps a DiT's patch embedding and final layers (export.DIT_EDGE_MODULES:
         pos_embed.proj or x_embedder, norm_out.linear, proj_out) in floating point, not the
@@ -489,6 +509,11 @@ class OpenVINO(Backend):
         if variant.precision != "int8" or "MatMul" not in variant.options.get("ignored_types", ()):
             return None
         convolutions = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+        patterns = tuple(variant.options.get("ignored_patterns", ()))
+        if patterns and edge_patterns(denoiser, patterns) == DIT_EDGE_PATTERNS:
+            # a DiT's one convolution is its patch embedding, one of the ends kept in float
+            return (f"{type(denoiser).__name__} has no convolution but its patch embedding, "
+                    f"which {variant.id} keeps in float: it would put no layer in int8")
         if any(isinstance(m, convolutions) for m in denoiser.modules()):
             return None
         return (f"{type(denoiser).__name__} has no convolution: {variant.id} would put no layer "

@@ -240,3 +240,32 @@ def test_the_build_takes_the_devices_weight_bits(tiny_pipe, samples, tmp_path):
     assert "7-bit" in saturation_reason(built[8].build_info, avx2)
     assert saturation_reason(built[7].build_info, avx2) is None
     assert saturation_reason(built[8].build_info, vnni) is None
+
+
+def test_without_vnni_convolutions_alone_are_int8(tiny_pipe, samples, tmp_path):
+    """On a CPU without VNNI (int8 MatMuls slower than float there, int8 attention decomposed)
+    the backend offers int8-conv-minmax: every convolution but the network's ends in int8, every
+    MatMul and attention in float; on a VNNI CPU it is not offered."""
+    import dataclasses
+
+    cpu = detect("cpu")
+    vnni = dataclasses.replace(cpu, cpu_flags=("avx2", "avx512f", "avx512_vnni"))
+    avx2 = dataclasses.replace(cpu, cpu_flags=("avx2",))
+    backend = get_backend("openvino")
+    assert "int8-conv-minmax" not in {v.name for v in backend.variants(vnni)}
+    variant = next(v for v in backend.variants(avx2) if v.name == "int8-conv-minmax")
+    assert variant.options["quantizer"] == "minmax"
+    assert "fp32 MatMul, attention and conv_in/conv_out" in variant.techniques
+    module = build_variant(tiny_pipe, "openvino", "int8-conv-minmax", samples, device=avx2,
+                           cache_dir=tmp_path)
+    layers = _quantized_inputs(module.ir_dir / IR_XML)
+    model = ov.Core().read_model(str(module.ir_dir / IR_XML))
+    kinds = {op.get_friendly_name(): op.get_type_name() for op in model.get_ops()}
+    int8 = {n for n, v in layers.items() if any(v)}
+    convolutions = {n for n in layers if kinds[n] == "Convolution"}
+    assert int8 and int8 <= convolutions, int8 - convolutions
+    assert {n for n in convolutions - int8} == \
+        {n for n in convolutions if "conv_in" in n or "conv_out" in n}
+    assert module.build_info["int8"]["weight_bits"] == 7
+    assert max(verification_drops(module, samples)) <= 0.15
+

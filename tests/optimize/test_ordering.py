@@ -39,7 +39,9 @@ def test_reference_first_then_most_promising(cpu):
     order = _order(Planner(variants, cpu, []))
     assert order[0] == "torch_eager/fp32"
     assert sorted(order) == sorted(v.id for v in variants), "nothing lost, nothing repeated"
-    assert order[1] == "openvino/int8-minmax", "the highest CPU prior, cheapest build first"
+    # the highest CPU prior, cheapest build first: on a CPU without VNNI the convolutions alone
+    # in int8 (int8 MatMuls and attention are slower than float there)
+    assert order[1] == ("openvino/int8-minmax" if cpu.has_vnni() else "openvino/int8-conv-minmax")
     # Fallbacks after what they fall back from, NNCF's calibration after its min/max twin, compile
     # after the eager module it is bounded by.
     assert order.index("openvino/int8-inner-minmax") > order.index("openvino/int8-minmax")
