@@ -19,14 +19,13 @@ CUDA's. Like every component setting it is judged on every prompt's image.
 from __future__ import annotations
 
 import copy
-import itertools
 import types
 
 import torch
 
 from ..backends.torch_module import DTYPES
 from .base import Choice, Technique
-from .text_encoder_openvino import is_supported, replace_encoders
+from .text_encoder_openvino import is_supported, replace_encoders, sharing_copy
 
 NAME = "text_encoder_half"
 PRECISIONS = ("fp16", "bf16")
@@ -54,8 +53,7 @@ def half_text_encoder(encoder, precision: str):
     untouched."""
     if not is_supported(encoder):
         raise NotImplementedError(f"{type(encoder).__name__} is not a CLIP or T5 text encoder")
-    shared = {id(t): t for t in itertools.chain(encoder.parameters(), encoder.buffers())}
-    clone = copy.deepcopy(encoder, memo=shared).eval()
+    clone = sharing_copy(encoder)
     half = copy.deepcopy(encoder).eval().to(DTYPES[precision])
     half.requires_grad_(False)
     # A submodule (so that .to(device) moves it), added after the fp32 weights: transformers'

@@ -117,8 +117,7 @@ def openvino_text_encoder(encoder, precision: str):
     if len(model.outputs) != len(layout[1]) + layout[2]:
         raise RuntimeError(f"openvino.convert_model gave {len(model.outputs)} outputs for the "
                            f"{len(layout[1]) + layout[2]} of {type(encoder).__name__}")
-    shared = {id(t): t for t in itertools.chain(encoder.parameters(), encoder.buffers())}
-    clone = copy.deepcopy(encoder, memo=shared).eval()
+    clone = sharing_copy(encoder)
     clone.sdopt_graph_calls = 0  # tests count that the compiled graph, not torch, encoded
     clone.forward = types.MethodType(
         _compiled_forward(CompiledGraph(model, precision), layout, takes_mask), clone)
@@ -128,6 +127,13 @@ def openvino_text_encoder(encoder, precision: str):
 
 def unavailable_reason(module, device) -> str | None:
     return openvino_unavailable_reason(device, "the OpenVINO text encoder")
+
+
+def sharing_copy(encoder):
+    """New module objects holding the user's own weights (not copied): a private encoder whose
+    ``forward`` a setting replaces, with the original's config, dtype and device."""
+    shared = {id(t): t for t in itertools.chain(encoder.parameters(), encoder.buffers())}
+    return copy.deepcopy(encoder, memo=shared).eval()
 
 
 def replace_encoders(pipe, make) -> None:
