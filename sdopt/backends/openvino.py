@@ -68,9 +68,14 @@ def edge_label(precision: str, *, transformer: bool = False) -> str:
 
 _DIT_EDGE_WORDS = {edge_label(p): edge_label(p, transformer=True) for p in ("bf16", "fp32")}
 MINMAX_LABEL = "int8 post-training (min/max ranges, one pass)"
-CONV_MINMAX = "int8-conv-minmax"  # offered on CPUs without VNNI only (OpenVINOBackend._without_vnni)
+# Offered on CPUs without VNNI only (OpenVINO._without_vnni): convolutions alone in int8, by
+# min/max ranges, and NNCF's calibration of the same layers.
+CONV_MINMAX, CONV_NNCF = "int8-conv-minmax", "int8-conv-nncf"
 # A partial int8 variant is slower than any of these: it is tried only when they were rejected.
-INT8_MORE_AGGRESSIVE = ["int8-minmax", "int8-inner-minmax", "int8", "int8-inner"]
+# (Without VNNI the two convolution-only ones are the fastest int8 there: ordering's
+# SLOWER_WITHOUT_VNNI.)
+INT8_MORE_AGGRESSIVE = ["int8-minmax", "int8-inner-minmax", "int8", "int8-inner", CONV_MINMAX,
+                        CONV_NNCF]
 
 
 def edge_patterns(denoiser: torch.nn.Module, patterns: tuple[str, ...]) -> tuple[str, ...]:
@@ -483,15 +488,25 @@ class OpenVINO(Backend):
         network's ends and every MatMul and attention in float) ran 1.10x and 1.14x
         ``int8-inner-minmax`` side by side, with less error (worst drop 0.056 against 0.059;
         benchmarks/results/int8_float_scope_sd15_256_zen3.json). Tried first there
-        (``ordering.PRIORS``); not offered where int8 MatMuls pay."""
+        (``ordering.PRIORS``), and the int8 variants with more int8 layers are bounded by their
+        speed (``ordering.SLOWER_WITHOUT_VNNI``); not offered where int8 MatMuls pay."""
         if device.kind != "cpu" or device.has_vnni():
             return []
-        return [Variant(self.name, CONV_MINMAX, "int8",
-                        options={"quantizer": "minmax",
-                                 "ignored_types": ["MatMul", "ScaledDotProductAttention"],
-                                 "ignored_patterns": list(INT8_EDGE_PATTERNS)},
+        scope = {"ignored_types": ["MatMul", "ScaledDotProductAttention"],
+                 "ignored_patterns": list(INT8_EDGE_PATTERNS)}
+        in_float = f"{rest} MatMul, attention and conv_in/conv_out"
+        return [Variant(self.name, CONV_MINMAX, "int8", options={"quantizer": "minmax", **scope},
                         techniques=("openvino", "int8 convolutions (min/max ranges, one pass)",
-                                    f"{rest} MatMul, attention and conv_in/conv_out"))]
+                                    in_float)),
+                # NNCF's calibration of the same layers, for its smaller error: on random-weight
+                # sd15 at 256 px the min/max one's worst drop was 0.056, over a 0.05 threshold
+                # (results/int8_float_scope_sd15_256_zen3.json). Tried only when it was rejected,
+                # and bounded by its measured speed.
+                Variant(self.name, CONV_NNCF, "int8",
+                        options={"quantizer": "nncf", **scope, "same_graph_as": [CONV_MINMAX],
+                                 "rescue_of": [CONV_MINMAX]},
+                        techniques=("openvino", "int8 convolutions (NNCF, calibrated)",
+                                    in_float))]
 
     def techniques_for(self, variant: Variant, denoiser: torch.nn.Module) -> tuple[str, ...]:
         """int8-inner keeps a DiT's patch embedding and final layers (export.DIT_EDGE_MODULES:

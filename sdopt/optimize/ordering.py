@@ -18,7 +18,9 @@ the best so far by :data:`SKIP_MARGIN`:
   does and ran slower than it on every CPU measured, so it is bounded by OpenVINO's measured int8;
   its fp32 runs the graph OpenVINO's fp32 runs, at most 1.21x as fast, and is bounded by it;
   torch's eager channels_last modules and torch.compile by OpenVINO's measured module of the
-  same precision (the plain bf16 eager module stays: it is torch.compile's probe);
+  same precision (the plain bf16 eager module stays: it is torch.compile's probe); on a CPU
+  without VNNI, OpenVINO's int8 variants that quantize MatMuls and attention by its
+  convolution-only int8 (:data:`SLOWER_WITHOUT_VNNI`);
 - the **float part's roofline**: an int8 variant that leaves whole kinds of layers in floating
   point (torch's dynamic int8 quantizes only the linear layers) cannot beat those layers' work
   at that precision's roofline;
@@ -151,9 +153,25 @@ def setting_bound_reason(name: str, component: str | None, base_s: float | None,
     return None
 
 
-def slower_runtime(variant: Variant, device_kind: str) -> tuple[tuple[str, ...], float, str] | None:
+# On a CPU without VNNI (a GitHub runner's Zen 3, Ice Lake aside) int8 MatMuls run slower than
+# float ones and int8 attention runs decomposed, so the int8 variants that quantize them are
+# bounded by the convolution-only ones offered only there (OpenVINO._without_vnni): sd15 at
+# 256 px on a Zen 3, int8-inner-minmax ran at 0.88x and 0.91x int8-conv-minmax side by side
+# (results/int8_float_scope_sd15_256_zen3.json); full int8 quantizes the same MatMuls and
+# attention. The bound leaves headroom above them.
+_CONV_INT8 = ("openvino/int8-conv-minmax", "openvino/int8-conv-nncf")
+_NO_VNNI_WHY = ("without VNNI int8 MatMuls and attention ran slower than float ones, and the "
+                "convolution-only int8 ran 1.10-1.14x int8-inner-minmax on a Zen 3")
+SLOWER_WITHOUT_VNNI = {f"openvino/{name}": (_CONV_INT8, 1.0, _NO_VNNI_WHY)
+                       for name in ("int8-minmax", "int8-inner-minmax", "int8", "int8-inner")}
+
+
+def slower_runtime(variant: Variant,
+                   device: DeviceInfo) -> tuple[tuple[str, ...], float, str] | None:
     """(the ids ``variant`` is bounded by, the most it runs at against them, why) or None."""
-    return SLOWER_RUNTIME.get(device_kind, {}).get(variant.id)
+    if device.kind == "cpu" and not device.has_vnni() and variant.id in SLOWER_WITHOUT_VNNI:
+        return SLOWER_WITHOUT_VNNI[variant.id]
+    return SLOWER_RUNTIME.get(device.kind, {}).get(variant.id)
 
 
 def eager_counterpart(variant: Variant, device_kind: str) -> tuple[str, float] | None:
@@ -176,8 +194,9 @@ def eager_counterpart(variant: Variant, device_kind: str) -> tuple[str, float] |
 # prior costs time, never the pick.
 PRIORS: dict[str, dict[str, float]] = {
     "cpu": {
-        # offered only on CPUs without VNNI, where it ran 1.10-1.14x int8-inner-minmax
-        "openvino/int8-conv-minmax": 4.8,
+        # offered only on CPUs without VNNI, where it ran 1.10-1.14x int8-inner-minmax; its
+        # NNCF twin waits for it (a rescue) and is tried before the variants it bounds
+        "openvino/int8-conv-minmax": 4.8, "openvino/int8-conv-nncf": 4.8,
         "openvino/int8-minmax": 4.7, "openvino/int8-inner-minmax": 4.7,
         "openvino/int8": 4.7, "openvino/int8-inner": 4.7, "onnxruntime/int8-static": 3.1,
         "openvino/int8-matmul": 3.05, "openvino/int8-conv": 3.0, "openvino/int8-weights": 2.9,
@@ -298,7 +317,7 @@ class Planner:
         counterpart = eager_counterpart(variant, self.device.kind)
         if counterpart:
             needs.add(counterpart[0])
-        faster = slower_runtime(variant, self.device.kind)
+        faster = slower_runtime(variant, self.device)
         if faster:
             needs.update(faster[0])
         return needs & self.ids
@@ -367,7 +386,7 @@ class Planner:
                 yield (probe.speedup * gain,
                        f"{probe.id} measured {probe.speedup:.2f}x here and compiling gains at "
                        f"most {gain:g}x over eager")
-        faster = slower_runtime(variant, self.device.kind)
+        faster = slower_runtime(variant, self.device)
         if faster:
             ids, ratio, why = faster
             measured = [r for r in self.rows if r.speedup and r.id in ids]

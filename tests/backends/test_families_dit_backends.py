@@ -135,6 +135,10 @@ def _check_int8_kinds(family: str, variant: str, module) -> None:
         assert counts == {"MatMul": 0, "Convolution": convs}, counts
 
 
+# CPUs without VNNI: convolutions alone in int8, the network's ends in float
+CONV_ONLY = ("int8-conv-minmax", "int8-conv-nncf")
+
+
 def test_int8_conv_is_skipped_with_the_reason_on_a_model_without_convolutions(tiny_pipe):
     """Flux's int8-conv would be its bf16 variant under an int8 name (see _check_int8_kinds):
     the OpenVINO backend says so for a denoiser with no convolution, and the search skips it
@@ -152,17 +156,19 @@ def test_int8_conv_is_skipped_with_the_reason_on_a_model_without_convolutions(ti
     for denoiser in (*dits, tiny_pipe.unet, flux.transformer):
         for name, variant in variants.items():
             if (name, denoiser) != ("int8-conv", flux.transformer) and \
-                    (name != "int8-conv-minmax" or denoiser is tiny_pipe.unet):
+                    (name not in CONV_ONLY or denoiser is tiny_pipe.unet):
                 assert backend.model_reason(variant, denoiser) is None, (name, denoiser)
     # On a CPU without VNNI: convolutions alone in int8 with the ends in float, which on a DiT
     # leaves no int8 layer (its one convolution is the patch embedding)
     import dataclasses
 
     avx2 = dataclasses.replace(detect("cpu"), cpu_flags=("avx2",))
-    conv_minmax = next(v for v in backend.variants(avx2) if v.name == "int8-conv-minmax")
+    conv_only = [v for v in backend.variants(avx2) if v.name in CONV_ONLY]
+    assert len(conv_only) == len(CONV_ONLY)
     for denoiser in (*dits, flux.transformer):
-        assert "keeps in float: it would put no layer in int8" in \
-            backend.model_reason(conv_minmax, denoiser)
+        for variant in conv_only:
+            assert "keeps in float: it would put no layer in int8" in \
+                backend.model_reason(variant, denoiser)
     optimized = sdopt.optimize_model(flux, ["a photo of a cat"], metric_drop_ths=0.5,
                                      backends=["openvino/int8-conv"], height=64, width=64,
                                      num_inference_steps=2, repeats=1, n_verify=1,

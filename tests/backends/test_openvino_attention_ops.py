@@ -30,9 +30,9 @@ VARIANTS = [v.name for v in get_backend("openvino").variants(detect("cpu"))]
 # What the bf16 hint runs in: bf16 where the CPU has bf16 units, else OpenVINO runs f32
 FLOAT = "bf16" if detect("cpu").supports_bf16()[0] else "f32"
 # int8 variants: i8 (QK^T quantized); int8-weights compresses weights only and int8-conv-minmax
-# (CPUs without VNNI) leaves attention out of int8: attention in float, fused
+# and int8-conv-nncf (CPUs without VNNI) leave attention out of int8: attention in float, fused
 RUNTIME_PRECISION = {"fp32": "f32", "bf16": FLOAT, "int8-weights": FLOAT,
-                     "int8-conv-minmax": FLOAT}
+                     "int8-conv-minmax": FLOAT, "int8-conv-nncf": FLOAT}
 # The Snippets tokenizer fuses an int8 attention only on a CPU with VNNI (seen fused on Zen 4's
 # avx512_vnni; on a Zen 3, AVX2 alone, it stays decomposed: QK^T an i8 MatMul, softmax and the
 # product with V in f32).

@@ -269,3 +269,29 @@ def test_without_vnni_convolutions_alone_are_int8(tiny_pipe, samples, tmp_path):
     assert module.build_info["int8"]["weight_bits"] == 7
     assert max(verification_drops(module, samples)) <= 0.15
 
+
+@NNCF
+def test_without_vnni_nncf_calibrates_the_same_convolutions(tiny_pipe, samples, tmp_path):
+    """int8-conv-nncf is NNCF's calibration of int8-conv-minmax's layers (the same int8 graph,
+    which the search bounds by the min/max one's speed; another error), offered where it is."""
+    import dataclasses
+
+    cpu = detect("cpu")
+    vnni = dataclasses.replace(cpu, cpu_flags=("avx2", "avx512f", "avx512_vnni"))
+    avx2 = dataclasses.replace(cpu, cpu_flags=("avx2",))
+    backend = get_backend("openvino")
+    assert "int8-conv-nncf" not in {v.name for v in backend.variants(vnni)}
+    twin = next(v for v in backend.variants(avx2) if v.name == "int8-conv-nncf")
+    assert twin.options["same_graph_as"] == twin.options["rescue_of"] == ["int8-conv-minmax"]
+    assert "fp32 MatMul, attention and conv_in/conv_out" in twin.techniques
+    built = {name: build_variant(tiny_pipe, "openvino", name, samples, device=avx2,
+                                 cache_dir=tmp_path)
+             for name in ("int8-conv-minmax", "int8-conv-nncf")}
+    int8 = {name: {n for n, v in _quantized_inputs(m.ir_dir / IR_XML).items() if any(v)}
+            for name, m in built.items()}
+    assert int8["int8-conv-nncf"] and int8["int8-conv-nncf"] == int8["int8-conv-minmax"]
+    calibrated = built["int8-conv-nncf"]
+    assert calibrated.build_info["int8"]["quantizer"] == "nncf.quantize"
+    assert calibrated.build_info["int8"]["weight_bits"] == 7
+    assert max(verification_drops(calibrated, samples)) <= 0.15
+

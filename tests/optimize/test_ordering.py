@@ -156,6 +156,36 @@ def test_nncf_waits_for_both_min_max_variants(cpu):
     assert order.index("openvino/int8") > order.index("openvino/int8-inner-minmax")
 
 
+def test_without_vnni_int8_of_matmuls_is_bounded_by_the_convolution_int8(cpu):
+    """Without VNNI, int8 MatMuls and attention run slower than float ones: the variants that
+    quantize them wait for the convolution-only int8 (min/max, then its NNCF twin) and are
+    skipped when no faster than it could beat the best; where it was rejected and only fp32
+    passed, they are still tried. On a VNNI CPU no such bound applies."""
+    import dataclasses
+
+    avx2 = dataclasses.replace(cpu, cpu_flags=("avx2",))
+    variants = {v.id: v for v in plan_candidates(avx2)}
+    more = ("openvino/int8-minmax", "openvino/int8-inner-minmax", "openvino/int8",
+            "openvino/int8-inner")
+    order = _order(Planner(list(variants.values()), avx2, []))
+    assert order[1:3] == ["openvino/int8-conv-minmax", "openvino/int8-conv-nncf"]
+    assert all(order.index(m) > 2 for m in more)
+    rows = [_row(variants["torch_eager/fp32"], 1.0),
+            _row(variants["openvino/int8-conv-minmax"], 2.4)]
+    planner = Planner(list(variants.values()), avx2, rows)
+    for m in more:
+        reason = planner.bound_reason(variants[m])
+        assert reason and "cannot beat openvino/int8-conv-minmax (2.40x)" in reason, m
+        assert "without VNNI int8 MatMuls and attention ran slower" in reason
+    rows[1].status = "rejected"
+    rows.append(_row(variants["openvino/fp32"], 1.3))
+    assert planner.bound_reason(variants["openvino/int8-minmax"]) is None, "it could still win"
+    assert planner.bound_reason(variants["openvino/int8-conv-nncf"]) is None
+    vnni = dataclasses.replace(cpu, cpu_flags=("avx2", "avx512f", "avx512_vnni"))
+    assert "openvino/int8-conv-minmax" not in {v.id for v in plan_candidates(vnni)}
+    assert all(ordering.slower_runtime(variants[m], vnni) is None for m in more)
+
+
 def test_onnxruntime_int8_is_bounded_by_openvino_int8_of_the_same_layers(cpu):
     """ONNX Runtime's int8 ran at most 0.82x OpenVINO's int8 on every CPU measured: once
     OpenVINO's full int8 was timed (passed or not), the 20-85 s export and calibration is skipped

@@ -280,10 +280,27 @@ def test_saved_techniques_are_recorded_and_restored(unconstrained, tmp_path):
         sdopt.load_model(target, pipe=sdopt.build_preset("tiny"))
 
 
-def test_partial_int8_fallbacks_run_only_when_full_int8_is_rejected(tiny_pipe):
+def _searching_on(monkeypatch, flags):
+    """The search sees this machine's CPU with these flags instead of its own: the variants and
+    bounds that depend on VNNI are tested on every CPU (the kernels still run on this one)."""
+    import dataclasses
+
+    from sdopt.device import detect
+    from sdopt.optimize import request
+
+    cpu = dataclasses.replace(detect("cpu"), cpu_flags=flags)
+    monkeypatch.setattr(request, "detect", lambda device=None: cpu)
+
+
+VNNI = ("avx2", "avx512f", "avx512_vnni")
+
+
+def test_partial_int8_fallbacks_run_only_when_full_int8_is_rejected(tiny_pipe, monkeypatch):
     pytest.importorskip("nncf", reason="OpenVINO int8 needs nncf")
+    _searching_on(monkeypatch, VNNI)
     loose = sdopt.optimize_model(tiny_pipe, ["a cat"], metric_drop_ths=1.0, backends=["openvino"],
-                                 num_inference_steps=2, show=False, end_to_end=False)
+                                 num_inference_steps=2, show=False, end_to_end=False,
+                                 reuse_search=False)
     rows = {c.id: c for c in loose.sdopt_result.candidates}
     assert rows["openvino/int8-minmax"].status in ("ok", "selected")
     for fallback in ("openvino/int8-inner-minmax", "openvino/int8-inner", "openvino/int8-matmul",
@@ -296,13 +313,40 @@ def test_partial_int8_fallbacks_run_only_when_full_int8_is_rejected(tiny_pipe):
         "openvino/int8-minmax already passed the threshold; another calibration of the same "
         "int8 layers changes the error, not the speed")
     tight = sdopt.optimize_model(tiny_pipe, ["a cat"], metric_drop_ths=1e-4, backends=["openvino"],
-                                 num_inference_steps=2, show=False, end_to_end=False)
+                                 num_inference_steps=2, show=False, end_to_end=False,
+                                 reuse_search=False)
     rows = {c.id: c for c in tight.sdopt_result.candidates}
     assert rows["openvino/int8-minmax"].status == "rejected"
     for fallback in ("openvino/int8-inner-minmax", "openvino/int8", "openvino/int8-inner",
                      "openvino/int8-matmul", "openvino/int8-conv", "openvino/int8-weights"):
         assert rows[fallback].status in ("ok", "rejected", "selected"), rows[fallback].reason
         assert rows[fallback].metric_drop is not None
+
+
+def test_without_vnni_the_convolution_int8_bounds_the_other_int8_variants(tiny_pipe,
+                                                                          monkeypatch):
+    """On a CPU without VNNI the convolution-only int8 is tried first; once it passed, its NNCF
+    twin is not calibrated, the int8 variants that also quantize MatMuls and attention (slower
+    there) are skipped by their bound, and the fallbacks by it."""
+    pytest.importorskip("nncf", reason="OpenVINO int8 needs nncf")
+    _searching_on(monkeypatch, ("avx2",))
+    loose = sdopt.optimize_model(tiny_pipe, ["a cat"], metric_drop_ths=1.0, backends=["openvino"],
+                                 num_inference_steps=2, show=False, end_to_end=False,
+                                 reuse_search=False)
+    rows = {c.id: c for c in loose.sdopt_result.candidates}
+    conv = rows["openvino/int8-conv-minmax"]
+    assert conv.status in ("ok", "selected"), conv.reason
+    assert rows["openvino/int8-conv-nncf"].status == "skipped"
+    assert "openvino/int8-conv-minmax already passed" in rows["openvino/int8-conv-nncf"].reason
+    for more in ("openvino/int8-minmax", "openvino/int8-inner-minmax", "openvino/int8",
+                 "openvino/int8-inner"):
+        assert rows[more].status == "skipped", (more, rows[more].reason)
+        # tried right after it (the highest priors), when it was the best so far
+        assert "cannot beat openvino/int8-conv-minmax" in rows[more].reason
+        assert "without VNNI int8 MatMuls and attention ran slower" in rows[more].reason
+    for fallback in ("openvino/int8-matmul", "openvino/int8-conv", "openvino/int8-weights"):
+        assert rows[fallback].status == "skipped"
+        assert "already passed" in rows[fallback].reason
 
 
 @pytest.fixture(scope="module")
