@@ -59,12 +59,28 @@ class DeviceInfo:
         return False, f"{self.name} has no bf16 instructions (avx512_bf16 or amx_bf16)"
 
     def precision_unavailable_reason(self, precision: str) -> str | None:
-        """Why ``precision`` cannot run fast here (None: it can); only bf16 depends on the
+        """Why ``precision`` cannot run fast here (None: it can); bf16 and fp8 depend on the
         hardware among the precisions backends ask about."""
+        if precision == "fp8":
+            return self._fp8_reason()
         if precision != "bf16":
             return None
         ok, why = self.supports_bf16()
         return None if ok else why
+
+    def _fp8_reason(self) -> str | None:
+        need = ".".join(map(str, FP8_MIN_CAPABILITY))
+        if self.kind != "cuda":
+            return (f"fp8 matmuls need an NVIDIA GPU with fp8 tensor cores (compute capability "
+                    f"{need} or newer: Ada, Hopper); the device is {self.kind}")
+        try:
+            capability = tuple(int(p) for p in str(self.cuda_capability).split(".")[:2])
+        except ValueError:
+            capability = ()
+        if len(capability) != 2 or capability < FP8_MIN_CAPABILITY:
+            return (f"fp8 matmuls need compute capability {need} or newer (Ada, Hopper); this "
+                    f"GPU's is {self.cuda_capability}")
+        return None
 
     def only_slow(self, reason: str | None) -> bool:
         """Whether ``reason`` (a backend's or a technique's) says no more than that bf16 runs
@@ -105,6 +121,8 @@ class DeviceInfo:
         return asdict(self)
 
 
+# fp8 tensor cores (e4m3 GEMMs through torch._scaled_mm): Ada (8.9) and Hopper (9.0) onwards
+FP8_MIN_CAPABILITY = (8, 9)
 # The CPU flags of a u8 x s8 dot product summed in 32-bit lanes (AVX-512 VNNI, AVX-VNNI, AMX).
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 _INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",

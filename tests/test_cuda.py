@@ -77,11 +77,19 @@ def test_cuda_timing_reports_gpu_memory():
     assert len(timing.samples_s) == 3 and all(s > 0 for s in timing.samples_s)
 
 
-@pytest.mark.parametrize("variant", ["fp16-cudagraphs"])
+# Largest pixel difference from the fp32 pipeline's image, same seed
+CUDA_GRAPH_TOLERANCE = {"fp16-cudagraphs": 8, "fp8-cudagraphs": 32}
+
+
+@pytest.mark.parametrize("variant", list(CUDA_GRAPH_TOLERANCE))
 def test_cuda_graph_variant_runs_in_the_pipeline_and_round_trips(fresh_tiny_pipe, prompts,
                                                                  tmp_path, variant):
     """CUDA graphs replay into static buffers: the pipeline's steps must each see their own
-    output (a wrong image otherwise), and load_model rebuilds the fused, channels_last graph."""
+    output (a wrong image otherwise), and load_model rebuilds the fused, channels_last graph
+    (fp8: its e4m3 linear layers from the saved weights)."""
+    why = detect("cuda").precision_unavailable_reason("fp8") if "fp8" in variant else None
+    if why:
+        pytest.skip(why)
     optimized = sdopt.optimize_model(fresh_tiny_pipe, prompts, metric_drop_ths=0.05,
                                      device="cuda", backends=[f"torch_compile/{variant}"],
                                      num_inference_steps=4, show=False, end_to_end=False)
@@ -89,7 +97,7 @@ def test_cuda_graph_variant_runs_in_the_pipeline_and_round_trips(fresh_tiny_pipe
     assert tried[f"torch_compile/{variant}"][0] in ("ok", "selected"), tried
     reference = _image(sdopt.build_preset("tiny").to("cuda"))
     before = _image(optimized)
-    assert np.abs(before - reference).max() <= 8  # fp16 against fp32, same seed
+    assert np.abs(before - reference).max() <= CUDA_GRAPH_TOLERANCE[variant]
     sdopt.save_model(optimized, tmp_path / "saved")
     loaded = sdopt.load_model(tmp_path / "saved", pipe=sdopt.build_preset("tiny"))
     assert np.abs(before - _image(loaded)).max() <= 2

@@ -6,7 +6,8 @@ bf16. On CUDA the default mode left the SD 1.5 UNet at 13.3 ms per call on an H2
 chip's bf16 peak): most of the rest is kernel launches and unfused layouts, which diffusers'
 fast-diffusion recipe (channels_last, fused QKV projections, max-autotune with its inductor flags)
 and CUDA graphs remove. Those are the ``fp16-cudagraphs`` (cheap to compile) and
-``fp16-max-autotune`` (the recipe, minutes to compile) variants.
+``fp16-max-autotune`` (the recipe, minutes to compile) variants; ``fp8-cudagraphs`` runs the
+transformer blocks' linear layers as fp8 GEMMs (:mod:`.fp8_linear`, Ada/Hopper) on the first.
 
 A compiled graph has no portable safe format: torch serialises its compile cache with pickle,
 which sdopt never loads from a model directory (a saved model may come from anywhere). So a saved
@@ -26,6 +27,7 @@ import torch
 
 from .. import deps
 from ..device import DeviceInfo
+from ..errors import SdoptError
 from .torch_module import DTYPES, TorchUNetModule, copy_unet, load_weights_into_copy, save_weights
 from .base import Backend, BuildContext, OptimizedModule, Variant, register
 
@@ -96,13 +98,35 @@ class CompiledModule(TorchUNetModule):
                 if not any(f in k for f in _FUSED_KEYS)}
 
 
+def run_dtype(variant: Variant) -> torch.dtype:
+    """What the module computes in outside fp8 layers: the precision, or ``options["dtype"]``
+    for fp8 (its rowwise GEMM returns bf16)."""
+    return DTYPES[variant.options.get("dtype", variant.precision)]
+
+
+def _fp8_layers(variant: Variant, dtype: torch.dtype):
+    """What makes a copy of the denoiser the fp8 variant's (before its saved weights load)."""
+    from .fp8_linear import to_fp8_linears
+
+    def prepare(module: torch.nn.Module) -> None:
+        if not to_fp8_linears(module, dtype):
+            raise SdoptError(f"{type(module).__name__} has no transformer-block linear layer: "
+                             f"{variant.id} would be its {dtype} variant")
+    return prepare
+
+
 def _clone(unet: torch.nn.Module, variant: Variant, device: DeviceInfo,
            directory: Path | None = None) -> torch.nn.Module:
-    dtype = DTYPES[variant.precision]
+    dtype = run_dtype(variant)
     channels_last = bool(variant.options.get("channels_last"))
-    clone = (load_weights_into_copy(directory, unet, dtype, channels_last, device.torch_device)
-             if directory is not None else
-             copy_unet(unet, dtype, channels_last, device.torch_device))
+    prepare = _fp8_layers(variant, dtype) if variant.options.get("fp8_linear") else None
+    if directory is not None:
+        clone = load_weights_into_copy(directory, unet, dtype, channels_last,
+                                       device.torch_device, prepare=prepare)
+    else:
+        clone = copy_unet(unet, dtype, channels_last, device.torch_device)
+        if prepare is not None:
+            prepare(clone)
     if variant.options.get("fuse_qkv"):
         fuse_qkv(clone)
     return clone
@@ -134,6 +158,15 @@ class TorchCompile(Backend):
                     techniques=("inductor", "fp16 weights", "channels_last", "fused QKV",
                                 "CUDA graphs") + (("max-autotune",) if mode == "max-autotune"
                                                   else ())))
+            # fp8 GEMMs for the transformer blocks' linear layers (fp8_linear), bf16 elsewhere,
+            # in the cheap-to-compile CUDA-graphs recipe. QKV stays unfused: the saved e4m3
+            # weights are the layers the pipeline's denoiser has.
+            out.append(Variant(
+                backend=self.name, name="fp8-cudagraphs", precision="fp8",
+                options={"channels_last": True, "fullgraph": True, "mode": "cudagraphs",
+                         "dtype": "bf16", "fp8_linear": True},
+                techniques=("inductor", "fp8 (e4m3) linear layers in the transformer blocks, "
+                            "rowwise scales", "bf16 elsewhere", "channels_last", "CUDA graphs")))
         return out
 
     def unavailable_reason(self, device: DeviceInfo, variant: Variant) -> str | None:
@@ -143,13 +176,13 @@ class TorchCompile(Backend):
             reason = deps.unavailable_reason("triton", "inductor on CUDA")
             if reason:
                 return reason
-        if variant.precision == "bf16":
-            return device.precision_unavailable_reason("bf16")
+        if variant.precision in ("bf16", "fp8"):
+            return device.precision_unavailable_reason(variant.precision)
         return None
 
     def build(self, unet: torch.nn.Module, variant: Variant, ctx: BuildContext) -> OptimizedModule:
         clone = _clone(unet, variant, ctx.device)
-        return CompiledModule(clone, variant, DTYPES[variant.precision],
+        return CompiledModule(clone, variant, run_dtype(variant),
                               bool(variant.options.get("channels_last")), ctx.device.kind)
 
     def save(self, module: OptimizedModule, directory: Path) -> dict[str, Any]:
@@ -159,5 +192,5 @@ class TorchCompile(Backend):
     def load(self, directory: Path, unet: torch.nn.Module, variant: Variant, info: dict[str, Any],
              device: DeviceInfo) -> OptimizedModule:
         clone = _clone(unet, variant, device, directory)
-        return CompiledModule(clone, variant, DTYPES[variant.precision],
+        return CompiledModule(clone, variant, run_dtype(variant),
                               bool(variant.options.get("channels_last")), device.kind)

@@ -103,11 +103,15 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights_into_copy(directory: Path, unet: torch.nn.Module, dtype: torch.dtype,
-                           channels_last: bool, device: str) -> torch.nn.Module:
-    """Copy the given UNet's structure and fill it with the saved weights."""
+                           channels_last: bool, device: str,
+                           prepare=None) -> torch.nn.Module:
+    """Copy the given UNet's structure and fill it with the saved weights; ``prepare`` changes
+    the copy's structure first as the build did (fp8 layers whose saved weights are e4m3)."""
     path = directory / WEIGHTS_FILE
     state = read_safetensors(path)
     clone = copy_unet(unet, dtype, channels_last, device)
+    if prepare is not None:
+        prepare(clone)
     missing, unexpected = clone.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise SdoptError(f"'{path}' does not fit the given pipeline's UNet ({len(missing)} missing, "

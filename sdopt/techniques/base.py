@@ -94,6 +94,16 @@ class Technique:
             param.check(spec.get(param.name), where)
 
 
+def cuda_only_reason(what: str, cpu_instead: str, device) -> str | None:
+    """Why a CUDA component setting (``what``) is not tried on ``device``; the reason names the
+    setting that compiles the same component there (``cpu_instead``)."""
+    kind = getattr(device, "kind", "cpu")
+    if kind != "cuda":
+        return (f"{what} is CUDA's setting; the device is {kind}, where {cpu_instead} is the "
+                "compiled one")
+    return None
+
+
 class StepCacheBase(OptimizedModule):
     """What the UNet and the DiT step caches share: the wrapped module, the interval and the
     call counters tests and the table read."""

@@ -24,7 +24,7 @@ import types
 import torch
 
 from ..backends.torch_module import DTYPES
-from .base import Choice, Technique
+from .base import Choice, Technique, cuda_only_reason
 from .text_encoder_openvino import is_supported, replace_encoders, sharing_copy
 
 NAME = "text_encoder_half"
@@ -66,10 +66,7 @@ def half_text_encoder(encoder, precision: str):
 
 
 def _device_reason(device) -> str | None:
-    if getattr(device, "kind", "cpu") != "cuda":
-        return (f"the half-precision text encoder is CUDA's setting; the device is "
-                f"{device.kind}, where the OpenVINO encoder (te_ov) is the compiled one")
-    return None
+    return cuda_only_reason("the half-precision text encoder", "the OpenVINO encoder (te_ov)", device)
 
 
 def unavailable_reason(module, device) -> str | None:

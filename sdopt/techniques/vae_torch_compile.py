@@ -24,7 +24,7 @@ import torch
 
 from .. import deps
 from ..backends.torch_module import DTYPES
-from .base import Choice, Technique
+from .base import Choice, Technique, cuda_only_reason
 from .vae_openvino import PostQuantDecoder, check_decodable
 
 NAME = "vae_compiled"
@@ -73,10 +73,7 @@ def compiled_decoder_vae(vae, precision: str):
 
 
 def _device_reason(device) -> str | None:
-    if getattr(device, "kind", "cpu") != "cuda":
-        return (f"torch.compile of the VAE decoder is CUDA's VAE setting; the device is "
-                f"{device.kind}, where the OpenVINO decoder (vae_ov) is the compiled one")
-    return None
+    return cuda_only_reason("torch.compile of the VAE decoder", "the OpenVINO decoder (vae_ov)", device)
 
 
 def unavailable_reason(module, device) -> str | None:
