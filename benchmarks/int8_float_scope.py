@@ -8,7 +8,8 @@ results/openvino_attention_ops_sd15_256_zen3.json; sequential profiles). This bu
 ``int8-inner-minmax`` and the same min/max quantization with more op types left in float
 (``--scopes``: comma-separated groups of ``+``-joined OpenVINO op types), plus OpenVINO fp32, from
 the same recorded calls; reports each one's drop (the search's default metric on the held-out
-calls) and its UNet call time, all timed in rotated rounds in this process, with the CPU kind.
+calls) and its UNet call time, all timed in rotated rounds in this process, with the CPU kind;
+``--candidates`` adds the search's own candidates (another runtime's int8) to the same rounds.
 
     python benchmarks/int8_float_scope.py --preset sd15 --size 256
 """
@@ -33,6 +34,10 @@ def main(argv=None) -> int:
     parser.add_argument("--scopes", default="ScaledDotProductAttention,"
                         "MatMul+ScaledDotProductAttention",
                         help="op-type groups left in float on top of int8-inner-minmax's edges")
+    parser.add_argument("--candidates", default="",
+                        help="search candidates (backend/variant ids, comma-separated) timed in "
+                             "the same rounds, e.g. openvino/int8-conv-minmax,"
+                             "onnxruntime/int8-static")
     parser.add_argument("--cache", default=None,
                         help="sdopt's IR cache folder (default: a new one; a rerun reuses its IRs)")
     args = parser.parse_args(argv)
@@ -55,6 +60,13 @@ def main(argv=None) -> int:
     backend = get_backend("openvino")
     by_name = {v.name: v for v in backend.variants(cpu)}
     variants = {"fp32": by_name["fp32"], "int8-inner-minmax": by_name["int8-inner-minmax"]}
+    for candidate in filter(None, args.candidates.split(",")):
+        backend_name, _, name = candidate.partition("/")
+        found = {v.name: v for v in get_backend(backend_name).variants(cpu)}
+        if name not in found:
+            parser.error(f"--candidates: {candidate} is not a candidate on this CPU "
+                         f"(has: {', '.join(found)})")
+        variants[candidate] = found[name]
     for scope in filter(None, args.scopes.split(",")):
         types = scope.split("+")
         variants["int8-inner-minmax, float " + "+".join(types)] = Variant(
@@ -70,7 +82,8 @@ def main(argv=None) -> int:
     for name, variant in variants.items():
         started = time.perf_counter()
         with torch.inference_mode():
-            module = modules[name] = backend.build(denoiser_of(pipe), variant, ctx)
+            module = modules[name] = get_backend(variant.backend).build(denoiser_of(pipe),
+                                                                        variant, ctx)
             drops = [float(metric.fn(s.reference, module(s.inputs.sample, s.inputs.timestep,
                                                          s.inputs.encoder_hidden_states)))
                      for s in samples.verification]

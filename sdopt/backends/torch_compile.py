@@ -78,20 +78,33 @@ class CompiledModule(TorchUNetModule):
     def __init__(self, unet: torch.nn.Module, variant: Variant, dtype: torch.dtype,
                  channels_last: bool, device_kind: str):
         super().__init__(unet, variant, dtype, channels_last)
-        options = inductor_options(device_kind, variant.options.get("mode", ""))
-        self.cudagraphs = bool(options.get("triton.cudagraphs"))
+        self.options = inductor_options(device_kind, variant.options.get("mode", ""))
+        self.fullgraph = bool(variant.options.get("fullgraph"))
         # Kept beside, not instead of, the module: save_model needs the plain weights.
-        object.__setattr__(self, "_compiled", torch.compile(
-            unet, options=options, dynamic=False, fullgraph=bool(variant.options.get("fullgraph"))))
+        object.__setattr__(self, "_compiled", self.compile_like(unet))
+
+    @property
+    def cudagraphs(self) -> bool:
+        return bool(self.options.get("triton.cudagraphs"))
+
+    def compile_like(self, module: torch.nn.Module):
+        """``module`` compiled as this module's graph is (step caching compiles its two paths
+        over the same weights so)."""
+        return torch.compile(module, options=self.options, dynamic=False,
+                             fullgraph=self.fullgraph)
+
+    def run(self, compiled, *args, **kwargs) -> tuple:
+        """Call a graph :meth:`compile_like` made. CUDA graph outputs live in buffers the next
+        replay overwrites: a new step begins here, and the caller (a scheduler, a step cache
+        keeping features) gets its own copy."""
+        if not self.cudagraphs:
+            return compiled(*args, **kwargs)
+        torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(*args, **kwargs)
+        return tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in out)
 
     def _call_unet(self, *args, **kwargs):
-        if not self.cudagraphs:
-            return self._compiled(*args, **kwargs)
-        # CUDA graph outputs live in buffers the next replay overwrites: a new step begins here,
-        # and the caller (a scheduler, a step cache keeping features) gets its own copy.
-        torch.compiler.cudagraph_mark_step_begin()
-        out = self._compiled(*args, **kwargs)
-        return tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in out)
+        return self.run(self._compiled, *args, **kwargs)
 
     def saved_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.unet.state_dict().items()

@@ -34,16 +34,19 @@ class TorchUNetModule(OptimizedModule):
         self.channels_last = channels_last
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        out_dtype = sample.dtype
+        out = self._call_unet(**self.call_kwargs(sample, timestep, encoder_hidden_states,
+                                                 extra))[0]
+        return out.to(sample.dtype).contiguous()
+
+    def call_kwargs(self, sample, timestep, encoder_hidden_states, extra) -> dict:
+        """The denoiser's keyword arguments for this call, in the run dtype and layout."""
         sample = sample.to(self.run_dtype)
         if self.channels_last and sample.dim() == 4:  # Flux's latents are packed tokens (3-D)
             sample = sample.contiguous(memory_format=torch.channels_last)
-        encoder_hidden_states = encoder_hidden_states.to(self.run_dtype)
-        extra = {k: _cast_extra(k, v, self.run_dtype) for k, v in extra.items()}
-        out = self._call_unet(**{sample_argument(self.unet): sample}, timestep=timestep,
-                              encoder_hidden_states=encoder_hidden_states, return_dict=False,
-                              **extra)[0]
-        return out.to(out_dtype).contiguous()
+        return {sample_argument(self.unet): sample, "timestep": timestep,
+                "encoder_hidden_states": encoder_hidden_states.to(self.run_dtype),
+                "return_dict": False,
+                **{k: _cast_extra(k, v, self.run_dtype) for k, v in extra.items()}}
 
     def _call_unet(self, *args, **kwargs):
         return self.unet(*args, **kwargs)

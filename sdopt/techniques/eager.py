@@ -25,14 +25,20 @@ def eager_unet(module: OptimizedModule):
     unet = base.unet
     if not isinstance(unet, UNet2DConditionModel):
         return None, f"{base.variant.id} holds a {type(unet).__name__}, not a UNet2DConditionModel"
+    why = unet_config_reason(unet, base.variant.id)
+    return (None, why) if why else (unet, None)
+
+
+def unet_config_reason(unet, variant_id: str) -> str | None:
+    """Why the UNet techniques cannot handle this diffusers UNet's conditioning (None: they
+    can). SDXL's "text_time" added embedding is recomputed by step caching's shallow path (and
+    token merging does not touch embeddings); the other kinds are not."""
     cfg = unet.config
-    # SDXL's "text_time" added embedding is recomputed by step caching's shallow path (and
-    # token merging does not touch embeddings); the other kinds are not.
     if unet.class_embedding is not None or cfg.addition_embed_type not in (None, "text_time") \
             or cfg.center_input_sample or unet.encoder_hid_proj is not None:
-        return None, ("the UNet uses class embeddings, an image projection or added embeddings "
-                      f"of type '{cfg.addition_embed_type}', which these techniques do not handle")
-    return unet, None
+        return ("the UNet uses class embeddings, an image projection or added embeddings "
+                f"of type '{cfg.addition_embed_type}', which these techniques do not handle")
+    return None
 
 
 # The DiT families' transformer block lists (SD3 and PixArt: transformer_blocks; Flux also

@@ -13,7 +13,8 @@ about 3.4x cheaper here. The DeepCache package (0.1.1) runs with diffusers 0.42,
 module is the same uniform-interval scheme on the backend's own module. On an OpenVINO graph
 (the CPU pick), the graph itself is split into a full and a shallow model
 (:mod:`.step_cache_openvino`; a DiT's graph at its transformer blocks:
-:mod:`.dit_cache_openvino`).
+:mod:`.dit_cache_openvino`); a UNet compiled by torch.compile (CUDA's pick) is compiled again as
+those two paths (:mod:`.step_cache_compiled`).
 
 State (the cached feature and the step counter) lives in the module and is reset when a new
 generation starts: when the pipeline calls ``scheduler.set_timesteps`` (hooked by
@@ -26,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..backends.base import OptimizedModule
-from . import dit_cache_openvino, step_cache_openvino
+from . import dit_cache_openvino, step_cache_compiled, step_cache_openvino
 from .base import Param, StepCacheBase, Technique
 from .dit_cache import DiTStepCacheModule
 from .dit_cache import incompatible_reason as dit_incompatible_reason
@@ -71,45 +72,50 @@ class StepCacheModule(StepCacheBase):
         return out
 
     def _shallow(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None):
-        inner, unet = self.technique_inner, self._unet[0]
-        base = inner
-        while hasattr(base, "technique_inner"):
-            base = base.technique_inner
-        out_dtype = sample.dtype
+        base = base_module(self.technique_inner)
         x = sample.to(base.run_dtype)
         if base.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        ehs = encoder_hidden_states.to(base.run_dtype)
-        emb = unet.time_embedding(unet.get_time_embed(sample=x, timestep=timestep), None)
-        if added_cond_kwargs is not None:  # SDXL: pooled text embedding and size/crop ids
-            aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=ehs,
-                                     added_cond_kwargs=added_cond_kwargs)
-            emb = emb + aug if aug is not None else emb
-        if unet.time_embed_act is not None:
-            emb = unet.time_embed_act(emb)
-        x = unet.conv_in(x)
-        residuals = (x,)
-        first = unet.down_blocks[0]
-        if getattr(first, "has_cross_attention", False):
-            x, res = first(hidden_states=x, temb=emb, encoder_hidden_states=ehs)
-        else:
-            x, res = first(hidden_states=x, temb=emb)
-        residuals += res
-        last = unet.up_blocks[-1]
-        res_for_last = residuals[:len(last.resnets)]
-        if getattr(last, "has_cross_attention", False):
-            h = last(hidden_states=self._cached, temb=emb, res_hidden_states_tuple=res_for_last,
-                     encoder_hidden_states=ehs, upsample_size=None)
-        else:
-            h = last(hidden_states=self._cached, temb=emb, res_hidden_states_tuple=res_for_last,
-                     upsample_size=None)
-        if unet.conv_norm_out is not None:
-            h = unet.conv_act(unet.conv_norm_out(h))
-        return unet.conv_out(h).to(out_dtype).contiguous()
+        out = shallow_unet(self._unet[0], x, timestep, encoder_hidden_states.to(base.run_dtype),
+                           self._cached, added_cond_kwargs)
+        return out.to(sample.dtype).contiguous()
+
+
+def shallow_unet(unet, x, timestep, ehs, cached, added_cond_kwargs=None):
+    """DeepCache's shallow path of a diffusers UNet: the time embedding, ``conv_in``, the first
+    down block, the last up block on the ``cached`` deep feature (its input at the last full
+    step), ``conv_out``. ``x`` and ``ehs`` in the UNet's dtype and layout."""
+    emb = unet.time_embedding(unet.get_time_embed(sample=x, timestep=timestep), None)
+    if added_cond_kwargs is not None:  # SDXL: pooled text embedding and size/crop ids
+        aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=ehs,
+                                 added_cond_kwargs=added_cond_kwargs)
+        emb = emb + aug if aug is not None else emb
+    if unet.time_embed_act is not None:
+        emb = unet.time_embed_act(emb)
+    x = unet.conv_in(x)
+    residuals = (x,)
+    first = unet.down_blocks[0]
+    if getattr(first, "has_cross_attention", False):
+        x, res = first(hidden_states=x, temb=emb, encoder_hidden_states=ehs)
+    else:
+        x, res = first(hidden_states=x, temb=emb)
+    residuals += res
+    last = unet.up_blocks[-1]
+    res_for_last = residuals[:len(last.resnets)]
+    if getattr(last, "has_cross_attention", False):
+        h = last(hidden_states=cached, temb=emb, res_hidden_states_tuple=res_for_last,
+                 encoder_hidden_states=ehs, upsample_size=None)
+    else:
+        h = last(hidden_states=cached, temb=emb, res_hidden_states_tuple=res_for_last,
+                 upsample_size=None)
+    if unet.conv_norm_out is not None:
+        h = unet.conv_act(unet.conv_norm_out(h))
+    return unet.conv_out(h)
 
 
 # What apply_pipeline_techniques resets when a new generation starts.
 CACHE_TYPES = (StepCacheModule, DiTStepCacheModule,
+               step_cache_compiled.CompiledStepCacheModule,
                step_cache_openvino.OpenVINOStepCacheModule,
                dit_cache_openvino.OpenVINODiTStepCacheModule)
 
@@ -138,6 +144,8 @@ def apply(module: OptimizedModule, params: dict, original_unet) -> OptimizedModu
         if _openvino_dit(module):
             return dit_cache_openvino.OpenVINODiTStepCacheModule(module, int(params["interval"]))
         return step_cache_openvino.OpenVINOStepCacheModule(module, int(params["interval"]))
+    if step_cache_compiled.runs_compiled(module):
+        return step_cache_compiled.CompiledStepCacheModule(module, int(params["interval"]))
     if _is_dit(module):
         return DiTStepCacheModule(module, int(params["interval"]))
     return StepCacheModule(module, int(params["interval"]))
@@ -151,6 +159,8 @@ def incompatible_reason(module: OptimizedModule, device=None) -> str | None:
         if _openvino_dit(module):
             return dit_cache_openvino.incompatible_reason(module)
         return step_cache_openvino.incompatible_reason(module)
+    if step_cache_compiled.runs_compiled(module):
+        return step_cache_compiled.incompatible_reason(module)
     if _is_dit(module):
         return dit_incompatible_reason(module, device)
     return eager_unet(module)[1]
@@ -165,9 +175,20 @@ def stack_reason(others: list[dict], module: OptimizedModule) -> str | None:
     return None
 
 
+def memory_copies(module: OptimizedModule) -> float | None:
+    """On CPU, inductor freezes (constant-folds, prepacks) the weights into each compiled graph:
+    the compiled step cache's two graphs hold two more copies of them (on CUDA they share the
+    pick's)."""
+    if step_cache_compiled.runs_compiled(module) and \
+            base_module(module).options.get("freezing"):
+        return 2.0
+    return None
+
+
 TECHNIQUE = Technique(
     NAME, "unet", (Param("interval", int, 1, 50),), tuple({"interval": n} for n in INTERVALS),
     lambda p: f"step_cache(every {p['interval']})",
     "reuse deep UNet features (DeepCache) or DiT block outputs (FORA) between neighbouring "
     "steps", apply,
-    unavailable_reason=incompatible_reason, order=1, stack_reason=stack_reason)
+    unavailable_reason=incompatible_reason, order=1, stack_reason=stack_reason,
+    memory_copies=memory_copies)
