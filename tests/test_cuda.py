@@ -103,6 +103,28 @@ def test_cuda_graph_variant_runs_in_the_pipeline_and_round_trips(fresh_tiny_pipe
     assert np.abs(before - _image(loaded)).max() <= 2
 
 
+def test_step_caching_stacks_on_the_cuda_graph_pick(fresh_tiny_pipe, prompts):
+    """The compiled step cache (techniques/step_cache_compiled.py) with CUDA graphs: its full and
+    shallow graphs replay into static buffers, so each cached step must read the feature kept at
+    its full step, not a buffer a later replay overwrote (the image would drift)."""
+    from sdopt.optimize.optimized import assemble
+    from sdopt.techniques.step_cache_compiled import CompiledStepCacheModule
+
+    optimized = sdopt.optimize_model(fresh_tiny_pipe, prompts, metric_drop_ths=0.05,
+                                     device="cuda", backends=["torch_compile/fp16-cudagraphs"],
+                                     num_inference_steps=4, show=False, end_to_end=False)
+    pick = optimized.unet.module
+    spec = {"name": "step_cache", "interval": 2}
+    stacked = assemble(sdopt.build_preset("tiny").to("cuda"), pick, [spec], detect("cuda"),
+                       info={"techniques": [spec]})
+    cache = next(m for m in stacked.unet.modules() if isinstance(m, CompiledStepCacheModule))
+    plain, cached = _image(optimized), _image(stacked)
+    assert (cache.full_calls, cache.cached_calls) == (2, 2)  # 4 steps, CFG in one batch
+    assert np.abs(plain - cached).max() <= 48 and not np.array_equal(plain, cached)
+    again = _image(stacked)
+    assert np.array_equal(cached, again), "replays read their own step's feature"
+
+
 def _driver_alloc(nbytes: int):
     """``nbytes`` of device memory from the CUDA driver, outside torch's allocator (as TensorRT
     and ONNX Runtime allocate); returns the function that frees it."""
