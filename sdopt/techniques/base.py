@@ -127,6 +127,21 @@ class StepCacheBase(OptimizedModule):
         self._last_t: float | None = None
         self._key = None
 
+    def _begin_step(self, sample, timestep, encoder_hidden_states, extra=()) -> bool:
+        """Whether this call runs the shallow path on the cached feature (counted either way);
+        a call that starts a new generation resets the cache first. An ``extra`` input the
+        shallow path does not recompute (anything but SDXL's added conditions: a ControlNet
+        residual...) makes every step a full one."""
+        self._last_t = self._generation_timestep(sample, timestep, encoder_hidden_states)
+        use = self._cached is not None and self._step % self.interval != 0 and \
+            set(extra) <= {"added_cond_kwargs"}
+        self._step += 1
+        if use:
+            self.cached_calls += 1
+        else:
+            self.full_calls += 1
+        return use
+
     def _generation_timestep(self, sample, timestep, encoder_hidden_states) -> float:
         """The call's timestep; a call that starts a new generation (the timestep went up, or
         other shapes or device) resets the cache first (subclasses define ``reset``)."""

@@ -45,18 +45,9 @@ class StepCacheModule(StepCacheBase):
         self.reset()
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        t = self._generation_timestep(sample, timestep, encoder_hidden_states)
-        self._last_t = t
-        # Only SDXL's added conditions are recomputed on the shallow path: any other extra
-        # input (a ControlNet residual...) makes every step a full one.
-        use_cache = self._cached is not None and self._step % self.interval != 0 and \
-            set(extra) <= {"added_cond_kwargs"}
-        self._step += 1
-        if use_cache:
-            self.cached_calls += 1
+        if self._begin_step(sample, timestep, encoder_hidden_states, extra):
             return self._shallow(sample, timestep, encoder_hidden_states,
                                  extra.get("added_cond_kwargs"))
-        self.full_calls += 1
         unet = self._unet[0]
         holder: dict = {}
 

@@ -102,21 +102,14 @@ class CompiledStepCacheModule(StepCacheBase):
         self.reset()
 
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
-        t = self._generation_timestep(sample, timestep, encoder_hidden_states)
-        self._last_t = t
-        # Only SDXL's added conditions are recomputed on the shallow path (step_cache)
-        use_cache = self._cached is not None and self._step % self.interval != 0 and \
-            set(extra) <= {"added_cond_kwargs"}
-        self._step += 1
+        use_cache = self._begin_step(sample, timestep, encoder_hidden_states, extra)
         base = self.technique_inner
         kwargs = base.call_kwargs(sample, timestep, encoder_hidden_states, extra)
         full, shallow = self._graphs
         if use_cache:
-            self.cached_calls += 1
             out, = base.run(shallow, kwargs[sample_argument(base.unet)], timestep,
                             kwargs["encoder_hidden_states"], self._cached,
                             kwargs.get("added_cond_kwargs"))
         else:
-            self.full_calls += 1
             out, self._cached = base.run(full, **kwargs)
         return out.to(sample.dtype).contiguous()

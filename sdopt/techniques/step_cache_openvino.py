@@ -131,18 +131,14 @@ class OpenVINOStepCacheModule(StepCacheBase):
     def forward(self, sample, timestep, encoder_hidden_states, **extra):
         from ..backends.export import named_args
 
-        t = self._generation_timestep(sample, timestep, encoder_hidden_states)
-        self._last_t = t
+        # every extra input is an input of both graphs: none forces a full step
+        use_cache = self._begin_step(sample, timestep, encoder_hidden_states)
         given = {name: tensor.detach().cpu().numpy() for name, tensor in
                  named_args(UNetInputs(sample, timestep, encoder_hidden_states, extra)).items()}
-        use_cache = self._cached is not None and self._step % self.interval != 0
-        self._step += 1
         if use_cache:
-            self.cached_calls += 1
             given[DEEP_FEATURE] = self._cached
             request = self.shallow.infer([given[name] for name in self.shallow.names])
         else:
-            self.full_calls += 1
             request = self.full.infer([given[name] for name in self.full.names])
             self._cached = request.get_output_tensor(1).data.copy()
         out = torch.from_numpy(request.get_output_tensor(0).data.copy())

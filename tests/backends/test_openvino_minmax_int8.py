@@ -41,6 +41,16 @@ def _quantized_inputs(xml) -> dict[str, tuple[bool, ...]]:
             for op in model.get_ops() if op.get_type_name() in minmax.QUANTIZED_TYPES}
 
 
+def _with_and_without_vnni():
+    """This machine's CPU described with VNNI and without it (AVX2 only): the variants and
+    weight bits that depend on it are checked on every CPU (the kernels run on this one)."""
+    import dataclasses
+
+    cpu = detect("cpu")
+    return (dataclasses.replace(cpu, cpu_flags=("avx2", "avx512f", "avx512_vnni")),
+            dataclasses.replace(cpu, cpu_flags=("avx2",)))
+
+
 @NNCF
 def test_quantizes_the_inputs_nncf_quantizes_within_the_int8_bound(tiny_pipe, samples):
     """The same layers in int8 as NNCF's calibration of the same graph, so the same kernels run;
@@ -219,13 +229,9 @@ def test_a_tensor_with_infinite_range_stays_float():
 def test_the_build_takes_the_devices_weight_bits(tiny_pipe, samples, tmp_path):
     """A CPU without VNNI gets 7-bit weights, in another cached IR than 8-bit ones, and a loaded
     8-bit graph says why it computes worse there."""
-    import dataclasses
-
     from sdopt.backends.openvino import saturation_reason
 
-    cpu = detect("cpu")
-    vnni = dataclasses.replace(cpu, cpu_flags=("avx2", "avx512f", "avx512_vnni"))
-    avx2 = dataclasses.replace(cpu, cpu_flags=("avx2",))
+    vnni, avx2 = _with_and_without_vnni()
     assert (vnni.int8_weight_bits(), avx2.int8_weight_bits()) == (8, 7)
     built = {b: build_variant(tiny_pipe, "openvino", "int8-minmax", samples, device=d,
                               cache_dir=tmp_path)
@@ -246,11 +252,7 @@ def test_without_vnni_convolutions_alone_are_int8(tiny_pipe, samples, tmp_path):
     """On a CPU without VNNI (int8 MatMuls slower than float there, int8 attention decomposed)
     the backend offers int8-conv-minmax: every convolution but the network's ends in int8, every
     MatMul and attention in float; on a VNNI CPU it is not offered."""
-    import dataclasses
-
-    cpu = detect("cpu")
-    vnni = dataclasses.replace(cpu, cpu_flags=("avx2", "avx512f", "avx512_vnni"))
-    avx2 = dataclasses.replace(cpu, cpu_flags=("avx2",))
+    vnni, avx2 = _with_and_without_vnni()
     backend = get_backend("openvino")
     assert "int8-conv-minmax" not in {v.name for v in backend.variants(vnni)}
     variant = next(v for v in backend.variants(avx2) if v.name == "int8-conv-minmax")
@@ -274,11 +276,7 @@ def test_without_vnni_convolutions_alone_are_int8(tiny_pipe, samples, tmp_path):
 def test_without_vnni_nncf_calibrates_the_same_convolutions(tiny_pipe, samples, tmp_path):
     """int8-conv-nncf is NNCF's calibration of int8-conv-minmax's layers (the same int8 graph,
     which the search bounds by the min/max one's speed; another error), offered where it is."""
-    import dataclasses
-
-    cpu = detect("cpu")
-    vnni = dataclasses.replace(cpu, cpu_flags=("avx2", "avx512f", "avx512_vnni"))
-    avx2 = dataclasses.replace(cpu, cpu_flags=("avx2",))
+    vnni, avx2 = _with_and_without_vnni()
     backend = get_backend("openvino")
     assert "int8-conv-nncf" not in {v.name for v in backend.variants(vnni)}
     twin = next(v for v in backend.variants(avx2) if v.name == "int8-conv-nncf")
