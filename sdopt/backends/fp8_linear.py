@@ -20,7 +20,8 @@ import torch
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
-# cuBLASLt's fp8 GEMM needs the reduction and output dimensions in multiples of 16
+# torch._scaled_mm checks that the reduction and output dimensions are multiples of 16 (the
+# rows of the activation may be any number)
 ALIGNMENT = 16
 # The modules whose linear layers go to fp8: UNets nest them in attentions.N.transformer_blocks,
 # DiTs (SD3, PixArt, Flux: also single_transformer_blocks) hold them at the top level.
@@ -67,7 +68,8 @@ class Fp8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         q, scale = _rowwise(x.reshape(-1, shape[-1]))
-        out = torch._scaled_mm(q, self.weight.t(), scale_a=scale, scale_b=self.weight_scale,
+        # cuBLASLt takes mat1 row-major and mat2 (the weight's transpose) column-major
+        out = torch._scaled_mm(q.contiguous(), self.weight.t(), scale_a=scale, scale_b=self.weight_scale,
                                bias=self.bias, out_dtype=self.out_dtype)
         return out.reshape(*shape[:-1], self.out_features)
 
