@@ -270,7 +270,9 @@ def test_techniques_stack_on_a_reduced_precision_backend(original, reference):
     assert min(psnr_db(r, i) for r, i in zip(reference, images)) > 25
 
 
-def test_compiled_backends_cannot_take_unet_techniques(original):
+def test_compiled_backends_take_step_caching_but_not_token_merging(original):
+    """A compiled UNet's blocks cannot be patched (token merging swaps attention processors);
+    step caching compiles the UNet's two paths itself (test_step_cache_compiled.py)."""
     from sdopt.backends.base import Variant
     from sdopt.backends.torch_compile import CompiledModule
 
@@ -282,8 +284,10 @@ def test_compiled_backends_cannot_take_unet_techniques(original):
     torch.nn.Module.__init__(compiled)
     compiled.variant = Variant("torch_compile", "fp32", "fp32")
     compiled.unet = original.unet
-    assert "compiled graph" in unavailable_reason({"name": "step_cache", "interval": 2},
+    assert "compiled graph" in unavailable_reason({"name": "token_merge", "ratio": 0.5},
                                                   compiled, FakeDevice())
+    assert unavailable_reason({"name": "step_cache", "interval": 2}, compiled,
+                              FakeDevice()) is None
     assert unavailable_reason({"name": "fewer_steps", "fraction": 0.5}, compiled,
                               FakeDevice()) is None
 
