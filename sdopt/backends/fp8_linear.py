@@ -69,8 +69,9 @@ class Fp8Linear(torch.nn.Module):
         shape = x.shape
         q, scale = _rowwise(x.reshape(-1, shape[-1]))
         # cuBLASLt takes mat1 row-major and mat2 (the weight's transpose) column-major
-        out = torch._scaled_mm(q.contiguous(), self.weight.t(), scale_a=scale, scale_b=self.weight_scale,
-                               bias=self.bias, out_dtype=self.out_dtype)
+        out = torch._scaled_mm(q.contiguous(), self.weight.t(), scale_a=scale,
+                               scale_b=self.weight_scale, bias=self.bias,
+                               out_dtype=self.out_dtype)
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -79,7 +80,7 @@ class Fp8Linear(torch.nn.Module):
 
 
 def eligible(name: str, module: torch.nn.Module) -> bool:
-    return (isinstance(module, torch.nn.Linear) and (BLOCKS in name or name.startswith(BLOCKS))
+    return (isinstance(module, torch.nn.Linear) and BLOCKS in name
             and module.in_features % ALIGNMENT == 0 and module.out_features % ALIGNMENT == 0)
 
 

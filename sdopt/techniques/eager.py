@@ -25,11 +25,11 @@ def eager_unet(module: OptimizedModule):
     unet = base.unet
     if not isinstance(unet, UNet2DConditionModel):
         return None, f"{base.variant.id} holds a {type(unet).__name__}, not a UNet2DConditionModel"
-    why = unet_config_reason(unet, base.variant.id)
+    why = unet_config_reason(unet)
     return (None, why) if why else (unet, None)
 
 
-def unet_config_reason(unet, variant_id: str) -> str | None:
+def unet_config_reason(unet) -> str | None:
     """Why the UNet techniques cannot handle this diffusers UNet's conditioning (None: they
     can). SDXL's "text_time" added embedding is recomputed by step caching's shallow path (and
     token merging does not touch embeddings); the other kinds are not."""

@@ -24,9 +24,8 @@ shapes change (for callers that bypass the pipeline).
 
 from __future__ import annotations
 
-import torch
-
 from ..backends.base import OptimizedModule
+from ..backends.torch_module import sample_argument
 from . import dit_cache_openvino, step_cache_compiled, step_cache_openvino
 from .base import Param, StepCacheBase, Technique
 from .dit_cache import DiTStepCacheModule
@@ -63,12 +62,11 @@ class StepCacheModule(StepCacheBase):
         return out
 
     def _shallow(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None):
-        base = base_module(self.technique_inner)
-        x = sample.to(base.run_dtype)
-        if base.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = shallow_unet(self._unet[0], x, timestep, encoder_hidden_states.to(base.run_dtype),
-                           self._cached, added_cond_kwargs)
+        unet = self._unet[0]
+        kwargs = base_module(self.technique_inner).call_kwargs(sample, timestep,
+                                                               encoder_hidden_states, {})
+        out = shallow_unet(unet, kwargs[sample_argument(unet)], timestep,
+                           kwargs["encoder_hidden_states"], self._cached, added_cond_kwargs)
         return out.to(sample.dtype).contiguous()
 
 

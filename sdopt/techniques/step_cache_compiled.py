@@ -89,7 +89,7 @@ def incompatible_reason(module: OptimizedModule) -> str | None:
     if not isinstance(base.unet, UNet2DConditionModel):
         return (f"{base.variant.id} compiles a {type(base.unet).__name__}: step caching of a "
                 "compiled DiT is not implemented (it runs on the eager one)")
-    return unet_config_reason(base.unet, base.variant.id)
+    return unet_config_reason(base.unet)
 
 
 class CompiledStepCacheModule(StepCacheBase):

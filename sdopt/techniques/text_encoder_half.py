@@ -66,7 +66,8 @@ def half_text_encoder(encoder, precision: str):
 
 
 def _device_reason(device) -> str | None:
-    return cuda_only_reason("the half-precision text encoder", "the OpenVINO encoder (te_ov)", device)
+    return cuda_only_reason("the half-precision text encoder", "the OpenVINO encoder (te_ov)",
+                            device)
 
 
 def unavailable_reason(module, device) -> str | None:

@@ -73,7 +73,8 @@ def compiled_decoder_vae(vae, precision: str):
 
 
 def _device_reason(device) -> str | None:
-    return cuda_only_reason("torch.compile of the VAE decoder", "the OpenVINO decoder (vae_ov)", device)
+    return cuda_only_reason("torch.compile of the VAE decoder", "the OpenVINO decoder (vae_ov)",
+                            device)
 
 
 def unavailable_reason(module, device) -> str | None:
