@@ -13,18 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import SdoptError
-
-
-def available_memory_bytes() -> int | None:
-    """Memory the system can give new allocations now (MemAvailable: free plus reclaimable page
-    cache), in bytes; None where psutil cannot tell. A search on a full-size SDXL pipeline runs
-    close to a 24 GiB machine's limit, so builds that hold extra weight copies ask first."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001 - unknown memory: the caller assumes enough
-        return None
+from .host_memory import memory_limit_bytes
 
 
 @dataclass(frozen=True)
@@ -167,12 +156,8 @@ def detect(requested: str | None = None) -> DeviceInfo:
             cuda_capability=f"{props.major}.{props.minor}", cuda_version=torch.version.cuda,
             memory_gb=round(props.total_memory / 2**30, 1), extra={"host_cpu": cpu_name},
         )
-    try:
-        import psutil
-
-        mem = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        mem = None
+    limit = memory_limit_bytes()  # a container's limit where it has one: what the search may use
+    mem = round(limit / 2**30, 1) if limit else None
     return DeviceInfo(kind="cpu", name=cpu_name, cores=cores or 1, cpu_flags=flags, memory_gb=mem)
 
 

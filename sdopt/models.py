@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .device import available_memory_bytes
+from .host_memory import available_memory_bytes
 from .errors import SdoptError
 from .logs import quiet_torchvision_notes
 

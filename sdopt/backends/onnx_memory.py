@@ -63,9 +63,11 @@ def check_activations_fit(model_path: Path, what: str, available_bytes: int | No
     if peak is None:
         return
     if available_bytes is None:
-        import psutil
+        from ..host_memory import available_memory_bytes
 
-        available_bytes = psutil.virtual_memory().available
+        available_bytes = available_memory_bytes()
+        if available_bytes is None:
+            return
     need, node = peak
     if need > FIT_FRACTION * available_bytes:
         raise SdoptError(

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from .. import deps
-from ..device import DeviceInfo, available_memory_bytes
+from ..device import DeviceInfo
+from ..host_memory import available_memory_bytes
 from ..errors import SdoptError
 # calibration_hash is part of this module's interface.
 from .export import DIT_EDGE_MODULES, calibration_hash, is_transformer  # noqa: F401

@@ -80,16 +80,6 @@ def current_rss() -> int | None:
         return None
 
 
-def total_memory() -> int | None:
-    """The machine's RAM in bytes."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().total)
-    except Exception:  # noqa: BLE001
-        return None
-
-
 class PeakRss:
     """``with PeakRss() as span: ...`` then ``span.peak``: the process's peak RSS in bytes
     while the block ran (``span.exact`` False: the process's peak since it started)."""

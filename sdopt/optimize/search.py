@@ -28,7 +28,8 @@ import torch
 from ..backends import FOREIGN_COMPILERS, load_builtin_backends
 from ..backends.base import (BACKENDS, BuildContext, OptimizedModule, Variant,
                              canonical_backend_name, fp32_weights_bytes)
-from ..device import DeviceInfo, available_memory_bytes
+from ..device import DeviceInfo
+from ..host_memory import available_memory_bytes
 from ..errors import SdoptError
 from ..techniques import (TECHNIQUES, all_specs, candidate_id, conflict_reason, label, params_of,
                           stack_reason)

@@ -87,13 +87,14 @@ def summary_table(result: OptimizationResult) -> Table:
 
 
 def peak_rss_row(result: OptimizationResult) -> tuple[str, str, str, str]:
-    """The search's peak resident memory, against the machine's RAM."""
-    from .memory import total_memory
+    """The search's peak resident memory, against the memory it may use (RAM or container limit)."""
+    from ..host_memory import memory_limit
 
     scope = ("process peak since start (could not be measured for the search alone)"
              if result.peak_rss_scope == "process" else "whole search")
-    ram = total_memory()
-    share = f"{result.peak_rss_bytes / ram * 100:.0f}% of {ram / 2**30:.0f} GiB RAM" if ram else ""
+    limit = memory_limit()
+    share = (f"{result.peak_rss_bytes / limit[0] * 100:.0f}% of {limit[0] / 2**30:.0f} GiB "
+             f"{limit[1]}" if limit else "")
     return "peak RSS (search)", "", f"{_mb(result.peak_rss_bytes)} ({scope})", share
 
 
