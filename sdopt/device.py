@@ -7,12 +7,12 @@ carry its fingerprint so that a model built for one GPU is not silently run on a
 from __future__ import annotations
 
 import functools
-import os
 import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import SdoptError
+from .cpu_threads import usable_cpus
 from .host_memory import memory_limit_bytes
 
 
@@ -148,7 +148,7 @@ def detect(requested: str | None = None) -> DeviceInfo:
         raise SdoptError("device 'cuda' was requested but torch sees no CUDA GPU "
                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
     cpu_name, flags = _cpu_name_and_flags()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cpus()  # a container's CPU quota, where it is below the affinity
     if cuda and requested != "cpu":
         props = torch.cuda.get_device_properties(0)
         return DeviceInfo(

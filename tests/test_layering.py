@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # optimize_model, load_pipeline...) sits on top: nothing inside the package may import it.
 LAYERS = [
     ("base", ("sdopt.errors", "sdopt.version", "sdopt.deps", "sdopt.identity", "sdopt.device",
-              "sdopt.host_memory",
+              "sdopt.host_memory", "sdopt.cgroups", "sdopt.cpu_threads",
               "sdopt.store", "sdopt.cache", "sdopt.models", "sdopt.templates", "sdopt.logs",
               "sdopt.allocator", "sdopt.privacy")),
     ("backends", ("sdopt.backends",)),

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from .. import deps
+from ..cpu_threads import set_onnxruntime_threads
 from ..device import DeviceInfo
 from ..errors import SdoptError
 from ..logs import quiet_root_logger
@@ -190,6 +191,7 @@ def _session_options():
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3  # warnings about unused initializers are not the user's problem
+    set_onnxruntime_threads(opts)
     return opts
 
 

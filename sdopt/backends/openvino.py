@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .. import deps
+from ..cpu_threads import openvino_thread_config
 from ..device import DeviceInfo
 from ..host_memory import available_memory_bytes
 from ..errors import SdoptError
@@ -117,8 +118,8 @@ class CompiledPerShape:
         the runtime graph of it)."""
         model = self.model.clone()
         model.reshape({name: list(shape) for name, shape in zip(self.names, shapes)})
-        return self._core.compile_model(model, "CPU",
-                                        {"INFERENCE_PRECISION_HINT": self.hint, **(config or {})})
+        return self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.hint,
+                                                       **openvino_thread_config(), **(config or {})})
 
     def infer(self, arrays):
         """Run on ``arrays`` (numpy, in the model's input order); the infer request holding the

@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..cpu_threads import openvino_thread_config
+
 QUANTIZED_TYPES = ("Convolution", "MatMul", "ScaledDotProductAttention")
 # An attention's Q and K (NNCF's scope for it): softmax(QK^T) runs in int8, V stays float.
 SDPA_PORTS = (0, 1)
@@ -167,7 +169,8 @@ def collect_ranges(model, tensors, items: list[dict[str, Any]],
         # Static shapes, as the calls have: with the converted IR's dynamic ones the first
         # inference took 9.5 s instead of 3.5 s on sd15 at 256 px, for a compile 2.4 s shorter
         stats.reshape({name: list(s.pop()) for name, s in shapes.items()})
-    compiled = ov.Core().compile_model(stats, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    compiled = ov.Core().compile_model(stats, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                      **openvino_thread_config()})
     request = compiled.create_infer_request()
     per_item = [np.array(request.infer(item)[0], dtype=np.float64).reshape(-1, 2)
                 for item in items]

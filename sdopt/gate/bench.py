@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..version import __version__
+from ..cpu_threads import fit_torch_threads
 from ..device import detect, library_versions
 from ..errors import SdoptError
 from ..backends import get_backend
@@ -201,6 +202,7 @@ def run_bench(subjects: list[Subject], settings: BenchSettings, out_dir: str | o
     if len(set(names)) != len(names):
         raise SdoptError(f"variants {names} repeat a name")
     out_dir = Path(out_dir)
+    fit_torch_threads()  # the configured threads (if any) still win inside the block
     with torch_threads(settings.threads):
         device = detect(None if settings.device == "auto" else settings.device)
         env = environment(device.kind)

@@ -19,6 +19,7 @@ from typing import Callable, Sequence, Union
 import torch
 
 from ..backends.base import BuildContext, get_backend
+from ..cpu_threads import fit_torch_threads
 from ..device import detect
 from ..errors import SdoptError
 from ..identity import config_hash, weights_hash
@@ -164,6 +165,7 @@ def apply_variant(model, variant_id: str, device: str | None = None, *,
     for when the choice is already known. Returns a new pipeline like ``optimize_model``."""
     unet = check_pipe(model)
     dev = detect(device)
+    fit_torch_threads()
     backend_name, _, variant_name = str(variant_id).partition("/")
     backend = get_backend(backend_name)
     variant = next((v for v in backend.variants(dev) if v.name == variant_name), None)
@@ -211,6 +213,7 @@ def load_model(path: str | os.PathLike, pipe=None, *, device: str | None = None)
     unet = check_pipe(pipe, "pipe")
     saved_kind = manifest["device"].get("kind", "cpu")
     dev = detect(device or ("cpu" if saved_kind == "cpu" else None))
+    fit_torch_threads()
     if saved_kind == "cuda" and dev.kind != "cuda":
         raise SdoptError(f"'{path}' was optimized for a CUDA GPU "
                          f"({manifest['device'].get('name')}); this machine has none")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..backends.base import Variant
+from ..cpu_threads import fit_torch_threads
 from ..device import DeviceInfo, detect
 from ..errors import SdoptError
 from .metrics import METRICS, Metric, resolve_metric, validate_aggregate, validate_threshold
@@ -186,6 +187,7 @@ def build_request(model, input_data, *, metric_drop_ths, metric_aggregate, metri
         warnings.warn("sdopt: dynamic_info is ignored; shapes come from running the pipeline at "
                       "height x width", stacklevel=3)
     dev = detect(device)
+    fit_torch_threads()
     _positive_ints(num_inference_steps=num_inference_steps, n_verify=n_verify, repeats=repeats)
     native = native_side(model)
     # Start images given: their size by default (img2img makes images of its input's size).
