@@ -61,8 +61,9 @@ class BenchConfig(_Section):
     warmup: int = Field(default=1, ge=0, le=100)
     variants: list[Variant] = Field(default_factory=lambda: list(BENCH_VARIANTS), min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # torch intra-op threads (None: torch's default). On a shared runner fewer threads than cores
-    # can be far steadier: oversubscribed OpenMP threads spin and stall each other.
+    # torch intra-op threads (None: torch's default, capped at the container's CPU quota by
+    # sdopt.cpu_threads). On a shared runner fewer threads than cores can be far steadier:
+    # oversubscribed OpenMP threads spin and stall each other.
     threads: Optional[int] = Field(default=None, ge=1, le=1024)
     # Image-to-image and inpainting models: the start image and the mask (white is repainted),
     # image files relative to this file; one path for every prompt, or a list of one per prompt
