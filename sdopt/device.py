@@ -35,8 +35,15 @@ class DeviceInfo:
         import torch
 
         if self.kind == "cuda":
-            ok = torch.cuda.is_bf16_supported()
-            return ok, "" if ok else f"{self.name} has no bf16 support"
+            # Not torch.cuda.is_bf16_supported(): it says True on a T4 (GitHub's hosted GPU
+            # runner, 7.5), where bf16 is emulated and Triton cannot emit it: Inductor warns and
+            # runs the graph eager (pytorch/pytorch#118122, #129288).
+            if self.capability() >= BF16_MIN_CAPABILITY:
+                return True, ""
+            need = ".".join(map(str, BF16_MIN_CAPABILITY))
+            return False, (f"{self.name} (compute capability {self.cuda_capability}) has no bf16 "
+                           f"tensor cores ({need} or newer: Ampere, Ada, Hopper): fp16 is its "
+                           "half precision")
         if "avx512_bf16" in self.cpu_flags or "amx_bf16" in self.cpu_flags:
             return True, ""
         try:
@@ -57,16 +64,21 @@ class DeviceInfo:
         ok, why = self.supports_bf16()
         return None if ok else why
 
+    def capability(self) -> tuple[int, ...]:
+        """The GPU's compute capability as (major, minor); () where unknown (a CPU): below
+        every minimum."""
+        try:
+            capability = tuple(int(p) for p in str(self.cuda_capability).split(".")[:2])
+        except ValueError:
+            return ()
+        return capability if len(capability) == 2 else ()
+
     def _fp8_reason(self) -> str | None:
         need = ".".join(map(str, FP8_MIN_CAPABILITY))
         if self.kind != "cuda":
             return (f"fp8 matmuls need an NVIDIA GPU with fp8 tensor cores (compute capability "
                     f"{need} or newer: Ada, Hopper); the device is {self.kind}")
-        try:
-            capability = tuple(int(p) for p in str(self.cuda_capability).split(".")[:2])
-        except ValueError:
-            capability = ()
-        if len(capability) != 2 or capability < FP8_MIN_CAPABILITY:
+        if self.capability() < FP8_MIN_CAPABILITY:
             return (f"fp8 matmuls need compute capability {need} or newer (Ada, Hopper); this "
                     f"GPU's is {self.cuda_capability}")
         return None
@@ -112,6 +124,8 @@ class DeviceInfo:
 
 # fp8 tensor cores (e4m3 GEMMs through torch._scaled_mm): Ada (8.9) and Hopper (9.0) onwards
 FP8_MIN_CAPABILITY = (8, 9)
+# bf16 tensor cores: Ampere (8.0) onwards
+BF16_MIN_CAPABILITY = (8, 0)
 # The CPU flags of a u8 x s8 dot product summed in 32-bit lanes (AVX-512 VNNI, AVX-VNNI, AMX).
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 _INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",

@@ -58,3 +58,41 @@ def test_a_search_runs_a_bf16_variant_named_one_by_one(fresh_tiny_pipe, monkeypa
         fresh_tiny_pipe, ["a cat"], backends=["torch_eager"], **kwargs
     ).sdopt_result.candidates}
     assert rows["torch_eager/bf16"].status == "skipped" and rows["torch_eager/bf16"].reason == why
+
+
+def test_bf16_on_a_gpu_needs_its_tensor_cores():
+    """GitHub's hosted GPU runner is a T4 (7.5): torch.cuda.is_bf16_supported() says True there
+    (emulated), but Triton cannot emit bf16 below 8.0, so the search must not try it."""
+    import dataclasses
+
+    def gpu(name, capability):
+        return dataclasses.replace(detect("cpu"), kind="cuda", name=name,
+                                   cuda_capability=capability)
+
+    t4 = gpu("Tesla T4", "7.5")
+    reason = t4.precision_unavailable_reason("bf16")
+    assert reason and "Tesla T4 (compute capability 7.5) has no bf16 tensor cores" in reason
+    assert not t4.only_slow(reason)  # refused, not just slow: Inductor would not compile it
+    assert t4.precision_unavailable_reason("fp16") is None
+    assert gpu("NVIDIA V100", "7.0").precision_unavailable_reason("bf16")
+    assert gpu("an unknown GPU", None).precision_unavailable_reason("bf16")
+    for name, capability in (("NVIDIA A100", "8.0"), ("NVIDIA L4", "8.9"),
+                             ("NVIDIA H200", "9.0")):
+        assert gpu(name, capability).precision_unavailable_reason("bf16") is None
+
+
+def test_a_search_on_a_t4_skips_the_bf16_settings_with_the_reason():
+    import dataclasses
+
+    from sdopt.backends.base import get_backend
+    from sdopt.optimize.search import plan_candidates
+
+    t4 = dataclasses.replace(detect("cpu"), kind="cuda", name="Tesla T4", cuda_capability="7.5")
+    bf16 = [v for v in plan_candidates(t4, backends=["torch_eager", "torch_compile"])
+            if v.precision == "bf16"]
+    assert {v.id for v in bf16} >= {"torch_compile/bf16", "torch_eager/bf16"}
+    for variant in bf16:
+        reason = get_backend(variant.backend).unavailable_reason(t4, variant)
+        assert reason, variant.id  # (torch_compile's may name missing triton first, on a CPU box)
+        if "triton" not in reason:
+            assert "no bf16 tensor cores" in reason, (variant.id, reason)
