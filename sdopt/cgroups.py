@@ -121,8 +121,12 @@ def levels(controller: str, root: Path = Path("/")) -> list[tuple[str, Path]]:
     """(version, directory) of this process's cgroup and each ancestor up to the mount, for
     ``controller`` ("memory", "cpu"), v2 first; empty where there is none (not Linux)."""
     mounts, paths = _mounts(root, controller), _own_paths(root, controller)
-    return [(version, level) for version in ("v2", "v1") if version in mounts and version in paths
-            for level in _levels(*mounts[version], paths[version])]
+    try:
+        return [(version, level) for version in ("v2", "v1")
+                if version in mounts and version in paths
+                for level in _levels(*mounts[version], paths[version])]
+    except OSError:  # a cgroup tree this user may not read (a rootless container): no limits
+        return []
 
 
 def cgroup_memory(root: Path = Path("/")) -> CgroupMemory | None:
