@@ -55,8 +55,8 @@ def fit_torch_threads() -> int | None:
     import torch
 
     if torch.get_num_threads() > threads:
-        log.info("CPU quota of %s CPUs (cgroup): torch runs %d threads instead of %d",
-                 f"{cpu_quota():g}", threads, torch.get_num_threads())
+        log.info("CPU quota (cgroup): torch runs %d threads instead of %d", threads,
+                 torch.get_num_threads())
         torch.set_num_threads(threads)
     return threads
 

@@ -166,13 +166,13 @@ def detect(requested: str | None = None) -> DeviceInfo:
     if cuda and requested != "cpu":
         props = torch.cuda.get_device_properties(0)
         return DeviceInfo(
-            kind="cuda", name=props.name, cores=cores or 1, cpu_flags=flags,
+            kind="cuda", name=props.name, cores=cores, cpu_flags=flags,
             cuda_capability=f"{props.major}.{props.minor}", cuda_version=torch.version.cuda,
             memory_gb=round(props.total_memory / 2**30, 1), extra={"host_cpu": cpu_name},
         )
     limit = memory_limit_bytes()  # a container's limit where it has one: what the search may use
     mem = round(limit / 2**30, 1) if limit else None
-    return DeviceInfo(kind="cpu", name=cpu_name, cores=cores or 1, cpu_flags=flags, memory_gb=mem)
+    return DeviceInfo(kind="cpu", name=cpu_name, cores=cores, cpu_flags=flags, memory_gb=mem)
 
 
 def library_versions() -> dict[str, str]:
